@@ -1,0 +1,132 @@
+//! `peregrine`: import, inspect and evaluate models; list FHE backends.
+//!
+//! Every subcommand that reports figures accepts `--json` (one JSON object on stdout, nothing
+//! else). Exit codes: 0 success, 1 failure (message on stderr), 2 bad usage.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Peregrine: deep CNN inference on encrypted images.
+#[derive(Parser)]
+#[command(name = "peregrine", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Scalar type of the reference executor.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Precision {
+    /// 32-bit floats (fast, default).
+    F32,
+    /// 64-bit floats (precision studies).
+    F64,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a Peregrine model from a pretrained tensor file.
+    Import {
+        #[command(subcommand)]
+        what: ImportCmd,
+    },
+    /// Top-1 accuracy of a model on a CIFAR-10 binary batch file, in cleartext.
+    Eval {
+        /// Model file (.safetensors written by `peregrine import`).
+        #[arg(long)]
+        model: PathBuf,
+        /// CIFAR-10 binary batch (`.bin` or `.bin.gz`).
+        #[arg(long)]
+        data: PathBuf,
+        /// Only the first N images.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Images per batch.
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+        /// Scalar type.
+        #[arg(long, value_enum, default_value_t = Precision::F32)]
+        precision: Precision,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Classify one PNG or JPEG image (resized to the model input if the model allows it).
+    Predict {
+        /// Model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Image file.
+        #[arg(long)]
+        image: PathBuf,
+        /// How many top classes to print.
+        #[arg(long, default_value_t = 3)]
+        top: usize,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe a model: nodes, shapes, parameters.
+    Info {
+        /// Model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List built-in backends and plugins found in the plugin search path.
+    Backends {
+        /// Directory to search for plugins (repeatable); `PEREGRINE_PLUGIN_PATH` (':'-separated) is searched too.
+        #[arg(long = "plugin-dir")]
+        plugin_dirs: Vec<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportCmd {
+    /// CIFAR ResNet (depth 6n+2) from a PyTorch state_dict in safetensors form.
+    Resnet {
+        /// Depth: 20, 32, 44, 56, 110…
+        #[arg(long, default_value_t = 20)]
+        depth: usize,
+        /// Tensor file with PyTorch names (conv1, bn1, layerL.B.*, linear).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Output model file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Import { what: ImportCmd::Resnet { depth, weights, output, json } } => {
+            commands::import_resnet(depth, &weights, &output, json)
+        }
+        Command::Eval { model, data, limit, batch, precision, json } => {
+            commands::eval(&model, &data, limit, batch, precision, json)
+        }
+        Command::Predict { model, image, top, json } => commands::predict(&model, &image, top, json),
+        Command::Info { model, json } => commands::info(&model, json),
+        Command::Backends { plugin_dirs, json } => commands::backends(plugin_dirs, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Importers that build Peregrine models from PyTorch-style tensor files.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::format::load_tensors;
+use crate::ir::*;
+
+/// CIFAR-10 class names in label order.
+pub const CIFAR10_CLASSES: [&str; 10] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+
+/// Builds the CIFAR ResNet of the given depth (6n + 2) from a PyTorch `state_dict` file
+/// (names `conv1`, `bn1`, `layerL.B.{conv1,bn1,conv2,bn2}`, `linear`), with CIFAR-10
+/// normalisation and class names, "option A" shortcuts, and batch-norm eps 1e-5.
+pub fn import_cifar_resnet(depth: usize, weights: impl AsRef<Path>) -> Result<Model> {
+    let weights = load_tensors(weights)?;
+    cifar_resnet(depth, weights)
+}
+
+/// Builds the CIFAR ResNet graph of `depth` over already loaded tensors.
+pub fn cifar_resnet(depth: usize, mut weights: Weights) -> Result<Model> {
+    if depth < 8 || (depth - 2) % 6 != 0 {
+        return Err(Error::Unsupported(format!(
+            "CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110…), got {depth}"
+        )));
+    }
+    // PyTorch checkpoints may carry counters that inference does not use.
+    weights.retain(|k, _| !k.ends_with("num_batches_tracked"));
+    let blocks = (depth - 2) / 6;
+    let mut nodes = Vec::new();
+    let conv = |name: &str, cin: usize, cout: usize, stride: usize, input: &str| Node {
+        name: name.into(),
+        op: Op::Conv2d(Conv2d {
+            in_channels: cin,
+            out_channels: cout,
+            kernel: [3, 3],
+            stride: [stride, stride],
+            padding: [1, 1],
+            dilation: [1, 1],
+            groups: 1,
+            weight: format!("{name}.weight"),
+            bias: None,
+        }),
+        inputs: vec![input.into()],
+    };
+    let bn = |name: &str, c: usize, input: &str| Node {
+        name: name.into(),
+        op: Op::BatchNorm(BatchNorm {
+            channels: c,
+            eps: 1e-5,
+            weight: format!("{name}.weight"),
+            bias: format!("{name}.bias"),
+            running_mean: format!("{name}.running_mean"),
+            running_var: format!("{name}.running_var"),
+        }),
+        inputs: vec![input.into()],
+    };
+    let relu = |name: &str, input: &str| Node {
+        name: name.into(),
+        op: Op::Activation(Activation::Relu),
+        inputs: vec![input.into()],
+    };
+    nodes.push(conv("conv1", 3, 16, 1, INPUT));
+    nodes.push(bn("bn1", 16, "conv1"));
+    nodes.push(relu("relu", "bn1"));
+    let mut prev = "relu".to_string();
+    let mut cin = 16;
+    for (l, width) in [16usize, 32, 64].into_iter().enumerate() {
+        for b in 0..blocks {
+            let p = format!("layer{}.{b}", l + 1);
+            let stride = if l > 0 && b == 0 { 2 } else { 1 };
+            nodes.push(conv(&format!("{p}.conv1"), cin, width, stride, &prev));
+            nodes.push(bn(&format!("{p}.bn1"), width, &format!("{p}.conv1")));
+            nodes.push(relu(&format!("{p}.relu1"), &format!("{p}.bn1")));
+            nodes.push(conv(&format!("{p}.conv2"), width, width, 1, &format!("{p}.relu1")));
+            nodes.push(bn(&format!("{p}.bn2"), width, &format!("{p}.conv2")));
+            let shortcut = if stride != 1 || cin != width {
+                let name = format!("{p}.shortcut");
+                let pad = (width - cin) / 2;
+                nodes.push(Node {
+                    name: name.clone(),
+                    op: Op::SubsampleChannelPad { stride, pad_before: pad, pad_after: width - cin - pad },
+                    inputs: vec![prev.clone()],
+                });
+                name
+            } else {
+                prev.clone()
+            };
+            nodes.push(Node { name: format!("{p}.add"), op: Op::Add, inputs: vec![format!("{p}.bn2"), shortcut] });
+            nodes.push(relu(&format!("{p}.relu2"), &format!("{p}.add")));
+            prev = format!("{p}.relu2");
+            cin = width;
+        }
+    }
+    nodes.push(Node { name: "avgpool".into(), op: Op::GlobalAvgPool, inputs: vec![prev] });
+    nodes.push(Node { name: "flatten".into(), op: Op::Flatten, inputs: vec!["avgpool".into()] });
+    nodes.push(Node {
+        name: "linear".into(),
+        op: Op::Linear(Linear {
+            in_features: 64,
+            out_features: 10,
+            weight: "linear.weight".into(),
+            bias: Some("linear.bias".into()),
+        }),
+        inputs: vec!["flatten".into()],
+    });
+    let graph = Graph {
+        version: FORMAT_VERSION,
+        name: format!("resnet{depth}"),
+        input: InputSpec {
+            shape: vec![3, 32, 32],
+            preprocess: Preprocess {
+                mean: vec![0.485, 0.456, 0.406],
+                std: vec![0.229, 0.224, 0.225],
+                resize: true,
+            },
+        },
+        nodes,
+        output: "linear".into(),
+        classes: CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
+    };
+    Model::new(graph, weights)
+}
