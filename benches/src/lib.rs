@@ -1,1 +1,1 @@
-
+//! Criterion benchmarks for Peregrine (see `benches/`); this library is intentionally empty.

@@ -46,7 +46,7 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
         /// Images per batch.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 16)]
         batch: usize,
         /// Scalar type.
         #[arg(long, value_enum, default_value_t = Precision::F32)]

@@ -1,0 +1,124 @@
+//! The `peregrine` binary end to end: import, eval, info, predict, backends, and its errors.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_peregrine"))
+}
+
+fn shared(rel: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared").join(rel);
+    assert!(p.exists(), "shared asset {} is missing: these tests need ../shared beside the workspace", p.display());
+    p
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("peregrine-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(out: Output) -> serde_json::Value {
+    let s = ok(out);
+    assert_eq!(s.trim().lines().count(), 1, "--json prints exactly one line: {s}");
+    serde_json::from_str(&s).unwrap()
+}
+
+fn import_resnet20() -> PathBuf {
+    let out = tmp("resnet20.safetensors");
+    let v = json(
+        bin()
+            .args(["import", "resnet", "--depth", "20", "--weights"])
+            .arg(shared("models/resnet20-cifar10.safetensors"))
+            .arg("-o")
+            .arg(&out)
+            .arg("--json")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["parameters"], 271_098);
+    out
+}
+
+#[test]
+fn import_eval_info_predict() {
+    let model = import_resnet20();
+    let v = json(
+        bin()
+            .args(["eval", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(shared("data/cifar10/test_batch.bin.gz"))
+            .args(["--limit", "40", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["images"], 40);
+    let acc = v["accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.8, "ResNet-20 on 40 images: {acc}");
+
+    let info = json(bin().args(["info", "--model"]).arg(&model).arg("--json").output().unwrap());
+    assert_eq!(info["name"], "resnet20");
+    assert_eq!(info["nodes"].as_array().unwrap().len(), 71);
+
+    // An image of another size is resized to 32×32.
+    let png = tmp("frog.png");
+    let img = image::RgbImage::from_fn(45, 31, |x, y| image::Rgb([(x * 5) as u8, (y * 7) as u8, 90]));
+    img.save(&png).unwrap();
+    let p = json(bin().args(["predict", "--model"]).arg(&model).arg("--image").arg(&png).arg("--json").output().unwrap());
+    assert!(p["prediction"].as_u64().unwrap() < 10);
+    assert_eq!(p["logits"].as_array().unwrap().len(), 10);
+}
+
+#[test]
+fn errors_exit_non_zero_with_a_clear_message() {
+    let junk = tmp("junk.safetensors");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let out = bin().args(["info", "--model"]).arg(&junk).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("malformed model file"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = bin().args(["eval", "--model", "/no/such/model.safetensors", "--data", "/no/data"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/model.safetensors"));
+
+    let out = bin().args(["eval", "--bogus-flag"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "usage errors exit with 2");
+
+    let out = bin().args(["import", "resnet", "--depth", "19", "--weights"]).arg(shared("models/resnet20-cifar10.safetensors")).args(["-o", "/tmp/x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("6n + 2"));
+}
+
+#[test]
+fn backends_lists_builtin_and_discovered_plugins() {
+    let dir = tmp("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let name = format!("{}peregrine_clear_plugin{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    let so = [exe.parent().unwrap().join(&name), exe.parent().unwrap().parent().unwrap().join(&name)]
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("the clear plugin is built (dev-dependency)");
+    std::fs::copy(&so, dir.join(&name)).unwrap();
+    std::fs::write(dir.join(format!("libbroken{}", std::env::consts::DLL_SUFFIX)), b"nope").unwrap();
+
+    let v = json(bin().args(["backends", "--json", "--plugin-dir"]).arg(&dir).output().unwrap());
+    assert_eq!(v["builtin"][0]["name"], "clear");
+    let plugins = v["plugins"].as_array().unwrap();
+    assert_eq!(plugins.len(), 2);
+    assert!(plugins.iter().any(|p| p["name"] == "clear" && p["capabilities"]["Ok"]["slots"] == 32768));
+    assert!(plugins.iter().any(|p| p["error"].as_str().is_some_and(|e| e.contains("not a loadable"))));
+
+    // The same through PEREGRINE_PLUGIN_PATH, as text.
+    let text = ok(bin().arg("backends").env("PEREGRINE_PLUGIN_PATH", &dir).output().unwrap());
+    assert!(text.contains("clear") && text.contains("(skipped)"), "{text}");
+}

@@ -1,0 +1,53 @@
+//! The committed C header describes exactly the Rust function table: compile it with the
+//! system C compiler and compare the size and the offset of every field.
+
+use std::mem::offset_of;
+use std::process::Command;
+
+use peregrine_core::plugin::abi::{PluginVTable, ABI_VERSION};
+
+macro_rules! offsets {
+    ($($f:ident),*) => { vec![$((stringify!($f), offset_of!(PluginVTable, $f))),*] };
+}
+
+#[test]
+fn c_header_matches_the_rust_vtable() {
+    let fields = offsets!(
+        abi_version, struct_size, name, description, string_free, bytes_free, capabilities, client_new,
+        client_free, client_capabilities, client_evaluation_keys, client_encode, client_encrypt, client_decrypt,
+        client_decode, client_serialize_ct, client_deserialize_ct, server_new, server_free, server_capabilities,
+        server_rotation_steps, server_modulus, ct_free, ct_clone, ct_info, pt_free, pt_clone, pt_info, encode, add,
+        sub, mul, add_plain, sub_plain, mul_plain, negate, square, rescale, bootstrap, add_scalar, mul_scalar,
+        mul_integer, drop_to_level, rotate, eval_poly, serialize_ct, deserialize_ct
+    );
+    let include = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+    let dir = std::env::temp_dir().join(format!("peregrine-header-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut src = String::from("#include <stdio.h>\n#include <stddef.h>\n#include \"peregrine_plugin.h\"\nint main(void){\n");
+    src.push_str("printf(\"size %zu\\n\", sizeof(PeregrineVTable));\nprintf(\"version %u\\n\", PEREGRINE_ABI_VERSION);\n");
+    for (f, _) in &fields {
+        src.push_str(&format!("printf(\"{f} %zu\\n\", offsetof(PeregrineVTable, {f}));\n"));
+    }
+    src.push_str("return 0;}\n");
+    let c = dir.join("check.c");
+    let exe = dir.join("check");
+    std::fs::write(&c, src).unwrap();
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(&cc)
+        .args(["-std=c99", "-Wall", "-Werror", "-I", include])
+        .arg(&c)
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .unwrap_or_else(|e| panic!("a C compiler ('{cc}') is needed to check the plugin header: {e}"));
+    assert!(status.success(), "the C header does not compile");
+    let out = String::from_utf8(Command::new(&exe).output().unwrap().stdout).unwrap();
+    let got: std::collections::HashMap<&str, usize> =
+        out.lines().map(|l| l.split_once(' ').unwrap()).map(|(k, v)| (k, v.parse().unwrap())).collect();
+    assert_eq!(got["size"], std::mem::size_of::<PluginVTable>(), "sizeof(PeregrineVTable)");
+    assert_eq!(got["version"], ABI_VERSION as usize);
+    for (f, off) in fields {
+        assert_eq!(got[f], off, "offset of field {f}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
