@@ -1,0 +1,253 @@
+//! Layouts: where each element of a tensor lives among ciphertext slots.
+//!
+//! A [`Gip`] descriptor packs a `C×H×W` map with two integer factors:
+//! - `split` (s ≥ 1): the map is cut into s² interleaved sub-maps `x[:, a::s, b::s]`, each in
+//!   its own ciphertext(s) — this is how a map larger than the slot count fits;
+//! - `mux` (k ≥ 1): k² channels are interleaved in one block, channel `c` taking the pixel
+//!   positions `(y·k + i, x·k + j)` with `(i, j) = divmod(c mod k², k)`, as in multiplexed
+//!   parallel convolution.
+//!
+//! The packing factor is g = split / mux. A stride-s operation maps g to g/s (split shrinks
+//! when it can, mux grows otherwise) and keeps the block geometry, so the rotation offsets of
+//! the next layer stay position-independent. Blocks of `block_rows × row_stride` slots sit side
+//! by side in a ciphertext; padding slots hold zeros and are never read as data.
+//!
+//! Sizes are arbitrary (odd, prime, non-square): block dimensions are ceilings and the padding
+//! is exactly what the ceilings leave.
+
+use serde::{Deserialize, Serialize};
+
+/// A slot of a ciphertext: `(ciphertext index, slot index)`.
+pub type Position = (u32, u32);
+
+/// A GIP descriptor for a `C×H×W` tensor (vectors are `F×1×1`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Gip {
+    /// Channels C.
+    pub channels: usize,
+    /// Height H.
+    pub height: usize,
+    /// Width W.
+    pub width: usize,
+    /// Sub-map factor s ≥ 1 (s² sub-maps).
+    pub split: usize,
+    /// Channel multiplexing factor k ≥ 1 (k² channels per block).
+    pub mux: usize,
+    /// Rows of one block (≥ ceil(H/split) · mux).
+    pub block_rows: usize,
+    /// Slots per block row (≥ ceil(W/split) · mux).
+    pub row_stride: usize,
+    /// Slots per ciphertext.
+    pub slots: usize,
+}
+
+impl Gip {
+    /// The compact layout of a `C×H×W` tensor in `slots`-slot ciphertexts: the smallest split
+    /// whose sub-map fits a ciphertext, no multiplexing.
+    pub fn fresh(channels: usize, height: usize, width: usize, slots: usize) -> Gip {
+        let mut split = 1;
+        while height.div_ceil(split) * width.div_ceil(split) > slots {
+            split += 1;
+        }
+        Gip {
+            channels,
+            height,
+            width,
+            split,
+            mux: 1,
+            block_rows: height.div_ceil(split),
+            row_stride: width.div_ceil(split),
+            slots,
+        }
+    }
+
+    /// The same packing for a tensor of another channel count (same H, W, geometry).
+    pub fn with_channels(&self, channels: usize) -> Gip {
+        Gip { channels, ..self.clone() }
+    }
+
+    /// Packing of the output of a stride-`s` operation producing `height × width`:
+    /// g → g/s, keeping the block geometry when the result fits in it.
+    pub fn strided(&self, channels: usize, height: usize, width: usize, s: usize) -> Gip {
+        let (split, mux) = if self.split % s == 0 { (self.split / s, self.mux) } else { (self.split, self.mux * s) };
+        self.refit(channels, height, width, split, mux)
+    }
+
+    /// Packing of the output of an upsampling by `s` producing `height × width`: g → g·s.
+    pub fn upsampled(&self, channels: usize, height: usize, width: usize, s: usize) -> Gip {
+        let (split, mux) = if self.mux % s == 0 { (self.split, self.mux / s) } else { (self.split * s, self.mux) };
+        self.refit(channels, height, width, split, mux)
+    }
+
+    fn refit(&self, channels: usize, height: usize, width: usize, split: usize, mux: usize) -> Gip {
+        let rows = height.div_ceil(split) * mux;
+        let cols = width.div_ceil(split) * mux;
+        let keep = rows <= self.block_rows && cols <= self.row_stride;
+        let cand = Gip {
+            channels,
+            height,
+            width,
+            split,
+            mux,
+            block_rows: if keep { self.block_rows } else { rows },
+            row_stride: if keep { self.row_stride } else { cols },
+            slots: self.slots,
+        };
+        if cand.block_slots() <= self.slots {
+            cand
+        } else {
+            Gip::fresh(channels, height, width, self.slots)
+        }
+    }
+
+    /// The packing factor g = split / mux.
+    pub fn g(&self) -> f64 {
+        self.split as f64 / self.mux as f64
+    }
+    /// Slots of one block.
+    pub fn block_slots(&self) -> usize {
+        self.block_rows * self.row_stride
+    }
+    /// Blocks per ciphertext.
+    pub fn blocks_per_ct(&self) -> usize {
+        (self.slots / self.block_slots()).max(1)
+    }
+    /// Blocks needed per sub-map (each block holds mux² channels).
+    pub fn blocks(&self) -> usize {
+        self.channels.div_ceil(self.mux * self.mux)
+    }
+    /// Ciphertexts per sub-map.
+    pub fn cts_per_submap(&self) -> usize {
+        self.blocks().div_ceil(self.blocks_per_ct())
+    }
+    /// Total ciphertexts.
+    pub fn ciphertexts(&self) -> usize {
+        self.split * self.split * self.cts_per_submap()
+    }
+    /// Checks the descriptor is consistent (fits its slots, non-zero sizes).
+    pub fn validate(&self) -> Result<(), String> {
+        if [self.channels, self.height, self.width, self.split, self.mux, self.block_rows, self.row_stride, self.slots]
+            .contains(&0)
+        {
+            return Err(format!("layout has a zero size: {self:?}"));
+        }
+        if self.height.div_ceil(self.split) * self.mux > self.block_rows
+            || self.width.div_ceil(self.split) * self.mux > self.row_stride
+        {
+            return Err(format!("sub-map does not fit the block: {self:?}"));
+        }
+        if self.block_slots() > self.slots {
+            return Err(format!("block of {} slots exceeds {} slots", self.block_slots(), self.slots));
+        }
+        Ok(())
+    }
+
+    /// Position of tensor element `(c, y, x)`.
+    pub fn position(&self, c: usize, y: usize, x: usize) -> Position {
+        let (s, k) = (self.split, self.mux);
+        let sub = (y % s) * s + (x % s);
+        let (by, bx) = (y / s, x / s);
+        let m = c % (k * k);
+        let blk = c / (k * k);
+        let row = by * k + m / k;
+        let col = bx * k + m % k;
+        let bpc = self.blocks_per_ct();
+        let ct = sub * self.cts_per_submap() + blk / bpc;
+        let slot = (blk % bpc) * self.block_slots() + row * self.row_stride + col;
+        (ct as u32, slot as u32)
+    }
+
+    /// The explicit layout (every element's position, in C-H-W order).
+    pub fn layout(&self) -> Layout {
+        let mut pos = Vec::with_capacity(self.channels * self.height * self.width);
+        for c in 0..self.channels {
+            for y in 0..self.height {
+                for x in 0..self.width {
+                    pos.push(self.position(c, y, x));
+                }
+            }
+        }
+        Layout { positions: pos, ciphertexts: self.ciphertexts(), slots: self.slots, gip: Some(self.clone()) }
+    }
+}
+
+/// An explicit layout: the position of every tensor element (flat C-H-W order).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Layout {
+    /// Position of element `i`.
+    pub positions: Vec<Position>,
+    /// Number of ciphertexts.
+    pub ciphertexts: usize,
+    /// Slots per ciphertext.
+    pub slots: usize,
+    /// The GIP descriptor this layout comes from, if any.
+    pub gip: Option<Gip>,
+}
+
+impl Layout {
+    /// A dense vector layout: element i at slot i mod slots of ciphertext i / slots.
+    pub fn vector(len: usize, slots: usize) -> Layout {
+        Layout {
+            positions: (0..len).map(|i| ((i / slots) as u32, (i % slots) as u32)).collect(),
+            ciphertexts: len.div_ceil(slots).max(1),
+            slots,
+            gip: None,
+        }
+    }
+
+    /// Number of tensor elements.
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+    /// Whether the layout holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    /// Checks that no two elements share a slot and every position is in range.
+    pub fn check_injective(&self) -> Result<(), String> {
+        let mut seen = vec![false; self.ciphertexts * self.slots];
+        for (i, &(ct, slot)) in self.positions.iter().enumerate() {
+            if ct as usize >= self.ciphertexts || slot as usize >= self.slots {
+                return Err(format!("element {i} at ({ct}, {slot}) is outside {} × {}", self.ciphertexts, self.slots));
+            }
+            let k = ct as usize * self.slots + slot as usize;
+            if seen[k] {
+                return Err(format!("element {i} shares slot ({ct}, {slot}) with another element"));
+            }
+            seen[k] = true;
+        }
+        Ok(())
+    }
+
+    /// Packs a flat tensor into `ciphertexts` slot vectors (padding slots are zero).
+    pub fn pack(&self, values: &[f64]) -> Vec<Vec<f64>> {
+        assert_eq!(values.len(), self.positions.len(), "tensor size does not match the layout");
+        let mut out = vec![vec![0.0; self.slots]; self.ciphertexts];
+        for (v, &(ct, slot)) in values.iter().zip(&self.positions) {
+            out[ct as usize][slot as usize] = *v;
+        }
+        out
+    }
+
+    /// Reads a flat tensor back from slot vectors.
+    pub fn unpack(&self, cts: &[Vec<f64>]) -> Vec<f64> {
+        self.positions.iter().map(|&(ct, slot)| cts[ct as usize][slot as usize]).collect()
+    }
+
+    /// Description for reports: the GIP factors or `vector`.
+    pub fn describe(&self) -> String {
+        match &self.gip {
+            Some(g) => format!(
+                "gip g={}{} ({} ct{}, block {}x{})",
+                if g.split >= g.mux { format!("{}", g.split / g.mux) } else { format!("1/{}", g.mux / g.split) },
+                if g.split > 1 && g.mux > 1 { format!(" [split {} mux {}]", g.split, g.mux) } else { String::new() },
+                self.ciphertexts,
+                if self.ciphertexts == 1 { "" } else { "s" },
+                g.block_rows,
+                g.row_stride
+            ),
+            None => format!("vector ({} ct{})", self.ciphertexts, if self.ciphertexts == 1 { "" } else { "s" }),
+        }
+    }
+}

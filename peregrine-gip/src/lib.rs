@@ -1,0 +1,19 @@
+//! # peregrine-gip
+//!
+//! Generalized interleaved packing of feature maps into the slots of SIMD ciphertexts, and the
+//! algebra that turns any linear operator between two packed tensors into rotations and
+//! plaintext diagonals. Pure index arithmetic: nothing here touches a ciphertext.
+//!
+//! - [`layout`]: [`Gip`] descriptors (packing factor g = split / mux) and their explicit
+//!   element → (ciphertext, slot) maps ([`Layout`]);
+//! - [`linear`]: sparse linear maps between tensors ([`LinearMap`]) and their composition;
+//! - [`diag`]: the diagonal decomposition of a linear map between two layouts and its
+//!   baby-step giant-step schedule ([`DiagonalPlan`]), which lists every rotation it needs.
+
+pub mod diag;
+pub mod layout;
+pub mod linear;
+
+pub use diag::{DiagonalPlan, PairPlan};
+pub use layout::{Gip, Layout, Position};
+pub use linear::LinearMap;

@@ -1,0 +1,156 @@
+//! Property tests of layouts (bijectivity of index maps on random odd sizes) and of the
+//! diagonal schedules (equal to the dense map on random inputs, for every operator).
+
+use peregrine_gip::linear::Window;
+use peregrine_gip::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn rand_vec(r: &mut StdRng, n: usize) -> Vec<f64> {
+    (0..n).map(|_| r.gen_range(-1.0..1.0)).collect()
+}
+
+#[test]
+fn gip_layouts_are_injective_and_round_trip_on_random_sizes() {
+    let mut r = StdRng::seed_from_u64(7);
+    for case in 0..300 {
+        let slots = 1usize << r.gen_range(4..12);
+        let c = r.gen_range(1..20);
+        let h = r.gen_range(1..70);
+        let w = r.gen_range(1..70);
+        let mut g = Gip::fresh(c, h, w, slots);
+        // Walk a few strided / upsampled derivations too.
+        for _ in 0..r.gen_range(0..3) {
+            let s = r.gen_range(2..4);
+            g = if r.gen_bool(0.6) {
+                g.strided(r.gen_range(1..20), g.height.div_ceil(s), g.width.div_ceil(s), s)
+            } else {
+                g.upsampled(r.gen_range(1..9), g.height * s, g.width * s, s)
+            };
+        }
+        g.validate().unwrap_or_else(|e| panic!("case {case}: {e}"));
+        let l = g.layout();
+        l.check_injective().unwrap_or_else(|e| panic!("case {case} {g:?}: {e}"));
+        assert_eq!(l.len(), g.channels * g.height * g.width);
+        let t = rand_vec(&mut r, l.len());
+        let packed = l.pack(&t);
+        assert_eq!(l.unpack(&packed), t, "case {case}");
+        // Padding slots are zero: the packed mass equals the tensor's.
+        let mass: f64 = packed.iter().flatten().map(|v| v.abs()).sum();
+        let want: f64 = t.iter().map(|v| v.abs()).sum();
+        assert!((mass - want).abs() <= 1e-9 * want.max(1.0));
+    }
+}
+
+#[test]
+fn big_maps_split_and_small_maps_multiplex() {
+    // 5×300×451 in 2^15 slots: g > 1.
+    let g = Gip::fresh(5, 300, 451, 1 << 15);
+    assert!(g.split >= 3, "{g:?}");
+    assert_eq!(g.ciphertexts(), g.split * g.split * 5usize.div_ceil(g.blocks_per_ct()));
+    g.layout().check_injective().unwrap();
+    // Stride 2 on 32×32 with 16 channels: g = 1 → 1/2 (mux 2), geometry kept.
+    let a = Gip::fresh(16, 32, 32, 1 << 15);
+    let b = a.strided(32, 16, 16, 2);
+    assert_eq!((b.split, b.mux, b.block_rows, b.row_stride), (1, 2, 32, 32));
+    assert_eq!(b.g(), 0.5);
+    let c = b.strided(64, 8, 8, 2);
+    assert_eq!((c.mux, c.block_rows), (4, 32));
+    // Split maps shrink their split first.
+    let big = Gip::fresh(3, 256, 256, 1 << 14);
+    assert_eq!(big.split, 2);
+    let d = big.strided(8, 128, 128, 2);
+    assert_eq!((d.split, d.mux), (1, 1));
+    assert_eq!(d.upsampled(8, 256, 256, 2).split, 2);
+}
+
+fn check_plan(map: &LinearMap, ins: &[&Layout], out: &Layout, r: &mut StdRng, what: &str) -> DiagonalPlan {
+    let plan = DiagonalPlan::new(map, ins, out).unwrap();
+    let xs: Vec<Vec<f64>> = ins.iter().map(|l| rand_vec(r, l.len())).collect();
+    let want = map.apply(&xs.iter().map(|v| v.as_slice()).collect::<Vec<_>>());
+    let packed: Vec<Vec<Vec<f64>>> = ins.iter().zip(&xs).map(|(l, x)| l.pack(x)).collect();
+    let got_slots = plan.apply_clear(&packed);
+    let got = out.unpack(&got_slots);
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert!((a - b).abs() < 1e-9, "{what}: element {i}: {a} vs {b}");
+    }
+    // Slots outside the output layout stay zero.
+    let mut used = vec![vec![false; out.slots]; out.ciphertexts];
+    for &(c, s) in &out.positions {
+        used[c as usize][s as usize] = true;
+    }
+    for (c, v) in got_slots.iter().enumerate() {
+        for (s, x) in v.iter().enumerate() {
+            assert!(used[c][s] || *x == 0.0, "{what}: padding slot ({c}, {s}) = {x}");
+        }
+    }
+    plan
+}
+
+#[test]
+fn diagonal_schedules_equal_the_dense_maps() {
+    let mut r = StdRng::seed_from_u64(11);
+    let slots = 1 << 10;
+    // conv 3×37×53 → 4, stride 2, pad 1, with bias.
+    let win = Window { kernel: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1] };
+    let w = rand_vec(&mut r, 4 * 3 * 9);
+    let b = rand_vec(&mut r, 4);
+    let conv = LinearMap::conv2d(3, 37, 53, 4, win, 1, &w, Some(&b));
+    let gi = Gip::fresh(3, 37, 53, slots);
+    let go = gi.strided(4, 19, 27, 2);
+    let p = check_plan(&conv, &[&gi.layout()], &go.layout(), &mut r, "conv s2");
+    assert!(p.consumes_level());
+    assert!(gi.split > 1 && go.split == 1, "input split {:?} output {:?}", gi, go);
+    // Depthwise 5×5 dilated on the multiplexed result.
+    let dw = LinearMap::conv2d(4, 19, 27, 4, Window { kernel: [5, 5], stride: [1, 1], padding: [4, 4], dilation: [2, 2] }, 4, &rand_vec(&mut r, 4 * 25), None);
+    check_plan(&dw, &[&go.layout()], &go.layout(), &mut r, "depthwise");
+    // Upsample ×2 back.
+    let up = LinearMap::upsample(4, 19, 27, 2);
+    let gu = go.upsampled(4, 38, 54, 2);
+    check_plan(&up, &[&go.layout()], &gu.layout(), &mut r, "upsample");
+    // Concat of two differently packed inputs.
+    let a = Gip::fresh(2, 38, 54, slots);
+    let cat = LinearMap::concat(&[4 * 38 * 54, 2 * 38 * 54]);
+    check_plan(&cat, &[&gu.layout(), &a.layout()], &gu.with_channels(6).layout(), &mut r, "concat");
+    // Pooling, global pooling + linear composed, option-A shortcut, transposed conv.
+    let pool = LinearMap::avg_pool(4, 19, 27, Window { kernel: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1] });
+    check_plan(&pool, &[&go.layout()], &go.strided(4, 10, 14, 2).layout(), &mut r, "avgpool");
+    let gap = LinearMap::global_avg_pool(4, 19, 27);
+    let fc = LinearMap::fully_connected(4, 7, &rand_vec(&mut r, 28), Some(&rand_vec(&mut r, 7)));
+    let head = fc.after(&gap);
+    check_plan(&head, &[&go.layout()], &Layout::vector(7, slots), &mut r, "gap+fc");
+    let sc = LinearMap::subsample_pad(4, 19, 27, 2, 2, 2);
+    check_plan(&sc, &[&go.layout()], &go.strided(8, 10, 14, 2).layout(), &mut r, "shortcut");
+    let ct = LinearMap::conv_transpose2d(4, 19, 27, 3, 38, 54, Window { kernel: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1] }, 1, &rand_vec(&mut r, 4 * 3 * 9), Some(&[0.1, 0.2, 0.3]));
+    check_plan(&ct, &[&go.layout()], &go.upsampled(3, 38, 54, 2).layout(), &mut r, "conv transpose");
+}
+
+#[test]
+fn identity_placements_pass_through_without_rotations() {
+    let g = Gip::fresh(6, 9, 7, 256);
+    let l = g.layout();
+    let p = DiagonalPlan::new(&LinearMap::identity(l.len()), &[&l], &l).unwrap();
+    assert!(!p.consumes_level());
+    assert_eq!(p.rotation_count(), 0);
+    let sum = DiagonalPlan::new(&LinearMap::sum(2, l.len()), &[&l, &l], &l).unwrap();
+    assert!(!sum.consumes_level());
+    // Concat where the first input already sits where the output wants it.
+    let wide = g.with_channels(8);
+    let cat = DiagonalPlan::new(&LinearMap::concat(&[6 * 63, 2 * 63]), &[&l, &Gip::fresh(2, 9, 7, 256).layout()], &wide.layout()).unwrap();
+    // The 6 channels of the first input keep their slots in both output ciphertexts.
+    assert_eq!(cat.outputs.iter().map(|o| o.passthrough.len()).sum::<usize>(), 2);
+    assert!(cat.consumes_level(), "the second input must move");
+}
+
+#[test]
+fn composition_matches_sequential_application() {
+    let mut r = StdRng::seed_from_u64(5);
+    let win = Window { kernel: [3, 3], stride: [1, 1], padding: [1, 1], dilation: [1, 1] };
+    let conv = LinearMap::conv2d(3, 7, 5, 4, win, 1, &rand_vec(&mut r, 108), Some(&rand_vec(&mut r, 4)));
+    let bn = LinearMap::affine(4, 35, &rand_vec(&mut r, 4), &rand_vec(&mut r, 4));
+    let both = bn.after(&conv);
+    let x = rand_vec(&mut r, 105);
+    let seq = bn.apply(&[&conv.apply(&[&x])]);
+    for (a, b) in both.apply(&[&x]).iter().zip(&seq) {
+        assert!((a - b).abs() < 1e-12);
+    }
+}
