@@ -194,21 +194,7 @@ pub fn default_eval_poly<B: Backend + ?Sized>(b: &B, a: &B::Ciphertext, coeffs: 
         return Err(BackendError::OutOfRange { op: "eval_poly", detail: "non-finite coefficient".into() });
     }
     let delta = b.capabilities().default_scale();
-    // powers[k] = a^k, each freshly rescaled.
-    let mut powers: Vec<Option<B::Ciphertext>> = vec![None; degree.max(1) + 1];
-    powers[1] = Some(a.clone());
-    for k in 2..=degree {
-        let hi = 1usize << (usize::BITS - 1 - k.leading_zeros());
-        let lo = k - hi;
-        let p = if lo == 0 {
-            b.square(powers[hi / 2].as_ref().expect("built"))?
-        } else {
-            let (x, y) = (powers[hi].as_ref().expect("built"), powers[lo].as_ref().expect("built"));
-            let l = b.level(x).min(b.level(y));
-            b.mul(&b.drop_to_level(x, l)?, &b.drop_to_level(y, l)?)?
-        };
-        powers[k] = Some(b.rescale(&p)?);
-    }
+    let powers = power_basis(b, a, degree.max(1))?;
     let target = (1..=degree.max(1)).map(|k| b.level(powers[k].as_ref().expect("built"))).min().expect("non-empty") - 1;
     let q = b.modulus(target + 1);
     let mut acc: Option<B::Ciphertext> = None;
@@ -232,6 +218,26 @@ pub fn default_eval_poly<B: Backend + ?Sized>(b: &B, a: &B::Ciphertext, coeffs: 
     } else {
         Ok(acc)
     }
+}
+
+/// `powers[k] = a^k` for k = 1..=degree (index 0 unused), each freshly rescaled, built by
+/// squaring and products of powers of two: a^k sits ⌈log2 k⌉ levels below `a`.
+pub fn power_basis<B: Backend + ?Sized>(b: &B, a: &B::Ciphertext, degree: usize) -> BResult<Vec<Option<B::Ciphertext>>> {
+    let mut powers: Vec<Option<B::Ciphertext>> = vec![None; degree.max(1) + 1];
+    powers[1] = Some(a.clone());
+    for k in 2..=degree {
+        let hi = 1usize << (usize::BITS - 1 - k.leading_zeros());
+        let lo = k - hi;
+        let p = if lo == 0 {
+            b.square(powers[hi / 2].as_ref().expect("built"))?
+        } else {
+            let (x, y) = (powers[hi].as_ref().expect("built"), powers[lo].as_ref().expect("built"));
+            let l = b.level(x).min(b.level(y));
+            b.mul(&b.drop_to_level(x, l)?, &b.drop_to_level(y, l)?)?
+        };
+        powers[k] = Some(b.rescale(&p)?);
+    }
+    Ok(powers)
 }
 
 /// Client side: holds the secret key.

@@ -20,5 +20,6 @@ pub mod import;
 pub mod ir;
 pub mod plugin;
 pub mod reference;
+pub mod transform;
 
 pub use error::{BackendError, Error, Result};

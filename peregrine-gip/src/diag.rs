@@ -119,7 +119,8 @@ impl DiagonalPlan {
         keys.sort_by_key(|(k, _)| *k);
         for (key, diags) in keys {
             let (oct, inp, ict) = key;
-            let pass = diags.len() == 1
+            let pass = !inputs[inp].dirty
+                && diags.len() == 1
                 && diags.contains_key(&0)
                 && diags[&0].len() == per_ct[inp][ict]
                 && diags[&0].iter().all(|(_, w)| *w == 1.0);

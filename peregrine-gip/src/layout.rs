@@ -167,7 +167,7 @@ impl Gip {
                 }
             }
         }
-        Layout { positions: pos, ciphertexts: self.ciphertexts(), slots: self.slots, gip: Some(self.clone()) }
+        Layout { positions: pos, ciphertexts: self.ciphertexts(), slots: self.slots, gip: Some(self.clone()), dirty: false }
     }
 }
 
@@ -182,6 +182,10 @@ pub struct Layout {
     pub slots: usize,
     /// The GIP descriptor this layout comes from, if any.
     pub gip: Option<Gip>,
+    /// Whether slots outside `positions` may hold garbage (e.g. after a rotate-and-sum); such
+    /// a tensor may only be read through masks (diagonals), never passed through as is.
+    #[serde(default)]
+    pub dirty: bool,
 }
 
 impl Layout {
@@ -192,7 +196,30 @@ impl Layout {
             ciphertexts: len.div_ceil(slots).max(1),
             slots,
             gip: None,
+            dirty: false,
         }
+    }
+
+    /// Rotation steps of [`Layout::rotate_and_sum_steps`]-style sums: computing
+    /// `Σ_{j<n} rot(x, j·stride)` by doubling needs these rotations, in order
+    /// (`(step, kind)` with kind 0 = doubling `p += rot(p, step)`, 1 = accumulate `acc += rot(p, step)`).
+    pub fn rotate_and_sum_steps(n: usize, stride: i64) -> Vec<(i64, u8)> {
+        let mut out = Vec::new();
+        let (mut covered, mut shift) = (1usize, 0usize);
+        let mut bit = 0;
+        loop {
+            if n & (1 << bit) != 0 {
+                out.push((shift as i64 * stride, 1));
+                shift += covered;
+            }
+            if (1usize << (bit + 1)) > n {
+                break;
+            }
+            out.push((covered as i64 * stride, 0));
+            covered *= 2;
+            bit += 1;
+        }
+        out
     }
 
     /// Number of tensor elements.

@@ -273,28 +273,80 @@ impl LinearMap {
     /// `self ∘ before`: feeds `before`'s output into this map's single input.
     pub fn after(&self, before: &LinearMap) -> LinearMap {
         assert_eq!(self.input_lens.len(), 1, "composition needs a single-input outer map");
-        assert_eq!(self.input_lens[0], before.out_len, "composed maps disagree on the middle size");
-        let mut by_dst: HashMap<u32, Vec<&Entry>> = HashMap::new();
-        for e in &before.entries {
-            by_dst.entry(e.dst).or_default().push(e);
+        self.substitute(&[Some(before)])
+    }
+
+    /// Replaces input `i` by the output of `inner[i]` where given. The result's inputs are, in
+    /// order, for each input of `self` either the inputs of `inner[i]` or that input itself.
+    pub fn substitute(&self, inner: &[Option<&LinearMap>]) -> LinearMap {
+        assert_eq!(inner.len(), self.input_lens.len(), "one substitution slot per input");
+        let mut base = Vec::with_capacity(inner.len());
+        let mut input_lens = Vec::new();
+        for (i, m) in inner.iter().enumerate() {
+            base.push(input_lens.len() as u32);
+            match m {
+                Some(m) => {
+                    assert_eq!(m.out_len, self.input_lens[i], "substituted map {i} has the wrong output size");
+                    input_lens.extend_from_slice(&m.input_lens);
+                }
+                None => input_lens.push(self.input_lens[i]),
+            }
         }
-        let mut entries = Vec::new();
+        let by_dst: Vec<Option<HashMap<u32, Vec<&Entry>>>> = inner
+            .iter()
+            .map(|m| {
+                m.map(|m| {
+                    let mut h: HashMap<u32, Vec<&Entry>> = HashMap::new();
+                    for e in &m.entries {
+                        h.entry(e.dst).or_default().push(e);
+                    }
+                    h
+                })
+            })
+            .collect();
+        let mut entries = Vec::with_capacity(self.entries.len());
+        let mut bias = self.bias.clone();
         for a in &self.entries {
-            if let Some(bs) = by_dst.get(&a.src) {
-                for b in bs {
-                    entries.push(Entry { input: b.input, src: b.src, dst: a.dst, w: a.w * b.w });
+            let i = a.input as usize;
+            match &by_dst[i] {
+                None => entries.push(Entry { input: base[i], ..*a }),
+                Some(h) => {
+                    if let Some(bs) = h.get(&a.src) {
+                        for b in bs {
+                            entries.push(Entry { input: base[i] + b.input, src: b.src, dst: a.dst, w: a.w * b.w });
+                        }
+                    }
+                    if let Some(bb) = inner[i].and_then(|m| m.bias.as_ref()) {
+                        bias.get_or_insert_with(|| vec![0.0; self.out_len])[a.dst as usize] += a.w * bb[a.src as usize];
+                    }
                 }
             }
         }
-        let mut bias = self.bias.clone();
-        if let Some(bb) = &before.bias {
-            let v = bias.get_or_insert_with(|| vec![0.0; self.out_len]);
-            for a in &self.entries {
-                v[a.dst as usize] += a.w * bb[a.src as usize];
-            }
-        }
-        let mut m = LinearMap { input_lens: before.input_lens.clone(), out_len: self.out_len, entries, bias };
+        let mut m = LinearMap { input_lens, out_len: self.out_len, entries, bias };
         m.merge_duplicates();
         m
+    }
+
+    /// Merges inputs that are the same tensor: `ids[i]` names input i; returns the map over
+    /// the distinct ids (in first-seen order) and those ids.
+    pub fn merge_inputs<T: PartialEq + Clone>(&self, ids: &[T]) -> (LinearMap, Vec<T>) {
+        assert_eq!(ids.len(), self.input_lens.len());
+        let mut uniq: Vec<T> = Vec::new();
+        let mut lens = Vec::new();
+        let mut remap = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            match uniq.iter().position(|u| u == id) {
+                Some(k) => remap.push(k as u32),
+                None => {
+                    remap.push(uniq.len() as u32);
+                    uniq.push(id.clone());
+                    lens.push(self.input_lens[i]);
+                }
+            }
+        }
+        let entries = self.entries.iter().map(|e| Entry { input: remap[e.input as usize], ..*e }).collect();
+        let mut m = LinearMap { input_lens: lens, out_len: self.out_len, entries, bias: self.bias.clone() };
+        m.merge_duplicates();
+        (m, uniq)
     }
 }

@@ -1,0 +1,475 @@
+//! Compilation of a model graph into packed homomorphic steps.
+
+use std::collections::HashMap;
+
+use peregrine_core::ir::{Activation, Model, Op, INPUT};
+use peregrine_gip::linear::Window;
+use peregrine_gip::{DiagonalPlan, Gip, Layout, LinearMap};
+use serde::Serialize;
+
+use crate::OpsError;
+
+/// Index of a tensor in [`Program::tensors`].
+pub type TensorId = usize;
+
+/// A packed tensor: its shape and where its elements live.
+#[derive(Clone, Debug, Serialize)]
+pub struct TensorInfo {
+    /// Name (the IR node that produced it, or `input`).
+    pub name: String,
+    /// Shape without batch axis.
+    pub shape: Vec<usize>,
+    /// Packing.
+    #[serde(skip)]
+    pub layout: Layout,
+    /// Human description of the packing.
+    pub packing: String,
+    /// Number of ciphertexts.
+    pub ciphertexts: usize,
+}
+
+/// What one step computes.
+#[derive(Clone, Debug)]
+pub enum StepKind {
+    /// A composed linear map scheduled as diagonals (one level if it multiplies).
+    Linear {
+        /// Input tensors.
+        inputs: Vec<TensorId>,
+        /// The schedule.
+        plan: DiagonalPlan,
+    },
+    /// Per-slot polynomial `Σ_k coeffs[ct][k] ⊙ x^k` (coefficient vectors sparse per ciphertext).
+    Poly {
+        /// Input tensor.
+        input: TensorId,
+        /// Degree.
+        degree: usize,
+        /// `coeffs[ct][k]` = sparse `(slot, a_k)`.
+        coeffs: Vec<Vec<Vec<(u32, f64)>>>,
+    },
+    /// Rotate-and-sum: output ciphertext j is the sum of input ciphertexts `groups[j]`, then
+    /// for each pass `(n, stride)`: `x ← Σ_{i<n} rot(x, i·stride)` by doubling. No level used;
+    /// the output is dirty (only its anchor slots are meaningful).
+    Reduce {
+        /// Input tensor.
+        input: TensorId,
+        /// Input ciphertexts summed into each output ciphertext.
+        groups: Vec<Vec<usize>>,
+        /// Rotate-and-sum passes.
+        passes: Vec<(usize, i64)>,
+    },
+    /// Bootstrapping of every ciphertext of a tensor (inserted by the planner).
+    Bootstrap {
+        /// Input tensor.
+        input: TensorId,
+    },
+}
+
+/// One step of a program.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// Short name (the last IR node it covers).
+    pub name: String,
+    /// IR nodes fused into this step.
+    pub nodes: Vec<String>,
+    /// The computation.
+    pub kind: StepKind,
+    /// Output tensor.
+    pub output: TensorId,
+}
+
+impl Step {
+    /// Input tensors of the step.
+    pub fn inputs(&self) -> Vec<TensorId> {
+        match &self.kind {
+            StepKind::Linear { inputs, .. } => inputs.clone(),
+            StepKind::Poly { input, .. } | StepKind::Bootstrap { input } | StepKind::Reduce { input, .. } => vec![*input],
+        }
+    }
+    /// Kind name for reports.
+    pub fn kind_name(&self) -> &'static str {
+        match &self.kind {
+            StepKind::Linear { .. } => "linear",
+            StepKind::Poly { .. } => "poly",
+            StepKind::Bootstrap { .. } => "bootstrap",
+            StepKind::Reduce { .. } => "reduce",
+        }
+    }
+}
+
+/// A model compiled to packed steps for ciphertexts of `slots` slots.
+#[derive(Clone, Debug)]
+pub struct Program {
+    /// Slots per ciphertext.
+    pub slots: usize,
+    /// Every tensor; tensor 0 is the model input.
+    pub tensors: Vec<TensorInfo>,
+    /// Steps in execution order.
+    pub steps: Vec<Step>,
+    /// The output tensor.
+    pub output: TensorId,
+    /// IR node name → tensor holding its value, for nodes that were materialised.
+    pub node_tensors: HashMap<String, TensorId>,
+}
+
+/// A linear map not yet materialised: its input tensors and the IR nodes it covers.
+#[derive(Clone)]
+struct Pending {
+    map: LinearMap,
+    inputs: Vec<TensorId>,
+    nodes: Vec<String>,
+}
+
+enum Value {
+    Ready(TensorId),
+    Pending(Pending),
+}
+
+struct Compiler<'a> {
+    model: &'a Model,
+    slots: usize,
+    tensors: Vec<TensorInfo>,
+    steps: Vec<Step>,
+    values: Vec<Option<Value>>,
+    consumers: Vec<usize>,
+}
+
+fn f64s(model: &Model, name: &str) -> Vec<f64> {
+    model.weight(name).iter().map(|&v| v as f64).collect()
+}
+
+fn win(kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], dilation: [usize; 2]) -> Window {
+    Window { kernel, stride, padding, dilation }
+}
+
+/// Compiles `model` for ciphertexts of `slots` slots.
+pub fn compile(model: &Model, slots: usize) -> Result<Program, OpsError> {
+    let g = model.graph();
+    let mut consumers = vec![0usize; g.nodes.len()];
+    for n in &g.nodes {
+        for i in &n.inputs {
+            if let Some(j) = model.node_index(i) {
+                consumers[j] += 1;
+            }
+        }
+    }
+    let out_idx = model.node_index(&g.output).expect("validated");
+    consumers[out_idx] += 1; // the output is always materialised
+    let input_shape = g.input.shape.clone();
+    let gip = Gip::fresh(input_shape[0], input_shape[1], input_shape[2], slots);
+    let layout = gip.layout();
+    let mut c = Compiler {
+        model,
+        slots,
+        tensors: vec![TensorInfo {
+            name: INPUT.into(),
+            shape: input_shape,
+            packing: layout.describe(),
+            ciphertexts: layout.ciphertexts,
+            layout,
+        }],
+        steps: Vec::new(),
+        values: (0..g.nodes.len()).map(|_| None).collect(),
+        consumers,
+    };
+    let mut node_tensors = HashMap::new();
+    for (i, node) in g.nodes.iter().enumerate() {
+        let v = c.node(i)?;
+        c.values[i] = Some(v);
+        if i == out_idx {
+            let t = c.materialize(i)?;
+            node_tensors.insert(node.name.clone(), t);
+        }
+    }
+    for (i, node) in g.nodes.iter().enumerate() {
+        if let Some(Value::Ready(t)) = &c.values[i] {
+            node_tensors.insert(node.name.clone(), *t);
+        }
+    }
+    let output = node_tensors[&g.output];
+    Ok(Program { slots, tensors: c.tensors, steps: c.steps, output, node_tensors })
+}
+
+impl Compiler<'_> {
+    fn shape_of(&self, name: &str) -> Vec<usize> {
+        if name == INPUT {
+            self.model.graph().input.shape.clone()
+        } else {
+            self.model.shape(self.model.node_index(name).expect("validated")).clone()
+        }
+    }
+
+    /// The value of an input as a pending map over ready tensors (identity if ready).
+    fn as_pending(&mut self, name: &str, consumer_absorbs: bool) -> Result<Pending, OpsError> {
+        if name == INPUT {
+            return Ok(Pending { map: LinearMap::identity(self.tensors[0].layout.len()), inputs: vec![0], nodes: vec![] });
+        }
+        let j = self.model.node_index(name).expect("validated");
+        if consumer_absorbs && self.consumers[j] == 1 {
+            if let Some(Value::Pending(p)) = &self.values[j] {
+                return Ok(p.clone());
+            }
+        }
+        let t = self.materialize(j)?;
+        Ok(Pending { map: LinearMap::identity(self.tensors[t].layout.len()), inputs: vec![t], nodes: vec![] })
+    }
+
+    fn ready(&mut self, name: &str) -> Result<TensorId, OpsError> {
+        if name == INPUT {
+            return Ok(0);
+        }
+        let j = self.model.node_index(name).expect("validated");
+        self.materialize(j)
+    }
+
+    /// Handles one IR node, returning its value.
+    fn node(&mut self, i: usize) -> Result<Value, OpsError> {
+        let node = &self.model.graph().nodes[i];
+        let name = node.name.clone();
+        let in_shape = self.shape_of(&node.inputs[0]);
+        let out_shape = self.model.shape(i).clone();
+        let m = self.model;
+        let single = |map: LinearMap, this: &mut Self| -> Result<Value, OpsError> {
+            let mut p = this.as_pending(&node.inputs[0], true)?;
+            p.map = map.after(&p.map);
+            p.nodes.push(name.clone());
+            Ok(Value::Pending(p))
+        };
+        let chw = |s: &[usize]| -> (usize, usize, usize) { (s[0], s.get(1).copied().unwrap_or(1), s.get(2).copied().unwrap_or(1)) };
+        let (ci, hi, wi) = chw(&in_shape);
+        match &node.op {
+            Op::Conv2d(p) => {
+                let map = LinearMap::conv2d(
+                    ci,
+                    hi,
+                    wi,
+                    p.out_channels,
+                    win(p.kernel, p.stride, p.padding, p.dilation),
+                    p.groups,
+                    &f64s(m, &p.weight),
+                    p.bias.as_ref().map(|b| f64s(m, b)).as_deref(),
+                );
+                single(map, self)
+            }
+            Op::ConvTranspose2d(p) => {
+                let map = LinearMap::conv_transpose2d(
+                    ci,
+                    hi,
+                    wi,
+                    p.out_channels,
+                    out_shape[1],
+                    out_shape[2],
+                    win(p.kernel, p.stride, p.padding, p.dilation),
+                    p.groups,
+                    &f64s(m, &p.weight),
+                    p.bias.as_ref().map(|b| f64s(m, b)).as_deref(),
+                );
+                single(map, self)
+            }
+            Op::BatchNorm(b) => {
+                let (w, bb, mean, var) = (f64s(m, &b.weight), f64s(m, &b.bias), f64s(m, &b.running_mean), f64s(m, &b.running_var));
+                let scale: Vec<f64> = (0..ci).map(|c| w[c] / (var[c] + b.eps).sqrt()).collect();
+                let shift: Vec<f64> = (0..ci).map(|c| bb[c] - mean[c] * scale[c]).collect();
+                single(LinearMap::affine(ci, hi * wi, &scale, &shift), self)
+            }
+            Op::AvgPool(p) => single(LinearMap::avg_pool(ci, hi, wi, win(p.kernel, p.stride, p.padding, [1, 1])), self),
+            Op::GlobalAvgPool => {
+                // Sum each channel by rotations (no level), then let the next linear map read the
+                // per-channel sums at their anchor slots: far fewer diagonals than a dense map.
+                let t = self.ready(&node.inputs[0])?;
+                let layout = self.tensors[t].layout.clone();
+                match layout.gip.clone() {
+                    Some(g) if !layout.dirty && hi * wi > 1 => {
+                        let cps = g.cts_per_submap();
+                        let subs = g.split * g.split;
+                        let groups = (0..cps).map(|j| (0..subs).map(|sub| sub * cps + j).collect()).collect();
+                        let passes = vec![
+                            (wi.div_ceil(g.split), g.mux as i64),
+                            (hi.div_ceil(g.split), (g.mux * g.row_stride) as i64),
+                        ];
+                        let positions = (0..ci).map(|c| g.position(c, 0, 0)).collect();
+                        let sum_layout = Layout { positions, ciphertexts: cps, slots: self.slots, gip: None, dirty: true };
+                        let sum = self.new_tensor(&format!("{name}#sum"), vec![ci, 1, 1], sum_layout);
+                        self.steps.push(Step {
+                            name: format!("{name}#sum"),
+                            nodes: vec![name.clone()],
+                            kind: StepKind::Reduce { input: t, groups, passes },
+                            output: sum,
+                        });
+                        let mut mean = LinearMap::affine(ci, 1, &vec![1.0 / (hi * wi) as f64; ci], &vec![0.0; ci]);
+                        mean.bias = None;
+                        Ok(Value::Pending(Pending { map: mean, inputs: vec![sum], nodes: vec![name] }))
+                    }
+                    _ => single(LinearMap::global_avg_pool(ci, hi, wi), self),
+                }
+            }
+            Op::Linear(l) => single(
+                LinearMap::fully_connected(l.in_features, l.out_features, &f64s(m, &l.weight), l.bias.as_ref().map(|b| f64s(m, b)).as_deref()),
+                self,
+            ),
+            Op::Upsample { factor } => single(LinearMap::upsample(ci, hi, wi, *factor), self),
+            Op::SubsampleChannelPad { stride, pad_before, pad_after } => {
+                single(LinearMap::subsample_pad(ci, hi, wi, *stride, *pad_before, *pad_after), self)
+            }
+            Op::Flatten => single(LinearMap::identity(ci * hi * wi), self),
+            Op::Add | Op::Concat => {
+                let lens: Vec<usize> = node.inputs.iter().map(|n| self.shape_of(n).iter().product()).collect();
+                let outer = if matches!(node.op, Op::Add) { LinearMap::sum(lens.len(), lens[0]) } else { LinearMap::concat(&lens) };
+                let mut subs = Vec::new();
+                let mut ids = Vec::new();
+                let mut nodes = Vec::new();
+                for n in &node.inputs {
+                    let p = self.as_pending(n, true)?;
+                    ids.extend(p.inputs.iter().copied());
+                    nodes.extend(p.nodes.iter().cloned());
+                    subs.push(p.map);
+                }
+                let combined = outer.substitute(&subs.iter().map(Some).collect::<Vec<_>>());
+                let (map, inputs) = combined.merge_inputs(&ids);
+                nodes.push(name.clone());
+                Ok(Value::Pending(Pending { map, inputs, nodes }))
+            }
+            Op::Activation(Activation::Poly { coeffs, input_scale }) => {
+                let cm = m.weight(coeffs);
+                let (channels, terms) = (cm.shape()[0], cm.shape()[1]);
+                let a: Vec<f64> = cm.iter().map(|&v| v as f64).collect();
+                let hw = hi * wi;
+                let scale = input_scale.as_ref().map(|s| f64s(m, s));
+                // Fold the per-channel input scale into the producing linear map when it is ours alone.
+                let mut folded = false;
+                let t = match (&scale, &node.inputs[0]) {
+                    (Some(s), n) if n != INPUT && self.consumers[m.node_index(n).expect("validated")] == 1 && matches!(self.values[m.node_index(n).expect("validated")], Some(Value::Pending(_))) => {
+                        let mut p = self.as_pending(n, true)?;
+                        p.map = LinearMap::affine(channels, hw, s, &vec![0.0; channels]).after(&p.map);
+                        let j = m.node_index(n).expect("validated");
+                        self.values[j] = Some(Value::Pending(p));
+                        folded = true;
+                        let t = self.materialize(j)?;
+                        // The tensor now holds s·x, not the node's value: name it so.
+                        self.tensors[t].name = format!("{n}#scaled");
+                        t
+                    }
+                    _ => self.ready(&node.inputs[0])?,
+                };
+                let t = self.cleaned(t)?;
+                let layout = self.tensors[t].layout.clone();
+                let mut per_ct = vec![vec![Vec::new(); terms]; layout.ciphertexts];
+                for (idx, &(ct, slot)) in layout.positions.iter().enumerate() {
+                    let ch = (idx / hw).min(channels - 1);
+                    let s = match (&scale, folded) {
+                        (Some(s), false) => s[ch],
+                        _ => 1.0,
+                    };
+                    for k in 0..terms {
+                        let v = a[ch * terms + k] * s.powi(k as i32);
+                        if v != 0.0 {
+                            per_ct[ct as usize][k].push((slot, v));
+                        }
+                    }
+                }
+                let out = self.new_tensor(&name, out_shape, layout);
+                self.steps.push(Step {
+                    name: name.clone(),
+                    nodes: vec![name],
+                    kind: StepKind::Poly { input: t, degree: terms - 1, coeffs: per_ct },
+                    output: out,
+                });
+                Ok(Value::Ready(out))
+            }
+            Op::Activation(_) => Err(OpsError::Unsupported(format!(
+                "node '{}' is a {} activation, which CKKS cannot evaluate; convert the model to polynomial activations first (peregrine convert / peregrine finetune)",
+                name,
+                node.op.kind().to_uppercase()
+            ))),
+            Op::MaxPool(_) => Err(OpsError::Unsupported(format!(
+                "node '{name}' is max pooling, which CKKS cannot evaluate; replace it by average pooling (peregrine convert does)"
+            ))),
+        }
+    }
+
+    fn new_tensor(&mut self, name: &str, shape: Vec<usize>, layout: Layout) -> TensorId {
+        self.tensors.push(TensorInfo {
+            name: name.into(),
+            shape,
+            packing: layout.describe(),
+            ciphertexts: layout.ciphertexts,
+            layout,
+        });
+        self.tensors.len() - 1
+    }
+
+    /// A clean copy of a dirty tensor (identity map through masks), or the tensor itself.
+    fn cleaned(&mut self, t: TensorId) -> Result<TensorId, OpsError> {
+        if !self.tensors[t].layout.dirty {
+            return Ok(t);
+        }
+        let info = self.tensors[t].clone();
+        let layout = self.choose_layout(&info.shape, &[]);
+        let map = LinearMap::identity(info.layout.len());
+        let plan = DiagonalPlan::new(&map, &[&info.layout], &layout).map_err(OpsError::Layout)?;
+        let name = format!("{}#clean", info.name);
+        let out = self.new_tensor(&name, info.shape.clone(), layout);
+        self.steps.push(Step { name: name.clone(), nodes: vec![], kind: StepKind::Linear { inputs: vec![t], plan }, output: out });
+        Ok(out)
+    }
+
+    /// Packing for a new tensor of `shape` computed from `inputs`.
+    fn choose_layout(&self, shape: &[usize], inputs: &[TensorId]) -> Layout {
+        if shape.len() != 3 {
+            return Layout::vector(shape.iter().product(), self.slots);
+        }
+        let (c, h, w) = (shape[0], shape[1], shape[2]);
+        let reference = inputs.iter().filter_map(|t| self.tensors[*t].layout.gip.clone()).find(|g| g.height > 1 || g.width > 1);
+        let gip = match reference {
+            None => Gip::fresh(c, h, w, self.slots),
+            Some(r) if (r.height, r.width) == (h, w) => r.with_channels(c),
+            Some(r) => {
+                let s = r.height / h.max(1);
+                let u = h / r.height.max(1);
+                if s > 1 && r.height.div_ceil(s) == h && r.width.div_ceil(s) == w {
+                    r.strided(c, h, w, s)
+                } else if u > 1 && r.height * u == h && r.width * u == w {
+                    r.upsampled(c, h, w, u)
+                } else {
+                    Gip::fresh(c, h, w, self.slots)
+                }
+            }
+        };
+        match gip.validate() {
+            Ok(()) => gip.layout(),
+            Err(_) => Gip::fresh(c, h, w, self.slots).layout(),
+        }
+    }
+
+    /// Turns node `j`'s value into a tensor (scheduling its pending map if needed).
+    fn materialize(&mut self, j: usize) -> Result<TensorId, OpsError> {
+        match self.values[j].take() {
+            Some(Value::Ready(t)) => {
+                self.values[j] = Some(Value::Ready(t));
+                Ok(t)
+            }
+            Some(Value::Pending(p)) => {
+                let name = self.model.graph().nodes[j].name.clone();
+                let shape = self.model.shape(j).clone();
+                let out = if p.map.is_identity() && p.inputs.len() == 1 && self.tensors[p.inputs[0]].layout.len() == p.map.out_len {
+                    // A pure relabelling (flatten): reuse the input's slots.
+                    let layout = self.tensors[p.inputs[0]].layout.clone();
+                    let t = self.new_tensor(&name, shape, layout.clone());
+                    let plan = DiagonalPlan::new(&p.map, &[&layout], &layout).map_err(OpsError::Layout)?;
+                    self.steps.push(Step { name: name.clone(), nodes: p.nodes, kind: StepKind::Linear { inputs: p.inputs, plan }, output: t });
+                    t
+                } else {
+                    let layout = self.choose_layout(&shape, &p.inputs);
+                    let ins: Vec<&Layout> = p.inputs.iter().map(|t| &self.tensors[*t].layout).collect();
+                    let plan = DiagonalPlan::new(&p.map, &ins, &layout).map_err(|e| OpsError::Layout(format!("node '{name}': {e}")))?;
+                    let t = self.new_tensor(&name, shape, layout);
+                    self.steps.push(Step { name: name.clone(), nodes: p.nodes, kind: StepKind::Linear { inputs: p.inputs, plan }, output: t });
+                    t
+                };
+                self.values[j] = Some(Value::Ready(out));
+                Ok(out)
+            }
+            None => unreachable!("nodes are compiled in topological order"),
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Execution of a plan on any backend, plus the client-side packing helpers.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use peregrine_core::backend::{power_basis, BResult, Backend, Client};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::compile::{Step, StepKind, TensorId};
+use crate::plan::Plan;
+use crate::OpsError;
+
+/// Wall time of one step.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepTiming {
+    /// Step name.
+    pub name: String,
+    /// `linear`, `poly` or `bootstrap`.
+    pub kind: &'static str,
+    /// Seconds.
+    pub seconds: f64,
+    /// Level of the result.
+    pub level: usize,
+}
+
+fn dense(sparse: &[(u32, f64)], slots: usize) -> Vec<f64> {
+    let mut v = vec![0.0; slots];
+    for &(s, x) in sparse {
+        v[s as usize] = x;
+    }
+    v
+}
+
+/// Client side: packs a flat input tensor (C-H-W order) into the plan's input layout and encrypts it.
+pub fn encrypt_input<C: Client>(
+    client: &C,
+    plan: &Plan,
+    input: &[f64],
+) -> Result<Vec<<C::Backend as Backend>::Ciphertext>, OpsError> {
+    let layout = &plan.program.tensors[0].layout;
+    if input.len() != layout.len() {
+        return Err(OpsError::Shape(format!("input has {} values, the plan expects {}", input.len(), layout.len())));
+    }
+    let caps = client.capabilities();
+    layout
+        .pack(input)
+        .iter()
+        .map(|v| client.encode(v, plan.levels[0], caps.default_scale()).and_then(|p| client.encrypt(&p)))
+        .collect::<BResult<Vec<_>>>()
+        .map_err(|e| OpsError::Backend { step: "encrypt input".into(), source: e })
+}
+
+/// Client side: decrypts a packed tensor and reads it back in C-H-W order.
+pub fn decrypt_tensor<C: Client>(
+    client: &C,
+    plan: &Plan,
+    tensor: TensorId,
+    cts: &[<C::Backend as Backend>::Ciphertext],
+) -> Result<Vec<f64>, OpsError> {
+    let layout = &plan.program.tensors[tensor].layout;
+    let slots = cts
+        .iter()
+        .map(|c| client.decrypt_values(c))
+        .collect::<BResult<Vec<_>>>()
+        .map_err(|e| OpsError::Backend { step: "decrypt".into(), source: e })?;
+    Ok(layout.unpack(&slots))
+}
+
+/// Client side: decrypts the model output.
+pub fn decrypt_output<C: Client>(
+    client: &C,
+    plan: &Plan,
+    cts: &[<C::Backend as Backend>::Ciphertext],
+) -> Result<Vec<f64>, OpsError> {
+    decrypt_tensor(client, plan, plan.program.output, cts)
+}
+
+/// Server side: runs the plan on encrypted input. `observe(step, output tensor, ciphertexts)`
+/// is called after every step (e.g. for a client-side precision trace in tests and tools).
+pub fn execute<B: Backend>(
+    plan: &Plan,
+    backend: &B,
+    input: Vec<B::Ciphertext>,
+    mut observe: impl FnMut(&Step, TensorId, &[B::Ciphertext]),
+) -> Result<(Vec<B::Ciphertext>, Vec<StepTiming>), OpsError> {
+    let prog = &plan.program;
+    if input.len() != prog.tensors[0].ciphertexts {
+        return Err(OpsError::Shape(format!(
+            "{} input ciphertexts, the plan expects {}",
+            input.len(),
+            prog.tensors[0].ciphertexts
+        )));
+    }
+    let mut last_use = vec![0usize; prog.tensors.len()];
+    for (i, s) in prog.steps.iter().enumerate() {
+        for t in s.inputs() {
+            last_use[t] = i;
+        }
+    }
+    last_use[prog.output] = usize::MAX;
+    let mut values: Vec<Option<Vec<B::Ciphertext>>> = (0..prog.tensors.len()).map(|_| None).collect();
+    values[0] = Some(input);
+    let mut timings = Vec::with_capacity(prog.steps.len());
+    let delta = plan.capabilities.default_scale();
+    for (i, step) in prog.steps.iter().enumerate() {
+        let t0 = Instant::now();
+        let level = plan.levels[step.output];
+        let wrap = |e| OpsError::Backend { step: step.name.clone(), source: e };
+        let out = match &step.kind {
+            StepKind::Linear { inputs, plan: dp } => {
+                let ins: Vec<&[B::Ciphertext]> = inputs.iter().map(|t| values[*t].as_deref().expect("computed")).collect();
+                linear(backend, dp, &ins, level, delta).map_err(wrap)?
+            }
+            StepKind::Poly { input, degree, coeffs } => {
+                let x = values[*input].as_deref().expect("computed");
+                x.par_iter()
+                    .zip(coeffs.par_iter())
+                    .map(|(ct, c)| poly(backend, ct, *degree, c, delta, prog.slots))
+                    .collect::<BResult<Vec<_>>>()
+                    .map_err(wrap)?
+            }
+            StepKind::Reduce { input, groups, passes } => {
+                let x = values[*input].as_deref().expect("computed");
+                groups
+                    .par_iter()
+                    .map(|g| reduce(backend, x, g, passes))
+                    .collect::<BResult<Vec<_>>>()
+                    .map_err(wrap)?
+            }
+            StepKind::Bootstrap { input } => {
+                let x = values[*input].as_deref().expect("computed");
+                x.par_iter().map(|ct| backend.bootstrap(ct)).collect::<BResult<Vec<_>>>().map_err(wrap)?
+            }
+        };
+        timings.push(StepTiming { name: step.name.clone(), kind: step.kind_name(), seconds: t0.elapsed().as_secs_f64(), level });
+        observe(step, step.output, &out);
+        values[step.output] = Some(out);
+        for t in step.inputs() {
+            if last_use[t] == i {
+                values[t] = None;
+            }
+        }
+    }
+    Ok((values[prog.output].take().expect("output computed"), timings))
+}
+
+fn linear<B: Backend>(
+    b: &B,
+    plan: &peregrine_gip::DiagonalPlan,
+    inputs: &[&[B::Ciphertext]],
+    out_level: usize,
+    delta: f64,
+) -> BResult<Vec<B::Ciphertext>> {
+    let slots = plan.slots;
+    let op_level = out_level + 1;
+    // Baby-step rotations, hoisted per input ciphertext.
+    let mut needed: HashMap<(usize, usize), Vec<i64>> = HashMap::new();
+    for o in &plan.outputs {
+        for g in &o.giants {
+            for t in &g.terms {
+                needed.entry((t.input, t.in_ct)).or_default();
+            }
+        }
+    }
+    for (k, bs) in &plan.babies {
+        needed.entry(*k).or_default().extend(bs.iter().copied());
+    }
+    let keys: Vec<(usize, usize)> = needed.keys().copied().collect();
+    let rotated: Vec<((usize, usize), Vec<(i64, B::Ciphertext)>)> = keys
+        .par_iter()
+        .map(|&(inp, ict)| {
+            let base = b.drop_to_level(&inputs[inp][ict], op_level)?;
+            let steps = &needed[&(inp, ict)];
+            let mut out = vec![(0i64, base.clone())];
+            if !steps.is_empty() {
+                out.extend(steps.iter().copied().zip(b.rotate_many(&base, steps)?));
+            }
+            Ok(((inp, ict), out))
+        })
+        .collect::<BResult<Vec<_>>>()?;
+    let mut table: HashMap<(usize, usize, i64), &B::Ciphertext> = HashMap::new();
+    for ((inp, ict), list) in &rotated {
+        for (s, c) in list {
+            table.insert((*inp, *ict, *s), c);
+        }
+    }
+    let q = b.modulus(op_level);
+    plan.outputs
+        .par_iter()
+        .map(|o| {
+            let mut total: Option<B::Ciphertext> = None;
+            for g in &o.giants {
+                let mut acc: Option<B::Ciphertext> = None;
+                for t in &g.terms {
+                    let x = table[&(t.input, t.in_ct, t.baby)];
+                    let pt = b.encode(&dense(&t.diag, slots), op_level, delta * q / b.scale(x))?;
+                    let p = b.mul_plain(x, &pt)?;
+                    acc = Some(match acc {
+                        None => p,
+                        Some(a) => b.add(&a, &p)?,
+                    });
+                }
+                let acc = acc.expect("a giant has terms");
+                let acc = if g.step != 0 { b.rotate(&acc, g.step)? } else { acc };
+                total = Some(match total {
+                    None => acc,
+                    Some(a) => b.add(&a, &acc)?,
+                });
+            }
+            let mut out = match total {
+                Some(t) => Some(b.rescale(&t)?),
+                None => None,
+            };
+            for &(inp, ict) in &o.passthrough {
+                let x = b.drop_to_level(&inputs[inp][ict], out_level)?;
+                out = Some(match out {
+                    None => x,
+                    Some(a) => b.add(&a, &x)?,
+                });
+            }
+            let out = match out {
+                Some(x) => x,
+                None => {
+                    // An output ciphertext with no contribution: an encryption of zero.
+                    let x = b.drop_to_level(&inputs[0][0], out_level)?;
+                    b.sub(&x, &x)?
+                }
+            };
+            if o.bias.is_empty() {
+                Ok(out)
+            } else {
+                let pt = b.encode(&dense(&o.bias, slots), out_level, b.scale(&out))?;
+                b.add_plain(&out, &pt)
+            }
+        })
+        .collect()
+}
+
+fn reduce<B: Backend>(b: &B, x: &[B::Ciphertext], group: &[usize], passes: &[(usize, i64)]) -> BResult<B::Ciphertext> {
+    let mut acc = x[group[0]].clone();
+    for &i in &group[1..] {
+        acc = b.add(&acc, &x[i])?;
+    }
+    for &(n, stride) in passes {
+        let mut p = acc.clone();
+        let mut out: Option<B::Ciphertext> = None;
+        for (step, kind) in peregrine_gip::Layout::rotate_and_sum_steps(n, stride) {
+            let r = if step == 0 { p.clone() } else { b.rotate(&p, step)? };
+            if kind == 1 {
+                out = Some(match out {
+                    None => r,
+                    Some(o) => b.add(&o, &r)?,
+                });
+            } else {
+                p = b.add(&p, &r)?;
+            }
+        }
+        acc = out.expect("n >= 1");
+    }
+    Ok(acc)
+}
+
+fn poly<B: Backend>(b: &B, x: &B::Ciphertext, degree: usize, coeffs: &[Vec<(u32, f64)>], delta: f64, slots: usize) -> BResult<B::Ciphertext> {
+    let powers = power_basis(b, x, degree)?;
+    let target = (1..=degree).map(|k| b.level(powers[k].as_ref().expect("built"))).min().expect("degree >= 1") - 1;
+    let q = b.modulus(target + 1);
+    let mut acc: Option<B::Ciphertext> = None;
+    for (k, c) in coeffs.iter().enumerate().skip(1) {
+        if c.is_empty() {
+            continue;
+        }
+        let t = b.drop_to_level(powers[k].as_ref().expect("built"), target + 1)?;
+        let pt = b.encode(&dense(c, slots), target + 1, delta * q / b.scale(&t))?;
+        let term = b.rescale(&b.mul_plain(&t, &pt)?)?;
+        acc = Some(match acc {
+            None => term,
+            Some(a) => b.add(&a, &term)?,
+        });
+    }
+    let acc = match acc {
+        Some(a) => a,
+        None => {
+            let z = b.drop_to_level(x, target)?;
+            b.sub(&z, &z)?
+        }
+    };
+    match coeffs.first() {
+        Some(c0) if !c0.is_empty() => {
+            let pt = b.encode(&dense(c0, slots), target, b.scale(&acc))?;
+            b.add_plain(&acc, &pt)
+        }
+        _ => Ok(acc),
+    }
+}

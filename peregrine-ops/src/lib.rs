@@ -1,0 +1,53 @@
+//! # peregrine-ops
+//!
+//! From a validated model to encrypted execution on any [`Backend`](peregrine_core::backend::Backend):
+//! - [`compile`]: turns the graph into a [`Program`] of packed steps. Chains of linear layers
+//!   (convolution + batch norm, residual additions with their branches, pooling + fully
+//!   connected…) are composed into one sparse map each and scheduled as diagonals
+//!   (baby-step giant-step) between GIP layouts; polynomial activations become per-slot
+//!   coefficient vectors; per-channel input scales are folded into the preceding linear layer.
+//! - [`plan`]: assigns a level to every tensor from the backend's capabilities, inserts
+//!   bootstraps when the backend can (and fails with the number of levels needed when it
+//!   cannot), lists the rotation keys, and reports the cost.
+//! - [`exec`]: runs a plan with a backend, with per-step timing and an optional trace.
+
+pub mod compile;
+pub mod exec;
+pub mod plan;
+
+pub use compile::{compile, Program, Step, StepKind, TensorId, TensorInfo};
+pub use exec::{decrypt_output, encrypt_input, execute, StepTiming};
+pub use plan::{plan, Cost, Plan};
+
+/// Errors of compilation, planning and execution.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// The model uses something that cannot run packed under CKKS.
+    #[error("unsupported for encrypted execution: {0}")]
+    Unsupported(String),
+    /// Not enough levels and no bootstrapping.
+    #[error("the model needs {needed} levels (first short at step '{step}'), the backend offers {available} and cannot bootstrap; use a backend with more levels or with bootstrapping, or a shallower model")]
+    LevelsExhausted {
+        /// Levels the model needs without bootstrapping.
+        needed: usize,
+        /// Levels the backend offers.
+        available: usize,
+        /// The first step that runs out.
+        step: String,
+    },
+    /// A layout or schedule could not be built.
+    #[error("layout error: {0}")]
+    Layout(String),
+    /// A backend operation failed.
+    #[error("backend error in step '{step}': {source}")]
+    Backend {
+        /// The step.
+        step: String,
+        /// The backend's error.
+        #[source]
+        source: peregrine_core::BackendError,
+    },
+    /// Input or output did not match the plan.
+    #[error("shape error: {0}")]
+    Shape(String),
+}

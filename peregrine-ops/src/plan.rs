@@ -1,0 +1,310 @@
+//! Planning: levels, bootstraps, rotation keys and cost of a compiled program on a backend.
+
+use std::collections::BTreeSet;
+
+use peregrine_core::backend::{Capabilities, KeyRequest};
+use serde::Serialize;
+
+use crate::compile::{Program, Step, StepKind, TensorId, TensorInfo};
+use crate::OpsError;
+
+/// Operation counts and resources of one inference.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Cost {
+    /// Rotations (key switches for Galois keys).
+    pub rotations: usize,
+    /// Relinearisations (ciphertext × ciphertext products).
+    pub ct_ct_mults: usize,
+    /// Key switches in all (rotations + relinearisations).
+    pub key_switches: usize,
+    /// Ciphertext × plaintext products.
+    pub ct_pt_mults: usize,
+    /// Rescales.
+    pub rescales: usize,
+    /// Bootstrapped ciphertexts.
+    pub bootstraps: usize,
+    /// Levels consumed from a fresh ciphertext to the output (without bootstrapping: the depth).
+    pub levels_consumed: usize,
+    /// Most ciphertexts alive at once.
+    pub peak_live_ciphertexts: usize,
+    /// Distinct rotation keys.
+    pub rotation_keys: usize,
+    /// Estimated evaluation-key memory in bytes (hybrid key switching, dnum 3, at full level).
+    pub key_bytes_estimate: u64,
+}
+
+/// Per-step planning record.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepPlan {
+    /// Step name.
+    pub name: String,
+    /// `linear`, `poly` or `bootstrap`.
+    pub kind: &'static str,
+    /// IR nodes fused in it.
+    pub nodes: Vec<String>,
+    /// Level of the result.
+    pub level: usize,
+    /// Levels it consumes.
+    pub levels_used: usize,
+    /// Rotations it performs.
+    pub rotations: usize,
+    /// Ciphertext × plaintext products.
+    pub ct_pt_mults: usize,
+    /// Output ciphertexts.
+    pub ciphertexts: usize,
+    /// Output packing.
+    pub packing: String,
+}
+
+/// A program with levels assigned, bootstraps placed, keys listed and cost counted.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The program (with bootstrap steps inserted).
+    pub program: Program,
+    /// Level of each tensor.
+    pub levels: Vec<usize>,
+    /// Per-step records.
+    pub steps: Vec<StepPlan>,
+    /// Rotation keys to generate.
+    pub rotation_keys: BTreeSet<i64>,
+    /// Totals.
+    pub cost: Cost,
+    /// Capabilities planned for.
+    pub capabilities: Capabilities,
+}
+
+impl Plan {
+    /// The key request for the client.
+    pub fn key_request(&self) -> KeyRequest {
+        KeyRequest { rotations: self.rotation_keys.clone(), bootstrap: self.cost.bootstraps > 0 }
+    }
+}
+
+/// Levels a polynomial of degree `d` consumes with per-slot coefficients: ⌈log2 d⌉ + 1.
+pub fn poly_levels(d: usize) -> usize {
+    peregrine_core::backend::poly_depth(d)
+}
+
+fn step_needs(step: &Step) -> usize {
+    match &step.kind {
+        StepKind::Linear { plan, .. } => usize::from(plan.consumes_level()),
+        StepKind::Poly { degree, .. } => poly_levels(*degree),
+        StepKind::Bootstrap { .. } | StepKind::Reduce { .. } => 0,
+    }
+}
+
+/// Rotations of a rotate-and-sum step: `(count, steps)`.
+pub fn reduce_rotations(groups: usize, passes: &[(usize, i64)], slots: usize) -> (usize, BTreeSet<i64>) {
+    let mut n = 0;
+    let mut keys = BTreeSet::new();
+    for &(count, stride) in passes {
+        for (step, _) in peregrine_gip::Layout::rotate_and_sum_steps(count, stride) {
+            let r = step.rem_euclid(slots as i64);
+            if r != 0 {
+                n += 1;
+                keys.insert(r);
+            }
+        }
+    }
+    (n * groups, keys)
+}
+
+/// Depth of the program with unlimited levels.
+fn depth(program: &Program) -> Vec<usize> {
+    let mut d = vec![0usize; program.tensors.len()];
+    for s in &program.steps {
+        let inp = s.inputs().iter().map(|t| d[*t]).max().unwrap_or(0);
+        d[s.output] = inp + step_needs(s);
+    }
+    d
+}
+
+/// Plans `program` for a backend with capabilities `caps`.
+pub fn plan(mut program: Program, caps: &Capabilities) -> Result<Plan, OpsError> {
+    if caps.slots != program.slots {
+        return Err(OpsError::Layout(format!(
+            "program compiled for {} slots, backend has {}",
+            program.slots, caps.slots
+        )));
+    }
+    let top = caps.max_level;
+    let mut levels = vec![0usize; program.tensors.len()];
+    levels[0] = top;
+    // current[t] = the tensor that holds t's latest (possibly bootstrapped) version.
+    let mut current: Vec<TensorId> = (0..program.tensors.len()).collect();
+    let mut steps_out: Vec<Step> = Vec::new();
+    let old_steps = std::mem::take(&mut program.steps);
+    let full_depth = depth(&Program { steps: old_steps.clone(), ..program.clone() });
+    for mut step in old_steps {
+        let need = step_needs(&step);
+        // Rewire inputs to their latest versions.
+        match &mut step.kind {
+            StepKind::Linear { inputs, .. } => inputs.iter_mut().for_each(|t| *t = current[*t]),
+            StepKind::Poly { input, .. } | StepKind::Bootstrap { input } | StepKind::Reduce { input, .. } => *input = current[*input],
+        }
+        let rotating: Vec<TensorId> = match &step.kind {
+            StepKind::Linear { inputs, plan } => {
+                let mut r: BTreeSet<usize> = BTreeSet::new();
+                for o in &plan.outputs {
+                    for g in &o.giants {
+                        for t in &g.terms {
+                            r.insert(t.input);
+                        }
+                    }
+                }
+                r.into_iter().map(|i| inputs[i]).collect()
+            }
+            _ => step.inputs(),
+        };
+        for t in rotating {
+            if levels[t] < need {
+                if !caps.can_bootstrap {
+                    return Err(OpsError::LevelsExhausted {
+                        needed: full_depth.iter().copied().max().unwrap_or(0),
+                        available: top,
+                        step: step.name.clone(),
+                    });
+                }
+                let out_level = caps.bootstrap_level.unwrap_or(0);
+                if out_level < need {
+                    return Err(OpsError::LevelsExhausted { needed: need, available: out_level, step: step.name.clone() });
+                }
+                let info: TensorInfo = program.tensors[t].clone();
+                program.tensors.push(TensorInfo { name: format!("{}@bootstrap", info.name), ..info });
+                let nt = program.tensors.len() - 1;
+                levels.push(out_level);
+                current.push(nt);
+                // Every reference to the logical tensor now means the bootstrapped one.
+                for c in current.iter_mut() {
+                    if *c == t {
+                        *c = nt;
+                    }
+                }
+                steps_out.push(Step {
+                    name: format!("bootstrap({})", program.tensors[t].name),
+                    nodes: vec![],
+                    kind: StepKind::Bootstrap { input: t },
+                    output: nt,
+                });
+                match &mut step.kind {
+                    StepKind::Linear { inputs, .. } => inputs.iter_mut().for_each(|x| {
+                        if *x == t {
+                            *x = nt
+                        }
+                    }),
+                    StepKind::Poly { input, .. } | StepKind::Bootstrap { input } | StepKind::Reduce { input, .. } => *input = nt,
+                }
+            }
+        }
+        let out_level = match &step.kind {
+            StepKind::Linear { inputs, plan } => {
+                let mut rot = BTreeSet::new();
+                let mut pass = BTreeSet::new();
+                for o in &plan.outputs {
+                    for g in &o.giants {
+                        for t in &g.terms {
+                            rot.insert(t.input);
+                        }
+                    }
+                    for (i, _) in &o.passthrough {
+                        pass.insert(*i);
+                    }
+                }
+                let r = rot.iter().map(|i| levels[inputs[*i]] - 1).min();
+                let p = pass.iter().map(|i| levels[inputs[*i]]).min();
+                match (r, p) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (Some(a), None) => a,
+                    (None, Some(b)) => b,
+                    (None, None) => inputs.iter().map(|t| levels[*t]).min().unwrap_or(top),
+                }
+            }
+            StepKind::Poly { input, .. } => levels[*input] - need,
+            StepKind::Bootstrap { .. } => caps.bootstrap_level.unwrap_or(0),
+            StepKind::Reduce { input, .. } => levels[*input],
+        };
+        levels[step.output] = out_level;
+        steps_out.push(step);
+    }
+    program.steps = steps_out;
+    let (steps, cost, keys) = account(&program, &levels, caps);
+    Ok(Plan { program, levels, steps, rotation_keys: keys, cost, capabilities: caps.clone() })
+}
+
+fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> (Vec<StepPlan>, Cost, BTreeSet<i64>) {
+    let mut cost = Cost::default();
+    let mut keys = BTreeSet::new();
+    let mut records = Vec::new();
+    for s in &program.steps {
+        let out = &program.tensors[s.output];
+        let (mut rot, mut ptm) = (0, 0);
+        let inputs = s.inputs();
+        let lin = levels[inputs[0]].saturating_sub(levels[s.output]);
+        match &s.kind {
+            StepKind::Linear { plan, .. } => {
+                rot = plan.rotation_count();
+                ptm = plan.plaintext_mults();
+                keys.extend(plan.rotation_steps());
+                if plan.consumes_level() {
+                    cost.rescales += plan.outputs.iter().filter(|o| !o.giants.is_empty()).count();
+                }
+            }
+            StepKind::Poly { degree, coeffs, .. } => {
+                let cts = coeffs.len();
+                let d = *degree;
+                cost.ct_ct_mults += cts * d.saturating_sub(1);
+                let terms: usize = coeffs.iter().map(|c| c.iter().skip(1).filter(|v| !v.is_empty()).count()).sum();
+                ptm = terms;
+                cost.rescales += cts * d.saturating_sub(1) + terms;
+            }
+            StepKind::Bootstrap { .. } => cost.bootstraps += out.ciphertexts,
+            StepKind::Reduce { groups, passes, .. } => {
+                let (n, k) = reduce_rotations(groups.len(), passes, program.slots);
+                rot = n;
+                keys.extend(k);
+            }
+        }
+        cost.rotations += rot;
+        cost.ct_pt_mults += ptm;
+        records.push(StepPlan {
+            name: s.name.clone(),
+            kind: s.kind_name(),
+            nodes: s.nodes.clone(),
+            level: levels[s.output],
+            levels_used: lin,
+            rotations: rot,
+            ct_pt_mults: ptm,
+            ciphertexts: out.ciphertexts,
+            packing: out.packing.clone(),
+        });
+    }
+    cost.key_switches = cost.rotations + cost.ct_ct_mults;
+    cost.levels_consumed = if cost.bootstraps == 0 { caps.max_level - levels[program.output] } else { depth(program)[program.output] };
+    // Liveness: a tensor lives from its step to its last use.
+    let mut last_use = vec![0usize; program.tensors.len()];
+    for (i, s) in program.steps.iter().enumerate() {
+        for t in s.inputs() {
+            last_use[t] = i;
+        }
+    }
+    last_use[program.output] = program.steps.len();
+    let mut live = program.tensors[0].ciphertexts;
+    let mut peak = live;
+    for (i, s) in program.steps.iter().enumerate() {
+        live += program.tensors[s.output].ciphertexts;
+        peak = peak.max(live);
+        for t in s.inputs() {
+            if last_use[t] == i {
+                live -= program.tensors[t].ciphertexts;
+            }
+        }
+    }
+    cost.peak_live_ciphertexts = peak;
+    cost.rotation_keys = keys.len();
+    let l1 = caps.log_moduli.len() as u64;
+    let dnum = 3u64;
+    let alpha = l1.div_ceil(dnum);
+    let per_key = 2 * dnum * caps.ring_dimension as u64 * (l1 + alpha) * 8;
+    cost.key_bytes_estimate = per_key * (keys.len() as u64 + 1);
+    (records, cost, keys)
+}

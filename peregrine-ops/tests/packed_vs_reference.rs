@@ -1,0 +1,260 @@
+//! Packed execution on the `clear` backend against the f64 reference executor, on odd,
+//! non-power-of-two shapes through every operator, with and without CKKS-sized noise.
+
+use std::collections::HashMap;
+
+use ndarray::{ArrayD, IxDyn};
+use peregrine_core::backend::{Client, Scheme};
+use peregrine_core::clear::{ClearBootstrap, ClearParams, ClearScheme, NoiseModel};
+use peregrine_core::ir::*;
+use peregrine_core::reference::Reference;
+use peregrine_ops::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn rt(r: &mut StdRng, shape: &[usize], scale: f32) -> ArrayD<f32> {
+    let n = shape.iter().product();
+    ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|_| r.gen_range(-scale..scale)).collect()).unwrap()
+}
+
+fn node(name: &str, op: Op, inputs: &[&str]) -> Node {
+    Node { name: name.into(), op, inputs: inputs.iter().map(|s| s.to_string()).collect() }
+}
+
+fn conv(cin: usize, cout: usize, k: usize, s: usize, p: usize, d: usize, g: usize, w: &str, b: Option<&str>) -> Op {
+    Op::Conv2d(Conv2d {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: [k, k],
+        stride: [s, s],
+        padding: [p, p],
+        dilation: [d, d],
+        groups: g,
+        weight: w.into(),
+        bias: b.map(Into::into),
+    })
+}
+
+fn poly(name: &str, c: usize, w: &mut Weights, r: &mut StdRng, scaled: bool) -> Op {
+    let mut coeffs = rt(r, &[c, 5], 0.3);
+    for ch in 0..c {
+        coeffs[[ch, 1]] = 0.5;
+    }
+    w.insert(format!("{name}.c"), coeffs);
+    let scale = if scaled {
+        w.insert(format!("{name}.s"), rt(r, &[c], 1.0).mapv(|v| 0.3 + v.abs() * 0.5));
+        Some(format!("{name}.s"))
+    } else {
+        None
+    };
+    Op::Activation(Activation::Poly { coeffs: format!("{name}.c"), input_scale: scale })
+}
+
+/// 3×37×53 → conv s2 → poly → depthwise (dilated) → poly → upsample ×2 → concat with a
+/// 1×1 conv of the input at full size → avg pool → BN → transposed conv → option-A shortcut
+/// add → GAP → flatten → linear.
+fn odd_model(seed: u64) -> Model {
+    let mut r = StdRng::seed_from_u64(seed);
+    let mut w = Weights::new();
+    w.insert("c1.w".into(), rt(&mut r, &[4, 3, 3, 3], 0.4));
+    w.insert("c1.b".into(), rt(&mut r, &[4], 0.1));
+    w.insert("dw.w".into(), rt(&mut r, &[4, 1, 3, 3], 0.4));
+    w.insert("side.w".into(), rt(&mut r, &[2, 3, 1, 1], 0.5));
+    for t in ["bn.w", "bn.b", "bn.m"] {
+        w.insert(t.into(), rt(&mut r, &[6], 0.5));
+    }
+    w.insert("bn.v".into(), rt(&mut r, &[6], 1.0).mapv(|v| v.abs() + 0.5));
+    w.insert("ct.w".into(), rt(&mut r, &[6, 3, 2, 2], 0.3));
+    w.insert("fc.w".into(), rt(&mut r, &[7, 3], 0.5));
+    w.insert("fc.b".into(), rt(&mut r, &[7], 0.1));
+    let p1 = poly("p1", 4, &mut w, &mut r, true);
+    let p2 = poly("p2", 4, &mut w, &mut r, false);
+    let p3 = poly("p3", 3, &mut w, &mut r, true);
+    let nodes = vec![
+        node("c1", conv(3, 4, 3, 2, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]),
+        node("p1", p1, &["c1"]),
+        node("dw", conv(4, 4, 3, 1, 2, 2, 4, "dw.w", None), &["p1"]),
+        node("p2", p2, &["dw"]),
+        node("up", Op::Upsample { factor: 2 }, &["p2"]),
+        node("side", conv(3, 2, 1, 1, 0, 1, 1, "side.w", None), &[INPUT]),
+        node("sidecrop", Op::AvgPool(Pool2d { kernel: [1, 1], stride: [1, 1], padding: [0, 0] }), &["side"]),
+        node("cat", Op::Concat, &["up", "sidecrop2"]),
+        node("sidecrop2", conv(2, 2, 2, 1, 1, 1, 2, "crop.w", None), &["sidecrop"]),
+        node("pool", Op::AvgPool(Pool2d { kernel: [3, 3], stride: [2, 2], padding: [1, 1] }), &["cat"]),
+        node("bn", Op::BatchNorm(BatchNorm { channels: 6, eps: 1e-5, weight: "bn.w".into(), bias: "bn.b".into(), running_mean: "bn.m".into(), running_var: "bn.v".into() }), &["pool"]),
+        node("ct", Op::ConvTranspose2d(ConvTranspose2d { in_channels: 6, out_channels: 3, kernel: [2, 2], stride: [2, 2], padding: [0, 0], output_padding: [0, 0], dilation: [1, 1], groups: 1, weight: "ct.w".into(), bias: None }), &["bn"]),
+        node("p3", p3, &["ct"]),
+        node("short", Op::SubsampleChannelPad { stride: 1, pad_before: 0, pad_after: 0 }, &["p3"]),
+        node("add", Op::Add, &["p3", "short"]),
+        node("gap", Op::GlobalAvgPool, &["add"]),
+        node("flat", Op::Flatten, &["gap"]),
+        node("fc", Op::Linear(Linear { in_features: 3, out_features: 7, weight: "fc.w".into(), bias: Some("fc.b".into()) }), &["flat"]),
+    ];
+    // Grow the 37×53 side branch to 38×54 with a 2×2 depthwise convolution, padding 1.
+    w.insert("crop.w".into(), rt(&mut r, &[2, 1, 2, 2], 0.5));
+    let graph = Graph {
+        version: FORMAT_VERSION,
+        name: "odd".into(),
+        input: InputSpec { shape: vec![3, 37, 53], preprocess: Preprocess { mean: vec![0.0; 3], std: vec![1.0; 3], resize: false } },
+        nodes,
+        output: "fc".into(),
+        classes: vec![],
+    };
+    Model::new(graph, w).expect("valid odd model")
+}
+
+fn params(log_n: u32, levels: usize) -> ClearParams {
+    ClearParams { log_ring_dimension: log_n, log_scale: 40, first_modulus_bits: 60, levels, ..ClearParams::default() }
+}
+
+fn run_packed(model: &Model, p: &ClearParams, x: &[f64]) -> (Vec<f64>, Plan, HashMap<String, f64>) {
+    let caps = ClearScheme::capabilities(p).unwrap();
+    let program = compile(model, caps.slots).unwrap();
+    let plan = plan(program, &caps).unwrap();
+    let client = ClearScheme::keygen(p, &plan.key_request()).unwrap();
+    let server = ClearScheme::server(&client.evaluation_keys().unwrap()).unwrap();
+    let input = encrypt_input(&client, &plan, x).unwrap();
+    // Per-node precision trace (client side).
+    let reference = Reference::<f64>::new(model);
+    let shape = &model.graph().input.shape;
+    let xin = ArrayD::from_shape_vec(IxDyn(&[1, shape[0], shape[1], shape[2]]), x.to_vec()).unwrap();
+    let mut ref_values: HashMap<String, Vec<f64>> = HashMap::new();
+    reference
+        .run_inspect(&xin, |i, v| {
+            ref_values.insert(model.graph().nodes[i].name.clone(), v.iter().copied().collect());
+        })
+        .unwrap();
+    let mut errs = HashMap::new();
+    let (out, timings) = execute(&plan, &server, input, |step, t, cts| {
+        let name = plan.program.tensors[t].name.trim_end_matches("@bootstrap").to_string();
+        if let Some(want) = ref_values.get(&name) {
+            let got = peregrine_ops::exec::decrypt_tensor(&client, &plan, t, cts).unwrap();
+            let e = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            errs.insert(step.name.clone(), e);
+        }
+    })
+    .unwrap();
+    assert_eq!(timings.len(), plan.program.steps.len());
+    (decrypt_output(&client, &plan, &out).unwrap(), plan, errs)
+}
+
+fn reference_output(model: &Model, x: &[f64]) -> Vec<f64> {
+    let s = &model.graph().input.shape;
+    let xin = ArrayD::from_shape_vec(IxDyn(&[1, s[0], s[1], s[2]]), x.to_vec()).unwrap();
+    Reference::<f64>::new(model).run(&xin).unwrap().iter().copied().collect()
+}
+
+#[test]
+fn odd_shapes_through_every_operator_match_the_reference() {
+    let model = odd_model(1);
+    let mut r = StdRng::seed_from_u64(2);
+    let x: Vec<f64> = (0..3 * 37 * 53).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let want = reference_output(&model, &x);
+    // 2^11 slots: the 37×53 input (1,961 px) fits one block; 2^10 slots force g > 1 (split 2).
+    for log_n in [12, 11] {
+        let (got, plan, errs) = run_packed(&model, &params(log_n, 30), &x);
+        let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(max_err < 1e-6, "slots 2^{}: max error {max_err:e}; per step {errs:?}", log_n - 1);
+        for (step, e) in &errs {
+            assert!(*e < 1e-6, "step {step}: error {e:e}");
+        }
+        if log_n == 11 {
+            assert!(plan.program.tensors[0].layout.gip.as_ref().unwrap().split > 1, "input must be split");
+        }
+        assert!(plan.cost.rotations > 0 && plan.cost.levels_consumed > 0);
+    }
+}
+
+#[test]
+fn large_input_splits_with_g_above_one() {
+    // 5×300×451 at 2^15 slots: split 3 → 9 sub-maps; conv stride 3 brings g back to 1.
+    let mut r = StdRng::seed_from_u64(3);
+    let mut w = Weights::new();
+    w.insert("c.w".into(), rt(&mut r, &[2, 5, 3, 3], 0.3));
+    w.insert("fc.w".into(), rt(&mut r, &[3, 2], 0.5));
+    let nodes = vec![
+        node("c", conv(5, 2, 3, 3, 1, 1, 1, "c.w", None), &[INPUT]),
+        node("gap", Op::GlobalAvgPool, &["c"]),
+        node("flat", Op::Flatten, &["gap"]),
+        node("fc", Op::Linear(Linear { in_features: 2, out_features: 3, weight: "fc.w".into(), bias: None }), &["flat"]),
+    ];
+    let graph = Graph {
+        version: FORMAT_VERSION,
+        name: "big".into(),
+        input: InputSpec { shape: vec![5, 300, 451], preprocess: Preprocess { mean: vec![0.0; 5], std: vec![1.0; 5], resize: false } },
+        nodes,
+        output: "fc".into(),
+        classes: vec![],
+    };
+    let model = Model::new(graph, w).unwrap();
+    let x: Vec<f64> = (0..5 * 300 * 451).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let want = reference_output(&model, &x);
+    let (got, plan, _) = run_packed(&model, &params(16, 4), &x);
+    let g = plan.program.tensors[0].layout.gip.clone().unwrap();
+    assert_eq!(g.split, 3, "{g:?}");
+    let conv_out = plan.program.tensors.iter().find(|t| t.name == "c").map(|t| t.layout.gip.clone().unwrap());
+    if let Some(c) = conv_out {
+        assert_eq!(c.split, 1, "stride 3 divides g = 3 down to 1: {c:?}");
+    }
+    let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(max_err < 1e-6, "max error {max_err:e}");
+}
+
+#[test]
+fn realistic_noise_keeps_outputs_close() {
+    let model = odd_model(4);
+    let mut r = StdRng::seed_from_u64(5);
+    let x: Vec<f64> = (0..3 * 37 * 53).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let want = reference_output(&model, &x);
+    let p = ClearParams { noise: Some(NoiseModel::ckks(1 << 12)), ..params(12, 30) };
+    let (got, _, _) = run_packed(&model, &p, &x);
+    let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(max_err > 0.0 && max_err < 1e-4, "max error with noise {max_err:e}");
+}
+
+#[test]
+fn too_deep_without_bootstrapping_fails_clearly_and_bootstrapping_fixes_it() {
+    let model = odd_model(6);
+    let caps = ClearScheme::capabilities(&params(12, 6)).unwrap();
+    let e = plan(compile(&model, caps.slots).unwrap(), &caps).unwrap_err().to_string();
+    assert!(e.contains("needs") && e.contains("offers 6") && e.contains("cannot bootstrap"), "{e}");
+    let depth = match plan(compile(&model, caps.slots).unwrap(), &caps).unwrap_err() {
+        OpsError::LevelsExhausted { needed, .. } => needed,
+        other => panic!("{other}"),
+    };
+    assert!(depth > 6);
+    // With enough levels the same plan works and uses exactly `depth` levels.
+    let caps2 = ClearScheme::capabilities(&params(12, depth)).unwrap();
+    let pl = plan(compile(&model, caps2.slots).unwrap(), &caps2).unwrap();
+    assert_eq!(pl.cost.levels_consumed, depth);
+    assert_eq!(pl.cost.bootstraps, 0);
+    // With bootstrapping at 6 levels it plans bootstraps and still matches the reference.
+    let bp = ClearParams { bootstrap: Some(ClearBootstrap { output_level: 5, range: 1e6 }), ..params(12, 6) };
+    let mut r = StdRng::seed_from_u64(7);
+    let x: Vec<f64> = (0..3 * 37 * 53).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let want = reference_output(&model, &x);
+    let (got, pl, _) = run_packed(&model, &bp, &x);
+    assert!(pl.cost.bootstraps > 0);
+    let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(max_err < 1e-6, "bootstrapped max error {max_err:e}");
+}
+
+#[test]
+fn unsupported_layers_are_named() {
+    let mut r = StdRng::seed_from_u64(8);
+    let mut w = Weights::new();
+    w.insert("c.w".into(), rt(&mut r, &[2, 3, 3, 3], 0.3));
+    let nodes = vec![
+        node("c", conv(3, 2, 3, 1, 1, 1, 1, "c.w", None), &[INPUT]),
+        node("act", Op::Activation(Activation::Relu), &["c"]),
+    ];
+    let graph = Graph {
+        version: FORMAT_VERSION,
+        name: "relu".into(),
+        input: InputSpec { shape: vec![3, 9, 9], preprocess: Preprocess { mean: vec![0.0; 3], std: vec![1.0; 3], resize: false } },
+        nodes,
+        output: "act".into(),
+        classes: vec![],
+    };
+    let e = compile(&Model::new(graph, w).unwrap(), 1024).unwrap_err().to_string();
+    assert!(e.contains("'act'") && e.contains("RELU"), "{e}");
+}
