@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::Precision;
 
-fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
+pub fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }

@@ -4,6 +4,7 @@
 //! else). Exit codes: 0 success, 1 failure (message on stderr), 2 bad usage.
 
 mod commands;
+mod fhe;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,6 +80,78 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replace activations by calibrated polynomials and max pooling by average pooling (no training).
+    Convert {
+        /// Model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Polynomial degree.
+        #[arg(long, default_value_t = 4)]
+        degree: usize,
+        /// CIFAR-10 batch used to calibrate per-channel ranges (use training data).
+        #[arg(long)]
+        calibration: PathBuf,
+        /// Images used for calibration.
+        #[arg(long, default_value_t = 512)]
+        calibration_images: usize,
+        /// Range = margin × largest |x| seen.
+        #[arg(long, default_value_t = 1.0)]
+        margin: f64,
+        /// Output model file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Plan packed execution: layouts, levels, bootstraps, rotation keys and cost.
+    Plan {
+        /// Model file (polynomial activations).
+        #[arg(long)]
+        model: PathBuf,
+        /// Backend name (`clear` or a plugin's name).
+        #[arg(long, default_value = "clear")]
+        backend: String,
+        /// Backend parameters as JSON (e.g. '{"levels": 90}' for clear).
+        #[arg(long, default_value = "")]
+        params: String,
+        /// Plugin directory (repeatable).
+        #[arg(long = "plugin-dir")]
+        plugin_dirs: Vec<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Encrypt, run packed, decrypt, and compare with the cleartext reference.
+    Run {
+        /// Model file (polynomial activations).
+        #[arg(long)]
+        model: PathBuf,
+        /// Backend name (`clear` or a plugin's name).
+        #[arg(long, default_value = "clear")]
+        backend: String,
+        /// Backend parameters as JSON.
+        #[arg(long, default_value = "")]
+        params: String,
+        /// Plugin directory (repeatable).
+        #[arg(long = "plugin-dir")]
+        plugin_dirs: Vec<PathBuf>,
+        /// CIFAR-10 batch file.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// A single PNG/JPEG image instead of --data.
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// Number of images from --data.
+        #[arg(long, default_value_t = 1)]
+        limit: usize,
+        /// Decrypt after every step (client side) and report precision in bits (first image).
+        #[arg(long)]
+        trace: bool,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// List built-in backends and plugins found in the plugin search path.
     Backends {
         /// Directory to search for plugins (repeatable); `PEREGRINE_PLUGIN_PATH` (':'-separated) is searched too.
@@ -121,6 +194,13 @@ fn main() -> ExitCode {
         Command::Predict { model, image, top, json } => commands::predict(&model, &image, top, json),
         Command::Info { model, json } => commands::info(&model, json),
         Command::Backends { plugin_dirs, json } => commands::backends(plugin_dirs, json),
+        Command::Convert { model, degree, calibration, calibration_images, margin, output, json } => {
+            fhe::convert_cmd(&model, degree, &calibration, calibration_images, margin, &output, json)
+        }
+        Command::Plan { model, backend, params, plugin_dirs, json } => fhe::plan_cmd(&model, &backend, &params, plugin_dirs, json),
+        Command::Run { model, backend, params, plugin_dirs, data, image, limit, trace, json } => {
+            fhe::run_cmd(&model, &backend, &params, plugin_dirs, data.as_deref(), image.as_deref(), limit, trace, json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -94,13 +94,40 @@ impl DiagonalPlan {
             return Err(format!("output layout holds {} elements, map produces {}", output.len(), map.out_len));
         }
         let slots = output.slots;
-        // (out_ct, input, in_ct) -> r -> [(out_slot, w)]
-        let mut pairs: HashMap<(usize, usize, usize), BTreeMap<i64, Vec<(u32, f64)>>> = HashMap::new();
-        for e in &map.entries {
-            let (ict, islot) = inputs[e.input as usize].positions[e.src as usize];
-            let (oct, oslot) = output.positions[e.dst as usize];
-            let r = norm(islot as i64 - oslot as i64, slots);
-            pairs.entry((oct as usize, e.input as usize, ict as usize)).or_default().entry(r).or_default().push((oslot, e.w));
+        if slots >= 1 << 24 || output.ciphertexts >= 1 << 16 || inputs.len() >= 1 << 8 || inputs.iter().any(|l| l.ciphertexts >= 1 << 16) {
+            return Err("layout too large to schedule (slots < 2^24, ciphertexts < 2^16, inputs < 2^8)".into());
+        }
+        // Sort every coefficient by (out_ct, input, in_ct, r) packed in one key, then group.
+        let mut items: Vec<(u64, u32, f64)> = map
+            .entries
+            .iter()
+            .map(|e| {
+                let (ict, islot) = inputs[e.input as usize].positions[e.src as usize];
+                let (oct, oslot) = output.positions[e.dst as usize];
+                let r = norm(islot as i64 - oslot as i64, slots) as u64;
+                ((oct as u64) << 48 | (e.input as u64) << 40 | (ict as u64) << 24 | r, oslot, e.w)
+            })
+            .collect();
+        items.sort_unstable_by_key(|t| t.0);
+        let mut pairs: Vec<((usize, usize, usize), BTreeMap<i64, Vec<(u32, f64)>>)> = Vec::new();
+        let mut k = 0;
+        while k < items.len() {
+            let key = items[k].0;
+            let pair = ((key >> 48) as usize, ((key >> 40) & 0xff) as usize, ((key >> 24) & 0xffff) as usize);
+            let r = (key & 0xff_ffff) as i64;
+            let mut j = k;
+            let mut list = Vec::new();
+            while j < items.len() && items[j].0 == key {
+                list.push((items[j].1, items[j].2));
+                j += 1;
+            }
+            match pairs.last_mut() {
+                Some((p, m)) if *p == pair => {
+                    m.insert(r, list);
+                }
+                _ => pairs.push((pair, BTreeMap::from([(r, list)]))),
+            }
+            k = j;
         }
         // Elements per input ciphertext, for the pass-through test.
         let per_ct: Vec<Vec<usize>> = inputs
@@ -115,9 +142,7 @@ impl DiagonalPlan {
             .collect();
         let mut outputs = vec![PairPlan::default(); output.ciphertexts];
         let mut rotating: Vec<((usize, usize, usize), BTreeMap<i64, Vec<(u32, f64)>>)> = Vec::new();
-        let mut keys: Vec<_> = pairs.into_iter().collect();
-        keys.sort_by_key(|(k, _)| *k);
-        for (key, diags) in keys {
+        for (key, diags) in pairs {
             let (oct, inp, ict) = key;
             let pass = !inputs[inp].dirty
                 && diags.len() == 1

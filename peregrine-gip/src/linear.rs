@@ -5,8 +5,6 @@
 //! [`LinearMap`] from its input tensors (flat C-H-W order) to its output plus a bias. Chains of
 //! linear layers compose into one map, so they cost one multiplicative level in all.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
 /// One non-zero coefficient: `out[dst] += w · inputs[input][src]`.
@@ -258,7 +256,7 @@ impl LinearMap {
 
     /// Sums coefficients that share (input, src, dst) and drops zeros.
     pub fn merge_duplicates(&mut self) {
-        self.entries.sort_by_key(|e| (e.input, e.dst, e.src));
+        self.entries.sort_unstable_by_key(|e| (e.input, e.dst, e.src));
         let mut out: Vec<Entry> = Vec::with_capacity(self.entries.len());
         for e in self.entries.drain(..) {
             match out.last_mut() {
@@ -280,6 +278,8 @@ impl LinearMap {
     /// order, for each input of `self` either the inputs of `inner[i]` or that input itself.
     pub fn substitute(&self, inner: &[Option<&LinearMap>]) -> LinearMap {
         assert_eq!(inner.len(), self.input_lens.len(), "one substitution slot per input");
+        // Substituting an identity changes nothing: skip the work.
+        let inner: Vec<Option<&LinearMap>> = inner.iter().map(|m| m.filter(|m| !m.is_identity())).collect();
         let mut base = Vec::with_capacity(inner.len());
         let mut input_lens = Vec::new();
         for (i, m) in inner.iter().enumerate() {
@@ -292,38 +292,49 @@ impl LinearMap {
                 None => input_lens.push(self.input_lens[i]),
             }
         }
-        let by_dst: Vec<Option<HashMap<u32, Vec<&Entry>>>> = inner
-            .iter()
-            .map(|m| {
-                m.map(|m| {
-                    let mut h: HashMap<u32, Vec<&Entry>> = HashMap::new();
-                    for e in &m.entries {
-                        h.entry(e.dst).or_default().push(e);
-                    }
-                    h
-                })
-            })
-            .collect();
-        let mut entries = Vec::with_capacity(self.entries.len());
-        let mut bias = self.bias.clone();
+        // Index the outer map by (input, src) once, then stream every inner entry through it.
+        let mut outer_by_src: Vec<Vec<Vec<(u32, f64)>>> =
+            self.input_lens.iter().zip(&inner).map(|(&n, m)| if m.is_some() { vec![Vec::new(); n] } else { Vec::new() }).collect();
+        let cap = self.entries.len() + inner.iter().flatten().map(|m| m.entries.len()).sum::<usize>();
+        let mut entries = Vec::with_capacity(cap);
+        // When every substituted input maps its elements one-to-one onto distinct outputs, the
+        // composition cannot create duplicate coefficients and needs no merge.
+        let mut injective = true;
+        let mut dst_seen: Vec<Vec<bool>> = inner.iter().map(|m| if m.is_some() { vec![false; self.out_len] } else { Vec::new() }).collect();
         for a in &self.entries {
             let i = a.input as usize;
-            match &by_dst[i] {
-                None => entries.push(Entry { input: base[i], ..*a }),
-                Some(h) => {
-                    if let Some(bs) = h.get(&a.src) {
-                        for b in bs {
-                            entries.push(Entry { input: base[i] + b.input, src: b.src, dst: a.dst, w: a.w * b.w });
-                        }
-                    }
-                    if let Some(bb) = inner[i].and_then(|m| m.bias.as_ref()) {
-                        bias.get_or_insert_with(|| vec![0.0; self.out_len])[a.dst as usize] += a.w * bb[a.src as usize];
+            if inner[i].is_some() {
+                let list = &mut outer_by_src[i][a.src as usize];
+                list.push((a.dst, a.w));
+                if list.len() > 1 || std::mem::replace(&mut dst_seen[i][a.dst as usize], true) {
+                    injective = false;
+                }
+            } else {
+                entries.push(Entry { input: base[i], ..*a });
+            }
+        }
+        let mut bias = self.bias.clone();
+        for (i, m) in inner.iter().enumerate() {
+            let Some(m) = m else { continue };
+            let idx = &outer_by_src[i];
+            for b in &m.entries {
+                for &(dst, w) in &idx[b.dst as usize] {
+                    entries.push(Entry { input: base[i] + b.input, src: b.src, dst, w: w * b.w });
+                }
+            }
+            if let Some(bb) = &m.bias {
+                let v = bias.get_or_insert_with(|| vec![0.0; self.out_len]);
+                for (j, outs) in idx.iter().enumerate() {
+                    for &(dst, w) in outs {
+                        v[dst as usize] += w * bb[j];
                     }
                 }
             }
         }
         let mut m = LinearMap { input_lens, out_len: self.out_len, entries, bias };
-        m.merge_duplicates();
+        if !injective {
+            m.merge_duplicates();
+        }
         m
     }
 
@@ -346,7 +357,9 @@ impl LinearMap {
         }
         let entries = self.entries.iter().map(|e| Entry { input: remap[e.input as usize], ..*e }).collect();
         let mut m = LinearMap { input_lens: lens, out_len: self.out_len, entries, bias: self.bias.clone() };
-        m.merge_duplicates();
+        if uniq.len() < ids.len() {
+            m.merge_duplicates();
+        }
         (m, uniq)
     }
 }

@@ -113,7 +113,6 @@ pub struct Program {
 }
 
 /// A linear map not yet materialised: its input tensors and the IR nodes it covers.
-#[derive(Clone)]
 struct Pending {
     map: LinearMap,
     inputs: Vec<TensorId>,
@@ -205,9 +204,10 @@ impl Compiler<'_> {
             return Ok(Pending { map: LinearMap::identity(self.tensors[0].layout.len()), inputs: vec![0], nodes: vec![] });
         }
         let j = self.model.node_index(name).expect("validated");
-        if consumer_absorbs && self.consumers[j] == 1 {
-            if let Some(Value::Pending(p)) = &self.values[j] {
-                return Ok(p.clone());
+        if consumer_absorbs && self.consumers[j] == 1 && matches!(self.values[j], Some(Value::Pending(_))) {
+            // The only consumer takes the pending map over (no copy of a possibly large map).
+            if let Some(Value::Pending(p)) = self.values[j].take() {
+                return Ok(p);
             }
         }
         let t = self.materialize(j)?;
@@ -469,7 +469,10 @@ impl Compiler<'_> {
                 self.values[j] = Some(Value::Ready(out));
                 Ok(out)
             }
-            None => unreachable!("nodes are compiled in topological order"),
+            None => Err(OpsError::Layout(format!(
+                "internal: value of node '{}' was absorbed by its only consumer and cannot be materialised",
+                self.model.graph().nodes[j].name
+            ))),
         }
     }
 }

@@ -1,0 +1,304 @@
+//! `convert`, `plan` and `run`: the packed (encrypted) pipeline from the command line.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use ndarray::{ArrayD, IxDyn};
+use peregrine_core::backend::{Backend, Capabilities, Client, Scheme};
+use peregrine_core::clear::{ClearParams, ClearScheme};
+use peregrine_core::data::{load_cifar10, load_image, preprocess};
+use peregrine_core::format::{load_model, save_model};
+use peregrine_core::ir::Model;
+use peregrine_core::plugin::{discover, Plugin};
+use peregrine_core::reference::Reference;
+use peregrine_core::transform::convert;
+use peregrine_ops::exec::decrypt_tensor;
+use peregrine_ops::{compile, decrypt_output, encrypt_input, execute, plan, Plan};
+use serde_json::json;
+
+use crate::commands::{plugin_dirs, progress};
+
+/// A backend chosen by name: built in, or a plugin from the search path.
+pub enum Chosen {
+    /// The built-in `clear` backend.
+    Clear(ClearParams),
+    /// A plugin with its parameters as JSON.
+    Plugin(Arc<Plugin>, String),
+}
+
+impl Chosen {
+    /// Resolves `name` with parameters `params` (JSON, empty for defaults).
+    pub fn resolve(name: &str, params: &str, dirs: Vec<PathBuf>) -> Result<Chosen> {
+        if name == ClearScheme::NAME {
+            let p: ClearParams = if params.trim().is_empty() {
+                ClearParams::default()
+            } else {
+                serde_json::from_str(params).with_context(|| "invalid --params for the clear backend")?
+            };
+            return Ok(Chosen::Clear(p));
+        }
+        let dirs = plugin_dirs(dirs);
+        for (path, r) in discover(&dirs) {
+            if let Ok(p) = r {
+                if p.name() == name {
+                    let _ = path;
+                    return Ok(Chosen::Plugin(p, params.to_string()));
+                }
+            }
+        }
+        bail!(
+            "unknown backend '{name}': built in is 'clear'; no plugin of that name in the search path {:?} (set --plugin-dir or PEREGRINE_PLUGIN_PATH)",
+            dirs
+        )
+    }
+
+    /// Capabilities for the chosen parameters, without keys.
+    pub fn capabilities(&self) -> Result<Capabilities> {
+        Ok(match self {
+            Chosen::Clear(p) => ClearScheme::capabilities(p)?,
+            Chosen::Plugin(pl, params) => pl.capabilities(params)?,
+        })
+    }
+}
+
+/// Builds a plan for `model` on the chosen backend.
+pub fn make_plan(model: &Model, chosen: &Chosen) -> Result<Plan> {
+    let caps = chosen.capabilities()?;
+    let program = compile(model, caps.slots)?;
+    Ok(plan(program, &caps)?)
+}
+
+pub fn convert_cmd(model: &Path, degree: usize, calibration: &Path, count: usize, margin: f64, output: &Path, json_out: bool) -> Result<()> {
+    let m = load_model(model)?;
+    let data = load_cifar10(calibration, Some(count))?;
+    let x = preprocess::<f32>(&data.pixels, data.len(), &m.graph().input)?;
+    let out = convert(&m, degree, &x, margin)?;
+    save_model(&out, output)?;
+    if json_out {
+        println!("{}", json!({"model": output, "name": out.graph().name, "degree": degree, "calibration_images": data.len(), "margin": margin}));
+    } else {
+        println!(
+            "wrote {} ({}): activations → degree-{degree} polynomials on ranges calibrated over {} images (margin {margin}), max pooling → average pooling",
+            output.display(),
+            out.graph().name,
+            data.len()
+        );
+    }
+    Ok(())
+}
+
+pub fn plan_cmd(model: &Path, backend: &str, params: &str, dirs: Vec<PathBuf>, json_out: bool) -> Result<()> {
+    let m = load_model(model)?;
+    let chosen = Chosen::resolve(backend, params, dirs)?;
+    let p = make_plan(&m, &chosen).with_context(|| format!("planning {} for backend '{backend}'", m.graph().name))?;
+    if json_out {
+        println!(
+            "{}",
+            json!({"model": m.graph().name, "backend": backend, "capabilities": p.capabilities, "cost": p.cost,
+                   "rotation_keys": p.rotation_keys, "steps": p.steps})
+        );
+        return Ok(());
+    }
+    println!("{} on {} ({})", m.graph().name, backend, p.capabilities.summary());
+    println!("{:<28} {:<9} {:>5} {:>4} {:>6} {:>7} {:>4}  packing", "step", "kind", "level", "used", "rots", "ct×pt", "cts");
+    for s in &p.steps {
+        println!(
+            "{:<28} {:<9} {:>5} {:>4} {:>6} {:>7} {:>4}  {}",
+            s.name, s.kind, s.level, s.levels_used, s.rotations, s.ct_pt_mults, s.ciphertexts, s.packing
+        );
+    }
+    let c = &p.cost;
+    println!(
+        "total: {} rotations, {} ct×ct (relinearisations), {} key switches, {} ct×pt, {} rescales, {} bootstrapped ciphertexts",
+        c.rotations, c.ct_ct_mults, c.key_switches, c.ct_pt_mults, c.rescales, c.bootstraps
+    );
+    println!(
+        "levels consumed {}, peak {} live ciphertexts, {} rotation keys (≈ {:.2} GiB of evaluation keys at full level)",
+        c.levels_consumed,
+        c.peak_live_ciphertexts,
+        c.rotation_keys,
+        c.key_bytes_estimate as f64 / (1u64 << 30) as f64
+    );
+    Ok(())
+}
+
+/// What `run` reports per image.
+#[derive(serde::Serialize)]
+struct ImageReport {
+    index: usize,
+    label: Option<u8>,
+    packed_prediction: usize,
+    reference_prediction: usize,
+    agree: bool,
+    max_abs_logit_error: f64,
+    seconds: f64,
+}
+
+fn argmax(v: &[f64]) -> usize {
+    let mut b = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[b] {
+            b = i;
+        }
+    }
+    b
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn run_cmd(
+    model: &Path,
+    backend: &str,
+    params: &str,
+    dirs: Vec<PathBuf>,
+    data: Option<&Path>,
+    image: Option<&Path>,
+    limit: usize,
+    trace: bool,
+    json_out: bool,
+) -> Result<()> {
+    let m = load_model(model)?;
+    let chosen = Chosen::resolve(backend, params, dirs)?;
+    let t0 = Instant::now();
+    let p = make_plan(&m, &chosen).with_context(|| format!("planning {} for backend '{backend}'", m.graph().name))?;
+    let plan_s = t0.elapsed().as_secs_f64();
+    let input = &m.graph().input;
+    let (pixels, labels, count) = match (data, image) {
+        (Some(d), None) => {
+            let imgs = load_cifar10(d, Some(limit))?;
+            (imgs.pixels.clone(), imgs.labels.iter().map(|l| Some(*l)).collect::<Vec<_>>(), imgs.len())
+        }
+        (None, Some(i)) => (load_image(i, input)?, vec![None], 1),
+        _ => bail!("give exactly one of --data or --image"),
+    };
+    let x = preprocess::<f64>(&pixels, count, input)?;
+    match chosen {
+        Chosen::Clear(params) => {
+            let t = Instant::now();
+            let client = ClearScheme::keygen(&params, &p.key_request())?;
+            let keys = client.evaluation_keys()?;
+            let server = ClearScheme::server(&keys)?;
+            run_images(&m, &p, &client, &server, &x, &labels, trace, json_out, backend, plan_s, t.elapsed().as_secs_f64(), keys.len())
+        }
+        Chosen::Plugin(pl, params) => {
+            let t = Instant::now();
+            let client = pl.keygen(&params, &p.key_request())?;
+            let keys = client.evaluation_keys()?;
+            let server = pl.server(&keys)?;
+            run_images(&m, &p, &client, &server, &x, &labels, trace, json_out, backend, plan_s, t.elapsed().as_secs_f64(), keys.len())
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_images<C: Client>(
+    m: &Model,
+    p: &Plan,
+    client: &C,
+    server: &C::Backend,
+    x: &ArrayD<f64>,
+    labels: &[Option<u8>],
+    trace: bool,
+    json_out: bool,
+    backend: &str,
+    plan_s: f64,
+    keygen_s: f64,
+    key_bytes: usize,
+) -> Result<()> {
+    let reference = Reference::<f64>::new(m);
+    let n = labels.len();
+    let per = x.len() / n.max(1);
+    let pb = progress(n as u64, json_out, "encrypted inference");
+    let mut reports = Vec::new();
+    let mut step_times: HashMap<String, f64> = HashMap::new();
+    let mut trace_rows = Vec::new();
+    for i in 0..n {
+        let flat: Vec<f64> = x.as_slice().expect("standard")[i * per..(i + 1) * per].to_vec();
+        let xin = ArrayD::from_shape_vec(IxDyn(&[1, input_dim(m, 0), input_dim(m, 1), input_dim(m, 2)]), flat.clone())?;
+        let mut ref_nodes: HashMap<String, Vec<f64>> = HashMap::new();
+        let want: Vec<f64> = if trace && i == 0 {
+            reference
+                .run_inspect(&xin, |k, v| {
+                    ref_nodes.insert(m.graph().nodes[k].name.clone(), v.iter().copied().collect());
+                })?
+                .iter()
+                .copied()
+                .collect()
+        } else {
+            reference.run(&xin)?.iter().copied().collect()
+        };
+        let t = Instant::now();
+        let cts = encrypt_input(client, p, &flat)?;
+        let (out, timings) = execute(p, server, cts, |step, tensor, cts: &[<C::Backend as Backend>::Ciphertext]| {
+            if trace && i == 0 {
+                let name = p.program.tensors[tensor].name.trim_end_matches("@bootstrap").to_string();
+                if let Some(r) = ref_nodes.get(&name) {
+                    if let Ok(got) = decrypt_tensor(client, p, tensor, cts) {
+                        let err = got.iter().zip(r).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                        let mag = r.iter().fold(0.0f64, |a, b| a.max(b.abs())).max(1e-30);
+                        trace_rows.push(json!({"step": step.name, "max_abs_error": err,
+                                               "precision_bits": -(err / mag).max(1e-300).log2()}));
+                    }
+                }
+            }
+        })?;
+        let got = decrypt_output(client, p, &out)?;
+        let secs = t.elapsed().as_secs_f64();
+        for tm in timings {
+            *step_times.entry(tm.name).or_default() += tm.seconds;
+        }
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let (pp, rp) = (argmax(&got), argmax(&want));
+        reports.push(ImageReport { index: i, label: labels[i], packed_prediction: pp, reference_prediction: rp, agree: pp == rp, max_abs_logit_error: err, seconds: secs });
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let agree = reports.iter().filter(|r| r.agree).count();
+    let correct = reports.iter().filter(|r| r.label.is_some_and(|l| l as usize == r.packed_prediction)).count();
+    let max_err = reports.iter().map(|r| r.max_abs_logit_error).fold(0.0, f64::max);
+    let mean_s = reports.iter().map(|r| r.seconds).sum::<f64>() / n.max(1) as f64;
+    let mut per_step: Vec<(String, f64)> = step_times.into_iter().map(|(k, v)| (k, v / n.max(1) as f64)).collect();
+    per_step.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if json_out {
+        println!(
+            "{}",
+            json!({"model": m.graph().name, "backend": backend, "images": reports,
+                   "summary": {"images": n, "agree": agree, "packed_correct": correct, "max_abs_logit_error": max_err,
+                               "mean_seconds_per_image": mean_s, "plan_seconds": plan_s, "keygen_seconds": keygen_s,
+                               "evaluation_key_bytes": key_bytes, "cost": p.cost},
+                   "trace": trace_rows,
+                   "step_seconds": per_step.iter().map(|(k, v)| json!({"step": k, "seconds": v})).collect::<Vec<_>>()})
+        );
+        return Ok(());
+    }
+    println!("{:>5} {:>5} {:>6} {:>9} {:>6} {:>12} {:>9}", "image", "label", "packed", "reference", "agree", "max|Δlogit|", "seconds");
+    for r in &reports {
+        println!(
+            "{:>5} {:>5} {:>6} {:>9} {:>6} {:>12.3e} {:>9.3}",
+            r.index,
+            r.label.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            r.packed_prediction,
+            r.reference_prediction,
+            if r.agree { "yes" } else { "NO" },
+            r.max_abs_logit_error,
+            r.seconds
+        );
+    }
+    if trace {
+        println!("precision trace (image 0):");
+        for row in &trace_rows {
+            println!("  {:<28} {:>6.1} bits  (max |error| {:.3e})", row["step"].as_str().unwrap_or(""), row["precision_bits"].as_f64().unwrap_or(0.0), row["max_abs_error"].as_f64().unwrap_or(0.0));
+        }
+    }
+    println!(
+        "agreement {agree}/{n}, packed top-1 {correct}/{n}, max |Δlogit| {max_err:.3e}, {mean_s:.3} s/image (plan {plan_s:.2} s, keygen {keygen_s:.2} s, evaluation keys {} bytes)",
+        key_bytes
+    );
+    Ok(())
+}
+
+fn input_dim(m: &Model, i: usize) -> usize {
+    m.graph().input.shape[i]
+}
