@@ -79,6 +79,12 @@ fn split(r: i64, n1: usize, slots: usize) -> (i64, i64) {
 impl DiagonalPlan {
     /// Schedules `map` from `inputs` layouts to `output` layout.
     pub fn new(map: &LinearMap, inputs: &[&Layout], output: &Layout) -> Result<DiagonalPlan, String> {
+        Self::with_passthrough(map, inputs, output, true)
+    }
+
+    /// As [`DiagonalPlan::new`]; with `allow_passthrough` false every pair is multiplied (so
+    /// every term comes out at the same, chosen scale).
+    pub fn with_passthrough(map: &LinearMap, inputs: &[&Layout], output: &Layout, allow_passthrough: bool) -> Result<DiagonalPlan, String> {
         if inputs.len() != map.input_lens.len() {
             return Err(format!("map has {} inputs, {} layouts given", map.input_lens.len(), inputs.len()));
         }
@@ -144,7 +150,8 @@ impl DiagonalPlan {
         let mut rotating: Vec<((usize, usize, usize), BTreeMap<i64, Vec<(u32, f64)>>)> = Vec::new();
         for (key, diags) in pairs {
             let (oct, inp, ict) = key;
-            let pass = !inputs[inp].dirty
+            let pass = allow_passthrough
+                && !inputs[inp].dirty
                 && diags.len() == 1
                 && diags.contains_key(&0)
                 && diags[&0].len() == per_ct[inp][ict]

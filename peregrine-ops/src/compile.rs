@@ -37,6 +37,19 @@ pub enum StepKind {
         inputs: Vec<TensorId>,
         /// The schedule.
         plan: DiagonalPlan,
+        /// The output feeds a [`StepKind::Square`]: produce it at scale √(Δ·q) so the square
+        /// lands exactly on Δ after its rescale.
+        for_square: bool,
+    },
+    /// `y = ±x² + offset` with the activation's other coefficients folded into the producing
+    /// linear step: a quadratic activation in one level.
+    Square {
+        /// Input tensor.
+        input: TensorId,
+        /// Whether the result is negated (leading coefficients negative).
+        negate: bool,
+        /// Per ciphertext sparse `(slot, constant)`.
+        offset: Vec<Vec<(u32, f64)>>,
     },
     /// Per-slot polynomial `Σ_k coeffs[ct][k] ⊙ x^k` (coefficient vectors sparse per ciphertext).
     Poly {
@@ -83,7 +96,10 @@ impl Step {
     pub fn inputs(&self) -> Vec<TensorId> {
         match &self.kind {
             StepKind::Linear { inputs, .. } => inputs.clone(),
-            StepKind::Poly { input, .. } | StepKind::Bootstrap { input } | StepKind::Reduce { input, .. } => vec![*input],
+            StepKind::Poly { input, .. }
+            | StepKind::Bootstrap { input }
+            | StepKind::Reduce { input, .. }
+            | StepKind::Square { input, .. } => vec![*input],
         }
     }
     /// Kind name for reports.
@@ -93,6 +109,7 @@ impl Step {
             StepKind::Poly { .. } => "poly",
             StepKind::Bootstrap { .. } => "bootstrap",
             StepKind::Reduce { .. } => "reduce",
+            StepKind::Square { .. } => "square",
         }
     }
 }
@@ -114,6 +131,8 @@ pub struct Program {
 
 /// A linear map not yet materialised: its input tensors and the IR nodes it covers.
 struct Pending {
+    /// When set, the map is materialised for a [`StepKind::Square`] consumer.
+    for_square: bool,
     map: LinearMap,
     inputs: Vec<TensorId>,
     nodes: Vec<String>,
@@ -201,7 +220,7 @@ impl Compiler<'_> {
     /// The value of an input as a pending map over ready tensors (identity if ready).
     fn as_pending(&mut self, name: &str, consumer_absorbs: bool) -> Result<Pending, OpsError> {
         if name == INPUT {
-            return Ok(Pending { map: LinearMap::identity(self.tensors[0].layout.len()), inputs: vec![0], nodes: vec![] });
+            return Ok(Pending { for_square: false, map: LinearMap::identity(self.tensors[0].layout.len()), inputs: vec![0], nodes: vec![] });
         }
         let j = self.model.node_index(name).expect("validated");
         if consumer_absorbs && self.consumers[j] == 1 && matches!(self.values[j], Some(Value::Pending(_))) {
@@ -211,7 +230,7 @@ impl Compiler<'_> {
             }
         }
         let t = self.materialize(j)?;
-        Ok(Pending { map: LinearMap::identity(self.tensors[t].layout.len()), inputs: vec![t], nodes: vec![] })
+        Ok(Pending { for_square: false, map: LinearMap::identity(self.tensors[t].layout.len()), inputs: vec![t], nodes: vec![] })
     }
 
     fn ready(&mut self, name: &str) -> Result<TensorId, OpsError> {
@@ -298,7 +317,7 @@ impl Compiler<'_> {
                         });
                         let mut mean = LinearMap::affine(ci, 1, &vec![1.0 / (hi * wi) as f64; ci], &vec![0.0; ci]);
                         mean.bias = None;
-                        Ok(Value::Pending(Pending { map: mean, inputs: vec![sum], nodes: vec![name] }))
+                        Ok(Value::Pending(Pending { for_square: false, map: mean, inputs: vec![sum], nodes: vec![name] }))
                     }
                     _ => single(LinearMap::global_avg_pool(ci, hi, wi), self),
                 }
@@ -327,7 +346,7 @@ impl Compiler<'_> {
                 let combined = outer.substitute(&subs.iter().map(Some).collect::<Vec<_>>());
                 let (map, inputs) = combined.merge_inputs(&ids);
                 nodes.push(name.clone());
-                Ok(Value::Pending(Pending { map, inputs, nodes }))
+                Ok(Value::Pending(Pending { for_square: false, map, inputs, nodes }))
             }
             Op::Activation(Activation::Poly { coeffs, input_scale }) => {
                 let cm = m.weight(coeffs);
@@ -335,6 +354,9 @@ impl Compiler<'_> {
                 let a: Vec<f64> = cm.iter().map(|&v| v as f64).collect();
                 let hw = hi * wi;
                 let scale = input_scale.as_ref().map(|s| f64s(m, s));
+                if let Some(v) = self.try_square(i, &a, channels, hw, scale.as_deref())? {
+                    return Ok(v);
+                }
                 // Fold the per-channel input scale into the producing linear map when it is ours alone.
                 let mut folded = false;
                 let t = match (&scale, &node.inputs[0]) {
@@ -387,6 +409,53 @@ impl Compiler<'_> {
         }
     }
 
+    /// A degree-2 activation whose leading coefficients share one sign, fed by a linear map it
+    /// alone consumes: fold `√|a2|·(s·x + a1/(2·a2))` into that map and evaluate
+    /// `±x'² + (a0 − a1²/(4·a2))` — one level instead of two.
+    fn try_square(&mut self, i: usize, a: &[f64], channels: usize, hw: usize, scale: Option<&[f64]>) -> Result<Option<Value>, OpsError> {
+        let m = self.model;
+        let node = &m.graph().nodes[i];
+        if a.len() != channels * 3 {
+            return Ok(None);
+        }
+        let a2: Vec<f64> = (0..channels).map(|c| a[c * 3 + 2]).collect();
+        let positive = a2.iter().all(|v| *v > 0.0);
+        if !(positive || a2.iter().all(|v| *v < 0.0)) {
+            return Ok(None);
+        }
+        let input = &node.inputs[0];
+        let Some(j) = m.node_index(input) else { return Ok(None) };
+        if self.consumers[j] != 1 || !matches!(self.values[j], Some(Value::Pending(_))) {
+            return Ok(None);
+        }
+        let s = |c: usize| scale.map_or(1.0, |s| s[c]);
+        let mul: Vec<f64> = (0..channels).map(|c| a2[c].abs().sqrt() * s(c)).collect();
+        let shift: Vec<f64> = (0..channels).map(|c| a2[c].abs().sqrt() * a[c * 3 + 1] / (2.0 * a2[c])).collect();
+        let constant: Vec<f64> = (0..channels).map(|c| a[c * 3] - a[c * 3 + 1].powi(2) / (4.0 * a2[c])).collect();
+        let mut p = self.as_pending(input, true)?;
+        p.map = LinearMap::affine(channels, hw, &mul, &shift).after(&p.map);
+        p.for_square = true;
+        self.values[j] = Some(Value::Pending(p));
+        let t = self.materialize(j)?;
+        self.tensors[t].name = format!("{input}#folded");
+        let layout = self.tensors[t].layout.clone();
+        let mut offset = vec![Vec::new(); layout.ciphertexts];
+        for (idx, &(ct, slot)) in layout.positions.iter().enumerate() {
+            let v = constant[(idx / hw).min(channels - 1)];
+            if v != 0.0 {
+                offset[ct as usize].push((slot, v));
+            }
+        }
+        let out = self.new_tensor(&node.name, m.shape(i).clone(), layout);
+        self.steps.push(Step {
+            name: node.name.clone(),
+            nodes: vec![node.name.clone()],
+            kind: StepKind::Square { input: t, negate: !positive, offset },
+            output: out,
+        });
+        Ok(Some(Value::Ready(out)))
+    }
+
     fn new_tensor(&mut self, name: &str, shape: Vec<usize>, layout: Layout) -> TensorId {
         self.tensors.push(TensorInfo {
             name: name.into(),
@@ -409,7 +478,7 @@ impl Compiler<'_> {
         let plan = DiagonalPlan::new(&map, &[&info.layout], &layout).map_err(OpsError::Layout)?;
         let name = format!("{}#clean", info.name);
         let out = self.new_tensor(&name, info.shape.clone(), layout);
-        self.steps.push(Step { name: name.clone(), nodes: vec![], kind: StepKind::Linear { inputs: vec![t], plan }, output: out });
+        self.steps.push(Step { name: name.clone(), nodes: vec![], kind: StepKind::Linear { inputs: vec![t], plan, for_square: false }, output: out });
         Ok(out)
     }
 
@@ -455,15 +524,26 @@ impl Compiler<'_> {
                     // A pure relabelling (flatten): reuse the input's slots.
                     let layout = self.tensors[p.inputs[0]].layout.clone();
                     let t = self.new_tensor(&name, shape, layout.clone());
-                    let plan = DiagonalPlan::new(&p.map, &[&layout], &layout).map_err(OpsError::Layout)?;
-                    self.steps.push(Step { name: name.clone(), nodes: p.nodes, kind: StepKind::Linear { inputs: p.inputs, plan }, output: t });
+                    let plan = DiagonalPlan::with_passthrough(&p.map, &[&layout], &layout, !p.for_square).map_err(OpsError::Layout)?;
+                    self.steps.push(Step {
+                        name: name.clone(),
+                        nodes: p.nodes,
+                        kind: StepKind::Linear { inputs: p.inputs, plan, for_square: p.for_square },
+                        output: t,
+                    });
                     t
                 } else {
                     let layout = self.choose_layout(&shape, &p.inputs);
                     let ins: Vec<&Layout> = p.inputs.iter().map(|t| &self.tensors[*t].layout).collect();
-                    let plan = DiagonalPlan::new(&p.map, &ins, &layout).map_err(|e| OpsError::Layout(format!("node '{name}': {e}")))?;
+                    let plan = DiagonalPlan::with_passthrough(&p.map, &ins, &layout, !p.for_square)
+                        .map_err(|e| OpsError::Layout(format!("node '{name}': {e}")))?;
                     let t = self.new_tensor(&name, shape, layout);
-                    self.steps.push(Step { name: name.clone(), nodes: p.nodes, kind: StepKind::Linear { inputs: p.inputs, plan }, output: t });
+                    self.steps.push(Step {
+                        name: name.clone(),
+                        nodes: p.nodes,
+                        kind: StepKind::Linear { inputs: p.inputs, plan, for_square: p.for_square },
+                        output: t,
+                    });
                     t
                 };
                 self.values[j] = Some(Value::Ready(out));

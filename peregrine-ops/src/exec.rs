@@ -108,9 +108,27 @@ pub fn execute<B: Backend>(
         let level = plan.levels[step.output];
         let wrap = |e| OpsError::Backend { step: step.name.clone(), source: e };
         let out = match &step.kind {
-            StepKind::Linear { inputs, plan: dp } => {
+            StepKind::Linear { inputs, plan: dp, for_square } => {
                 let ins: Vec<&[B::Ciphertext]> = inputs.iter().map(|t| values[*t].as_deref().expect("computed")).collect();
-                linear(backend, dp, &ins, level, delta).map_err(wrap)?
+                let target = if *for_square { (delta * backend.modulus(level)).sqrt() } else { delta };
+                linear(backend, dp, &ins, level, target).map_err(wrap)?
+            }
+            StepKind::Square { input, negate, offset } => {
+                let x = values[*input].as_deref().expect("computed");
+                x.par_iter()
+                    .zip(offset.par_iter())
+                    .map(|(ct, off)| {
+                        let sq = backend.rescale(&backend.square(ct)?)?;
+                        let sq = if *negate { backend.negate(&sq)? } else { sq };
+                        if off.is_empty() {
+                            Ok(sq)
+                        } else {
+                            let pt = backend.encode(&dense(off, prog.slots), backend.level(&sq), backend.scale(&sq))?;
+                            backend.add_plain(&sq, &pt)
+                        }
+                    })
+                    .collect::<BResult<Vec<_>>>()
+                    .map_err(wrap)?
             }
             StepKind::Poly { input, degree, coeffs } => {
                 let x = values[*input].as_deref().expect("computed");

@@ -89,6 +89,7 @@ fn step_needs(step: &Step) -> usize {
     match &step.kind {
         StepKind::Linear { plan, .. } => usize::from(plan.consumes_level()),
         StepKind::Poly { degree, .. } => poly_levels(*degree),
+        StepKind::Square { .. } => 1,
         StepKind::Bootstrap { .. } | StepKind::Reduce { .. } => 0,
     }
 }
@@ -140,10 +141,13 @@ pub fn plan(mut program: Program, caps: &Capabilities) -> Result<Plan, OpsError>
         // Rewire inputs to their latest versions.
         match &mut step.kind {
             StepKind::Linear { inputs, .. } => inputs.iter_mut().for_each(|t| *t = current[*t]),
-            StepKind::Poly { input, .. } | StepKind::Bootstrap { input } | StepKind::Reduce { input, .. } => *input = current[*input],
+            StepKind::Poly { input, .. }
+            | StepKind::Bootstrap { input }
+            | StepKind::Reduce { input, .. }
+            | StepKind::Square { input, .. } => *input = current[*input],
         }
         let rotating: Vec<TensorId> = match &step.kind {
-            StepKind::Linear { inputs, plan } => {
+            StepKind::Linear { inputs, plan, .. } => {
                 let mut r: BTreeSet<usize> = BTreeSet::new();
                 for o in &plan.outputs {
                     for g in &o.giants {
@@ -192,12 +196,15 @@ pub fn plan(mut program: Program, caps: &Capabilities) -> Result<Plan, OpsError>
                             *x = nt
                         }
                     }),
-                    StepKind::Poly { input, .. } | StepKind::Bootstrap { input } | StepKind::Reduce { input, .. } => *input = nt,
+                    StepKind::Poly { input, .. }
+                    | StepKind::Bootstrap { input }
+                    | StepKind::Reduce { input, .. }
+                    | StepKind::Square { input, .. } => *input = nt,
                 }
             }
         }
         let out_level = match &step.kind {
-            StepKind::Linear { inputs, plan } => {
+            StepKind::Linear { inputs, plan, .. } => {
                 let mut rot = BTreeSet::new();
                 let mut pass = BTreeSet::new();
                 for o in &plan.outputs {
@@ -219,7 +226,7 @@ pub fn plan(mut program: Program, caps: &Capabilities) -> Result<Plan, OpsError>
                     (None, None) => inputs.iter().map(|t| levels[*t]).min().unwrap_or(top),
                 }
             }
-            StepKind::Poly { input, .. } => levels[*input] - need,
+            StepKind::Poly { input, .. } | StepKind::Square { input, .. } => levels[*input] - need,
             StepKind::Bootstrap { .. } => caps.bootstrap_level.unwrap_or(0),
             StepKind::Reduce { input, .. } => levels[*input],
         };
@@ -258,6 +265,10 @@ fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> (Vec<Ste
                 cost.rescales += cts * d.saturating_sub(1) + terms;
             }
             StepKind::Bootstrap { .. } => cost.bootstraps += out.ciphertexts,
+            StepKind::Square { offset, .. } => {
+                cost.ct_ct_mults += offset.len();
+                cost.rescales += offset.len();
+            }
             StepKind::Reduce { groups, passes, .. } => {
                 let (n, k) = reduce_rotations(groups.len(), passes, program.slots);
                 rot = n;

@@ -258,3 +258,50 @@ fn unsupported_layers_are_named() {
     let e = compile(&Model::new(graph, w).unwrap(), 1024).unwrap_err().to_string();
     assert!(e.contains("'act'") && e.contains("RELU"), "{e}");
 }
+
+#[test]
+fn quadratic_activations_cost_one_level_each() {
+    // conv → quad(+) → conv → add(shortcut) → quad(−) → GAP → fc, on 5×13×11.
+    let mut r = StdRng::seed_from_u64(9);
+    let mut w = Weights::new();
+    w.insert("c1.w".into(), rt(&mut r, &[4, 5, 3, 3], 0.3));
+    w.insert("c2.w".into(), rt(&mut r, &[4, 4, 3, 3], 0.3));
+    w.insert("fc.w".into(), rt(&mut r, &[3, 4], 0.5));
+    let mut q1 = rt(&mut r, &[4, 3], 0.5);
+    let mut q2 = rt(&mut r, &[4, 3], 0.5);
+    for c in 0..4 {
+        q1[[c, 2]] = 0.1 + 0.2 * c as f32;
+        q2[[c, 2]] = -0.05 - 0.1 * c as f32;
+    }
+    w.insert("q1.c".into(), q1);
+    w.insert("q1.s".into(), rt(&mut r, &[4], 1.0).mapv(|v| 0.5 + v.abs()));
+    w.insert("q2.c".into(), q2);
+    let nodes = vec![
+        node("c1", conv(5, 4, 3, 1, 1, 1, 1, "c1.w", None), &[INPUT]),
+        node("q1", Op::Activation(Activation::Poly { coeffs: "q1.c".into(), input_scale: Some("q1.s".into()) }), &["c1"]),
+        node("c2", conv(4, 4, 3, 1, 1, 1, 1, "c2.w", None), &["q1"]),
+        node("add", Op::Add, &["c2", "q1"]),
+        node("q2", Op::Activation(Activation::Poly { coeffs: "q2.c".into(), input_scale: None }), &["add"]),
+        node("gap", Op::GlobalAvgPool, &["q2"]),
+        node("flat", Op::Flatten, &["gap"]),
+        node("fc", Op::Linear(Linear { in_features: 4, out_features: 3, weight: "fc.w".into(), bias: None }), &["flat"]),
+    ];
+    let graph = Graph {
+        version: FORMAT_VERSION,
+        name: "quad".into(),
+        input: InputSpec { shape: vec![5, 13, 11], preprocess: Preprocess { mean: vec![0.0; 5], std: vec![1.0; 5], resize: false } },
+        nodes,
+        output: "fc".into(),
+        classes: vec![],
+    };
+    let model = Model::new(graph, w).unwrap();
+    let x: Vec<f64> = (0..5 * 13 * 11).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let want = reference_output(&model, &x);
+    let (got, plan, _) = run_packed(&model, &params(12, 10), &x);
+    let squares = plan.program.steps.iter().filter(|s| s.kind_name() == "square").count();
+    assert_eq!(squares, 2, "both quadratics fold into their linear producers");
+    // conv(1) + square(1) + conv+add(1) + square(1) + gap/fc(1) = 5 levels.
+    assert_eq!(plan.cost.levels_consumed, 5);
+    let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(max_err < 1e-6, "max error {max_err:e}");
+}
