@@ -1,0 +1,146 @@
+//! `peregrine convert`, `plan` and `run` end to end on the `clear` backend.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use ndarray::{ArrayD, IxDyn};
+use peregrine_core::format::save_model;
+use peregrine_core::ir::*;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_peregrine"))
+}
+
+fn shared(rel: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared").join(rel);
+    assert!(p.exists(), "shared asset {} is missing: these tests need ../shared beside the workspace", p.display());
+    p
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("peregrine-fhe-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+fn json(out: std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A small CIFAR-shaped model with polynomial activations: conv s2 → poly4 → GAP → linear.
+fn small_model() -> PathBuf {
+    let det = |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (((i * 7919) % 101) as f32 / 101.0 - 0.5) * k).collect() };
+    let mut w = Weights::new();
+    w.insert("c.w".into(), ArrayD::from_shape_vec(IxDyn(&[4, 3, 3, 3]), det(108, 0.6)).unwrap());
+    let mut coeffs = det(20, 0.2);
+    for c in 0..4 {
+        coeffs[c * 5 + 1] = 0.5;
+    }
+    w.insert("p.c".into(), ArrayD::from_shape_vec(IxDyn(&[4, 5]), coeffs).unwrap());
+    w.insert("fc.w".into(), ArrayD::from_shape_vec(IxDyn(&[10, 4]), det(40, 1.0)).unwrap());
+    w.insert("fc.b".into(), ArrayD::from_shape_vec(IxDyn(&[10]), det(10, 0.1)).unwrap());
+    let n = |name: &str, op: Op, i: &str| Node { name: name.into(), op, inputs: vec![i.into()] };
+    let nodes = vec![
+        n("c", Op::Conv2d(Conv2d { in_channels: 3, out_channels: 4, kernel: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1], groups: 1, weight: "c.w".into(), bias: None }), INPUT),
+        n("p", Op::Activation(Activation::Poly { coeffs: "p.c".into(), input_scale: None }), "c"),
+        n("gap", Op::GlobalAvgPool, "p"),
+        n("flat", Op::Flatten, "gap"),
+        n("fc", Op::Linear(Linear { in_features: 4, out_features: 10, weight: "fc.w".into(), bias: Some("fc.b".into()) }), "flat"),
+    ];
+    let graph = Graph {
+        version: FORMAT_VERSION,
+        name: "small".into(),
+        input: InputSpec { shape: vec![3, 32, 32], preprocess: Preprocess { mean: vec![0.5; 3], std: vec![0.25; 3], resize: true } },
+        nodes,
+        output: "fc".into(),
+        classes: (0..10).map(|i| format!("c{i}")).collect(),
+    };
+    let p = tmp("small.safetensors");
+    save_model(&Model::new(graph, w).unwrap(), &p).unwrap();
+    p
+}
+
+const PARAMS: &str = r#"{"log_ring_dimension": 12, "levels": 8}"#;
+
+#[test]
+fn plan_reports_cost_and_run_agrees_with_the_reference() {
+    let model = small_model();
+    let plan = json(bin().args(["plan", "--backend", "clear", "--params", PARAMS, "--json", "--model"]).arg(&model).output().unwrap());
+    assert_eq!(plan["capabilities"]["slots"], 2048);
+    assert_eq!(plan["cost"]["levels_consumed"], 5, "conv 1 + poly4 3 + fc 1");
+    assert!(plan["cost"]["rotations"].as_u64().unwrap() > 0);
+    assert_eq!(plan["cost"]["rotation_keys"].as_u64().unwrap() as usize, plan["rotation_keys"].as_array().unwrap().len());
+
+    let run = json(
+        bin()
+            .args(["run", "--backend", "clear", "--params", PARAMS, "--limit", "3", "--trace", "--json", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(shared("data/cifar10/test_batch.bin.gz"))
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run["summary"]["images"], 3);
+    assert_eq!(run["summary"]["agree"], 3);
+    assert!(run["summary"]["max_abs_logit_error"].as_f64().unwrap() < 1e-6);
+    assert!(!run["trace"].as_array().unwrap().is_empty());
+    for row in run["trace"].as_array().unwrap() {
+        assert!(row["precision_bits"].as_f64().unwrap() > 30.0, "{row}");
+    }
+
+    // One image of any size.
+    let png = tmp("img.png");
+    image::RgbImage::from_fn(41, 29, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, 77])).save(&png).unwrap();
+    let one = json(bin().args(["run", "--backend", "clear", "--params", PARAMS, "--json", "--model"]).arg(&model).arg("--image").arg(&png).output().unwrap());
+    assert_eq!(one["summary"]["agree"], 1);
+}
+
+#[test]
+fn plan_errors_are_clear() {
+    let model = small_model();
+    let out = bin().args(["plan", "--backend", "clear", "--params", r#"{"log_ring_dimension": 12, "levels": 3}"#, "--model"]).arg(&model).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("needs 5 levels") && e.contains("offers 3"), "{e}");
+
+    let out = bin().args(["plan", "--backend", "nosuch", "--model"]).arg(&model).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown backend 'nosuch'"));
+
+    let out = bin().args(["plan", "--backend", "clear", "--params", "{\"levls\": 3}", "--model"]).arg(&model).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("levls"), "{e}");
+
+    // A ReLU model must be converted first.
+    let relu = tmp("resnet20.safetensors");
+    assert!(bin().args(["import", "resnet", "--weights"]).arg(shared("models/resnet20-cifar10.safetensors")).arg("-o").arg(&relu).output().unwrap().status.success());
+    let out = bin().args(["plan", "--model"]).arg(&relu).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("RELU") && e.contains("convert"), "{e}");
+}
+
+#[test]
+fn convert_makes_a_plannable_resnet20_that_needs_bootstrapping_at_default_levels() {
+    let relu = tmp("r20.safetensors");
+    assert!(bin().args(["import", "resnet", "--weights"]).arg(shared("models/resnet20-cifar10.safetensors")).arg("-o").arg(&relu).output().unwrap().status.success());
+    let poly = tmp("r20p2.safetensors");
+    let v = json(
+        bin()
+            .args(["convert", "--degree", "2", "--calibration-images", "32", "--json", "--model"])
+            .arg(&relu)
+            .arg("--calibration")
+            .arg(shared("data/cifar10/data_batch_1.bin.gz"))
+            .arg("-o")
+            .arg(&poly)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["degree"], 2);
+    // 19 quadratics folded (1 level each) + 19 linear layers + the head: 39 levels.
+    let out = bin().args(["plan", "--backend", "clear", "--model"]).arg(&poly).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("needs 39 levels") && e.contains("offers 24"), "{e}");
+    let p = json(bin().args(["plan", "--backend", "clear", "--params", r#"{"levels": 39}"#, "--json", "--model"]).arg(&poly).output().unwrap());
+    assert_eq!(p["cost"]["levels_consumed"], 39);
+    assert_eq!(p["cost"]["bootstraps"], 0);
+}
