@@ -135,6 +135,8 @@ struct ImageReport {
     agree: bool,
     max_abs_logit_error: f64,
     seconds: f64,
+    /// Set when encrypted evaluation failed for this image (e.g. a value overflowed the modulus).
+    error: Option<String>,
 }
 
 fn argmax(v: &[f64]) -> usize {
@@ -230,6 +232,7 @@ fn run_images<C: Client>(
             reference.run(&xin)?.iter().copied().collect()
         };
         let t = Instant::now();
+        let mut attempt = || -> Result<(Vec<f64>, Vec<peregrine_ops::StepTiming>)> {
         let cts = encrypt_input(client, p, &flat)?;
         let (out, timings) = execute(p, server, cts, |step, tensor, cts: &[<C::Backend as Backend>::Ciphertext]| {
             if trace && i == 0 {
@@ -244,28 +247,50 @@ fn run_images<C: Client>(
                 }
             }
         })?;
-        let got = decrypt_output(client, p, &out)?;
+        Ok((decrypt_output(client, p, &out)?, timings))
+        };
+        let result = attempt();
         let secs = t.elapsed().as_secs_f64();
-        for tm in timings {
-            *step_times.entry(tm.name).or_default() += tm.seconds;
+        let rp = argmax(&want);
+        match result {
+            Ok((got, timings)) => {
+                for tm in timings {
+                    *step_times.entry(tm.name).or_default() += tm.seconds;
+                }
+                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                let pp = argmax(&got);
+                reports.push(ImageReport { index: i, label: labels[i], packed_prediction: pp, reference_prediction: rp, agree: pp == rp, max_abs_logit_error: err, seconds: secs, error: None });
+            }
+            Err(e) => {
+                let finite = want.iter().all(|v| v.is_finite());
+                reports.push(ImageReport {
+                    index: i,
+                    label: labels[i],
+                    packed_prediction: usize::MAX,
+                    reference_prediction: rp,
+                    agree: false,
+                    max_abs_logit_error: f64::INFINITY,
+                    seconds: secs,
+                    error: Some(format!("{e:#}{}", if finite { "" } else { " (the reference output is not finite either: the model diverges on this input)" })),
+                });
+            }
         }
-        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-        let (pp, rp) = (argmax(&got), argmax(&want));
-        reports.push(ImageReport { index: i, label: labels[i], packed_prediction: pp, reference_prediction: rp, agree: pp == rp, max_abs_logit_error: err, seconds: secs });
         pb.inc(1);
     }
     pb.finish_and_clear();
     let agree = reports.iter().filter(|r| r.agree).count();
+    let failed = reports.iter().filter(|r| r.error.is_some()).count();
     let correct = reports.iter().filter(|r| r.label.is_some_and(|l| l as usize == r.packed_prediction)).count();
-    let max_err = reports.iter().map(|r| r.max_abs_logit_error).fold(0.0, f64::max);
-    let mean_s = reports.iter().map(|r| r.seconds).sum::<f64>() / n.max(1) as f64;
+    let ok: Vec<&ImageReport> = reports.iter().filter(|r| r.error.is_none()).collect();
+    let max_err = ok.iter().map(|r| r.max_abs_logit_error).fold(0.0, f64::max);
+    let mean_s = ok.iter().map(|r| r.seconds).sum::<f64>() / ok.len().max(1) as f64;
     let mut per_step: Vec<(String, f64)> = step_times.into_iter().map(|(k, v)| (k, v / n.max(1) as f64)).collect();
     per_step.sort_by(|a, b| b.1.total_cmp(&a.1));
     if json_out {
         println!(
             "{}",
             json!({"model": m.graph().name, "backend": backend, "images": reports,
-                   "summary": {"images": n, "agree": agree, "packed_correct": correct, "max_abs_logit_error": max_err,
+                   "summary": {"images": n, "agree": agree, "failed": failed, "packed_correct": correct, "max_abs_logit_error": max_err,
                                "mean_seconds_per_image": mean_s, "plan_seconds": plan_s, "keygen_seconds": keygen_s,
                                "evaluation_key_bytes": key_bytes, "cost": p.cost},
                    "trace": trace_rows,
@@ -279,12 +304,15 @@ fn run_images<C: Client>(
             "{:>5} {:>5} {:>6} {:>9} {:>6} {:>12.3e} {:>9.3}",
             r.index,
             r.label.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
-            r.packed_prediction,
+            if r.error.is_some() { "-".to_string() } else { r.packed_prediction.to_string() },
             r.reference_prediction,
             if r.agree { "yes" } else { "NO" },
             r.max_abs_logit_error,
             r.seconds
         );
+        if let Some(e) = &r.error {
+            println!("      failed: {e}");
+        }
     }
     if trace {
         println!("precision trace (image 0):");
@@ -293,7 +321,7 @@ fn run_images<C: Client>(
         }
     }
     println!(
-        "agreement {agree}/{n}, packed top-1 {correct}/{n}, max |Δlogit| {max_err:.3e}, {mean_s:.3} s/image (plan {plan_s:.2} s, keygen {keygen_s:.2} s, evaluation keys {} bytes)",
+        "agreement {agree}/{n} ({failed} failed), packed top-1 {correct}/{n}, max |Δlogit| {max_err:.3e}, {mean_s:.3} s/image (plan {plan_s:.2} s, keygen {keygen_s:.2} s, evaluation keys {} bytes)",
         key_bytes
     );
     Ok(())

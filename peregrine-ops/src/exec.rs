@@ -48,7 +48,7 @@ pub fn encrypt_input<C: Client>(
         .iter()
         .map(|v| client.encode(v, plan.levels[0], caps.default_scale()).and_then(|p| client.encrypt(&p)))
         .collect::<BResult<Vec<_>>>()
-        .map_err(|e| OpsError::Backend { step: "encrypt input".into(), source: e })
+        .map_err(|e| OpsError::Backend { step: "encrypt input".into(), cause: e })
 }
 
 /// Client side: decrypts a packed tensor and reads it back in C-H-W order.
@@ -63,7 +63,7 @@ pub fn decrypt_tensor<C: Client>(
         .iter()
         .map(|c| client.decrypt_values(c))
         .collect::<BResult<Vec<_>>>()
-        .map_err(|e| OpsError::Backend { step: "decrypt".into(), source: e })?;
+        .map_err(|e| OpsError::Backend { step: "decrypt".into(), cause: e })?;
     Ok(layout.unpack(&slots))
 }
 
@@ -106,7 +106,7 @@ pub fn execute<B: Backend>(
     for (i, step) in prog.steps.iter().enumerate() {
         let t0 = Instant::now();
         let level = plan.levels[step.output];
-        let wrap = |e| OpsError::Backend { step: step.name.clone(), source: e };
+        let wrap = |e| OpsError::Backend { step: step.name.clone(), cause: e };
         let out = match &step.kind {
             StepKind::Linear { inputs, plan: dp, for_square } => {
                 let ins: Vec<&[B::Ciphertext]> = inputs.iter().map(|t| values[*t].as_deref().expect("computed")).collect();

@@ -39,13 +39,12 @@ pub enum OpsError {
     #[error("layout error: {0}")]
     Layout(String),
     /// A backend operation failed.
-    #[error("backend error in step '{step}': {source}")]
+    #[error("backend error in step '{step}': {cause}")]
     Backend {
         /// The step.
         step: String,
-        /// The backend's error.
-        #[source]
-        source: peregrine_core::BackendError,
+        /// The backend's error (shown in the message, so not chained again).
+        cause: peregrine_core::BackendError,
     },
     /// Input or output did not match the plan.
     #[error("shape error: {0}")]

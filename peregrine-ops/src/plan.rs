@@ -121,7 +121,71 @@ fn depth(program: &Program) -> Vec<usize> {
 }
 
 /// Plans `program` for a backend with capabilities `caps`.
-pub fn plan(mut program: Program, caps: &Capabilities) -> Result<Plan, OpsError> {
+///
+/// Bootstraps are first placed just in time (as late as possible, which minimises their
+/// number along a chain); then each one is moved back along its producer chain to the
+/// ancestor with the fewest ciphertexts whenever the levels allow, and kept there if the total
+/// of bootstrapped ciphertexts drops.
+pub fn plan(program: Program, caps: &Capabilities) -> Result<Plan, OpsError> {
+    let mut best = plan_with(program.clone(), caps, &BTreeSet::new())?;
+    if best.cost.bootstraps == 0 {
+        return Ok(best);
+    }
+    // Producer step of every original tensor.
+    let mut producer: Vec<Option<usize>> = vec![None; program.tensors.len()];
+    for (i, s) in program.steps.iter().enumerate() {
+        producer[s.output] = Some(i);
+    }
+    let mut forced: BTreeSet<TensorId> = BTreeSet::new();
+    let original = program.tensors.len();
+    loop {
+        let mut improved = false;
+        let boot_inputs: Vec<TensorId> = best
+            .program
+            .steps
+            .iter()
+            .filter_map(|s| match s.kind {
+                StepKind::Bootstrap { input } if input < original => Some(input),
+                _ => None,
+            })
+            .collect();
+        for t in boot_inputs {
+            // Walk back through single-input producers, collecting cheaper ancestors.
+            let mut candidates = Vec::new();
+            let mut cur = t;
+            for _ in 0..16 {
+                let Some(si) = producer[cur] else { break };
+                let ins = program.steps[si].inputs();
+                if ins.len() != 1 || ins[0] == 0 {
+                    break;
+                }
+                cur = ins[0];
+                if program.tensors[cur].ciphertexts < program.tensors[t].ciphertexts {
+                    candidates.push(cur);
+                }
+            }
+            candidates.sort_by_key(|c| program.tensors[*c].ciphertexts);
+            for c in candidates {
+                let mut f = forced.clone();
+                f.insert(c);
+                if let Ok(p) = plan_with(program.clone(), caps, &f) {
+                    if p.cost.bootstraps < best.cost.bootstraps {
+                        best = p;
+                        forced = f;
+                        improved = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if !improved {
+            return Ok(best);
+        }
+    }
+}
+
+/// Plans with bootstraps forced right after the tensors in `forced`, the rest just in time.
+fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<TensorId>) -> Result<Plan, OpsError> {
     if caps.slots != program.slots {
         return Err(OpsError::Layout(format!(
             "program compiled for {} slots, backend has {}",
@@ -231,7 +295,26 @@ pub fn plan(mut program: Program, caps: &Capabilities) -> Result<Plan, OpsError>
             StepKind::Reduce { input, .. } => levels[*input],
         };
         levels[step.output] = out_level;
+        let produced = step.output;
         steps_out.push(step);
+        if forced.contains(&produced) && caps.can_bootstrap && out_level < caps.bootstrap_level.unwrap_or(0) {
+            let info: TensorInfo = program.tensors[produced].clone();
+            program.tensors.push(TensorInfo { name: format!("{}@bootstrap", info.name), ..info });
+            let nt = program.tensors.len() - 1;
+            levels.push(caps.bootstrap_level.unwrap_or(0));
+            current.push(nt);
+            for c in current.iter_mut() {
+                if *c == produced {
+                    *c = nt;
+                }
+            }
+            steps_out.push(Step {
+                name: format!("bootstrap({})", program.tensors[produced].name),
+                nodes: vec![],
+                kind: StepKind::Bootstrap { input: produced },
+                output: nt,
+            });
+        }
     }
     program.steps = steps_out;
     let (steps, cost, keys) = account(&program, &levels, caps);

@@ -305,3 +305,32 @@ fn quadratic_activations_cost_one_level_each() {
     let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     assert!(max_err < 1e-6, "max error {max_err:e}");
 }
+
+#[test]
+fn bootstraps_move_to_the_ancestor_with_fewest_ciphertexts() {
+    // input 1×20×20 → poly4 (1 ct) → upsample ×3 (60×60: split 3, 9 cts) → poly4.
+    // Just in time would bootstrap the 9-ciphertext map; bootstrapping the 1-ciphertext one
+    // before the upsampling leaves enough levels and costs 1.
+    let mut r = StdRng::seed_from_u64(10);
+    let mut w = Weights::new();
+    let p1 = poly("p1", 1, &mut w, &mut r, false);
+    let p2 = poly("p2", 1, &mut w, &mut r, false);
+    let nodes = vec![node("p1", p1, &[INPUT]), node("up", Op::Upsample { factor: 3 }, &["p1"]), node("p2", p2, &["up"])];
+    let graph = Graph {
+        version: FORMAT_VERSION,
+        name: "boot".into(),
+        input: InputSpec { shape: vec![1, 20, 20], preprocess: Preprocess { mean: vec![0.0], std: vec![1.0], resize: false } },
+        nodes,
+        output: "p2".into(),
+        classes: vec![],
+    };
+    let model = Model::new(graph, w).unwrap();
+    let p = ClearParams { bootstrap: Some(ClearBootstrap { output_level: 4, range: 1e6 }), ..params(10, 4) };
+    let x: Vec<f64> = (0..400).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let want = reference_output(&model, &x);
+    let (got, pl, _) = run_packed(&model, &p, &x);
+    assert_eq!(pl.program.tensors.iter().find(|t| t.name == "up").unwrap().ciphertexts, 9);
+    assert_eq!(pl.cost.bootstraps, 1, "one ciphertext bootstrapped instead of nine");
+    let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(max_err < 1e-6, "max error {max_err:e}");
+}
