@@ -184,6 +184,31 @@ pub fn plan(program: Program, caps: &Capabilities) -> Result<Plan, OpsError> {
     }
 }
 
+/// Appends a bootstrap of tensor `t` to `steps`, to `level`; every later reference to `t`
+/// (through `current`) now means the bootstrapped tensor, which is returned.
+fn insert_bootstrap(
+    program: &mut Program,
+    levels: &mut Vec<usize>,
+    current: &mut Vec<TensorId>,
+    steps: &mut Vec<Step>,
+    t: TensorId,
+    level: usize,
+) -> TensorId {
+    let info: TensorInfo = program.tensors[t].clone();
+    let name = format!("bootstrap({})", info.name);
+    program.tensors.push(TensorInfo { name: format!("{}@bootstrap", info.name), ..info });
+    let nt = program.tensors.len() - 1;
+    levels.push(level);
+    current.push(nt);
+    for c in current.iter_mut() {
+        if *c == t {
+            *c = nt;
+        }
+    }
+    steps.push(Step { name, nodes: vec![], kind: StepKind::Bootstrap { input: t }, output: nt });
+    nt
+}
+
 /// Plans with bootstraps forced right after the tensors in `forced`, the rest just in time.
 fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<TensorId>) -> Result<Plan, OpsError> {
     if caps.slots != program.slots {
@@ -237,23 +262,7 @@ fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<Tensor
                 if out_level < need {
                     return Err(OpsError::LevelsExhausted { needed: need, available: out_level, step: step.name.clone() });
                 }
-                let info: TensorInfo = program.tensors[t].clone();
-                program.tensors.push(TensorInfo { name: format!("{}@bootstrap", info.name), ..info });
-                let nt = program.tensors.len() - 1;
-                levels.push(out_level);
-                current.push(nt);
-                // Every reference to the logical tensor now means the bootstrapped one.
-                for c in current.iter_mut() {
-                    if *c == t {
-                        *c = nt;
-                    }
-                }
-                steps_out.push(Step {
-                    name: format!("bootstrap({})", program.tensors[t].name),
-                    nodes: vec![],
-                    kind: StepKind::Bootstrap { input: t },
-                    output: nt,
-                });
+                let nt = insert_bootstrap(&mut program, &mut levels, &mut current, &mut steps_out, t, out_level);
                 match &mut step.kind {
                     StepKind::Linear { inputs, .. } => inputs.iter_mut().for_each(|x| {
                         if *x == t {
@@ -298,22 +307,7 @@ fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<Tensor
         let produced = step.output;
         steps_out.push(step);
         if forced.contains(&produced) && caps.can_bootstrap && out_level < caps.bootstrap_level.unwrap_or(0) {
-            let info: TensorInfo = program.tensors[produced].clone();
-            program.tensors.push(TensorInfo { name: format!("{}@bootstrap", info.name), ..info });
-            let nt = program.tensors.len() - 1;
-            levels.push(caps.bootstrap_level.unwrap_or(0));
-            current.push(nt);
-            for c in current.iter_mut() {
-                if *c == produced {
-                    *c = nt;
-                }
-            }
-            steps_out.push(Step {
-                name: format!("bootstrap({})", program.tensors[produced].name),
-                nodes: vec![],
-                kind: StepKind::Bootstrap { input: produced },
-                output: nt,
-            });
+            insert_bootstrap(&mut program, &mut levels, &mut current, &mut steps_out, produced, caps.bootstrap_level.unwrap_or(0));
         }
     }
     program.steps = steps_out;
