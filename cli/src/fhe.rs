@@ -130,7 +130,7 @@ pub fn plan_cmd(model: &Path, backend: &str, params: &str, dirs: Vec<PathBuf>, j
 struct ImageReport {
     index: usize,
     label: Option<u8>,
-    packed_prediction: usize,
+    packed_prediction: Option<usize>,
     reference_prediction: usize,
     agree: bool,
     max_abs_logit_error: f64,
@@ -259,14 +259,14 @@ fn run_images<C: Client>(
                 }
                 let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
                 let pp = argmax(&got);
-                reports.push(ImageReport { index: i, label: labels[i], packed_prediction: pp, reference_prediction: rp, agree: pp == rp, max_abs_logit_error: err, seconds: secs, error: None });
+                reports.push(ImageReport { index: i, label: labels[i], packed_prediction: Some(pp), reference_prediction: rp, agree: pp == rp, max_abs_logit_error: err, seconds: secs, error: None });
             }
             Err(e) => {
                 let finite = want.iter().all(|v| v.is_finite());
                 reports.push(ImageReport {
                     index: i,
                     label: labels[i],
-                    packed_prediction: usize::MAX,
+                    packed_prediction: None,
                     reference_prediction: rp,
                     agree: false,
                     max_abs_logit_error: f64::INFINITY,
@@ -280,7 +280,7 @@ fn run_images<C: Client>(
     pb.finish_and_clear();
     let agree = reports.iter().filter(|r| r.agree).count();
     let failed = reports.iter().filter(|r| r.error.is_some()).count();
-    let correct = reports.iter().filter(|r| r.label.is_some_and(|l| l as usize == r.packed_prediction)).count();
+    let correct = reports.iter().filter(|r| r.label.is_some_and(|l| Some(l as usize) == r.packed_prediction)).count();
     let ok: Vec<&ImageReport> = reports.iter().filter(|r| r.error.is_none()).collect();
     let max_err = ok.iter().map(|r| r.max_abs_logit_error).fold(0.0, f64::max);
     let mean_s = ok.iter().map(|r| r.seconds).sum::<f64>() / ok.len().max(1) as f64;
@@ -304,7 +304,7 @@ fn run_images<C: Client>(
             "{:>5} {:>5} {:>6} {:>9} {:>6} {:>12.3e} {:>9.3}",
             r.index,
             r.label.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
-            if r.error.is_some() { "-".to_string() } else { r.packed_prediction.to_string() },
+            r.packed_prediction.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             r.reference_prediction,
             if r.agree { "yes" } else { "NO" },
             r.max_abs_logit_error,

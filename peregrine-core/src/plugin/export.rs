@@ -429,7 +429,7 @@ pub fn vtable<S: Scheme + 'static>(cell: &'static OnceLock<PluginVTable>) -> &'s
 /// Turns a [`Scheme`] into a loadable plugin: exports `peregrine_plugin_entry`.
 ///
 /// Put it in a crate built with `crate-type = ["cdylib", "rlib"]`:
-/// ```ignore
+/// ```text
 /// peregrine_core::export_plugin!(my_backend::MyScheme);
 /// ```
 #[macro_export]
