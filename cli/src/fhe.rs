@@ -16,7 +16,7 @@ use peregrine_core::plugin::{discover, Plugin};
 use peregrine_core::reference::Reference;
 use peregrine_core::transform::convert;
 use peregrine_ops::exec::decrypt_tensor;
-use peregrine_ops::{compile, decrypt_output, encrypt_input, execute, plan, Plan};
+use peregrine_ops::{compile, decrypt_output, encrypt_input, execute, plan, with_key_budget, Plan};
 use serde_json::json;
 
 use crate::commands::{plugin_dirs, progress};
@@ -65,10 +65,14 @@ impl Chosen {
 }
 
 /// Builds a plan for `model` on the chosen backend.
-pub fn make_plan(model: &Model, chosen: &Chosen) -> Result<Plan> {
+pub fn make_plan(model: &Model, chosen: &Chosen, max_keys: Option<usize>) -> Result<Plan> {
     let caps = chosen.capabilities()?;
     let program = compile(model, caps.slots)?;
-    Ok(plan(program, &caps)?)
+    let p = plan(program, &caps)?;
+    Ok(match max_keys {
+        Some(k) => with_key_budget(p, k)?,
+        None => p,
+    })
 }
 
 pub fn convert_cmd(model: &Path, degree: usize, calibration: &Path, count: usize, margin: f64, output: &Path, json_out: bool) -> Result<()> {
@@ -90,10 +94,10 @@ pub fn convert_cmd(model: &Path, degree: usize, calibration: &Path, count: usize
     Ok(())
 }
 
-pub fn plan_cmd(model: &Path, backend: &str, params: &str, dirs: Vec<PathBuf>, json_out: bool) -> Result<()> {
+pub fn plan_cmd(model: &Path, backend: &str, params: &str, dirs: Vec<PathBuf>, max_keys: Option<usize>, json_out: bool) -> Result<()> {
     let m = load_model(model)?;
     let chosen = Chosen::resolve(backend, params, dirs)?;
-    let p = make_plan(&m, &chosen).with_context(|| format!("planning {} for backend '{backend}'", m.graph().name))?;
+    let p = make_plan(&m, &chosen, max_keys).with_context(|| format!("planning {} for backend '{backend}'", m.graph().name))?;
     if json_out {
         println!(
             "{}",
@@ -158,13 +162,14 @@ pub fn run_cmd(
     data: Option<&Path>,
     image: Option<&Path>,
     limit: usize,
+    max_keys: Option<usize>,
     trace: bool,
     json_out: bool,
 ) -> Result<()> {
     let m = load_model(model)?;
     let chosen = Chosen::resolve(backend, params, dirs)?;
     let t0 = Instant::now();
-    let p = make_plan(&m, &chosen).with_context(|| format!("planning {} for backend '{backend}'", m.graph().name))?;
+    let p = make_plan(&m, &chosen, max_keys).with_context(|| format!("planning {} for backend '{backend}'", m.graph().name))?;
     let plan_s = t0.elapsed().as_secs_f64();
     let input = &m.graph().input;
     let (pixels, labels, count) = match (data, image) {

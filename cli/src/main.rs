@@ -118,6 +118,9 @@ enum Command {
         /// Plugin directory (repeatable).
         #[arg(long = "plugin-dir")]
         plugin_dirs: Vec<PathBuf>,
+        /// Limit the rotation keys (±2^i keys plus the most used steps; others are composed).
+        #[arg(long)]
+        max_rotation_keys: Option<usize>,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -145,6 +148,9 @@ enum Command {
         /// Number of images from --data.
         #[arg(long, default_value_t = 1)]
         limit: usize,
+        /// Limit the rotation keys (±2^i keys plus the most used steps; others are composed).
+        #[arg(long)]
+        max_rotation_keys: Option<usize>,
         /// Decrypt after every step (client side) and report precision in bits (first image).
         #[arg(long)]
         trace: bool,
@@ -197,9 +203,11 @@ fn main() -> ExitCode {
         Command::Convert { model, degree, calibration, calibration_images, margin, output, json } => {
             fhe::convert_cmd(&model, degree, &calibration, calibration_images, margin, &output, json)
         }
-        Command::Plan { model, backend, params, plugin_dirs, json } => fhe::plan_cmd(&model, &backend, &params, plugin_dirs, json),
-        Command::Run { model, backend, params, plugin_dirs, data, image, limit, trace, json } => {
-            fhe::run_cmd(&model, &backend, &params, plugin_dirs, data.as_deref(), image.as_deref(), limit, trace, json)
+        Command::Plan { model, backend, params, plugin_dirs, max_rotation_keys, json } => {
+            fhe::plan_cmd(&model, &backend, &params, plugin_dirs, max_rotation_keys, json)
+        }
+        Command::Run { model, backend, params, plugin_dirs, data, image, limit, max_rotation_keys, trace, json } => {
+            fhe::run_cmd(&model, &backend, &params, plugin_dirs, data.as_deref(), image.as_deref(), limit, max_rotation_keys, trace, json)
         }
     };
     match result {

@@ -1,6 +1,6 @@
 //! Execution of a plan on any backend, plus the client-side packing helpers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use peregrine_core::backend::{power_basis, BResult, Backend, Client};
@@ -22,6 +22,20 @@ pub struct StepTiming {
     pub seconds: f64,
     /// Level of the result.
     pub level: usize,
+}
+
+/// Rotates by `step`, through the plan's composed path when it has no direct key.
+fn rotate<B: Backend>(b: &B, paths: &BTreeMap<i64, Vec<i64>>, x: &B::Ciphertext, step: i64, slots: usize) -> BResult<B::Ciphertext> {
+    match paths.get(&step.rem_euclid(slots as i64)) {
+        None => b.rotate(x, step),
+        Some(path) => {
+            let mut y = b.rotate(x, path[0])?;
+            for &p in &path[1..] {
+                y = b.rotate(&y, p)?;
+            }
+            Ok(y)
+        }
+    }
 }
 
 fn dense(sparse: &[(u32, f64)], slots: usize) -> Vec<f64> {
@@ -111,7 +125,7 @@ pub fn execute<B: Backend>(
             StepKind::Linear { inputs, plan: dp, for_square } => {
                 let ins: Vec<&[B::Ciphertext]> = inputs.iter().map(|t| values[*t].as_deref().expect("computed")).collect();
                 let target = if *for_square { (delta * backend.modulus(level)).sqrt() } else { delta };
-                linear(backend, dp, &ins, level, target).map_err(wrap)?
+                linear(backend, dp, &ins, level, target, &plan.rotation_paths).map_err(wrap)?
             }
             StepKind::Square { input, negate, offset } => {
                 let x = values[*input].as_deref().expect("computed");
@@ -142,7 +156,7 @@ pub fn execute<B: Backend>(
                 let x = values[*input].as_deref().expect("computed");
                 groups
                     .par_iter()
-                    .map(|g| reduce(backend, x, g, passes))
+                    .map(|g| reduce(backend, x, g, passes, &plan.rotation_paths, prog.slots))
                     .collect::<BResult<Vec<_>>>()
                     .map_err(wrap)?
             }
@@ -169,6 +183,7 @@ fn linear<B: Backend>(
     inputs: &[&[B::Ciphertext]],
     out_level: usize,
     delta: f64,
+    paths: &BTreeMap<i64, Vec<i64>>,
 ) -> BResult<Vec<B::Ciphertext>> {
     let slots = plan.slots;
     let op_level = out_level + 1;
@@ -191,8 +206,13 @@ fn linear<B: Backend>(
             let base = b.drop_to_level(&inputs[inp][ict], op_level)?;
             let steps = &needed[&(inp, ict)];
             let mut out = vec![(0i64, base.clone())];
-            if !steps.is_empty() {
-                out.extend(steps.iter().copied().zip(b.rotate_many(&base, steps)?));
+            // Keyed steps are hoisted together; composed ones go one by one.
+            let (direct, composed): (Vec<i64>, Vec<i64>) = steps.iter().partition(|s| !paths.contains_key(&s.rem_euclid(slots as i64)));
+            if !direct.is_empty() {
+                out.extend(direct.iter().copied().zip(b.rotate_many(&base, &direct)?));
+            }
+            for s in composed {
+                out.push((s, rotate(b, paths, &base, s, slots)?));
             }
             Ok(((inp, ict), out))
         })
@@ -220,7 +240,7 @@ fn linear<B: Backend>(
                     });
                 }
                 let acc = acc.expect("a giant has terms");
-                let acc = if g.step != 0 { b.rotate(&acc, g.step)? } else { acc };
+                let acc = if g.step != 0 { rotate(b, paths, &acc, g.step, slots)? } else { acc };
                 total = Some(match total {
                     None => acc,
                     Some(a) => b.add(&a, &acc)?,
@@ -255,7 +275,14 @@ fn linear<B: Backend>(
         .collect()
 }
 
-fn reduce<B: Backend>(b: &B, x: &[B::Ciphertext], group: &[usize], passes: &[(usize, i64)]) -> BResult<B::Ciphertext> {
+fn reduce<B: Backend>(
+    b: &B,
+    x: &[B::Ciphertext],
+    group: &[usize],
+    passes: &[(usize, i64)],
+    paths: &BTreeMap<i64, Vec<i64>>,
+    slots: usize,
+) -> BResult<B::Ciphertext> {
     let mut acc = x[group[0]].clone();
     for &i in &group[1..] {
         acc = b.add(&acc, &x[i])?;
@@ -264,7 +291,7 @@ fn reduce<B: Backend>(b: &B, x: &[B::Ciphertext], group: &[usize], passes: &[(us
         let mut p = acc.clone();
         let mut out: Option<B::Ciphertext> = None;
         for (step, kind) in peregrine_gip::Layout::rotate_and_sum_steps(n, stride) {
-            let r = if step == 0 { p.clone() } else { b.rotate(&p, step)? };
+            let r = if step == 0 { p.clone() } else { rotate(b, paths, &p, step, slots)? };
             if kind == 1 {
                 out = Some(match out {
                     None => r,

@@ -1,6 +1,6 @@
 //! Planning: levels, bootstraps, rotation keys and cost of a compiled program on a backend.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use peregrine_core::backend::{Capabilities, KeyRequest};
 use serde::Serialize;
@@ -67,6 +67,11 @@ pub struct Plan {
     pub steps: Vec<StepPlan>,
     /// Rotation keys to generate.
     pub rotation_keys: BTreeSet<i64>,
+    /// Rotations performed as a sequence of keyed rotations (set by [`with_key_budget`]);
+    /// steps not listed are keyed directly.
+    pub rotation_paths: BTreeMap<i64, Vec<i64>>,
+    /// How often each rotation step is used in one inference.
+    pub rotation_uses: BTreeMap<i64, usize>,
     /// Totals.
     pub cost: Cost,
     /// Capabilities planned for.
@@ -311,13 +316,22 @@ fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<Tensor
         }
     }
     program.steps = steps_out;
-    let (steps, cost, keys) = account(&program, &levels, caps);
-    Ok(Plan { program, levels, steps, rotation_keys: keys, cost, capabilities: caps.clone() })
+    let (steps, cost, uses) = account(&program, &levels, caps);
+    Ok(Plan {
+        program,
+        levels,
+        steps,
+        rotation_keys: uses.keys().copied().collect(),
+        rotation_paths: BTreeMap::new(),
+        rotation_uses: uses,
+        cost,
+        capabilities: caps.clone(),
+    })
 }
 
-fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> (Vec<StepPlan>, Cost, BTreeSet<i64>) {
+fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> (Vec<StepPlan>, Cost, BTreeMap<i64, usize>) {
     let mut cost = Cost::default();
-    let mut keys = BTreeSet::new();
+    let mut uses: BTreeMap<i64, usize> = BTreeMap::new();
     let mut records = Vec::new();
     for s in &program.steps {
         let out = &program.tensors[s.output];
@@ -328,7 +342,12 @@ fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> (Vec<Ste
             StepKind::Linear { plan, .. } => {
                 rot = plan.rotation_count();
                 ptm = plan.plaintext_mults();
-                keys.extend(plan.rotation_steps());
+                for b in plan.babies.values().flatten() {
+                    *uses.entry(*b).or_default() += 1;
+                }
+                for g in plan.outputs.iter().flat_map(|o| o.giants.iter()).filter(|g| g.step != 0) {
+                    *uses.entry(g.step).or_default() += 1;
+                }
                 if plan.consumes_level() {
                     cost.rescales += plan.outputs.iter().filter(|o| !o.giants.is_empty()).count();
                 }
@@ -349,7 +368,9 @@ fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> (Vec<Ste
             StepKind::Reduce { groups, passes, .. } => {
                 let (n, k) = reduce_rotations(groups.len(), passes, program.slots);
                 rot = n;
-                keys.extend(k);
+                for step in k {
+                    *uses.entry(step).or_default() += groups.len();
+                }
             }
         }
         cost.rotations += rot;
@@ -388,11 +409,95 @@ fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> (Vec<Ste
         }
     }
     cost.peak_live_ciphertexts = peak;
-    cost.rotation_keys = keys.len();
+    cost.rotation_keys = uses.len();
     let l1 = caps.log_moduli.len() as u64;
     let dnum = 3u64;
     let alpha = l1.div_ceil(dnum);
     let per_key = 2 * dnum * caps.ring_dimension as u64 * (l1 + alpha) * 8;
-    cost.key_bytes_estimate = per_key * (keys.len() as u64 + 1);
-    (records, cost, keys)
+    cost.key_bytes_estimate = per_key * (uses.len() as u64 + 1);
+    (records, cost, uses)
+}
+
+/// Bytes of one key-switching key for these capabilities (hybrid key switching, dnum 3).
+fn key_bytes(caps: &Capabilities) -> u64 {
+    let l1 = caps.log_moduli.len() as u64;
+    let dnum = 3u64;
+    2 * dnum * caps.ring_dimension as u64 * (l1 + l1.div_ceil(dnum) ) * 8
+}
+
+/// Shortest signed-binary (non-adjacent form) decomposition of a left rotation by `r` into
+/// rotations by ±2^i, normalised into `0..slots`.
+pub fn signed_binary_path(r: i64, slots: usize) -> Vec<i64> {
+    let s = slots as i64;
+    let naf = |mut v: i64| -> Vec<i64> {
+        let mut out = Vec::new();
+        let mut bit = 1i64;
+        while v != 0 {
+            if v & 1 != 0 {
+                let d = 2 - (v.rem_euclid(4));
+                out.push(d * bit);
+                v -= d;
+            }
+            v /= 2;
+            bit *= 2;
+        }
+        out
+    };
+    let r = r.rem_euclid(s);
+    let (a, b) = (naf(r), naf(r - s));
+    let best = if b.len() < a.len() { b } else { a };
+    best.into_iter().map(|x| x.rem_euclid(s)).collect()
+}
+
+/// Limits the rotation keys to `max_keys`: the ±2^i keys are always kept, then the most used
+/// steps get their own key while budget remains; every other rotation is composed from ±2^i
+/// rotations (more key switches, less key memory). Fails if the budget is below the ±2^i set.
+pub fn with_key_budget(mut plan: Plan, max_keys: usize) -> Result<Plan, OpsError> {
+    let slots = plan.program.slots;
+    if plan.rotation_uses.len() <= max_keys {
+        return Ok(plan);
+    }
+    let mut base: BTreeSet<i64> = BTreeSet::new();
+    let mut p = 1i64;
+    while (p as usize) < slots {
+        base.insert(p);
+        base.insert((slots as i64 - p).rem_euclid(slots as i64));
+        p *= 2;
+    }
+    base.remove(&0);
+    if max_keys < base.len() {
+        return Err(OpsError::Layout(format!(
+            "a budget of {max_keys} rotation keys is below the {} power-of-two keys needed to compose any rotation of {slots} slots",
+            base.len()
+        )));
+    }
+    let mut by_use: Vec<(i64, usize)> = plan.rotation_uses.iter().map(|(k, v)| (*k, *v)).filter(|(k, _)| !base.contains(k)).collect();
+    by_use.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut keys = base.clone();
+    let mut extra_switches = 0usize;
+    let mut paths = BTreeMap::new();
+    for (step, n) in by_use {
+        if keys.len() < max_keys {
+            keys.insert(step);
+        } else {
+            let path = signed_binary_path(step, slots);
+            extra_switches += (path.len().saturating_sub(1)) * n;
+            paths.insert(step, path);
+        }
+    }
+    // Keep only keys that are used, directly or on a path.
+    let used: BTreeSet<i64> = plan
+        .rotation_uses
+        .keys()
+        .filter(|k| !paths.contains_key(k))
+        .copied()
+        .chain(paths.values().flatten().copied())
+        .collect();
+    plan.rotation_keys = keys.intersection(&used).copied().collect();
+    plan.rotation_paths = paths;
+    plan.cost.rotations += extra_switches;
+    plan.cost.key_switches += extra_switches;
+    plan.cost.rotation_keys = plan.rotation_keys.len();
+    plan.cost.key_bytes_estimate = key_bytes(&plan.capabilities) * (plan.rotation_keys.len() as u64 + 1);
+    Ok(plan)
 }

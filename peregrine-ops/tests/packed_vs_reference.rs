@@ -107,9 +107,17 @@ fn params(log_n: u32, levels: usize) -> ClearParams {
 }
 
 fn run_packed(model: &Model, p: &ClearParams, x: &[f64]) -> (Vec<f64>, Plan, HashMap<String, f64>) {
+    run_packed_with(model, p, x, None)
+}
+
+fn run_packed_with(model: &Model, p: &ClearParams, x: &[f64], max_keys: Option<usize>) -> (Vec<f64>, Plan, HashMap<String, f64>) {
     let caps = ClearScheme::capabilities(p).unwrap();
     let program = compile(model, caps.slots).unwrap();
     let plan = plan(program, &caps).unwrap();
+    let plan = match max_keys {
+        Some(k) => with_key_budget(plan, k).unwrap(),
+        None => plan,
+    };
     let client = ClearScheme::keygen(p, &plan.key_request()).unwrap();
     let server = ClearScheme::server(&client.evaluation_keys().unwrap()).unwrap();
     let input = encrypt_input(&client, &plan, x).unwrap();
@@ -333,4 +341,33 @@ fn bootstraps_move_to_the_ancestor_with_fewest_ciphertexts() {
     assert_eq!(pl.cost.bootstraps, 1, "one ciphertext bootstrapped instead of nine");
     let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     assert!(max_err < 1e-6, "max error {max_err:e}");
+}
+
+#[test]
+fn a_rotation_key_budget_composes_rotations_and_keeps_results() {
+    let model = odd_model(11);
+    let mut r = StdRng::seed_from_u64(12);
+    let x: Vec<f64> = (0..3 * 37 * 53).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let want = reference_output(&model, &x);
+    let p = params(12, 30);
+    let (_, full, _) = run_packed(&model, &p, &x);
+    // 2^11 slots: 21 keys ±2^i are the floor; give 25.
+    let (got, lim, _) = run_packed_with(&model, &p, &x, Some(25));
+    assert!(full.rotation_keys.len() > 25, "the unlimited plan uses {} keys", full.rotation_keys.len());
+    assert!(lim.rotation_keys.len() <= 25, "{} keys", lim.rotation_keys.len());
+    assert!(lim.cost.key_switches > full.cost.key_switches);
+    let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(max_err < 1e-6, "max error {max_err:e}");
+    let caps = ClearScheme::capabilities(&p).unwrap();
+    let e = with_key_budget(plan(compile(&model, caps.slots).unwrap(), &caps).unwrap(), 10).unwrap_err().to_string();
+    assert!(e.contains("power-of-two keys"), "{e}");
+    // Signed-binary paths add up to the rotation and use only ±2^i.
+    for step in [0i64, 1, 3, 7, 100, 1023, 1500, 2047] {
+        let path = peregrine_ops::plan::signed_binary_path(step, 2048);
+        assert_eq!(path.iter().sum::<i64>().rem_euclid(2048), step);
+        for s in &path {
+            let v = if *s > 1024 { 2048 - s } else { *s };
+            assert!(v.count_ones() == 1, "{s} is not ±2^i");
+        }
+    }
 }
