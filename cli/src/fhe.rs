@@ -21,6 +21,38 @@ use serde_json::json;
 
 use crate::commands::{plugin_dirs, progress};
 
+/// What to plan for: model, backend, its parameters, plugins, key budget (shared by `plan` and `run`).
+#[derive(clap::Args)]
+pub struct Target {
+    /// Model file (polynomial activations).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Backend name (`clear` or a plugin's name).
+    #[arg(long, default_value = "clear")]
+    pub backend: String,
+    /// Backend parameters as JSON (e.g. '{"levels": 90}' for clear).
+    #[arg(long, default_value = "")]
+    pub params: String,
+    /// Plugin directory (repeatable).
+    #[arg(long = "plugin-dir")]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Limit the rotation keys (±2^i keys plus the most used steps; others are composed).
+    #[arg(long)]
+    pub max_rotation_keys: Option<usize>,
+}
+
+impl Target {
+    /// Loads the model, resolves the backend and plans; returns the plan time too.
+    fn load(&self) -> Result<(Model, Chosen, Plan, f64)> {
+        let m = load_model(&self.model)?;
+        let chosen = Chosen::resolve(&self.backend, &self.params, self.plugin_dirs.clone())?;
+        let t0 = Instant::now();
+        let p = make_plan(&m, &chosen, self.max_rotation_keys)
+            .with_context(|| format!("planning {} for backend '{}'", m.graph().name, self.backend))?;
+        Ok((m, chosen, p, t0.elapsed().as_secs_f64()))
+    }
+}
+
 /// A backend chosen by name: built in, or a plugin from the search path.
 pub enum Chosen {
     /// The built-in `clear` backend.
@@ -94,10 +126,9 @@ pub fn convert_cmd(model: &Path, degree: usize, calibration: &Path, count: usize
     Ok(())
 }
 
-pub fn plan_cmd(model: &Path, backend: &str, params: &str, dirs: Vec<PathBuf>, max_keys: Option<usize>, json_out: bool) -> Result<()> {
-    let m = load_model(model)?;
-    let chosen = Chosen::resolve(backend, params, dirs)?;
-    let p = make_plan(&m, &chosen, max_keys).with_context(|| format!("planning {} for backend '{backend}'", m.graph().name))?;
+pub fn plan_cmd(target: Target, json_out: bool) -> Result<()> {
+    let (m, _, p, _) = target.load()?;
+    let backend = target.backend.as_str();
     if json_out {
         println!(
             "{}",
@@ -154,23 +185,9 @@ fn argmax(v: &[f64]) -> usize {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn run_cmd(
-    model: &Path,
-    backend: &str,
-    params: &str,
-    dirs: Vec<PathBuf>,
-    data: Option<&Path>,
-    image: Option<&Path>,
-    limit: usize,
-    max_keys: Option<usize>,
-    trace: bool,
-    json_out: bool,
-) -> Result<()> {
-    let m = load_model(model)?;
-    let chosen = Chosen::resolve(backend, params, dirs)?;
-    let t0 = Instant::now();
-    let p = make_plan(&m, &chosen, max_keys).with_context(|| format!("planning {} for backend '{backend}'", m.graph().name))?;
-    let plan_s = t0.elapsed().as_secs_f64();
+pub fn run_cmd(target: Target, data: Option<&Path>, image: Option<&Path>, limit: usize, trace: bool, json_out: bool) -> Result<()> {
+    let (m, chosen, p, plan_s) = target.load()?;
+    let backend = target.backend.as_str();
     let input = &m.graph().input;
     let (pixels, labels, count) = match (data, image) {
         (Some(d), None) => {

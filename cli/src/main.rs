@@ -106,39 +106,16 @@ enum Command {
     },
     /// Plan packed execution: layouts, levels, bootstraps, rotation keys and cost.
     Plan {
-        /// Model file (polynomial activations).
-        #[arg(long)]
-        model: PathBuf,
-        /// Backend name (`clear` or a plugin's name).
-        #[arg(long, default_value = "clear")]
-        backend: String,
-        /// Backend parameters as JSON (e.g. '{"levels": 90}' for clear).
-        #[arg(long, default_value = "")]
-        params: String,
-        /// Plugin directory (repeatable).
-        #[arg(long = "plugin-dir")]
-        plugin_dirs: Vec<PathBuf>,
-        /// Limit the rotation keys (±2^i keys plus the most used steps; others are composed).
-        #[arg(long)]
-        max_rotation_keys: Option<usize>,
+        #[command(flatten)]
+        target: fhe::Target,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Encrypt, run packed, decrypt, and compare with the cleartext reference.
     Run {
-        /// Model file (polynomial activations).
-        #[arg(long)]
-        model: PathBuf,
-        /// Backend name (`clear` or a plugin's name).
-        #[arg(long, default_value = "clear")]
-        backend: String,
-        /// Backend parameters as JSON.
-        #[arg(long, default_value = "")]
-        params: String,
-        /// Plugin directory (repeatable).
-        #[arg(long = "plugin-dir")]
-        plugin_dirs: Vec<PathBuf>,
+        #[command(flatten)]
+        target: fhe::Target,
         /// CIFAR-10 batch file.
         #[arg(long)]
         data: Option<PathBuf>,
@@ -148,9 +125,6 @@ enum Command {
         /// Number of images from --data.
         #[arg(long, default_value_t = 1)]
         limit: usize,
-        /// Limit the rotation keys (±2^i keys plus the most used steps; others are composed).
-        #[arg(long)]
-        max_rotation_keys: Option<usize>,
         /// Decrypt after every step (client side) and report precision in bits (first image).
         #[arg(long)]
         trace: bool,
@@ -203,11 +177,9 @@ fn main() -> ExitCode {
         Command::Convert { model, degree, calibration, calibration_images, margin, output, json } => {
             fhe::convert_cmd(&model, degree, &calibration, calibration_images, margin, &output, json)
         }
-        Command::Plan { model, backend, params, plugin_dirs, max_rotation_keys, json } => {
-            fhe::plan_cmd(&model, &backend, &params, plugin_dirs, max_rotation_keys, json)
-        }
-        Command::Run { model, backend, params, plugin_dirs, data, image, limit, max_rotation_keys, trace, json } => {
-            fhe::run_cmd(&model, &backend, &params, plugin_dirs, data.as_deref(), image.as_deref(), limit, max_rotation_keys, trace, json)
+        Command::Plan { target, json } => fhe::plan_cmd(target, json),
+        Command::Run { target, data, image, limit, trace, json } => {
+            fhe::run_cmd(target, data.as_deref(), image.as_deref(), limit, trace, json)
         }
     };
     match result {

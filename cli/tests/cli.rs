@@ -1,34 +1,10 @@
 //! The `peregrine` binary end to end: import, eval, info, predict, backends, and its errors.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_peregrine"))
-}
-
-fn shared(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared").join(rel);
-    assert!(p.exists(), "shared asset {} is missing: these tests need ../shared beside the workspace", p.display());
-    p
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("peregrine-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
-}
-
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn json(out: Output) -> serde_json::Value {
-    let s = ok(out);
-    assert_eq!(s.trim().lines().count(), 1, "--json prints exactly one line: {s}");
-    serde_json::from_str(&s).unwrap()
-}
+use common::*;
 
 fn import_resnet20() -> PathBuf {
     let out = tmp("resnet20.safetensors");

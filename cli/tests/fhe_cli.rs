@@ -1,35 +1,17 @@
 //! `peregrine convert`, `plan` and `run` end to end on the `clear` backend.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::Command;
+
+use common::*;
 
 use ndarray::{ArrayD, IxDyn};
 use peregrine_core::format::save_model;
 use peregrine_core::ir::*;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_peregrine"))
-}
-
-fn shared(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared").join(rel);
-    assert!(p.exists(), "shared asset {} is missing: these tests need ../shared beside the workspace", p.display());
-    p
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("peregrine-fhe-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
-}
-
-fn json(out: std::process::Output) -> serde_json::Value {
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// A small CIFAR-shaped model with polynomial activations: conv s2 → poly4 → GAP → linear.
-fn small_model() -> PathBuf {
+fn small_model(tag: &str) -> PathBuf {
     let det = |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (((i * 7919) % 101) as f32 / 101.0 - 0.5) * k).collect() };
     let mut w = Weights::new();
     w.insert("c.w".into(), ArrayD::from_shape_vec(IxDyn(&[4, 3, 3, 3]), det(108, 0.6)).unwrap());
@@ -56,7 +38,7 @@ fn small_model() -> PathBuf {
         output: "fc".into(),
         classes: (0..10).map(|i| format!("c{i}")).collect(),
     };
-    let p = tmp("small.safetensors");
+    let p = tmp(&format!("small-{tag}.safetensors"));
     save_model(&Model::new(graph, w).unwrap(), &p).unwrap();
     p
 }
@@ -65,7 +47,7 @@ const PARAMS: &str = r#"{"log_ring_dimension": 12, "levels": 8}"#;
 
 #[test]
 fn plan_reports_cost_and_run_agrees_with_the_reference() {
-    let model = small_model();
+    let model = small_model("run");
     let plan = json(bin().args(["plan", "--backend", "clear", "--params", PARAMS, "--json", "--model"]).arg(&model).output().unwrap());
     assert_eq!(plan["capabilities"]["slots"], 2048);
     assert_eq!(plan["cost"]["levels_consumed"], 5, "conv 1 + poly4 3 + fc 1");
@@ -98,7 +80,7 @@ fn plan_reports_cost_and_run_agrees_with_the_reference() {
 
 #[test]
 fn plan_errors_are_clear() {
-    let model = small_model();
+    let model = small_model("errors");
     let out = bin().args(["plan", "--backend", "clear", "--params", r#"{"log_ring_dimension": 12, "levels": 3}"#, "--model"]).arg(&model).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let e = String::from_utf8_lossy(&out.stderr);
