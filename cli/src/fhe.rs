@@ -107,17 +107,44 @@ pub fn make_plan(model: &Model, chosen: &Chosen, max_keys: Option<usize>) -> Res
     })
 }
 
-pub fn convert_cmd(model: &Path, degree: usize, calibration: &Path, count: usize, margin: f64, output: &Path, json_out: bool) -> Result<()> {
+/// How `convert` builds the polynomials.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ConvertMethod {
+    /// SFT with zero epochs: Hermite expansion, PolyAct-RN running-max ranges, batch norm folded.
+    Hermite,
+    /// Least-squares fit on [−1, 1], ranges = margin × largest |x|.
+    LeastSquares,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn convert_cmd(
+    model: &Path,
+    degree: usize,
+    method: ConvertMethod,
+    bound: f64,
+    calibration: &Path,
+    count: usize,
+    margin: f64,
+    output: &Path,
+    json_out: bool,
+) -> Result<()> {
     let m = load_model(model)?;
     let data = load_cifar10(calibration, Some(count))?;
     let x = preprocess::<f32>(&data.pixels, data.len(), &m.graph().input)?;
-    let out = convert(&m, degree, &x, margin)?;
+    let out = match method {
+        ConvertMethod::Hermite => peregrine_sft::convert::convert(&m, degree, bound, &x, 64)?,
+        ConvertMethod::LeastSquares => convert(&m, degree, &x, margin)?,
+    };
     save_model(&out, output)?;
     if json_out {
-        println!("{}", json!({"model": output, "name": out.graph().name, "degree": degree, "calibration_images": data.len(), "margin": margin}));
+        println!(
+            "{}",
+            json!({"model": output, "name": out.graph().name, "degree": degree, "method": format!("{method:?}").to_lowercase(),
+                   "calibration_images": data.len(), "margin": margin, "bound": bound})
+        );
     } else {
         println!(
-            "wrote {} ({}): activations → degree-{degree} polynomials on ranges calibrated over {} images (margin {margin}), max pooling → average pooling",
+            "wrote {} ({}): activations → degree-{degree} polynomials ({method:?}) calibrated over {} images, max pooling → average pooling",
             output.display(),
             out.graph().name,
             data.len()

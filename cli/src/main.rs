@@ -88,6 +88,13 @@ enum Command {
         /// Polynomial degree.
         #[arg(long, default_value_t = 4)]
         degree: usize,
+        /// `hermite`: batch norm folded, PolyAct-RN with the Hermite expansion and running-max
+        /// ranges (SFT with zero epochs); `least-squares`: fit on [−1, 1] scaled by margin × max|x|.
+        #[arg(long, value_enum, default_value_t = fhe::ConvertMethod::Hermite)]
+        method: fhe::ConvertMethod,
+        /// Bound B of normalised inputs (hermite).
+        #[arg(long, default_value_t = 3.0)]
+        bound: f64,
         /// CIFAR-10 batch used to calibrate per-channel ranges (use training data).
         #[arg(long)]
         calibration: PathBuf,
@@ -174,8 +181,8 @@ fn main() -> ExitCode {
         Command::Predict { model, image, top, json } => commands::predict(&model, &image, top, json),
         Command::Info { model, json } => commands::info(&model, json),
         Command::Backends { plugin_dirs, json } => commands::backends(plugin_dirs, json),
-        Command::Convert { model, degree, calibration, calibration_images, margin, output, json } => {
-            fhe::convert_cmd(&model, degree, &calibration, calibration_images, margin, &output, json)
+        Command::Convert { model, degree, method, bound, calibration, calibration_images, margin, output, json } => {
+            fhe::convert_cmd(&model, degree, method, bound, &calibration, calibration_images, margin, &output, json)
         }
         Command::Plan { target, json } => fhe::plan_cmd(target, json),
         Command::Run { target, data, image, limit, trace, json } => {

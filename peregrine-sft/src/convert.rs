@@ -1,0 +1,144 @@
+//! Conversion of a pretrained model without training (SFT with zero epochs): batch norm folded
+//! into the convolution before it, every ReLU / SiLU / GELU replaced by PolyAct-RN with the
+//! Hermite polynomial of the given degree and ranges from running maxima over calibration
+//! batches, max pooling replaced by average pooling.
+
+use std::collections::HashMap;
+
+use ndarray::{ArrayD, Axis, IxDyn};
+use peregrine_core::ir::{Activation, Model, Node, Op};
+use peregrine_core::reference::Reference;
+use peregrine_core::{Error, Result};
+
+use crate::hermite::{gelu, hermite_polynomial, relu, silu};
+use crate::polyact::PolyActRn;
+
+/// Folds every batch norm whose input is a convolution used by nothing else into that
+/// convolution's weights and bias. The folded model computes the same function.
+pub fn fold_batch_norms(model: &Model) -> Result<Model> {
+    let (graph, mut weights) = model.clone().into_parts();
+    let mut consumers: HashMap<&str, usize> = HashMap::new();
+    for n in &graph.nodes {
+        for i in &n.inputs {
+            *consumers.entry(i.as_str()).or_default() += 1;
+        }
+    }
+    let by_name: HashMap<&str, &Node> = graph.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    // bn node name -> conv node name
+    let mut folded: HashMap<String, String> = HashMap::new();
+    let mut new_conv_bias: HashMap<String, String> = HashMap::new();
+    for n in &graph.nodes {
+        let Op::BatchNorm(bn) = &n.op else { continue };
+        let Some(prev) = by_name.get(n.inputs[0].as_str()) else { continue };
+        let Op::Conv2d(conv) = &prev.op else { continue };
+        if consumers.get(prev.name.as_str()).copied().unwrap_or(0) != 1 || graph.output == prev.name {
+            continue;
+        }
+        let (g, b, m, v) = (&weights[&bn.weight], &weights[&bn.bias], &weights[&bn.running_mean], &weights[&bn.running_var]);
+        let scale: Vec<f64> = (0..bn.channels).map(|c| g[[c]] as f64 / (v[[c]] as f64 + bn.eps).sqrt()).collect();
+        let shift: Vec<f64> = (0..bn.channels).map(|c| b[[c]] as f64 - m[[c]] as f64 * scale[c]).collect();
+        let mut w = weights[&conv.weight].clone();
+        let per_out = w.len() / conv.out_channels;
+        for (i, x) in w.iter_mut().enumerate() {
+            *x = (*x as f64 * scale[i / per_out]) as f32;
+        }
+        let old_bias: Vec<f64> = match &conv.bias {
+            Some(bn_) => weights[bn_].iter().map(|&x| x as f64).collect(),
+            None => vec![0.0; conv.out_channels],
+        };
+        let bias: Vec<f32> = (0..conv.out_channels).map(|c| (old_bias[c] * scale[c] + shift[c]) as f32).collect();
+        weights.insert(conv.weight.clone(), w);
+        let bias_name = conv.bias.clone().unwrap_or_else(|| format!("{}.bias", prev.name));
+        weights.insert(bias_name.clone(), ArrayD::from_shape_vec(IxDyn(&[conv.out_channels]), bias).expect("sized"));
+        for t in [&bn.weight, &bn.bias, &bn.running_mean, &bn.running_var] {
+            weights.remove(t);
+        }
+        folded.insert(n.name.clone(), prev.name.clone());
+        new_conv_bias.insert(prev.name.clone(), bias_name);
+    }
+    let mut graph = graph;
+    graph.nodes.retain(|n| !folded.contains_key(&n.name));
+    for n in graph.nodes.iter_mut() {
+        for i in n.inputs.iter_mut() {
+            if let Some(c) = folded.get(i) {
+                *i = c.clone();
+            }
+        }
+        if let (Op::Conv2d(conv), Some(b)) = (&mut n.op, new_conv_bias.get(&n.name)) {
+            conv.bias = Some(b.clone());
+        }
+    }
+    if let Some(c) = folded.get(&graph.output) {
+        graph.output = c.clone();
+    }
+    Model::new(graph, weights)
+}
+
+/// Zero-epoch SFT conversion: folds batch norms, calibrates PolyAct-RN ranges as running maxima
+/// over `inputs` in batches of `batch` (preprocessed `[N, C, H, W]`), and exports the model with
+/// per-channel polynomial activations (degree `degree`, bound `bound`).
+pub fn convert(model: &Model, degree: usize, bound: f64, inputs: &ArrayD<f32>, batch: usize) -> Result<Model> {
+    if !(1..=16).contains(&degree) {
+        return Err(Error::Unsupported(format!("polynomial degree must be 1..=16, got {degree}")));
+    }
+    let model = fold_batch_norms(model)?;
+    let g = model.graph();
+    let mut layers: HashMap<String, PolyActRn> = HashMap::new();
+    // activation node -> index of the node producing its input
+    let mut watch: HashMap<usize, Vec<String>> = HashMap::new();
+    for n in &g.nodes {
+        if let Op::Activation(a) = &n.op {
+            let f: fn(f64) -> f64 = match a {
+                Activation::Relu => relu,
+                Activation::Silu => silu,
+                Activation::Gelu => gelu,
+                Activation::Poly { .. } => continue,
+            };
+            let Some(j) = model.node_index(&n.inputs[0]) else {
+                return Err(Error::Unsupported(format!("activation '{}' directly on the model input", n.name)));
+            };
+            let channels = model.shape(j)[0];
+            layers.insert(n.name.clone(), PolyActRn::new(hermite_polynomial(f, degree), channels, bound));
+            watch.entry(j).or_default().push(n.name.clone());
+        }
+    }
+    let exec = Reference::<f32>::new(&model);
+    let n = inputs.shape()[0];
+    for start in (0..n).step_by(batch.max(1)) {
+        let x = inputs.slice_axis(Axis(0), (start..(start + batch).min(n)).into()).to_owned();
+        exec.run_inspect(&x, |i, v| {
+            if let Some(names) = watch.get(&i) {
+                let c = v.shape()[1];
+                let inner: usize = v.shape()[2..].iter().product::<usize>().max(1);
+                let mut m = vec![0.0f64; c];
+                for (k, chunk) in v.as_standard_layout().as_slice().expect("standard").chunks(inner).enumerate() {
+                    for x in chunk {
+                        m[k % c] = m[k % c].max(x.abs() as f64);
+                    }
+                }
+                for name in names {
+                    let l = layers.get_mut(name).expect("registered");
+                    for (ch, mx) in m.iter().enumerate() {
+                        l.observe(ch, *mx);
+                    }
+                }
+            }
+        })?;
+    }
+    let (mut graph, mut weights) = model.into_parts();
+    for node in graph.nodes.iter_mut() {
+        if let Some(l) = layers.get(&node.name) {
+            let (coeffs, scale) = l.export();
+            let c = scale.len();
+            let cname = format!("{}.poly_coeffs", node.name);
+            let sname = format!("{}.poly_input_scale", node.name);
+            weights.insert(cname.clone(), ArrayD::from_shape_vec(IxDyn(&[c, degree + 1]), coeffs.iter().map(|v| *v as f32).collect()).expect("sized"));
+            weights.insert(sname.clone(), ArrayD::from_shape_vec(IxDyn(&[c]), scale.iter().map(|v| *v as f32).collect()).expect("sized"));
+            node.op = Op::Activation(Activation::Poly { coeffs: cname, input_scale: Some(sname) });
+        } else if let Op::MaxPool(p) = &node.op {
+            node.op = Op::AvgPool(p.clone());
+        }
+    }
+    graph.name = format!("{}-sft{degree}-e0", graph.name);
+    Model::new(graph, weights)
+}

@@ -1,0 +1,103 @@
+//! Truncated Hermite expansions of activations.
+//!
+//! With Z ~ N(0, 1) and the probabilists' Hermite polynomials He_k (He_0 = 1, He_1 = x,
+//! He_{k+1} = x·He_k − k·He_{k−1}), which are orthogonal with E[He_j(Z)·He_k(Z)] = k!·δ_jk,
+//! an activation f expands as f = Σ_k c_k He_k with c_k = E[f(Z)·He_k(Z)] / k!. Truncating at
+//! degree d gives the polynomial closest to f in L²(N(0, 1)); PolyAct-RN scales inputs so that
+//! they fall in [−B, B] (B = 3: three standard deviations), where that weight is meaningful.
+//!
+//! For ReLU the coefficients have a closed form: c_0 = φ(0), c_1 = 1/2 and, for k ≥ 2,
+//! c_k = φ(0)·He_{k−2}(0) / k! (zero for odd k), with φ(0) = 1/√(2π) and
+//! He_{2m}(0) = (−1)^m (2m − 1)!!. The tests check the numerical integration against it.
+
+/// Coefficients of He_0 … He_degree in the monomial basis: `table[k][j]` = coefficient of x^j in He_k.
+pub fn hermite_table(degree: usize) -> Vec<Vec<f64>> {
+    let mut t: Vec<Vec<f64>> = vec![vec![1.0]];
+    if degree >= 1 {
+        t.push(vec![0.0, 1.0]);
+    }
+    for k in 1..degree {
+        let mut next = vec![0.0; k + 2];
+        for (j, c) in t[k].iter().enumerate() {
+            next[j + 1] += c;
+        }
+        for (j, c) in t[k - 1].iter().enumerate() {
+            next[j] -= k as f64 * c;
+        }
+        t.push(next);
+    }
+    t
+}
+
+/// E[f(Z)·g(Z)] for Z ~ N(0, 1), by composite Simpson integration on [−12, 12].
+pub fn gaussian_expectation(f: impl Fn(f64) -> f64) -> f64 {
+    let (a, b, n) = (-12.0f64, 12.0f64, 24_000usize);
+    let h = (b - a) / n as f64;
+    let w = |x: f64| (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    let mut s = f(a) * w(a) + f(b) * w(b);
+    for i in 1..n {
+        let x = a + i as f64 * h;
+        s += if i % 2 == 1 { 4.0 } else { 2.0 } * f(x) * w(x);
+    }
+    s * h / 3.0
+}
+
+/// Hermite coefficients c_0 … c_degree of `f` (numerical integration).
+pub fn hermite_coefficients(f: impl Fn(f64) -> f64, degree: usize) -> Vec<f64> {
+    let table = hermite_table(degree);
+    let mut fact = 1.0;
+    (0..=degree)
+        .map(|k| {
+            if k > 0 {
+                fact *= k as f64;
+            }
+            let he = &table[k];
+            gaussian_expectation(|x| f(x) * he.iter().rev().fold(0.0, |acc, c| acc * x + c)) / fact
+        })
+        .collect()
+}
+
+/// The truncated expansion Σ_{k ≤ degree} c_k He_k in monomial form (ascending powers).
+pub fn hermite_polynomial(f: impl Fn(f64) -> f64, degree: usize) -> Vec<f64> {
+    let c = hermite_coefficients(f, degree);
+    let table = hermite_table(degree);
+    let mut out = vec![0.0; degree + 1];
+    for (k, ck) in c.iter().enumerate() {
+        for (j, t) in table[k].iter().enumerate() {
+            out[j] += ck * t;
+        }
+    }
+    out
+}
+
+/// Closed-form Hermite coefficients of ReLU (see the module documentation).
+pub fn relu_hermite_coefficients(degree: usize) -> Vec<f64> {
+    let phi0 = 1.0 / (2.0 * std::f64::consts::PI).sqrt();
+    let table = hermite_table(degree.max(2));
+    let mut fact = 1.0;
+    (0..=degree)
+        .map(|k| {
+            if k > 0 {
+                fact *= k as f64;
+            }
+            match k {
+                0 => phi0,
+                1 => 0.5,
+                _ => phi0 * table[k - 2][0] / fact,
+            }
+        })
+        .collect()
+}
+
+/// The activation functions SFT replaces.
+pub fn relu(x: f64) -> f64 {
+    x.max(0.0)
+}
+/// SiLU, x·sigmoid(x).
+pub fn silu(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+/// GELU, x·Φ(x).
+pub fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
