@@ -11,6 +11,8 @@
 //!
 //! It depends on no FHE library.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod clear;
 pub mod data;

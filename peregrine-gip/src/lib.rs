@@ -10,6 +10,8 @@
 //! - [`diag`]: the diagonal decomposition of a linear map between two layouts and its
 //!   baby-step giant-step schedule ([`DiagonalPlan`]), which lists every rotation it needs.
 
+#![warn(missing_docs)]
+
 pub mod diag;
 pub mod layout;
 pub mod linear;

@@ -11,6 +11,8 @@
 //!   cannot), lists the rotation keys, and reports the cost.
 //! - [`exec`]: runs a plan with a backend, with per-step timing and an optional trace.
 
+#![warn(missing_docs)]
+
 pub mod compile;
 pub mod exec;
 pub mod plan;

@@ -11,6 +11,8 @@
 //!
 //! Training itself (candle) is not in this crate yet.
 
+#![warn(missing_docs)]
+
 pub mod convert;
 pub mod hermite;
 pub mod polyact;

@@ -99,12 +99,18 @@ fn params<S: Scheme>(json: &str) -> Result<S::Params, String> {
 }
 
 /// Releases a string made by this plugin.
+///
+/// # Safety
+/// `s` must be null or a string returned by this plugin and not released before.
 pub unsafe extern "C" fn string_free(s: *mut c_char) {
     if !s.is_null() {
         drop(CString::from_raw(s));
     }
 }
 /// Releases a buffer made by this plugin.
+///
+/// # Safety
+/// `b` must be a buffer returned by this plugin and not released before.
 pub unsafe extern "C" fn bytes_free(b: PgBytes) {
     if !b.data.is_null() {
         drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(b.data, b.len)));

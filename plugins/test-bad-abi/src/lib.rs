@@ -1,6 +1,8 @@
 //! Test fixture: the `clear` plugin's function table with `abi_version` set to a version this
 //! build does not speak. The loader must refuse it with a clear message.
 
+#![warn(missing_docs)]
+
 use std::sync::OnceLock;
 
 use peregrine_core::clear::ClearScheme;
