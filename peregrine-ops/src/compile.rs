@@ -37,9 +37,10 @@ pub enum StepKind {
         inputs: Vec<TensorId>,
         /// The schedule.
         plan: DiagonalPlan,
-        /// The output feeds a [`StepKind::Square`]: produce it at scale √(Δ·q) so the square
-        /// lands exactly on Δ after its rescale.
-        for_square: bool,
+        /// 1 normally. d ≥ 2 when the output feeds a [`StepKind::Square`] (d = 2) or a
+        /// [`StepKind::Folded`] of degree d: the output is then produced at the scale s for which
+        /// its d-th power, built by repeated squaring and rescaling, lands exactly on Δ.
+        power: usize,
     },
     /// `y = ±x² + offset` with the activation's other coefficients folded into the producing
     /// linear step: a quadratic activation in one level.
@@ -71,6 +72,19 @@ pub enum StepKind {
         /// Rotate-and-sum passes.
         passes: Vec<(usize, i64)>,
     },
+    /// `y = ±(x^d + Σ_{k<d} b_k ⊙ x^k)` with the leading coefficient and input scale folded into
+    /// the producing linear step: each `b_k ⊙ x^k` is built as `(b_k ⊙ x)·Π x^(2^e)` over the
+    /// bits of k − 1, so the whole activation takes ⌈log2 d⌉ levels.
+    Folded {
+        /// Input tensor.
+        input: TensorId,
+        /// Degree d ≥ 3.
+        degree: usize,
+        /// Whether the result is negated (leading coefficients negative).
+        negate: bool,
+        /// `coeffs[ct][k]` = sparse `(slot, b_k)` for k < d (k = 0: the constant).
+        coeffs: Vec<Vec<Vec<(u32, f64)>>>,
+    },
     /// Bootstrapping of every ciphertext of a tensor (inserted by the planner).
     Bootstrap {
         /// Input tensor.
@@ -99,7 +113,8 @@ impl Step {
             StepKind::Poly { input, .. }
             | StepKind::Bootstrap { input }
             | StepKind::Reduce { input, .. }
-            | StepKind::Square { input, .. } => vec![*input],
+            | StepKind::Square { input, .. }
+            | StepKind::Folded { input, .. } => vec![*input],
         }
     }
     /// Kind name for reports.
@@ -110,6 +125,7 @@ impl Step {
             StepKind::Bootstrap { .. } => "bootstrap",
             StepKind::Reduce { .. } => "reduce",
             StepKind::Square { .. } => "square",
+            StepKind::Folded { .. } => "poly-folded",
         }
     }
 }
@@ -131,8 +147,8 @@ pub struct Program {
 
 /// A linear map not yet materialised: its input tensors and the IR nodes it covers.
 struct Pending {
-    /// When set, the map is materialised for a [`StepKind::Square`] consumer.
-    for_square: bool,
+    /// 1, or the degree of the [`StepKind::Square`] / [`StepKind::Folded`] consumer it is materialised for.
+    power: usize,
     map: LinearMap,
     inputs: Vec<TensorId>,
     nodes: Vec<String>,
@@ -220,7 +236,7 @@ impl Compiler<'_> {
     /// The value of an input as a pending map over ready tensors (identity if ready).
     fn as_pending(&mut self, name: &str, consumer_absorbs: bool) -> Result<Pending, OpsError> {
         if name == INPUT {
-            return Ok(Pending { for_square: false, map: LinearMap::identity(self.tensors[0].layout.len()), inputs: vec![0], nodes: vec![] });
+            return Ok(Pending { power: 1, map: LinearMap::identity(self.tensors[0].layout.len()), inputs: vec![0], nodes: vec![] });
         }
         let j = self.model.node_index(name).expect("validated");
         if consumer_absorbs && self.consumers[j] == 1 && matches!(self.values[j], Some(Value::Pending(_))) {
@@ -230,7 +246,7 @@ impl Compiler<'_> {
             }
         }
         let t = self.materialize(j)?;
-        Ok(Pending { for_square: false, map: LinearMap::identity(self.tensors[t].layout.len()), inputs: vec![t], nodes: vec![] })
+        Ok(Pending { power: 1, map: LinearMap::identity(self.tensors[t].layout.len()), inputs: vec![t], nodes: vec![] })
     }
 
     fn ready(&mut self, name: &str) -> Result<TensorId, OpsError> {
@@ -317,7 +333,7 @@ impl Compiler<'_> {
                         });
                         let mut mean = LinearMap::affine(ci, 1, &vec![1.0 / (hi * wi) as f64; ci], &vec![0.0; ci]);
                         mean.bias = None;
-                        Ok(Value::Pending(Pending { for_square: false, map: mean, inputs: vec![sum], nodes: vec![name] }))
+                        Ok(Value::Pending(Pending { power: 1, map: mean, inputs: vec![sum], nodes: vec![name] }))
                     }
                     _ => single(LinearMap::global_avg_pool(ci, hi, wi), self),
                 }
@@ -346,7 +362,7 @@ impl Compiler<'_> {
                 let combined = outer.substitute(&subs.iter().map(Some).collect::<Vec<_>>());
                 let (map, inputs) = combined.merge_inputs(&ids);
                 nodes.push(name.clone());
-                Ok(Value::Pending(Pending { for_square: false, map, inputs, nodes }))
+                Ok(Value::Pending(Pending { power: 1, map, inputs, nodes }))
             }
             Op::Activation(Activation::Poly { coeffs, input_scale }) => {
                 let cm = m.weight(coeffs);
@@ -355,6 +371,9 @@ impl Compiler<'_> {
                 let hw = hi * wi;
                 let scale = input_scale.as_ref().map(|s| f64s(m, s));
                 if let Some(v) = self.try_square(i, &a, channels, hw, scale.as_deref())? {
+                    return Ok(v);
+                }
+                if let Some(v) = self.try_folded(i, &a, channels, terms, hw, scale.as_deref())? {
                     return Ok(v);
                 }
                 // Fold the per-channel input scale into the producing linear map when it is ours alone.
@@ -434,7 +453,7 @@ impl Compiler<'_> {
         let constant: Vec<f64> = (0..channels).map(|c| a[c * 3] - a[c * 3 + 1].powi(2) / (4.0 * a2[c])).collect();
         let mut p = self.as_pending(input, true)?;
         p.map = LinearMap::affine(channels, hw, &mul, &shift).after(&p.map);
-        p.for_square = true;
+        p.power = 2;
         self.values[j] = Some(Value::Pending(p));
         let t = self.materialize(j)?;
         self.tensors[t].name = format!("{input}#folded");
@@ -451,6 +470,59 @@ impl Compiler<'_> {
             name: node.name.clone(),
             nodes: vec![node.name.clone()],
             kind: StepKind::Square { input: t, negate: !positive, offset },
+            output: out,
+        });
+        Ok(Some(Value::Ready(out)))
+    }
+
+    /// A degree-d ≥ 3 activation whose leading coefficients share one sign, fed by a linear map
+    /// it alone consumes: fold `|c_d|^(1/d) · s` into that map so the leading term is a bare
+    /// `x^d`, and evaluate in ⌈log2 d⌉ levels (see [`StepKind::Folded`]).
+    fn try_folded(&mut self, i: usize, a: &[f64], channels: usize, terms: usize, hw: usize, scale: Option<&[f64]>) -> Result<Option<Value>, OpsError> {
+        let m = self.model;
+        let node = &m.graph().nodes[i];
+        let d = terms - 1;
+        if d < 3 {
+            return Ok(None);
+        }
+        let lead: Vec<f64> = (0..channels).map(|c| a[c * terms + d]).collect();
+        let positive = lead.iter().all(|v| *v > 0.0);
+        if !(positive || lead.iter().all(|v| *v < 0.0)) {
+            return Ok(None);
+        }
+        let input = &node.inputs[0];
+        let Some(j) = m.node_index(input) else { return Ok(None) };
+        if self.consumers[j] != 1 || !matches!(self.values[j], Some(Value::Pending(_))) {
+            return Ok(None);
+        }
+        let sign = if positive { 1.0 } else { -1.0 };
+        let alpha: Vec<f64> = lead.iter().map(|v| v.abs().powf(1.0 / d as f64)).collect();
+        let mul: Vec<f64> = (0..channels).map(|c| alpha[c] * scale.map_or(1.0, |s| s[c])).collect();
+        let mut p = self.as_pending(input, true)?;
+        let mut fold = LinearMap::affine(channels, hw, &mul, &vec![0.0; channels]);
+        fold.bias = None;
+        p.map = fold.after(&p.map);
+        p.power = d;
+        self.values[j] = Some(Value::Pending(p));
+        let t = self.materialize(j)?;
+        self.tensors[t].name = format!("{input}#folded");
+        let layout = self.tensors[t].layout.clone();
+        let mut coeffs = vec![vec![Vec::new(); d]; layout.ciphertexts];
+        for (idx, &(ct, slot)) in layout.positions.iter().enumerate() {
+            let c = (idx / hw).min(channels - 1);
+            for k in 0..d {
+                // c_k (s·x)^k = (c_k / α^k) x'^k, and the result is sign·(x'^d + Σ sign·c_k/α^k x'^k).
+                let v = sign * a[c * terms + k] / alpha[c].powi(k as i32);
+                if v != 0.0 {
+                    coeffs[ct as usize][k].push((slot, v));
+                }
+            }
+        }
+        let out = self.new_tensor(&node.name, m.shape(i).clone(), layout);
+        self.steps.push(Step {
+            name: node.name.clone(),
+            nodes: vec![node.name.clone()],
+            kind: StepKind::Folded { input: t, degree: d, negate: !positive, coeffs },
             output: out,
         });
         Ok(Some(Value::Ready(out)))
@@ -478,7 +550,7 @@ impl Compiler<'_> {
         let plan = DiagonalPlan::new(&map, &[&info.layout], &layout).map_err(OpsError::Layout)?;
         let name = format!("{}#clean", info.name);
         let out = self.new_tensor(&name, info.shape.clone(), layout);
-        self.steps.push(Step { name: name.clone(), nodes: vec![], kind: StepKind::Linear { inputs: vec![t], plan, for_square: false }, output: out });
+        self.steps.push(Step { name: name.clone(), nodes: vec![], kind: StepKind::Linear { inputs: vec![t], plan, power: 1 }, output: out });
         Ok(out)
     }
 
@@ -524,24 +596,24 @@ impl Compiler<'_> {
                     // A pure relabelling (flatten): reuse the input's slots.
                     let layout = self.tensors[p.inputs[0]].layout.clone();
                     let t = self.new_tensor(&name, shape, layout.clone());
-                    let plan = DiagonalPlan::with_passthrough(&p.map, &[&layout], &layout, !p.for_square).map_err(OpsError::Layout)?;
+                    let plan = DiagonalPlan::with_passthrough(&p.map, &[&layout], &layout, p.power == 1).map_err(OpsError::Layout)?;
                     self.steps.push(Step {
                         name: name.clone(),
                         nodes: p.nodes,
-                        kind: StepKind::Linear { inputs: p.inputs, plan, for_square: p.for_square },
+                        kind: StepKind::Linear { inputs: p.inputs, plan, power: p.power },
                         output: t,
                     });
                     t
                 } else {
                     let layout = self.choose_layout(&shape, &p.inputs);
                     let ins: Vec<&Layout> = p.inputs.iter().map(|t| &self.tensors[*t].layout).collect();
-                    let plan = DiagonalPlan::with_passthrough(&p.map, &ins, &layout, !p.for_square)
+                    let plan = DiagonalPlan::with_passthrough(&p.map, &ins, &layout, p.power == 1)
                         .map_err(|e| OpsError::Layout(format!("node '{name}': {e}")))?;
                     let t = self.new_tensor(&name, shape, layout);
                     self.steps.push(Step {
                         name: name.clone(),
                         nodes: p.nodes,
-                        kind: StepKind::Linear { inputs: p.inputs, plan, for_square: p.for_square },
+                        kind: StepKind::Linear { inputs: p.inputs, plan, power: p.power },
                         output: t,
                     });
                     t

@@ -122,9 +122,9 @@ pub fn execute<B: Backend>(
         let level = plan.levels[step.output];
         let wrap = |e| OpsError::Backend { step: step.name.clone(), cause: e };
         let out = match &step.kind {
-            StepKind::Linear { inputs, plan: dp, for_square } => {
+            StepKind::Linear { inputs, plan: dp, power } => {
                 let ins: Vec<&[B::Ciphertext]> = inputs.iter().map(|t| values[*t].as_deref().expect("computed")).collect();
-                let target = if *for_square { (delta * backend.modulus(level)).sqrt() } else { delta };
+                let target = if *power > 1 { power_input_scale(backend, level, *power, delta) } else { delta };
                 linear(backend, dp, &ins, level, target, &plan.rotation_paths).map_err(wrap)?
             }
             StepKind::Square { input, negate, offset } => {
@@ -149,6 +149,14 @@ pub fn execute<B: Backend>(
                 x.par_iter()
                     .zip(coeffs.par_iter())
                     .map(|(ct, c)| poly(backend, ct, *degree, c, delta, prog.slots))
+                    .collect::<BResult<Vec<_>>>()
+                    .map_err(wrap)?
+            }
+            StepKind::Folded { input, degree, negate, coeffs } => {
+                let x = values[*input].as_deref().expect("computed");
+                x.par_iter()
+                    .zip(coeffs.par_iter())
+                    .map(|(ct, c)| folded(backend, ct, *degree, *negate, c, prog.slots))
                     .collect::<BResult<Vec<_>>>()
                     .map_err(wrap)?
             }
@@ -273,6 +281,119 @@ fn linear<B: Backend>(
             }
         })
         .collect()
+}
+
+/// The powers of x that [`folded`] builds for degree `d`: x^(2^e) for 2^e < d, x^d, and what
+/// x^d's construction needs (always including 1).
+pub fn needed_powers(d: usize) -> std::collections::BTreeSet<usize> {
+    fn need(k: usize, set: &mut std::collections::BTreeSet<usize>) {
+        if !set.insert(k) || k == 1 {
+            return;
+        }
+        let hi = 1usize << (usize::BITS - 1 - k.leading_zeros());
+        if hi == k {
+            need(k / 2, set);
+        } else {
+            need(hi, set);
+            need(k - hi, set);
+        }
+    }
+    let mut set = std::collections::BTreeSet::new();
+    let mut p = 1;
+    while p < d {
+        need(p, &mut set);
+        p *= 2;
+    }
+    need(d, &mut set);
+    set
+}
+
+/// Level reached by x^k and log2 of its scale for an input of scale 1 at `level`, when built by
+/// squaring / products of powers of two with a rescale after each product.
+fn power_chain(b: &impl Backend, level: usize, k: usize, memo: &mut HashMap<usize, (usize, f64)>) -> (usize, f64) {
+    if k == 1 {
+        return (level, 0.0);
+    }
+    if let Some(v) = memo.get(&k) {
+        return *v;
+    }
+    let hi = 1usize << (usize::BITS - 1 - k.leading_zeros());
+    let ((la, sa), (lb, sb)) = if hi == k {
+        let h = power_chain(b, level, k / 2, memo);
+        (h, h)
+    } else {
+        (power_chain(b, level, hi, memo), power_chain(b, level, k - hi, memo))
+    };
+    let l = la.min(lb);
+    let v = (l - 1, sa + sb - b.modulus(l).log2());
+    memo.insert(k, v);
+    v
+}
+
+/// The scale s at `level` such that x^d built by [`power_chain`] lands exactly on `delta`.
+pub fn power_input_scale(b: &impl Backend, level: usize, d: usize, delta: f64) -> f64 {
+    let (_, log_rest) = power_chain(b, level, d, &mut HashMap::new());
+    ((delta.log2() - log_rest) / d as f64).exp2()
+}
+
+fn folded<B: Backend>(b: &B, x: &B::Ciphertext, d: usize, negate: bool, coeffs: &[Vec<(u32, f64)>], slots: usize) -> BResult<B::Ciphertext> {
+    // Powers of x (x^(2^e) and x^d), each rescaled after its product.
+    let mut pw: HashMap<usize, B::Ciphertext> = HashMap::new();
+    pw.insert(1, x.clone());
+    for k in needed_powers(d) {
+        if k == 1 {
+            continue;
+        }
+        let hi = 1usize << (usize::BITS - 1 - k.leading_zeros());
+        let p = if hi == k {
+            b.square(&pw[&(k / 2)])?
+        } else {
+            let (u, v) = (&pw[&hi], &pw[&(k - hi)]);
+            let l = b.level(u).min(b.level(v));
+            b.mul(&b.drop_to_level(u, l)?, &b.drop_to_level(v, l)?)?
+        };
+        pw.insert(k, b.rescale(&p)?);
+    }
+    let lead = &pw[&d];
+    let (tl, target) = (b.level(lead), b.scale(lead));
+    let mut acc = lead.clone();
+    let lx = b.level(x);
+    for (k, c) in coeffs.iter().enumerate().skip(1) {
+        if c.is_empty() {
+            continue;
+        }
+        // b_k ⊙ x^k = (b_k ⊙ x) · Π_{e ∈ bits(k−1)} x^(2^e): first find the plaintext scale
+        // that makes the product land exactly on the target scale.
+        let bits: Vec<usize> = (0..usize::BITS as usize).filter(|e| (k - 1) >> e & 1 == 1).collect();
+        let (mut lvl, mut log_s) = (lx - 1, b.scale(x).log2() - b.modulus(lx).log2());
+        for &e in &bits {
+            let p = &pw[&(1 << e)];
+            let l = lvl.min(b.level(p));
+            log_s += b.scale(p).log2() - b.modulus(l).log2();
+            lvl = l - 1;
+        }
+        let ps = (target.log2() - log_s).exp2();
+        let mut t = b.rescale(&b.mul_plain(x, &b.encode(&dense(c, slots), lx, ps)?)?)?;
+        for &e in &bits {
+            let p = &pw[&(1 << e)];
+            let l = b.level(&t).min(b.level(p));
+            t = b.rescale(&b.mul(&b.drop_to_level(&t, l)?, &b.drop_to_level(p, l)?)?)?;
+        }
+        let aligned = b.drop_to_level(&t, tl)?;
+        let acc_aligned = b.drop_to_level(&acc, tl)?;
+        acc = b.add(&acc_aligned, &aligned)?;
+    }
+    let acc = if coeffs.first().is_some_and(|c0| !c0.is_empty()) {
+        let pt = b.encode(&dense(&coeffs[0], slots), tl, b.scale(&acc))?;
+        b.add_plain(&acc, &pt)?
+    } else {
+        acc
+    };
+    if negate {
+        b.negate(&acc)
+    } else {
+        Ok(acc)
+    }
 }
 
 fn reduce<B: Backend>(

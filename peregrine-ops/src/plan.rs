@@ -95,6 +95,7 @@ fn step_needs(step: &Step) -> usize {
         StepKind::Linear { plan, .. } => usize::from(plan.consumes_level()),
         StepKind::Poly { degree, .. } => poly_levels(*degree),
         StepKind::Square { .. } => 1,
+        StepKind::Folded { degree, .. } => ceil_log2(*degree),
         StepKind::Bootstrap { .. } | StepKind::Reduce { .. } => 0,
     }
 }
@@ -113,6 +114,15 @@ pub fn reduce_rotations(groups: usize, passes: &[(usize, i64)], slots: usize) ->
         }
     }
     (n * groups, keys)
+}
+
+/// ⌈log2 d⌉.
+pub fn ceil_log2(d: usize) -> usize {
+    if d <= 1 {
+        0
+    } else {
+        (usize::BITS - (d - 1).leading_zeros()) as usize
+    }
 }
 
 /// Depth of the program with unlimited levels.
@@ -231,14 +241,21 @@ fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<Tensor
     let old_steps = std::mem::take(&mut program.steps);
     let full_depth = depth(&Program { steps: old_steps.clone(), ..program.clone() });
     for mut step in old_steps {
-        let need = step_needs(&step);
+        // A linear step that prepares the input of a square / folded polynomial must leave that
+        // consumer enough levels: no bootstrap may sit between them (it would reset the scale).
+        let powered = match &step.kind {
+            StepKind::Linear { power, .. } if *power > 1 => ceil_log2(*power),
+            _ => 0,
+        };
+        let need = step_needs(&step) + powered;
         // Rewire inputs to their latest versions.
         match &mut step.kind {
             StepKind::Linear { inputs, .. } => inputs.iter_mut().for_each(|t| *t = current[*t]),
             StepKind::Poly { input, .. }
             | StepKind::Bootstrap { input }
             | StepKind::Reduce { input, .. }
-            | StepKind::Square { input, .. } => *input = current[*input],
+            | StepKind::Square { input, .. }
+            | StepKind::Folded { input, .. } => *input = current[*input],
         }
         let rotating: Vec<TensorId> = match &step.kind {
             StepKind::Linear { inputs, plan, .. } => {
@@ -277,7 +294,8 @@ fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<Tensor
                     StepKind::Poly { input, .. }
                     | StepKind::Bootstrap { input }
                     | StepKind::Reduce { input, .. }
-                    | StepKind::Square { input, .. } => *input = nt,
+                    | StepKind::Square { input, .. }
+                    | StepKind::Folded { input, .. } => *input = nt,
                 }
             }
         }
@@ -304,14 +322,14 @@ fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<Tensor
                     (None, None) => inputs.iter().map(|t| levels[*t]).min().unwrap_or(top),
                 }
             }
-            StepKind::Poly { input, .. } | StepKind::Square { input, .. } => levels[*input] - need,
+            StepKind::Poly { input, .. } | StepKind::Square { input, .. } | StepKind::Folded { input, .. } => levels[*input] - need,
             StepKind::Bootstrap { .. } => caps.bootstrap_level.unwrap_or(0),
             StepKind::Reduce { input, .. } => levels[*input],
         };
         levels[step.output] = out_level;
         let produced = step.output;
         steps_out.push(step);
-        if forced.contains(&produced) && caps.can_bootstrap && out_level < caps.bootstrap_level.unwrap_or(0) {
+        if forced.contains(&produced) && powered == 0 && caps.can_bootstrap && out_level < caps.bootstrap_level.unwrap_or(0) {
             insert_bootstrap(&mut program, &mut levels, &mut current, &mut steps_out, produced, caps.bootstrap_level.unwrap_or(0));
         }
     }
@@ -364,6 +382,17 @@ fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> (Vec<Ste
             StepKind::Square { offset, .. } => {
                 cost.ct_ct_mults += offset.len();
                 cost.rescales += offset.len();
+            }
+            StepKind::Folded { degree, coeffs, .. } => {
+                let d = *degree;
+                let powers = crate::exec::needed_powers(d).len().saturating_sub(1);
+                for per_ct in coeffs {
+                    let terms: Vec<usize> = (1..d).filter(|k| !per_ct[*k].is_empty()).collect();
+                    let relins = powers + terms.iter().map(|k| (k - 1).count_ones() as usize).sum::<usize>();
+                    cost.ct_ct_mults += relins;
+                    ptm += terms.len();
+                    cost.rescales += relins + terms.len();
+                }
             }
             StepKind::Reduce { groups, passes, .. } => {
                 let (n, k) = reduce_rotations(groups.len(), passes, program.slots);

@@ -323,6 +323,8 @@ fn bootstraps_move_to_the_ancestor_with_fewest_ciphertexts() {
     let mut w = Weights::new();
     let p1 = poly("p1", 1, &mut w, &mut r, false);
     let p2 = poly("p2", 1, &mut w, &mut r, false);
+    // A zero leading coefficient keeps p2 from being folded into the upsampling.
+    w.get_mut("p2.c").unwrap()[[0, 4]] = 0.0;
     let nodes = vec![node("p1", p1, &[INPUT]), node("up", Op::Upsample { factor: 3 }, &["p1"]), node("p2", p2, &["up"])];
     let graph = Graph {
         version: FORMAT_VERSION,
@@ -337,7 +339,7 @@ fn bootstraps_move_to_the_ancestor_with_fewest_ciphertexts() {
     let x: Vec<f64> = (0..400).map(|_| r.gen_range(-1.0..1.0)).collect();
     let want = reference_output(&model, &x);
     let (got, pl, _) = run_packed(&model, &p, &x);
-    assert_eq!(pl.program.tensors.iter().find(|t| t.name == "up").unwrap().ciphertexts, 9);
+    assert_eq!(pl.program.tensors.iter().find(|t| t.name.starts_with("up")).unwrap().ciphertexts, 9);
     assert_eq!(pl.cost.bootstraps, 1, "one ciphertext bootstrapped instead of nine");
     let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     assert!(max_err < 1e-6, "max error {max_err:e}");
@@ -369,5 +371,55 @@ fn a_rotation_key_budget_composes_rotations_and_keeps_results() {
             let v = if *s > 1024 { 2048 - s } else { *s };
             assert!(v.count_ones() == 1, "{s} is not ±2^i");
         }
+    }
+}
+
+#[test]
+fn folded_polynomials_take_ceil_log2_d_levels() {
+    // conv → poly(d) → conv → add(shortcut) → poly(d) → GAP → fc for d = 3, 4, 8 with
+    // leading coefficients of one sign (positive, then negative).
+    for (d, sign) in [(3usize, 1.0f32), (4, -1.0), (8, 1.0)] {
+        let mut r = StdRng::seed_from_u64(20 + d as u64);
+        let mut w = Weights::new();
+        w.insert("c1.w".into(), rt(&mut r, &[4, 5, 3, 3], 0.3));
+        w.insert("c2.w".into(), rt(&mut r, &[4, 4, 3, 3], 0.3));
+        w.insert("fc.w".into(), rt(&mut r, &[3, 4], 0.5));
+        for name in ["q1", "q2"] {
+            let mut c = rt(&mut r, &[4, d + 1], 0.3);
+            for ch in 0..4 {
+                c[[ch, d]] = sign * (0.05 + 0.05 * ch as f32);
+            }
+            w.insert(format!("{name}.c"), c);
+        }
+        w.insert("q1.s".into(), rt(&mut r, &[4], 1.0).mapv(|v| 0.5 + v.abs()));
+        let nodes = vec![
+            node("c1", conv(5, 4, 3, 1, 1, 1, 1, "c1.w", None), &[INPUT]),
+            node("q1", Op::Activation(Activation::Poly { coeffs: "q1.c".into(), input_scale: Some("q1.s".into()) }), &["c1"]),
+            node("c2", conv(4, 4, 3, 1, 1, 1, 1, "c2.w", None), &["q1"]),
+            node("add", Op::Add, &["c2", "q1"]),
+            node("q2", Op::Activation(Activation::Poly { coeffs: "q2.c".into(), input_scale: None }), &["add"]),
+            node("gap", Op::GlobalAvgPool, &["q2"]),
+            node("flat", Op::Flatten, &["gap"]),
+            node("fc", Op::Linear(Linear { in_features: 4, out_features: 3, weight: "fc.w".into(), bias: None }), &["flat"]),
+        ];
+        let graph = Graph {
+            version: FORMAT_VERSION,
+            name: "folded".into(),
+            input: InputSpec { shape: vec![5, 13, 11], preprocess: Preprocess { mean: vec![0.0; 5], std: vec![1.0; 5], resize: false } },
+            nodes,
+            output: "fc".into(),
+            classes: vec![],
+        };
+        let model = Model::new(graph, w).unwrap();
+        let x: Vec<f64> = (0..5 * 13 * 11).map(|_| r.gen_range(-1.0..1.0)).collect();
+        let want = reference_output(&model, &x);
+        let (got, plan, _) = run_packed(&model, &params(12, 16), &x);
+        let folded = plan.program.steps.iter().filter(|s| s.kind_name() == "poly-folded").count();
+        assert_eq!(folded, 2, "degree {d}: both activations fold");
+        let dd = peregrine_ops::plan::ceil_log2(d);
+        assert_eq!(plan.cost.levels_consumed, 3 + 2 * dd, "degree {d}: conv, poly, conv+add, poly, head");
+        let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let mag = want.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+        assert!(max_err < 1e-6 * mag.max(1.0), "degree {d}: max error {max_err:e} (outputs up to {mag:e})");
     }
 }
