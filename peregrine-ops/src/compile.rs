@@ -428,6 +428,18 @@ impl Compiler<'_> {
         }
     }
 
+    /// Whether activation node `i` can fold into its producer: the leading coefficients `lead`
+    /// share one sign and the input is a pending linear map used by nothing else. Returns the
+    /// producer's index and whether the sign is positive.
+    fn foldable(&self, i: usize, lead: &[f64]) -> Option<(usize, bool)> {
+        let positive = lead.iter().all(|v| *v > 0.0);
+        if !(positive || lead.iter().all(|v| *v < 0.0)) {
+            return None;
+        }
+        let j = self.model.node_index(&self.model.graph().nodes[i].inputs[0])?;
+        (self.consumers[j] == 1 && matches!(self.values[j], Some(Value::Pending(_)))).then_some((j, positive))
+    }
+
     /// A degree-2 activation whose leading coefficients share one sign, fed by a linear map it
     /// alone consumes: fold `√|a2|·(s·x + a1/(2·a2))` into that map and evaluate
     /// `±x'² + (a0 − a1²/(4·a2))` — one level instead of two.
@@ -438,15 +450,8 @@ impl Compiler<'_> {
             return Ok(None);
         }
         let a2: Vec<f64> = (0..channels).map(|c| a[c * 3 + 2]).collect();
-        let positive = a2.iter().all(|v| *v > 0.0);
-        if !(positive || a2.iter().all(|v| *v < 0.0)) {
-            return Ok(None);
-        }
+        let Some((j, positive)) = self.foldable(i, &a2) else { return Ok(None) };
         let input = &node.inputs[0];
-        let Some(j) = m.node_index(input) else { return Ok(None) };
-        if self.consumers[j] != 1 || !matches!(self.values[j], Some(Value::Pending(_))) {
-            return Ok(None);
-        }
         let s = |c: usize| scale.map_or(1.0, |s| s[c]);
         let mul: Vec<f64> = (0..channels).map(|c| a2[c].abs().sqrt() * s(c)).collect();
         let shift: Vec<f64> = (0..channels).map(|c| a2[c].abs().sqrt() * a[c * 3 + 1] / (2.0 * a2[c])).collect();
@@ -486,15 +491,8 @@ impl Compiler<'_> {
             return Ok(None);
         }
         let lead: Vec<f64> = (0..channels).map(|c| a[c * terms + d]).collect();
-        let positive = lead.iter().all(|v| *v > 0.0);
-        if !(positive || lead.iter().all(|v| *v < 0.0)) {
-            return Ok(None);
-        }
+        let Some((j, positive)) = self.foldable(i, &lead) else { return Ok(None) };
         let input = &node.inputs[0];
-        let Some(j) = m.node_index(input) else { return Ok(None) };
-        if self.consumers[j] != 1 || !matches!(self.values[j], Some(Value::Pending(_))) {
-            return Ok(None);
-        }
         let sign = if positive { 1.0 } else { -1.0 };
         let alpha: Vec<f64> = lead.iter().map(|v| v.abs().powf(1.0 / d as f64)).collect();
         let mul: Vec<f64> = (0..channels).map(|c| alpha[c] * scale.map_or(1.0, |s| s[c])).collect();

@@ -271,38 +271,13 @@ fn unsupported_layers_are_named() {
 fn quadratic_activations_cost_one_level_each() {
     // conv → quad(+) → conv → add(shortcut) → quad(−) → GAP → fc, on 5×13×11.
     let mut r = StdRng::seed_from_u64(9);
-    let mut w = Weights::new();
-    w.insert("c1.w".into(), rt(&mut r, &[4, 5, 3, 3], 0.3));
-    w.insert("c2.w".into(), rt(&mut r, &[4, 4, 3, 3], 0.3));
-    w.insert("fc.w".into(), rt(&mut r, &[3, 4], 0.5));
     let mut q1 = rt(&mut r, &[4, 3], 0.5);
     let mut q2 = rt(&mut r, &[4, 3], 0.5);
     for c in 0..4 {
         q1[[c, 2]] = 0.1 + 0.2 * c as f32;
         q2[[c, 2]] = -0.05 - 0.1 * c as f32;
     }
-    w.insert("q1.c".into(), q1);
-    w.insert("q1.s".into(), rt(&mut r, &[4], 1.0).mapv(|v| 0.5 + v.abs()));
-    w.insert("q2.c".into(), q2);
-    let nodes = vec![
-        node("c1", conv(5, 4, 3, 1, 1, 1, 1, "c1.w", None), &[INPUT]),
-        node("q1", Op::Activation(Activation::Poly { coeffs: "q1.c".into(), input_scale: Some("q1.s".into()) }), &["c1"]),
-        node("c2", conv(4, 4, 3, 1, 1, 1, 1, "c2.w", None), &["q1"]),
-        node("add", Op::Add, &["c2", "q1"]),
-        node("q2", Op::Activation(Activation::Poly { coeffs: "q2.c".into(), input_scale: None }), &["add"]),
-        node("gap", Op::GlobalAvgPool, &["q2"]),
-        node("flat", Op::Flatten, &["gap"]),
-        node("fc", Op::Linear(Linear { in_features: 4, out_features: 3, weight: "fc.w".into(), bias: None }), &["flat"]),
-    ];
-    let graph = Graph {
-        version: FORMAT_VERSION,
-        name: "quad".into(),
-        input: InputSpec { shape: vec![5, 13, 11], preprocess: Preprocess { mean: vec![0.0; 5], std: vec![1.0; 5], resize: false } },
-        nodes,
-        output: "fc".into(),
-        classes: vec![],
-    };
-    let model = Model::new(graph, w).unwrap();
+    let model = residual_poly_model(&mut r, q1, q2);
     let x: Vec<f64> = (0..5 * 13 * 11).map(|_| r.gen_range(-1.0..1.0)).collect();
     let want = reference_output(&model, &x);
     let (got, plan, _) = run_packed(&model, &params(12, 10), &x);
@@ -380,37 +355,14 @@ fn folded_polynomials_take_ceil_log2_d_levels() {
     // leading coefficients of one sign (positive, then negative).
     for (d, sign) in [(3usize, 1.0f32), (4, -1.0), (8, 1.0)] {
         let mut r = StdRng::seed_from_u64(20 + d as u64);
-        let mut w = Weights::new();
-        w.insert("c1.w".into(), rt(&mut r, &[4, 5, 3, 3], 0.3));
-        w.insert("c2.w".into(), rt(&mut r, &[4, 4, 3, 3], 0.3));
-        w.insert("fc.w".into(), rt(&mut r, &[3, 4], 0.5));
-        for name in ["q1", "q2"] {
-            let mut c = rt(&mut r, &[4, d + 1], 0.3);
+        let mut q = [rt(&mut r, &[4, d + 1], 0.3), rt(&mut r, &[4, d + 1], 0.3)];
+        for c in q.iter_mut() {
             for ch in 0..4 {
                 c[[ch, d]] = sign * (0.05 + 0.05 * ch as f32);
             }
-            w.insert(format!("{name}.c"), c);
         }
-        w.insert("q1.s".into(), rt(&mut r, &[4], 1.0).mapv(|v| 0.5 + v.abs()));
-        let nodes = vec![
-            node("c1", conv(5, 4, 3, 1, 1, 1, 1, "c1.w", None), &[INPUT]),
-            node("q1", Op::Activation(Activation::Poly { coeffs: "q1.c".into(), input_scale: Some("q1.s".into()) }), &["c1"]),
-            node("c2", conv(4, 4, 3, 1, 1, 1, 1, "c2.w", None), &["q1"]),
-            node("add", Op::Add, &["c2", "q1"]),
-            node("q2", Op::Activation(Activation::Poly { coeffs: "q2.c".into(), input_scale: None }), &["add"]),
-            node("gap", Op::GlobalAvgPool, &["q2"]),
-            node("flat", Op::Flatten, &["gap"]),
-            node("fc", Op::Linear(Linear { in_features: 4, out_features: 3, weight: "fc.w".into(), bias: None }), &["flat"]),
-        ];
-        let graph = Graph {
-            version: FORMAT_VERSION,
-            name: "folded".into(),
-            input: InputSpec { shape: vec![5, 13, 11], preprocess: Preprocess { mean: vec![0.0; 5], std: vec![1.0; 5], resize: false } },
-            nodes,
-            output: "fc".into(),
-            classes: vec![],
-        };
-        let model = Model::new(graph, w).unwrap();
+        let [q1, q2] = q;
+        let model = residual_poly_model(&mut r, q1, q2);
         let x: Vec<f64> = (0..5 * 13 * 11).map(|_| r.gen_range(-1.0..1.0)).collect();
         let want = reference_output(&model, &x);
         let (got, plan, _) = run_packed(&model, &params(12, 16), &x);
@@ -422,4 +374,35 @@ fn folded_polynomials_take_ceil_log2_d_levels() {
         let mag = want.iter().fold(0.0f64, |a, b| a.max(b.abs()));
         assert!(max_err < 1e-6 * mag.max(1.0), "degree {d}: max error {max_err:e} (outputs up to {mag:e})");
     }
+}
+
+/// conv(5→4) → poly q1 (with input scale) → conv(4→4) → add(·, q1) → poly q2 → GAP → fc(4→3),
+/// on a 5×13×11 input.
+fn residual_poly_model(r: &mut StdRng, q1: ArrayD<f32>, q2: ArrayD<f32>) -> Model {
+    let mut w = Weights::new();
+    w.insert("c1.w".into(), rt(r, &[4, 5, 3, 3], 0.3));
+    w.insert("c2.w".into(), rt(r, &[4, 4, 3, 3], 0.3));
+    w.insert("fc.w".into(), rt(r, &[3, 4], 0.5));
+    w.insert("q1.c".into(), q1);
+    w.insert("q1.s".into(), rt(r, &[4], 1.0).mapv(|v| 0.5 + v.abs()));
+    w.insert("q2.c".into(), q2);
+    let nodes = vec![
+        node("c1", conv(5, 4, 3, 1, 1, 1, 1, "c1.w", None), &[INPUT]),
+        node("q1", Op::Activation(Activation::Poly { coeffs: "q1.c".into(), input_scale: Some("q1.s".into()) }), &["c1"]),
+        node("c2", conv(4, 4, 3, 1, 1, 1, 1, "c2.w", None), &["q1"]),
+        node("add", Op::Add, &["c2", "q1"]),
+        node("q2", Op::Activation(Activation::Poly { coeffs: "q2.c".into(), input_scale: None }), &["add"]),
+        node("gap", Op::GlobalAvgPool, &["q2"]),
+        node("flat", Op::Flatten, &["gap"]),
+        node("fc", Op::Linear(Linear { in_features: 4, out_features: 3, weight: "fc.w".into(), bias: None }), &["flat"]),
+    ];
+    let graph = Graph {
+        version: FORMAT_VERSION,
+        name: "residual".into(),
+        input: InputSpec { shape: vec![5, 13, 11], preprocess: Preprocess { mean: vec![0.0; 5], std: vec![1.0; 5], resize: false } },
+        nodes,
+        output: "fc".into(),
+        classes: vec![],
+    };
+    Model::new(graph, w).unwrap()
 }
