@@ -213,6 +213,9 @@ fn argmax(v: &[f64]) -> usize {
 
 #[allow(clippy::too_many_arguments)]
 pub fn run_cmd(target: Target, data: Option<&Path>, image: Option<&Path>, limit: usize, trace: bool, json_out: bool) -> Result<()> {
+    if data.is_some() == image.is_some() {
+        bail!("give exactly one of --data or --image");
+    }
     let (m, chosen, p, plan_s) = target.load()?;
     let backend = target.backend.as_str();
     let input = &m.graph().input;

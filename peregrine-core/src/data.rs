@@ -52,6 +52,9 @@ impl LabeledImages {
 /// Reads a CIFAR-10 binary batch file (`.bin` or `.bin.gz`), keeping at most `limit` images.
 pub fn load_cifar10(path: impl AsRef<Path>, limit: Option<usize>) -> Result<LabeledImages> {
     let path = path.as_ref();
+    if limit == Some(0) {
+        return Err(Error::Data("the image limit must be at least 1".into()));
+    }
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut raw = Vec::new();
     let gz = path.extension().is_some_and(|e| e == "gz");

@@ -38,6 +38,14 @@ fn rotate<B: Backend>(b: &B, paths: &BTreeMap<i64, Vec<i64>>, x: &B::Ciphertext,
     }
 }
 
+/// `acc + x`, or `x` when nothing has been accumulated yet.
+fn accumulate<B: Backend>(b: &B, acc: Option<B::Ciphertext>, x: B::Ciphertext) -> BResult<B::Ciphertext> {
+    match acc {
+        None => Ok(x),
+        Some(a) => b.add(&a, &x),
+    }
+}
+
 fn dense(sparse: &[(u32, f64)], slots: usize) -> Vec<f64> {
     let mut v = vec![0.0; slots];
     for &(s, x) in sparse {
@@ -242,17 +250,11 @@ fn linear<B: Backend>(
                     let x = table[&(t.input, t.in_ct, t.baby)];
                     let pt = b.encode(&dense(&t.diag, slots), op_level, delta * q / b.scale(x))?;
                     let p = b.mul_plain(x, &pt)?;
-                    acc = Some(match acc {
-                        None => p,
-                        Some(a) => b.add(&a, &p)?,
-                    });
+                    acc = Some(accumulate(b, acc, p)?);
                 }
                 let acc = acc.expect("a giant has terms");
                 let acc = if g.step != 0 { rotate(b, paths, &acc, g.step, slots)? } else { acc };
-                total = Some(match total {
-                    None => acc,
-                    Some(a) => b.add(&a, &acc)?,
-                });
+                total = Some(accumulate(b, total, acc)?);
             }
             let mut out = match total {
                 Some(t) => Some(b.rescale(&t)?),
@@ -260,10 +262,7 @@ fn linear<B: Backend>(
             };
             for &(inp, ict) in &o.passthrough {
                 let x = b.drop_to_level(&inputs[inp][ict], out_level)?;
-                out = Some(match out {
-                    None => x,
-                    Some(a) => b.add(&a, &x)?,
-                });
+                out = Some(accumulate(b, out, x)?);
             }
             let out = match out {
                 Some(x) => x,
@@ -414,10 +413,7 @@ fn reduce<B: Backend>(
         for (step, kind) in peregrine_gip::Layout::rotate_and_sum_steps(n, stride) {
             let r = if step == 0 { p.clone() } else { rotate(b, paths, &p, step, slots)? };
             if kind == 1 {
-                out = Some(match out {
-                    None => r,
-                    Some(o) => b.add(&o, &r)?,
-                });
+                out = Some(accumulate(b, out, r)?);
             } else {
                 p = b.add(&p, &r)?;
             }
@@ -439,10 +435,7 @@ fn poly<B: Backend>(b: &B, x: &B::Ciphertext, degree: usize, coeffs: &[Vec<(u32,
         let t = b.drop_to_level(powers[k].as_ref().expect("built"), target + 1)?;
         let pt = b.encode(&dense(c, slots), target + 1, delta * q / b.scale(&t))?;
         let term = b.rescale(&b.mul_plain(&t, &pt)?)?;
-        acc = Some(match acc {
-            None => term,
-            Some(a) => b.add(&a, &term)?,
-        });
+        acc = Some(accumulate(b, acc, term)?);
     }
     let acc = match acc {
         Some(a) => a,
