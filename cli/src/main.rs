@@ -5,6 +5,7 @@
 
 mod commands;
 mod fhe;
+mod finetune;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,6 +112,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Single-stage fine-tuning: PolyAct-RN polynomial activations, trained in one run.
+    Finetune(finetune::FinetuneArgs),
     /// Plan packed execution: layouts, levels, bootstraps, rotation keys and cost.
     Plan {
         #[command(flatten)]
@@ -184,6 +187,7 @@ fn main() -> ExitCode {
         Command::Convert { model, degree, method, bound, calibration, calibration_images, margin, output, json } => {
             fhe::convert_cmd(&model, degree, method, bound, &calibration, calibration_images, margin, &output, json)
         }
+        Command::Finetune(args) => finetune::finetune_cmd(args),
         Command::Plan { target, json } => fhe::plan_cmd(target, json),
         Command::Run { target, data, image, limit, trace, json } => {
             fhe::run_cmd(target, data.as_deref(), image.as_deref(), limit, trace, json)

@@ -13,8 +13,8 @@ use peregrine_core::{Error, Result};
 use crate::hermite::{gelu, hermite_polynomial, relu, silu};
 use crate::polyact::PolyActRn;
 
-/// Folds every batch norm whose input is a convolution used by nothing else into that
-/// convolution's weights and bias. The folded model computes the same function.
+/// Folds every batch norm whose input is a convolution or transposed convolution used by
+/// nothing else into that convolution's weights and bias. The folded model computes the same function.
 pub fn fold_batch_norms(model: &Model) -> Result<Model> {
     let (graph, mut weights) = model.clone().into_parts();
     let mut consumers: HashMap<&str, usize> = HashMap::new();
@@ -30,26 +30,42 @@ pub fn fold_batch_norms(model: &Model) -> Result<Model> {
     for n in &graph.nodes {
         let Op::BatchNorm(bn) = &n.op else { continue };
         let Some(prev) = by_name.get(n.inputs[0].as_str()) else { continue };
-        let Op::Conv2d(conv) = &prev.op else { continue };
+        // (weight name, bias name, output channels, output channel of each weight entry)
+        let (weight_name, bias_name, out_channels, out_of): (String, Option<String>, usize, Box<dyn Fn(usize) -> usize>) = match &prev.op {
+            Op::Conv2d(conv) => {
+                let per_out = weights[&conv.weight].len() / conv.out_channels;
+                (conv.weight.clone(), conv.bias.clone(), conv.out_channels, Box::new(move |i| i / per_out))
+            }
+            Op::ConvTranspose2d(ct) => {
+                // weight (in, out/g, kh, kw): entry i belongs to input row i / (out/g·kh·kw),
+                // group row / (in/g), output channel group·(out/g) + column.
+                let (g, k) = (ct.groups, ct.kernel[0] * ct.kernel[1]);
+                let (in_g, out_g) = (ct.in_channels / g, ct.out_channels / g);
+                (ct.weight.clone(), ct.bias.clone(), ct.out_channels, Box::new(move |i| {
+                    let row = i / (out_g * k);
+                    (row / in_g) * out_g + (i / k) % out_g
+                }))
+            }
+            _ => continue,
+        };
         if consumers.get(prev.name.as_str()).copied().unwrap_or(0) != 1 || graph.output == prev.name {
             continue;
         }
         let (g, b, m, v) = (&weights[&bn.weight], &weights[&bn.bias], &weights[&bn.running_mean], &weights[&bn.running_var]);
         let scale: Vec<f64> = (0..bn.channels).map(|c| g[[c]] as f64 / (v[[c]] as f64 + bn.eps).sqrt()).collect();
         let shift: Vec<f64> = (0..bn.channels).map(|c| b[[c]] as f64 - m[[c]] as f64 * scale[c]).collect();
-        let mut w = weights[&conv.weight].clone();
-        let per_out = w.len() / conv.out_channels;
+        let mut w = weights[&weight_name].clone();
         for (i, x) in w.iter_mut().enumerate() {
-            *x = (*x as f64 * scale[i / per_out]) as f32;
+            *x = (*x as f64 * scale[out_of(i)]) as f32;
         }
-        let old_bias: Vec<f64> = match &conv.bias {
+        let old_bias: Vec<f64> = match &bias_name {
             Some(bn_) => weights[bn_].iter().map(|&x| x as f64).collect(),
-            None => vec![0.0; conv.out_channels],
+            None => vec![0.0; out_channels],
         };
-        let bias: Vec<f32> = (0..conv.out_channels).map(|c| (old_bias[c] * scale[c] + shift[c]) as f32).collect();
-        weights.insert(conv.weight.clone(), w);
-        let bias_name = conv.bias.clone().unwrap_or_else(|| format!("{}.bias", prev.name));
-        weights.insert(bias_name.clone(), ArrayD::from_shape_vec(IxDyn(&[conv.out_channels]), bias).expect("sized"));
+        let bias: Vec<f32> = (0..out_channels).map(|c| (old_bias[c] * scale[c] + shift[c]) as f32).collect();
+        weights.insert(weight_name.clone(), w);
+        let bias_name = bias_name.unwrap_or_else(|| format!("{}.bias", prev.name));
+        weights.insert(bias_name.clone(), ArrayD::from_shape_vec(IxDyn(&[out_channels]), bias).expect("sized"));
         for t in [&bn.weight, &bn.bias, &bn.running_mean, &bn.running_var] {
             weights.remove(t);
         }
@@ -64,8 +80,12 @@ pub fn fold_batch_norms(model: &Model) -> Result<Model> {
                 *i = c.clone();
             }
         }
-        if let (Op::Conv2d(conv), Some(b)) = (&mut n.op, new_conv_bias.get(&n.name)) {
-            conv.bias = Some(b.clone());
+        if let Some(b) = new_conv_bias.get(&n.name) {
+            match &mut n.op {
+                Op::Conv2d(conv) => conv.bias = Some(b.clone()),
+                Op::ConvTranspose2d(ct) => ct.bias = Some(b.clone()),
+                _ => {}
+            }
         }
     }
     if let Some(c) = folded.get(&graph.output) {

@@ -9,10 +9,12 @@
 //! - [`convert`]: the no-training conversion of a model (calibrated scales, fixed
 //!   polynomials, max pooling → average pooling), the baseline that training improves on.
 //!
-//! Training itself (candle) is not in this crate yet.
+//! - [`train`]: the fine-tuning itself, on candle: a trainable graph built from the IR,
+//!   SGD with momentum, checkpoints, and the export of the FHE-ready model.
 
 #![warn(missing_docs)]
 
 pub mod convert;
 pub mod hermite;
 pub mod polyact;
+pub mod train;

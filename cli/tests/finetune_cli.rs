@@ -1,0 +1,96 @@
+//! `peregrine finetune` end to end on ResNet-20 with a handful of images: JSON report,
+//! checkpoints, resuming, and clear errors.
+
+mod common;
+
+use common::*;
+use peregrine_core::format::load_model;
+
+fn resnet20() -> std::path::PathBuf {
+    let relu = tmp("r20-ft.safetensors");
+    if !relu.exists() {
+        let out = bin().args(["import", "resnet", "--weights"]).arg(shared("models/resnet20-cifar10.safetensors")).arg("-o").arg(&relu).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    relu
+}
+
+fn finetune(extra: &[&str], out: &std::path::Path) -> std::process::Output {
+    bin()
+        .args(["finetune", "--data"])
+        .arg(shared("data/cifar10"))
+        .args(["--limit", "64", "--batch", "32", "--eval-limit", "40", "--calibration-batches", "2", "--json"])
+        .args(extra)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn finetune_reports_checkpoints_and_resumes_to_the_same_model() {
+    let relu = resnet20();
+    let relu = relu.to_str().unwrap();
+    let full = tmp("ft-full.safetensors");
+    let v = json(finetune(&["--model", relu, "--degree", "2", "--epochs", "2"], &full));
+    assert_eq!(v["epochs"].as_array().unwrap().len(), 2);
+    assert_eq!(v["train_images"], 64);
+    assert_eq!(v["test_images"], 40);
+    assert!(v["baseline_test_accuracy"].as_f64().is_some() && v["test_accuracy"].as_f64().is_some());
+    let model = load_model(&full).unwrap();
+    assert_eq!(model.graph().name, "resnet20-sft2-e2");
+    let kinds: Vec<&str> = model.graph().nodes.iter().map(|n| n.op.kind()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "poly").count(), 19);
+    assert!(!kinds.contains(&"batch_norm") && !kinds.contains(&"relu"));
+    assert!(tmp("ft-full.ckpt.json").exists());
+
+    // The same run interrupted after one epoch and resumed.
+    let part = tmp("ft-part.safetensors");
+    let v = json(finetune(&["--model", relu, "--degree", "2", "--epochs", "2", "--stop-after", "1"], &part));
+    assert_eq!(v["epochs_done"], 1);
+    assert_eq!(load_model(&part).unwrap().graph().name, "resnet20-sft2-e1");
+    let ckpt = tmp("ft-part.ckpt.json");
+    let v = json(finetune(&["--resume", ckpt.to_str().unwrap()], &part));
+    assert_eq!(v["epochs_done"], 2);
+    let resumed = load_model(&part).unwrap();
+    assert_eq!(resumed.graph().name, "resnet20-sft2-e2");
+    let mut worst = 0.0f32;
+    for (name, w) in model.weights() {
+        let r = &resumed.weights()[name];
+        for (a, b) in w.iter().zip(r.iter()) {
+            worst = worst.max((a - b).abs() / (1.0 + a.abs()));
+        }
+    }
+    assert!(worst < 1e-3, "resumed run differs from the uninterrupted one by {worst}");
+}
+
+#[test]
+fn finetune_errors_name_the_problem() {
+    let relu = resnet20();
+    let relu = relu.to_str().unwrap();
+    let out = tmp("ft-bad.safetensors");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--model", relu, "--degree", "0", "--epochs", "0"], "degree must be 1..=16"),
+        (vec!["--model", relu, "--lr=-1", "--epochs", "0"], "learning rate must be a non-negative number"),
+        (vec!["--model", "/nonexistent/model.safetensors", "--epochs", "0"], "/nonexistent/model.safetensors"),
+        (vec!["--resume", "/nonexistent/run.ckpt.json"], "/nonexistent/run.ckpt.json"),
+    ];
+    for (args, want) in cases {
+        let o = finetune(&args, &out);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        assert!(e.contains(want), "{args:?}: expected '{want}' in: {e}");
+    }
+    // A file that is not a checkpoint.
+    let bogus = tmp("bogus.ckpt.json");
+    std::fs::write(&bogus, "{\"not\": 1}").unwrap();
+    let o = finetune(&["--resume", bogus.to_str().unwrap()], &out);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("not a fine-tuning checkpoint"), "{e}");
+    // Data directory without CIFAR-10 batches.
+    let empty = tmp("empty-data");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = bin().args(["finetune", "--model", relu, "--epochs", "0", "--data"]).arg(&empty).arg("-o").arg(&out).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("data_batch_1"), "{e}");
+}

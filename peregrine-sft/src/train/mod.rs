@@ -1,0 +1,15 @@
+//! Single-stage fine-tuning on candle (CPU).
+//!
+//! [`TrainModel`] builds a trainable graph from any model that imports (no per-architecture
+//! code); [`Finetuner`] runs SFT on it: PolyAct-RN activations with running-max ranges, SGD with
+//! momentum 0.9 and weight decay, cosine learning rate, random crop + flip, an optional range
+//! penalty for degree-2 leveled models, checkpoints that resume, and the export of the
+//! FHE-ready model.
+
+mod kernels;
+mod model;
+mod trainer;
+
+pub use kernels::{channel_stats, tensor_channel_stats, BatchNormInputGrad, BatchNormParamGrad, BatchNormTrain, Fold, PolyAct, PolyActGrad, Unfold, Window};
+pub use model::{candle_err, cross_entropy, predictions, to_channels_last, Activations, Forward, Pass, RangeState, TrainModel};
+pub use trainer::{evaluate, make_batch, CheckpointInfo, EpochReport, FinetuneConfig, Finetuner, StepReport};

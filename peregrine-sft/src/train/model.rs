@@ -1,0 +1,481 @@
+//! A trainable candle graph built generically from a model's IR.
+//!
+//! Batch norms train as batch norms (batch statistics in training passes, running statistics
+//! updated with momentum 0.1) and are folded into the convolution before them on export. Every ReLU / SiLU / GELU becomes PolyAct-RN when a degree is given,
+//! every existing polynomial activation is trained as PolyAct-RN with its current ranges, and
+//! max pooling becomes average pooling. Feature maps are channels-last (`[B, H, W, C]`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use ndarray::{ArrayD, IxDyn};
+use peregrine_core::ir::{Activation, Graph, Model, Op, Shape, INPUT};
+use peregrine_core::{Error, Result};
+
+use super::kernels::{tensor_channel_stats, BatchNormTrain, Fold, PolyAct, Unfold, Window};
+use crate::convert::fold_batch_norms;
+use crate::hermite::{gelu, hermite_polynomial, relu, silu};
+use crate::polyact::{EPS, MOMENTUM};
+
+/// Momentum of batch-norm running statistics.
+const BN_MOMENTUM: f64 = 0.1;
+
+/// What happens to the model's activations.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activations {
+    /// Keep ReLU / SiLU / GELU as they are (ordinary training); polynomial activations are
+    /// trained as PolyAct-RN.
+    Keep,
+    /// Replace every ReLU / SiLU / GELU by PolyAct-RN with the Hermite polynomial of `degree`
+    /// on `[-bound, bound]`, and max pooling by average pooling.
+    Hermite {
+        /// Polynomial degree (2, 4 or 8 in SFT).
+        degree: usize,
+        /// Bound B of normalised inputs.
+        bound: f64,
+    },
+}
+
+/// How a forward pass treats the statistics (activation ranges, batch-norm moments).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Training: update each running max with the batch and normalise by the wider of the
+    /// running range and the batch's own; batch norms use and record batch statistics.
+    Train,
+    /// Calibration: ranges as in training, batch norms frozen (the zero-epoch conversion).
+    Calibrate,
+    /// Inference: every statistic frozen (evaluation and export).
+    Frozen,
+}
+
+/// Per-channel PolyAct-RN state of one activation node.
+#[derive(Clone, Debug)]
+pub struct RangeState {
+    /// Base polynomials, `channels × (degree + 1)`.
+    pub coeffs: Vec<f32>,
+    /// Running range r_c (`None` until observed).
+    pub range: Vec<Option<f32>>,
+    /// Bound B.
+    pub bound: f32,
+}
+
+impl RangeState {
+    /// Channels.
+    pub fn channels(&self) -> usize {
+        self.range.len()
+    }
+    /// Range scales s_c = r_c + ε.
+    pub fn scales(&self) -> Vec<f32> {
+        self.range.iter().map(|r| r.unwrap_or(1.0) + EPS as f32).collect()
+    }
+    fn observe(&mut self, batch_max: &[f32]) {
+        for (r, m) in self.range.iter_mut().zip(batch_max) {
+            let target = m / self.bound;
+            *r = Some(match *r {
+                None => target,
+                Some(old) => (1.0 - MOMENTUM as f32) * old + MOMENTUM as f32 * target,
+            });
+        }
+    }
+}
+
+/// Result of a forward pass.
+pub struct Forward {
+    /// Logits `[B, classes]`.
+    pub logits: Tensor,
+    /// Σ over activations of mean(|t − clamp(t, −B, B)|), t the normalised input.
+    pub range_penalty: Tensor,
+}
+
+/// A model whose weights are candle variables.
+pub struct TrainModel {
+    graph: Graph,
+    shapes: Vec<Shape>,
+    params: BTreeMap<String, Var>,
+    /// Batch-norm running statistics (updated in training passes).
+    frozen: BTreeMap<String, Tensor>,
+    ranges: BTreeMap<String, RangeState>,
+    device: Device,
+    /// Whether training passes compute the range penalty.
+    pub track_penalty: bool,
+}
+
+fn to_tensor(a: &ArrayD<f32>, device: &Device) -> Result<Tensor> {
+    let data: Vec<f32> = a.iter().copied().collect();
+    Tensor::from_vec(data, a.shape(), device).map_err(candle_err)
+}
+
+/// Wraps a candle error.
+pub fn candle_err(e: candle_core::Error) -> Error {
+    Error::Unsupported(format!("training kernel: {e}"))
+}
+
+fn vec_of(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(candle_err)
+}
+
+impl TrainModel {
+    /// Builds the training graph of `model` (see the module documentation).
+    pub fn new(model: &Model, activations: Activations) -> Result<Self> {
+        if let Activations::Hermite { degree, bound } = activations {
+            if !(1..=16).contains(&degree) {
+                return Err(Error::Unsupported(format!("polynomial degree must be 1..=16, got {degree}")));
+            }
+            if !(bound > 0.0 && bound.is_finite()) {
+                return Err(Error::Unsupported(format!("the range bound must be positive, got {bound}")));
+            }
+        }
+        let device = Device::Cpu;
+        let (mut graph, weights) = model.clone().into_parts();
+        let shapes = model.shapes().to_vec();
+        let mut params = BTreeMap::new();
+        let mut frozen = BTreeMap::new();
+        let mut ranges = BTreeMap::new();
+        for (i, node) in graph.nodes.iter_mut().enumerate() {
+            let channels = |j: usize| shapes[j].first().copied().unwrap_or(1);
+            let input_index = model.node_index(&node.inputs[0]);
+            match &node.op {
+                Op::BatchNorm(bn) => {
+                    for t in [&bn.weight, &bn.bias] {
+                        params.insert(t.clone(), Var::from_tensor(&to_tensor(&weights[t], &device)?).map_err(candle_err)?);
+                    }
+                    for t in [&bn.running_mean, &bn.running_var] {
+                        frozen.insert(t.clone(), to_tensor(&weights[t], &device)?);
+                    }
+                }
+                Op::Activation(Activation::Poly { coeffs, input_scale }) => {
+                    let a = &weights[coeffs];
+                    let (c, terms) = (a.shape()[0], a.shape()[1]);
+                    let s: Vec<f32> = match input_scale {
+                        Some(n) => weights[n].iter().map(|v| 1.0 / v).collect(),
+                        None => vec![1.0; c],
+                    };
+                    let base: Vec<f32> = a.iter().enumerate().map(|(k, v)| v / s[k / terms]).collect();
+                    let range = s.iter().map(|s| Some(s - EPS as f32)).collect();
+                    let bound = match activations {
+                        Activations::Hermite { bound, .. } => bound as f32,
+                        Activations::Keep => crate::polyact::DEFAULT_BOUND as f32,
+                    };
+                    ranges.insert(node.name.clone(), RangeState { coeffs: base, range, bound });
+                }
+                Op::Activation(act) => {
+                    if let Activations::Hermite { degree, bound } = activations {
+                        let f: fn(f64) -> f64 = match act {
+                            Activation::Relu => relu,
+                            Activation::Silu => silu,
+                            _ => gelu,
+                        };
+                        let Some(j) = input_index else {
+                            return Err(Error::Unsupported(format!("activation '{}' directly on the model input", node.name)));
+                        };
+                        let c = channels(j);
+                        let p: Vec<f32> = hermite_polynomial(f, degree).iter().map(|v| *v as f32).collect();
+                        let coeffs = (0..c).flat_map(|_| p.iter().copied()).collect();
+                        ranges.insert(node.name.clone(), RangeState { coeffs, range: vec![None; c], bound: bound as f32 });
+                    }
+                }
+                Op::MaxPool(p) => {
+                    if matches!(activations, Activations::Hermite { .. }) {
+                        node.op = Op::AvgPool(p.clone());
+                    }
+                }
+                op => {
+                    for (_, t) in op.weight_refs() {
+                        params.insert(t.to_string(), Var::from_tensor(&to_tensor(&weights[t], &device)?).map_err(candle_err)?);
+                    }
+                }
+            }
+            let _ = i;
+        }
+        Ok(TrainModel { graph, shapes, params, frozen, ranges, device, track_penalty: false })
+    }
+
+    /// The candle device (CPU).
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The trainable variables by weight name.
+    pub fn params(&self) -> &BTreeMap<String, Var> {
+        &self.params
+    }
+
+    /// PolyAct-RN states by activation node name.
+    pub fn ranges(&self) -> &BTreeMap<String, RangeState> {
+        &self.ranges
+    }
+
+    /// Number of PolyAct-RN activations.
+    pub fn poly_activations(&self) -> usize {
+        self.ranges.len()
+    }
+
+    fn param(&self, name: &str) -> &Tensor {
+        self.params[name].as_tensor()
+    }
+
+    /// Runs a batch `[B, H, W, C]` (channels-last, preprocessed) through the graph.
+    pub fn forward(&mut self, x: &Tensor, pass: Pass) -> Result<Forward> {
+        self.forward_inner(x, pass).map_err(candle_err)
+    }
+
+    fn forward_inner(&mut self, x: &Tensor, pass: Pass) -> candle_core::Result<Forward> {
+        let batch = x.dims()[0];
+        let mut values: HashMap<String, Tensor> = HashMap::new();
+        values.insert(INPUT.to_string(), x.clone());
+        let mut penalty = Tensor::zeros((), DType::F32, &self.device)?;
+        let nodes = self.graph.nodes.clone();
+        for node in &nodes {
+            let ins: Vec<&Tensor> = node.inputs.iter().map(|n| &values[n]).collect();
+            let x = ins[0];
+            let y = match &node.op {
+                Op::Conv2d(c) => {
+                    let d = x.dims4()?;
+                    let win = Window {
+                        batch,
+                        input: [d.1, d.2],
+                        channels: c.in_channels,
+                        groups: c.groups,
+                        kernel: c.kernel,
+                        stride: c.stride,
+                        padding: c.padding,
+                        dilation: c.dilation,
+                    };
+                    let [oh, ow] = win.output();
+                    let cols = x.contiguous()?.apply_op1(Unfold(win))?;
+                    // IR weight (out, in/g, kh, kw) -> (out, kh, kw, in/g)
+                    let w = self.param(&c.weight).permute((0, 2, 3, 1))?;
+                    let y = grouped_matmul(&cols, &w, c.groups, c.out_channels)?;
+                    let y = match &c.bias {
+                        Some(b) => y.broadcast_add(self.param(b))?,
+                        None => y,
+                    };
+                    y.reshape((batch, oh, ow, c.out_channels))?
+                }
+                Op::ConvTranspose2d(c) => {
+                    let d = x.dims4()?;
+                    let shape = &self.shapes[self.index(&node.name)];
+                    let win = Window {
+                        batch,
+                        input: [shape[1], shape[2]],
+                        channels: c.out_channels,
+                        groups: c.groups,
+                        kernel: c.kernel,
+                        stride: c.stride,
+                        padding: c.padding,
+                        dilation: c.dilation,
+                    };
+                    if win.output() != [d.1, d.2] {
+                        candle_core::bail!("conv_transpose '{}': geometry mismatch", node.name);
+                    }
+                    let g = c.groups;
+                    let (cin_g, cout_g) = (c.in_channels / g, c.out_channels / g);
+                    let k = c.kernel[0] * c.kernel[1];
+                    // IR weight (in, out/g, kh, kw) -> per group (in/g, kh·kw·out/g)
+                    let w = self.param(&c.weight).permute((0, 2, 3, 1))?.reshape((g, cin_g, k * cout_g))?;
+                    let rows = x.contiguous()?.reshape((batch * d.1 * d.2, g, cin_g))?;
+                    let cols = if g == 1 {
+                        rows.squeeze(1)?.matmul(&w.squeeze(0)?)?
+                    } else {
+                        rows.transpose(0, 1)?.contiguous()?.matmul(&w)?.transpose(0, 1)?.reshape((batch * d.1 * d.2, g * k * cout_g))?
+                    };
+                    let y = cols.contiguous()?.apply_op1(Fold(win))?;
+                    match &c.bias {
+                        Some(b) => y.broadcast_add(self.param(b))?,
+                        None => y,
+                    }
+                }
+                Op::BatchNorm(bn) => {
+                    let c = bn.channels;
+                    if pass == Pass::Train {
+                        let (_, mean, var) = tensor_channel_stats(x)?;
+                        let n = (x.elem_count() / c) as f32;
+                        let m = BN_MOMENTUM as f32;
+                        let blend = |old: &Tensor, new: Vec<f32>| -> candle_core::Result<Tensor> {
+                            let old = old.to_vec1::<f32>()?;
+                            let v: Vec<f32> = old.iter().zip(new).map(|(o, n)| (1.0 - m) * o + m * n).collect();
+                            Tensor::from_vec(v, c, &self.device)
+                        };
+                        let unbiased: Vec<f32> = var.iter().map(|v| v * n / (n - 1.0).max(1.0)).collect();
+                        let rm = blend(&self.frozen[&bn.running_mean], mean.clone())?;
+                        let rv = blend(&self.frozen[&bn.running_var], unbiased)?;
+                        self.frozen.insert(bn.running_mean.clone(), rm);
+                        self.frozen.insert(bn.running_var.clone(), rv);
+                        let op = BatchNormTrain {
+                            std: Arc::new(var.iter().map(|v| (v + bn.eps as f32).sqrt()).collect()),
+                            mean: Arc::new(mean),
+                            gamma: Arc::new(self.param(&bn.weight).to_vec1::<f32>()?),
+                        };
+                        x.contiguous()?.apply_op3(self.param(&bn.weight), self.param(&bn.bias), op)?
+                    } else {
+                        let var = (&self.frozen[&bn.running_var] + bn.eps)?.sqrt()?;
+                        let scale = self.param(&bn.weight).div(&var)?;
+                        let shift = (self.param(&bn.bias) - self.frozen[&bn.running_mean].mul(&scale)?)?;
+                        x.broadcast_mul(&scale)?.broadcast_add(&shift)?
+                    }
+                }
+                Op::Activation(act) => match self.ranges.get_mut(&node.name) {
+                    Some(state) => {
+                        let c = state.channels();
+                        let mut scales = state.scales();
+                        if pass != Pass::Frozen {
+                            // Like batch norm's batch statistics: the batch is normalised by
+                            // its own range when that is wider than the running one, so every
+                            // training input lies in [−B, B]; inference uses the running range.
+                            let (m, _, _) = tensor_channel_stats(x)?;
+                            state.observe(&m);
+                            scales = state.scales();
+                            for (s, m) in scales.iter_mut().zip(&m) {
+                                *s = s.max(m / state.bound + EPS as f32);
+                            }
+                        }
+                        let s = Tensor::from_slice(&scales, c, &self.device)?;
+                        let _ = &s;
+                        if self.track_penalty && pass == Pass::Train {
+                            let t = x.broadcast_div(&s)?;
+                            let excess = (t.abs()? - state.bound as f64)?.relu()?.mean_all()?;
+                            penalty = (penalty + excess)?;
+                        }
+                        let op = PolyAct { coeffs: Arc::new(state.coeffs.clone()), scales: Arc::new(scales) };
+                        x.contiguous()?.apply_op1(op)?
+                    }
+                    None => match act {
+                        Activation::Relu => x.relu()?,
+                        Activation::Silu => x.silu()?,
+                        Activation::Gelu => x.gelu_erf()?,
+                        Activation::Poly { .. } => unreachable!("polynomial activations always have a range state"),
+                    },
+                },
+                Op::AvgPool(p) | Op::MaxPool(p) => {
+                    let d = x.dims4()?;
+                    let win = Window::pooling(x.dims4()?, p.kernel, p.stride, p.padding);
+                    let [oh, ow] = win.output();
+                    let k = p.kernel[0] * p.kernel[1];
+                    let cols = x.contiguous()?.apply_op1(Unfold(win))?.reshape((batch * oh * ow, k, d.3))?;
+                    let pooled = if matches!(node.op, Op::MaxPool(_)) { cols.max(1)? } else { (cols.sum(1)? / k as f64)? };
+                    pooled.reshape((batch, oh, ow, d.3))?
+                }
+                Op::GlobalAvgPool => x.mean_keepdim(1)?.mean_keepdim(2)?,
+                Op::Linear(l) => {
+                    let y = x.matmul(&self.param(&l.weight).t()?)?;
+                    match &l.bias {
+                        Some(b) => y.broadcast_add(self.param(b))?,
+                        None => y,
+                    }
+                }
+                Op::Add => {
+                    let mut acc = x.clone();
+                    for t in &ins[1..] {
+                        acc = (acc + *t)?;
+                    }
+                    acc
+                }
+                Op::Concat => Tensor::cat(&ins, 3)?,
+                Op::Upsample { factor } => {
+                    let (b, h, w, c) = x.dims4()?;
+                    let f = *factor;
+                    x.reshape((b, h, 1, w, 1, c))?.broadcast_as((b, h, f, w, f, c))?.contiguous()?.reshape((b, h * f, w * f, c))?
+                }
+                Op::SubsampleChannelPad { stride, pad_before, pad_after } => {
+                    let d = x.dims4()?;
+                    let win = Window::pooling(d, [1, 1], [*stride, *stride], [0, 0]);
+                    let [oh, ow] = win.output();
+                    x.contiguous()?
+                        .apply_op1(Unfold(win))?
+                        .reshape((batch, oh, ow, d.3))?
+                        .pad_with_zeros(3, *pad_before, *pad_after)?
+                }
+                Op::Flatten => {
+                    if x.rank() == 4 {
+                        x.permute((0, 3, 1, 2))?.contiguous()?.flatten_from(1)?
+                    } else {
+                        x.clone()
+                    }
+                }
+            };
+            values.insert(node.name.clone(), y);
+        }
+        let out = values.remove(&self.graph.output).expect("output computed");
+        let logits = if out.rank() == 4 { out.permute((0, 3, 1, 2))?.contiguous()?.flatten_from(1)? } else { out };
+        Ok(Forward { logits, range_penalty: penalty })
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.graph.nodes.iter().position(|n| n.name == name).expect("node exists")
+    }
+
+    /// The model with the current weights and frozen ranges, in the IR: polynomial
+    /// activations with per-channel coefficients `s_c·p` and input scales `1/s_c`, batch norms
+    /// folded into the convolution before them.
+    pub fn export(&self, name_suffix: &str) -> Result<Model> {
+        fold_batch_norms(&self.export_unfolded(name_suffix)?)
+    }
+
+    /// Like [`TrainModel::export`] but with the batch norms kept (with their running
+    /// statistics): the form a checkpoint stores, from which training resumes unchanged.
+    pub fn export_unfolded(&self, name_suffix: &str) -> Result<Model> {
+        let mut weights = BTreeMap::new();
+        for (name, var) in &self.params {
+            let t = var.as_tensor();
+            weights.insert(name.clone(), ArrayD::from_shape_vec(IxDyn(t.dims()), vec_of(t)?).expect("sized"));
+        }
+        for (name, t) in &self.frozen {
+            weights.insert(name.clone(), ArrayD::from_shape_vec(IxDyn(t.dims()), vec_of(t)?).expect("sized"));
+        }
+        let mut graph = self.graph.clone();
+        for node in graph.nodes.iter_mut() {
+            let Some(state) = self.ranges.get(&node.name) else { continue };
+            if state.range.iter().any(Option::is_none) {
+                return Err(Error::Unsupported(format!(
+                    "activation '{}' has no range statistics yet: calibrate or train before exporting",
+                    node.name
+                )));
+            }
+            let c = state.channels();
+            let terms = state.coeffs.len() / c;
+            let s = state.scales();
+            let coeffs: Vec<f32> = state.coeffs.iter().enumerate().map(|(k, a)| a * s[k / terms]).collect();
+            let inv: Vec<f32> = s.iter().map(|s| 1.0 / s).collect();
+            let (cn, sn) = (format!("{}.poly_coeffs", node.name), format!("{}.poly_input_scale", node.name));
+            weights.insert(cn.clone(), ArrayD::from_shape_vec(IxDyn(&[c, terms]), coeffs).expect("sized"));
+            weights.insert(sn.clone(), ArrayD::from_shape_vec(IxDyn(&[c]), inv).expect("sized"));
+            node.op = Op::Activation(Activation::Poly { coeffs: cn, input_scale: Some(sn) });
+        }
+        if !name_suffix.is_empty() {
+            graph.name = format!("{}{name_suffix}", graph.name);
+        }
+        Model::new(graph, weights)
+    }
+}
+
+/// `cols [N, g·K] × w [out, K]` per group (columns ordered group-major) → `[N, out]`.
+fn grouped_matmul(cols: &Tensor, w: &Tensor, groups: usize, out: usize) -> candle_core::Result<Tensor> {
+    let n = cols.dims()[0];
+    let k = cols.dims()[1] / groups;
+    let w = w.reshape((groups, out / groups, k))?;
+    if groups == 1 {
+        return cols.matmul(&w.squeeze(0)?.t()?);
+    }
+    let per = cols.reshape((n, groups, k))?.transpose(0, 1)?.contiguous()?;
+    let y = per.matmul(&w.transpose(1, 2)?)?; // [g, N, out/g]
+    y.transpose(0, 1)?.contiguous()?.reshape((n, out))
+}
+
+/// Converts preprocessed `[B, C, H, W]` data to the channels-last layout of the training graph.
+pub fn to_channels_last(x: &ArrayD<f32>, device: &Device) -> Result<Tensor> {
+    let t = to_tensor(x, device)?;
+    let t = if t.rank() == 4 { t.permute((0, 2, 3, 1)).and_then(|t| t.contiguous()).map_err(candle_err)? } else { t };
+    Ok(t)
+}
+
+/// Mean cross-entropy of `logits [B, K]` against `labels`.
+pub fn cross_entropy(logits: &Tensor, labels: &[u8]) -> Result<Tensor> {
+    let target = Tensor::from_iter(labels.iter().map(|&l| l as u32), logits.device()).map_err(candle_err)?;
+    candle_nn::loss::cross_entropy(logits, &target).map_err(candle_err)
+}
+
+/// Per-row argmax of `logits [B, K]`.
+pub fn predictions(logits: &Tensor) -> Result<Vec<u32>> {
+    logits.argmax(D::Minus1).and_then(|t| t.to_vec1::<u32>()).map_err(candle_err)
+}

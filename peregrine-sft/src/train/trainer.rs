@@ -1,0 +1,392 @@
+//! The fine-tuning loop: augmentation, SGD with momentum and weight decay, cosine learning
+//! rate, range calibration, checkpoints.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use ndarray::{ArrayD, IxDyn};
+use peregrine_core::data::LabeledImages;
+use peregrine_core::format::{load_model, load_tensors, save_model, tensors_to_bytes};
+use peregrine_core::ir::{InputSpec, Model};
+use peregrine_core::{Error, Result};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::model::{candle_err, cross_entropy, predictions, Activations, Pass, TrainModel};
+
+/// Settings of one fine-tuning run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneConfig {
+    /// Polynomial degree of the PolyAct-RN replacement (`None`: keep the activations).
+    pub degree: Option<usize>,
+    /// Bound B of normalised activation inputs.
+    pub bound: f64,
+    /// Epochs over the training set (0: calibrate and convert only).
+    pub epochs: usize,
+    /// Images per batch.
+    pub batch: usize,
+    /// Peak learning rate (cosine decay to zero over the run).
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// λ of the range penalty λ·Σ mean(|t − clamp(t, −B, B)|) (0 disables it).
+    pub range_penalty: f64,
+    /// Steps over which λ ramps linearly from 0.
+    pub penalty_warmup: usize,
+    /// Training batches (unaugmented) that calibrate the ranges before training.
+    pub calibration_batches: usize,
+    /// Random crop with 4-pixel padding and horizontal flips.
+    pub augment: bool,
+    /// Seed of shuffling and augmentation.
+    pub seed: u64,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig {
+            degree: Some(4),
+            bound: crate::polyact::DEFAULT_BOUND,
+            epochs: 1,
+            batch: 64,
+            lr: 1e-3,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            range_penalty: 0.0,
+            penalty_warmup: 100,
+            calibration_batches: 20,
+            augment: true,
+            seed: 1,
+        }
+    }
+}
+
+impl FinetuneConfig {
+    /// The activation treatment this configuration asks for.
+    pub fn activations(&self) -> Activations {
+        match self.degree {
+            Some(degree) => Activations::Hermite { degree, bound: self.bound },
+            None => Activations::Keep,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Unsupported(m));
+        if self.batch == 0 {
+            return bad("the batch size must be at least 1".into());
+        }
+        if !(self.lr >= 0.0 && self.lr.is_finite()) {
+            return bad(format!("the learning rate must be a non-negative number, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad(format!("the momentum must be in [0, 1), got {}", self.momentum));
+        }
+        if !(self.range_penalty >= 0.0 && self.weight_decay >= 0.0) {
+            return bad("the range penalty and the weight decay must be non-negative".into());
+        }
+        if let Some(d) = self.degree {
+            if !(1..=16).contains(&d) {
+                return bad(format!("polynomial degree must be 1..=16, got {d}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Progress of one training step, for progress bars.
+#[derive(Clone, Copy, Debug)]
+pub struct StepReport {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Step within the epoch (1-based).
+    pub step: usize,
+    /// Steps per epoch.
+    pub steps: usize,
+    /// Running mean cross-entropy over the epoch so far.
+    pub loss: f64,
+    /// Running training accuracy over the epoch so far.
+    pub accuracy: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// Summary of one epoch.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct EpochReport {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Mean training cross-entropy.
+    pub loss: f64,
+    /// Training accuracy (augmented images).
+    pub accuracy: f64,
+    /// Wall time of the epoch in seconds.
+    pub seconds: f64,
+}
+
+/// Turns planar `u8` images into a channels-last batch, with optional random crop (zero
+/// padding of 4 pixels, as raw black pixels) and horizontal flip.
+pub fn make_batch(images: &LabeledImages, idx: &[usize], input: &InputSpec, rng: Option<&mut StdRng>) -> Result<Tensor> {
+    let [c, h, w] = images.shape;
+    if input.shape != [c, h, w] {
+        return Err(Error::Shape(format!("images are {c}×{h}×{w}, the model takes {:?}", input.shape)));
+    }
+    let p = &input.preprocess;
+    let scale: Vec<f32> = p.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
+    let shift: Vec<f32> = p.mean.iter().zip(&p.std).map(|(m, s)| -m / s).collect();
+    let mut out = vec![0.0f32; idx.len() * c * h * w];
+    let mut rng = rng;
+    for (b, &i) in idx.iter().enumerate() {
+        let (dy, dx, flip) = match rng.as_deref_mut() {
+            Some(r) => (r.gen_range(0..9) as isize - 4, r.gen_range(0..9) as isize - 4, r.gen_bool(0.5)),
+            None => (0, 0, false),
+        };
+        let img = images.image(i);
+        let dst = &mut out[b * c * h * w..(b + 1) * c * h * w];
+        for y in 0..h {
+            for x in 0..w {
+                let sy = y as isize + dy;
+                let sx0 = if flip { w - 1 - x } else { x } as isize + dx;
+                for ch in 0..c {
+                    let v = if sy < 0 || sy >= h as isize || sx0 < 0 || sx0 >= w as isize {
+                        0.0
+                    } else {
+                        img[ch * h * w + sy as usize * w + sx0 as usize] as f32
+                    };
+                    dst[(y * w + x) * c + ch] = v * scale[ch] + shift[ch];
+                }
+            }
+        }
+    }
+    Tensor::from_vec(out, (idx.len(), h, w, c), &candle_core::Device::Cpu).map_err(candle_err)
+}
+
+/// What a checkpoint's JSON file records.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    /// Configuration of the run.
+    pub config: FinetuneConfig,
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// Optimiser steps taken.
+    pub steps_done: usize,
+    /// Model file (exported, loadable by every tool).
+    pub model: PathBuf,
+    /// Momentum buffers file.
+    pub momenta: PathBuf,
+    /// Reports of the completed epochs.
+    pub history: Vec<EpochReport>,
+}
+
+/// A fine-tuning run: the model, the optimiser state and the schedule.
+pub struct Finetuner {
+    /// The training graph.
+    pub model: TrainModel,
+    config: FinetuneConfig,
+    momenta: BTreeMap<String, Tensor>,
+    steps_done: usize,
+    epochs_done: usize,
+    history: Vec<EpochReport>,
+    input: InputSpec,
+    name: String,
+}
+
+impl Finetuner {
+    /// Starts a run from `model` (activations converted as `config` asks).
+    pub fn new(model: &Model, config: FinetuneConfig) -> Result<Self> {
+        config.validate()?;
+        let input = model.graph().input.clone();
+        let name = model.graph().name.clone();
+        let mut model = TrainModel::new(model, config.activations())?;
+        model.track_penalty = config.range_penalty > 0.0;
+        Ok(Finetuner { model, config, momenta: BTreeMap::new(), steps_done: 0, epochs_done: 0, history: Vec::new(), input, name })
+    }
+
+    /// Resumes the run recorded in the checkpoint JSON at `path`.
+    pub fn resume(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let info: CheckpointInfo = serde_json::from_str(&text)
+            .map_err(|e| Error::Data(format!("{} is not a fine-tuning checkpoint: {e}", path.display())))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let model = load_model(dir.join(&info.model))?;
+        let mut run = Finetuner::new(&model, info.config.clone())?;
+        let momenta = load_tensors(dir.join(&info.momenta))?;
+        for (name, a) in momenta {
+            if !run.model.params().contains_key(&name) {
+                return Err(Error::Data(format!("checkpoint momentum '{name}' matches no trainable weight")));
+            }
+            let t = Tensor::from_vec(a.iter().copied().collect::<Vec<f32>>(), a.shape(), run.model.device()).map_err(candle_err)?;
+            run.momenta.insert(name, t);
+        }
+        run.steps_done = info.steps_done;
+        run.epochs_done = info.epochs_done;
+        run.history = info.history;
+        run.name = model.graph().name.clone();
+        Ok(run)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &FinetuneConfig {
+        &self.config
+    }
+
+    /// Epochs already completed.
+    pub fn epochs_done(&self) -> usize {
+        self.epochs_done
+    }
+
+    /// Reports of completed epochs.
+    pub fn history(&self) -> &[EpochReport] {
+        &self.history
+    }
+
+    /// Observes the ranges over the first `calibration_batches` batches of `images`, without
+    /// augmentation and without changing any weight.
+    pub fn calibrate(&mut self, images: &LabeledImages) -> Result<()> {
+        let b = self.config.batch;
+        let batches = self.config.calibration_batches.max(1).min(images.len().div_ceil(b));
+        for k in 0..batches {
+            let idx: Vec<usize> = (k * b..((k + 1) * b).min(images.len())).collect();
+            let x = make_batch(images, &idx, &self.input, None)?;
+            self.model.forward(&x, Pass::Calibrate)?;
+        }
+        Ok(())
+    }
+
+    fn steps_per_epoch(&self, n: usize) -> usize {
+        n.div_ceil(self.config.batch)
+    }
+
+    fn learning_rate(&self, step: usize, total: usize) -> f64 {
+        let t = step as f64 / total.max(1) as f64;
+        self.config.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+    }
+
+    /// Trains one epoch over `images` (shuffled with a seed derived from the epoch), calling
+    /// `progress` after every step.
+    pub fn train_epoch(&mut self, images: &LabeledImages, mut progress: impl FnMut(StepReport)) -> Result<EpochReport> {
+        let start = std::time::Instant::now();
+        let epoch = self.epochs_done;
+        let steps = self.steps_per_epoch(images.len());
+        let total = steps * self.config.epochs;
+        let mut rng = StdRng::seed_from_u64(self.config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut order: Vec<usize> = (0..images.len()).collect();
+        order.shuffle(&mut rng);
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let want_penalty = self.config.range_penalty > 0.0;
+        for (k, idx) in order.chunks(self.config.batch).enumerate() {
+            let x = make_batch(images, idx, &self.input, self.config.augment.then_some(&mut rng))?;
+            let labels: Vec<u8> = idx.iter().map(|&i| images.labels[i]).collect();
+            let out = self.model.forward(&x, Pass::Train)?;
+            let ce = cross_entropy(&out.logits, &labels)?;
+            let loss = if want_penalty {
+                let ramp = ((self.steps_done + 1) as f64 / self.config.penalty_warmup.max(1) as f64).min(1.0);
+                (&ce + (out.range_penalty * (self.config.range_penalty * ramp)).map_err(candle_err)?).map_err(candle_err)?
+            } else {
+                ce.clone()
+            };
+            let lr = self.learning_rate(self.steps_done, total);
+            self.step(&loss, lr)?;
+            self.steps_done += 1;
+            let ce_value = ce.to_scalar::<f32>().map_err(candle_err)? as f64;
+            if !ce_value.is_finite() {
+                return Err(Error::Unsupported(format!(
+                    "training diverged at epoch {} step {} (loss is {ce_value}); lower --lr or raise --bound",
+                    epoch + 1,
+                    k + 1
+                )));
+            }
+            let pred = predictions(&out.logits)?;
+            correct += pred.iter().zip(&labels).filter(|(p, l)| **p == **l as u32).count();
+            seen += labels.len();
+            loss_sum += ce_value * labels.len() as f64;
+            progress(StepReport { epoch, step: k + 1, steps, loss: loss_sum / seen as f64, accuracy: correct as f64 / seen as f64, lr });
+        }
+        self.epochs_done += 1;
+        let report = EpochReport { epoch, loss: loss_sum / seen as f64, accuracy: correct as f64 / seen as f64, seconds: start.elapsed().as_secs_f64() };
+        self.history.push(report);
+        Ok(report)
+    }
+
+    fn step(&mut self, loss: &Tensor, lr: f64) -> Result<()> {
+        let grads = loss.backward().map_err(candle_err)?;
+        let (mu, wd) = (self.config.momentum, self.config.weight_decay);
+        for (name, var) in self.model.params() {
+            let Some(g) = grads.get(var) else { continue };
+            let w = var.as_tensor();
+            let g = (g + (w * wd).map_err(candle_err)?).map_err(candle_err)?;
+            let m = match self.momenta.get(name) {
+                Some(m) => ((m * mu).map_err(candle_err)? + g).map_err(candle_err)?,
+                None => g,
+            };
+            var.set(&(w - (&m * lr).map_err(candle_err)?).map_err(candle_err)?).map_err(candle_err)?;
+            self.momenta.insert(name.clone(), m);
+        }
+        Ok(())
+    }
+
+    /// The FHE-ready model (ranges frozen into per-channel polynomial coefficients).
+    pub fn export(&self) -> Result<Model> {
+        crate::convert::fold_batch_norms(&self.export_unfolded()?)
+    }
+
+    /// The model with batch norms unfolded (what checkpoints store).
+    fn export_unfolded(&self) -> Result<Model> {
+        let suffix = match (self.config.degree, self.epochs_done) {
+            (Some(d), e) => format!("-sft{d}-e{e}"),
+            (None, e) => format!("-e{e}"),
+        };
+        let base = self.name.split("-sft").next().unwrap_or(&self.name).split("-e").next().unwrap_or(&self.name).to_string();
+        let (mut graph, weights) = self.model.export_unfolded("")?.into_parts();
+        graph.name = format!("{base}{suffix}");
+        Model::new(graph, weights)
+    }
+
+    /// Writes `<stem>.ckpt.json`, `<stem>.ckpt.safetensors` (the model with batch norms
+    /// still unfolded, loadable by every tool) and
+    /// `<stem>.ckpt.momenta.safetensors` next to `output`; returns the JSON path.
+    pub fn save_checkpoint(&self, output: &Path) -> Result<PathBuf> {
+        let stem = output.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+        let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let model_file = PathBuf::from(format!("{stem}.ckpt.safetensors"));
+        let momenta_file = PathBuf::from(format!("{stem}.ckpt.momenta.safetensors"));
+        save_model(&self.export_unfolded()?, dir.join(&model_file))?;
+        let mut momenta = BTreeMap::new();
+        for (name, t) in &self.momenta {
+            let data = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(candle_err)?;
+            momenta.insert(name.clone(), ArrayD::from_shape_vec(IxDyn(t.dims()), data).expect("sized"));
+        }
+        let bytes = tensors_to_bytes(&momenta, None)?;
+        let mpath = dir.join(&momenta_file);
+        std::fs::write(&mpath, bytes).map_err(|e| Error::io(&mpath, e))?;
+        let info = CheckpointInfo {
+            config: self.config.clone(),
+            epochs_done: self.epochs_done,
+            steps_done: self.steps_done,
+            model: model_file,
+            momenta: momenta_file,
+            history: self.history.clone(),
+        };
+        let path = dir.join(format!("{stem}.ckpt.json"));
+        let json = serde_json::to_string_pretty(&info).expect("serialisable");
+        std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
+        Ok(path)
+    }
+}
+
+/// Accuracy of `model` in the f32 reference executor over `images`.
+pub fn evaluate(model: &Model, images: &LabeledImages) -> Result<f64> {
+    use peregrine_core::reference::{argmax_rows, Reference};
+    let exec = Reference::<f32>::new(model);
+    let mut correct = 0usize;
+    for start in (0..images.len()).step_by(500) {
+        let part = images.slice(start..(start + 500).min(images.len()));
+        let x = peregrine_core::data::preprocess::<f32>(&part.pixels, part.len(), &model.graph().input)?;
+        let y = exec.run_parallel(&x, 100)?;
+        correct += argmax_rows(&y).iter().zip(&part.labels).filter(|(p, l)| **p == **l as usize).count();
+    }
+    Ok(correct as f64 / images.len().max(1) as f64)
+}
