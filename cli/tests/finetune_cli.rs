@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use peregrine_core::format::load_model;
 
-fn resnet20() -> std::path::PathBuf {
-    let relu = tmp("r20-ft.safetensors");
+fn resnet20(tag: &str) -> std::path::PathBuf {
+    let relu = tmp(&format!("r20-ft-{tag}.safetensors"));
     if !relu.exists() {
         let out = bin().args(["import", "resnet", "--weights"]).arg(shared("models/resnet20-cifar10.safetensors")).arg("-o").arg(&relu).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -29,7 +29,7 @@ fn finetune(extra: &[&str], out: &std::path::Path) -> std::process::Output {
 
 #[test]
 fn finetune_reports_checkpoints_and_resumes_to_the_same_model() {
-    let relu = resnet20();
+    let relu = resnet20("resume");
     let relu = relu.to_str().unwrap();
     let full = tmp("ft-full.safetensors");
     let v = json(finetune(&["--model", relu, "--degree", "2", "--epochs", "2"], &full));
@@ -66,7 +66,7 @@ fn finetune_reports_checkpoints_and_resumes_to_the_same_model() {
 
 #[test]
 fn finetune_errors_name_the_problem() {
-    let relu = resnet20();
+    let relu = resnet20("errors");
     let relu = relu.to_str().unwrap();
     let out = tmp("ft-bad.safetensors");
     let cases: Vec<(Vec<&str>, &str)> = vec![

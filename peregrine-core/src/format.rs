@@ -45,10 +45,19 @@ pub fn tensors_to_bytes(weights: &Weights, meta: Option<HashMap<String, String>>
     safetensors::serialize(views, meta).map_err(|e| Error::MalformedModel(e.to_string()))
 }
 
-/// Writes a model to `path`.
+/// Writes a model to `path`, atomically: the bytes go to a temporary file beside it, which is
+/// then renamed, so readers never see a half-written model and a failed write loses nothing.
 pub fn save_model(model: &Model, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
     let bytes = model_to_bytes(model)?;
-    std::fs::write(path.as_ref(), bytes).map_err(|e| Error::io(path, e))
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
 }
 
 /// Reads and validates a model from `path`.
