@@ -12,7 +12,7 @@ use peregrine_core::data::{load_cifar10, load_image, preprocess};
 use peregrine_core::format::{load_model, save_model};
 use peregrine_core::import::import_cifar_resnet;
 use peregrine_core::plugin::discover;
-use peregrine_core::reference::{argmax_rows, Real, Reference};
+use peregrine_core::reference::{argmax_rows, Real, Reference, NO_PREDICTION};
 use rayon::prelude::*;
 use serde_json::json;
 
@@ -70,14 +70,17 @@ fn eval_as<T: Real>(model_path: &Path, data: &Path, limit: Option<usize>, batch:
     let n = images.len();
     let pb = progress(n as u64, json, "eval");
     let correct = AtomicUsize::new(0);
+    let overflowed = AtomicUsize::new(0);
     let infer_start = Instant::now();
     let chunks: Vec<(usize, usize)> = (0..n).step_by(batch).map(|s| (s, (s + batch).min(n))).collect();
     chunks.par_iter().try_for_each(|&(a, b)| -> Result<()> {
         let part = images.slice(a..b);
         let x = preprocess::<T>(&part.pixels, part.len(), input)?;
         let y = exec.run(&x)?;
-        let hits = argmax_rows(&y).iter().zip(&part.labels).filter(|(p, l)| **p == **l as usize).count();
+        let pred = argmax_rows(&y);
+        let hits = pred.iter().zip(&part.labels).filter(|(p, l)| **p == **l as usize).count();
         correct.fetch_add(hits, Ordering::Relaxed);
+        overflowed.fetch_add(pred.iter().filter(|p| **p == NO_PREDICTION).count(), Ordering::Relaxed);
         pb.inc((b - a) as u64);
         Ok(())
     })?;
@@ -85,22 +88,24 @@ fn eval_as<T: Real>(model_path: &Path, data: &Path, limit: Option<usize>, batch:
     let infer_s = infer_start.elapsed().as_secs_f64();
     let total_s = start.elapsed().as_secs_f64();
     let correct = correct.into_inner();
+    let overflowed = overflowed.into_inner();
     let acc = correct as f64 / n as f64;
     if json {
         println!(
             "{}",
-            json!({"model": model_path, "data": data, "images": n, "correct": correct, "accuracy": acc,
+            json!({"model": model_path, "data": data, "images": n, "correct": correct, "accuracy": acc, "non_finite_outputs": overflowed,
                    "precision": ty, "threads": rayon::current_num_threads(),
                    "inference_seconds": infer_s, "total_seconds": total_s})
         );
     } else {
         println!(
-            "{}: top-1 {correct}/{n} = {:.4} ({ty}, {:.2} s inference, {:.2} s total, {} threads)",
+            "{}: top-1 {correct}/{n} = {:.4} ({ty}, {:.2} s inference, {:.2} s total, {} threads){}",
             model.graph().name,
             acc,
             infer_s,
             total_s,
-            rayon::current_num_threads()
+            rayon::current_num_threads(),
+            if overflowed > 0 { format!("; {overflowed} outputs not finite, counted wrong") } else { String::new() }
         );
     }
     Ok(())

@@ -476,7 +476,12 @@ fn pool<T: Real>(x: &ndarray::ArrayView4<T>, p: &Pool2d, shape: &[usize], max: b
     })
 }
 
-/// Index of the largest value of each row of a `[N, K]` output (first one on ties).
+/// What [`argmax_rows`] returns for a row with a non-finite value (never a class index, so
+/// an overflowed output never counts as a correct prediction).
+pub const NO_PREDICTION: usize = usize::MAX;
+
+/// Index of the largest value of each row of a `[N, K]` output (first one on ties), or
+/// [`NO_PREDICTION`] when the row holds a NaN or an infinity.
 pub fn argmax_rows<T: Real>(logits: &ArrayD<T>) -> Vec<usize> {
     let n = logits.shape()[0];
     let k = logits.len() / n.max(1);
@@ -485,6 +490,9 @@ pub fn argmax_rows<T: Real>(logits: &ArrayD<T>) -> Vec<usize> {
     (0..n)
         .map(|b| {
             let row = &flat[b * k..(b + 1) * k];
+            if row.iter().any(|v| !v.is_finite()) {
+                return NO_PREDICTION;
+            }
             let mut best = 0;
             for (i, v) in row.iter().enumerate() {
                 if *v > row[best] {
