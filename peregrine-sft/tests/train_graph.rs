@@ -183,3 +183,19 @@ fn weight_gradients_match_finite_differences_through_every_operation() {
     }
     assert_eq!(checked, 24);
 }
+
+#[test]
+fn range_penalty_measures_inputs_beyond_the_running_range() {
+    use rand::SeedableRng;
+    let model = odd::model(31);
+    let mut r = rand::rngs::StdRng::seed_from_u64(32);
+    let mut train = TrainModel::new(&model, Activations::Hermite { degree: 2, bound: 3.0 }).unwrap();
+    train.track_penalty = true;
+    let small = odd_input(&mut r, 2);
+    let x = peregrine_sft::train::to_channels_last(&small, train.device()).unwrap();
+    train.forward(&x, Pass::Calibrate).unwrap();
+    // A batch ten times larger than the calibration data exceeds the running ranges.
+    let big = peregrine_sft::train::to_channels_last(&small.mapv(|v| v * 10.0), train.device()).unwrap();
+    let p = train.forward(&big, Pass::Train).unwrap().range_penalty.to_scalar::<f32>().unwrap();
+    assert!(p > 0.1, "penalty {p} for inputs far beyond the running range");
+}

@@ -330,10 +330,11 @@ impl TrainModel {
                                 *s = s.max(m / state.bound + EPS as f32);
                             }
                         }
-                        let s = Tensor::from_slice(&scales, c, &self.device)?;
-                        let _ = &s;
                         if self.track_penalty && pass == Pass::Train {
-                            let t = x.broadcast_div(&s)?;
+                            // Measured against the running range, the one inference uses: the
+                            // batch-widened range keeps t inside [−B, B] by construction.
+                            let running = Tensor::from_slice(&state.scales(), c, &self.device)?;
+                            let t = x.broadcast_div(&running)?;
                             let excess = (t.abs()? - state.bound as f64)?.relu()?.mean_all()?;
                             penalty = (penalty + excess)?;
                         }
