@@ -132,7 +132,7 @@ impl TrainModel {
         let mut params = BTreeMap::new();
         let mut frozen = BTreeMap::new();
         let mut ranges = BTreeMap::new();
-        for (i, node) in graph.nodes.iter_mut().enumerate() {
+        for node in graph.nodes.iter_mut() {
             let channels = |j: usize| shapes[j].first().copied().unwrap_or(1);
             let input_index = model.node_index(&node.inputs[0]);
             match &node.op {
@@ -186,7 +186,6 @@ impl TrainModel {
                     }
                 }
             }
-            let _ = i;
         }
         Ok(TrainModel { graph, shapes, params, frozen, ranges, device, track_penalty: false })
     }

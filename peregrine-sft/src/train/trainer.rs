@@ -339,7 +339,7 @@ impl Finetuner {
             (Some(d), e) => format!("-sft{d}-e{e}"),
             (None, e) => format!("-e{e}"),
         };
-        let base = self.name.split("-sft").next().unwrap_or(&self.name).split("-e").next().unwrap_or(&self.name).to_string();
+        let base = base_name(&self.name);
         let (mut graph, weights) = self.model.export_unfolded("")?.into_parts();
         graph.name = format!("{base}{suffix}");
         Model::new(graph, weights)
@@ -377,6 +377,19 @@ impl Finetuner {
     }
 }
 
+/// `name` without a trailing `-sftD-eN` or `-eN` run suffix (other hyphens are kept).
+fn base_name(name: &str) -> &str {
+    let digits_after = |s: &str, tag: &str| s.strip_prefix(tag).is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+    let mut base = name;
+    if let Some(i) = base.rfind("-e").filter(|&i| digits_after(&base[i..], "-e")) {
+        base = &base[..i];
+    }
+    if let Some(i) = base.rfind("-sft").filter(|&i| digits_after(&base[i..], "-sft")) {
+        base = &base[..i];
+    }
+    base
+}
+
 /// Accuracy of `model` in the f32 reference executor over `images`.
 pub fn evaluate(model: &Model, images: &LabeledImages) -> Result<f64> {
     use peregrine_core::reference::{argmax_rows, Reference};
@@ -389,4 +402,18 @@ pub fn evaluate(model: &Model, images: &LabeledImages) -> Result<f64> {
         correct += argmax_rows(&y).iter().zip(&part.labels).filter(|(p, l)| **p == **l as usize).count();
     }
     Ok(correct as f64 / images.len().max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base_name;
+
+    #[test]
+    fn run_suffixes_are_stripped_and_other_hyphens_kept() {
+        assert_eq!(base_name("resnet20"), "resnet20");
+        assert_eq!(base_name("resnet20-sft4-e2"), "resnet20");
+        assert_eq!(base_name("tiny-e3"), "tiny");
+        assert_eq!(base_name("mobile-effnet"), "mobile-effnet");
+        assert_eq!(base_name("mobile-effnet-sft2-e0"), "mobile-effnet");
+    }
 }
