@@ -158,9 +158,14 @@ pub fn info(model_path: &Path, json: bool) -> Result<()> {
 }
 
 /// Plugin search path: `--plugin-dir` entries, then `PEREGRINE_PLUGIN_PATH`.
+/// Plugin search path: `--plugin-dir` entries and `PEREGRINE_PLUGIN_PATH`; when neither is
+/// given, the directory of the `peregrine` executable (where `cargo build` puts the plugins).
 pub fn plugin_dirs(mut dirs: Vec<PathBuf>) -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("PEREGRINE_PLUGIN_PATH") {
         dirs.extend(std::env::split_paths(&p));
+    }
+    if dirs.is_empty() {
+        dirs.extend(std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from)));
     }
     dirs
 }

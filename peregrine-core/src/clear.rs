@@ -15,7 +15,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{normalize_rotation, BResult, Backend, Capabilities, Client, KeyRequest, Scheme};
+use crate::backend::{same_level, same_scale, normalize_rotation, BResult, Backend, Capabilities, Client, KeyRequest, Scheme};
 use crate::error::BackendError;
 
 /// Noise injected by the `clear` backend, as standard deviations in the scaled integer domain
@@ -394,19 +394,6 @@ impl Context {
     }
 }
 
-fn same_level(op: &'static str, a: usize, b: usize) -> BResult<()> {
-    if a != b {
-        return Err(BackendError::LevelMismatch { op, left: a, right: b });
-    }
-    Ok(())
-}
-
-fn same_scale(op: &'static str, a: f64, b: f64) -> BResult<()> {
-    if ((a - b) / a).abs() > 1e-9 {
-        return Err(BackendError::ScaleMismatch { op, left: a.log2(), right: b.log2() });
-    }
-    Ok(())
-}
 
 /// The `clear` scheme (parameters, key generation, server reconstruction).
 pub struct ClearScheme;

@@ -1,0 +1,481 @@
+//! The OpenFHE scheme, client and server on top of [`crate::native`].
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Once};
+
+use openfhe_sys::PfParams;
+use peregrine_core::backend::{
+    normalize_rotation, same_level, same_scale, BResult, Backend, Capabilities, Client, KeyRequest, Scheme,
+};
+use peregrine_core::error::BackendError;
+use serde::{Deserialize, Serialize};
+
+use crate::native::{bootstrap_depth, Ctx, Info, RawCt};
+use crate::{OpenFheParams, OpenFheScheme};
+
+const CT_MAGIC: &[u8; 8] = b"PGOFCT01";
+const KEYS_MAGIC: &[u8; 8] = b"PGOFEK01";
+
+/// A ciphertext with its (exact) scale. Its level is OpenFHE's tower count − 1, minus one
+/// more when bootstrapping is enabled: OpenFHE's FIXEDMANUAL bootstrap spends one modulus on
+/// its input before raising it, so that modulus is kept out of the levels the planner sees.
+#[derive(Clone)]
+pub struct OpenFheCiphertext {
+    raw: RawCt,
+    level: usize,
+    scale: f64,
+}
+
+/// A plaintext: values, level and scale. It is encoded by OpenFHE when used, at the noise
+/// degree of the ciphertext it meets (additions need it to match).
+#[derive(Clone, Debug)]
+pub struct OpenFhePlaintext {
+    values: Arc<Vec<f64>>,
+    level: usize,
+    scale: f64,
+}
+
+/// What the server needs besides OpenFHE's keys: written in front of them.
+#[derive(Serialize, Deserialize)]
+struct KeyHeader {
+    params: OpenFheParams,
+    rotations: Vec<i64>,
+    bootstrap: bool,
+}
+
+/// Shared facts of a client or server.
+struct Shared {
+    ctx: Ctx,
+    params: OpenFheParams,
+    caps: Capabilities,
+    moduli: Vec<f64>,
+    rotations: BTreeSet<i64>,
+    bootstrap_keys: bool,
+    /// Moduli kept below level 0 (1 with bootstrapping, else 0).
+    reserved: usize,
+}
+
+/// The client: secret key, encryption and decryption.
+pub struct OpenFheClient(Shared);
+
+/// The server: evaluation keys only; it cannot decrypt.
+pub struct OpenFheServer(Shared);
+
+fn warn_insecure(p: &OpenFheParams) {
+    static ONCE: Once = Once::new();
+    if p.insecure_test_only {
+        ONCE.call_once(|| {
+            eprintln!(
+                "WARNING: OpenFHE backend running with INSECURE test parameters (N = 2^{}, no security level): for tests only, never for real data",
+                p.log_ring_dimension
+            )
+        });
+    }
+}
+
+/// Moduli kept below level 0: OpenFHE's FIXEDMANUAL bootstrap needs two moduli on its input.
+fn reserved(p: &OpenFheParams) -> usize {
+    usize::from(p.bootstrap)
+}
+
+/// Bits of precision after an operation, an estimate fitted to measurements: at N = 2^12 and
+/// Δ = 2^40, 21.5–25.9 bits (OpenFHE adds noise at decryption; key switching adds more).
+/// Bootstrapping is less precise; its figure is measured separately (README).
+fn precision_estimate(p: &OpenFheParams, ring_dim: usize) -> f64 {
+    (p.log_scale as f64 - (ring_dim as f64).log2() / 2.0 - 10.0).min(30.0)
+}
+
+/// Capabilities of a built context (levels counted above the reserved modulus).
+fn capabilities_of(
+    p: &OpenFheParams,
+    info: &Info,
+    moduli: &[f64],
+    can_bootstrap: bool,
+    security: Option<u32>,
+) -> BResult<Capabilities> {
+    let (depth, boot) = model_depth(p)?;
+    let r = reserved(p);
+    Ok(Capabilities {
+        backend: OpenFheScheme::NAME.into(),
+        ring_dimension: info.ring_dim,
+        slots: info.ring_dim / 2,
+        max_level: info.towers - 1 - r,
+        log_scale: p.log_scale as f64,
+        log_moduli: moduli[r..].iter().map(|q| q.log2()).collect(),
+        can_bootstrap,
+        bootstrap_level: p.bootstrap.then(|| depth - boot - r),
+        bootstrap_range: p.bootstrap.then_some(p.bootstrap_range),
+        precision_bits: precision_estimate(p, info.ring_dim),
+        security_bits: security,
+    })
+}
+
+fn model_depth(p: &OpenFheParams) -> BResult<(usize, usize)> {
+    let boot = if p.bootstrap { bootstrap_depth(p.level_budget[0], p.level_budget[1], false)? } else { 0 };
+    Ok((p.levels + boot, boot))
+}
+
+fn raw_params(p: &OpenFheParams, depth: usize, with_bootstrap: bool) -> PfParams {
+    PfParams {
+        ring_dim: p.ring_dimension() as u32,
+        mult_depth: depth as u32,
+        scale_bits: p.log_scale,
+        first_mod_bits: p.first_modulus_bits,
+        num_large_digits: p.large_digits,
+        secure: (!p.insecure_test_only) as i32,
+        sparse_secret: 0,
+        bootstrap: with_bootstrap as i32,
+        level_budget_enc: p.level_budget[0],
+        level_budget_dec: p.level_budget[1],
+        slots: 0,
+    }
+}
+
+/// Builds a context and its capabilities (bootstrapping precomputations only if `setup`).
+fn build(p: &OpenFheParams, setup: bool) -> BResult<(Ctx, Capabilities, Vec<f64>)> {
+    p.validate()?;
+    let (depth, _) = model_depth(p)?;
+    let ctx = Ctx::new(&raw_params(p, depth, setup && p.bootstrap)).map_err(|e| match e {
+        BackendError::InvalidParameters(m) if m.contains("HE standards") => BackendError::InvalidParameters(format!(
+            "insecure parameters: N = 2^{} cannot hold {} levels of {} bits (+ q_0 of {} bits) at 128-bit security \
+             (HE standard); use fewer levels, a smaller scale, or a larger ring. OpenFHE says: {m}",
+            p.log_ring_dimension, depth, p.log_scale, p.first_modulus_bits
+        )),
+        e => e,
+    })?;
+    let info = ctx.info()?;
+    if info.ring_dim != p.ring_dimension() {
+        return Err(BackendError::InvalidParameters(format!(
+            "OpenFHE chose ring dimension {} instead of the requested {}",
+            info.ring_dim,
+            p.ring_dimension()
+        )));
+    }
+    let security = p.check_security(info.ring_dim, info.log_qp)?;
+    warn_insecure(p);
+    let moduli = ctx.moduli(info.towers)?;
+    let caps = capabilities_of(p, &info, &moduli, p.bootstrap, security)?;
+    Ok((ctx, caps, moduli))
+}
+
+impl Scheme for OpenFheScheme {
+    const NAME: &'static str = "openfhe";
+    const DESCRIPTION: &'static str = "OpenFHE CKKS with bootstrapping (FIXEDMANUAL, HYBRID, 128-bit checked)";
+    type Params = OpenFheParams;
+    type Client = OpenFheClient;
+    type Server = OpenFheServer;
+
+    fn capabilities(params: &OpenFheParams) -> BResult<Capabilities> {
+        Ok(build(params, false)?.1)
+    }
+
+    fn keygen(params: &OpenFheParams, request: &KeyRequest) -> BResult<OpenFheClient> {
+        if request.bootstrap && !params.bootstrap {
+            return Err(BackendError::InvalidParameters(
+                "bootstrapping keys requested but the parameters have bootstrap = false".into(),
+            ));
+        }
+        let (mut ctx, caps, moduli) = build(params, request.bootstrap)?;
+        let slots = caps.slots;
+        let rotations: BTreeSet<i64> =
+            request.rotations.iter().map(|&s| normalize_rotation(s, slots)).filter(|&s| s != 0).collect();
+        let steps: Vec<i32> = rotations.iter().map(|&s| s as i32).collect();
+        ctx.keygen(&steps, request.bootstrap)?;
+        let reserved = reserved(params);
+        Ok(OpenFheClient(Shared {
+            ctx,
+            params: params.clone(),
+            caps,
+            moduli,
+            rotations,
+            bootstrap_keys: request.bootstrap,
+            reserved,
+        }))
+    }
+
+    fn server(evaluation_keys: &[u8]) -> BResult<OpenFheServer> {
+        let bad = |d: String| BackendError::Deserialize { what: "OpenFHE evaluation keys", detail: d };
+        if evaluation_keys.len() < 12 || &evaluation_keys[..8] != KEYS_MAGIC {
+            return Err(bad("missing the Peregrine OpenFHE key header (not an `openfhe` key file?)".into()));
+        }
+        let hlen = u32::from_le_bytes(evaluation_keys[8..12].try_into().expect("4 bytes")) as usize;
+        let body = &evaluation_keys[12..];
+        if hlen > body.len() {
+            return Err(bad("truncated header".into()));
+        }
+        let header: KeyHeader = serde_json::from_slice(&body[..hlen]).map_err(|e| bad(format!("header: {e}")))?;
+        header.params.validate()?;
+        warn_insecure(&header.params);
+        let p = &header.params;
+        let ctx = Ctx::server(&body[hlen..], header.bootstrap, p.level_budget[0], p.level_budget[1])?;
+        let info = ctx.info()?;
+        let (depth, _) = model_depth(p)?;
+        if info.ring_dim != p.ring_dimension() || info.towers != depth + 1 {
+            return Err(bad(format!(
+                "the keys' context (N = {}, {} moduli) does not match their header (N = {}, {} moduli)",
+                info.ring_dim,
+                info.towers,
+                p.ring_dimension(),
+                depth + 1
+            )));
+        }
+        let security = p.check_security(info.ring_dim, info.log_qp)?;
+        let moduli = ctx.moduli(info.towers)?;
+        let r = reserved(p);
+        let have: BTreeSet<i64> = ctx.rotation_steps()?.into_iter().map(i64::from).collect();
+        if let Some(m) = header.rotations.iter().find(|s| !have.contains(s)) {
+            return Err(bad(format!("the header lists rotation step {m} but the keys do not contain it")));
+        }
+        let caps = capabilities_of(p, &info, &moduli, header.bootstrap, security)?;
+        Ok(OpenFheServer(Shared {
+            ctx,
+            params: header.params.clone(),
+            caps,
+            moduli,
+            rotations: header.rotations.into_iter().collect(),
+            bootstrap_keys: header.bootstrap,
+            reserved: r,
+        }))
+    }
+}
+
+impl Shared {
+    fn wrap(&self, raw: RawCt, scale: f64) -> OpenFheCiphertext {
+        let (towers_above_q0, _) = raw.info();
+        OpenFheCiphertext { raw, level: towers_above_q0.saturating_sub(self.reserved), scale }
+    }
+
+    fn encode(&self, values: &[f64], level: usize, scale: f64) -> BResult<OpenFhePlaintext> {
+        if values.len() > self.caps.slots {
+            return Err(BackendError::TooManyValues { len: values.len(), slots: self.caps.slots });
+        }
+        if level > self.caps.max_level {
+            return Err(BackendError::InvalidParameters(format!(
+                "level {level} above the fresh level {}",
+                self.caps.max_level
+            )));
+        }
+        if !(scale > 0.0 && scale.is_finite()) {
+            return Err(BackendError::OutOfRange { op: "encode", detail: format!("scale {scale} is not positive") });
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(BackendError::OutOfRange { op: "encode", detail: format!("value {i} is not finite") });
+        }
+        Ok(OpenFhePlaintext { values: Arc::new(values.to_vec()), level, scale })
+    }
+
+    fn serialize(&self, ct: &OpenFheCiphertext) -> BResult<Vec<u8>> {
+        let raw = ct.raw.serialize()?;
+        let mut out = Vec::with_capacity(raw.len() + 16);
+        out.extend_from_slice(CT_MAGIC);
+        out.extend_from_slice(&ct.scale.to_le_bytes());
+        out.extend_from_slice(&raw);
+        Ok(out)
+    }
+
+    fn deserialize(&self, bytes: &[u8]) -> BResult<OpenFheCiphertext> {
+        let bad = |d: &str| BackendError::Deserialize { what: "OpenFHE ciphertext", detail: d.into() };
+        if bytes.len() < 16 || &bytes[..8] != CT_MAGIC {
+            return Err(bad("missing the Peregrine OpenFHE ciphertext header"));
+        }
+        let scale = f64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        if !(scale > 1.0 && scale.is_finite()) {
+            return Err(bad("the scale in the header is not a positive finite number"));
+        }
+        let raw = self.ctx.deserialize(&bytes[16..])?;
+        if raw.info().0 < self.reserved {
+            return Err(bad("the ciphertext sits below the lowest usable level"));
+        }
+        Ok(self.wrap(raw, scale))
+    }
+}
+
+impl Client for OpenFheClient {
+    type Backend = OpenFheServer;
+
+    fn capabilities(&self) -> Capabilities {
+        self.0.caps.clone()
+    }
+    fn encode(&self, values: &[f64], level: usize, scale: f64) -> BResult<OpenFhePlaintext> {
+        self.0.encode(values, level, scale)
+    }
+    fn encrypt(&self, pt: &OpenFhePlaintext) -> BResult<OpenFheCiphertext> {
+        let raw = self.0.ctx.encrypt(&pt.values, pt.level + self.0.reserved, pt.scale)?;
+        Ok(self.0.wrap(raw, pt.scale))
+    }
+    fn decrypt(&self, ct: &OpenFheCiphertext) -> BResult<OpenFhePlaintext> {
+        let v = self.0.ctx.decrypt(&ct.raw, ct.scale, self.0.caps.slots)?;
+        Ok(OpenFhePlaintext { values: Arc::new(v), level: ct.level, scale: ct.scale })
+    }
+    fn decode(&self, pt: &OpenFhePlaintext) -> BResult<Vec<f64>> {
+        let mut v = pt.values.as_ref().clone();
+        v.resize(self.0.caps.slots, 0.0);
+        Ok(v)
+    }
+    fn evaluation_keys(&self) -> BResult<Vec<u8>> {
+        let header = KeyHeader {
+            params: self.0.params.clone(),
+            rotations: self.0.rotations.iter().copied().collect(),
+            bootstrap: self.0.bootstrap_keys,
+        };
+        let h = serde_json::to_vec(&header).map_err(|e| BackendError::Other(e.to_string()))?;
+        let keys = self.0.ctx.evaluation_keys()?;
+        let mut out = Vec::with_capacity(12 + h.len() + keys.len());
+        out.extend_from_slice(KEYS_MAGIC);
+        out.extend_from_slice(&(h.len() as u32).to_le_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&keys);
+        Ok(out)
+    }
+    fn serialize_ciphertext(&self, ct: &OpenFheCiphertext) -> BResult<Vec<u8>> {
+        self.0.serialize(ct)
+    }
+    fn deserialize_ciphertext(&self, bytes: &[u8]) -> BResult<OpenFheCiphertext> {
+        self.0.deserialize(bytes)
+    }
+}
+
+impl OpenFheServer {
+    /// Whether the underlying OpenFHE context holds a secret key (never, for a server built
+    /// from evaluation keys; tests assert it).
+    pub fn holds_secret_key(&self) -> bool {
+        self.0.ctx.has_secret_key()
+    }
+    fn check_rotation(&self, step: i64) -> BResult<i64> {
+        let s = normalize_rotation(step, self.0.caps.slots);
+        if s != 0 && !self.0.rotations.contains(&s) {
+            return Err(BackendError::MissingRotationKey(step));
+        }
+        Ok(s)
+    }
+    fn wrap(&self, raw: RawCt, scale: f64) -> OpenFheCiphertext {
+        self.0.wrap(raw, scale)
+    }
+}
+
+impl Backend for OpenFheServer {
+    type Ciphertext = OpenFheCiphertext;
+    type Plaintext = OpenFhePlaintext;
+
+    fn capabilities(&self) -> Capabilities {
+        self.0.caps.clone()
+    }
+    fn rotation_steps(&self) -> BTreeSet<i64> {
+        self.0.rotations.clone()
+    }
+    fn modulus(&self, level: usize) -> f64 {
+        self.0.moduli[(level + self.0.reserved).min(self.0.moduli.len() - 1)]
+    }
+    fn level(&self, ct: &OpenFheCiphertext) -> usize {
+        ct.level
+    }
+    fn scale(&self, ct: &OpenFheCiphertext) -> f64 {
+        ct.scale
+    }
+    fn plaintext_level(&self, pt: &OpenFhePlaintext) -> usize {
+        pt.level
+    }
+    fn plaintext_scale(&self, pt: &OpenFhePlaintext) -> f64 {
+        pt.scale
+    }
+    fn encode(&self, values: &[f64], level: usize, scale: f64) -> BResult<OpenFhePlaintext> {
+        self.0.encode(values, level, scale)
+    }
+    fn add(&self, a: &OpenFheCiphertext, b: &OpenFheCiphertext) -> BResult<OpenFheCiphertext> {
+        same_level("add", a.level, b.level)?;
+        same_scale("add", a.scale, b.scale)?;
+        Ok(self.wrap(self.0.ctx.add(&a.raw, &b.raw)?, a.scale))
+    }
+    fn sub(&self, a: &OpenFheCiphertext, b: &OpenFheCiphertext) -> BResult<OpenFheCiphertext> {
+        same_level("sub", a.level, b.level)?;
+        same_scale("sub", a.scale, b.scale)?;
+        Ok(self.wrap(self.0.ctx.sub(&a.raw, &b.raw)?, a.scale))
+    }
+    fn negate(&self, a: &OpenFheCiphertext) -> BResult<OpenFheCiphertext> {
+        Ok(self.wrap(self.0.ctx.negate(&a.raw)?, a.scale))
+    }
+    fn add_plain(&self, a: &OpenFheCiphertext, p: &OpenFhePlaintext) -> BResult<OpenFheCiphertext> {
+        same_level("add_plain", a.level, p.level)?;
+        same_scale("add_plain", a.scale, p.scale)?;
+        Ok(self.wrap(self.0.ctx.add_plain(&a.raw, &p.values, a.scale, false)?, a.scale))
+    }
+    fn sub_plain(&self, a: &OpenFheCiphertext, p: &OpenFhePlaintext) -> BResult<OpenFheCiphertext> {
+        same_level("sub_plain", a.level, p.level)?;
+        same_scale("sub_plain", a.scale, p.scale)?;
+        Ok(self.wrap(self.0.ctx.add_plain(&a.raw, &p.values, a.scale, true)?, a.scale))
+    }
+    fn mul_plain(&self, a: &OpenFheCiphertext, p: &OpenFhePlaintext) -> BResult<OpenFheCiphertext> {
+        same_level("mul_plain", a.level, p.level)?;
+        Ok(self.wrap(self.0.ctx.mul_plain(&a.raw, &p.values, p.scale)?, a.scale * p.scale))
+    }
+    fn add_scalar(&self, a: &OpenFheCiphertext, c: f64) -> BResult<OpenFheCiphertext> {
+        if !c.is_finite() {
+            return Err(BackendError::OutOfRange { op: "add_scalar", detail: "non-finite constant".into() });
+        }
+        Ok(self.wrap(self.0.ctx.add_scalar(&a.raw, c, a.scale)?, a.scale))
+    }
+    fn mul_scalar(&self, a: &OpenFheCiphertext, c: f64, scale: f64) -> BResult<OpenFheCiphertext> {
+        if !(c.is_finite() && scale > 0.0 && scale.is_finite()) {
+            return Err(BackendError::OutOfRange {
+                op: "mul_scalar",
+                detail: format!("constant {c} at scale {scale}"),
+            });
+        }
+        Ok(self.wrap(self.0.ctx.mul_scalar(&a.raw, c, scale)?, a.scale * scale))
+    }
+    fn mul_integer(&self, a: &OpenFheCiphertext, k: i64) -> BResult<OpenFheCiphertext> {
+        Ok(self.wrap(self.0.ctx.mul_integer(&a.raw, k)?, a.scale))
+    }
+    fn mul(&self, a: &OpenFheCiphertext, b: &OpenFheCiphertext) -> BResult<OpenFheCiphertext> {
+        same_level("mul", a.level, b.level)?;
+        Ok(self.wrap(self.0.ctx.mul(&a.raw, &b.raw)?, a.scale * b.scale))
+    }
+    fn square(&self, a: &OpenFheCiphertext) -> BResult<OpenFheCiphertext> {
+        Ok(self.wrap(self.0.ctx.square(&a.raw)?, a.scale * a.scale))
+    }
+    fn rescale(&self, a: &OpenFheCiphertext) -> BResult<OpenFheCiphertext> {
+        if a.level == 0 {
+            return Err(BackendError::LevelsExhausted { op: "rescale", needed: 1, have: 0 });
+        }
+        let q = self.modulus(a.level);
+        Ok(self.wrap(self.0.ctx.rescale(&a.raw)?, a.scale / q))
+    }
+    fn drop_to_level(&self, a: &OpenFheCiphertext, level: usize) -> BResult<OpenFheCiphertext> {
+        if level > a.level {
+            return Err(BackendError::LevelsExhausted { op: "drop_to_level", needed: level, have: a.level });
+        }
+        if level == a.level {
+            return Ok(a.clone());
+        }
+        Ok(self.wrap(self.0.ctx.drop_to_level(&a.raw, level + self.0.reserved)?, a.scale))
+    }
+    fn rotate(&self, a: &OpenFheCiphertext, step: i64) -> BResult<OpenFheCiphertext> {
+        let s = self.check_rotation(step)?;
+        if s == 0 {
+            return Ok(a.clone());
+        }
+        Ok(self.wrap(self.0.ctx.rotate(&a.raw, s as i32)?, a.scale))
+    }
+    fn rotate_many(&self, a: &OpenFheCiphertext, steps: &[i64]) -> BResult<Vec<OpenFheCiphertext>> {
+        let s: Vec<i32> = steps.iter().map(|&x| self.check_rotation(x).map(|v| v as i32)).collect::<BResult<_>>()?;
+        Ok(self.0.ctx.rotate_many(&a.raw, &s)?.into_iter().map(|r| self.wrap(r, a.scale)).collect())
+    }
+    fn bootstrap(&self, a: &OpenFheCiphertext) -> BResult<OpenFheCiphertext> {
+        if !self.0.params.bootstrap {
+            return Err(BackendError::BootstrapUnsupported);
+        }
+        if !self.0.bootstrap_keys {
+            return Err(BackendError::BootstrapNotEnabled);
+        }
+        // OpenFHE reads the message m = value·scale at its own scale Δ = 2^log_scale, refreshes
+        // m/Δ and returns it at scale Δ: the integer message, hence the caller's scale, is kept.
+        let out = self.0.ctx.bootstrap(&a.raw)?;
+        Ok(self.wrap(out, a.scale))
+    }
+    fn serialize_ciphertext(&self, ct: &OpenFheCiphertext) -> BResult<Vec<u8>> {
+        self.0.serialize(ct)
+    }
+    fn deserialize_ciphertext(&self, bytes: &[u8]) -> BResult<OpenFheCiphertext> {
+        self.0.deserialize(bytes)
+    }
+}

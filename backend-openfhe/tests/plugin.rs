@@ -1,0 +1,56 @@
+//! The OpenFHE backend loaded at run time as a plugin (`libperegrine_openfhe.so`) computes the
+//! same results as the statically linked crate, to CKKS precision, and reports the same
+//! capabilities. Without OpenFHE at build time this test is reported as ignored.
+
+#![cfg_attr(not(openfhe), allow(unused, dead_code, unreachable_code))]
+
+use std::path::PathBuf;
+
+use peregrine_core::backend::*;
+use peregrine_core::plugin::Plugin;
+use peregrine_openfhe::{OpenFheParams, OpenFheScheme};
+
+mod common;
+use common::{workload, STEPS};
+
+fn built_lib(stem: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let name = format!("{}{stem}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    [deps, deps.parent().unwrap()]
+        .iter()
+        .map(|d| d.join(&name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} was not built next to {}", exe.display()))
+}
+
+#[test]
+#[cfg_attr(not(openfhe), ignore = "OpenFHE was not found when this was built")]
+fn plugin_matches_the_linked_backend() {
+    let plugin = Plugin::load(built_lib("peregrine_openfhe")).unwrap();
+    assert_eq!(plugin.name(), "openfhe");
+    let p = OpenFheParams::insecure_for_tests(12, 6);
+    let json = serde_json::to_string(&p).unwrap();
+    let caps = plugin.capabilities(&json).unwrap();
+    assert_eq!(caps, OpenFheScheme::capabilities(&p).unwrap());
+    let req = KeyRequest::rotations(STEPS.iter().map(|&s| normalize_rotation(s, caps.slots)));
+
+    let pc = plugin.keygen(&json, &req).unwrap();
+    let ps = plugin.server(&pc.evaluation_keys().unwrap()).unwrap();
+    let sc = OpenFheScheme::keygen(&p, &req).unwrap();
+    let ss = OpenFheScheme::server(&sc.evaluation_keys().unwrap()).unwrap();
+    let n = 333;
+    let a = workload(&pc, &ps, n);
+    let b = workload(&sc, &ss, n);
+    assert_eq!(a.len(), b.len());
+    for ((name, x, lx), (_, y, ly)) in a.iter().zip(&b) {
+        assert_eq!(lx, ly, "{name}: level");
+        let err = x.iter().zip(y).fold(0f64, |m, (u, v)| m.max((u - v).abs()));
+        assert!(err < 2f64.powi(-20), "{name}: plugin and linked differ by {err:.2e}");
+    }
+    // Errors cross the boundary as messages, not crashes.
+    let e = plugin.capabilities(r#"{"log_ring_dimension": 12}"#).unwrap_err().to_string();
+    assert!(e.contains("insecure_test_only"), "{e}");
+    let e = plugin.server(b"garbage").map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("evaluation keys"), "{e}");
+}
