@@ -144,6 +144,19 @@ impl Ctx {
         .map_err(|e| BackendError::Deserialize { what: "OpenFHE evaluation keys", detail: e.to_string() })?;
         Ok(Ctx(out))
     }
+    /// The client's key pair and context, serialised.
+    pub fn save_client(&self) -> R<Vec<u8>> {
+        let mut b = sys::PfBytes { data: ptr::null_mut(), len: 0 };
+        call("save client", |e| unsafe { sys::pf_save_client(self.0, &mut b, e) })?;
+        Ok(bytes(b))
+    }
+    /// A client context from [`Ctx::save_client`].
+    pub fn load_client(data: &[u8]) -> R<Ctx> {
+        let mut out = ptr::null_mut();
+        call("load client", |e| unsafe { sys::pf_load_client(data.as_ptr(), data.len(), &mut out, e) })
+            .map_err(|e| BackendError::Deserialize { what: "OpenFHE client state", detail: e.to_string() })?;
+        Ok(Ctx(out))
+    }
     /// Ring dimension, towers, log2(QP).
     pub fn info(&self) -> R<Info> {
         let (mut n, mut t, mut b) = (0u32, 0u32, 0f64);

@@ -15,6 +15,7 @@ use crate::{OpenFheParams, OpenFheScheme};
 
 const CT_MAGIC: &[u8; 8] = b"PGOFCT01";
 const KEYS_MAGIC: &[u8; 8] = b"PGOFEK01";
+const SECRET_MAGIC: &[u8; 8] = b"PGOFSK01";
 
 /// A ciphertext with its (exact) scale. Its level is OpenFHE's tower count − 1, minus one
 /// more when bootstrapping is enabled: OpenFHE's FIXEDMANUAL bootstrap spends one modulus on
@@ -193,53 +194,97 @@ impl Scheme for OpenFheScheme {
         }))
     }
 
+    fn load_client(secret: &[u8]) -> BResult<OpenFheClient> {
+        let (header, body) = split_header(secret, SECRET_MAGIC, "OpenFHE client state")?;
+        header.params.validate()?;
+        warn_insecure(&header.params);
+        let ctx = Ctx::load_client(body)?;
+        let shared = shared_from(ctx, header, "OpenFHE client state")?;
+        Ok(OpenFheClient(shared))
+    }
+
     fn server(evaluation_keys: &[u8]) -> BResult<OpenFheServer> {
-        let bad = |d: String| BackendError::Deserialize { what: "OpenFHE evaluation keys", detail: d };
-        if evaluation_keys.len() < 12 || &evaluation_keys[..8] != KEYS_MAGIC {
-            return Err(bad("missing the Peregrine OpenFHE key header (not an `openfhe` key file?)".into()));
-        }
-        let hlen = u32::from_le_bytes(evaluation_keys[8..12].try_into().expect("4 bytes")) as usize;
-        let body = &evaluation_keys[12..];
-        if hlen > body.len() {
-            return Err(bad("truncated header".into()));
-        }
-        let header: KeyHeader = serde_json::from_slice(&body[..hlen]).map_err(|e| bad(format!("header: {e}")))?;
+        let (header, body) = split_header(evaluation_keys, KEYS_MAGIC, "OpenFHE evaluation keys")?;
         header.params.validate()?;
         warn_insecure(&header.params);
         let p = &header.params;
-        let ctx = Ctx::server(&body[hlen..], header.bootstrap, p.level_budget[0], p.level_budget[1])?;
-        let info = ctx.info()?;
-        let (depth, _) = model_depth(p)?;
-        if info.ring_dim != p.ring_dimension() || info.towers != depth + 1 {
-            return Err(bad(format!(
-                "the keys' context (N = {}, {} moduli) does not match their header (N = {}, {} moduli)",
+        let ctx = Ctx::server(body, header.bootstrap, p.level_budget[0], p.level_budget[1])?;
+        let have: BTreeSet<i64> = ctx.rotation_steps()?.into_iter().map(i64::from).collect();
+        if let Some(m) = header.rotations.iter().find(|s| !have.contains(s)) {
+            return Err(BackendError::Deserialize {
+                what: "OpenFHE evaluation keys",
+                detail: format!("the header lists rotation step {m} but the keys do not contain it"),
+            });
+        }
+        Ok(OpenFheServer(shared_from(ctx, header, "OpenFHE evaluation keys")?))
+    }
+}
+
+/// Splits `magic | u32 header length | JSON header | OpenFHE bytes`.
+fn split_header<'a>(bytes: &'a [u8], magic: &[u8; 8], what: &'static str) -> BResult<(KeyHeader, &'a [u8])> {
+    let bad = |d: String| BackendError::Deserialize { what, detail: d };
+    if bytes.len() < 12 || &bytes[..8] != magic {
+        return Err(bad("missing the Peregrine OpenFHE header (not an `openfhe` file of this kind?)".into()));
+    }
+    let hlen = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+    let body = &bytes[12..];
+    if hlen > body.len() {
+        return Err(bad("truncated header".into()));
+    }
+    let header: KeyHeader = serde_json::from_slice(&body[..hlen]).map_err(|e| bad(format!("header: {e}")))?;
+    Ok((header, &body[hlen..]))
+}
+
+/// Joins `magic | u32 header length | JSON header | OpenFHE bytes`.
+fn join_header(magic: &[u8; 8], header: &KeyHeader, body: &[u8]) -> BResult<Vec<u8>> {
+    let h = serde_json::to_vec(header).map_err(|e| BackendError::Other(e.to_string()))?;
+    let mut out = Vec::with_capacity(12 + h.len() + body.len());
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&(h.len() as u32).to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+/// Checks a context read from a file against its header and derives the shared facts.
+fn shared_from(ctx: Ctx, header: KeyHeader, what: &'static str) -> BResult<Shared> {
+    let p = &header.params;
+    let info = ctx.info()?;
+    let (depth, _) = model_depth(p)?;
+    if info.ring_dim != p.ring_dimension() || info.towers != depth + 1 {
+        return Err(BackendError::Deserialize {
+            what,
+            detail: format!(
+                "the context (N = {}, {} moduli) does not match the header (N = {}, {} moduli)",
                 info.ring_dim,
                 info.towers,
                 p.ring_dimension(),
                 depth + 1
-            )));
-        }
-        let security = p.check_security(info.ring_dim, info.log_qp)?;
-        let moduli = ctx.moduli(info.towers)?;
-        let r = reserved(p);
-        let have: BTreeSet<i64> = ctx.rotation_steps()?.into_iter().map(i64::from).collect();
-        if let Some(m) = header.rotations.iter().find(|s| !have.contains(s)) {
-            return Err(bad(format!("the header lists rotation step {m} but the keys do not contain it")));
-        }
-        let caps = capabilities_of(p, &info, &moduli, header.bootstrap, security)?;
-        Ok(OpenFheServer(Shared {
-            ctx,
-            params: header.params.clone(),
-            caps,
-            moduli,
-            rotations: header.rotations.into_iter().collect(),
-            bootstrap_keys: header.bootstrap,
-            reserved: r,
-        }))
+            ),
+        });
     }
+    let security = p.check_security(info.ring_dim, info.log_qp)?;
+    let moduli = ctx.moduli(info.towers)?;
+    let caps = capabilities_of(p, &info, &moduli, header.bootstrap, security)?;
+    Ok(Shared {
+        ctx,
+        reserved: reserved(p),
+        params: header.params,
+        caps,
+        moduli,
+        rotations: header.rotations.into_iter().collect(),
+        bootstrap_keys: header.bootstrap,
+    })
 }
 
 impl Shared {
+    fn header(&self) -> KeyHeader {
+        KeyHeader {
+            params: self.params.clone(),
+            rotations: self.rotations.iter().copied().collect(),
+            bootstrap: self.bootstrap_keys,
+        }
+    }
     fn wrap(&self, raw: RawCt, scale: f64) -> OpenFheCiphertext {
         let (towers_above_q0, _) = raw.info();
         OpenFheCiphertext { raw, level: towers_above_q0.saturating_sub(self.reserved), scale }
@@ -313,19 +358,15 @@ impl Client for OpenFheClient {
         Ok(v)
     }
     fn evaluation_keys(&self) -> BResult<Vec<u8>> {
-        let header = KeyHeader {
-            params: self.0.params.clone(),
-            rotations: self.0.rotations.iter().copied().collect(),
-            bootstrap: self.0.bootstrap_keys,
-        };
-        let h = serde_json::to_vec(&header).map_err(|e| BackendError::Other(e.to_string()))?;
-        let keys = self.0.ctx.evaluation_keys()?;
-        let mut out = Vec::with_capacity(12 + h.len() + keys.len());
-        out.extend_from_slice(KEYS_MAGIC);
-        out.extend_from_slice(&(h.len() as u32).to_le_bytes());
-        out.extend_from_slice(&h);
-        out.extend_from_slice(&keys);
-        Ok(out)
+        let keys = self.0.ctx.evaluation_keys().map_err(|e| {
+            BackendError::Other(format!(
+                "{e} (evaluation keys can only be exported by the client that generated them; use the saved key file)"
+            ))
+        })?;
+        join_header(KEYS_MAGIC, &self.0.header(), &keys)
+    }
+    fn save_secret(&self) -> BResult<Vec<u8>> {
+        join_header(SECRET_MAGIC, &self.0.header(), &self.0.ctx.save_client()?)
     }
     fn serialize_ciphertext(&self, ct: &OpenFheCiphertext) -> BResult<Vec<u8>> {
         self.0.serialize(ct)

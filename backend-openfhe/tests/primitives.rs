@@ -166,3 +166,27 @@ fn missing_keys_and_corrupted_files_are_clear_errors() {
     let b = server.drop_to_level(&a, caps.max_level - 1).unwrap();
     assert!(matches!(server.add(&a, &b), Err(BackendError::LevelMismatch { .. })));
 }
+
+#[test]
+#[cfg_attr(not(openfhe), ignore = "OpenFHE was not found when this was built")]
+fn a_saved_client_decrypts_what_a_server_computed() {
+    let p = small(3);
+    let client = OpenFheScheme::keygen(&p, &KeyRequest::rotations([1])).unwrap();
+    let keys = client.evaluation_keys().unwrap();
+    let secret = client.save_secret().unwrap();
+    let x = random(101, 7);
+    let ct = client.serialize_ciphertext(&client.encrypt_values(&x).unwrap()).unwrap();
+    drop(client);
+    // Server side: keys and ciphertext only.
+    let server = OpenFheScheme::server(&keys).unwrap();
+    let a = server.deserialize_ciphertext(&ct).unwrap();
+    let out = server.serialize_ciphertext(&server.rescale(&server.square(&a).unwrap()).unwrap()).unwrap();
+    // Client side again, from its saved state.
+    let client = OpenFheScheme::load_client(&secret).unwrap();
+    let got = client.decrypt_values(&client.deserialize_ciphertext(&out).unwrap()).unwrap();
+    let err = x.iter().zip(&got).fold(0f64, |m, (v, g)| m.max((v * v - g).abs()));
+    assert!(err < 2f64.powi(-20), "error {err:.2e}");
+    // A key file is not a client state and vice versa.
+    assert!(OpenFheScheme::load_client(&keys).map(|_| ()).unwrap_err().to_string().contains("client state"));
+    assert!(OpenFheScheme::server(&secret).map(|_| ()).unwrap_err().to_string().contains("evaluation keys"));
+}

@@ -43,7 +43,7 @@ pub struct Target {
 
 impl Target {
     /// Loads the model, resolves the backend and plans; returns the plan time too.
-    fn load(&self) -> Result<(Model, Chosen, Plan, f64)> {
+    pub fn load(&self) -> Result<(Model, Chosen, Plan, f64)> {
         let m = load_model(&self.model)?;
         let chosen = Chosen::resolve(&self.backend, &self.params, self.plugin_dirs.clone())?;
         let t0 = Instant::now();

@@ -6,6 +6,7 @@
 mod commands;
 mod fhe;
 mod finetune;
+mod session;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -142,6 +143,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Client: plan the model, generate keys, write the secret client state and the evaluation keys to DIR.
+    Keygen {
+        #[command(flatten)]
+        target: fhe::Target,
+        /// Session directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Client: encrypt images from a CIFAR batch into DIR (needs DIR/client.secret).
+    Encrypt {
+        /// Session directory written by `keygen`.
+        #[arg(long)]
+        dir: PathBuf,
+        /// CIFAR-10 batch file.
+        #[arg(long)]
+        data: PathBuf,
+        /// Number of images.
+        #[arg(long, default_value_t = 1)]
+        limit: usize,
+    },
+    /// Server: run the model on the encrypted images in DIR with the evaluation keys only.
+    Infer {
+        /// Session directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Client: decrypt the results in DIR and compare with the cleartext reference.
+    Decrypt {
+        /// Session directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// List built-in backends and plugins found in the plugin search path.
     Backends {
         /// Directory to search for plugins (repeatable); `PEREGRINE_PLUGIN_PATH` (':'-separated) is searched too.
@@ -192,6 +234,10 @@ fn main() -> ExitCode {
         Command::Run { target, data, image, limit, trace, json } => {
             fhe::run_cmd(target, data.as_deref(), image.as_deref(), limit, trace, json)
         }
+        Command::Keygen { target, dir, json } => session::keygen_cmd(target, &dir, json),
+        Command::Encrypt { dir, data, limit } => session::encrypt_cmd(&dir, &data, limit),
+        Command::Infer { dir, json } => session::infer_cmd(&dir, json),
+        Command::Decrypt { dir, json } => session::decrypt_cmd(&dir, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

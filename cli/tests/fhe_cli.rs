@@ -127,3 +127,38 @@ fn convert_makes_a_plannable_resnet20_that_needs_bootstrapping_at_default_levels
     assert_eq!(p["cost"]["levels_consumed"], 39);
     assert_eq!(p["cost"]["bootstraps"], 0);
 }
+
+#[test]
+fn keygen_encrypt_infer_decrypt_as_separate_processes() {
+    let model = small_model("session");
+    let dir = tmp("session");
+    let _ = std::fs::remove_dir_all(&dir);
+    let k = json(bin().args(["keygen", "--backend", "clear", "--params", PARAMS, "--json", "--model"]).arg(&model).arg("--dir").arg(&dir).output().unwrap());
+    assert!(k["evaluation_key_bytes"].as_u64().unwrap() > 0);
+    for f in ["session.json", "client.secret", "evaluation.keys"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    // The server side must not need the secret: hide it while `infer` runs.
+    ok(bin().args(["encrypt", "--limit", "3", "--data"]).arg(shared("data/cifar10/test_batch.bin.gz")).arg("--dir").arg(&dir).output().unwrap());
+    std::fs::rename(dir.join("client.secret"), dir.join("away")).unwrap();
+    let inf = json(bin().args(["infer", "--json", "--dir"]).arg(&dir).output().unwrap());
+    assert_eq!(inf["images"], 3);
+    let e = bin().args(["decrypt", "--dir"]).arg(&dir).output().unwrap();
+    assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("client.secret"));
+    std::fs::rename(dir.join("away"), dir.join("client.secret")).unwrap();
+    let d = json(bin().args(["decrypt", "--json", "--dir"]).arg(&dir).output().unwrap());
+    assert_eq!(d["agree"], 3);
+    // Identical to `run` on the same images.
+    let run = json(bin().args(["run", "--backend", "clear", "--params", PARAMS, "--limit", "3", "--json", "--data"]).arg(shared("data/cifar10/test_batch.bin.gz")).arg("--model").arg(&model).output().unwrap());
+    for i in 0..3 {
+        assert_eq!(d["images"][i]["prediction"], run["images"][i]["packed_prediction"]);
+        assert!(d["images"][i]["max_abs_logit_error"].as_f64().unwrap() < 1e-6);
+    }
+    // A corrupted ciphertext file is a clear error, not a crash.
+    let f = dir.join("image-1.in.ct");
+    let b = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &b[..b.len() / 2]).unwrap();
+    let e = bin().args(["infer", "--dir"]).arg(&dir).output().unwrap();
+    assert_eq!(e.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("image-1.in.ct"), "{}", String::from_utf8_lossy(&e.stderr));
+}

@@ -378,6 +378,74 @@ int pf_server_new(const uint8_t* data, size_t len, int32_t bootstrap, uint32_t e
     });
 }
 
+int pf_save_client(const PfContext* c, PfBytes* out, char** err) {
+    return guarded(err, [&] {
+        need(c && out, "null argument");
+        need(c->keys.secretKey != nullptr && c->keys.publicKey != nullptr, "this context holds no key pair");
+        std::ostringstream os, ccs, pk, sk;
+        auto section = [&os](const std::string& body) {
+            uint64_t n = body.size();
+            os.write(reinterpret_cast<const char*>(&n), sizeof n);
+            os << body;
+        };
+        Serial::Serialize(c->cc, ccs, SerType::BINARY);
+        Serial::Serialize(c->keys.publicKey, pk, SerType::BINARY);
+        Serial::Serialize(c->keys.secretKey, sk, SerType::BINARY);
+        section(ccs.str());
+        section(pk.str());
+        section(sk.str());
+        put_bytes(os.str(), out);
+    });
+}
+
+int pf_load_client(const uint8_t* data, size_t len, PfContext** out, char** err) {
+    return guarded(err, [&] {
+        need(data && out, "null argument");
+        std::string buf(reinterpret_cast<const char*>(data), len);
+        std::istringstream is(buf);
+        auto section = [&is, len](const char* what) {
+            uint64_t n = 0;
+            is.read(reinterpret_cast<char*>(&n), sizeof n);
+            need(is.good() && n <= len, (std::string("truncated client state (") + what + ")").c_str());
+            std::string body(n, '\0');
+            if (n)
+                is.read(&body[0], static_cast<std::streamsize>(n));
+            need(static_cast<uint64_t>(is.gcount()) == n || n == 0, (std::string("truncated client state (") + what + ")").c_str());
+            return body;
+        };
+        std::string ccs = section("context"), pks = section("public key"), sks = section("secret key");
+        std::lock_guard<std::mutex> lock(global_lock());
+        CryptoContext<DCRTPoly> cc;
+        try {
+            std::istringstream s1(ccs);
+            Serial::Deserialize(cc, s1, SerType::BINARY);
+        }
+        catch (...) {
+            reset_parameter_check();
+            throw;
+        }
+        need(cc != nullptr, "the client state does not start with a crypto context");
+        auto* c = new PfContext();
+        try {
+            std::istringstream s2(pks), s3(sks);
+            Serial::Deserialize(c->keys.publicKey, s2, SerType::BINARY);
+            Serial::Deserialize(c->keys.secretKey, s3, SerType::BINARY);
+            need(c->keys.good(), "the client state holds no key pair");
+        }
+        catch (...) {
+            delete c;
+            throw;
+        }
+        c->cc         = cc;
+        c->slots      = cc->GetRingDimension() / 2;
+        c->scale_bits = static_cast<uint32_t>(std::llround(std::log2(
+            std::dynamic_pointer_cast<CryptoParametersCKKSRNS>(cc->GetCryptoParameters())->GetScalingFactorReal(0))));
+        c->tag = c->keys.secretKey->GetKeyTag();
+        retain_tag(c->tag);
+        *out = c;
+    });
+}
+
 int pf_rotation_indices(const PfContext* c, int32_t* out, size_t cap, size_t* n, char** err) {
     return guarded(err, [&] {
         need(c && n, "null argument");

@@ -57,6 +57,9 @@ int pf_serialize_eval_keys(const PfContext* c, PfBytes* out, char** err);
 /* A server context from serialised evaluation keys; sets up bootstrapping precomputations if asked. */
 int pf_server_new(const uint8_t* data, size_t len, int32_t bootstrap, uint32_t enc, uint32_t dec, uint32_t slots,
                   PfContext** out, char** err);
+/* The client's secret state (context, public and secret key) and a client context rebuilt from it. */
+int pf_save_client(const PfContext* c, PfBytes* out, char** err);
+int pf_load_client(const uint8_t* data, size_t len, PfContext** out, char** err);
 /* Rotation indices that have keys (returns count in *n; writes up to cap). */
 int pf_rotation_indices(const PfContext* c, int32_t* out, size_t cap, size_t* n, char** err);
 

@@ -1,5 +1,5 @@
 /*
- * Peregrine backend plugin C ABI, version 1.
+ * Peregrine backend plugin C ABI, version 2 (2 added client_save_secret and client_load).
  *
  * A plugin is a shared library that exports
  *
@@ -34,7 +34,7 @@
 extern "C" {
 #endif
 
-#define PEREGRINE_ABI_VERSION 1u
+#define PEREGRINE_ABI_VERSION 2u
 #define PEREGRINE_STATUS_OK 0
 #define PEREGRINE_STATUS_ERROR 1
 #define PEREGRINE_STATUS_PANIC 2
@@ -107,6 +107,9 @@ typedef struct PeregrineVTable {
     int32_t (*eval_poly)(PgCHandle server, PgCHandle a, const double *coeffs, size_t n, PgHandle *out, char **err);
     int32_t (*serialize_ct)(PgCHandle server, PgCHandle ct, PgBytes *out, char **err);
     int32_t (*deserialize_ct)(PgCHandle server, const uint8_t *data, size_t len, PgHandle *out, char **err);
+    /* ABI 2: the client's secret state, and a client rebuilt from it. */
+    int32_t (*client_save_secret)(PgCHandle client, PgBytes *out, char **err);
+    int32_t (*client_load)(const uint8_t *data, size_t len, PgHandle *out, char **err);
 } PeregrineVTable;
 
 /* The one symbol a plugin exports. */

@@ -278,6 +278,12 @@ pub trait Client: Send + Sync {
     /// Reads a ciphertext returned by the server.
     fn deserialize_ciphertext(&self, bytes: &[u8]) -> BResult<<Self::Backend as Backend>::Ciphertext>;
 
+    /// The client's secret state (secret key, public key, parameters), to keep on the client
+    /// side between processes; read back with [`Scheme::load_client`]. Never send it to a server.
+    fn save_secret(&self) -> BResult<Vec<u8>> {
+        Err(BackendError::Other("this backend cannot save its client state".into()))
+    }
+
     /// Encodes and encrypts `values` at a fresh level and the default scale.
     fn encrypt_values(&self, values: &[f64]) -> BResult<<Self::Backend as Backend>::Ciphertext> {
         let caps = self.capabilities();
@@ -308,4 +314,8 @@ pub trait Scheme {
     fn keygen(params: &Self::Params, request: &KeyRequest) -> BResult<Self::Client>;
     /// Builds an evaluator from serialised evaluation keys alone.
     fn server(evaluation_keys: &[u8]) -> BResult<Self::Server>;
+    /// Rebuilds a client from [`Client::save_secret`] (e.g. in the process that decrypts).
+    fn load_client(_secret: &[u8]) -> BResult<Self::Client> {
+        Err(BackendError::Other(format!("the {} backend cannot load a saved client", Self::NAME)))
+    }
 }

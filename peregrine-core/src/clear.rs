@@ -398,6 +398,18 @@ impl Context {
 /// The `clear` scheme (parameters, key generation, server reconstruction).
 pub struct ClearScheme;
 
+const CLEAR_SECRET_KIND: &str = "peregrine-clear-client-v1";
+
+/// What [`Client::save_secret`] writes for `clear` (JSON).
+#[derive(Serialize, Deserialize)]
+struct ClearSecret {
+    kind: String,
+    params: ClearParams,
+    key_id: u64,
+    rotations: BTreeSet<i64>,
+    bootstrap: bool,
+}
+
 /// `clear` client: encodes, "encrypts" (adds fresh noise), decrypts and decodes.
 pub struct ClearClient {
     ctx: Context,
@@ -430,6 +442,15 @@ impl Scheme for ClearScheme {
         Ok(ClearClient { ctx: Context::new(params.clone(), key_id, request.rotations.clone(), request.bootstrap)? })
     }
 
+    fn load_client(secret: &[u8]) -> BResult<ClearClient> {
+        let s: ClearSecret = serde_json::from_slice(secret)
+            .map_err(|e| BackendError::Deserialize { what: "clear client state", detail: e.to_string() })?;
+        if s.kind != CLEAR_SECRET_KIND {
+            return Err(BackendError::Deserialize { what: "clear client state", detail: format!("kind '{}'", s.kind) });
+        }
+        Ok(ClearClient { ctx: Context::new(s.params, s.key_id, s.rotations, s.bootstrap)? })
+    }
+
     fn server(evaluation_keys: &[u8]) -> BResult<ClearServer> {
         let evk: EvalKeys = serde_json::from_slice(evaluation_keys).map_err(|e| BackendError::Deserialize {
             what: "clear evaluation keys",
@@ -447,6 +468,18 @@ impl Scheme for ClearScheme {
 
 impl Client for ClearClient {
     type Backend = ClearServer;
+
+    fn save_secret(&self) -> BResult<Vec<u8>> {
+        let c = &self.ctx;
+        serde_json::to_vec(&ClearSecret {
+            kind: CLEAR_SECRET_KIND.into(),
+            params: c.params.clone(),
+            key_id: c.key_id,
+            rotations: c.rotations.clone(),
+            bootstrap: c.bootstrap,
+        })
+        .map_err(|e| BackendError::Other(e.to_string()))
+    }
 
     fn capabilities(&self) -> Capabilities {
         self.ctx.capabilities()

@@ -1,4 +1,4 @@
-//! The plugin C ABI, version [`ABI_VERSION`]. Mirrors `include/peregrine_plugin.h` exactly.
+//! The plugin C ABI, version [`ABI_VERSION`] (2 added `client_save_secret` and `client_load`). Mirrors `include/peregrine_plugin.h` exactly.
 //!
 //! A plugin is a shared library exporting `const PeregrineVTable *peregrine_plugin_entry(void)`.
 //! Every fallible function returns a status (0 = success) and on failure stores a
@@ -9,7 +9,7 @@
 use std::ffi::{c_char, c_void};
 
 /// ABI version implemented by this build. Bumped on any incompatible change.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 /// Name of the exported entry function (NUL-terminated).
 pub const ENTRY_SYMBOL: &[u8] = b"peregrine_plugin_entry\0";
 
@@ -173,6 +173,10 @@ pub struct PluginVTable {
     /// Reads a ciphertext (server side).
     pub deserialize_ct:
         unsafe extern "C" fn(server: CHandle, data: *const u8, len: usize, out: *mut Handle, err: ErrOut) -> i32,
+    /// The client's secret state (ABI 2).
+    pub client_save_secret: unsafe extern "C" fn(client: CHandle, out: *mut PgBytes, err: ErrOut) -> i32,
+    /// A client from its saved secret state (ABI 2).
+    pub client_load: unsafe extern "C" fn(data: *const u8, len: usize, out: *mut Handle, err: ErrOut) -> i32,
 }
 
 // SAFETY: the table is immutable after construction; its pointers refer to static data and

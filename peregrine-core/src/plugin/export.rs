@@ -372,6 +372,12 @@ unsafe extern "C" fn serialize_ct<S: Scheme>(s: CHandle, c: CHandle, out: *mut P
         put_bytes(out, b)
     })
 }
+unsafe extern "C" fn client_save_secret<S: Scheme>(c: CHandle, out: *mut PgBytes, err: ErrOut) -> i32 {
+    guard(err, || put_bytes(out, obj::<S::Client>(c, "client")?.save_secret().map_err(|e| e.to_string())?))
+}
+unsafe extern "C" fn client_load<S: Scheme>(d: *const u8, len: usize, out: *mut Handle, err: ErrOut) -> i32 {
+    guard(err, || put(out, S::load_client(slice(d, len)?).map_err(|e| e.to_string())?))
+}
 unsafe extern "C" fn deserialize_ct<S: Scheme>(s: CHandle, d: *const u8, len: usize, out: *mut Handle, err: ErrOut) -> i32 {
     guard(err, || {
         let ct = obj::<S::Server>(s, "server")?.deserialize_ciphertext(slice(d, len)?).map_err(|e| e.to_string())?;
@@ -429,6 +435,8 @@ pub fn vtable<S: Scheme + 'static>(cell: &'static OnceLock<PluginVTable>) -> &'s
         eval_poly: eval_poly::<S>,
         serialize_ct: serialize_ct::<S>,
         deserialize_ct: deserialize_ct::<S>,
+        client_save_secret: client_save_secret::<S>,
+        client_load: client_load::<S>,
     })
 }
 

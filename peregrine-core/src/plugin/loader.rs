@@ -153,6 +153,15 @@ impl Plugin {
         Ok(client)
     }
 
+    /// Rebuilds a client from its saved secret state ([`Client::save_secret`]).
+    pub fn load_client(self: &Arc<Self>, secret: &[u8]) -> BResult<PluginClient> {
+        let mut h = std::ptr::null_mut();
+        self.call(|e| unsafe { (self.vt().client_load)(secret.as_ptr(), secret.len(), &mut h, e) })?;
+        let mut client = PluginClient { plugin: self.clone(), handle: h, slots: 0 };
+        client.slots = client.capabilities_checked()?.slots;
+        Ok(client)
+    }
+
     /// Builds a server from serialised evaluation keys.
     pub fn server(self: &Arc<Self>, evaluation_keys: &[u8]) -> BResult<PluginServer> {
         let mut h = std::ptr::null_mut();
@@ -308,6 +317,11 @@ impl Client for PluginClient {
     fn evaluation_keys(&self) -> BResult<Vec<u8>> {
         let mut b = PgBytes { data: std::ptr::null_mut(), len: 0 };
         self.plugin.call(|e| unsafe { (self.plugin.vt().client_evaluation_keys)(self.handle, &mut b, e) })?;
+        Ok(self.plugin.take_bytes(b))
+    }
+    fn save_secret(&self) -> BResult<Vec<u8>> {
+        let mut b = PgBytes { data: std::ptr::null_mut(), len: 0 };
+        self.plugin.call(|e| unsafe { (self.plugin.vt().client_save_secret)(self.handle, &mut b, e) })?;
         Ok(self.plugin.take_bytes(b))
     }
     fn serialize_ciphertext(&self, ct: &PluginCiphertext) -> BResult<Vec<u8>> {
