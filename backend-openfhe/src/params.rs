@@ -45,7 +45,8 @@ pub struct OpenFheParams {
     pub level_budget: [u32; 2],
     /// HYBRID key-switching digits (0: OpenFHE's default).
     pub large_digits: u32,
-    /// Largest |value| the bootstrap is asked to refresh.
+    /// Largest |value| the bootstrap is asked to refresh. Above 1 the input is first scaled by
+    /// 1/⌈range⌉, which reserves one more modulus and multiplies the bootstrap error by ⌈range⌉.
     pub bootstrap_range: f64,
     /// Allow parameters below 128-bit security. For tests only; never for real data.
     pub insecure_test_only: bool,

@@ -75,8 +75,13 @@ fn warn_insecure(p: &OpenFheParams) {
 }
 
 /// Moduli kept below level 0: OpenFHE's FIXEDMANUAL bootstrap needs two moduli on its input.
+/// With `bootstrap_range` > 1 a second one scales the input into [−1, 1] first.
 fn reserved(p: &OpenFheParams) -> usize {
-    usize::from(p.bootstrap)
+    match (p.bootstrap, p.bootstrap_range > 1.0) {
+        (false, _) => 0,
+        (true, false) => 1,
+        (true, true) => 2,
+    }
 }
 
 /// Bits of precision after an operation, an estimate fitted to measurements: at N = 2^12 and
@@ -509,9 +514,22 @@ impl Backend for OpenFheServer {
             return Err(BackendError::BootstrapNotEnabled);
         }
         // OpenFHE reads the message m = value·scale at its own scale Δ = 2^log_scale, refreshes
-        // m/Δ and returns it at scale Δ: the integer message, hence the caller's scale, is kept.
-        let out = self.0.ctx.bootstrap(&a.raw)?;
-        Ok(self.wrap(out, a.scale))
+        // m/Δ (which must lie in [−1, 1]) and returns it at scale Δ: the integer message, hence
+        // the caller's scale, is kept.
+        let range = self.0.params.bootstrap_range;
+        if range <= 1.0 {
+            return Ok(self.wrap(self.0.ctx.bootstrap(&a.raw)?, a.scale));
+        }
+        // Wider inputs: multiply by 1/R on the second reserved modulus, bootstrap, multiply by
+        // the integer R (no level). The bootstrap error grows by R.
+        let r = range.ceil() as i64;
+        let base = self.0.reserved;
+        let low = self.0.ctx.drop_to_level(&a.raw, base)?;
+        let q = self.0.moduli[base];
+        let shrunk = self.0.ctx.rescale(&self.0.ctx.mul_scalar(&low, 1.0 / r as f64, q)?)?;
+        let out = self.0.ctx.mul_integer(&self.0.ctx.bootstrap(&shrunk)?, r)?;
+        let scale = a.scale * ((q / r as f64).round() * r as f64 / q);
+        Ok(self.wrap(out, scale))
     }
     fn serialize_ciphertext(&self, ct: &OpenFheCiphertext) -> BResult<Vec<u8>> {
         self.0.serialize(ct)

@@ -101,6 +101,31 @@ fn bootstrap_refreshes_to_the_advertised_level() {
 
 #[test]
 #[cfg_attr(not(openfhe), ignore = "OpenFHE was not found when this was built")]
+fn bootstrap_with_a_wider_range_keeps_values_and_scale() {
+    let p = OpenFheParams {
+        bootstrap: true,
+        level_budget: [2, 2],
+        bootstrap_range: 8.0,
+        log_scale: 59,
+        first_modulus_bits: 60,
+        ..OpenFheParams::insecure_for_tests(12, 3)
+    };
+    let caps = OpenFheScheme::capabilities(&p).unwrap();
+    let client = OpenFheScheme::keygen(&p, &KeyRequest { rotations: BTreeSet::new(), bootstrap: true }).unwrap();
+    let server = OpenFheScheme::server(&client.evaluation_keys().unwrap()).unwrap();
+    let x: Vec<f64> = random(caps.slots - 5, 11).iter().map(|v| v * 7.5).collect();
+    let a = server.drop_to_level(&client.encrypt_values(&x).unwrap(), 0).unwrap();
+    let b = server.bootstrap(&a).unwrap();
+    assert_eq!(Some(server.level(&b)), caps.bootstrap_level);
+    assert!(((server.scale(&b) - server.scale(&a)) / server.scale(&a)).abs() < 1e-12, "scale kept");
+    let v = client.decrypt_values(&b).unwrap();
+    let err = x.iter().zip(&v).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("bootstrap range 8, N=2^12 (insecure): max error {err:.2e} ({:.1} bits of 8)", -(err / 8.0).log2());
+    assert!(err < 8.0 * 2f64.powi(-8), "error {err:.2e}");
+}
+
+#[test]
+#[cfg_attr(not(openfhe), ignore = "OpenFHE was not found when this was built")]
 fn default_parameters_are_128_bit_with_bootstrapping() {
     let caps = OpenFheScheme::capabilities(&OpenFheParams::default()).unwrap();
     assert_eq!(caps.security_bits, Some(128));

@@ -1,11 +1,14 @@
 // Peregrine's C shim over OpenFHE CKKS. See shim.h for the contract.
 #include "shim.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <exception>
 #include <map>
 #include <mutex>
+#include <set>
+#include <tuple>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -57,6 +60,18 @@ void release_tag(const std::string& tag) {
         CryptoContextImpl<DCRTPoly>::ClearEvalMultKeys(tag);
         CryptoContextImpl<DCRTPoly>::ClearEvalAutomorphismKeys(tag);
     }
+}
+
+// OpenFHE hands out one shared context per parameter set; setting its bootstrapping up again
+// would replace precomputations another thread may be using. Done once per context and budget
+// (under the global lock).
+void bootstrap_setup_once(const CryptoContext<DCRTPoly>& cc, uint32_t enc, uint32_t dec, uint32_t slots) {
+    static std::set<std::tuple<const void*, uint32_t, uint32_t, uint32_t>> done;
+    auto key = std::make_tuple(static_cast<const void*>(cc.get()), enc, dec, slots);
+    if (done.count(key))
+        return;
+    cc->EvalBootstrapSetup({enc, dec}, {0, 0}, slots);
+    done.insert(key);
 }
 
 // After OpenFHE refuses a secure parameter set, its parameter-size check keeps a stale value
@@ -127,8 +142,16 @@ Plaintext encode(const PfContext* c, const double* v, size_t n, double factor, u
     need(n <= c->slots, "more values than slots");
     need(level < total_towers(c), "level above the fresh level");
     std::vector<double> vals(c->slots, 0.0);
-    for (size_t i = 0; i < n; ++i)
+    double big = 0.0;
+    for (size_t i = 0; i < n; ++i) {
         vals[i] = v[i] * factor;
+        big     = std::max(big, std::abs(vals[i]));
+    }
+    // Values so small that every encoded coefficient rounds to 0 are the zero vector: OpenFHE
+    // refuses them ("scaling factor too small"). Below 2·slots/scale they are also far below
+    // CKKS noise, so the zero vector is encoded instead.
+    if (big * internal_scale(c, deg) < 2.0 * c->slots)
+        std::fill(vals.begin(), vals.end(), 0.0);
     uint32_t ofhe_level = total_towers(c) - 1 - level;
     return c->cc->MakeCKKSPackedPlaintext(vals, deg, ofhe_level, nullptr, c->slots);
 }
@@ -213,7 +236,7 @@ int pf_context_new(const PfParams* p, PfContext** out, char** err) {
         c->bootstrap  = p->bootstrap != 0;
         if (c->bootstrap) {
             try {
-                cc->EvalBootstrapSetup({p->level_budget_enc, p->level_budget_dec}, {0, 0}, c->slots);
+                bootstrap_setup_once(cc, p->level_budget_enc, p->level_budget_dec, c->slots);
             }
             catch (...) {
                 delete c;
@@ -366,7 +389,7 @@ int pf_server_new(const uint8_t* data, size_t len, int32_t bootstrap, uint32_t e
         c->tag        = tag;
         if (c->bootstrap) {
             try {
-                cc->EvalBootstrapSetup({enc, dec}, {0, 0}, c->slots);
+                bootstrap_setup_once(cc, enc, dec, c->slots);
             }
             catch (...) {
                 release_tag(tag);
