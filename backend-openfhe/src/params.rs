@@ -23,6 +23,16 @@ pub fn max_log_qp_128(n: usize) -> Option<f64> {
     MAX_LOG_QP_128.iter().find(|(d, _)| *d == n).map(|(_, b)| *b)
 }
 
+/// Secret-key distribution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretDist {
+    /// Uniform ternary secret (the HE standard's assumption).
+    UniformTernary,
+    /// Uniform ternary secret, with a sparse secret encapsulated inside bootstrapping.
+    SparseEncapsulated,
+}
+
 /// Parameters of the OpenFHE CKKS backend (JSON on the command line and across the plugin ABI).
 ///
 /// The defaults are production parameters: N = 2^16, uniform ternary secret, HYBRID key
@@ -45,6 +55,10 @@ pub struct OpenFheParams {
     pub level_budget: [u32; 2],
     /// HYBRID key-switching digits (0: OpenFHE's default).
     pub large_digits: u32,
+    /// Secret-key distribution: `uniform_ternary`, or `sparse_encapsulated` (the key is uniform
+    /// ternary; bootstrapping switches to a sparse key only around its modulus raise, which
+    /// makes the sine approximation far narrower: less depth, more precision).
+    pub secret: SecretDist,
     /// Largest |value| the bootstrap is asked to refresh. Above 1 the input is first scaled by
     /// 1/⌈range⌉, which reserves one more modulus and multiplies the bootstrap error by ⌈range⌉.
     pub bootstrap_range: f64,
@@ -54,18 +68,20 @@ pub struct OpenFheParams {
 
 impl Default for OpenFheParams {
     fn default() -> Self {
-        // N = 2^16, Δ = 2^59, q_0 = 2^60, bootstrap budget [2, 2] (depth 18), 6 key-switching
-        // digits: log2(Q) = 1357 and Q·P within the 1747 bits allowed at 128-bit, leaving 4
-        // levels between bootstraps. A 50-bit Δ fits more levels but OpenFHE's bootstrap then
-        // keeps only ~6 bits (measured at N = 2^12); 59 bits kept 10.6 there.
+        // N = 2^16, Δ = 2^59, q_0 = 2^60, sparse-encapsulated bootstrapping with level budget
+        // [2, 2] (depth 14), OpenFHE's default key-switching digits: log2(Q) = 1180 and Q·P
+        // within the 1747 bits allowed at 128-bit, leaving 5 levels between bootstraps. With a
+        // uniform-ternary secret the bootstrap keeps ~10 bits (its sine approximation must
+        // cover 512 overflows), with the encapsulated sparse secret ~19 (measured at N = 2^12).
         OpenFheParams {
             log_ring_dimension: 16,
-            levels: 5,
+            levels: 6,
             log_scale: 59,
             first_modulus_bits: 60,
             bootstrap: true,
             level_budget: [2, 2],
-            large_digits: 6,
+            large_digits: 0,
+            secret: SecretDist::SparseEncapsulated,
             bootstrap_range: 1.0,
             insecure_test_only: false,
         }

@@ -11,6 +11,7 @@ use peregrine_core::error::BackendError;
 use serde::{Deserialize, Serialize};
 
 use crate::native::{bootstrap_depth, Ctx, Info, RawCt};
+use crate::params::SecretDist;
 use crate::{OpenFheParams, OpenFheScheme};
 
 const CT_MAGIC: &[u8; 8] = b"PGOFCT01";
@@ -117,7 +118,7 @@ fn capabilities_of(
 }
 
 fn model_depth(p: &OpenFheParams) -> BResult<(usize, usize)> {
-    let boot = if p.bootstrap { bootstrap_depth(p.level_budget[0], p.level_budget[1], false)? } else { 0 };
+    let boot = if p.bootstrap { bootstrap_depth(p.level_budget[0], p.level_budget[1], p.secret == SecretDist::SparseEncapsulated)? } else { 0 };
     Ok((p.levels + boot, boot))
 }
 
@@ -129,7 +130,7 @@ fn raw_params(p: &OpenFheParams, depth: usize, with_bootstrap: bool) -> PfParams
         first_mod_bits: p.first_modulus_bits,
         num_large_digits: p.large_digits,
         secure: (!p.insecure_test_only) as i32,
-        sparse_secret: 0,
+        sparse_secret: i32::from(p.secret == SecretDist::SparseEncapsulated),
         bootstrap: with_bootstrap as i32,
         level_budget_enc: p.level_budget[0],
         level_budget_dec: p.level_budget[1],

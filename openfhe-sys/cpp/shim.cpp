@@ -193,7 +193,7 @@ static int put_bytes(const std::string& s, PfBytes* out) {
 
 int pf_bootstrap_depth(uint32_t enc, uint32_t dec, int32_t sparse, uint32_t* out, char** err) {
     return guarded(err, [&] {
-        *out = FHECKKSRNS::GetBootstrapDepth({enc, dec}, sparse ? SPARSE_TERNARY : UNIFORM_TERNARY);
+        *out = FHECKKSRNS::GetBootstrapDepth({enc, dec}, sparse ? SPARSE_ENCAPSULATED : UNIFORM_TERNARY);
     });
 }
 
@@ -206,7 +206,7 @@ int pf_context_new(const PfParams* p, PfContext** out, char** err) {
         q.SetFirstModSize(p->first_mod_bits);
         q.SetScalingTechnique(FIXEDMANUAL);
         q.SetKeySwitchTechnique(HYBRID);
-        q.SetSecretKeyDist(p->sparse_secret ? SPARSE_TERNARY : UNIFORM_TERNARY);
+        q.SetSecretKeyDist(p->sparse_secret ? SPARSE_ENCAPSULATED : UNIFORM_TERNARY);
         if (p->num_large_digits)
             q.SetNumLargeDigits(p->num_large_digits);
         q.SetSecurityLevel(p->secure ? HEStd_128_classic : HEStd_NotSet);

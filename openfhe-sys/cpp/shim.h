@@ -31,7 +31,7 @@ typedef struct PfParams {
     uint32_t first_mod_bits;
     uint32_t num_large_digits;  /* 0: OpenFHE default */
     int32_t secure;             /* 1: HEStd_128_classic enforced by OpenFHE; 0: HEStd_NotSet */
-    int32_t sparse_secret;      /* 1: SPARSE_TERNARY; 0: UNIFORM_TERNARY */
+    int32_t sparse_secret;      /* 1: SPARSE_ENCAPSULATED (uniform ternary key, sparse key inside bootstrapping); 0: UNIFORM_TERNARY */
     int32_t bootstrap;          /* 1: enable FHE (bootstrapping) */
     uint32_t level_budget_enc;
     uint32_t level_budget_dec;
