@@ -69,18 +69,19 @@ pub struct OpenFheParams {
 impl Default for OpenFheParams {
     fn default() -> Self {
         // N = 2^16, Δ = 2^59, q_0 = 2^60, sparse-encapsulated bootstrapping with level budget
-        // [2, 2] (depth 14), OpenFHE's default key-switching digits: log2(Q) = 1180 and Q·P
-        // within the 1747 bits allowed at 128-bit, leaving 5 levels between bootstraps. With a
-        // uniform-ternary secret the bootstrap keeps ~10 bits (its sine approximation must
-        // cover 512 overflows), with the encapsulated sparse secret ~19 (measured at N = 2^12).
+        // [3, 3] (depth 16), 6 key-switching digits: log2(Q) = 1239 and Q·P
+        // within the 1747 bits allowed at 128-bit, leaving 4 levels between bootstraps. Budget
+        // [2, 2] leaves 5 but its keys did not fit in 24 GiB here. With a uniform-ternary
+        // secret the bootstrap keeps ~10 bits (its sine approximation must cover 512
+        // overflows), with the encapsulated sparse secret ~19 (measured at N = 2^12).
         OpenFheParams {
             log_ring_dimension: 16,
-            levels: 6,
+            levels: 5,
             log_scale: 59,
             first_modulus_bits: 60,
             bootstrap: true,
-            level_budget: [2, 2],
-            large_digits: 0,
+            level_budget: [3, 3],
+            large_digits: 6,
             secret: SecretDist::SparseEncapsulated,
             bootstrap_range: 1.0,
             insecure_test_only: false,

@@ -131,7 +131,7 @@ fn default_parameters_are_128_bit_with_bootstrapping() {
     assert_eq!(caps.security_bits, Some(128));
     assert_eq!(caps.ring_dimension, 1 << 16);
     assert!(caps.can_bootstrap);
-    assert_eq!(caps.bootstrap_level, Some(5));
+    assert_eq!(caps.bootstrap_level, Some(4));
     let log_q: f64 = caps.log_moduli.iter().sum::<f64>() + 60.0; // + the reserved modulus
     assert!(log_q < 1747.0, "log2(Q) = {log_q}");
 }
