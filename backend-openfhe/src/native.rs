@@ -177,11 +177,17 @@ impl Ctx {
     pub fn has_secret_key(&self) -> bool {
         unsafe { sys::pf_has_secret_key(self.0) != 0 }
     }
-    /// The context and evaluation keys, serialised (never the secret key).
-    pub fn evaluation_keys(&self) -> R<Vec<u8>> {
-        let mut b = sys::PfBytes { data: ptr::null_mut(), len: 0 };
-        call("serialise evaluation keys", |e| unsafe { sys::pf_serialize_eval_keys(self.0, &mut b, e) })?;
-        Ok(bytes(b))
+    /// The context and evaluation keys, serialised (never the secret key), appended to `out`
+    /// as OpenFHE writes them (the keys are never held twice on the C++ side).
+    pub fn evaluation_keys_into(&self, out: &mut Vec<u8>) -> R<()> {
+        unsafe extern "C" fn sink(ctx: *mut std::ffi::c_void, data: *const u8, len: usize) -> i32 {
+            // SAFETY: `ctx` is the `&mut Vec<u8>` passed below and `data` holds `len` bytes.
+            let v = unsafe { &mut *(ctx as *mut Vec<u8>) };
+            v.extend_from_slice(unsafe { std::slice::from_raw_parts(data, len) });
+            0
+        }
+        let ctx = out as *mut Vec<u8> as *mut std::ffi::c_void;
+        call("serialise evaluation keys", |e| unsafe { sys::pf_serialize_eval_keys(self.0, sink, ctx, e) })
     }
     /// Rotation steps with keys (in 0..N/2).
     pub fn rotation_steps(&self) -> R<Vec<i32>> {

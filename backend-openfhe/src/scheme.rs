@@ -15,7 +15,7 @@ use crate::params::SecretDist;
 use crate::{OpenFheParams, OpenFheScheme};
 
 const CT_MAGIC: &[u8; 8] = b"PGOFCT01";
-const KEYS_MAGIC: &[u8; 8] = b"PGOFEK01";
+const KEYS_MAGIC: &[u8; 8] = b"PGOFEK02";
 const SECRET_MAGIC: &[u8; 8] = b"PGOFSK01";
 
 /// A ciphertext with its (exact) scale. Its level is OpenFHE's tower count − 1, minus one
@@ -364,12 +364,13 @@ impl Client for OpenFheClient {
         Ok(v)
     }
     fn evaluation_keys(&self) -> BResult<Vec<u8>> {
-        let keys = self.0.ctx.evaluation_keys().map_err(|e| {
+        let mut out = join_header(KEYS_MAGIC, &self.0.header(), &[])?;
+        self.0.ctx.evaluation_keys_into(&mut out).map_err(|e| {
             BackendError::Other(format!(
                 "{e} (evaluation keys can only be exported by the client that generated them; use the saved key file)"
             ))
         })?;
-        join_header(KEYS_MAGIC, &self.0.header(), &keys)
+        Ok(out)
     }
     fn save_secret(&self) -> BResult<Vec<u8>> {
         join_header(SECRET_MAGIC, &self.0.header(), &self.0.ctx.save_client()?)

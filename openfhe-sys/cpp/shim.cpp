@@ -62,6 +62,56 @@ void release_tag(const std::string& tag) {
     }
 }
 
+// An output stream buffer that hands its bytes to the caller's sink in 1 MiB pieces.
+class SinkBuf : public std::streambuf {
+  public:
+    SinkBuf(PfSink sink, void* ctx) : sink_(sink), ctx_(ctx), buf_(1 << 20) {
+        setp(buf_.data(), buf_.data() + buf_.size());
+    }
+    ~SinkBuf() override {
+        flush_out();
+    }
+    bool ok() const {
+        return ok_;
+    }
+
+  protected:
+    int overflow(int ch) override {
+        if (!flush_out())
+            return traits_type::eof();
+        if (ch != traits_type::eof()) {
+            *pptr() = static_cast<char>(ch);
+            pbump(1);
+        }
+        return ch == traits_type::eof() ? 0 : ch;
+    }
+    int sync() override {
+        return flush_out() ? 0 : -1;
+    }
+
+  private:
+    bool flush_out() {
+        size_t n = static_cast<size_t>(pptr() - pbase());
+        if (n && ok_)
+            ok_ = sink_(ctx_, reinterpret_cast<const uint8_t*>(pbase()), n) == 0;
+        setp(buf_.data(), buf_.data() + buf_.size());
+        return ok_;
+    }
+    PfSink sink_;
+    void* ctx_;
+    std::vector<char> buf_;
+    bool ok_ = true;
+};
+
+// A read-only stream buffer over caller memory (no copy).
+class MemBuf : public std::streambuf {
+  public:
+    MemBuf(const char* p, size_t n) {
+        char* b = const_cast<char*>(p);
+        setg(b, b, b + n);
+    }
+};
+
 // OpenFHE hands out one shared context per parameter set; setting its bootstrapping up again
 // would replace precomputations another thread may be using. Done once per context and budget
 // (under the global lock).
@@ -309,28 +359,32 @@ int pf_has_secret_key(const PfContext* c) {
     return c && c->keys.secretKey ? 1 : 0;
 }
 
-int pf_serialize_eval_keys(const PfContext* c, PfBytes* out, char** err) {
+int pf_serialize_eval_keys(const PfContext* c, PfSink sink, void* sink_ctx, char** err) {
     return guarded(err, [&] {
-        need(c && out, "null argument");
+        need(c && sink, "null argument");
         need(c->keys.secretKey != nullptr, "no keys were generated in this context");
-        std::ostringstream os;
+        // Streamed to the caller: the (large) rotation keys are never held twice in memory.
+        SinkBuf buf(sink, sink_ctx);
+        std::ostream os(&buf);
         const std::string tag = c->keys.secretKey->GetKeyTag();
-        uint64_t tlen         = tag.size();
-        os.write(reinterpret_cast<const char*>(&tlen), sizeof tlen);
-        os << tag;
         auto section = [&os](const std::string& body) {
             uint64_t n = body.size();
             os.write(reinterpret_cast<const char*>(&n), sizeof n);
             os << body;
         };
-        std::ostringstream ccs, mult, rot;
+        section(tag);
+        std::ostringstream ccs, mult;
         Serial::Serialize(c->cc, ccs, SerType::BINARY);
         section(ccs.str());
         need(CryptoContextImpl<DCRTPoly>::SerializeEvalMultKey(mult, SerType::BINARY, tag), "serialising the relinearisation key failed");
         section(mult.str());
-        bool has_rot = CryptoContextImpl<DCRTPoly>::SerializeEvalAutomorphismKey(rot, SerType::BINARY, tag);
-        section(has_rot ? rot.str() : std::string());
-        put_bytes(os.str(), out);
+        // The rotation keys are the rest of the stream (empty when there are none).
+        uint8_t has_rot = CryptoContextImpl<DCRTPoly>::GetAllEvalAutomorphismKeys().count(tag) ? 1 : 0;
+        os.write(reinterpret_cast<const char*>(&has_rot), 1);
+        if (has_rot)
+            need(CryptoContextImpl<DCRTPoly>::SerializeEvalAutomorphismKey(os, SerType::BINARY, tag), "serialising the rotation keys failed");
+        os.flush();
+        need(os.good() && buf.ok(), "writing the evaluation keys failed");
     });
 }
 
@@ -338,29 +392,31 @@ int pf_server_new(const uint8_t* data, size_t len, int32_t bootstrap, uint32_t e
                   PfContext** out, char** err) {
     return guarded(err, [&] {
         need(data && out, "null argument");
-        std::string buf(reinterpret_cast<const char*>(data), len);
-        std::istringstream is(buf);
-        uint64_t tlen = 0;
-        is.read(reinterpret_cast<char*>(&tlen), sizeof tlen);
-        need(is.good() && tlen < 4096 && tlen <= len, "these bytes are not OpenFHE evaluation keys (bad header)");
-        std::string tag(tlen, '\0');
-        is.read(&tag[0], static_cast<std::streamsize>(tlen));
-        need(is.good(), "truncated evaluation keys");
-        auto section = [&is, len](const char* what) {
+        // Sections are read in place (no copy of the large rotation keys).
+        size_t at    = 0;
+        auto section = [&](const char* what) {
             uint64_t n = 0;
-            is.read(reinterpret_cast<char*>(&n), sizeof n);
-            need(is.good() && n <= len, (std::string("truncated evaluation keys (") + what + ")").c_str());
-            std::string body(n, '\0');
-            if (n)
-                is.read(&body[0], static_cast<std::streamsize>(n));
-            need(static_cast<uint64_t>(is.gcount()) == n || n == 0, (std::string("truncated evaluation keys (") + what + ")").c_str());
-            return body;
+            need(len - at >= sizeof n, (std::string("truncated evaluation keys (") + what + ")").c_str());
+            std::memcpy(&n, data + at, sizeof n);
+            at += sizeof n;
+            need(n <= len - at, (std::string("truncated evaluation keys (") + what + ")").c_str());
+            auto r = std::make_pair(reinterpret_cast<const char*>(data + at), static_cast<size_t>(n));
+            at += n;
+            return r;
         };
-        std::string ccs = section("context"), mult = section("relinearisation key"), rot = section("rotation keys");
+        auto tagsec = section("key tag");
+        need(tagsec.second < 4096, "these bytes are not OpenFHE evaluation keys (bad header)");
+        std::string tag(tagsec.first, tagsec.second);
+        auto ccsec = section("context"), multsec = section("relinearisation key");
+        need(len - at >= 1, "truncated evaluation keys (rotation keys)");
+        bool has_rot = data[at] != 0;
+        at += 1;
+        MemBuf ccb(ccsec.first, ccsec.second), multb(multsec.first, multsec.second),
+            rotb(reinterpret_cast<const char*>(data + at), len - at);
         std::lock_guard<std::mutex> lock(global_lock());
         CryptoContext<DCRTPoly> cc;
         try {
-            std::istringstream s1(ccs);
+            std::istream s1(&ccb);
             Serial::Deserialize(cc, s1, SerType::BINARY);
         }
         catch (...) {
@@ -370,12 +426,12 @@ int pf_server_new(const uint8_t* data, size_t len, int32_t bootstrap, uint32_t e
         need(cc != nullptr, "the evaluation keys do not start with a crypto context");
         // Keys of a tag already present (a client in this process) are the same keys: share them.
         if (!tag_refs().count(tag)) {
-            std::istringstream s2(mult);
+            std::istream s2(&multb);
             need(CryptoContextImpl<DCRTPoly>::DeserializeEvalMultKey(s2, SerType::BINARY), "reading the relinearisation key failed");
             need(CryptoContextImpl<DCRTPoly>::GetAllEvalMultKeys().count(tag) == 1,
                  "the relinearisation key does not carry the tag in the header");
-            if (!rot.empty()) {
-                std::istringstream s3(rot);
+            if (has_rot) {
+                std::istream s3(&rotb);
                 need(CryptoContextImpl<DCRTPoly>::DeserializeEvalAutomorphismKey(s3, SerType::BINARY), "reading the rotation keys failed");
             }
         }

@@ -24,6 +24,9 @@ typedef struct PfBytes {
     size_t len;
 } PfBytes;
 
+/* Receives serialised bytes piece by piece; returns 0 to continue. */
+typedef int (*PfSink)(void* ctx, const uint8_t* data, size_t len);
+
 typedef struct PfParams {
     uint32_t ring_dim;          /* 0: OpenFHE picks the smallest secure one */
     uint32_t mult_depth;        /* total multiplicative depth (model levels + bootstrap depth) */
@@ -52,8 +55,8 @@ int pf_context_moduli(const PfContext* c, double* out, size_t cap, char** err);
 /* Key generation: secret key, relinearisation key, rotation keys for `steps`, bootstrapping keys. */
 int pf_keygen(PfContext* c, const int32_t* steps, size_t n, int32_t bootstrap, char** err);
 int pf_has_secret_key(const PfContext* c);
-/* Evaluation keys and the context (no secret key). */
-int pf_serialize_eval_keys(const PfContext* c, PfBytes* out, char** err);
+/* Evaluation keys and the context (no secret key), streamed to `sink`. */
+int pf_serialize_eval_keys(const PfContext* c, PfSink sink, void* sink_ctx, char** err);
 /* A server context from serialised evaluation keys; sets up bootstrapping precomputations if asked. */
 int pf_server_new(const uint8_t* data, size_t len, int32_t bootstrap, uint32_t enc, uint32_t dec, uint32_t slots,
                   PfContext** out, char** err);

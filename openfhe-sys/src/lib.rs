@@ -27,7 +27,7 @@ pub use ffi::*;
 #[cfg(openfhe)]
 #[allow(missing_docs)]
 mod ffi {
-    use std::ffi::c_char;
+    use std::ffi::{c_char, c_void};
 
     /// Opaque crypto context (with or without a secret key).
     #[repr(C)]
@@ -62,6 +62,9 @@ mod ffi {
         pub slots: u32,
     }
 
+    /// Receives serialised bytes piece by piece; returns 0 to continue.
+    pub type PfSink = unsafe extern "C" fn(ctx: *mut c_void, data: *const u8, len: usize) -> i32;
+
     type Err = *mut *mut c_char;
     type Ct = PfCiphertext;
 
@@ -81,7 +84,7 @@ mod ffi {
         pub fn pf_context_moduli(c: *const PfContext, out: *mut f64, cap: usize, err: Err) -> i32;
         pub fn pf_keygen(c: *mut PfContext, steps: *const i32, n: usize, bootstrap: i32, err: Err) -> i32;
         pub fn pf_has_secret_key(c: *const PfContext) -> i32;
-        pub fn pf_serialize_eval_keys(c: *const PfContext, out: *mut PfBytes, err: Err) -> i32;
+        pub fn pf_serialize_eval_keys(c: *const PfContext, sink: PfSink, sink_ctx: *mut c_void, err: Err) -> i32;
         pub fn pf_server_new(
             data: *const u8,
             len: usize,
