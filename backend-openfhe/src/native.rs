@@ -157,6 +157,12 @@ impl Ctx {
             .map_err(|e| BackendError::Deserialize { what: "OpenFHE client state", detail: e.to_string() })?;
         Ok(Ctx(out))
     }
+    /// A server context sharing this client's keys in memory (no secret key).
+    pub fn server_from_client(&self) -> R<Ctx> {
+        let mut out = ptr::null_mut();
+        call("server from client", |e| unsafe { sys::pf_server_from_client(self.0, &mut out, e) })?;
+        Ok(Ctx(out))
+    }
     /// Ring dimension, towers, log2(QP).
     pub fn info(&self) -> R<Info> {
         let (mut n, mut t, mut b) = (0u32, 0u32, 0f64);

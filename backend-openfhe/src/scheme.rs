@@ -383,6 +383,25 @@ impl Client for OpenFheClient {
     }
 }
 
+impl OpenFheClient {
+    /// A server in this process sharing the client's evaluation keys in memory, without
+    /// serialising them. It holds no secret key. Meant for benchmarks at N = 2^16, whose key
+    /// files do not yet fit in this machine's memory twice; real deployments use
+    /// [`Client::evaluation_keys`] and [`Scheme::server`].
+    pub fn server_in_process(&self) -> BResult<OpenFheServer> {
+        let c = &self.0;
+        Ok(OpenFheServer(Shared {
+            ctx: c.ctx.server_from_client()?,
+            params: c.params.clone(),
+            caps: c.caps.clone(),
+            moduli: c.moduli.clone(),
+            rotations: c.rotations.clone(),
+            bootstrap_keys: c.bootstrap_keys,
+            reserved: c.reserved,
+        }))
+    }
+}
+
 impl OpenFheServer {
     /// Whether the underlying OpenFHE context holds a secret key (never, for a server built
     /// from evaluation keys; tests assert it).

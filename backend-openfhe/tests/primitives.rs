@@ -211,6 +211,13 @@ fn a_saved_client_decrypts_what_a_server_computed() {
     let got = client.decrypt_values(&client.deserialize_ciphertext(&out).unwrap()).unwrap();
     let err = x.iter().zip(&got).fold(0f64, |m, (v, g)| m.max((v * v - g).abs()));
     assert!(err < 2f64.powi(-20), "error {err:.2e}");
+    // A server sharing the keys in memory (benchmarks) holds no secret key either and computes the same.
+    let client2 = OpenFheScheme::keygen(&p, &KeyRequest::rotations([1])).unwrap();
+    let inproc = client2.server_in_process().unwrap();
+    assert!(!inproc.holds_secret_key());
+    let r = inproc.rotate(&client2.encrypt_values(&x).unwrap(), 1).unwrap();
+    let got = client2.decrypt_values(&r).unwrap();
+    assert!((got[0] - x[1]).abs() < 1e-5 && (got[99] - x[100]).abs() < 1e-5);
     // A key file is not a client state and vice versa.
     assert!(OpenFheScheme::load_client(&keys).map(|_| ()).unwrap_err().to_string().contains("client state"));
     assert!(OpenFheScheme::server(&secret).map(|_| ()).unwrap_err().to_string().contains("evaluation keys"));

@@ -525,6 +525,22 @@ int pf_load_client(const uint8_t* data, size_t len, PfContext** out, char** err)
     });
 }
 
+int pf_server_from_client(const PfContext* c, PfContext** out, char** err) {
+    return guarded(err, [&] {
+        need(c && out, "null argument");
+        need(!c->tag.empty(), "no keys were generated in this context");
+        std::lock_guard<std::mutex> lock(global_lock());
+        auto* s       = new PfContext();
+        s->cc         = c->cc;
+        s->slots      = c->slots;
+        s->scale_bits = c->scale_bits;
+        s->bootstrap  = c->bootstrap;
+        s->tag        = c->tag;
+        retain_tag(s->tag);
+        *out = s;
+    });
+}
+
 int pf_rotation_indices(const PfContext* c, int32_t* out, size_t cap, size_t* n, char** err) {
     return guarded(err, [&] {
         need(c && n, "null argument");

@@ -63,6 +63,9 @@ int pf_server_new(const uint8_t* data, size_t len, int32_t bootstrap, uint32_t e
 /* The client's secret state (context, public and secret key) and a client context rebuilt from it. */
 int pf_save_client(const PfContext* c, PfBytes* out, char** err);
 int pf_load_client(const uint8_t* data, size_t len, PfContext** out, char** err);
+/* A server context sharing a client's context and evaluation keys in this process (no secret
+ * key, no serialisation): for benchmarks at sizes whose key files would not fit in memory twice. */
+int pf_server_from_client(const PfContext* c, PfContext** out, char** err);
 /* Rotation indices that have keys (returns count in *n; writes up to cap). */
 int pf_rotation_indices(const PfContext* c, int32_t* out, size_t cap, size_t* n, char** err);
 

@@ -97,6 +97,7 @@ mod ffi {
         ) -> i32;
         pub fn pf_save_client(c: *const PfContext, out: *mut PfBytes, err: Err) -> i32;
         pub fn pf_load_client(data: *const u8, len: usize, out: *mut *mut PfContext, err: Err) -> i32;
+        pub fn pf_server_from_client(c: *const PfContext, out: *mut *mut PfContext, err: Err) -> i32;
         pub fn pf_rotation_indices(c: *const PfContext, out: *mut i32, cap: usize, n: *mut usize, err: Err) -> i32;
         pub fn pf_encrypt(
             c: *const PfContext,
