@@ -201,7 +201,7 @@ struct ImageReport {
     error: Option<String>,
 }
 
-fn argmax(v: &[f64]) -> usize {
+pub(crate) fn argmax(v: &[f64]) -> usize {
     let mut b = 0;
     for (i, x) in v.iter().enumerate() {
         if *x > v[b] {

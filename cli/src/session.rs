@@ -25,7 +25,7 @@ use peregrine_ops::{decrypt_output, encrypt_input, execute, Plan};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::fhe::{Chosen, Target};
+use crate::fhe::{argmax, Chosen, Target};
 
 /// What `keygen` records for the other commands.
 #[derive(Serialize, Deserialize)]
@@ -265,10 +265,9 @@ pub fn decrypt_cmd(dir: &Path, json_out: bool) -> Result<()> {
         let s = &m.graph().input.shape;
         let xin = ArrayD::from_shape_vec(IxDyn(&[1, s[0], s[1], s[2]]), x.as_slice().expect("contiguous")[i * per..(i + 1) * per].to_vec())?;
         let want: Vec<f64> = reference.run(&xin)?.iter().copied().collect();
-        let arg = |v: &[f64]| v.iter().enumerate().fold(0, |b, (k, x)| if *x > v[b] { k } else { b });
         let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-        rows.push(json!({"index": inputs.images[i].0, "label": inputs.images[i].1, "prediction": arg(got),
-                         "reference_prediction": arg(&want), "agree": arg(got) == arg(&want), "max_abs_logit_error": err,
+        rows.push(json!({"index": inputs.images[i].0, "label": inputs.images[i].1, "prediction": argmax(got),
+                         "reference_prediction": argmax(&want), "agree": argmax(got) == argmax(&want), "max_abs_logit_error": err,
                          "logits": got}));
     }
     let agree = rows.iter().filter(|r| r["agree"] == true).count();
