@@ -185,15 +185,15 @@ impl Ctx {
     }
     /// The context and evaluation keys, serialised (never the secret key), appended to `out`
     /// as OpenFHE writes them (the keys are never held twice on the C++ side).
-    pub fn evaluation_keys_into(&self, out: &mut Vec<u8>) -> R<()> {
-        unsafe extern "C" fn sink(ctx: *mut std::ffi::c_void, data: *const u8, len: usize) -> i32 {
-            // SAFETY: `ctx` is the `&mut Vec<u8>` passed below and `data` holds `len` bytes.
-            let v = unsafe { &mut *(ctx as *mut Vec<u8>) };
-            v.extend_from_slice(unsafe { std::slice::from_raw_parts(data, len) });
-            0
+    pub fn evaluation_keys_into(&self, out: &mut dyn std::io::Write) -> R<()> {
+        use peregrine_core::plugin::sink::{write_sink, SinkTarget};
+        let mut t = SinkTarget::new(out);
+        let ctx = t.as_ctx();
+        let r = call("serialise evaluation keys", |e| unsafe { sys::pf_serialize_eval_keys(self.0, write_sink, ctx, e) });
+        match t.take_error() {
+            Some(e) => Err(BackendError::Other(format!("writing evaluation keys: {e}"))),
+            None => r,
         }
-        let ctx = out as *mut Vec<u8> as *mut std::ffi::c_void;
-        call("serialise evaluation keys", |e| unsafe { sys::pf_serialize_eval_keys(self.0, sink, ctx, e) })
     }
     /// Rotation steps with keys (in 0..N/2).
     pub fn rotation_steps(&self) -> R<Vec<i32>> {

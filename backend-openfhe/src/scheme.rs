@@ -200,6 +200,17 @@ impl Scheme for OpenFheScheme {
         }))
     }
 
+    /// Maps the file instead of reading it: at N = 2^16 the keys are gigabytes, and mapped
+    /// pages can be dropped by the kernel once OpenFHE has built its own copy.
+    fn server_from_file(path: &std::path::Path) -> BResult<OpenFheServer> {
+        let what = |e: std::io::Error| BackendError::Other(format!("reading evaluation keys {}: {e}", path.display()));
+        let file = std::fs::File::open(path).map_err(what)?;
+        // SAFETY: the mapping is only read, while this function runs; a concurrent writer of the
+        // key file could change the bytes under us, which OpenFHE's parser then rejects.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(what)?;
+        Self::server(&map)
+    }
+
     fn load_client(secret: &[u8]) -> BResult<OpenFheClient> {
         let (header, body) = split_header(secret, SECRET_MAGIC, "OpenFHE client state")?;
         header.params.validate()?;
@@ -364,13 +375,21 @@ impl Client for OpenFheClient {
         Ok(v)
     }
     fn evaluation_keys(&self) -> BResult<Vec<u8>> {
-        let mut out = join_header(KEYS_MAGIC, &self.0.header(), &[])?;
-        self.0.ctx.evaluation_keys_into(&mut out).map_err(|e| {
+        let mut out = Vec::new();
+        self.write_evaluation_keys(&mut out)?;
+        Ok(out)
+    }
+    fn write_evaluation_keys(&self, out: &mut dyn std::io::Write) -> BResult<()> {
+        let header = join_header(KEYS_MAGIC, &self.0.header(), &[])?;
+        out.write_all(&header).map_err(|e| BackendError::Other(format!("writing evaluation keys: {e}")))?;
+        self.0.ctx.evaluation_keys_into(out).map_err(|e| {
             BackendError::Other(format!(
                 "{e} (evaluation keys can only be exported by the client that generated them; use the saved key file)"
             ))
-        })?;
-        Ok(out)
+        })
+    }
+    fn local_server(&self) -> BResult<Option<OpenFheServer>> {
+        self.server_in_process().map(Some)
     }
     fn save_secret(&self) -> BResult<Vec<u8>> {
         join_header(SECRET_MAGIC, &self.0.header(), &self.0.ctx.save_client()?)

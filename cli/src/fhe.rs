@@ -232,18 +232,51 @@ pub fn run_cmd(target: Target, data: Option<&Path>, image: Option<&Path>, limit:
         Chosen::Clear(params) => {
             let t = Instant::now();
             let client = ClearScheme::keygen(&params, &p.key_request())?;
-            let keys = client.evaluation_keys()?;
-            let server = ClearScheme::server(&keys)?;
-            run_images(&m, &p, &client, &server, &x, &labels, trace, json_out, backend, plan_s, t.elapsed().as_secs_f64(), keys.len())
+            let (server, key_bytes) = server_for(&client, |k| ClearScheme::server(k), json_out)?;
+            run_images(&m, &p, &client, &server, &x, &labels, trace, json_out, backend, plan_s, t.elapsed().as_secs_f64(), key_bytes)
         }
         Chosen::Plugin(pl, params) => {
             let t = Instant::now();
             let client = pl.keygen(&params, &p.key_request())?;
-            let keys = client.evaluation_keys()?;
-            let server = pl.server(&keys)?;
-            run_images(&m, &p, &client, &server, &x, &labels, trace, json_out, backend, plan_s, t.elapsed().as_secs_f64(), keys.len())
+            let (server, key_bytes) = server_for(&client, |k| pl.server(k), json_out)?;
+            run_images(&m, &p, &client, &server, &x, &labels, trace, json_out, backend, plan_s, t.elapsed().as_secs_f64(), key_bytes)
         }
     }
+}
+
+/// Counts the bytes written to it.
+struct ByteCounter(u64);
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The server for a one-process run, and the size of the serialised evaluation keys. When the
+/// backend can share the client's keys in memory (OpenFHE at N = 2^16: gigabytes) the keys are
+/// only streamed through a byte counter; otherwise they are serialised and read back.
+fn server_for<C: Client>(
+    client: &C,
+    from_bytes: impl FnOnce(&[u8]) -> peregrine_core::backend::BResult<C::Backend>,
+    quiet: bool,
+) -> Result<(C::Backend, usize)> {
+    if let Some(server) = client.local_server()? {
+        let mut count = ByteCounter(0);
+        client.write_evaluation_keys(&mut count)?;
+        if !quiet {
+            eprintln!(
+                "server shares the client's evaluation keys in memory ({:.2} GiB serialised; it holds no secret key); `peregrine keygen/encrypt/infer/decrypt` runs client and server as separate processes",
+                count.0 as f64 / (1u64 << 30) as f64
+            );
+        }
+        return Ok((server, count.0 as usize));
+    }
+    let keys = client.evaluation_keys()?;
+    Ok((from_bytes(&keys)?, keys.len()))
 }
 
 #[allow(clippy::too_many_arguments)]

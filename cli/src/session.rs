@@ -59,6 +59,21 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
 }
 
+/// Streams the client's evaluation keys to `dir/evaluation.keys` (through a temporary file);
+/// returns their size in bytes.
+fn write_keys<C: Client>(client: &C, dir: &Path) -> Result<u64> {
+    let p = dir.join(KEYS);
+    let tmp = dir.join(format!(".{KEYS}.tmp"));
+    let file = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    client.write_evaluation_keys(&mut w)?;
+    let file = w.into_inner().map_err(|e| anyhow::anyhow!("writing {}: {}", tmp.display(), e.error()))?;
+    file.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
+    let len = file.metadata().with_context(|| format!("writing {}", tmp.display()))?.len();
+    std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
+    Ok(len)
+}
+
 fn session(dir: &Path) -> Result<(SessionFile, Target)> {
     let s: SessionFile = serde_json::from_slice(&read(dir, "session.json")?)
         .with_context(|| format!("{} is not a Peregrine session file", dir.join("session.json").display()))?;
@@ -110,17 +125,19 @@ pub fn keygen_cmd(target: Target, dir: &Path, json_out: bool) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (m, chosen, p, _) = target.load()?;
     let t = Instant::now();
-    let (secret, keys) = match &chosen {
+    // The evaluation keys are streamed to disk: at N = 2^16 they are gigabytes.
+    let (secret, secs, key_bytes) = match &chosen {
         Chosen::Clear(params) => {
             let c = ClearScheme::keygen(params, &p.key_request())?;
-            (c.save_secret()?, c.evaluation_keys()?)
+            let secs = t.elapsed().as_secs_f64();
+            (c.save_secret()?, secs, write_keys(&c, dir)?)
         }
         Chosen::Plugin(pl, params) => {
             let c = pl.keygen(params, &p.key_request())?;
-            (c.save_secret()?, c.evaluation_keys()?)
+            let secs = t.elapsed().as_secs_f64();
+            (c.save_secret()?, secs, write_keys(&c, dir)?)
         }
     };
-    let secs = t.elapsed().as_secs_f64();
     let s = SessionFile {
         model: std::fs::canonicalize(&target.model).unwrap_or(target.model.clone()),
         backend: target.backend.clone(),
@@ -130,9 +147,8 @@ pub fn keygen_cmd(target: Target, dir: &Path, json_out: bool) -> Result<()> {
     };
     write(dir, "session.json", &serde_json::to_vec_pretty(&s)?)?;
     write(dir, SECRET, &secret)?;
-    write(dir, KEYS, &keys)?;
     let summary = json!({"model": m.graph().name, "backend": target.backend, "keygen_seconds": secs,
-                         "evaluation_key_bytes": keys.len(), "rotation_keys": p.rotation_keys.len(),
+                         "evaluation_key_bytes": key_bytes, "rotation_keys": p.rotation_keys.len(),
                          "bootstrap_keys": p.key_request().bootstrap, "dir": dir});
     if json_out {
         println!("{summary}");
@@ -142,7 +158,7 @@ pub fn keygen_cmd(target: Target, dir: &Path, json_out: bool) -> Result<()> {
             m.graph().name,
             target.backend,
             KEYS,
-            keys.len() as f64 / 1048576.0,
+            key_bytes as f64 / 1048576.0,
             p.rotation_keys.len(),
             SECRET,
             dir.display()
@@ -183,7 +199,10 @@ pub fn encrypt_cmd(dir: &Path, data: &Path, limit: usize) -> Result<()> {
     Ok(())
 }
 
-fn infer_with<B: Backend>(server: &B, p: &Plan, dir: &Path) -> Result<Vec<f64>> {
+fn infer_with<B: Backend>(server: &B, p: &Plan, dir: &Path, quiet: bool, started: &Instant) -> Result<Vec<f64>> {
+    if !quiet {
+        eprintln!("evaluation keys loaded in {:.1} s", started.elapsed().as_secs_f64());
+    }
     let mut times = Vec::new();
     for i in 0.. {
         let name = format!("image-{i}.in.ct");
@@ -198,6 +217,9 @@ fn infer_with<B: Backend>(server: &B, p: &Plan, dir: &Path) -> Result<Vec<f64>> 
         let t = Instant::now();
         let (out, _) = execute(p, server, cts, |_, _, _: &[B::Ciphertext]| {})?;
         times.push(t.elapsed().as_secs_f64());
+        if !quiet {
+            eprintln!("image {i}: {:.2} s", t.elapsed().as_secs_f64());
+        }
         let bytes: Vec<Vec<u8>> = out.iter().map(|c| server.serialize_ciphertext(c)).collect::<Result<_, _>>()?;
         write(dir, &format!("image-{i}.out.ct"), &pack(&bytes))?;
     }
@@ -208,11 +230,14 @@ fn infer_with<B: Backend>(server: &B, p: &Plan, dir: &Path) -> Result<Vec<f64>> 
 pub fn infer_cmd(dir: &Path, json_out: bool) -> Result<()> {
     let (_, target) = session(dir)?;
     let (m, chosen, p, _) = target.load()?;
-    let keys = read(dir, KEYS)?;
+    let keys = dir.join(KEYS);
+    if !keys.is_file() {
+        bail!("{} is missing: run `peregrine keygen` first", keys.display());
+    }
     let t = Instant::now();
     let times = match &chosen {
-        Chosen::Clear(_) => infer_with(&ClearScheme::server(&keys)?, &p, dir)?,
-        Chosen::Plugin(pl, _) => infer_with(&pl.server(&keys)?, &p, dir)?,
+        Chosen::Clear(_) => infer_with(&ClearScheme::server_from_file(&keys)?, &p, dir, json_out, &t)?,
+        Chosen::Plugin(pl, _) => infer_with(&pl.server_from_file(&keys)?, &p, dir, json_out, &t)?,
     };
     if times.is_empty() {
         bail!("no image-0.in.ct in {}: run `peregrine encrypt` first", dir.display());

@@ -1,5 +1,6 @@
 /*
- * Peregrine backend plugin C ABI, version 2 (2 added client_save_secret and client_load).
+ * Peregrine backend plugin C ABI, version 3 (2 added client_save_secret and client_load; 3 added
+ * rotate_many, client_write_evaluation_keys, server_from_file and client_local_server).
  *
  * A plugin is a shared library that exports
  *
@@ -34,7 +35,7 @@
 extern "C" {
 #endif
 
-#define PEREGRINE_ABI_VERSION 2u
+#define PEREGRINE_ABI_VERSION 3u
 #define PEREGRINE_STATUS_OK 0
 #define PEREGRINE_STATUS_ERROR 1
 #define PEREGRINE_STATUS_PANIC 2
@@ -44,6 +45,9 @@ typedef struct PgBytes {
     uint8_t *data;
     size_t len;
 } PgBytes;
+
+/* Receives a chunk of a byte stream; returns 0 to continue, anything else to abort. */
+typedef int32_t (*PgSink)(void *ctx, const uint8_t *data, size_t len);
 
 typedef void *PgHandle;
 typedef const void *PgCHandle;
@@ -110,6 +114,12 @@ typedef struct PeregrineVTable {
     /* ABI 2: the client's secret state, and a client rebuilt from it. */
     int32_t (*client_save_secret)(PgCHandle client, PgBytes *out, char **err);
     int32_t (*client_load)(const uint8_t *data, size_t len, PgHandle *out, char **err);
+    /* ABI 3: hoisted rotations (out receives n handles), streamed evaluation keys, a server from
+     * a key file, and a server sharing the client's keys in memory (*out = NULL: unsupported). */
+    int32_t (*rotate_many)(PgCHandle server, PgCHandle a, const int64_t *steps, size_t n, PgHandle *out, char **err);
+    int32_t (*client_write_evaluation_keys)(PgCHandle client, PgSink sink, void *sink_ctx, char **err);
+    int32_t (*server_from_file)(const char *path, PgHandle *out, char **err);
+    int32_t (*client_local_server)(PgCHandle client, PgHandle *out, char **err);
 } PeregrineVTable;
 
 /* The one symbol a plugin exports. */

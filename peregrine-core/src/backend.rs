@@ -284,6 +284,19 @@ pub trait Client: Send + Sync {
         Err(BackendError::Other("this backend cannot save its client state".into()))
     }
 
+    /// Streams the evaluation keys of [`Client::evaluation_keys`] into `out`, for keys too large
+    /// to hold twice in memory (N = 2^16 with bootstrapping: gigabytes). Same bytes.
+    fn write_evaluation_keys(&self, out: &mut dyn std::io::Write) -> BResult<()> {
+        out.write_all(&self.evaluation_keys()?).map_err(|e| BackendError::Other(format!("writing evaluation keys: {e}")))
+    }
+
+    /// A server in this process that shares this client's evaluation keys in memory instead of
+    /// a serialised copy; it holds no secret key. `None` when the backend has no such shortcut
+    /// (then serialise with [`Client::evaluation_keys`] and build it with [`Scheme::server`]).
+    fn local_server(&self) -> BResult<Option<Self::Backend>> {
+        Ok(None)
+    }
+
     /// Encodes and encrypts `values` at a fresh level and the default scale.
     fn encrypt_values(&self, values: &[f64]) -> BResult<<Self::Backend as Backend>::Ciphertext> {
         let caps = self.capabilities();
@@ -314,6 +327,13 @@ pub trait Scheme {
     fn keygen(params: &Self::Params, request: &KeyRequest) -> BResult<Self::Client>;
     /// Builds an evaluator from serialised evaluation keys alone.
     fn server(evaluation_keys: &[u8]) -> BResult<Self::Server>;
+    /// Builds an evaluator from an evaluation-key file written by [`Client::write_evaluation_keys`].
+    /// Backends with very large keys override it to avoid reading the file into memory first.
+    fn server_from_file(path: &std::path::Path) -> BResult<Self::Server> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| BackendError::Other(format!("reading evaluation keys {}: {e}", path.display())))?;
+        Self::server(&bytes)
+    }
     /// Rebuilds a client from [`Client::save_secret`] (e.g. in the process that decrypts).
     fn load_client(_secret: &[u8]) -> BResult<Self::Client> {
         Err(BackendError::Other(format!("the {} backend cannot load a saved client", Self::NAME)))

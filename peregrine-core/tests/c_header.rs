@@ -18,7 +18,8 @@ fn c_header_matches_the_rust_vtable() {
         client_decode, client_serialize_ct, client_deserialize_ct, server_new, server_free, server_capabilities,
         server_rotation_steps, server_modulus, ct_free, ct_clone, ct_info, pt_free, pt_clone, pt_info, encode, add,
         sub, mul, add_plain, sub_plain, mul_plain, negate, square, rescale, bootstrap, add_scalar, mul_scalar,
-        mul_integer, drop_to_level, rotate, eval_poly, serialize_ct, deserialize_ct, client_save_secret, client_load
+        mul_integer, drop_to_level, rotate, eval_poly, serialize_ct, deserialize_ct, client_save_secret, client_load,
+        rotate_many, client_write_evaluation_keys, server_from_file, client_local_server
     );
     let include = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
     let dir = std::env::temp_dir().join(format!("peregrine-header-{}", std::process::id()));

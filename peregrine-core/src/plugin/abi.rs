@@ -1,4 +1,5 @@
-//! The plugin C ABI, version [`ABI_VERSION`] (2 added `client_save_secret` and `client_load`). Mirrors `include/peregrine_plugin.h` exactly.
+//! The plugin C ABI, version [`ABI_VERSION`] (2 added `client_save_secret` and `client_load`; 3 added
+//! `rotate_many`, `client_write_evaluation_keys`, `server_from_file` and `client_local_server`). Mirrors `include/peregrine_plugin.h` exactly.
 //!
 //! A plugin is a shared library exporting `const PeregrineVTable *peregrine_plugin_entry(void)`.
 //! Every fallible function returns a status (0 = success) and on failure stores a
@@ -9,7 +10,7 @@
 use std::ffi::{c_char, c_void};
 
 /// ABI version implemented by this build. Bumped on any incompatible change.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 /// Name of the exported entry function (NUL-terminated).
 pub const ENTRY_SYMBOL: &[u8] = b"peregrine_plugin_entry\0";
 
@@ -36,6 +37,9 @@ pub type Handle = *mut c_void;
 pub type CHandle = *const c_void;
 /// Error message out-parameter.
 pub type ErrOut = *mut *mut c_char;
+
+/// Receives a chunk of a byte stream; returns 0 to continue, anything else to abort.
+pub type PgSink = unsafe extern "C" fn(ctx: *mut c_void, data: *const u8, len: usize) -> i32;
 
 /// Binary ciphertext operation `out = f(a, b)`.
 pub type BinaryFn = unsafe extern "C" fn(server: CHandle, a: CHandle, b: CHandle, out: *mut Handle, err: ErrOut) -> i32;
@@ -177,6 +181,23 @@ pub struct PluginVTable {
     pub client_save_secret: unsafe extern "C" fn(client: CHandle, out: *mut PgBytes, err: ErrOut) -> i32,
     /// A client from its saved secret state (ABI 2).
     pub client_load: unsafe extern "C" fn(data: *const u8, len: usize, out: *mut Handle, err: ErrOut) -> i32,
+    /// Hoisted rotations of `a` by each of `n` steps into `out[0..n]` (ABI 3).
+    pub rotate_many: unsafe extern "C" fn(
+        server: CHandle,
+        a: CHandle,
+        steps: *const i64,
+        n: usize,
+        out: *mut Handle,
+        err: ErrOut,
+    ) -> i32,
+    /// Streams the evaluation keys (the bytes of `client_evaluation_keys`) to `sink` (ABI 3).
+    pub client_write_evaluation_keys:
+        unsafe extern "C" fn(client: CHandle, sink: PgSink, sink_ctx: *mut c_void, err: ErrOut) -> i32,
+    /// A server from an evaluation-key file; `path` is NUL-terminated UTF-8 (ABI 3).
+    pub server_from_file: unsafe extern "C" fn(path: *const c_char, out: *mut Handle, err: ErrOut) -> i32,
+    /// A server sharing the client's evaluation keys in memory, or `*out = NULL` when the
+    /// backend has none (ABI 3).
+    pub client_local_server: unsafe extern "C" fn(client: CHandle, out: *mut Handle, err: ErrOut) -> i32,
 }
 
 // SAFETY: the table is immutable after construction; its pointers refer to static data and

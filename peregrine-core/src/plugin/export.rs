@@ -378,6 +378,81 @@ unsafe extern "C" fn client_save_secret<S: Scheme>(c: CHandle, out: *mut PgBytes
 unsafe extern "C" fn client_load<S: Scheme>(d: *const u8, len: usize, out: *mut Handle, err: ErrOut) -> i32 {
     guard(err, || put(out, S::load_client(slice(d, len)?).map_err(|e| e.to_string())?))
 }
+unsafe extern "C" fn rotate_many<S: Scheme>(
+    s: CHandle,
+    a: CHandle,
+    steps: *const i64,
+    n: usize,
+    out: *mut Handle,
+    err: ErrOut,
+) -> i32 {
+    guard(err, || {
+        let steps = slice(steps, n)?;
+        if n > 0 && out.is_null() {
+            return Err("null output pointer".into());
+        }
+        let r = obj::<S::Server>(s, "server")?.rotate_many(obj::<Ct<S>>(a, "ciphertext")?, steps).map_err(|e| e.to_string())?;
+        if r.len() != n {
+            return Err(format!("rotate_many returned {} ciphertexts for {n} steps", r.len()));
+        }
+        for (i, ct) in r.into_iter().enumerate() {
+            put(out.add(i), ct)?;
+        }
+        Ok(())
+    })
+}
+
+/// `std::io::Write` over a C sink.
+struct SinkWriter {
+    sink: PgSink,
+    ctx: *mut std::ffi::c_void,
+}
+impl std::io::Write for SinkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // SAFETY: the caller of `client_write_evaluation_keys` vouches for `sink` and `ctx`.
+        match unsafe { (self.sink)(self.ctx, buf.as_ptr(), buf.len()) } {
+            0 => Ok(buf.len()),
+            code => Err(std::io::Error::other(format!("the key sink refused the data (code {code})"))),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+unsafe extern "C" fn client_write_evaluation_keys<S: Scheme>(
+    c: CHandle,
+    sink: PgSink,
+    ctx: *mut std::ffi::c_void,
+    err: ErrOut,
+) -> i32 {
+    guard(err, || {
+        let mut w = SinkWriter { sink, ctx };
+        obj::<S::Client>(c, "client")?.write_evaluation_keys(&mut w).map_err(|e| e.to_string())
+    })
+}
+unsafe extern "C" fn server_from_file<S: Scheme>(path: *const c_char, out: *mut Handle, err: ErrOut) -> i32 {
+    guard(err, || {
+        if path.is_null() {
+            return Err("null path".into());
+        }
+        let p = CStr::from_ptr(path).to_str().map_err(|_| "key file path is not UTF-8".to_string())?;
+        put(out, S::server_from_file(std::path::Path::new(p)).map_err(|e| e.to_string())?)
+    })
+}
+unsafe extern "C" fn client_local_server<S: Scheme>(c: CHandle, out: *mut Handle, err: ErrOut) -> i32 {
+    guard(err, || {
+        if out.is_null() {
+            return Err("null output pointer".into());
+        }
+        match obj::<S::Client>(c, "client")?.local_server().map_err(|e| e.to_string())? {
+            Some(server) => put(out, server),
+            None => {
+                *out = std::ptr::null_mut();
+                Ok(())
+            }
+        }
+    })
+}
 unsafe extern "C" fn deserialize_ct<S: Scheme>(s: CHandle, d: *const u8, len: usize, out: *mut Handle, err: ErrOut) -> i32 {
     guard(err, || {
         let ct = obj::<S::Server>(s, "server")?.deserialize_ciphertext(slice(d, len)?).map_err(|e| e.to_string())?;
@@ -437,6 +512,10 @@ pub fn vtable<S: Scheme + 'static>(cell: &'static OnceLock<PluginVTable>) -> &'s
         deserialize_ct: deserialize_ct::<S>,
         client_save_secret: client_save_secret::<S>,
         client_load: client_load::<S>,
+        rotate_many: rotate_many::<S>,
+        client_write_evaluation_keys: client_write_evaluation_keys::<S>,
+        server_from_file: server_from_file::<S>,
+        client_local_server: client_local_server::<S>,
     })
 }
 

@@ -169,6 +169,14 @@ impl Plugin {
         Ok(PluginServer { plugin: self.clone(), handle: h })
     }
 
+    /// Builds a server from an evaluation-key file, letting the plugin read it its own way.
+    pub fn server_from_file(self: &Arc<Self>, path: &Path) -> BResult<PluginServer> {
+        let p = cstring(path.to_str().ok_or_else(|| BackendError::Other(format!("key file path {} is not UTF-8", path.display())))?)?;
+        let mut h = std::ptr::null_mut();
+        self.call(|e| unsafe { (self.vt().server_from_file)(p.as_ptr(), &mut h, e) })?;
+        Ok(PluginServer { plugin: self.clone(), handle: h })
+    }
+
     fn ct(self: &Arc<Self>, h: Handle) -> PluginCiphertext {
         PluginCiphertext { plugin: self.clone(), handle: h }
     }
@@ -319,6 +327,22 @@ impl Client for PluginClient {
         self.plugin.call(|e| unsafe { (self.plugin.vt().client_evaluation_keys)(self.handle, &mut b, e) })?;
         Ok(self.plugin.take_bytes(b))
     }
+    fn write_evaluation_keys(&self, out: &mut dyn std::io::Write) -> BResult<()> {
+        let mut t = super::sink::SinkTarget::new(out);
+        let ctx = t.as_ctx();
+        let r = self.plugin.call(|e| unsafe {
+            (self.plugin.vt().client_write_evaluation_keys)(self.handle, super::sink::write_sink, ctx, e)
+        });
+        if let Some(e) = t.take_error() {
+            return Err(BackendError::Other(format!("writing evaluation keys: {e}")));
+        }
+        r
+    }
+    fn local_server(&self) -> BResult<Option<PluginServer>> {
+        let mut h = std::ptr::null_mut();
+        self.plugin.call(|e| unsafe { (self.plugin.vt().client_local_server)(self.handle, &mut h, e) })?;
+        Ok((!h.is_null()).then(|| PluginServer { plugin: self.plugin.clone(), handle: h }))
+    }
     fn save_secret(&self) -> BResult<Vec<u8>> {
         let mut b = PgBytes { data: std::ptr::null_mut(), len: 0 };
         self.plugin.call(|e| unsafe { (self.plugin.vt().client_save_secret)(self.handle, &mut b, e) })?;
@@ -460,6 +484,13 @@ impl Backend for PluginServer {
         let mut h = std::ptr::null_mut();
         self.plugin.call(|e| unsafe { (self.plugin.vt().rotate)(self.handle, a.handle, step, &mut h, e) })?;
         Ok(self.plugin.ct(h))
+    }
+    fn rotate_many(&self, a: &PluginCiphertext, steps: &[i64]) -> BResult<Vec<PluginCiphertext>> {
+        let mut hs: Vec<Handle> = vec![std::ptr::null_mut(); steps.len()];
+        self.plugin.call(|e| unsafe {
+            (self.plugin.vt().rotate_many)(self.handle, a.handle, steps.as_ptr(), steps.len(), hs.as_mut_ptr(), e)
+        })?;
+        Ok(hs.into_iter().map(|h| self.plugin.ct(h)).collect())
     }
     fn eval_poly(&self, a: &PluginCiphertext, coeffs: &[f64]) -> BResult<PluginCiphertext> {
         let mut h = std::ptr::null_mut();

@@ -8,6 +8,7 @@
 pub mod abi;
 pub mod export;
 pub mod loader;
+pub mod sink;
 
 pub use abi::{PluginVTable, ABI_VERSION, ENTRY_SYMBOL};
 pub use loader::{discover, Plugin, PluginCiphertext, PluginClient, PluginPlaintext, PluginServer};

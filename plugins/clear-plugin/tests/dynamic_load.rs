@@ -178,3 +178,51 @@ fn loader_errors_are_clear() {
     assert_eq!(ok, vec!["clear"]);
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A writer that fails after `limit` bytes.
+struct FailingWriter {
+    limit: usize,
+    written: usize,
+}
+impl std::io::Write for FailingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written + buf.len() > self.limit {
+            return Err(std::io::Error::other("disk full (test)"));
+        }
+        self.written += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn evaluation_keys_stream_through_the_plugin_and_load_from_a_file() {
+    let plugin = load_clear();
+    let pjson = serde_json::to_string(&params()).unwrap();
+    let client = plugin.keygen(&pjson, &KeyRequest::rotations([3, -1, 7])).unwrap();
+    let whole = client.evaluation_keys().unwrap();
+    let mut streamed = Vec::new();
+    client.write_evaluation_keys(&mut streamed).unwrap();
+    assert_eq!(streamed, whole, "streamed keys differ from the serialised ones");
+
+    let dir = std::env::temp_dir().join(format!("peregrine-keyfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("evaluation.keys");
+    std::fs::write(&path, &streamed).unwrap();
+    let server = plugin.server_from_file(&path).unwrap();
+    let expected = plugin.server(&whole).unwrap();
+    assert_eq!(server.rotation_steps(), expected.rotation_steps());
+    let ct = client.encrypt_values(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+    let a = client.decrypt_values(&server.rotate(&server.deserialize_ciphertext(&client.serialize_ciphertext(&ct).unwrap()).unwrap(), 3).unwrap());
+    assert!((a.unwrap()[0] - 4.0).abs() < 1e-3);
+
+    // Errors: a missing file, a writer that fails midway, and no in-memory server for `clear`.
+    let missing = plugin.server_from_file(&dir.join("nope.keys")).err().unwrap().to_string();
+    assert!(missing.contains("nope.keys"), "{missing}");
+    let failed = client.write_evaluation_keys(&mut FailingWriter { limit: 10, written: 0 }).err().unwrap().to_string();
+    assert!(failed.contains("disk full (test)"), "{failed}");
+    assert!(client.local_server().unwrap().is_none());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
