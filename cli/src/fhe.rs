@@ -374,10 +374,10 @@ fn run_images<C: Client>(
     if json_out {
         println!(
             "{}",
-            json!({"model": m.graph().name, "backend": backend, "images": reports,
+            json!({"model": m.graph().name, "backend": backend, "security_bits": p.capabilities.security_bits, "images": reports,
                    "summary": {"images": n, "agree": agree, "failed": failed, "packed_correct": correct, "max_abs_logit_error": max_err,
                                "mean_seconds_per_image": mean_s, "plan_seconds": plan_s, "keygen_seconds": keygen_s,
-                               "evaluation_key_bytes": key_bytes, "cost": p.cost},
+                               "evaluation_key_bytes": key_bytes, "peak_rss_bytes": peak_rss_bytes(), "cost": p.cost},
                    "trace": trace_rows,
                    "step_seconds": per_step.iter().map(|(k, v)| json!({"step": k, "seconds": v})).collect::<Vec<_>>()})
         );
@@ -406,10 +406,19 @@ fn run_images<C: Client>(
         }
     }
     println!(
-        "agreement {agree}/{n} ({failed} failed), packed top-1 {correct}/{n}, max |Δlogit| {max_err:.3e}, {mean_s:.3} s/image (plan {plan_s:.2} s, keygen {keygen_s:.2} s, evaluation keys {} bytes)",
-        key_bytes
+        "agreement {agree}/{n} ({failed} failed), packed top-1 {correct}/{n}, max |Δlogit| {max_err:.3e}, {mean_s:.3} s/image (plan {plan_s:.2} s, keygen {keygen_s:.2} s, evaluation keys {} bytes, peak resident {})",
+        key_bytes,
+        peak_rss_bytes().map(|b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or_else(|| "unknown".into())
     );
     Ok(())
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn input_dim(m: &Model, i: usize) -> usize {

@@ -4,6 +4,7 @@
 //! else). Exit codes: 0 success, 1 failure (message on stderr), 2 bad usage.
 
 mod commands;
+mod compare;
 mod fhe;
 mod finetune;
 mod session;
@@ -143,6 +144,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the same model and images on several backends and print one comparison table.
+    Compare {
+        /// Model file (polynomial activations).
+        #[arg(long)]
+        model: PathBuf,
+        /// Backends, comma-separated (e.g. clear,openfhe).
+        #[arg(long, value_delimiter = ',', required = true)]
+        backends: Vec<String>,
+        /// Parameters of one backend as BACKEND=JSON (repeatable), e.g. clear='{"levels": 60}'.
+        #[arg(long)]
+        params: Vec<String>,
+        /// CIFAR-10 batch file.
+        #[arg(long)]
+        data: PathBuf,
+        /// Images per backend.
+        #[arg(long, default_value_t = 1)]
+        limit: usize,
+        /// Plugin directory (repeatable).
+        #[arg(long = "plugin-dir")]
+        plugin_dirs: Vec<PathBuf>,
+        /// Limit the rotation keys (as for `run`).
+        #[arg(long)]
+        max_rotation_keys: Option<usize>,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Client: plan the model, generate keys, write the secret client state and the evaluation keys to DIR.
     Keygen {
         #[command(flatten)]
@@ -233,6 +261,18 @@ fn main() -> ExitCode {
         Command::Plan { target, json } => fhe::plan_cmd(target, json),
         Command::Run { target, data, image, limit, trace, json } => {
             fhe::run_cmd(target, data.as_deref(), image.as_deref(), limit, trace, json)
+        }
+        Command::Compare { model, backends, params, data, limit, plugin_dirs, max_rotation_keys, json } => {
+            compare::compare_cmd(compare::CompareArgs {
+                model: &model,
+                backends: &backends,
+                params: &params,
+                data: &data,
+                limit,
+                plugin_dirs: &plugin_dirs,
+                max_rotation_keys,
+                json,
+            })
         }
         Command::Keygen { target, dir, json } => session::keygen_cmd(target, &dir, json),
         Command::Encrypt { dir, data, limit } => session::encrypt_cmd(&dir, &data, limit),

@@ -162,3 +162,45 @@ fn keygen_encrypt_infer_decrypt_as_separate_processes() {
     assert_eq!(e.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&e.stderr).contains("image-1.in.ct"), "{}", String::from_utf8_lossy(&e.stderr));
 }
+
+#[test]
+fn compare_prints_one_row_per_backend_and_names_failures() {
+    let model = small_model("compare");
+    let params = format!("clear={PARAMS}");
+    let out = bin()
+        .args(["compare", "--backends", "clear,nope", "--params", &params, "--limit", "2", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(shared("data/cifar10/test_batch.bin.gz"))
+        .env("PEREGRINE_PLUGIN_PATH", tmp("no-plugins-here"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a failed backend must fail the command");
+    assert!(stderr.contains("1 of 2 backends failed"), "{stderr}");
+    let clear = stdout.lines().find(|l| l.starts_with("clear ")).unwrap_or_else(|| panic!("no clear row: {stdout}"));
+    assert!(clear.contains("2/2"), "agreement 2/2 expected: {clear}");
+    assert!(stdout.lines().any(|l| l.starts_with("reference ")), "{stdout}");
+    let nope = stdout.lines().find(|l| l.starts_with("nope ")).unwrap_or_else(|| panic!("no row for nope: {stdout}"));
+    assert!(nope.contains("unknown backend 'nope'"), "{nope}");
+
+    let v = json(
+        bin()
+            .args(["compare", "--json", "--backends", "clear", "--params", &params, "--limit", "2", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(shared("data/cifar10/test_batch.bin.gz"))
+            .output()
+            .unwrap(),
+    );
+    let s = &v["backends"][0]["summary"];
+    assert_eq!(s["agreement"], 1.0);
+    assert_eq!(s["images"], 2);
+    assert!(s["peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "{s}");
+    assert!(s["evaluation_key_bytes"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(v["reference"]["images"], 2);
+
+    let bad = bin().args(["compare", "--backends", "clear", "--params", "tfhe={}", "--model"]).arg(&model).arg("--data").arg(shared("data/cifar10/test_batch.bin.gz")).output().unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not in --backends"));
+}
