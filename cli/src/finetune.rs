@@ -64,6 +64,15 @@ pub struct FinetuneArgs {
     /// Test images evaluated after each epoch (0: none).
     #[arg(long, default_value_t = 10_000)]
     pub eval_limit: usize,
+    /// Weight α of knowledge distillation from the original model (0: labels only).
+    #[arg(long, default_value_t = 0.0)]
+    pub distill: f64,
+    /// Temperature of the distillation targets.
+    #[arg(long, default_value_t = 4.0)]
+    pub distill_temperature: f64,
+    /// Teacher model for --distill (default: --model itself, its activations kept).
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
     /// Stop after this many epochs of this invocation (the checkpoint resumes the rest).
     #[arg(long)]
     pub stop_after: Option<usize>,
@@ -142,6 +151,14 @@ pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
                 calibration_batches: a.calibration_batches,
                 augment: !a.no_augment,
                 seed: a.seed,
+                distill: a.distill,
+                distill_temperature: a.distill_temperature,
+                teacher: (a.distill > 0.0)
+                    .then(|| {
+                        let t = a.teacher.clone().unwrap_or_else(|| path.clone());
+                        std::fs::canonicalize(&t).with_context(|| format!("teacher model {}", t.display()))
+                    })
+                    .transpose()?,
             };
             Finetuner::new(&model, config)?
         }

@@ -32,7 +32,8 @@ fn finetune_reports_checkpoints_and_resumes_to_the_same_model() {
     let relu = resnet20("resume");
     let relu = relu.to_str().unwrap();
     let full = tmp("ft-full.safetensors");
-    let v = json(finetune(&["--model", relu, "--degree", "2", "--epochs", "2"], &full));
+    // Distilled from the ReLU model itself: the checkpoint must remember the teacher.
+    let v = json(finetune(&["--model", relu, "--degree", "2", "--epochs", "2", "--distill", "0.5"], &full));
     assert_eq!(v["epochs"].as_array().unwrap().len(), 2);
     assert_eq!(v["train_images"], 64);
     assert_eq!(v["test_images"], 40);
@@ -46,7 +47,7 @@ fn finetune_reports_checkpoints_and_resumes_to_the_same_model() {
 
     // The same run interrupted after one epoch and resumed.
     let part = tmp("ft-part.safetensors");
-    let v = json(finetune(&["--model", relu, "--degree", "2", "--epochs", "2", "--stop-after", "1"], &part));
+    let v = json(finetune(&["--model", relu, "--degree", "2", "--epochs", "2", "--distill", "0.5", "--stop-after", "1"], &part));
     assert_eq!(v["epochs_done"], 1);
     assert_eq!(load_model(&part).unwrap().graph().name, "resnet20-sft2-e1");
     let ckpt = tmp("ft-part.ckpt.json");

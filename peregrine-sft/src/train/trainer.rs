@@ -44,6 +44,21 @@ pub struct FinetuneConfig {
     pub augment: bool,
     /// Seed of shuffling and augmentation.
     pub seed: u64,
+    /// Weight α of knowledge distillation from the original model (0 disables it): the loss is
+    /// (1 − α)·CE(labels) + α·T²·CE(softmax(teacher/T), student/T).
+    #[serde(default)]
+    pub distill: f64,
+    /// Temperature T of the distillation targets.
+    #[serde(default = "default_temperature")]
+    pub distill_temperature: f64,
+    /// The teacher model file (the original model, its activations kept); required when
+    /// `distill` > 0 and stored so that `resume` rebuilds the same teacher.
+    #[serde(default)]
+    pub teacher: Option<std::path::PathBuf>,
+}
+
+fn default_temperature() -> f64 {
+    4.0
 }
 
 impl Default for FinetuneConfig {
@@ -61,6 +76,9 @@ impl Default for FinetuneConfig {
             calibration_batches: 20,
             augment: true,
             seed: 1,
+            distill: 0.0,
+            distill_temperature: default_temperature(),
+            teacher: None,
         }
     }
 }
@@ -88,6 +106,15 @@ impl FinetuneConfig {
         if !(self.range_penalty >= 0.0 && self.weight_decay >= 0.0) {
             return bad("the range penalty and the weight decay must be non-negative".into());
         }
+        if !(0.0..=1.0).contains(&self.distill) {
+            return bad(format!("the distillation weight must be in [0, 1], got {}", self.distill));
+        }
+        if !(self.distill_temperature > 0.0 && self.distill_temperature.is_finite()) {
+            return bad(format!("the distillation temperature must be positive, got {}", self.distill_temperature));
+        }
+        if self.distill > 0.0 && self.teacher.is_none() {
+            return bad("distillation needs a teacher model file".into());
+        }
         if let Some(d) = self.degree {
             if !(1..=16).contains(&d) {
                 return bad(format!("polynomial degree must be 1..=16, got {d}"));
@@ -95,6 +122,17 @@ impl FinetuneConfig {
         }
         Ok(())
     }
+}
+
+/// T²·CE(softmax(teacher/T), log_softmax(student/T)), averaged over the batch: the gradient of
+/// the distillation KL divergence (they differ by the teacher's entropy, a constant).
+pub fn distillation_loss(student: &Tensor, teacher: &Tensor, temperature: f64) -> Result<Tensor> {
+    use candle_core::D;
+    let t = temperature;
+    let soft = candle_nn::ops::softmax(&(teacher / t).map_err(candle_err)?, D::Minus1).map_err(candle_err)?;
+    let logp = candle_nn::ops::log_softmax(&(student / t).map_err(candle_err)?, D::Minus1).map_err(candle_err)?;
+    let per = (soft * logp).map_err(candle_err)?.sum(D::Minus1).map_err(candle_err)?;
+    (per.mean_all().map_err(candle_err)? * (-t * t)).map_err(candle_err)
 }
 
 /// Progress of one training step, for progress bars.
@@ -192,6 +230,8 @@ pub struct Finetuner {
     history: Vec<EpochReport>,
     input: InputSpec,
     name: String,
+    /// The frozen original model that distillation imitates.
+    teacher: Option<TrainModel>,
 }
 
 impl Finetuner {
@@ -202,7 +242,22 @@ impl Finetuner {
         let name = model.graph().name.clone();
         let mut model = TrainModel::new(model, config.activations())?;
         model.track_penalty = config.range_penalty > 0.0;
-        Ok(Finetuner { model, config, momenta: BTreeMap::new(), steps_done: 0, epochs_done: 0, history: Vec::new(), input, name })
+        let teacher = match (&config.teacher, config.distill > 0.0) {
+            (Some(path), true) => {
+                let t = load_model(path)?;
+                if t.graph().input.shape != input.shape {
+                    return Err(Error::Unsupported(format!(
+                        "the teacher {} takes inputs {:?}, the model {:?}",
+                        path.display(),
+                        t.graph().input.shape,
+                        input.shape
+                    )));
+                }
+                Some(TrainModel::new(&t, Activations::Keep)?)
+            }
+            _ => None,
+        };
+        Ok(Finetuner { model, config, momenta: BTreeMap::new(), steps_done: 0, epochs_done: 0, history: Vec::new(), input, name, teacher })
     }
 
     /// Resumes the run recorded in the checkpoint JSON at `path`.
@@ -282,11 +337,20 @@ impl Finetuner {
             let labels: Vec<u8> = idx.iter().map(|&i| images.labels[i]).collect();
             let out = self.model.forward(&x, Pass::Train)?;
             let ce = cross_entropy(&out.logits, &labels)?;
+            let objective = match self.teacher.as_mut() {
+                Some(teacher) => {
+                    let t = teacher.forward(&x, Pass::Frozen)?.logits.detach();
+                    let kd = distillation_loss(&out.logits, &t, self.config.distill_temperature)?;
+                    let a = self.config.distill;
+                    ((&ce * (1.0 - a)).map_err(candle_err)? + (kd * a).map_err(candle_err)?).map_err(candle_err)?
+                }
+                None => ce.clone(),
+            };
             let loss = if want_penalty {
                 let ramp = ((self.steps_done + 1) as f64 / self.config.penalty_warmup.max(1) as f64).min(1.0);
-                (&ce + (out.range_penalty * (self.config.range_penalty * ramp)).map_err(candle_err)?).map_err(candle_err)?
+                (&objective + (out.range_penalty * (self.config.range_penalty * ramp)).map_err(candle_err)?).map_err(candle_err)?
             } else {
-                ce.clone()
+                objective
             };
             let lr = self.learning_rate(self.steps_done, total);
             self.step(&loss, lr)?;
