@@ -222,3 +222,52 @@ fn a_saved_client_decrypts_what_a_server_computed() {
     assert!(OpenFheScheme::load_client(&keys).map(|_| ()).unwrap_err().to_string().contains("client state"));
     assert!(OpenFheScheme::server(&secret).map(|_| ()).unwrap_err().to_string().contains("evaluation keys"));
 }
+
+/// The server of `a_server_in_a_fresh_process_bootstraps_from_the_key_file`, run as a child
+/// process of the test binary: keys from the file, one bootstrap, the result written back.
+fn fresh_process_server(dir: &std::path::Path) {
+    let server = OpenFheScheme::server_from_file(&dir.join("evaluation.keys")).expect("server from the key file");
+    let a = server.deserialize_ciphertext(&std::fs::read(dir.join("in.ct")).unwrap()).unwrap();
+    let b = server.bootstrap(&a).expect("bootstrap in a fresh process");
+    std::fs::write(dir.join("out.ct"), server.serialize_ciphertext(&b).unwrap()).unwrap();
+}
+
+#[test]
+#[cfg_attr(not(openfhe), ignore = "OpenFHE was not found when this was built")]
+fn a_server_in_a_fresh_process_bootstraps_from_the_key_file() {
+    // Regression: a context read back in a process that never built one had no bootstrapping
+    // enabled ("EvalBootstrapSetup operation has not been enabled"); in-process tests shared
+    // OpenFHE's cached context and could not see it.
+    if let Some(dir) = std::env::var_os("PEREGRINE_FRESH_SERVER_DIR") {
+        return fresh_process_server(std::path::Path::new(&dir));
+    }
+    let p = OpenFheParams {
+        bootstrap: true,
+        level_budget: [2, 2],
+        log_scale: 59,
+        first_modulus_bits: 60,
+        ..OpenFheParams::insecure_for_tests(12, 3)
+    };
+    let caps = OpenFheScheme::capabilities(&p).unwrap();
+    let client = OpenFheScheme::keygen(&p, &KeyRequest { rotations: BTreeSet::new(), bootstrap: true }).unwrap();
+    let dir = std::env::temp_dir().join(format!("peregrine-fresh-server-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut f = std::fs::File::create(dir.join("evaluation.keys")).unwrap();
+    client.write_evaluation_keys(&mut f).unwrap();
+    drop(f);
+    let x = random(caps.slots - 7, 21);
+    // Encrypted at the lowest level, so the server has to bootstrap to compute further.
+    let ct = client.encrypt(&client.encode(&x, 0, caps.default_scale()).unwrap()).unwrap();
+    std::fs::write(dir.join("in.ct"), client.serialize_ciphertext(&ct).unwrap()).unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "a_server_in_a_fresh_process_bootstraps_from_the_key_file", "--nocapture", "--include-ignored"])
+        .env("PEREGRINE_FRESH_SERVER_DIR", &dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the server process failed");
+    let out = client.deserialize_ciphertext(&std::fs::read(dir.join("out.ct")).unwrap()).unwrap();
+    let v = client.decrypt_values(&out).unwrap();
+    let err = x.iter().zip(&v).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(err < 2f64.powi(-15), "bootstrap in a fresh process: error {err:.2e}");
+}

@@ -1,15 +1,20 @@
 //! Peregrine's TFHE backend, on TFHE-rs (pure Rust).
 //!
-//! TFHE has no SIMD slots: this backend emulates them. A ciphertext is a vector of LWE
-//! ciphertexts, one per slot; rotations are free permutations, additions and plaintext
-//! multiplications are integer-weighted LWE sums, and every activation is one programmable
-//! bootstrap whose lookup table applies the activation and the rescale into the next layer's
-//! quantisation in one step.
-//!
-//! This crate is built bottom-up. [`lwe`] is the quantised-integer layer: 128-bit TFHE-rs
-//! parameter sets, signed encoding, weighted sums with the noise bound enforced, and lookup-table
-//! bootstraps.
+//! TFHE has no SIMD slots: every tensor element is its own LWE ciphertext, so a layout has no
+//! rotations to pay for and no padding slots to carry. A network runs as:
+//! - [`quant`]: the model is compiled into affine blocks between activations (all linear
+//!   layers in a block fused into one integer weighted sum per element) and quantised from a
+//!   calibration pass: integer weights, per-channel steps and zero points, and per-channel
+//!   lookup tables that apply the activation (exact ReLU/SiLU/GELU or the model's polynomial)
+//!   *and* the requantisation to the next block in one programmable bootstrap. Its exact
+//!   integer simulation is the reference an encrypted run must match bit for bit;
+//! - [`lwe`]: TFHE-rs 128-bit parameter sets, signed encoding, weighted sums whose noise is
+//!   bounded in code, lookup-table bootstraps;
+//! - [`engine`]: client encryption and decryption, and the server's run (parallel over the
+//!   elements of a layer, one bootstrap per real activation, never one for padding).
 
 #![warn(missing_docs)]
 
+pub mod engine;
 pub mod lwe;
+pub mod quant;

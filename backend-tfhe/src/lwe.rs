@@ -1,22 +1,33 @@
 //! Quantised integers under TFHE: the layer every emulated slot is built on.
 //!
-//! A value is a signed integer `v` in `[−2^(p−1), 2^(p−1))`, stored as the shortint message
-//! `m = v + 2^(p−1)` in `[0, 2^p)` of a TFHE-rs parameter set whose message and carry bits
-//! together give `p` bits (one more bit on top is TFHE's padding). Linear operations
-//! (integer-weighted sums plus a constant) work directly on the LWE ciphertexts and keep the
-//! offset straight; a programmable bootstrap applies any function `f` of the `2^p` possible
-//! inputs through a lookup table and resets the noise.
+//! A TFHE-rs parameter set gives `p` bits (message + carry) under one padding bit: a lookup
+//! table has `2^p` boxes of width Δ = 2^(63−p) on the torus. This layer stores a signed integer
+//! `v` as the torus value `v·Δ'` in two's complement, with a finer step `Δ' = Δ / 2^k` for `k`
+//! *extra accumulator bits*: integer-weighted sums then add up to `p + k` bits of precision,
+//! and a programmable bootstrap reads the top `p` bits — box `round(v / 2^k)` — and writes any
+//! function of it back at step Δ'. With `k = 0` the bootstrap input is exact. With `k > 0` a
+//! sum within noise of a box boundary may land in the neighbouring box (one unit of the `p`-bit
+//! input), the approximate rounding of a wide accumulator read through a narrow table.
 //!
 //! **Noise is accounted for in code.** Every ciphertext carries the standard deviation of its
 //! noise relative to a fresh (or freshly bootstrapped) one; a weighted sum scales it by
-//! `sqrt(Σ (w_i·σ_i)²)`, and a sum whose result would exceed the parameter set's published
-//! 2-norm bound (the bound under which TFHE-rs guarantees its failure probability for the next
-//! bootstrap) is refused with an error that says what to change.
+//! `sqrt(Σ (w_i·σ_i)²)`, and a sum beyond the bound is refused with an error that says what to
+//! change. The bound is the set's published 2-norm (under which TFHE-rs guarantees its failure
+//! probability, 2^-128, for reading the box exactly) when `k = 0`; with `k > 0`, where the
+//! neighbouring box is accepted, twice that (an error of two boxes then needs noise beyond Δ,
+//! twice the guaranteed margin, at the same failure probability).
 
 use std::fmt;
 
+use bincode::Options;
+
 use tfhe::core_crypto::prelude::{lwe_ciphertext_add_assign, lwe_ciphertext_cleartext_mul_assign, lwe_ciphertext_plaintext_add_assign, Cleartext, Plaintext};
-use tfhe::shortint::parameters::{ClassicPBSParameters, PARAM_MESSAGE_2_CARRY_2_KS_PBS_GAUSSIAN_2M128, PARAM_MESSAGE_3_CARRY_3_KS_PBS_GAUSSIAN_2M128};
+use tfhe::shortint::parameters::v1_6::{
+    V1_6_PARAM_MESSAGE_1_CARRY_3_KS_PBS_GAUSSIAN_2M128, V1_6_PARAM_MESSAGE_1_CARRY_4_KS_PBS_GAUSSIAN_2M128,
+    V1_6_PARAM_MESSAGE_1_CARRY_5_KS_PBS_GAUSSIAN_2M128, V1_6_PARAM_MESSAGE_1_CARRY_6_KS_PBS_GAUSSIAN_2M128,
+    V1_6_PARAM_MESSAGE_1_CARRY_7_KS_PBS_GAUSSIAN_2M128,
+};
+use tfhe::shortint::parameters::ClassicPBSParameters;
 use tfhe::shortint::server_key::LookupTableOwned;
 use tfhe::shortint::{Ciphertext, ClientKey, ServerKey};
 
@@ -67,8 +78,10 @@ pub type LweResult<T> = Result<T, LweError>;
 /// A TFHE-rs parameter set (128-bit security, failure probability ≤ 2^-128 per bootstrap).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LweParams {
-    /// Bits p of the signed integers (message + carry bits of the set).
+    /// Bits p of a bootstrap's input (message + carry bits of the set).
     pub bits: u32,
+    /// Extra accumulator bits k below the bootstrap's resolution.
+    pub extra_bits: u32,
     /// The TFHE-rs name of the set.
     pub name: &'static str,
     /// Largest noise, relative to a fresh ciphertext, at a bootstrap's input (the set's 2-norm).
@@ -78,36 +91,75 @@ pub struct LweParams {
 }
 
 impl LweParams {
-    /// The published set for `bits` = 4 or 6 bits of precision.
+    /// Precisions with a published set: 4 to 8 bits.
+    pub const BITS: std::ops::RangeInclusive<u32> = 4..=8;
+
+    /// The published set for `bits` (4 to 8) of precision.
+    ///
+    /// These are TFHE-rs's `PARAM_MESSAGE_1_CARRY_{bits−1}` sets (128-bit security, failure
+    /// probability 2^-128 per bootstrap, Gaussian noise, keyswitch before bootstrap). They are
+    /// made for what a network needs: a lookup table over the *whole* `bits`-bit space after
+    /// long sums, so their noise 2-norm bound is 2^(bits−1) − 1 (15 at 4 bits, 63 at 6 bits,
+    /// 255 at 8 bits), where the `MESSAGE_k_CARRY_k` sets of the same precision allow 5 to 9.
+    /// The price is the ring: N = 2048 at 4 bits, 4096 at 5, 8192 at 6, 16384 at 7, 65536 at 8.
     pub fn with_bits(bits: u32) -> LweResult<Self> {
-        match bits {
-            4 => Ok(LweParams {
-                bits,
-                name: "PARAM_MESSAGE_2_CARRY_2_KS_PBS_GAUSSIAN_2M128",
-                noise_bound: PARAM_MESSAGE_2_CARRY_2_KS_PBS_GAUSSIAN_2M128.max_noise_level.get() as f64,
-                set: PARAM_MESSAGE_2_CARRY_2_KS_PBS_GAUSSIAN_2M128,
-            }),
-            6 => Ok(LweParams {
-                bits,
-                name: "PARAM_MESSAGE_3_CARRY_3_KS_PBS_GAUSSIAN_2M128",
-                noise_bound: PARAM_MESSAGE_3_CARRY_3_KS_PBS_GAUSSIAN_2M128.max_noise_level.get() as f64,
-                set: PARAM_MESSAGE_3_CARRY_3_KS_PBS_GAUSSIAN_2M128,
-            }),
-            _ => Err(LweError::Invalid(format!("precision must be 4 or 6 bits (TFHE-rs 128-bit sets), got {bits}"))),
-        }
+        Self::with_accumulator(bits, 0)
     }
-    /// Offset 2^(p−1) between the signed value and the stored message.
+
+    /// The set for `bits` with `extra_bits` (0 to 12) of accumulator precision below it.
+    pub fn with_accumulator(bits: u32, extra_bits: u32) -> LweResult<Self> {
+        if extra_bits > 12 {
+            return Err(LweError::Invalid(format!("extra accumulator bits must be 0 to 12, got {extra_bits}")));
+        }
+        let (name, set) = match bits {
+            4 => ("PARAM_MESSAGE_1_CARRY_3_KS_PBS_GAUSSIAN_2M128", V1_6_PARAM_MESSAGE_1_CARRY_3_KS_PBS_GAUSSIAN_2M128),
+            5 => ("PARAM_MESSAGE_1_CARRY_4_KS_PBS_GAUSSIAN_2M128", V1_6_PARAM_MESSAGE_1_CARRY_4_KS_PBS_GAUSSIAN_2M128),
+            6 => ("PARAM_MESSAGE_1_CARRY_5_KS_PBS_GAUSSIAN_2M128", V1_6_PARAM_MESSAGE_1_CARRY_5_KS_PBS_GAUSSIAN_2M128),
+            7 => ("PARAM_MESSAGE_1_CARRY_6_KS_PBS_GAUSSIAN_2M128", V1_6_PARAM_MESSAGE_1_CARRY_6_KS_PBS_GAUSSIAN_2M128),
+            8 => ("PARAM_MESSAGE_1_CARRY_7_KS_PBS_GAUSSIAN_2M128", V1_6_PARAM_MESSAGE_1_CARRY_7_KS_PBS_GAUSSIAN_2M128),
+            _ => return Err(LweError::Invalid(format!("precision must be 4 to 8 bits (TFHE-rs 128-bit sets), got {bits}"))),
+        };
+        let stored_bits = (set.message_modulus.0 * set.carry_modulus.0).trailing_zeros();
+        debug_assert_eq!(stored_bits, bits);
+        let published = set.max_noise_level.get() as f64;
+        Ok(LweParams { bits, extra_bits, name, noise_bound: if extra_bits == 0 { published } else { 2.0 * published }, set })
+    }
+    /// Ring dimension N of the bootstrapping key (the main cost of one bootstrap).
+    pub fn polynomial_size(&self) -> usize {
+        self.set.polynomial_size.0
+    }
+    /// Dimension n of the LWE ciphertexts that are bootstrapped.
+    pub fn lwe_dimension(&self) -> usize {
+        self.set.lwe_dimension.0
+    }
+    /// Offset 2^(p−1) boxes that centres signed bootstrap inputs in the table.
     pub fn offset(&self) -> i64 {
         1i64 << (self.bits - 1)
     }
-    /// Smallest and largest representable value.
+    /// Smallest and largest value a ciphertext can hold: `[−2^(p−1+k), 2^(p−1+k))`.
     pub fn range(&self) -> (i64, i64) {
+        let h = 1i64 << (self.bits - 1 + self.extra_bits);
+        (-h, h - 1)
+    }
+    /// Signed inputs of a lookup table: the boxes `−2^(p−1) … 2^(p−1) − 1`.
+    pub fn table_range(&self) -> (i64, i64) {
         (-self.offset(), self.offset() - 1)
     }
-    /// Δ: the torus step of one message unit (one padding bit above the p message bits).
+    /// Δ: the torus width of one box (one padding bit above the p bits).
     fn delta(&self) -> u64 {
         1u64 << (63 - self.bits)
     }
+    /// Δ' = Δ / 2^k: the torus step of one unit.
+    fn unit(&self) -> u64 {
+        1u64 << (63 - self.bits - self.extra_bits)
+    }
+}
+
+/// The serialisation of keys and ciphertexts: bincode with a 64 GiB ceiling, so a corrupted
+/// length field is an error rather than an allocation of any size.
+fn wire() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new().with_fixint_encoding().with_limit(1 << 36)
 }
 
 /// One encrypted signed integer and its noise relative to a fresh ciphertext.
@@ -156,18 +208,22 @@ impl LweClient {
     pub fn server(&self) -> LweServer {
         LweServer { params: self.params, key: ServerKey::new(&self.key) }
     }
-    /// Encrypts a signed integer.
+    /// Encrypts a signed integer in [`LweParams::range`].
     pub fn encrypt(&self, v: i64) -> LweResult<Lwe> {
         let (lo, hi) = self.params.range();
         if v < lo || v > hi {
-            return Err(LweError::OutOfRange { value: v, bits: self.params.bits });
+            return Err(LweError::OutOfRange { value: v, bits: self.params.bits + self.params.extra_bits });
         }
-        Ok(Lwe { ct: self.key.unchecked_encrypt((v + self.params.offset()) as u64), noise: 1.0 })
+        let mut ct = self.key.unchecked_encrypt(0);
+        lwe_ciphertext_plaintext_add_assign(&mut ct.ct, Plaintext((v as u64).wrapping_mul(self.params.unit())));
+        Ok(Lwe { ct, noise: 1.0 })
     }
-    /// Decrypts a signed integer (sums that overflowed the range wrap around).
+    /// Decrypts a signed integer (sums that left the range wrap around modulo 2^(p+1+k)).
     pub fn decrypt(&self, ct: &Lwe) -> i64 {
-        let m = self.key.decrypt_message_and_carry(&ct.ct) as i64;
-        m - self.params.offset()
+        let raw = self.key.decrypt_no_decode(&ct.ct).0 as i64;
+        let unit = self.params.unit() as i64;
+        // Round to the nearest unit (two's complement torus value).
+        raw.wrapping_add(unit / 2).div_euclid(unit)
     }
 }
 
@@ -188,7 +244,6 @@ impl LweServer {
         }
         let mut acc = first.ct.clone();
         acc.ct.as_mut().fill(0);
-        let mut weight_sum = 0i64;
         for (x, w) in terms {
             if *w == 0 {
                 continue;
@@ -196,26 +251,83 @@ impl LweServer {
             let mut t = x.ct.ct.clone();
             lwe_ciphertext_cleartext_mul_assign(&mut t, Cleartext(*w as u64));
             lwe_ciphertext_add_assign(&mut acc.ct, &t);
-            weight_sum += w;
         }
-        // Each term carries the offset o once per unit of weight; keep exactly one.
-        let o = self.params.offset();
-        let constant = bias + o - o * weight_sum;
-        lwe_ciphertext_plaintext_add_assign(&mut acc.ct, Plaintext((constant as u64).wrapping_mul(self.params.delta())));
+        lwe_ciphertext_plaintext_add_assign(&mut acc.ct, Plaintext((bias as u64).wrapping_mul(self.params.unit())));
         Ok(Lwe { ct: acc, noise: norm.max(f64::MIN_POSITIVE) })
     }
-    /// A lookup table applying `f` to every representable value; outputs outside the range are
-    /// clamped to it and counted in [`Lut::clamped`].
+    /// A noiseless (trivial) encryption of a known constant, clamped into the range: what a
+    /// sum with no encrypted terms becomes, without a bootstrap.
+    pub fn constant(&self, v: i64) -> Lwe {
+        let (lo, hi) = self.params.range();
+        let mut ct = self.key.unchecked_create_trivial(0);
+        lwe_ciphertext_plaintext_add_assign(&mut ct.ct, Plaintext((v.clamp(lo, hi) as u64).wrapping_mul(self.params.unit())));
+        Lwe { ct, noise: 0.0 }
+    }
+    /// A lookup table applying `f` to every box `round(v / 2^k)` in [`LweParams::table_range`];
+    /// outputs outside [`LweParams::range`] are clamped to it and counted in [`Lut::clamped`].
     pub fn lut(&self, f: impl Fn(i64) -> i64) -> Lut {
         let (lo, hi) = self.params.range();
-        let o = self.params.offset();
-        let clamped = (lo..=hi).filter(|&v| !(lo..=hi).contains(&f(v))).count();
-        let table = self.key.generate_lookup_table(|m| (f(m as i64 - o).clamp(lo, hi) + o) as u64);
+        let (tlo, thi) = self.params.table_range();
+        let clamped = (tlo..=thi).filter(|&v| !(lo..=hi).contains(&f(v))).count();
+        // Start from TFHE-rs's table (right size and modulus), then write the torus values.
+        let mut table = self.key.generate_lookup_table(|_| 0);
+        let mut body = table.acc.get_mut_body();
+        let acc = body.as_mut();
+        let boxes = 1usize << self.params.bits;
+        let box_size = acc.len() / boxes;
+        let unit = self.params.unit();
+        for (i, chunk) in acc.chunks_mut(box_size).enumerate() {
+            let v = f(i as i64 + tlo).clamp(lo, hi);
+            chunk.fill((v as u64).wrapping_mul(unit));
+        }
+        // Centre the boxes (inputs round to the nearest box), as TFHE-rs does.
+        let half = box_size / 2;
+        for a in acc[..half].iter_mut() {
+            *a = a.wrapping_neg();
+        }
+        acc.rotate_left(half);
+        table.degree = tfhe::shortint::ciphertext::Degree::new((boxes - 1) as u64);
         Lut { table, clamped }
+    }
+    /// Size in bytes of the serialised evaluation keys (bootstrapping and key-switching keys).
+    pub fn key_bytes(&self) -> LweResult<u64> {
+        wire().serialized_size(&self.key).map_err(|e| LweError::Invalid(format!("sizing the server key: {e}")))
+    }
+    /// Serialises the evaluation keys (what a client sends to a server; no secret key).
+    pub fn to_bytes(&self) -> LweResult<Vec<u8>> {
+        let mut out = vec![self.params.bits as u8, self.params.extra_bits as u8];
+        wire().serialize_into(&mut out, &self.key).map_err(|e| LweError::Invalid(format!("serialising the server key: {e}")))?;
+        Ok(out)
+    }
+    /// Rebuilds a server from [`LweServer::to_bytes`]; refuses keys of another parameter set.
+    pub fn from_bytes(bytes: &[u8]) -> LweResult<Self> {
+        if bytes.len() < 2 {
+            return Err(LweError::Invalid("empty TFHE server key".into()));
+        }
+        let (bits, extra, rest) = (bytes[0], bytes[1], &bytes[2..]);
+        let params = LweParams::with_accumulator(bits as u32, extra as u32)?;
+        let key: ServerKey = wire().deserialize(rest).map_err(|e| LweError::Invalid(format!("corrupted or foreign TFHE server key: {e}")))?;
+        if key.message_modulus != params.set.message_modulus || key.carry_modulus != params.set.carry_modulus {
+            return Err(LweError::Invalid(format!("the server key does not belong to {}", params.name)));
+        }
+        Ok(LweServer { params, key })
+    }
+    /// Seconds per bootstrap on the calling thread: the mean of `runs` bootstraps of `x`
+    /// through `lut`.
+    pub fn time_bootstrap(&self, x: &Lwe, lut: &Lut, runs: usize) -> f64 {
+        let t = std::time::Instant::now();
+        for _ in 0..runs.max(1) {
+            std::hint::black_box(self.bootstrap(x, lut));
+        }
+        t.elapsed().as_secs_f64() / runs.max(1) as f64
     }
     /// One programmable bootstrap (key switch, blind rotation, sample extraction): `f(x)` with
     /// fresh noise.
     pub fn bootstrap(&self, x: &Lwe, lut: &Lut) -> Lwe {
-        Lwe { ct: self.key.apply_lookup_table(&x.ct, &lut.table), noise: 1.0 }
+        // Shift signed inputs into the table's positive half: box round(v / 2^k) + 2^(p−1).
+        let mut shifted = x.ct.clone();
+        let o = (self.params.offset() as u64).wrapping_mul(self.params.delta());
+        lwe_ciphertext_plaintext_add_assign(&mut shifted.ct, Plaintext(o));
+        Lwe { ct: self.key.apply_lookup_table(&shifted, &lut.table), noise: 1.0 }
     }
 }

@@ -20,7 +20,7 @@ fn layer_model() -> Model {
             op: Op::Conv2d(Conv2d { in_channels: 16, out_channels: 16, kernel: [3, 3], stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 1, weight: "c.w".into(), bias: None }),
             inputs: vec![INPUT.into()],
         },
-        Node { name: "p".into(), op: Op::Activation(Activation::Poly { coeffs: "p.c".into(), input_scale: None }), inputs: vec!["c".into()] },
+        Node { name: "p".into(), op: Op::Activation(Activation::Poly { coeffs: "p.c".into(), input_scale: None, approximates: None }), inputs: vec!["c".into()] },
     ];
     let graph = Graph {
         version: FORMAT_VERSION,

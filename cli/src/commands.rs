@@ -34,7 +34,17 @@ pub fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
 
 pub fn import_resnet(depth: usize, weights: &Path, output: &Path, json: bool) -> Result<()> {
     let model = import_cifar_resnet(depth, weights).with_context(|| format!("importing ResNet-{depth}"))?;
-    save_model(&model, output)?;
+    write_imported(&model, output, json)
+}
+
+/// `peregrine import small-cnn`: a freshly initialised small CNN to train.
+pub fn import_small_cnn(widths: &[usize], seed: u64, output: &Path, json: bool) -> Result<()> {
+    let model = peregrine_core::import::small_cnn(widths, seed)?;
+    write_imported(&model, output, json)
+}
+
+fn write_imported(model: &peregrine_core::ir::Model, output: &Path, json: bool) -> Result<()> {
+    save_model(model, output)?;
     if json {
         println!(
             "{}",
@@ -170,6 +180,9 @@ pub fn plugin_dirs(mut dirs: Vec<PathBuf>) -> Vec<PathBuf> {
     dirs
 }
 
+/// The built-in TFHE backend, in listings.
+const TFHE_DESCRIPTION: &str = "TFHE-rs (pure Rust): one LWE ciphertext per value, one lookup-table bootstrap per activation (exact or polynomial), 128-bit sets, quantised from calibration";
+
 pub fn backends(dirs: Vec<PathBuf>, json: bool) -> Result<()> {
     let dirs = plugin_dirs(dirs);
     let builtin_caps = ClearScheme::capabilities(&ClearParams::default())?;
@@ -186,13 +199,15 @@ pub fn backends(dirs: Vec<PathBuf>, json: bool) -> Result<()> {
         println!(
             "{}",
             json!({"builtin": [{"name": ClearScheme::NAME, "description": ClearScheme::DESCRIPTION,
-                                "capabilities": builtin_caps}],
+                                "capabilities": builtin_caps},
+                               {"name": "tfhe", "description": TFHE_DESCRIPTION}],
                    "search_path": dirs, "plugins": plugins})
         );
         return Ok(());
     }
     println!("built-in:");
     println!("  {:<8} {}\n           {}", ClearScheme::NAME, ClearScheme::DESCRIPTION, builtin_caps.summary());
+    println!("  {:<8} {TFHE_DESCRIPTION}", "tfhe");
     println!("plugins (search path: {}):", if dirs.is_empty() { "empty".into() } else { format!("{dirs:?}") });
     if found.is_empty() {
         println!("  none found");

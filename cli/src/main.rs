@@ -8,6 +8,7 @@ mod compare;
 mod fhe;
 mod finetune;
 mod session;
+mod tfhe;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -140,6 +141,32 @@ enum Command {
         /// Decrypt after every step (client side) and report precision in bits (first image).
         #[arg(long)]
         trace: bool,
+        /// Activations on the tfhe backend: `exact` (the original ReLU/SiLU/GELU) or `poly`
+        /// (the model's polynomials); CKKS backends always evaluate the polynomials.
+        #[arg(long)]
+        activation: Option<String>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The TFHE backend's quantised cleartext simulation over many images (no encryption): its
+    /// accuracy for a precision and activation mode, to choose them before an encrypted run.
+    Simulate {
+        /// Model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// TFHE parameters as JSON (e.g. '{"bits": 6}').
+        #[arg(long, default_value = "")]
+        params: String,
+        /// `exact` or `poly`.
+        #[arg(long)]
+        activation: Option<String>,
+        /// CIFAR-10 batch file.
+        #[arg(long)]
+        data: PathBuf,
+        /// Number of images.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -240,6 +267,23 @@ enum ImportCmd {
         #[arg(long)]
         json: bool,
     },
+    /// A freshly initialised small CNN (3×3 conv, batch norm, 2×2 average pool, ReLU per
+    /// stage, then fully connected) for backends that pay a bootstrap per activation; train it
+    /// with `peregrine finetune --keep-activations`.
+    SmallCnn {
+        /// Channels of each stage (1 to 4 stages; the first convolution has stride 2).
+        #[arg(long, value_delimiter = ',', default_value = "16,32,64")]
+        widths: Vec<usize>,
+        /// Seed of the initial weights.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output model file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -247,6 +291,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Import { what: ImportCmd::Resnet { depth, weights, output, json } } => {
             commands::import_resnet(depth, &weights, &output, json)
+        }
+        Command::Import { what: ImportCmd::SmallCnn { widths, seed, output, json } } => {
+            commands::import_small_cnn(&widths, seed, &output, json)
         }
         Command::Eval { model, data, limit, batch, precision, json } => {
             commands::eval(&model, &data, limit, batch, precision, json)
@@ -259,8 +306,17 @@ fn main() -> ExitCode {
         }
         Command::Finetune(args) => finetune::finetune_cmd(args),
         Command::Plan { target, json } => fhe::plan_cmd(target, json),
-        Command::Run { target, data, image, limit, trace, json } => {
-            fhe::run_cmd(target, data.as_deref(), image.as_deref(), limit, trace, json)
+        Command::Run { target, data, image, limit, trace, json, activation } => {
+            if target.backend == "tfhe" {
+                tfhe::run_cmd(&target.model, &target.params, activation.as_deref(), data.as_deref(), image.as_deref(), limit, json)
+            } else if activation.as_deref().is_some_and(|a| a != "poly") {
+                Err(anyhow::anyhow!("--activation {} needs the tfhe backend: CKKS backends evaluate the model's polynomials", activation.unwrap_or_default()))
+            } else {
+                fhe::run_cmd(target, data.as_deref(), image.as_deref(), limit, trace, json)
+            }
+        }
+        Command::Simulate { model, params, activation, data, limit, json } => {
+            tfhe::simulate_cmd(&model, &params, activation.as_deref(), &data, limit, json)
         }
         Command::Compare { model, backends, params, data, limit, plugin_dirs, max_rotation_keys, json } => {
             compare::compare_cmd(compare::CompareArgs {

@@ -25,7 +25,7 @@ fn small_model(tag: &str) -> PathBuf {
     let n = |name: &str, op: Op, i: &str| Node { name: name.into(), op, inputs: vec![i.into()] };
     let nodes = vec![
         n("c", Op::Conv2d(Conv2d { in_channels: 3, out_channels: 4, kernel: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1], groups: 1, weight: "c.w".into(), bias: None }), INPUT),
-        n("p", Op::Activation(Activation::Poly { coeffs: "p.c".into(), input_scale: None }), "c"),
+        n("p", Op::Activation(Activation::Poly { coeffs: "p.c".into(), input_scale: None, approximates: None }), "c"),
         n("gap", Op::GlobalAvgPool, "p"),
         n("flat", Op::Flatten, "gap"),
         n("fc", Op::Linear(Linear { in_features: 4, out_features: 10, weight: "fc.w".into(), bias: Some("fc.b".into()) }), "flat"),
@@ -203,4 +203,30 @@ fn compare_prints_one_row_per_backend_and_names_failures() {
 
     let bad = bin().args(["compare", "--backends", "clear", "--params", "tfhe={}", "--model"]).arg(&model).arg("--data").arg(shared("data/cifar10/test_batch.bin.gz")).output().unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not in --backends"));
+}
+
+#[test]
+fn tfhe_run_reproduces_its_quantised_simulation_and_names_bad_requests() {
+    let model = small_model("tfhe");
+    let data = shared("data/cifar10/test_batch.bin.gz");
+    // 4-bit set with 4 extra accumulator bits (without them every weight of this 27-term
+    // convolution rounds to zero); the encrypted top-1 must equal the simulation's.
+    let params = r#"{"bits": 4, "extra_bits": 4, "act_bits": 3, "calibration_images": 32}"#;
+    let out = bin().args(["run", "--backend", "tfhe", "--activation", "poly", "--params", params, "--limit", "1", "--json", "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
+    let run = json(out);
+    assert_eq!(run["security_bits"], 128);
+    assert_eq!(run["summary"]["images"], 1);
+    assert_eq!(run["summary"]["failed"], 0);
+    assert_eq!(run["summary"]["agree_quantised"], 1, "{run}");
+    // One bootstrap per activation element (4 channels × 16 × 16), none for the padding.
+    assert_eq!(run["images"][0]["bootstraps"], 1024);
+    assert_eq!(run["summary"]["cost"]["bootstraps"], 1024);
+    // Exact activations need the model to record what its polynomial approximates.
+    let bad = bin().args(["run", "--backend", "tfhe", "--activation", "exact", "--params", params, "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--activation poly"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let bad = bin().args(["run", "--backend", "tfhe", "--params", r#"{"bits": 12}"#, "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("4 to 8 bits"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let bad = bin().args(["run", "--backend", "clear", "--activation", "exact", "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("needs the tfhe backend"), "{}", String::from_utf8_lossy(&bad.stderr));
 }

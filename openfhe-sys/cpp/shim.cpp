@@ -112,6 +112,16 @@ class MemBuf : public std::streambuf {
     }
 };
 
+// The features every Peregrine context uses (enabling one twice is harmless).
+void enable_features(const CryptoContext<DCRTPoly>& cc, bool bootstrap) {
+    cc->Enable(PKE);
+    cc->Enable(KEYSWITCH);
+    cc->Enable(LEVELEDSHE);
+    cc->Enable(ADVANCEDSHE);
+    if (bootstrap)
+        cc->Enable(FHE);
+}
+
 // OpenFHE hands out one shared context per parameter set; setting its bootstrapping up again
 // would replace precomputations another thread may be using. Done once per context and budget
 // (under the global lock).
@@ -273,12 +283,7 @@ int pf_context_new(const PfParams* p, PfContext** out, char** err) {
             reset_parameter_check();
             throw;
         }
-        cc->Enable(PKE);
-        cc->Enable(KEYSWITCH);
-        cc->Enable(LEVELEDSHE);
-        cc->Enable(ADVANCEDSHE);
-        if (p->bootstrap)
-            cc->Enable(FHE);
+        enable_features(cc, p->bootstrap != 0);
         auto* c       = new PfContext();
         c->cc         = cc;
         c->slots      = p->slots ? p->slots : cc->GetRingDimension() / 2;
@@ -424,6 +429,10 @@ int pf_server_new(const uint8_t* data, size_t len, int32_t bootstrap, uint32_t e
             throw;
         }
         need(cc != nullptr, "the evaluation keys do not start with a crypto context");
+        // A deserialised context carries its parameters, not the features enabled on it: a
+        // server in a fresh process must enable them again (bootstrapping included) before
+        // setting bootstrapping up.
+        enable_features(cc, bootstrap != 0);
         // Keys of a tag already present (a client in this process) are the same keys: share them.
         if (!tag_refs().count(tag)) {
             std::istream s2(&multb);
@@ -504,6 +513,7 @@ int pf_load_client(const uint8_t* data, size_t len, PfContext** out, char** err)
             throw;
         }
         need(cc != nullptr, "the client state does not start with a crypto context");
+        enable_features(cc, false);
         auto* c = new PfContext();
         try {
             std::istringstream s2(pks), s3(sks);

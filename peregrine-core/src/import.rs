@@ -122,3 +122,94 @@ pub fn cifar_resnet(depth: usize, mut weights: Weights) -> Result<Model> {
     };
     Model::new(graph, weights)
 }
+
+/// A small CIFAR-10 CNN for backends where every activation costs a bootstrap (TFHE): for each
+/// width `c_i`, a 3×3 convolution (the first with stride 2), batch norm, 2×2 average pooling
+/// *before* the activation (pooling is linear, so it fuses into the convolution and the
+/// activation runs on the pooled map: a quarter of the bootstraps), ReLU; then a fully
+/// connected layer. Weights are He-initialised from `seed`, batch norms start as identities:
+/// train it with `peregrine finetune --keep-activations`.
+pub fn small_cnn(widths: &[usize], seed: u64) -> Result<Model> {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+    if widths.is_empty() || widths.len() > 4 || widths.contains(&0) {
+        return Err(Error::Unsupported(format!("small CNN widths: give 1 to 4 positive channel counts, got {widths:?}")));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut weights = Weights::new();
+    let mut he = |weights: &mut Weights, name: String, shape: &[usize], fan_in: usize| {
+        let n = Normal::new(0.0f32, (2.0 / fan_in as f32).sqrt()).expect("positive deviation");
+        let v: Vec<f32> = (0..shape.iter().product::<usize>()).map(|_| n.sample(&mut rng)).collect();
+        weights.insert(name, ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), v).expect("sized"));
+    };
+    let mut nodes = Vec::new();
+    let (mut prev, mut cin, mut size) = (INPUT.to_string(), 3usize, 32usize);
+    let mut constants = Vec::new();
+    for (i, &c) in widths.iter().enumerate() {
+        let l = i + 1;
+        let stride = if i == 0 { 2 } else { 1 };
+        he(&mut weights, format!("conv{l}.weight"), &[c, cin, 3, 3], cin * 9);
+        nodes.push(Node {
+            name: format!("conv{l}"),
+            op: Op::Conv2d(Conv2d {
+                in_channels: cin,
+                out_channels: c,
+                kernel: [3, 3],
+                stride: [stride, stride],
+                padding: [1, 1],
+                dilation: [1, 1],
+                groups: 1,
+                weight: format!("conv{l}.weight"),
+                bias: None,
+            }),
+            inputs: vec![prev],
+        });
+        for (t, v) in [("weight", 1.0f32), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)] {
+            constants.push((format!("bn{l}.{t}"), c, v));
+        }
+        nodes.push(Node {
+            name: format!("bn{l}"),
+            op: Op::BatchNorm(BatchNorm {
+                channels: c,
+                eps: 1e-5,
+                weight: format!("bn{l}.weight"),
+                bias: format!("bn{l}.bias"),
+                running_mean: format!("bn{l}.running_mean"),
+                running_var: format!("bn{l}.running_var"),
+            }),
+            inputs: vec![format!("conv{l}")],
+        });
+        nodes.push(Node { name: format!("pool{l}"), op: Op::AvgPool(Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }), inputs: vec![format!("bn{l}")] });
+        nodes.push(Node { name: format!("relu{l}"), op: Op::Activation(Activation::Relu), inputs: vec![format!("pool{l}")] });
+        prev = format!("relu{l}");
+        cin = c;
+        size = size / stride / 2;
+        if size == 0 {
+            return Err(Error::Unsupported(format!("small CNN: {} stages shrink a 32×32 image to nothing", widths.len())));
+        }
+    }
+    for (name, c, v) in constants {
+        weights.insert(name, ndarray::ArrayD::from_elem(ndarray::IxDyn(&[c]), v));
+    }
+    let features = cin * size * size;
+    he(&mut weights, "linear.weight".into(), &[10, features], features);
+    weights.insert("linear.bias".into(), ndarray::ArrayD::zeros(ndarray::IxDyn(&[10])));
+    nodes.push(Node { name: "flatten".into(), op: Op::Flatten, inputs: vec![prev] });
+    nodes.push(Node {
+        name: "linear".into(),
+        op: Op::Linear(Linear { in_features: features, out_features: 10, weight: "linear.weight".into(), bias: Some("linear.bias".into()) }),
+        inputs: vec!["flatten".into()],
+    });
+    let graph = Graph {
+        version: FORMAT_VERSION,
+        name: format!("smallcnn-{}", widths.iter().map(|w| w.to_string()).collect::<Vec<_>>().join("-")),
+        input: InputSpec {
+            shape: vec![3, 32, 32],
+            preprocess: Preprocess { mean: vec![0.4914, 0.4822, 0.4465], std: vec![0.247, 0.243, 0.261], resize: true },
+        },
+        nodes,
+        output: "linear".into(),
+        classes: CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
+    };
+    Model::new(graph, weights)
+}

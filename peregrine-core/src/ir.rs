@@ -113,7 +113,46 @@ pub enum Activation {
         /// Optional per-channel input scale tensor `(C)`.
         #[serde(default)]
         input_scale: Option<String>,
+        /// The activation `g` this polynomial replaced, recorded by conversion and fine-tuning:
+        /// the polynomial approximates `r·g(x/r)` with `r = 1/input_scale` per channel, so a
+        /// backend with exact activations (TFHE lookup tables) can evaluate that instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approximates: Option<Approximated>,
     },
+}
+
+/// An exact activation that a polynomial approximates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Approximated {
+    /// max(x, 0).
+    Relu,
+    /// x · sigmoid(x).
+    Silu,
+    /// x · Φ(x).
+    Gelu,
+}
+
+impl Approximated {
+    /// The exact activation.
+    pub fn as_activation(&self) -> Activation {
+        match self {
+            Approximated::Relu => Activation::Relu,
+            Approximated::Silu => Activation::Silu,
+            Approximated::Gelu => Activation::Gelu,
+        }
+    }
+    /// What a polynomial replacing `op` approximates: the activation itself, or what an
+    /// existing polynomial records (`None` for anything else).
+    pub fn of(op: &Op) -> Option<Self> {
+        match op {
+            Op::Activation(Activation::Relu) => Some(Approximated::Relu),
+            Op::Activation(Activation::Silu) => Some(Approximated::Silu),
+            Op::Activation(Activation::Gelu) => Some(Approximated::Gelu),
+            Op::Activation(Activation::Poly { approximates, .. }) => *approximates,
+            _ => None,
+        }
+    }
 }
 
 /// Average or max pooling window.
@@ -229,7 +268,7 @@ impl Op {
                 refs.push(("running_mean", b.running_mean.as_str()));
                 refs.push(("running_var", b.running_var.as_str()));
             }
-            Op::Activation(Activation::Poly { coeffs, input_scale }) => {
+            Op::Activation(Activation::Poly { coeffs, input_scale, .. }) => {
                 refs.push(("coeffs", coeffs.as_str()));
                 if let Some(s) = input_scale {
                     refs.push(("input_scale", s.as_str()));
@@ -650,7 +689,7 @@ fn infer_shape(node: &Node, ins: &[&Shape], weights: &Weights) -> Result<Shape> 
         }
         Op::Activation(a) => {
             arity(node, 1)?;
-            if let Activation::Poly { coeffs, input_scale } = a {
+            if let Activation::Poly { coeffs, input_scale, .. } = a {
                 let c = ins[0][0];
                 let t = &weights[coeffs];
                 if t.ndim() != 2 || t.shape()[0] != c || t.shape()[1] < 2 {

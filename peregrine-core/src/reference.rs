@@ -133,7 +133,7 @@ impl<T: Real> Reference<T> {
                 Op::Activation(Activation::Relu) => Step::Relu,
                 Op::Activation(Activation::Silu) => Step::Silu,
                 Op::Activation(Activation::Gelu) => Step::Gelu,
-                Op::Activation(Activation::Poly { coeffs, input_scale }) => {
+                Op::Activation(Activation::Poly { coeffs, input_scale, .. }) => {
                     let c = model.weight(coeffs);
                     let coeffs = Array2::from_shape_vec((c.shape()[0], c.shape()[1]), cvt(c)).expect("2-D");
                     Step::Poly { coeffs, input_scale: input_scale.as_ref().map(|s| cvt(model.weight(s))) }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use ndarray::{ArrayD, IxDyn};
 
 use crate::error::{Error, Result};
-use crate::ir::{Activation, Model, Node, Op, INPUT};
+use crate::ir::{Activation, Approximated, Model, Node, Op, INPUT};
 use crate::reference::Reference;
 
 /// Least-squares polynomial fit (ascending coefficients) of `f` on [−1, 1].
@@ -137,7 +137,7 @@ pub fn polynomialize(model: &Model, degree: usize, ranges: &HashMap<String, Vec<
                     let sname = format!("{}.poly_input_scale", n.name);
                     weights.insert(cname.clone(), ArrayD::from_shape_vec(IxDyn(&[c, degree + 1]), coeffs).expect("sized"));
                     weights.insert(sname.clone(), ArrayD::from_shape_vec(IxDyn(&[c]), r.iter().map(|x| (1.0 / x) as f32).collect()).expect("sized"));
-                    Op::Activation(Activation::Poly { coeffs: cname, input_scale: Some(sname) })
+                    Op::Activation(Activation::Poly { coeffs: cname, input_scale: Some(sname), approximates: relu_only(&n.op) })
                 }
                 None => n.op.clone(),
             },
@@ -157,4 +157,10 @@ pub fn polynomialize(model: &Model, degree: usize, ranges: &HashMap<String, Vec<
 pub fn convert(model: &Model, degree: usize, inputs: &ArrayD<f32>, margin: f64) -> Result<Model> {
     let ranges = calibrate_ranges(model, inputs)?;
     polynomialize(model, degree, &ranges, margin, 1.0)
+}
+
+/// This conversion fits `f(x)` itself, which equals `r·f(x/r)` (the meaning of
+/// `Activation::Poly::approximates`) only for the positively homogeneous ReLU.
+fn relu_only(op: &Op) -> Option<Approximated> {
+    Approximated::of(op).filter(|a| *a == Approximated::Relu)
 }

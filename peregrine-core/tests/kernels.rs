@@ -197,7 +197,7 @@ fn elementwise_and_reshaping_ops_match_naive() {
     let mut w = Weights::new();
     w.insert("c".into(), rand_tensor(&mut r, &[5, 4]));
     w.insert("s".into(), rand_tensor(&mut r, &[5]));
-    let m = single(s, Op::Activation(Activation::Poly { coeffs: "c".into(), input_scale: Some("s".into()) }), w.clone());
+    let m = single(s, Op::Activation(Activation::Poly { coeffs: "c".into(), input_scale: Some("s".into()), approximates: None }), w.clone());
     let (a, b) = run1(&m, &x);
     let want = ArrayD::from_shape_fn(xd.raw_dim(), |i| {
         let t = xd[&i] * w["s"][[i[1]]] as f64;

@@ -364,7 +364,7 @@ impl Compiler<'_> {
                 nodes.push(name.clone());
                 Ok(Value::Pending(Pending { power: 1, map, inputs, nodes }))
             }
-            Op::Activation(Activation::Poly { coeffs, input_scale }) => {
+            Op::Activation(Activation::Poly { coeffs, input_scale, .. }) => {
                 let cm = m.weight(coeffs);
                 let (channels, terms) = (cm.shape()[0], cm.shape()[1]);
                 let a: Vec<f64> = cm.iter().map(|&v| v as f64).collect();

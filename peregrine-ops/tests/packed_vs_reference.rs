@@ -46,7 +46,7 @@ fn poly(name: &str, c: usize, w: &mut Weights, r: &mut StdRng, scaled: bool) -> 
     } else {
         None
     };
-    Op::Activation(Activation::Poly { coeffs: format!("{name}.c"), input_scale: scale })
+    Op::Activation(Activation::Poly { coeffs: format!("{name}.c"), input_scale: scale, approximates: None })
 }
 
 /// 3×37×53 → conv s2 → poly → depthwise (dilated) → poly → upsample ×2 → concat with a
@@ -388,10 +388,10 @@ fn residual_poly_model(r: &mut StdRng, q1: ArrayD<f32>, q2: ArrayD<f32>) -> Mode
     w.insert("q2.c".into(), q2);
     let nodes = vec![
         node("c1", conv(5, 4, 3, 1, 1, 1, 1, "c1.w", None), &[INPUT]),
-        node("q1", Op::Activation(Activation::Poly { coeffs: "q1.c".into(), input_scale: Some("q1.s".into()) }), &["c1"]),
+        node("q1", Op::Activation(Activation::Poly { coeffs: "q1.c".into(), input_scale: Some("q1.s".into()), approximates: None }), &["c1"]),
         node("c2", conv(4, 4, 3, 1, 1, 1, 1, "c2.w", None), &["q1"]),
         node("add", Op::Add, &["c2", "q1"]),
-        node("q2", Op::Activation(Activation::Poly { coeffs: "q2.c".into(), input_scale: None }), &["add"]),
+        node("q2", Op::Activation(Activation::Poly { coeffs: "q2.c".into(), input_scale: None, approximates: None }), &["add"]),
         node("gap", Op::GlobalAvgPool, &["q2"]),
         node("flat", Op::Flatten, &["gap"]),
         node("fc", Op::Linear(Linear { in_features: 4, out_features: 3, weight: "fc.w".into(), bias: None }), &["flat"]),

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use ndarray::{ArrayD, Axis, IxDyn};
-use peregrine_core::ir::{Activation, Model, Node, Op};
+use peregrine_core::ir::{Activation, Approximated, Model, Node, Op};
 use peregrine_core::reference::Reference;
 use peregrine_core::{Error, Result};
 
@@ -154,7 +154,7 @@ pub fn convert(model: &Model, degree: usize, bound: f64, inputs: &ArrayD<f32>, b
             let sname = format!("{}.poly_input_scale", node.name);
             weights.insert(cname.clone(), ArrayD::from_shape_vec(IxDyn(&[c, degree + 1]), coeffs.iter().map(|v| *v as f32).collect()).expect("sized"));
             weights.insert(sname.clone(), ArrayD::from_shape_vec(IxDyn(&[c]), scale.iter().map(|v| *v as f32).collect()).expect("sized"));
-            node.op = Op::Activation(Activation::Poly { coeffs: cname, input_scale: Some(sname) });
+            node.op = Op::Activation(Activation::Poly { coeffs: cname, input_scale: Some(sname), approximates: Approximated::of(&node.op) });
         } else if let Op::MaxPool(p) = &node.op {
             node.op = Op::AvgPool(p.clone());
         }

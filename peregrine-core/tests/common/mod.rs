@@ -66,7 +66,7 @@ pub fn every_op_model(seed: u64) -> Model {
         node("bn", Op::BatchNorm(BatchNorm { channels: 6, eps: 1e-5, weight: "bn.w".into(), bias: "bn.b".into(), running_mean: "bn.m".into(), running_var: "bn.v".into() }), &["c1"]),
         node("silu", Op::Activation(Activation::Silu), &["bn"]),
         node("dw", conv(6, 6, [3, 3], [1, 1], [2, 2], [2, 2], 6, "dw.w", None), &["silu"]),
-        node("poly", Op::Activation(Activation::Poly { coeffs: "p.c".into(), input_scale: Some("p.s".into()) }), &["dw"]),
+        node("poly", Op::Activation(Activation::Poly { coeffs: "p.c".into(), input_scale: Some("p.s".into()), approximates: None }), &["dw"]),
         node("gelu", Op::Activation(Activation::Gelu), &["poly"]),
         node("add", Op::Add, &["gelu", "silu"]),
         node("ct", Op::ConvTranspose2d(ConvTranspose2d { in_channels: 6, out_channels: 4, kernel: [3, 3], stride: [2, 2], padding: [1, 1], output_padding: [1, 0], dilation: [1, 1], groups: 2, weight: "ct.w".into(), bias: Some("ct.b".into()) }), &["add"]),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use ndarray::{ArrayD, IxDyn};
-use peregrine_core::ir::{Activation, Graph, Model, Op, Shape, INPUT};
+use peregrine_core::ir::{Activation, Approximated, Graph, Model, Op, Shape, INPUT};
 use peregrine_core::{Error, Result};
 
 use super::kernels::{tensor_channel_stats, BatchNormTrain, Fold, PolyAct, Unfold, Window};
@@ -144,7 +144,7 @@ impl TrainModel {
                         frozen.insert(t.clone(), to_tensor(&weights[t], &device)?);
                     }
                 }
-                Op::Activation(Activation::Poly { coeffs, input_scale }) => {
+                Op::Activation(Activation::Poly { coeffs, input_scale, .. }) => {
                     let a = &weights[coeffs];
                     let (c, terms) = (a.shape()[0], a.shape()[1]);
                     let s: Vec<f32> = match input_scale {
@@ -440,7 +440,7 @@ impl TrainModel {
             let (cn, sn) = (format!("{}.poly_coeffs", node.name), format!("{}.poly_input_scale", node.name));
             weights.insert(cn.clone(), ArrayD::from_shape_vec(IxDyn(&[c, terms]), coeffs).expect("sized"));
             weights.insert(sn.clone(), ArrayD::from_shape_vec(IxDyn(&[c]), inv).expect("sized"));
-            node.op = Op::Activation(Activation::Poly { coeffs: cn, input_scale: Some(sn) });
+            node.op = Op::Activation(Activation::Poly { coeffs: cn, input_scale: Some(sn), approximates: Approximated::of(&node.op) });
         }
         if !name_suffix.is_empty() {
             graph.name = format!("{}{name_suffix}", graph.name);

@@ -1,0 +1,203 @@
+//! Encrypted execution of a [`QuantPlan`]: the client encrypts quantised pixels, the server
+//! runs weighted sums and one bootstrap per activation element (in parallel over elements),
+//! the client decrypts the output accumulators.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::lwe::{Lut, Lwe, LweClient, LweError, LweResult, LweServer};
+use crate::quant::{apply_table, IntSum, QuantPlan};
+
+/// Encrypts one preprocessed image (client side).
+pub fn encrypt_image(client: &LweClient, plan: &QuantPlan, x: &[f64]) -> LweResult<Vec<Lwe>> {
+    check_bits(client.params(), plan)?;
+    plan.quantise_input(x).into_iter().map(|q| client.encrypt(q)).collect()
+}
+
+/// Decrypts the output accumulators (client side) into real logits and the raw integers.
+pub fn decrypt_logits(client: &LweClient, plan: &QuantPlan, out: &[Lwe]) -> (Vec<f64>, Vec<i64>) {
+    let raw: Vec<i64> = out.iter().map(|c| client.decrypt(c)).collect();
+    (plan.decode_output(&raw), raw)
+}
+
+fn check_bits(params: &crate::lwe::LweParams, plan: &QuantPlan) -> LweResult<()> {
+    if params.bits != plan.config.bits || params.extra_bits != plan.config.extra_bits {
+        return Err(LweError::Invalid(format!(
+            "the plan was quantised for {} bits (+{} accumulator bits), the keys are for {} (+{})",
+            plan.config.bits, plan.config.extra_bits, params.bits, params.extra_bits
+        )));
+    }
+    Ok(())
+}
+
+/// The lookup tables of a plan, built once per server (one per stage and channel).
+pub struct PreparedPlan<'a> {
+    plan: &'a QuantPlan,
+    luts: Vec<Vec<Lut>>,
+}
+
+impl<'a> PreparedPlan<'a> {
+    /// Builds every lookup table; refuses a plan made for another precision.
+    pub fn new(server: &LweServer, plan: &'a QuantPlan) -> LweResult<Self> {
+        check_bits(server.params(), plan)?;
+        let o = server.params().offset();
+        let luts = plan
+            .stages
+            .iter()
+            .map(|st| st.tables.iter().map(|t| server.lut(|b| t[(b + o) as usize])).collect())
+            .collect();
+        Ok(PreparedPlan { plan, luts })
+    }
+}
+
+/// Per-image figures of an encrypted run.
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    /// Programmable bootstraps performed.
+    pub bootstraps: usize,
+    /// Sums evaluated in the clear because they had no encrypted term (no bootstrap).
+    pub constant_sums: usize,
+    /// `(stage node, seconds)` in order, then `("output", seconds)`.
+    pub stage_seconds: Vec<(String, f64)>,
+}
+
+fn sum_of(server: &LweServer, s: &IntSum, values: &[Option<Lwe>]) -> LweResult<Option<Lwe>> {
+    if s.terms.is_empty() {
+        return Ok(None);
+    }
+    let terms: Vec<(&Lwe, i64)> = s
+        .terms
+        .iter()
+        .map(|&(src, w)| (values[src as usize].as_ref().expect("a source is freed only after its last use"), w as i64))
+        .collect();
+    server.weighted_sum(&terms, s.bias).map(Some)
+}
+
+/// Runs the plan on encrypted inputs (server side): returns the encrypted output accumulators.
+/// `on_stage(done, total)` is called after each stage.
+pub fn run(server: &LweServer, prepared: &PreparedPlan, inputs: Vec<Lwe>, mut on_stage: impl FnMut(usize, usize)) -> LweResult<(Vec<Lwe>, RunReport)> {
+    let plan = prepared.plan;
+    let n_in = plan.input.len() * plan.input_per_channel;
+    if inputs.len() != n_in {
+        return Err(LweError::Invalid(format!("the plan takes {n_in} encrypted inputs, got {}", inputs.len())));
+    }
+    let (bits, extra) = (plan.config.bits, plan.config.extra_bits);
+    let last_use = plan.last_use();
+    let mut values: Vec<Option<Lwe>> = inputs.into_iter().map(Some).collect();
+    let mut report = RunReport::default();
+    let total = plan.stages.len() + 1;
+    for (k, st) in plan.stages.iter().enumerate() {
+        let t = Instant::now();
+        let luts = &prepared.luts[k];
+        let outs: Vec<(Lwe, bool)> = st
+            .sums
+            .par_iter()
+            .map(|s| {
+                Ok(match sum_of(server, s, &values)? {
+                    Some(acc) => (server.bootstrap(&acc, &luts[s.lut as usize]), true),
+                    None => (server.constant(apply_table(&st.tables[s.lut as usize], s.bias, bits, extra)), false),
+                })
+            })
+            .collect::<LweResult<_>>()?;
+        let base = values.len();
+        for (ct, boot) in outs {
+            if boot {
+                report.bootstraps += 1;
+            } else {
+                report.constant_sums += 1;
+            }
+            values.push(Some(ct));
+        }
+        // Free what no later stage reads.
+        for (src, v) in values.iter_mut().enumerate().take(base) {
+            if v.is_some() && last_use[src] <= k {
+                *v = None;
+            }
+        }
+        report.stage_seconds.push((st.node.clone(), t.elapsed().as_secs_f64()));
+        on_stage(k + 1, total);
+    }
+    let t = Instant::now();
+    let out = plan
+        .output
+        .par_iter()
+        .map(|s| Ok(sum_of(server, s, &values)?.unwrap_or_else(|| server.constant(s.bias))))
+        .collect::<LweResult<Vec<_>>>()?;
+    report.stage_seconds.push(("output".into(), t.elapsed().as_secs_f64()));
+    on_stage(total, total);
+    Ok((out, report))
+}
+
+/// Timing of one stage measured on a sample of its elements.
+#[derive(Clone, Debug)]
+pub struct StageProbe {
+    /// The activation node (or `output`).
+    pub node: String,
+    /// Elements (bootstraps) in the stage.
+    pub elements: usize,
+    /// Elements measured.
+    pub sampled: usize,
+    /// Seconds for the sample (sums and bootstraps, in parallel like a full run).
+    pub seconds: f64,
+    /// Whether every sampled result decrypted to the simulation's value.
+    pub agree: bool,
+}
+
+impl StageProbe {
+    /// Extrapolated seconds for the whole stage.
+    pub fn extrapolated_seconds(&self) -> f64 {
+        self.seconds * self.elements as f64 / self.sampled.max(1) as f64
+    }
+}
+
+/// Measures every stage on `sample` evenly spaced elements of one image, for networks too large
+/// to run whole: the sources each sampled sum reads are encrypted from the simulation (a
+/// measuring device standing in for the earlier stages), the sums and bootstraps run as in
+/// [`run`], and the results are decrypted and checked against the simulation.
+pub fn probe(client: &LweClient, server: &LweServer, prepared: &PreparedPlan, x: &[f64], sample: usize) -> LweResult<Vec<StageProbe>> {
+    let plan = prepared.plan;
+    let (bits, extra) = (plan.config.bits, plan.config.extra_bits);
+    // Simulated value of every source.
+    let mut values: Vec<i64> = plan.quantise_input(x);
+    for st in &plan.stages {
+        let outs: Vec<i64> = st
+            .sums
+            .iter()
+            .map(|s| apply_table(&st.tables[s.lut as usize], s.terms.iter().map(|&(i, w)| w as i64 * values[i as usize]).sum::<i64>() + s.bias, bits, extra))
+            .collect();
+        values.extend(outs);
+    }
+    let encrypt_value = |v: i64| -> LweResult<Lwe> {
+        // Sources past the padding bit (a wrapped sum) cannot be encrypted fresh; stand in 0.
+        let (lo, hi) = client.params().range();
+        client.encrypt(if (lo..=hi).contains(&v) { v } else { 0 })
+    };
+    let mut base = plan.input.len() * plan.input_per_channel;
+    let mut probes = Vec::new();
+    for (k, st) in plan.stages.iter().enumerate() {
+        let step = (st.sums.len() / sample.max(1)).max(1);
+        let picked: Vec<usize> = (0..st.sums.len()).step_by(step).take(sample.max(1)).collect();
+        let mut slots: Vec<Option<Lwe>> = vec![None; values.len()];
+        for &i in &picked {
+            for &(src, _) in &st.sums[i].terms {
+                if slots[src as usize].is_none() {
+                    slots[src as usize] = Some(encrypt_value(values[src as usize])?);
+                }
+            }
+        }
+        let t = Instant::now();
+        let outs: Vec<Option<Lwe>> = picked
+            .par_iter()
+            .map(|&i| {
+                let s = &st.sums[i];
+                Ok(sum_of(server, s, &slots)?.map(|acc| server.bootstrap(&acc, &prepared.luts[k][s.lut as usize])))
+            })
+            .collect::<LweResult<_>>()?;
+        let seconds = t.elapsed().as_secs_f64();
+        let agree = picked.iter().zip(&outs).all(|(&i, o)| o.as_ref().is_none_or(|c| client.decrypt(c) == values[base + i]));
+        probes.push(StageProbe { node: st.node.clone(), elements: st.sums.len(), sampled: picked.len(), seconds, agree });
+        base += st.sums.len();
+    }
+    Ok(probes)
+}

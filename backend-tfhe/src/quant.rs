@@ -1,0 +1,788 @@
+//! Quantised plans: a model compiled into integer weighted sums and lookup tables.
+//!
+//! TFHE evaluates a network as alternating *linear blocks* and *bootstraps*. Every chain of
+//! linear operations between two activations (convolution, batch norm, pooling, residual add,
+//! concatenation, flatten, fully connected…) is fused symbolically into one affine form per
+//! output element over the values the previous bootstraps produced (node fusing: an average
+//! pool after a convolution costs nothing). Each activation element is then exactly one
+//! weighted sum of LWE ciphertexts with small integer weights, followed by one programmable
+//! bootstrap whose lookup table applies the activation *and* requantises into the next block's
+//! input encoding. Padding positions are simply absent from the forms: no ciphertext, no
+//! bootstrap. The output block is a weighted sum the client decrypts.
+//!
+//! **Quantisation** comes from a calibration pass over sample images (float evaluation of the
+//! same forms): every source value `x` is stored as an integer `q` with `x ≈ (q − z)·s` (per
+//! channel step `s` and zero point `z`), and every accumulator of output channel `c` has a step
+//! `t_c` chosen as the larger of what keeps the calibrated range inside the `p`-bit plaintext
+//! space and what keeps the integer weights' 2-norm inside the parameter set's noise bound. The
+//! plan records which of the two limited each channel, so the report can say where precision
+//! goes.
+//!
+//! [`QuantPlan::simulate`] is the quantised cleartext simulation: the exact integer arithmetic
+//! the encrypted run performs (modulo 2^(p+1), negacyclic lookup tables past the padding bit),
+//! so an encrypted result must equal it bit for bit whenever the noise stays in bounds.
+
+use std::collections::HashMap;
+
+use peregrine_core::ir::{Activation, Model, Op, INPUT};
+use serde::{Deserialize, Serialize};
+
+/// How activation nodes are evaluated by the lookup tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationMode {
+    /// The original activation (ReLU, SiLU, GELU) — for a fine-tuned polynomial node, the one it
+    /// approximates, applied in the node's normalised range.
+    Exact,
+    /// The node's polynomial as stored in the model file.
+    Poly,
+}
+
+impl std::str::FromStr for ActivationMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "exact" => Ok(ActivationMode::Exact),
+            "poly" => Ok(ActivationMode::Poly),
+            _ => Err(format!("unknown activation mode '{s}': use exact or poly")),
+        }
+    }
+}
+
+/// Errors of compilation and quantisation, each naming the node at fault.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantError(pub String);
+
+impl std::fmt::Display for QuantError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for QuantError {}
+
+/// Result of this module.
+pub type QResult<T> = Result<T, QuantError>;
+
+fn err<T>(m: impl Into<String>) -> QResult<T> {
+    Err(QuantError(m.into()))
+}
+
+/// An activation of one channel, as a real function.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ChannelActivation {
+    /// max(x, 0).
+    Relu,
+    /// x·sigmoid(x).
+    Silu,
+    /// x·Φ(x).
+    Gelu,
+    /// `r·g(x / r)` for an exact activation `g` inside a normalised range `r`.
+    Normalised {
+        /// The exact activation.
+        inner: Box<ChannelActivation>,
+        /// The range scale r.
+        range: f64,
+    },
+    /// `Σ a_k (s·x)^k`.
+    Poly {
+        /// Ascending coefficients.
+        coeffs: Vec<f64>,
+        /// Input scale s.
+        input_scale: f64,
+    },
+}
+
+impl ChannelActivation {
+    /// Evaluates the activation.
+    pub fn eval(&self, x: f64) -> f64 {
+        match self {
+            ChannelActivation::Relu => x.max(0.0),
+            ChannelActivation::Silu => x / (1.0 + (-x).exp()),
+            ChannelActivation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+            ChannelActivation::Normalised { inner, range } => range * inner.eval(x / range),
+            ChannelActivation::Poly { coeffs, input_scale } => {
+                let t = x * input_scale;
+                coeffs.iter().rev().fold(0.0, |acc, a| acc * t + a)
+            }
+        }
+    }
+}
+
+/// An affine form `Σ w·source + bias` over real-valued sources.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Form {
+    terms: Vec<(u32, f64)>,
+    bias: f64,
+}
+
+impl Form {
+    fn source(i: u32) -> Self {
+        Form { terms: vec![(i, 1.0)], bias: 0.0 }
+    }
+    fn constant(c: f64) -> Self {
+        Form { terms: Vec::new(), bias: c }
+    }
+    /// `Σ w_j · forms[j]` plus `bias`, with equal sources merged.
+    fn combine<'a>(parts: impl IntoIterator<Item = (f64, &'a Form)>, bias: f64, scratch: &mut HashMap<u32, f64>) -> Form {
+        scratch.clear();
+        let mut b = bias;
+        for (w, f) in parts {
+            if w == 0.0 {
+                continue;
+            }
+            b += w * f.bias;
+            for &(s, c) in &f.terms {
+                *scratch.entry(s).or_insert(0.0) += w * c;
+            }
+        }
+        let mut terms: Vec<(u32, f64)> = scratch.drain().filter(|(_, c)| *c != 0.0).collect();
+        terms.sort_unstable_by_key(|t| t.0);
+        Form { terms, bias: b }
+    }
+    fn eval(&self, values: &[f64]) -> f64 {
+        self.terms.iter().map(|&(s, c)| c * values[s as usize]).sum::<f64>() + self.bias
+    }
+}
+
+/// One activation node in real-valued form: its pre-activation forms and channel functions.
+#[derive(Clone, Debug)]
+struct RealStage {
+    node: String,
+    forms: Vec<Form>,
+    channel: Vec<u32>,
+    acts: Vec<ChannelActivation>,
+}
+
+/// The model as real-valued affine blocks between activations.
+#[derive(Clone, Debug)]
+pub struct RealPlan {
+    input_shape: Vec<usize>,
+    stages: Vec<RealStage>,
+    output: Vec<Form>,
+    /// Per input channel (lo, hi) of the preprocessed pixel range.
+    input_range: Vec<(f64, f64)>,
+}
+
+fn channel_activations(model: &Model, act: &Activation, channels: usize, node: &str, mode: ActivationMode) -> QResult<Vec<ChannelActivation>> {
+    let exact = |a: &Activation| -> Option<ChannelActivation> {
+        match a {
+            Activation::Relu => Some(ChannelActivation::Relu),
+            Activation::Silu => Some(ChannelActivation::Silu),
+            Activation::Gelu => Some(ChannelActivation::Gelu),
+            Activation::Poly { .. } => None,
+        }
+    };
+    match act {
+        Activation::Poly { coeffs, input_scale, approximates } => {
+            let c = model.weight(coeffs);
+            let d = c.shape()[1];
+            let scales: Vec<f64> = match input_scale {
+                Some(s) => model.weight(s).iter().map(|v| *v as f64).collect(),
+                None => vec![1.0; channels],
+            };
+            (0..channels)
+                .map(|ch| match mode {
+                    ActivationMode::Poly => Ok(ChannelActivation::Poly {
+                        coeffs: (0..d).map(|k| c[[ch, k]] as f64).collect(),
+                        input_scale: scales[ch],
+                    }),
+                    ActivationMode::Exact => {
+                        let Some(inner) = approximates.as_ref().and_then(|a| exact(&a.as_activation())) else {
+                            return err(format!(
+                                "node '{node}': --activation exact needs the activation this polynomial approximates, and the model file does not record it (convert or fine-tune the model again with this version, or use --activation poly)"
+                            ));
+                        };
+                        if scales[ch] <= 0.0 || !scales[ch].is_finite() {
+                            return err(format!("node '{node}': channel {ch} has a non-positive input scale"));
+                        }
+                        Ok(ChannelActivation::Normalised { inner: Box::new(inner), range: 1.0 / scales[ch] })
+                    }
+                })
+                .collect()
+        }
+        a => {
+            if mode == ActivationMode::Poly {
+                return err(format!(
+                    "node '{node}' is a {} activation, not a polynomial: --activation poly needs a converted or fine-tuned model (use --activation exact for this one)",
+                    Op::Activation(a.clone()).kind()
+                ));
+            }
+            Ok(vec![exact(a).expect("not a polynomial"); channels])
+        }
+    }
+}
+
+impl RealPlan {
+    /// Fuses the model's linear operations into affine forms between its activations.
+    ///
+    /// Refuses, naming the node, what has no integer-linear form (max pooling: convert the model
+    /// first; transposed convolutions are not supported yet) and an `exact` run of a polynomial
+    /// that does not record its original activation.
+    pub fn compile(model: &Model, mode: ActivationMode) -> QResult<Self> {
+        let g = model.graph();
+        let input_shape = g.input.shape.clone();
+        let n_in: usize = input_shape.iter().product();
+        let pre = &g.input.preprocess;
+        let input_range = (0..input_shape[0])
+            .map(|c| {
+                let (m, s) = (*pre.mean.get(c).unwrap_or(&0.0) as f64, *pre.std.get(c).unwrap_or(&1.0) as f64);
+                ((0.0 - m) / s, (1.0 - m) / s)
+            })
+            .collect();
+        let mut tensors: HashMap<&str, Vec<Form>> = HashMap::new();
+        tensors.insert(INPUT, (0..n_in as u32).map(Form::source).collect());
+        let mut next_source = n_in as u32;
+        let mut stages = Vec::new();
+        let mut scratch = HashMap::new();
+        for (idx, node) in g.nodes.iter().enumerate() {
+            let ins: Vec<&Vec<Form>> = node.inputs.iter().map(|i| tensors.get(i.as_str()).expect("validated graph")).collect();
+            let in_shape = |k: usize| -> Vec<usize> {
+                let name = &node.inputs[k];
+                if name == INPUT {
+                    input_shape.clone()
+                } else {
+                    model.shape(model.node_index(name).expect("validated")).clone()
+                }
+            };
+            let out_shape = model.shape(idx).clone();
+            let out: Vec<Form> = match &node.op {
+                Op::Conv2d(c) => {
+                    let (s, w) = (in_shape(0), model.weight(&c.weight));
+                    let bias = c.bias.as_ref().map(|b| model.weight(b));
+                    let (h, wd, ho, wo) = (s[1], s[2], out_shape[1], out_shape[2]);
+                    let (cin_g, cout_g) = (c.in_channels / c.groups, c.out_channels / c.groups);
+                    let mut out = Vec::with_capacity(out_shape.iter().product());
+                    for oc in 0..c.out_channels {
+                        let g0 = (oc / cout_g) * cin_g;
+                        let b = bias.map(|b| b[[oc]] as f64).unwrap_or(0.0);
+                        for oy in 0..ho {
+                            for ox in 0..wo {
+                                let mut parts = Vec::new();
+                                for ic in 0..cin_g {
+                                    for ky in 0..c.kernel[0] {
+                                        let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.padding[0] as isize;
+                                        if iy < 0 || iy >= h as isize {
+                                            continue;
+                                        }
+                                        for kx in 0..c.kernel[1] {
+                                            let ix = (ox * c.stride[1] + kx * c.dilation[1]) as isize - c.padding[1] as isize;
+                                            if ix < 0 || ix >= wd as isize {
+                                                continue;
+                                            }
+                                            let wv = w[[oc, ic, ky, kx]] as f64;
+                                            parts.push((wv, &ins[0][((g0 + ic) * h + iy as usize) * wd + ix as usize]));
+                                        }
+                                    }
+                                }
+                                out.push(Form::combine(parts, b, &mut scratch));
+                            }
+                        }
+                    }
+                    out
+                }
+                Op::BatchNorm(b) => {
+                    let (wt, bs, mean, var) = (model.weight(&b.weight), model.weight(&b.bias), model.weight(&b.running_mean), model.weight(&b.running_var));
+                    let per = ins[0].len() / b.channels;
+                    ins[0]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, f)| {
+                            let c = i / per;
+                            let k = wt[[c]] as f64 / (var[[c]] as f64 + b.eps).sqrt();
+                            Form::combine([(k, f)], bs[[c]] as f64 - k * mean[[c]] as f64, &mut scratch)
+                        })
+                        .collect()
+                }
+                Op::AvgPool(p) => {
+                    let s = in_shape(0);
+                    let (h, wd, ho, wo) = (s[1], s[2], out_shape[1], out_shape[2]);
+                    let inv = 1.0 / (p.kernel[0] * p.kernel[1]) as f64;
+                    let mut out = Vec::new();
+                    for c in 0..s[0] {
+                        for oy in 0..ho {
+                            for ox in 0..wo {
+                                let mut parts = Vec::new();
+                                for ky in 0..p.kernel[0] {
+                                    for kx in 0..p.kernel[1] {
+                                        let iy = (oy * p.stride[0] + ky) as isize - p.padding[0] as isize;
+                                        let ix = (ox * p.stride[1] + kx) as isize - p.padding[1] as isize;
+                                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                                            parts.push((inv, &ins[0][(c * h + iy as usize) * wd + ix as usize]));
+                                        }
+                                    }
+                                }
+                                out.push(Form::combine(parts, 0.0, &mut scratch));
+                            }
+                        }
+                    }
+                    out
+                }
+                Op::GlobalAvgPool => {
+                    let s = in_shape(0);
+                    let hw = s[1] * s[2];
+                    (0..s[0]).map(|c| Form::combine(ins[0][c * hw..(c + 1) * hw].iter().map(|f| (1.0 / hw as f64, f)), 0.0, &mut scratch)).collect()
+                }
+                Op::Linear(l) => {
+                    let w = model.weight(&l.weight);
+                    let bias = l.bias.as_ref().map(|b| model.weight(b));
+                    (0..l.out_features)
+                        .map(|o| Form::combine((0..l.in_features).map(|i| (w[[o, i]] as f64, &ins[0][i])), bias.map(|b| b[[o]] as f64).unwrap_or(0.0), &mut scratch))
+                        .collect()
+                }
+                Op::Add => (0..ins[0].len()).map(|i| Form::combine(ins.iter().map(|t| (1.0, &t[i])), 0.0, &mut scratch)).collect(),
+                Op::Concat => ins.iter().flat_map(|t| t.iter().cloned()).collect(),
+                Op::Flatten => ins[0].clone(),
+                Op::Upsample { factor } => {
+                    let s = in_shape(0);
+                    let (h, wd) = (s[1], s[2]);
+                    let mut out = Vec::new();
+                    for c in 0..s[0] {
+                        for y in 0..h * factor {
+                            for x in 0..wd * factor {
+                                out.push(ins[0][(c * h + y / factor) * wd + x / factor].clone());
+                            }
+                        }
+                    }
+                    out
+                }
+                Op::SubsampleChannelPad { stride, pad_before, pad_after } => {
+                    let s = in_shape(0);
+                    let (h, wd, ho, wo) = (s[1], s[2], out_shape[1], out_shape[2]);
+                    let mut out = vec![Form::constant(0.0); pad_before * ho * wo];
+                    for c in 0..s[0] {
+                        for y in 0..ho {
+                            for x in 0..wo {
+                                out.push(ins[0][(c * h + y * stride) * wd + x * stride].clone());
+                            }
+                        }
+                    }
+                    out.extend(vec![Form::constant(0.0); pad_after * ho * wo]);
+                    out
+                }
+                Op::Activation(a) => {
+                    let channels = out_shape[0];
+                    let per = out_shape.iter().product::<usize>() / channels;
+                    let acts = channel_activations(model, a, channels, &node.name, mode)?;
+                    let forms = ins[0].clone();
+                    let n = forms.len() as u32;
+                    stages.push(RealStage { node: node.name.clone(), channel: (0..n).map(|i| i / per as u32).collect(), forms, acts });
+                    let out = (next_source..next_source + n).map(Form::source).collect();
+                    next_source += n;
+                    out
+                }
+                Op::MaxPool(_) => {
+                    return err(format!(
+                        "node '{}': max pooling has no integer-linear form; convert the model first (`peregrine convert` or `peregrine finetune` turn it into average pooling)",
+                        node.name
+                    ))
+                }
+                Op::ConvTranspose2d(_) => return err(format!("node '{}': transposed convolution is not supported by the TFHE backend yet", node.name)),
+            };
+            debug_assert_eq!(out.len(), out_shape.iter().product::<usize>(), "node {}", node.name);
+            tensors.insert(node.name.as_str(), out);
+        }
+        let output = tensors.remove(g.output.as_str()).expect("validated output");
+        Ok(RealPlan { input_shape, stages, output, input_range })
+    }
+
+    /// Number of activation elements (= bootstraps of an encrypted run).
+    pub fn activations(&self) -> usize {
+        self.stages.iter().map(|s| s.forms.len()).sum()
+    }
+
+    /// Pre-activation values of every stage (float), for precision traces.
+    pub fn trace(&self, input: &[f64]) -> Vec<Vec<f64>> {
+        let mut values = input.to_vec();
+        let mut out = Vec::new();
+        for st in &self.stages {
+            let pre: Vec<f64> = st.forms.iter().map(|f| f.eval(&values)).collect();
+            values.extend(pre.iter().zip(&st.channel).map(|(a, &c)| st.acts[c as usize].eval(*a)));
+            out.push(pre);
+        }
+        out
+    }
+
+    /// Float evaluation of the fused forms (the reference the quantisation approximates).
+    pub fn eval(&self, input: &[f64]) -> Vec<f64> {
+        let mut values = input.to_vec();
+        for st in &self.stages {
+            let outs: Vec<f64> = st.forms.iter().zip(&st.channel).map(|(f, &c)| st.acts[c as usize].eval(f.eval(&values))).collect();
+            values.extend(outs);
+        }
+        self.output.iter().map(|f| f.eval(&values)).collect()
+    }
+}
+
+/// An integer weighted sum: `Σ w·value[source] + bias`, then lookup table `lut` (stage sums).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IntSum {
+    /// `(source index, integer weight)`.
+    pub terms: Vec<(u32, i32)>,
+    /// Integer bias (zero points folded in).
+    pub bias: i64,
+    /// Index of the lookup table (the output channel).
+    pub lut: u32,
+}
+
+/// One bootstrapped layer of a quantised plan.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QuantStage {
+    /// The activation node.
+    pub node: String,
+    /// One sum per activation element.
+    pub sums: Vec<IntSum>,
+    /// Per channel: lookup table over the signed inputs `−2^(p−1) … 2^(p−1)−1`.
+    pub tables: Vec<Vec<i64>>,
+    /// Per channel: accumulator step (real value of one unit).
+    pub acc_step: Vec<f64>,
+    /// Per channel: whether the noise bound (rather than the calibrated range) set the step.
+    pub noise_limited: Vec<bool>,
+}
+
+/// Calibrated `(step, zero point)` of a quantised source: `x ≈ (q − z)·step`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Encoding {
+    /// Real value of one unit.
+    pub step: f64,
+    /// Integer representing 0.
+    pub zero: i64,
+}
+
+impl Encoding {
+    fn for_range(lo: f64, hi: f64, h: i64) -> Self {
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let span = (hi - lo).max(1e-12);
+        let step = span / (2 * h) as f64;
+        let zero = (-(hi + lo) / (2.0 * step)).round() as i64;
+        Encoding { step, zero }
+    }
+    /// The integer for `x`, clamped into `[−h, h]`.
+    pub fn quantise(&self, x: f64, h: i64) -> i64 {
+        ((x / self.step).round() as i64 + self.zero).clamp(-h, h)
+    }
+}
+
+/// Settings of quantisation.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantConfig {
+    /// Bits p of the plaintext space (the TFHE-rs set: 4 to 8): the accumulator range.
+    pub bits: u32,
+    /// Extra accumulator bits k below the bootstrap's resolution (see [`crate::lwe`]): sums
+    /// hold `bits + extra_bits` bits and a bootstrap reads the top `bits`.
+    #[serde(default)]
+    pub extra_bits: u32,
+    /// Bits of the values a bootstrap outputs (and of the encrypted inputs), at most `bits`.
+    /// Fewer bits than the accumulator leave room for long sums: a weighted sum of n values
+    /// of `act_bits` bits needs its integer weights to keep Σ w·q inside `bits` bits, so
+    /// coarser values allow finer weights.
+    pub act_bits: u32,
+    /// Activation mode.
+    pub mode: ActivationMode,
+    /// Noise 2-norm bound of the set (weights' 2-norm per sum may not exceed it).
+    pub noise_bound: f64,
+    /// Fraction of the signed range the calibrated maximum of an accumulator may use.
+    pub headroom: f64,
+}
+
+/// A calibrated, quantised plan: everything the server needs besides the keys, and the
+/// encodings the client needs to encrypt inputs and read outputs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QuantPlan {
+    /// Settings.
+    pub config: QuantConfig,
+    /// Input encoding per input channel.
+    pub input: Vec<Encoding>,
+    /// Elements per input channel.
+    pub input_per_channel: usize,
+    /// Bootstrapped layers.
+    pub stages: Vec<QuantStage>,
+    /// Output sums (no lookup table; `lut` unused).
+    pub output: Vec<IntSum>,
+    /// Real value of one unit of the output accumulators.
+    pub output_step: f64,
+    /// Whether the noise bound set the output step.
+    pub output_noise_limited: bool,
+    /// Number of calibration images.
+    pub calibration_images: usize,
+}
+
+/// What the simulation (or an encrypted run) found beyond the outputs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SimReport {
+    /// Decrypted output accumulators (signed integers).
+    pub outputs: Vec<i64>,
+    /// Sums whose exact value left the signed range and wrapped around.
+    pub wrapped: usize,
+    /// Bootstraps performed.
+    pub bootstraps: usize,
+}
+
+fn half(bits: u32) -> i64 {
+    1i64 << (bits - 1)
+}
+
+/// The signed value a decryption returns for an exact sum `v`: two's complement on the torus,
+/// modulo 2^(p+1+k) units.
+pub fn wrap(v: i64, bits: u32, extra_bits: u32) -> i64 {
+    let h = 1i64 << (bits + extra_bits);
+    (v + h).rem_euclid(2 * h) - h
+}
+
+/// A programmable bootstrap on the integers, as the encrypted run computes it (without noise):
+/// box `round(v / 2^k)` (halves up) shifted by 2^(p−1), the table inside `[0, 2^p)` and its
+/// negation past the padding bit (TFHE's negacyclic rotation).
+pub fn apply_table(table: &[i64], v: i64, bits: u32, extra_bits: u32) -> i64 {
+    let k = extra_bits;
+    let p2 = 1i64 << bits;
+    let rounded = if k == 0 { v } else { (v + (1i64 << (k - 1))).div_euclid(1i64 << k) };
+    let m = (rounded + p2 / 2).rem_euclid(2 * p2);
+    if m < p2 {
+        table[m as usize]
+    } else {
+        -table[(m - p2) as usize]
+    }
+}
+
+impl QuantPlan {
+    /// Calibrates on `images` (preprocessed, `[N, C, H, W]` flattened per image) and quantises.
+    pub fn calibrate(real: &RealPlan, images: &[Vec<f64>], config: QuantConfig) -> QResult<Self> {
+        if images.is_empty() {
+            return err("calibration needs at least one image");
+        }
+        if !(4..=8).contains(&config.bits) {
+            return err(format!("precision must be 4 to 8 bits, got {}", config.bits));
+        }
+        if !(2..=config.bits).contains(&config.act_bits) {
+            return err(format!("activation bits must be 2 to {} (the accumulator's), got {}", config.bits, config.act_bits));
+        }
+        if config.extra_bits > 12 {
+            return err(format!("extra accumulator bits must be 0 to 12, got {}", config.extra_bits));
+        }
+        let extra = config.extra_bits;
+        // Accumulator range (p + k bits) and table inputs (p bits).
+        let h = half(config.bits + extra) - 1;
+        let ht = half(config.bits);
+        let ha = half(config.act_bits) - 1;
+        // Float pass: per stage and channel, range of pre- and post-activation values.
+        let mut pre_max: Vec<Vec<f64>> = real.stages.iter().map(|s| vec![0.0; s.acts.len()]).collect();
+        let mut post_lo: Vec<Vec<f64>> = real.stages.iter().map(|s| vec![0.0; s.acts.len()]).collect();
+        let mut post_hi = post_lo.clone();
+        let mut out_max = 0.0f64;
+        for img in images {
+            let mut values = img.clone();
+            for (k, st) in real.stages.iter().enumerate() {
+                for (f, &c) in st.forms.iter().zip(&st.channel) {
+                    let a = f.eval(&values);
+                    let y = st.acts[c as usize].eval(a);
+                    let c = c as usize;
+                    pre_max[k][c] = pre_max[k][c].max(a.abs());
+                    post_lo[k][c] = post_lo[k][c].min(y);
+                    post_hi[k][c] = post_hi[k][c].max(y);
+                    values.push(y);
+                }
+            }
+            for f in &real.output {
+                out_max = out_max.max(f.eval(&values).abs());
+            }
+        }
+        // Source encodings: inputs per channel, then each stage's outputs per channel.
+        let per_in = real.input_shape.iter().product::<usize>() / real.input_shape[0];
+        let input: Vec<Encoding> = real.input_range.iter().map(|&(lo, hi)| Encoding::for_range(lo, hi, ha)).collect();
+        let mut src_enc: Vec<Encoding> = (0..real.input_shape.iter().product::<usize>()).map(|i| input[i / per_in]).collect();
+        let mut stages = Vec::with_capacity(real.stages.len());
+        for (k, st) in real.stages.iter().enumerate() {
+            let channels = st.acts.len();
+            let out_enc: Vec<Encoding> = (0..channels).map(|c| Encoding::for_range(post_lo[k][c], post_hi[k][c], ha)).collect();
+            let mut acc_step = vec![0.0; channels];
+            let mut noise_limited = vec![false; channels];
+            let mut sums = vec![IntSum { terms: Vec::new(), bias: 0, lut: 0 }; st.forms.len()];
+            let mut by_channel: Vec<Vec<usize>> = vec![Vec::new(); channels];
+            for (i, &c) in st.channel.iter().enumerate() {
+                by_channel[c as usize].push(i);
+            }
+            for c in 0..channels {
+                let members = &by_channel[c];
+                let (t, limited) = choose_step(members.iter().map(|&i| &st.forms[i]), &src_enc, pre_max[k][c], h, &config);
+                acc_step[c] = t;
+                noise_limited[c] = limited;
+                for &i in members {
+                    sums[i] = quantise_form(&st.forms[i], &src_enc, t, c as u32);
+                }
+            }
+            let tables = (0..channels)
+                .map(|c| {
+                    (-ht..ht).map(|b| out_enc[c].quantise(st.acts[c].eval((b << extra) as f64 * acc_step[c]), ha)).collect()
+                })
+                .collect();
+            src_enc.extend(st.channel.iter().map(|&c| out_enc[c as usize]));
+            stages.push(QuantStage { node: st.node.clone(), sums, tables, acc_step, noise_limited });
+        }
+        let (output_step, output_noise_limited) = choose_step(real.output.iter(), &src_enc, out_max, h, &config);
+        let output = real.output.iter().map(|f| quantise_form(f, &src_enc, output_step, 0)).collect();
+        Ok(QuantPlan { config, input, input_per_channel: per_in, stages, output, output_step, output_noise_limited, calibration_images: images.len() })
+    }
+
+    /// Quantises one preprocessed image for encryption.
+    pub fn quantise_input(&self, x: &[f64]) -> Vec<i64> {
+        let h = half(self.config.act_bits) - 1;
+        x.iter().enumerate().map(|(i, v)| self.input[i / self.input_per_channel].quantise(*v, h)).collect()
+    }
+
+    /// Real logits from decrypted output accumulators.
+    pub fn decode_output(&self, acc: &[i64]) -> Vec<f64> {
+        acc.iter().map(|&a| a as f64 * self.output_step).collect()
+    }
+
+    /// Activation elements: every one is a bootstrap, except a sum whose weights all
+    /// rounded to zero (a known constant).
+    pub fn activations(&self) -> usize {
+        self.stages.iter().map(|s| s.sums.len()).sum()
+    }
+
+    /// Bootstraps an encrypted run performs: one per activation element with an encrypted term.
+    pub fn bootstraps(&self) -> usize {
+        self.stages.iter().flat_map(|s| &s.sums).filter(|s| !s.terms.is_empty()).count()
+    }
+
+    /// The largest integer-weight 2-norm of any sum (must not exceed the noise bound).
+    pub fn max_weight_norm(&self) -> f64 {
+        self.stages.iter().flat_map(|s| s.sums.iter()).chain(&self.output).map(weight_norm).fold(0.0, f64::max)
+    }
+
+    /// The quantised cleartext simulation: exactly the integer arithmetic of the encrypted run.
+    pub fn simulate(&self, input: &[i64]) -> SimReport {
+        let (bits, k) = (self.config.bits, self.config.extra_bits);
+        let o = half(bits + k);
+        let mut values: Vec<i64> = input.to_vec();
+        let mut wrapped = 0;
+        let mut bootstraps = 0;
+        let exact = |s: &IntSum, values: &[i64]| -> i64 { s.terms.iter().map(|&(src, w)| w as i64 * values[src as usize]).sum::<i64>() + s.bias };
+        for st in &self.stages {
+            let outs: Vec<i64> = st
+                .sums
+                .iter()
+                .map(|s| {
+                    let v = exact(s, &values);
+                    if !(-o..o).contains(&v) {
+                        wrapped += 1;
+                    }
+                    // A sum without encrypted terms is a known constant: no bootstrap.
+                    bootstraps += usize::from(!s.terms.is_empty());
+                    apply_table(&st.tables[s.lut as usize], v, bits, k)
+                })
+                .collect();
+            values.extend(outs);
+        }
+        let outputs = self
+            .output
+            .iter()
+            .map(|s| {
+                let v = exact(s, &values);
+                if s.terms.is_empty() {
+                    return v.clamp(-o, o - 1);
+                }
+                if !(-o..o).contains(&v) {
+                    wrapped += 1;
+                }
+                wrap(v, bits, k)
+            })
+            .collect();
+        SimReport { outputs, wrapped, bootstraps }
+    }
+
+    /// Pre-activation values of every stage as the simulation sees them (accumulator × step).
+    pub fn trace(&self, input: &[i64]) -> Vec<Vec<f64>> {
+        let (bits, k) = (self.config.bits, self.config.extra_bits);
+        let mut values: Vec<i64> = input.to_vec();
+        let mut out = Vec::new();
+        for st in &self.stages {
+            let acc: Vec<i64> = st.sums.iter().map(|s| s.terms.iter().map(|&(src, w)| w as i64 * values[src as usize]).sum::<i64>() + s.bias).collect();
+            out.push(acc.iter().zip(&st.sums).map(|(a, s)| *a as f64 * st.acc_step[s.lut as usize]).collect());
+            values.extend(acc.iter().zip(&st.sums).map(|(a, s)| apply_table(&st.tables[s.lut as usize], *a, bits, k)));
+        }
+        out
+    }
+
+    /// For every source value, the last stage that reads it (`stages.len()` = the output sums),
+    /// so an encrypted run can free ciphertexts early.
+    pub fn last_use(&self) -> Vec<usize> {
+        let n_in = self.input.len() * self.input_per_channel;
+        let total = n_in + self.activations();
+        let mut last = vec![0usize; total];
+        for (k, st) in self.stages.iter().enumerate() {
+            for s in &st.sums {
+                for &(src, _) in &s.terms {
+                    last[src as usize] = k;
+                }
+            }
+        }
+        for s in &self.output {
+            for &(src, _) in &s.terms {
+                last[src as usize] = self.stages.len();
+            }
+        }
+        last
+    }
+
+    /// A summary line per stage: node, elements, channels limited by noise, mean terms per sum.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .stages
+            .iter()
+            .map(|s| {
+                let terms = s.sums.iter().map(|x| x.terms.len()).sum::<usize>() as f64 / s.sums.len().max(1) as f64;
+                let noisy = s.noise_limited.iter().filter(|b| **b).count();
+                format!("{:<24} {:>7} bootstraps, {:>6.1} terms/sum, {noisy}/{} channels noise-limited", s.node, s.sums.len(), terms, s.noise_limited.len())
+            })
+            .collect();
+        lines.push(format!(
+            "{:<24} {:>7} sums (decrypted), step {:.3e}{}",
+            "output",
+            self.output.len(),
+            self.output_step,
+            if self.output_noise_limited { ", noise-limited" } else { "" }
+        ));
+        lines
+    }
+}
+
+fn weight_norm(s: &IntSum) -> f64 {
+    s.terms.iter().map(|&(_, w)| (w as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+/// The accumulator step of a group of forms: the larger of the range constraint (calibrated
+/// maximum within `headroom` of the range) and the noise constraint (integer weights' 2-norm
+/// within the bound, checked after rounding); returns whether noise decided.
+fn choose_step<'a>(forms: impl Iterator<Item = &'a Form> + Clone, src: &[Encoding], max_abs: f64, h: i64, cfg: &QuantConfig) -> (f64, bool) {
+    let range_t = (max_abs / (h as f64 * cfg.headroom)).max(1e-12);
+    let real_norm = forms
+        .clone()
+        .map(|f| f.terms.iter().map(|&(s, c)| (c * src[s as usize].step).powi(2)).sum::<f64>().sqrt())
+        .fold(0.0, f64::max);
+    let noise_t = real_norm / (cfg.noise_bound * 0.98);
+    let mut t = range_t.max(noise_t);
+    let limited = noise_t > range_t;
+    // Rounding can push a norm over the bound: widen until every rounded sum fits.
+    for _ in 0..200 {
+        let worst = forms.clone().map(|f| weight_norm(&quantise_form(f, src, t, 0))).fold(0.0, f64::max);
+        if worst <= cfg.noise_bound {
+            break;
+        }
+        t *= 1.01;
+    }
+    (t, limited)
+}
+
+fn quantise_form(f: &Form, src: &[Encoding], t: f64, lut: u32) -> IntSum {
+    let mut terms = Vec::with_capacity(f.terms.len());
+    let mut bias = (f.bias / t).round() as i64;
+    for &(s, c) in &f.terms {
+        let e = src[s as usize];
+        let w = (c * e.step / t).round() as i64;
+        if w != 0 {
+            terms.push((s, w as i32));
+            bias -= w * e.zero;
+        }
+    }
+    IntSum { terms, bias, lut }
+}

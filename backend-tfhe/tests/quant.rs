@@ -1,0 +1,336 @@
+//! Quantised plans and encrypted runs against the cleartext reference executor.
+//!
+//! - the fused affine forms equal the reference executor (float, every supported operation);
+//! - the quantised simulation stays within a quantisation bound of it, tighter with more bits;
+//! - an encrypted run equals the simulation bit for bit and bootstraps exactly the activation
+//!   elements (never a padding position);
+//! - bad models, plans and inputs are refused with errors naming the problem.
+
+use std::sync::OnceLock;
+
+use ndarray::{ArrayD, IxDyn};
+use peregrine_core::ir::*;
+use peregrine_core::reference::Reference;
+use peregrine_tfhe::engine::{decrypt_logits, encrypt_image, run, PreparedPlan};
+use peregrine_tfhe::lwe::{LweClient, LweError, LweParams, LweServer};
+use peregrine_tfhe::quant::{apply_table, wrap, ActivationMode, QuantConfig, QuantPlan, RealPlan};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn tensor(r: &mut StdRng, shape: &[usize], lo: f32, hi: f32) -> ArrayD<f32> {
+    let n = shape.iter().product();
+    ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|_| r.gen_range(lo..hi)).collect()).unwrap()
+}
+
+fn node(name: &str, op: Op, inputs: &[&str]) -> Node {
+    Node { name: name.into(), op, inputs: inputs.iter().map(|s| s.to_string()).collect() }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv(cin: usize, cout: usize, stride: usize, pad: usize, dil: usize, groups: usize, w: &str, b: Option<&str>) -> Op {
+    Op::Conv2d(Conv2d {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: [3, 3],
+        stride: [stride, stride],
+        padding: [pad, pad],
+        dilation: [dil, dil],
+        groups,
+        weight: w.into(),
+        bias: b.map(Into::into),
+    })
+}
+
+fn poly(name: &str, approximates: Option<Approximated>) -> Op {
+    Op::Activation(Activation::Poly { coeffs: format!("{name}.c"), input_scale: Some(format!("{name}.s")), approximates })
+}
+
+/// Degree-4 ReLU-like polynomial rows `r·p(x/r)` with ranges r in [1, 3).
+fn poly_weights(r: &mut StdRng, w: &mut Weights, name: &str, c: usize) {
+    let p = [0.1, 0.5, 0.45, 0.0, -0.05];
+    let ranges: Vec<f32> = (0..c).map(|_| r.gen_range(1.0..3.0)).collect();
+    let coeffs: Vec<f32> = ranges.iter().flat_map(|s| p.iter().map(move |a| s * a)).collect();
+    w.insert(format!("{name}.c"), ArrayD::from_shape_vec(IxDyn(&[c, 5]), coeffs).unwrap());
+    w.insert(format!("{name}.s"), ArrayD::from_shape_vec(IxDyn(&[c]), ranges.iter().map(|s| 1.0 / s).collect()).unwrap());
+}
+
+fn graph(input: [usize; 3], nodes: Vec<Node>, output: &str) -> Graph {
+    Graph {
+        version: FORMAT_VERSION,
+        name: "test".into(),
+        input: InputSpec { shape: input.to_vec(), preprocess: Preprocess { mean: vec![0.5, 0.4, 0.45], std: vec![0.25, 0.3, 0.2], resize: true } },
+        nodes,
+        output: output.into(),
+        classes: vec![],
+    }
+}
+
+/// Every operation the TFHE backend supports, on odd sizes (input 3×9×7).
+fn every_op_model(seed: u64) -> Model {
+    let mut r = StdRng::seed_from_u64(seed);
+    let mut w = Weights::new();
+    w.insert("c1.w".into(), tensor(&mut r, &[4, 3, 3, 3], -0.5, 0.5));
+    w.insert("c1.b".into(), tensor(&mut r, &[4], -0.2, 0.2));
+    for t in ["bn.w", "bn.b", "bn.m"] {
+        w.insert(t.into(), tensor(&mut r, &[4], -1.0, 1.0));
+    }
+    w.insert("bn.v".into(), tensor(&mut r, &[4], 0.5, 1.5));
+    w.insert("dw.w".into(), tensor(&mut r, &[4, 1, 3, 3], -0.5, 0.5));
+    poly_weights(&mut r, &mut w, "p", 4);
+    w.insert("fc.w".into(), tensor(&mut r, &[5, 10], -1.0, 1.0));
+    w.insert("fc.b".into(), tensor(&mut r, &[5], -0.5, 0.5));
+    let nodes = vec![
+        node("c1", conv(3, 4, 2, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]),
+        node("bn", Op::BatchNorm(BatchNorm { channels: 4, eps: 1e-5, weight: "bn.w".into(), bias: "bn.b".into(), running_mean: "bn.m".into(), running_var: "bn.v".into() }), &["c1"]),
+        node("silu", Op::Activation(Activation::Silu), &["bn"]),
+        node("dw", conv(4, 4, 1, 2, 2, 4, "dw.w", None), &["silu"]),
+        node("p", poly("p", Some(Approximated::Relu)), &["dw"]),
+        node("add", Op::Add, &["p", "silu"]),
+        node("up", Op::Upsample { factor: 2 }, &["add"]),
+        node("ap", Op::AvgPool(Pool2d { kernel: [3, 3], stride: [2, 2], padding: [1, 1] }), &["up"]),
+        node("sub", Op::SubsampleChannelPad { stride: 1, pad_before: 1, pad_after: 1 }, &["ap"]),
+        node("relu", Op::Activation(Activation::Relu), &["sub"]),
+        node("gelu", Op::Activation(Activation::Gelu), &["ap"]),
+        node("cat", Op::Concat, &["relu", "gelu"]),
+        node("gap", Op::GlobalAvgPool, &["cat"]),
+        node("flat", Op::Flatten, &["gap"]),
+        node("fc", Op::Linear(Linear { in_features: 10, out_features: 5, weight: "fc.w".into(), bias: Some("fc.b".into()) }), &["flat"]),
+    ];
+    Model::new(graph([3, 9, 7], nodes, "fc"), w).unwrap()
+}
+
+/// A small polynomial CNN (input 3×7×5): conv, poly, average pool, conv, poly, fully connected.
+/// 140 + 18 activation elements; the padded convolutions read 5×3 + 3×1 padding positions.
+fn poly_cnn(seed: u64, approximates: Option<Approximated>) -> Model {
+    let mut r = StdRng::seed_from_u64(seed);
+    let mut w = Weights::new();
+    w.insert("c1.w".into(), tensor(&mut r, &[4, 3, 3, 3], -0.4, 0.4));
+    w.insert("c1.b".into(), tensor(&mut r, &[4], -0.2, 0.2));
+    poly_weights(&mut r, &mut w, "p1", 4);
+    w.insert("c2.w".into(), tensor(&mut r, &[3, 4, 3, 3], -0.4, 0.4));
+    poly_weights(&mut r, &mut w, "p2", 3);
+    w.insert("fc.w".into(), tensor(&mut r, &[4, 18], -1.0, 1.0));
+    w.insert("fc.b".into(), tensor(&mut r, &[4], -0.5, 0.5));
+    let nodes = vec![
+        node("c1", conv(3, 4, 1, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]),
+        node("p1", poly("p1", approximates), &["c1"]),
+        node("ap", Op::AvgPool(Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }), &["p1"]),
+        node("c2", conv(4, 3, 1, 1, 1, 1, "c2.w", None), &["ap"]),
+        node("p2", poly("p2", approximates), &["c2"]),
+        node("flat", Op::Flatten, &["p2"]),
+        node("fc", Op::Linear(Linear { in_features: 18, out_features: 4, weight: "fc.w".into(), bias: Some("fc.b".into()) }), &["flat"]),
+    ];
+    Model::new(graph([3, 7, 5], nodes, "fc"), w).unwrap()
+}
+
+/// Preprocessed random images (uniform pixels), flattened.
+fn images(model: &Model, n: usize, seed: u64) -> Vec<Vec<f64>> {
+    let mut r = StdRng::seed_from_u64(seed);
+    let spec = &model.graph().input;
+    let per: usize = spec.shape[1] * spec.shape[2];
+    (0..n)
+        .map(|_| {
+            (0..spec.shape[0] * per)
+                .map(|i| {
+                    let c = i / per;
+                    (r.gen_range(0.0..1.0) - spec.preprocess.mean[c] as f64) / spec.preprocess.std[c] as f64
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn reference(model: &Model, x: &[f64]) -> Vec<f64> {
+    let s = &model.graph().input.shape;
+    let t = ArrayD::from_shape_vec(IxDyn(&[1, s[0], s[1], s[2]]), x.to_vec()).unwrap();
+    Reference::<f64>::new(model).run(&t).unwrap().iter().copied().collect()
+}
+
+fn config(bits: u32, mode: ActivationMode) -> QuantConfig {
+    QuantConfig { bits, extra_bits: 0, act_bits: bits, mode, noise_bound: LweParams::with_bits(bits).unwrap().noise_bound, headroom: 0.9 }
+}
+
+/// A wide accumulator: `bits` read by the bootstrap, `extra` below, `act` bits per value.
+fn wide(bits: u32, extra: u32, act: u32, mode: ActivationMode) -> QuantConfig {
+    QuantConfig { bits, extra_bits: extra, act_bits: act, mode, noise_bound: LweParams::with_accumulator(bits, extra).unwrap().noise_bound, headroom: 0.9 }
+}
+
+#[test]
+fn fused_forms_equal_the_reference_executor_on_every_supported_operation() {
+    let m = every_op_model(3);
+    let real = RealPlan::compile(&m, ActivationMode::Exact).unwrap();
+    // Exact mode replaces the ReLU polynomial by r·relu(x/r) = relu(x): compare with the
+    // reference executor on the same model with that node turned into a ReLU.
+    let (mut g, w) = m.clone().into_parts();
+    g.nodes.iter_mut().filter(|n| n.name == "p").for_each(|n| n.op = Op::Activation(Activation::Relu));
+    let w = w.into_iter().filter(|(k, _)| !k.starts_with("p.")).collect();
+    let exact_model = Model::new(g, w).unwrap();
+    // Activation elements: silu 4·5·4, poly 4·5·4, relu 6·5·4, gelu 4·5·4.
+    assert_eq!(real.activations(), 80 + 80 + 120 + 80);
+    for x in images(&m, 5, 9) {
+        let want = reference(&exact_model, &x);
+        let got = real.eval(&x);
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()), "fused {a} vs reference {b}");
+        }
+    }
+    // Exact mode evaluates r·relu(x/r) = relu(x) for the polynomial: a different function.
+    let pm = poly_cnn(4, Some(Approximated::Relu));
+    let exact = RealPlan::compile(&pm, ActivationMode::Exact).unwrap();
+    let poly = RealPlan::compile(&pm, ActivationMode::Poly).unwrap();
+    let x = &images(&pm, 1, 1)[0];
+    let want = reference(&pm, x);
+    assert!(poly.eval(x).iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-9 * (1.0 + b.abs())));
+    assert!(exact.eval(x).iter().zip(&want).any(|(a, b)| (a - b).abs() > 1e-6));
+}
+
+fn relative_error(plan: &QuantPlan, real: &RealPlan, xs: &[Vec<f64>]) -> f64 {
+    let (mut err, mut mag) = (0.0f64, 0.0f64);
+    for x in xs {
+        let sim = plan.simulate(&plan.quantise_input(x));
+        let got = plan.decode_output(&sim.outputs);
+        for (a, b) in got.iter().zip(real.eval(x)) {
+            err = err.max((a - b).abs());
+            mag = mag.max(b.abs());
+        }
+    }
+    err / mag
+}
+
+#[test]
+fn quantisation_error_is_bounded_and_shrinks_with_precision() {
+    let m = every_op_model(5);
+    let real = RealPlan::compile(&m, ActivationMode::Exact).unwrap();
+    let calib = images(&m, 40, 1);
+    let test = images(&m, 20, 2);
+    let mut errs = Vec::new();
+    for cfg in [wide(4, 0, 4, ActivationMode::Exact), wide(4, 6, 3, ActivationMode::Exact), wide(6, 6, 4, ActivationMode::Exact), wide(8, 8, 6, ActivationMode::Exact)] {
+        let plan = QuantPlan::calibrate(&real, &calib, cfg).unwrap();
+        assert!(plan.max_weight_norm() <= plan.config.noise_bound, "a sum exceeds the noise bound: {cfg:?}");
+        errs.push(relative_error(&plan, &real, &test));
+    }
+    // Measured here: 0.85, 0.39, 0.073 and 0.042 of the largest logit.
+    assert!(errs[1] < 0.5 && errs[2] < 0.12 && errs[3] < 0.07, "relative errors: {errs:?}");
+    assert!(errs[1] < errs[0], "extra accumulator bits must help: {errs:?}");
+    assert!(errs[3] < errs[2] && errs[2] < errs[1], "more bits must help: {errs:?}");
+}
+
+#[test]
+fn the_simulation_models_wrap_around_rounding_and_negacyclic_tables() {
+    // 4 bits, no extra bits: values wrap modulo 2^(p+1) = 32 (two's complement on the torus).
+    assert_eq!(wrap(7, 4, 0), 7);
+    assert_eq!(wrap(8, 4, 0), 8, "past the table range, into the padding half");
+    assert_eq!(wrap(16, 4, 0), -16);
+    assert_eq!(wrap(-17, 4, 0), 15);
+    assert_eq!(wrap(100, 4, 2), 100 - 128);
+    // Table t(v) = v + 1 over v = −8…7.
+    let table: Vec<i64> = (-8..8).map(|v: i64| v + 1).collect();
+    assert_eq!(apply_table(&table, 5, 4, 0), 6);
+    assert_eq!(apply_table(&table, -8, 4, 0), -7);
+    // Past the padding bit TFHE returns the negated entry of the wrapped box.
+    assert_eq!(apply_table(&table, 8, 4, 0), -table[0]);
+    assert_eq!(apply_table(&table, 9, 4, 0), -table[1]);
+    // With 2 extra bits the table reads round(v / 4), halves up.
+    assert_eq!(apply_table(&table, 5, 4, 2), table[8 + 1]);
+    assert_eq!(apply_table(&table, 6, 4, 2), table[8 + 2]);
+    assert_eq!(apply_table(&table, -6, 4, 2), table[8 - 1]);
+    assert_eq!(apply_table(&table, -7, 4, 2), table[8 - 2]);
+}
+
+fn keys() -> &'static (LweClient, LweServer) {
+    static K: OnceLock<(LweClient, LweServer)> = OnceLock::new();
+    K.get_or_init(|| {
+        let c = LweClient::new(LweParams::with_bits(4).unwrap());
+        let s = c.server();
+        (c, s)
+    })
+}
+
+#[test]
+fn encrypted_runs_equal_the_simulation_and_bootstrap_only_real_activations() {
+    let (client, server) = keys();
+    let m = poly_cnn(7, Some(Approximated::Relu));
+    // Activation elements of the model, from its shapes: p1 4×7×5, p2 3×3×2.
+    let activations: usize = m
+        .graph()
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.op, Op::Activation(_)))
+        .map(|(i, _)| m.shape(i).iter().product::<usize>())
+        .sum();
+    assert_eq!(activations, 140 + 18);
+    for mode in [ActivationMode::Exact, ActivationMode::Poly] {
+        let real = RealPlan::compile(&m, mode).unwrap();
+        let plan = QuantPlan::calibrate(&real, &images(&m, 30, 3), config(4, mode)).unwrap();
+        assert_eq!(plan.activations(), activations);
+        let prepared = PreparedPlan::new(server, &plan).unwrap();
+        for x in images(&m, 2, 11) {
+            let sim = plan.simulate(&plan.quantise_input(&x));
+            let cts = encrypt_image(client, &plan, &x).unwrap();
+            let mut stages = 0;
+            let (out, report) = run(server, &prepared, cts, |_, _| stages += 1).unwrap();
+            let (logits, raw) = decrypt_logits(client, &plan, &out);
+            assert_eq!(raw, sim.outputs, "{mode:?}: encrypted and simulated accumulators differ");
+            assert_eq!(logits, plan.decode_output(&sim.outputs));
+            assert_eq!(report.bootstraps, sim.bootstraps);
+            assert_eq!(report.bootstraps + report.constant_sums, activations, "{mode:?}: one bootstrap per activation element, none for padding");
+            assert_eq!(report.bootstraps, plan.bootstraps());
+            assert_eq!(stages, 3);
+        }
+    }
+}
+
+#[test]
+fn server_keys_round_trip_and_corrupted_keys_are_refused() {
+    let (client, server) = keys();
+    let bytes = server.to_bytes().unwrap();
+    assert_eq!(bytes.len() as u64, server.key_bytes().unwrap() + 2);
+    let back = LweServer::from_bytes(&bytes).unwrap();
+    let x = client.encrypt(3).unwrap();
+    let lut = back.lut(|v| 2 * v - 1);
+    assert_eq!(client.decrypt(&back.bootstrap(&back.weighted_sum(&[(&x, 1)], 0).unwrap(), &lut)), 5);
+    let e = LweServer::from_bytes(&bytes[..bytes.len() / 2]).err().unwrap();
+    assert!(e.to_string().contains("corrupted"), "{e}");
+    let mut wrong = bytes.clone();
+    wrong[0] = 6;
+    assert!(LweServer::from_bytes(&wrong).is_err(), "keys of the 4-bit set read as the 6-bit set");
+    assert!(LweServer::from_bytes(&[]).is_err());
+}
+
+#[test]
+fn bad_models_plans_and_inputs_are_refused_with_clear_errors() {
+    // Max pooling has no linear form.
+    let mut g = poly_cnn(1, Some(Approximated::Relu)).graph().clone();
+    g.nodes[2].op = Op::MaxPool(Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0, 0] });
+    let m = Model::new(g, poly_cnn(1, Some(Approximated::Relu)).weights().clone()).unwrap();
+    let e = RealPlan::compile(&m, ActivationMode::Exact).unwrap_err().to_string();
+    assert!(e.contains("'ap'") && e.contains("max pooling"), "{e}");
+    // Exact mode needs to know what a polynomial stands for.
+    let e = RealPlan::compile(&poly_cnn(1, None), ActivationMode::Exact).unwrap_err().to_string();
+    assert!(e.contains("'p1'") && e.contains("--activation poly"), "{e}");
+    // Poly mode needs polynomials.
+    let e = RealPlan::compile(&every_op_model(1), ActivationMode::Poly).unwrap_err().to_string();
+    assert!(e.contains("'silu'") && e.contains("--activation exact"), "{e}");
+    // A plan for other keys, and the wrong number of inputs.
+    let (client, server) = keys();
+    let m = poly_cnn(2, Some(Approximated::Relu));
+    let real = RealPlan::compile(&m, ActivationMode::Poly).unwrap();
+    let plan6 = QuantPlan::calibrate(&real, &images(&m, 4, 1), config(6, ActivationMode::Poly)).unwrap();
+    assert!(PreparedPlan::new(server, &plan6).err().unwrap().to_string().contains("quantised for 6 bits"));
+    let plan_wide = QuantPlan::calibrate(&real, &images(&m, 4, 1), wide(4, 3, 3, ActivationMode::Poly)).unwrap();
+    assert!(PreparedPlan::new(server, &plan_wide).err().unwrap().to_string().contains("+3 accumulator bits"));
+    assert!(encrypt_image(client, &plan6, &images(&m, 1, 1)[0]).is_err());
+    let plan4 = QuantPlan::calibrate(&real, &images(&m, 4, 1), config(4, ActivationMode::Poly)).unwrap();
+    let prepared = PreparedPlan::new(server, &plan4).unwrap();
+    let e = run(server, &prepared, vec![client.encrypt(0).unwrap()], |_, _| {}).err().unwrap();
+    assert!(e.to_string().contains("takes 105 encrypted inputs, got 1"), "{e}");
+    // A sum beyond the noise bound (a doctored plan) is refused with advice, not computed.
+    let mut doctored = plan4.clone();
+    doctored.stages[0].sums[0].terms = vec![(0, 100)];
+    let prepared = PreparedPlan::new(server, &doctored).unwrap();
+    let cts = encrypt_image(client, &doctored, &images(&m, 1, 1)[0]).unwrap();
+    let e = run(server, &prepared, cts, |_, _| {}).err().unwrap();
+    assert!(matches!(e, LweError::NoiseBudget { .. }), "{e:?}");
+    assert!(QuantPlan::calibrate(&real, &[], config(4, ActivationMode::Poly)).is_err());
+}
