@@ -140,8 +140,11 @@ pub struct StageProbe {
     pub sampled: usize,
     /// Seconds for the sample (sums and bootstraps, in parallel like a full run).
     pub seconds: f64,
-    /// Whether every sampled result decrypted to the simulation's value.
-    pub agree: bool,
+    /// Sampled results that decrypted to a value other than the simulation's (with extra
+    /// accumulator bits, a sum within noise of a box boundary may read the neighbouring box).
+    pub mismatched: usize,
+    /// Largest |decrypted − simulated| over the sample, in units of the stage's output encoding.
+    pub max_units_off: i64,
 }
 
 impl StageProbe {
@@ -195,8 +198,10 @@ pub fn probe(client: &LweClient, server: &LweServer, prepared: &PreparedPlan, x:
             })
             .collect::<LweResult<_>>()?;
         let seconds = t.elapsed().as_secs_f64();
-        let agree = picked.iter().zip(&outs).all(|(&i, o)| o.as_ref().is_none_or(|c| client.decrypt(c) == values[base + i]));
-        probes.push(StageProbe { node: st.node.clone(), elements: st.sums.len(), sampled: picked.len(), seconds, agree });
+        let off: Vec<i64> = picked.iter().zip(&outs).filter_map(|(&i, o)| o.as_ref().map(|c| (client.decrypt(c) - values[base + i]).abs())).collect();
+        let mismatched = off.iter().filter(|&&d| d != 0).count();
+        let max_units_off = off.iter().copied().max().unwrap_or(0);
+        probes.push(StageProbe { node: st.node.clone(), elements: st.sums.len(), sampled: picked.len(), seconds, mismatched, max_units_off });
         base += st.sums.len();
     }
     Ok(probes)

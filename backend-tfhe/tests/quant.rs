@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use ndarray::{ArrayD, IxDyn};
 use peregrine_core::ir::*;
 use peregrine_core::reference::Reference;
-use peregrine_tfhe::engine::{decrypt_logits, encrypt_image, run, PreparedPlan};
+use peregrine_tfhe::engine::{decrypt_logits, encrypt_image, probe, run, PreparedPlan};
 use peregrine_tfhe::lwe::{LweClient, LweError, LweParams, LweServer};
 use peregrine_tfhe::quant::{apply_table, wrap, ActivationMode, QuantConfig, QuantPlan, RealPlan};
 use rand::rngs::StdRng;
@@ -278,6 +278,25 @@ fn encrypted_runs_equal_the_simulation_and_bootstrap_only_real_activations() {
             assert_eq!(report.bootstraps, plan.bootstraps());
             assert_eq!(stages, 3);
         }
+    }
+}
+
+#[test]
+fn the_stage_probe_samples_every_stage_and_matches_the_simulation_without_extra_bits() {
+    let (client, server) = keys();
+    let m = poly_cnn(5, Some(Approximated::Relu));
+    let real = RealPlan::compile(&m, ActivationMode::Exact).unwrap();
+    let plan = QuantPlan::calibrate(&real, &images(&m, 30, 3), config(4, ActivationMode::Exact)).unwrap();
+    let prepared = PreparedPlan::new(server, &plan).unwrap();
+    let x = &images(&m, 1, 19)[0];
+    let probes = probe(client, server, &prepared, x, 9).unwrap();
+    let stages: Vec<usize> = plan.stages.iter().map(|s| s.sums.len()).collect();
+    assert_eq!(probes.iter().map(|p| p.elements).collect::<Vec<_>>(), stages);
+    for p in &probes {
+        assert!(p.sampled >= 1 && p.sampled <= 9.min(p.elements), "{p:?}");
+        assert!(p.seconds > 0.0 && p.extrapolated_seconds() >= p.seconds, "{p:?}");
+        // k = 0: the encrypted stage is the simulation bit for bit.
+        assert_eq!((p.mismatched, p.max_units_off), (0, 0), "{p:?}");
     }
 }
 

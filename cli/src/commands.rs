@@ -32,6 +32,15 @@ pub fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
     pb
 }
 
+/// One plain line per finished item on stderr when stderr is not a terminal (a log file, a
+/// pipe), where the progress bar draws nothing: long encrypted runs stay observable.
+pub fn log_item(what: &str, done: usize, total: usize, detail: &str) {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        eprintln!("{what}: {done}/{total} {detail}");
+    }
+}
+
 pub fn import_resnet(depth: usize, weights: &Path, output: &Path, json: bool) -> Result<()> {
     let model = import_cifar_resnet(depth, weights).with_context(|| format!("importing ResNet-{depth}"))?;
     write_imported(&model, output, json)

@@ -2,8 +2,10 @@
 //!
 //! Each backend runs in its own child process (`peregrine run --json`), so its peak resident
 //! memory is its own, one backend's failure cannot take the others down, and libraries with
-//! process-wide state (OpenFHE's key maps) start clean.
+//! process-wide state (OpenFHE's key maps) start clean. A child's log lines are echoed live,
+//! prefixed with its backend, and its full JSON output can be kept with `--save`.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -28,6 +30,8 @@ pub struct CompareArgs<'a> {
     pub max_rotation_keys: Option<usize>,
     /// Print JSON instead of the table.
     pub json: bool,
+    /// Directory for each backend's full `peregrine run --json` output (`BACKEND.json`).
+    pub save: Option<&'a Path>,
 }
 
 /// Splits `name=JSON` overrides; each backend may appear once.
@@ -68,13 +72,38 @@ fn run_one(a: &CompareArgs, backend: &str, params: &str) -> Result<Value, String
     if let Some(k) = a.max_rotation_keys {
         cmd.arg("--max-rotation-keys").arg(k.to_string());
     }
-    let out = cmd.stdin(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| format!("cannot start a run: {e}"))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        let msg = stderr.lines().rev().find(|l| l.starts_with("error:")).unwrap_or(stderr.trim());
-        return Err(msg.trim_start_matches("error: ").to_string());
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| format!("cannot start a run: {e}"))?;
+    // Echo the child's log lines as they come (a long encrypted run stays observable) and keep
+    // them for the error message; stdout is read concurrently so neither pipe can fill up.
+    let child_err = child.stderr.take().expect("piped");
+    let echo = !a.json;
+    let name = backend.to_string();
+    let log = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(child_err).lines().map_while(|l| l.ok()) {
+            if echo {
+                eprintln!("[{name}] {line}");
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    let mut stdout = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        std::io::Read::read_to_end(&mut out, &mut stdout).map_err(|e| format!("reading the output of `peregrine run`: {e}"))?;
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable output of `peregrine run`: {e}"))
+    let status = child.wait().map_err(|e| format!("waiting for `peregrine run`: {e}"))?;
+    let lines = log.join().unwrap_or_default();
+    if !status.success() {
+        let msg = lines.iter().rev().find(|l| l.starts_with("error:")).cloned().unwrap_or_else(|| lines.join("\n"));
+        return Err(msg.trim_start_matches("error: ").trim().to_string());
+    }
+    let v: Value = serde_json::from_slice(&stdout).map_err(|e| format!("unreadable output of `peregrine run`: {e}"))?;
+    if let Some(dir) = a.save {
+        let path = dir.join(format!("{backend}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap_or_default()).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(v)
 }
 
 /// Runs every backend and prints the table; fails (after printing) if any backend failed.
@@ -86,6 +115,9 @@ pub fn compare_cmd(a: CompareArgs) -> Result<()> {
         bail!("--limit must be at least 1");
     }
     let params = params_for(a.backends, a.params)?;
+    if let Some(dir) = a.save {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating --save directory {}", dir.display()))?;
+    }
     let mut rows = Vec::new();
     for (b, p) in a.backends.iter().zip(&params) {
         if !a.json {
@@ -130,6 +162,7 @@ fn summary(v: &Value) -> Value {
         "peak_rss_bytes": s["peak_rss_bytes"], "evaluation_key_bytes": s["evaluation_key_bytes"],
         "max_abs_logit_error": s["max_abs_logit_error"], "security_bits": v["security_bits"],
         "bootstraps": s["cost"]["bootstraps"], "rotations": s["cost"]["rotations"],
+        "agree_quantised": s["agree_quantised"], "identical_to_simulation": s["identical_to_simulation"],
     })
 }
 
@@ -173,6 +206,20 @@ fn print_table(rows: &[Row], reference: Option<(usize, usize)>) {
                 );
             }
             Err(e) => println!("{:<10} failed: {e}", r.backend),
+        }
+    }
+    for r in rows {
+        if let Ok(v) = &r.result {
+            let s = &v["summary"];
+            if let (Some(q), Some(n)) = (s["agree_quantised"].as_u64(), s["images"].as_u64()) {
+                println!(
+                    "{}: top-1 equal to its quantised simulation {q}/{n} (identical outputs {}/{n}), {} bootstraps/image, {} bits",
+                    r.backend,
+                    s["identical_to_simulation"].as_u64().unwrap_or(0),
+                    s["cost"]["bootstraps"],
+                    v["bits"]
+                );
+            }
         }
     }
     println!("accuracy: packed top-1 against the labels; agreement: packed top-1 equal to the cleartext reference's; peak: resident memory of the whole run (client and server in one process)");

@@ -19,7 +19,7 @@ use peregrine_ops::exec::decrypt_tensor;
 use peregrine_ops::{compile, decrypt_output, encrypt_input, execute, plan, with_key_budget, Plan};
 use serde_json::json;
 
-use crate::commands::{plugin_dirs, progress};
+use crate::commands::{log_item, plugin_dirs, progress};
 
 /// What to plan for: model, backend, its parameters, plugins, key budget (shared by `plan` and `run`).
 #[derive(clap::Args)]
@@ -361,6 +361,9 @@ fn run_images<C: Client>(
             }
         }
         pb.inc(1);
+        if let Some(r) = reports.last() {
+            log_item(backend, i + 1, n, &image_detail(r.packed_prediction, r.reference_prediction, r.label, r.seconds, r.error.as_deref()));
+        }
     }
     pb.finish_and_clear();
     let agree = reports.iter().filter(|r| r.agree).count();
@@ -423,4 +426,13 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 fn input_dim(m: &Model, i: usize) -> usize {
     m.graph().input.shape[i]
+}
+
+/// The per-image line of [`log_item`]: prediction, reference, label, time or error.
+pub(crate) fn image_detail(got: Option<usize>, reference: usize, label: Option<u8>, seconds: f64, error: Option<&str>) -> String {
+    let label = label.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+    match (got, error) {
+        (Some(p), _) => format!("predicted {p}, reference {reference}, label {label}, {seconds:.1} s"),
+        (None, e) => format!("failed after {seconds:.1} s: {}", e.unwrap_or("unknown error")),
+    }
 }

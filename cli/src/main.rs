@@ -197,6 +197,9 @@ enum Command {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Keep each backend's full `run --json` output as DIR/BACKEND.json.
+        #[arg(long)]
+        save: Option<PathBuf>,
     },
     /// Client: plan the model, generate keys, write the secret client state and the evaluation keys to DIR.
     Keygen {
@@ -318,7 +321,7 @@ fn main() -> ExitCode {
         Command::Simulate { model, params, activation, data, limit, json } => {
             tfhe::simulate_cmd(&model, &params, activation.as_deref(), &data, limit, json)
         }
-        Command::Compare { model, backends, params, data, limit, plugin_dirs, max_rotation_keys, json } => {
+        Command::Compare { model, backends, params, data, limit, plugin_dirs, max_rotation_keys, json, save } => {
             compare::compare_cmd(compare::CompareArgs {
                 model: &model,
                 backends: &backends,
@@ -328,6 +331,7 @@ fn main() -> ExitCode {
                 plugin_dirs: &plugin_dirs,
                 max_rotation_keys,
                 json,
+                save: save.as_deref(),
             })
         }
         Command::Keygen { target, dir, json } => session::keygen_cmd(target, &dir, json),

@@ -19,8 +19,8 @@ use peregrine_tfhe::quant::{ActivationMode, QuantConfig, QuantPlan, RealPlan};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::commands::progress;
-use crate::fhe::{argmax, peak_rss_bytes};
+use crate::commands::{log_item, progress};
+use crate::fhe::{argmax, image_detail, peak_rss_bytes};
 
 /// `--params` of the TFHE backend (JSON; every field optional).
 #[derive(Debug, Deserialize)]
@@ -40,6 +40,10 @@ pub struct TfheParams {
     pub calibration_images: usize,
     /// Fraction of the signed range the calibrated maximum of an accumulator may use.
     pub headroom: f64,
+    /// Divides the set's noise bound when choosing accumulator steps (default 1). With
+    /// `extra_bits` > 0 a sum within noise of a box boundary reads the neighbouring box; a
+    /// margin of m makes that m times rarer at the cost of coarser steps.
+    pub noise_margin: f64,
     /// Write the quantised plan (steps, zero points, integer weights, tables) as JSON here.
     pub save_plan: Option<PathBuf>,
     /// Instead of whole images: time every stage on this many elements of the first image
@@ -49,7 +53,7 @@ pub struct TfheParams {
 
 impl Default for TfheParams {
     fn default() -> Self {
-        TfheParams { bits: 5, extra_bits: 6, act_bits: Some(4), activation: None, calibration: None, calibration_images: 256, headroom: 0.9, save_plan: None, probe: None }
+        TfheParams { bits: 5, extra_bits: 6, act_bits: Some(4), activation: None, calibration: None, calibration_images: 256, headroom: 0.9, noise_margin: 1.0, save_plan: None, probe: None }
     }
 }
 
@@ -78,6 +82,12 @@ struct Report {
     agree: bool,
     agree_quantised: bool,
     identical_to_simulation: bool,
+    /// Largest difference between a decrypted output and the simulation's, in output
+    /// accumulator units (nonzero only when a sum near a box boundary read its neighbour).
+    output_units_from_simulation: i64,
+    /// The simulation's gap between its two largest logits (a small gap is a close call that
+    /// one neighbouring-box read can flip).
+    simulation_margin: f64,
     max_abs_logit_error: f64,
     seconds: f64,
     bootstraps: usize,
@@ -105,6 +115,9 @@ fn calibrate(model_path: &Path, params: &str, activation: Option<&str>, data: Op
         p.activation = Some(a.to_string());
     }
     let mode: ActivationMode = p.activation.as_deref().unwrap_or("exact").parse().map_err(anyhow::Error::msg)?;
+    if !(p.noise_margin >= 1.0 && p.noise_margin.is_finite()) {
+        bail!("noise_margin must be a finite number ≥ 1 (it divides the set's noise bound), got {}", p.noise_margin);
+    }
     let lwe = LweParams::with_accumulator(p.bits, p.extra_bits).map_err(|e| anyhow::anyhow!("{e}"))?;
     let model = load_model(model_path)?;
     let t0 = Instant::now();
@@ -114,7 +127,8 @@ fn calibrate(model_path: &Path, params: &str, activation: Option<&str>, data: Op
     let cal_x = preprocess::<f64>(&cal.pixels, cal.len(), &model.graph().input)?;
     let per = cal_x.len() / cal.len().max(1);
     let cal_images: Vec<Vec<f64>> = cal_x.as_slice().expect("standard").chunks(per).map(|c| c.to_vec()).collect();
-    let config = QuantConfig { bits: p.bits, extra_bits: p.extra_bits, act_bits: p.act_bits.unwrap_or(p.bits), mode, noise_bound: lwe.noise_bound, headroom: p.headroom };
+    let noise_bound = lwe.noise_bound / p.noise_margin;
+    let config = QuantConfig { bits: p.bits, extra_bits: p.extra_bits, act_bits: p.act_bits.unwrap_or(p.bits), mode, noise_bound, headroom: p.headroom };
     let plan = QuantPlan::calibrate(&real, &cal_images, config).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Calibrated { params: p, mode, lwe, model, real, plan, calibration, calibration_images: cal.len(), seconds: t0.elapsed().as_secs_f64() })
 }
@@ -176,16 +190,27 @@ pub fn run_cmd(model_path: &Path, params: &str, activation: Option<&str>, data: 
             let rows: Vec<_> = probes
                 .iter()
                 .map(|q| json!({"node": q.node, "elements": q.elements, "sampled": q.sampled, "seconds": q.seconds,
-                                "extrapolated_seconds": q.extrapolated_seconds(), "agree": q.agree}))
+                                "extrapolated_seconds": q.extrapolated_seconds(), "mismatched": q.mismatched,
+                                "max_units_off": q.max_units_off}))
                 .collect();
             println!("{}", json!({"model": m.graph().name, "backend": "tfhe", "set": lwe.name, "activation": mode, "stages": rows,
                                   "extrapolated_seconds_per_image": total, "bootstraps": plan.bootstraps(), "keygen_seconds": keygen_s,
                                   "evaluation_key_bytes": key_bytes, "probe_seconds": t.elapsed().as_secs_f64()}));
         } else {
-            println!("{:<24} {:>9} {:>8} {:>10} {:>14} {:>6}", "stage", "elements", "sampled", "seconds", "extrapolated s", "agree");
+            println!("{:<24} {:>9} {:>8} {:>10} {:>14} {:>10} {:>9}", "stage", "elements", "sampled", "seconds", "extrapolated s", "≠ sim.", "max off");
             for q in &probes {
-                println!("{:<24} {:>9} {:>8} {:>10.2} {:>14.1} {:>6}", q.node, q.elements, q.sampled, q.seconds, q.extrapolated_seconds(), if q.agree { "yes" } else { "NO" });
+                println!(
+                    "{:<24} {:>9} {:>8} {:>10.2} {:>14.1} {:>10} {:>9}",
+                    q.node,
+                    q.elements,
+                    q.sampled,
+                    q.seconds,
+                    q.extrapolated_seconds(),
+                    q.mismatched,
+                    q.max_units_off
+                );
             }
+            println!("≠ sim.: sampled outputs that differ from the quantised simulation; max off: the largest difference, in units of the stage's output encoding");
             println!(
                 "extrapolated {total:.0} s ({:.2} h) per image for {} bootstraps; keygen {keygen_s:.1} s, evaluation keys {:.1} MiB",
                 total / 3600.0,
@@ -209,6 +234,7 @@ pub fn run_cmd(model_path: &Path, params: &str, activation: Option<&str>, data: 
         let secs = t.elapsed().as_secs_f64();
         let rp = argmax(&want);
         let qp = argmax(&sim_logits);
+        let margin = top_two_gap(&sim_logits);
         match result {
             Ok((out, rep)) => {
                 let (got, raw) = decrypt_logits(&client, &plan, &out);
@@ -229,6 +255,8 @@ pub fn run_cmd(model_path: &Path, params: &str, activation: Option<&str>, data: 
                     agree: pp == rp,
                     agree_quantised: pp == qp,
                     identical_to_simulation: raw == sim.outputs,
+                    simulation_margin: margin,
+                    output_units_from_simulation: raw.iter().zip(&sim.outputs).map(|(a, b)| (a - b).abs()).max().unwrap_or(0),
                     max_abs_logit_error: got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max),
                     seconds: secs,
                     bootstraps: rep.bootstraps,
@@ -244,11 +272,17 @@ pub fn run_cmd(model_path: &Path, params: &str, activation: Option<&str>, data: 
                 agree: false,
                 agree_quantised: false,
                 identical_to_simulation: false,
+                output_units_from_simulation: 0,
+                simulation_margin: margin,
                 max_abs_logit_error: f64::INFINITY,
                 seconds: secs,
                 bootstraps: 0,
                 error: Some(e.to_string()),
             }),
+        }
+        if let Some(r) = reports.last() {
+            let detail = image_detail(r.packed_prediction, r.reference_prediction, r.label, r.seconds, r.error.as_deref());
+            log_item("tfhe", i + 1, count, &format!("{detail}, simulation {} (margin {:.3})", r.quantised_prediction, r.simulation_margin));
         }
     }
     pb.finish_and_clear();
@@ -261,6 +295,7 @@ pub fn run_cmd(model_path: &Path, params: &str, activation: Option<&str>, data: 
     let q_correct = reports.iter().filter(|r| r.label.is_some_and(|l| l as usize == r.quantised_prediction)).count();
     let ok: Vec<&Report> = reports.iter().filter(|r| r.error.is_none()).collect();
     let max_err = ok.iter().map(|r| r.max_abs_logit_error).fold(0.0, f64::max);
+    let max_units = ok.iter().map(|r| r.output_units_from_simulation).max().unwrap_or(0);
     let mean_s = ok.iter().map(|r| r.seconds).sum::<f64>() / ok.len().max(1) as f64;
     let stage_rows: Vec<_> = stage_s.iter().map(|(k, v)| json!({"step": k, "seconds": v / ok.len().max(1) as f64})).collect();
     if json_out {
@@ -269,6 +304,7 @@ pub fn run_cmd(model_path: &Path, params: &str, activation: Option<&str>, data: 
             json!({"model": m.graph().name, "backend": "tfhe", "security_bits": 128, "set": lwe.name, "bits": p.bits, "activation": mode,
                    "images": reports,
                    "summary": {"images": n, "agree": agree, "agree_quantised": agree_q, "identical_to_simulation": identical,
+                               "max_output_units_from_simulation": max_units, "output_step": plan.output_step,
                                "failed": failed, "packed_correct": correct, "quantised_correct": q_correct,
                                "max_abs_logit_error": max_err, "mean_seconds_per_image": mean_s, "plan_seconds": plan_s,
                                "keygen_seconds": keygen_s, "evaluation_key_bytes": key_bytes, "peak_rss_bytes": peak_rss_bytes(),
@@ -277,16 +313,17 @@ pub fn run_cmd(model_path: &Path, params: &str, activation: Option<&str>, data: 
         );
         return Ok(());
     }
-    println!("{:>5} {:>5} {:>6} {:>9} {:>9} {:>10} {:>12} {:>9} {:>10}", "image", "label", "tfhe", "reference", "quantised", "identical", "max|Δlogit|", "seconds", "bootstraps");
+    println!("{:>5} {:>5} {:>6} {:>9} {:>9} {:>10} {:>10} {:>12} {:>9} {:>10}", "image", "label", "tfhe", "reference", "quantised", "sim. gap", "sim. diff", "max|Δlogit|", "seconds", "bootstraps");
     for r in &reports {
         println!(
-            "{:>5} {:>5} {:>6} {:>9} {:>9} {:>10} {:>12.3e} {:>9.2} {:>10}",
+            "{:>5} {:>5} {:>6} {:>9} {:>9} {:>10.3} {:>10} {:>12.3e} {:>9.2} {:>10}",
             r.index,
             r.label.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
             r.packed_prediction.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             r.reference_prediction,
             r.quantised_prediction,
-            if r.identical_to_simulation { "yes" } else { "NO" },
+            r.simulation_margin,
+            r.output_units_from_simulation,
             r.max_abs_logit_error,
             r.seconds,
             r.bootstraps
@@ -295,17 +332,26 @@ pub fn run_cmd(model_path: &Path, params: &str, activation: Option<&str>, data: 
             println!("      failed: {e}");
         }
     }
+    println!("sim. gap: the simulation's gap between its two largest logits; sim. diff: largest output difference from it, in output units");
     println!("seconds per stage (mean over images):");
     for row in &stage_rows {
         println!("  {:<24} {:>9.2}", row["step"].as_str().unwrap_or(""), row["seconds"].as_f64().unwrap_or(0.0));
     }
     println!(
-        "identical to the quantised simulation {identical}/{n}, top-1 equal to it {agree_q}/{n}, to the float reference {agree}/{n} ({failed} failed); tfhe top-1 {correct}/{n} (simulation {q_correct}/{n}); {mean_s:.1} s/image, {} bootstraps/image; calibration {plan_s:.1} s, keygen {keygen_s:.1} s, evaluation keys {:.1} MiB, peak resident {}",
+        "identical to the quantised simulation {identical}/{n} (largest output difference {max_units} units of {:.3e}), top-1 equal to it {agree_q}/{n}, to the float reference {agree}/{n} ({failed} failed); tfhe top-1 {correct}/{n} (simulation {q_correct}/{n}); {mean_s:.1} s/image, {} bootstraps/image; calibration {plan_s:.1} s, keygen {keygen_s:.1} s, evaluation keys {:.1} MiB, peak resident {}",
+        plan.output_step,
         plan.bootstraps(),
         key_bytes as f64 / (1u64 << 20) as f64,
         peak_rss_bytes().map(|b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or_else(|| "unknown".into())
     );
     Ok(())
+}
+
+/// The gap between the two largest values (0 for fewer than two).
+fn top_two_gap(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.to_vec();
+    s.sort_by(|a, b| b.total_cmp(a));
+    if s.len() < 2 { 0.0 } else { s[0] - s[1] }
 }
 
 fn bits_summary(p: &LweParams) -> String {

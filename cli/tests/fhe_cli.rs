@@ -167,11 +167,15 @@ fn keygen_encrypt_infer_decrypt_as_separate_processes() {
 fn compare_prints_one_row_per_backend_and_names_failures() {
     let model = small_model("compare");
     let params = format!("clear={PARAMS}");
+    let saved = tmp("compare-saved");
+    let _ = std::fs::remove_dir_all(&saved);
     let out = bin()
         .args(["compare", "--backends", "clear,nope", "--params", &params, "--limit", "2", "--model"])
         .arg(&model)
         .arg("--data")
         .arg(shared("data/cifar10/test_batch.bin.gz"))
+        .arg("--save")
+        .arg(&saved)
         .env("PEREGRINE_PLUGIN_PATH", tmp("no-plugins-here"))
         .output()
         .unwrap();
@@ -184,6 +188,12 @@ fn compare_prints_one_row_per_backend_and_names_failures() {
     assert!(stdout.lines().any(|l| l.starts_with("reference ")), "{stdout}");
     let nope = stdout.lines().find(|l| l.starts_with("nope ")).unwrap_or_else(|| panic!("no row for nope: {stdout}"));
     assert!(nope.contains("unknown backend 'nope'"), "{nope}");
+    // The child's per-image log lines are echoed live with the backend's name, and its full
+    // output is kept.
+    assert!(stderr.contains("[clear] clear: 2/2 predicted"), "{stderr}");
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(saved.join("clear.json")).unwrap()).unwrap();
+    assert_eq!(kept["summary"]["images"], 2);
+    assert!(!saved.join("nope.json").exists());
 
     let v = json(
         bin()
@@ -218,6 +228,10 @@ fn tfhe_run_reproduces_its_quantised_simulation_and_names_bad_requests() {
     assert_eq!(run["summary"]["images"], 1);
     assert_eq!(run["summary"]["failed"], 0);
     assert_eq!(run["summary"]["agree_quantised"], 1, "{run}");
+    // The distance from the simulation is reported, consistently with the identity flag.
+    let units = run["images"][0]["output_units_from_simulation"].as_i64().expect("reported");
+    assert_eq!(units == 0, run["images"][0]["identical_to_simulation"] == true, "{run}");
+    assert!(run["summary"]["output_step"].as_f64().unwrap() > 0.0, "{run}");
     // One bootstrap per activation element (4 channels × 16 × 16), none for the padding.
     assert_eq!(run["images"][0]["bootstraps"], 1024);
     assert_eq!(run["summary"]["cost"]["bootstraps"], 1024);
@@ -227,6 +241,8 @@ fn tfhe_run_reproduces_its_quantised_simulation_and_names_bad_requests() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--activation poly"), "{}", String::from_utf8_lossy(&bad.stderr));
     let bad = bin().args(["run", "--backend", "tfhe", "--params", r#"{"bits": 12}"#, "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("4 to 8 bits"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let bad = bin().args(["run", "--backend", "tfhe", "--params", r#"{"noise_margin": 0.5}"#, "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("noise_margin must be"), "{}", String::from_utf8_lossy(&bad.stderr));
     let bad = bin().args(["run", "--backend", "clear", "--activation", "exact", "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("needs the tfhe backend"), "{}", String::from_utf8_lossy(&bad.stderr));
 }

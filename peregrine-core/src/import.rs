@@ -18,18 +18,9 @@ pub fn import_cifar_resnet(depth: usize, weights: impl AsRef<Path>) -> Result<Mo
     cifar_resnet(depth, weights)
 }
 
-/// Builds the CIFAR ResNet graph of `depth` over already loaded tensors.
-pub fn cifar_resnet(depth: usize, mut weights: Weights) -> Result<Model> {
-    if depth < 8 || (depth - 2) % 6 != 0 {
-        return Err(Error::Unsupported(format!(
-            "CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110…), got {depth}"
-        )));
-    }
-    // PyTorch checkpoints may carry counters that inference does not use.
-    weights.retain(|k, _| !k.ends_with("num_batches_tracked"));
-    let blocks = (depth - 2) / 6;
-    let mut nodes = Vec::new();
-    let conv = |name: &str, cin: usize, cout: usize, stride: usize, input: &str| Node {
+/// A bias-free 3×3 convolution with padding 1 whose weight tensor is `{name}.weight`.
+fn conv3x3(name: &str, cin: usize, cout: usize, stride: usize, input: &str) -> Node {
+    Node {
         name: name.into(),
         op: Op::Conv2d(Conv2d {
             in_channels: cin,
@@ -43,11 +34,15 @@ pub fn cifar_resnet(depth: usize, mut weights: Weights) -> Result<Model> {
             bias: None,
         }),
         inputs: vec![input.into()],
-    };
-    let bn = |name: &str, c: usize, input: &str| Node {
+    }
+}
+
+/// A batch norm (eps 1e-5, PyTorch's default) over the tensors `{name}.{weight,bias,running_mean,running_var}`.
+fn batch_norm(name: &str, channels: usize, input: &str) -> Node {
+    Node {
         name: name.into(),
         op: Op::BatchNorm(BatchNorm {
-            channels: c,
+            channels,
             eps: 1e-5,
             weight: format!("{name}.weight"),
             bias: format!("{name}.bias"),
@@ -55,14 +50,27 @@ pub fn cifar_resnet(depth: usize, mut weights: Weights) -> Result<Model> {
             running_var: format!("{name}.running_var"),
         }),
         inputs: vec![input.into()],
-    };
-    let relu = |name: &str, input: &str| Node {
-        name: name.into(),
-        op: Op::Activation(Activation::Relu),
-        inputs: vec![input.into()],
-    };
-    nodes.push(conv("conv1", 3, 16, 1, INPUT));
-    nodes.push(bn("bn1", 16, "conv1"));
+    }
+}
+
+/// A ReLU node.
+fn relu(name: &str, input: &str) -> Node {
+    Node { name: name.into(), op: Op::Activation(Activation::Relu), inputs: vec![input.into()] }
+}
+
+/// Builds the CIFAR ResNet graph of `depth` over already loaded tensors.
+pub fn cifar_resnet(depth: usize, mut weights: Weights) -> Result<Model> {
+    if depth < 8 || (depth - 2) % 6 != 0 {
+        return Err(Error::Unsupported(format!(
+            "CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110…), got {depth}"
+        )));
+    }
+    // PyTorch checkpoints may carry counters that inference does not use.
+    weights.retain(|k, _| !k.ends_with("num_batches_tracked"));
+    let blocks = (depth - 2) / 6;
+    let mut nodes = Vec::new();
+    nodes.push(conv3x3("conv1", 3, 16, 1, INPUT));
+    nodes.push(batch_norm("bn1", 16, "conv1"));
     nodes.push(relu("relu", "bn1"));
     let mut prev = "relu".to_string();
     let mut cin = 16;
@@ -70,11 +78,11 @@ pub fn cifar_resnet(depth: usize, mut weights: Weights) -> Result<Model> {
         for b in 0..blocks {
             let p = format!("layer{}.{b}", l + 1);
             let stride = if l > 0 && b == 0 { 2 } else { 1 };
-            nodes.push(conv(&format!("{p}.conv1"), cin, width, stride, &prev));
-            nodes.push(bn(&format!("{p}.bn1"), width, &format!("{p}.conv1")));
+            nodes.push(conv3x3(&format!("{p}.conv1"), cin, width, stride, &prev));
+            nodes.push(batch_norm(&format!("{p}.bn1"), width, &format!("{p}.conv1")));
             nodes.push(relu(&format!("{p}.relu1"), &format!("{p}.bn1")));
-            nodes.push(conv(&format!("{p}.conv2"), width, width, 1, &format!("{p}.relu1")));
-            nodes.push(bn(&format!("{p}.bn2"), width, &format!("{p}.conv2")));
+            nodes.push(conv3x3(&format!("{p}.conv2"), width, width, 1, &format!("{p}.relu1")));
+            nodes.push(batch_norm(&format!("{p}.bn2"), width, &format!("{p}.conv2")));
             let shortcut = if stride != 1 || cin != width {
                 let name = format!("{p}.shortcut");
                 let pad = (width - cin) / 2;
@@ -149,38 +157,13 @@ pub fn small_cnn(widths: &[usize], seed: u64) -> Result<Model> {
         let l = i + 1;
         let stride = if i == 0 { 2 } else { 1 };
         he(&mut weights, format!("conv{l}.weight"), &[c, cin, 3, 3], cin * 9);
-        nodes.push(Node {
-            name: format!("conv{l}"),
-            op: Op::Conv2d(Conv2d {
-                in_channels: cin,
-                out_channels: c,
-                kernel: [3, 3],
-                stride: [stride, stride],
-                padding: [1, 1],
-                dilation: [1, 1],
-                groups: 1,
-                weight: format!("conv{l}.weight"),
-                bias: None,
-            }),
-            inputs: vec![prev],
-        });
+        nodes.push(conv3x3(&format!("conv{l}"), cin, c, stride, &prev));
         for (t, v) in [("weight", 1.0f32), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)] {
             constants.push((format!("bn{l}.{t}"), c, v));
         }
-        nodes.push(Node {
-            name: format!("bn{l}"),
-            op: Op::BatchNorm(BatchNorm {
-                channels: c,
-                eps: 1e-5,
-                weight: format!("bn{l}.weight"),
-                bias: format!("bn{l}.bias"),
-                running_mean: format!("bn{l}.running_mean"),
-                running_var: format!("bn{l}.running_var"),
-            }),
-            inputs: vec![format!("conv{l}")],
-        });
+        nodes.push(batch_norm(&format!("bn{l}"), c, &format!("conv{l}")));
         nodes.push(Node { name: format!("pool{l}"), op: Op::AvgPool(Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }), inputs: vec![format!("bn{l}")] });
-        nodes.push(Node { name: format!("relu{l}"), op: Op::Activation(Activation::Relu), inputs: vec![format!("pool{l}")] });
+        nodes.push(relu(&format!("relu{l}"), &format!("pool{l}")));
         prev = format!("relu{l}");
         cin = c;
         size = size / stride / 2;
