@@ -76,7 +76,24 @@ fn sum_of(server: &LweServer, s: &IntSum, values: &[Option<Lwe>]) -> LweResult<O
 
 /// Runs the plan on encrypted inputs (server side): returns the encrypted output accumulators.
 /// `on_stage(done, total)` is called after each stage.
-pub fn run(server: &LweServer, prepared: &PreparedPlan, inputs: Vec<Lwe>, mut on_stage: impl FnMut(usize, usize)) -> LweResult<(Vec<Lwe>, RunReport)> {
+pub fn run(server: &LweServer, prepared: &PreparedPlan, inputs: Vec<Lwe>, on_stage: impl FnMut(usize, usize)) -> LweResult<(Vec<Lwe>, RunReport)> {
+    run_inner(server, prepared, inputs, on_stage, |_, _| {})
+}
+
+/// [`run`], handing every stage's bootstrapped outputs (in element order) to
+/// `observe(stage, outputs)` before later stages consume them: how a test or a measuring client
+/// checks each bootstrap against the simulation in a whole-network run.
+pub fn run_observed(server: &LweServer, prepared: &PreparedPlan, inputs: Vec<Lwe>, observe: impl FnMut(usize, &[&Lwe])) -> LweResult<(Vec<Lwe>, RunReport)> {
+    run_inner(server, prepared, inputs, |_, _| {}, observe)
+}
+
+fn run_inner(
+    server: &LweServer,
+    prepared: &PreparedPlan,
+    inputs: Vec<Lwe>,
+    mut on_stage: impl FnMut(usize, usize),
+    mut observe: impl FnMut(usize, &[&Lwe]),
+) -> LweResult<(Vec<Lwe>, RunReport)> {
     let plan = prepared.plan;
     let n_in = plan.input.len() * plan.input_per_channel;
     if inputs.len() != n_in {
@@ -109,6 +126,7 @@ pub fn run(server: &LweServer, prepared: &PreparedPlan, inputs: Vec<Lwe>, mut on
             }
             values.push(Some(ct));
         }
+        observe(k, &values[base..].iter().flatten().collect::<Vec<_>>());
         // Free what no later stage reads.
         for (src, v) in values.iter_mut().enumerate().take(base) {
             if v.is_some() && last_use[src] <= k {

@@ -321,12 +321,25 @@ impl LweServer {
         }
         t.elapsed().as_secs_f64() / runs.max(1) as f64
     }
+    /// With extra bits (k > 0), half a unit added before every bootstrap. Box boundaries then
+    /// fall halfway between two integers instead of on one: an integer at `(b − ½)·2^k` would
+    /// otherwise sit exactly on the boundary and read either box with equal odds, while with the
+    /// shift every integer is at least half a unit inside its box (`round` with halves up, as
+    /// [`crate::quant::apply_table`] computes it). When the bootstrap's noise is well below half a
+    /// unit (k ≤ 2 on these sets) the read is exact; see `examples/misreads.rs`.
+    pub fn half_unit_shift(&self) -> u64 {
+        if self.params.extra_bits == 0 {
+            0
+        } else {
+            self.params.unit() / 2
+        }
+    }
     /// One programmable bootstrap (key switch, blind rotation, sample extraction): `f(x)` with
     /// fresh noise.
     pub fn bootstrap(&self, x: &Lwe, lut: &Lut) -> Lwe {
         // Shift signed inputs into the table's positive half: box round(v / 2^k) + 2^(p−1).
         let mut shifted = x.ct.clone();
-        let o = (self.params.offset() as u64).wrapping_mul(self.params.delta());
+        let o = (self.params.offset() as u64).wrapping_mul(self.params.delta()).wrapping_add(self.half_unit_shift());
         lwe_ciphertext_plaintext_add_assign(&mut shifted.ct, Plaintext(o));
         Lwe { ct: self.key.apply_lookup_table(&shifted, &lut.table), noise: 1.0 }
     }

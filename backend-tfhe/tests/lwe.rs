@@ -105,3 +105,34 @@ fn six_bit_parameters_bootstrap_exactly() {
     }
     assert!(LweParams::with_bits(3).is_err() && LweParams::with_bits(9).is_err());
 }
+
+#[test]
+fn with_one_extra_bit_every_boundary_value_reads_its_own_box() {
+    // k = 1: two units per box, so every odd sum lies next to a box boundary. The integers on
+    // either side of every boundary, in noisy sums near the noise bound, must read the box
+    // `quant::apply_table` says (round, halves up). Without the half-unit shift the integer on
+    // the boundary reads either box at random (about half of these 30 would fail).
+    let c = LweClient::new(LweParams::with_accumulator(4, 1).unwrap());
+    let s = c.server();
+    assert_eq!(s.half_unit_shift() * 2, 1u64 << (63 - 4 - 1));
+    let table: Vec<i64> = (-8..8).collect();
+    let lut = s.lut(|b| b);
+    let zeros: Vec<_> = (0..6).map(|_| c.encrypt(0).unwrap()).collect();
+    let w = ((s.params().noise_bound.powi(2) - 1.0) / 6.0).sqrt().floor() as i64;
+    let mut checked = 0;
+    for b in -7..8i64 {
+        let edge = b * 2 - 1;
+        for v in [edge - 1, edge] {
+            let x = c.encrypt(v).unwrap();
+            let mut terms = vec![(&x, 1i64)];
+            terms.extend(zeros.iter().map(|z| (z, w)));
+            let sum = s.weighted_sum(&terms, 0).unwrap();
+            let want = peregrine_tfhe::quant::apply_table(&table, v, 4, 1);
+            assert_eq!(want, if v == edge { b } else { b - 1 });
+            assert_eq!(c.decrypt(&s.bootstrap(&sum, &lut)), want, "value {v} next to the boundary of box {b}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 30);
+    assert_eq!(LweServer::from_bytes(&s.to_bytes().unwrap()).unwrap().half_unit_shift(), s.half_unit_shift());
+}

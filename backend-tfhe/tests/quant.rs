@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use ndarray::{ArrayD, IxDyn};
 use peregrine_core::ir::*;
 use peregrine_core::reference::Reference;
-use peregrine_tfhe::engine::{decrypt_logits, encrypt_image, probe, run, PreparedPlan};
+use peregrine_tfhe::engine::{decrypt_logits, encrypt_image, probe, run, run_observed, PreparedPlan};
 use peregrine_tfhe::lwe::{LweClient, LweError, LweParams, LweServer};
 use peregrine_tfhe::quant::{apply_table, wrap, ActivationMode, QuantConfig, QuantPlan, RealPlan};
 use rand::rngs::StdRng;
@@ -277,6 +277,47 @@ fn encrypted_runs_equal_the_simulation_and_bootstrap_only_real_activations() {
             assert_eq!(report.bootstraps + report.constant_sums, activations, "{mode:?}: one bootstrap per activation element, none for padding");
             assert_eq!(report.bootstraps, plan.bootstraps());
             assert_eq!(stages, 3);
+        }
+    }
+}
+
+#[test]
+fn with_one_extra_bit_every_bootstrap_of_a_run_reads_the_simulations_box() {
+    // k = 1: sums are read at half their resolution, and every integer sits half a unit inside
+    // its box (the bootstrap's half-unit shift), several noise deviations: every bootstrap of
+    // the run reads the simulation's box. (At k = 6 about 2 % of bootstraps read the
+    // neighbouring box; without the shift every odd sum here would sit on a boundary.)
+    let client = LweClient::new(LweParams::with_accumulator(4, 1).unwrap());
+    let server = client.server();
+    let m = poly_cnn(7, Some(Approximated::Relu));
+    for mode in [ActivationMode::Exact, ActivationMode::Poly] {
+        let real = RealPlan::compile(&m, mode).unwrap();
+        let plan = QuantPlan::calibrate(&real, &images(&m, 30, 3), wide(4, 1, 3, mode)).unwrap();
+        let prepared = PreparedPlan::new(&server, &plan).unwrap();
+        for x in images(&m, 1, 13) {
+            let q = plan.quantise_input(&x);
+            let sim = plan.simulate(&q);
+            // Only meaningful if sums fall between box centres: count the first stage's sums
+            // that are odd.
+            let off_centre = plan.stages[0].sums.iter().filter(|s| (s.terms.iter().map(|&(i, w)| w as i64 * q[i as usize]).sum::<i64>() + s.bias).rem_euclid(2) != 0).count();
+            assert!(off_centre * 4 > plan.stages[0].sums.len(), "{off_centre} of {} sums off a box centre", plan.stages[0].sums.len());
+            // The simulation's output of every stage.
+            let mut values = q.clone();
+            let mut want: Vec<Vec<i64>> = Vec::new();
+            for st in &plan.stages {
+                let outs: Vec<i64> = st.sums.iter().map(|s| apply_table(&st.tables[s.lut as usize], s.terms.iter().map(|&(i, w)| w as i64 * values[i as usize]).sum::<i64>() + s.bias, 4, 1)).collect();
+                values.extend(&outs);
+                want.push(outs);
+            }
+            let mut got: Vec<Vec<i64>> = Vec::new();
+            let (out, report) = run_observed(&server, &prepared, encrypt_image(&client, &plan, &x).unwrap(), |_, cts| got.push(cts.iter().map(|c| client.decrypt(c)).collect())).unwrap();
+            assert_eq!(got, want, "{mode:?}: some bootstrap read another box than the simulation");
+            assert_eq!(report.bootstraps, sim.bootstraps);
+            // The output sums are decrypted without a bootstrap, at the resolution of one unit
+            // (half a box): their noise may move them by one unit.
+            let (_, raw) = decrypt_logits(&client, &plan, &out);
+            let off = raw.iter().zip(&sim.outputs).map(|(a, b)| (a - b).abs()).max().unwrap();
+            assert!(off <= 1, "{mode:?}: outputs {raw:?}, simulation {:?}", sim.outputs);
         }
     }
 }

@@ -282,7 +282,12 @@ pub fn run_cmd(model_path: &Path, params: &str, activation: Option<&str>, data: 
         }
         if let Some(r) = reports.last() {
             let detail = image_detail(r.packed_prediction, r.reference_prediction, r.label, r.seconds, r.error.as_deref());
-            log_item("tfhe", i + 1, count, &format!("{detail}, simulation {} (margin {:.3})", r.quantised_prediction, r.simulation_margin));
+            let distance = match (&r.error, r.identical_to_simulation) {
+                (Some(_), _) => "no output".to_string(),
+                (None, true) => "outputs identical".to_string(),
+                (None, false) => format!("outputs {} units off", r.output_units_from_simulation),
+            };
+            log_item("tfhe", i + 1, count, &format!("{detail}, simulation {} (margin {:.3}), {distance}", r.quantised_prediction, r.simulation_margin));
         }
     }
     pb.finish_and_clear();

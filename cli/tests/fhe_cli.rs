@@ -223,6 +223,7 @@ fn tfhe_run_reproduces_its_quantised_simulation_and_names_bad_requests() {
     // convolution rounds to zero); the encrypted top-1 must equal the simulation's.
     let params = r#"{"bits": 4, "extra_bits": 4, "act_bits": 3, "calibration_images": 32}"#;
     let out = bin().args(["run", "--backend", "tfhe", "--activation", "poly", "--params", params, "--limit", "1", "--json", "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
     let run = json(out);
     assert_eq!(run["security_bits"], 128);
     assert_eq!(run["summary"]["images"], 1);
@@ -231,6 +232,9 @@ fn tfhe_run_reproduces_its_quantised_simulation_and_names_bad_requests() {
     // The distance from the simulation is reported, consistently with the identity flag.
     let units = run["images"][0]["output_units_from_simulation"].as_i64().expect("reported");
     assert_eq!(units == 0, run["images"][0]["identical_to_simulation"] == true, "{run}");
+    // The per-image log line says the same.
+    let said = if units == 0 { "outputs identical".to_string() } else { format!("outputs {units} units off") };
+    assert!(log.contains("tfhe: 1/1 predicted") && log.contains(&said), "{log}");
     assert!(run["summary"]["output_step"].as_f64().unwrap() > 0.0, "{run}");
     // One bootstrap per activation element (4 channels × 16 × 16), none for the padding.
     assert_eq!(run["images"][0]["bootstraps"], 1024);
