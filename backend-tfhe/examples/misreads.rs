@@ -6,11 +6,11 @@
 //! boundary into the neighbouring box. Every integer sits at least half a unit inside its box
 //! (see `LweServer::half_unit_shift`), so the misread rate falls steeply as k shrinks.
 //!
-//! For each k this encrypts values, adds bootstrapped encryptions of zero with integer weights so the sum
-//! carries the largest noise the backend allows (the set's 2-norm bound), bootstraps through
-//! the identity table on boxes and counts results that differ from the integer simulation
-//! (`quant::apply_table`): once for values right next to a box boundary, once for values drawn
-//! uniformly over the range (what a network's sums look like).
+//! For each k this encrypts values, adds bootstrapped encryptions of zero with integer
+//! weights so the sum carries the largest noise the backend allows (the set's 2-norm bound),
+//! bootstraps through the identity table on boxes and counts results that differ from the
+//! integer simulation (`quant::apply_table`): once for values right next to a box boundary,
+//! once for values drawn uniformly over the range (what a network's sums look like).
 //!
 //! `cargo run --release -p backend-tfhe --example misreads -- [bits] [samples] [k ...]`
 //! (defaults: 5 bits, 200 samples of each kind, k = 2 3 4 6).
@@ -45,7 +45,7 @@ fn main() {
         let half_boxes = 1i64 << (bits - 1);
         let table: Vec<i64> = (-half_boxes..half_boxes).collect();
         let lut = server.lut(|b| b);
-        // Noise: m fresh encryptions of zero with weight w, 2-norm √(1 + m·w²) just under the bound.
+        // Noise: m encryptions of zero with weight w, 2-norm √(1 + m·w²) just under the bound.
         let m = 15usize;
         let w = (((params.noise_bound.powi(2) - 1.0) / m as f64).sqrt()).floor() as i64;
         // Bootstrapped zeros: a network's sums add bootstrap outputs, whose noise is larger

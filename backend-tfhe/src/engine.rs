@@ -178,17 +178,10 @@ impl StageProbe {
 /// [`run`], and the results are decrypted and checked against the simulation.
 pub fn probe(client: &LweClient, server: &LweServer, prepared: &PreparedPlan, x: &[f64], sample: usize) -> LweResult<Vec<StageProbe>> {
     let plan = prepared.plan;
-    let (bits, extra) = (plan.config.bits, plan.config.extra_bits);
     // Simulated value of every source.
     let mut values: Vec<i64> = plan.quantise_input(x);
-    for st in &plan.stages {
-        let outs: Vec<i64> = st
-            .sums
-            .iter()
-            .map(|s| apply_table(&st.tables[s.lut as usize], s.terms.iter().map(|&(i, w)| w as i64 * values[i as usize]).sum::<i64>() + s.bias, bits, extra))
-            .collect();
-        values.extend(outs);
-    }
+    let stage_outputs = plan.stage_outputs(&values);
+    values.extend(stage_outputs.into_iter().flatten());
     let encrypt_value = |v: i64| -> LweResult<Lwe> {
         // Sources past the padding bit (a wrapped sum) cannot be encrypted fresh; stand in 0.
         let (lo, hi) = client.params().range();

@@ -424,6 +424,13 @@ pub struct IntSum {
     pub lut: u32,
 }
 
+impl IntSum {
+    /// The exact integer value of the sum over `values` (no wrap-around).
+    pub fn value(&self, values: &[i64]) -> i64 {
+        self.terms.iter().map(|&(src, w)| w as i64 * values[src as usize]).sum::<i64>() + self.bias
+    }
+}
+
 /// One bootstrapped layer of a quantised plan.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QuantStage {
@@ -656,13 +663,12 @@ impl QuantPlan {
         let mut values: Vec<i64> = input.to_vec();
         let mut wrapped = 0;
         let mut bootstraps = 0;
-        let exact = |s: &IntSum, values: &[i64]| -> i64 { s.terms.iter().map(|&(src, w)| w as i64 * values[src as usize]).sum::<i64>() + s.bias };
         for st in &self.stages {
             let outs: Vec<i64> = st
                 .sums
                 .iter()
                 .map(|s| {
-                    let v = exact(s, &values);
+                    let v = s.value(&values);
                     if !(-o..o).contains(&v) {
                         wrapped += 1;
                     }
@@ -677,7 +683,7 @@ impl QuantPlan {
             .output
             .iter()
             .map(|s| {
-                let v = exact(s, &values);
+                let v = s.value(&values);
                 if s.terms.is_empty() {
                     return v.clamp(-o, o - 1);
                 }
@@ -690,13 +696,27 @@ impl QuantPlan {
         SimReport { outputs, wrapped, bootstraps }
     }
 
+    /// Every stage's bootstrapped outputs as the simulation computes them (what an encrypted
+    /// run's stages must decrypt to).
+    pub fn stage_outputs(&self, input: &[i64]) -> Vec<Vec<i64>> {
+        let (bits, k) = (self.config.bits, self.config.extra_bits);
+        let mut values: Vec<i64> = input.to_vec();
+        let mut out = Vec::with_capacity(self.stages.len());
+        for st in &self.stages {
+            let outs: Vec<i64> = st.sums.iter().map(|s| apply_table(&st.tables[s.lut as usize], s.value(&values), bits, k)).collect();
+            values.extend(&outs);
+            out.push(outs);
+        }
+        out
+    }
+
     /// Pre-activation values of every stage as the simulation sees them (accumulator × step).
     pub fn trace(&self, input: &[i64]) -> Vec<Vec<f64>> {
         let (bits, k) = (self.config.bits, self.config.extra_bits);
         let mut values: Vec<i64> = input.to_vec();
         let mut out = Vec::new();
         for st in &self.stages {
-            let acc: Vec<i64> = st.sums.iter().map(|s| s.terms.iter().map(|&(src, w)| w as i64 * values[src as usize]).sum::<i64>() + s.bias).collect();
+            let acc: Vec<i64> = st.sums.iter().map(|s| s.value(&values)).collect();
             out.push(acc.iter().zip(&st.sums).map(|(a, s)| *a as f64 * st.acc_step[s.lut as usize]).collect());
             values.extend(acc.iter().zip(&st.sums).map(|(a, s)| apply_table(&st.tables[s.lut as usize], *a, bits, k)));
         }

@@ -299,16 +299,9 @@ fn with_one_extra_bit_every_bootstrap_of_a_run_reads_the_simulations_box() {
             let sim = plan.simulate(&q);
             // Only meaningful if sums fall between box centres: count the first stage's sums
             // that are odd.
-            let off_centre = plan.stages[0].sums.iter().filter(|s| (s.terms.iter().map(|&(i, w)| w as i64 * q[i as usize]).sum::<i64>() + s.bias).rem_euclid(2) != 0).count();
+            let off_centre = plan.stages[0].sums.iter().filter(|s| s.value(&q).rem_euclid(2) != 0).count();
             assert!(off_centre * 4 > plan.stages[0].sums.len(), "{off_centre} of {} sums off a box centre", plan.stages[0].sums.len());
-            // The simulation's output of every stage.
-            let mut values = q.clone();
-            let mut want: Vec<Vec<i64>> = Vec::new();
-            for st in &plan.stages {
-                let outs: Vec<i64> = st.sums.iter().map(|s| apply_table(&st.tables[s.lut as usize], s.terms.iter().map(|&(i, w)| w as i64 * values[i as usize]).sum::<i64>() + s.bias, 4, 1)).collect();
-                values.extend(&outs);
-                want.push(outs);
-            }
+            let want = plan.stage_outputs(&q);
             let mut got: Vec<Vec<i64>> = Vec::new();
             let (out, report) = run_observed(&server, &prepared, encrypt_image(&client, &plan, &x).unwrap(), |_, cts| got.push(cts.iter().map(|c| client.decrypt(c)).collect())).unwrap();
             assert_eq!(got, want, "{mode:?}: some bootstrap read another box than the simulation");
