@@ -444,6 +444,9 @@ pub struct QuantStage {
     pub acc_step: Vec<f64>,
     /// Per channel: whether the noise bound (rather than the calibrated range) set the step.
     pub noise_limited: Vec<bool>,
+    /// Per channel: encoding of the bootstrap outputs (what the table entries mean).
+    #[serde(default)]
+    pub outputs: Vec<Encoding>,
 }
 
 /// Calibrated `(step, zero point)` of a quantised source: `x ≈ (q − z)·step`.
@@ -511,6 +514,15 @@ pub struct QuantPlan {
     pub output_noise_limited: bool,
     /// Number of calibration images.
     pub calibration_images: usize,
+}
+
+/// The quantised network's values for one image in real numbers (see [`QuantPlan::real_values`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RealValues {
+    /// Per stage, the decoded bootstrap outputs.
+    pub stages: Vec<Vec<f64>>,
+    /// The decoded output accumulators.
+    pub logits: Vec<f64>,
 }
 
 /// What the simulation (or an encrypted run) found beyond the outputs.
@@ -622,7 +634,7 @@ impl QuantPlan {
                 })
                 .collect();
             src_enc.extend(st.channel.iter().map(|&c| out_enc[c as usize]));
-            stages.push(QuantStage { node: st.node.clone(), sums, tables, acc_step, noise_limited });
+            stages.push(QuantStage { node: st.node.clone(), sums, tables, acc_step, noise_limited, outputs: out_enc });
         }
         let (output_step, output_noise_limited) = choose_step(real.output.iter(), &src_enc, out_max, h, &config);
         let output = real.output.iter().map(|f| quantise_form(f, &src_enc, output_step, 0)).collect();
@@ -708,6 +720,37 @@ impl QuantPlan {
             out.push(outs);
         }
         out
+    }
+
+    /// What the quantised network computes for one preprocessed image, in real numbers: every
+    /// stage's bootstrap outputs (decoded with their encodings, in the node's C×H×W order) and
+    /// the logits. Quantisation-aware training substitutes these for the float values.
+    pub fn real_values(&self, x: &[f64]) -> RealValues {
+        let q = self.quantise_input(x);
+        let stages = self.stage_outputs(&q);
+        let decoded = stages
+            .iter()
+            .zip(&self.stages)
+            .map(|(outs, st)| {
+                outs.iter()
+                    .zip(&st.sums)
+                    .map(|(&v, s)| {
+                        let e = st.outputs[s.lut as usize];
+                        (v - e.zero) as f64 * e.step
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut values = q;
+        values.extend(stages.into_iter().flatten());
+        let (bits, k) = (self.config.bits, self.config.extra_bits);
+        let o = half(bits + k);
+        let acc: Vec<i64> = self
+            .output
+            .iter()
+            .map(|s| if s.terms.is_empty() { s.value(&values).clamp(-o, o - 1) } else { wrap(s.value(&values), bits, k) })
+            .collect();
+        RealValues { stages: decoded, logits: self.decode_output(&acc) }
     }
 
     /// Pre-activation values of every stage as the simulation sees them (accumulator × step).

@@ -216,6 +216,31 @@ fn quantisation_error_is_bounded_and_shrinks_with_precision() {
 }
 
 #[test]
+fn real_values_decode_what_the_simulation_computes() {
+    let m = every_op_model(6);
+    let real = RealPlan::compile(&m, ActivationMode::Exact).unwrap();
+    let plan = QuantPlan::calibrate(&real, &images(&m, 30, 3), wide(5, 2, 3, ActivationMode::Exact)).unwrap();
+    let mut wrapped = 0;
+    for x in images(&m, 7, 4) {
+        let q = plan.quantise_input(&x);
+        let got = plan.real_values(&x);
+        let sim = plan.simulate(&q);
+        wrapped += sim.wrapped;
+        assert_eq!(got.logits, plan.decode_output(&sim.outputs), "the logits are the simulation's, wrap-around included");
+        for ((vals, outs), st) in got.stages.iter().zip(plan.stage_outputs(&q)).zip(&plan.stages) {
+            assert_eq!(vals.len(), st.sums.len());
+            for ((v, o), s) in vals.iter().zip(outs).zip(&st.sums) {
+                let e = st.outputs[s.lut as usize];
+                assert!(((o - e.zero) as f64 * e.step - v).abs() <= 1e-12 * (1.0 + v.abs()), "stage {}: {v} decodes {o}", st.node);
+                // A decoded output lies in its channel's calibrated range (the table clamps).
+                assert!(o.abs() <= (1 << 2) - 1);
+            }
+        }
+    }
+    assert!(wrapped < 7 * plan.bootstraps() / 10, "almost every sum wrapped: the test would prove little");
+}
+
+#[test]
 fn the_simulation_models_wrap_around_rounding_and_negacyclic_tables() {
     // 4 bits, no extra bits: values wrap modulo 2^(p+1) = 32 (two's complement on the torus).
     assert_eq!(wrap(7, 4, 0), 7);

@@ -9,6 +9,9 @@ use peregrine_core::data::{load_cifar10, LabeledImages};
 use peregrine_core::format::{load_model, save_model};
 use peregrine_sft::train::{evaluate, FinetuneConfig, Finetuner};
 
+/// Prefix of the recorded target of a TFHE quantisation-aware run (its parameters follow).
+const TFHE_TARGET: &str = "tfhe ";
+
 /// Options of `peregrine finetune`.
 #[derive(clap::Args)]
 pub struct FinetuneArgs {
@@ -76,6 +79,13 @@ pub struct FinetuneArgs {
     /// Stop after this many epochs of this invocation (the checkpoint resumes the rest).
     #[arg(long)]
     pub stop_after: Option<usize>,
+    /// Quantisation-aware training for the TFHE backend, with its parameters (JSON, as
+    /// `run --backend tfhe --params`, `"activation"` included): batch norms are folded first,
+    /// every step runs the current model's quantised simulation (recalibrated) and trains
+    /// through it with a straight-through estimator, and each epoch reports the simulation's
+    /// test accuracy — what an encrypted run with these parameters computes.
+    #[arg(long, value_name = "PARAMS")]
+    pub tfhe: Option<String>,
     /// Resume from a checkpoint (`<output stem>.ckpt.json`, written after every epoch).
     #[arg(long)]
     pub resume: Option<PathBuf>,
@@ -138,6 +148,10 @@ pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
         None => {
             let path = a.model.as_ref().expect("clap requires --model without --resume");
             let model = load_model(path).with_context(|| format!("loading {}", path.display()))?;
+            let model = match a.tfhe {
+                Some(_) => peregrine_sft::convert::fold_batch_norms(&model)?,
+                None => model,
+            };
             let config = FinetuneConfig {
                 degree: (!a.keep_activations).then_some(a.degree),
                 bound: a.bound,
@@ -159,14 +173,31 @@ pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
                         std::fs::canonicalize(&t).with_context(|| format!("teacher model {}", t.display()))
                     })
                     .transpose()?,
+                quantise_for: a.tfhe.as_ref().map(|p| format!("{TFHE_TARGET}{p}")),
             };
             Finetuner::new(&model, config)?
         }
     };
+    let simulated = match run.config().quantise_for.clone() {
+        Some(target) => {
+            let Some(params) = target.strip_prefix(TFHE_TARGET) else {
+                bail!("this checkpoint trains for '{target}', which this version cannot quantise");
+            };
+            if !a.data.is_dir() {
+                bail!("quantisation-aware training calibrates on data_batch_1: give --data the CIFAR-10 directory");
+            }
+            let input = run.model.input().clone();
+            let (quantiser, evaluator) = crate::tfhe::quantisation_aware(params, &a.data, &input)?;
+            run.quantise_with(quantiser)?;
+            Some(evaluator)
+        }
+        None => None,
+    };
     let (train, test) = load_data(&a.data, a.limit)?;
     let test = test.map(|t| if a.eval_limit < t.len() { t.slice(0..a.eval_limit) } else { t }).filter(|_| a.eval_limit > 0);
     let started = Instant::now();
-    if run.epochs_done() == 0 {
+    // Keeping its activations, a quantisation-aware run starts from the model's own ranges.
+    if run.epochs_done() == 0 && (simulated.is_none() || run.config().degree.is_some()) {
         run.calibrate(&train)?;
     }
     let mut epochs = Vec::new();
@@ -177,6 +208,16 @@ pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
     };
     if let (Some(acc), false) = (baseline, a.json) {
         eprintln!("epoch 0 (calibrated conversion): test accuracy {:.2} % on {} images", acc * 100.0, test.as_ref().map_or(0, |t| t.len()));
+    }
+    let simulated_accuracy = |model: &peregrine_core::ir::Model| -> Result<Option<f64>> {
+        match (&simulated, &test) {
+            (Some(sim), Some(t)) => sim(model, t).map(Some),
+            _ => Ok(None),
+        }
+    };
+    let baseline_simulated = if run.epochs_done() == 0 { simulated_accuracy(&calibrated)? } else { None };
+    if let (Some(acc), false) = (baseline_simulated, a.json) {
+        eprintln!("epoch 0: quantised simulation (tfhe) test accuracy {:.2} %", acc * 100.0);
     }
     let total = run.config().epochs;
     let stop_at = a.stop_after.map_or(total, |k| (run.epochs_done() + k).min(total));
@@ -208,20 +249,22 @@ pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
         let ckpt = run.save_checkpoint(&a.output)?;
         let model = run.export()?;
         let acc = test.as_ref().map(|t| evaluate(&model, t)).transpose()?;
+        let sim = simulated_accuracy(&model)?;
         if !a.json {
             eprintln!(
-                "epoch {}/{total}: train loss {:.4}, train acc {:.2} %, {:.0} s{}; checkpoint {}",
+                "epoch {}/{total}: train loss {:.4}, train acc {:.2} %, {:.0} s{}{}; checkpoint {}",
                 report.epoch + 1,
                 report.loss,
                 report.accuracy * 100.0,
                 report.seconds,
                 acc.map(|v| format!(", test acc {:.2} %", v * 100.0)).unwrap_or_default(),
+                sim.map(|v| format!(", quantised simulation {:.2} %", v * 100.0)).unwrap_or_default(),
                 ckpt.display()
             );
         }
         epochs.push(serde_json::json!({
             "epoch": report.epoch + 1, "train_loss": report.loss, "train_accuracy": report.accuracy,
-            "seconds": report.seconds, "test_accuracy": acc,
+            "seconds": report.seconds, "test_accuracy": acc, "simulated_test_accuracy": sim,
         }));
     }
     let model = run.export()?;
@@ -242,7 +285,7 @@ pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
             serde_json::json!({
                 "output": a.output, "model": model.graph().name, "config": run.config(),
                 "train_images": train.len(), "test_images": test.as_ref().map(|t| t.len()),
-                "baseline_test_accuracy": baseline, "epochs": epochs, "test_accuracy": final_acc,
+                "baseline_test_accuracy": baseline, "baseline_simulated_accuracy": baseline_simulated, "epochs": epochs, "test_accuracy": final_acc,
                 "seconds": started.elapsed().as_secs_f64(), "epochs_done": run.epochs_done(),
             })
         );

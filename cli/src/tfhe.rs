@@ -12,10 +12,13 @@ use anyhow::{bail, Context, Result};
 use ndarray::{ArrayD, IxDyn};
 use peregrine_core::data::{load_cifar10, load_image, preprocess};
 use peregrine_core::format::load_model;
+use peregrine_core::ir::InputSpec;
 use peregrine_core::reference::Reference;
 use peregrine_tfhe::engine::{decrypt_logits, encrypt_image, probe, run, PreparedPlan};
 use peregrine_tfhe::lwe::{LweClient, LweParams};
-use peregrine_tfhe::quant::{ActivationMode, QuantConfig, QuantPlan, RealPlan};
+use candle_core::Tensor;
+use peregrine_sft::train::{candle_err, Quantiser, Substitute};
+use peregrine_tfhe::quant::{ActivationMode, QuantConfig, QuantPlan, RealPlan, RealValues};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -107,8 +110,8 @@ struct Calibrated {
     seconds: f64,
 }
 
-/// Parses `--params`/`--activation`, loads the model, compiles and calibrates it.
-fn calibrate(model_path: &Path, params: &str, activation: Option<&str>, data: Option<&Path>) -> Result<Calibrated> {
+/// Parses `--params`/`--activation` into the settings of quantisation.
+fn settings(params: &str, activation: Option<&str>) -> Result<(TfheParams, ActivationMode, LweParams, QuantConfig)> {
     let mut p: TfheParams =
         if params.trim().is_empty() { TfheParams::default() } else { serde_json::from_str(params).context("invalid --params for the tfhe backend")? };
     if let Some(a) = activation {
@@ -119,19 +122,108 @@ fn calibrate(model_path: &Path, params: &str, activation: Option<&str>, data: Op
         bail!("noise_margin must be a finite number ≥ 1 (it divides the set's noise bound), got {}", p.noise_margin);
     }
     let lwe = LweParams::with_accumulator(p.bits, p.extra_bits).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let model = load_model(model_path)?;
-    let t0 = Instant::now();
-    let real = RealPlan::compile(&model, mode).map_err(|e| anyhow::anyhow!("{e}")).with_context(|| format!("compiling {} for tfhe", model.graph().name))?;
-    let calibration = calibration_file(p.calibration.as_deref(), data)?;
-    let cal = load_cifar10(&calibration, Some(p.calibration_images.max(1)))?;
-    let cal_x = preprocess::<f64>(&cal.pixels, cal.len(), &model.graph().input)?;
-    let per = cal_x.len() / cal.len().max(1);
-    let cal_images: Vec<Vec<f64>> = cal_x.as_slice().expect("standard").chunks(per).map(|c| c.to_vec()).collect();
     let noise_bound = lwe.noise_bound / p.noise_margin;
     let config = QuantConfig { bits: p.bits, extra_bits: p.extra_bits, act_bits: p.act_bits.unwrap_or(p.bits), mode, noise_bound, headroom: p.headroom };
-    let plan = QuantPlan::calibrate(&real, &cal_images, config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(Calibrated { params: p, mode, lwe, model, real, plan, calibration, calibration_images: cal.len(), seconds: t0.elapsed().as_secs_f64() })
+    Ok((p, mode, lwe, config))
 }
+
+/// The calibration images of `p` (preprocessed for `model`, one vector per image) and their file.
+fn calibration_images(p: &TfheParams, data: Option<&Path>, input: &InputSpec) -> Result<(Vec<Vec<f64>>, PathBuf)> {
+    let calibration = calibration_file(p.calibration.as_deref(), data)?;
+    let cal = load_cifar10(&calibration, Some(p.calibration_images.max(1)))?;
+    let cal_x = preprocess::<f64>(&cal.pixels, cal.len(), input)?;
+    let per = cal_x.len() / cal.len().max(1);
+    Ok((cal_x.as_slice().expect("standard").chunks(per).map(|c| c.to_vec()).collect(), calibration))
+}
+
+/// Compiles `model` and calibrates its quantisation on `images`.
+fn compile(model: &peregrine_core::ir::Model, mode: ActivationMode, config: QuantConfig, images: &[Vec<f64>]) -> Result<(RealPlan, QuantPlan)> {
+    let real = RealPlan::compile(model, mode).map_err(|e| anyhow::anyhow!("{e}")).with_context(|| format!("compiling {} for tfhe", model.graph().name))?;
+    let plan = QuantPlan::calibrate(&real, images, config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((real, plan))
+}
+
+/// Parses `--params`/`--activation`, loads the model, compiles and calibrates it.
+fn calibrate(model_path: &Path, params: &str, activation: Option<&str>, data: Option<&Path>) -> Result<Calibrated> {
+    let (p, mode, lwe, config) = settings(params, activation)?;
+    let model = load_model(model_path)?;
+    let t0 = Instant::now();
+    let (cal_images, calibration) = calibration_images(&p, data, &model.graph().input)?;
+    let (real, plan) = compile(&model, mode, config, &cal_images)?;
+    Ok(Calibrated { params: p, mode, lwe, model, real, plan, calibration, calibration_images: cal_images.len(), seconds: t0.elapsed().as_secs_f64() })
+}
+
+/// Quantisation-aware training for this backend: a [`Quantiser`] that recalibrates the
+/// current model every step (as `run --backend tfhe --params` would) and returns what its
+/// quantised simulation computes for the batch, and an evaluator of the simulation's top-1
+/// accuracy on labelled images. `data` is the CIFAR-10 directory (calibration: its
+/// `data_batch_1`, unless the parameters name a file).
+pub fn quantisation_aware(params: &str, data: &Path, input: &InputSpec) -> Result<(Quantiser, SimulatedAccuracy)> {
+    let (p, mode, _, config) = settings(params, None)?;
+    let (images, _) = calibration_images(&p, Some(&data.join("test_batch.bin.gz")), input)?;
+    let images = std::sync::Arc::new(images);
+    let cal = images.clone();
+    let quantiser: Quantiser = Box::new(move |model, x| {
+        let fail = |e: anyhow::Error| peregrine_core::Error::Unsupported(format!("quantisation-aware training: {e:#}"));
+        let (_, plan) = compile(model, mode, config, &cal).map_err(fail)?;
+        let (b, h, w, c) = x.dims4().map_err(candle_err)?;
+        let nhwc = x.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(candle_err)?;
+        use rayon::prelude::*;
+        let per_image: Vec<RealValues> = nhwc
+            .par_chunks(h * w * c)
+            .map(|img| {
+                let mut chw = vec![0.0f64; c * h * w];
+                for (i, v) in img.iter().enumerate() {
+                    let (pos, ch) = (i / c, i % c);
+                    chw[ch * h * w + pos] = *v as f64;
+                }
+                plan.real_values(&chw)
+            })
+            .collect();
+        let mut nodes = std::collections::HashMap::new();
+        for (k, st) in plan.stages.iter().enumerate() {
+            let idx = model.node_index(&st.node).ok_or_else(|| fail(anyhow::anyhow!("the plan's node '{}' is not in the model", st.node)))?;
+            let shape = model.shape(idx).clone();
+            let n: usize = shape.iter().product();
+            let mut data = Vec::with_capacity(b * n);
+            for v in &per_image {
+                let vals = &v.stages[k];
+                if shape.len() == 3 {
+                    let (sc, sh, sw) = (shape[0], shape[1], shape[2]);
+                    for pos in 0..sh * sw {
+                        data.extend((0..sc).map(|ch| vals[ch * sh * sw + pos] as f32));
+                    }
+                } else {
+                    data.extend(vals.iter().map(|&v| v as f32));
+                }
+            }
+            let dims: Vec<usize> = if shape.len() == 3 { vec![b, shape[1], shape[2], shape[0]] } else { vec![b, n] };
+            nodes.insert(st.node.clone(), Tensor::from_vec(data, dims, x.device()).map_err(candle_err)?);
+        }
+        let classes = per_image.first().map_or(0, |v| v.logits.len());
+        let logits: Vec<f32> = per_image.iter().flat_map(|v| v.logits.iter().map(|&l| l as f32)).collect();
+        let logits = Tensor::from_vec(logits, (b, classes), x.device()).map_err(candle_err)?;
+        Ok(Substitute { nodes, logits })
+    });
+    let evaluate: SimulatedAccuracy = Box::new(move |model, test| {
+        let (_, plan) = compile(model, mode, config, &images)?;
+        let x = preprocess::<f64>(&test.pixels, test.len(), &model.graph().input)?;
+        let per = x.len() / test.len().max(1);
+        use rayon::prelude::*;
+        let correct: usize = x
+            .as_slice()
+            .expect("standard")
+            .par_chunks(per)
+            .zip(test.labels.par_iter())
+            .map(|(xi, &l)| usize::from(argmax(&plan.decode_output(&plan.simulate(&plan.quantise_input(xi)).outputs)) == l as usize))
+            .sum();
+        Ok(correct as f64 / test.len().max(1) as f64)
+    });
+    Ok((quantiser, evaluate))
+}
+
+/// Top-1 accuracy of a model's quantised simulation on labelled images.
+pub type SimulatedAccuracy = Box<dyn Fn(&peregrine_core::ir::Model, &peregrine_core::data::LabeledImages) -> Result<f64>>;
 
 /// Runs `model` on the TFHE backend.
 #[allow(clippy::too_many_arguments)]
@@ -368,6 +460,14 @@ fn bits_summary(p: &LweParams) -> String {
 pub fn simulate_cmd(model_path: &Path, params: &str, activation: Option<&str>, data: &Path, limit: usize, json_out: bool) -> Result<()> {
     let Calibrated { params: p, mode, model: m, real, plan, .. } = calibrate(model_path, params, activation, Some(data))?;
     let input = &m.graph().input;
+    if let Some(path) = &p.save_plan {
+        std::fs::write(path, serde_json::to_vec(&plan)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !json_out {
+        for line in plan.describe() {
+            eprintln!("  {line}");
+        }
+    }
     let imgs = load_cifar10(data, Some(limit))?;
     let x = preprocess::<f64>(&imgs.pixels, imgs.len(), input)?;
     let per = x.len() / imgs.len().max(1);

@@ -95,3 +95,47 @@ fn finetune_errors_name_the_problem() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("data_batch_1"), "{e}");
 }
+
+#[test]
+fn quantisation_aware_training_reports_what_the_tfhe_simulation_computes_and_resumes() {
+    let init = tmp("qat-init.safetensors");
+    ok(bin().args(["import", "small-cnn", "--widths", "6,5", "-o"]).arg(&init).output().unwrap());
+    let params = r#"{"bits":4,"extra_bits":1,"act_bits":2,"calibration_images":16,"activation":"exact"}"#;
+    let init = init.to_str().unwrap();
+    let out = tmp("qat.safetensors");
+    let args = ["--model", init, "--keep-activations", "--epochs", "2", "--lr", "0.05", "--tfhe", params];
+    let v = json(finetune(&args, &out));
+    assert!(v["baseline_simulated_accuracy"].as_f64().is_some(), "{v}");
+    let epochs = v["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    let reported = epochs[1]["simulated_test_accuracy"].as_f64().expect("every epoch reports the simulation's accuracy");
+    // The written model, simulated by `peregrine simulate` with the same parameters on the same
+    // 40 test images, scores exactly what training reported.
+    let sim = json(
+        bin()
+            .args(["simulate", "--model"])
+            .arg(&out)
+            .args(["--params", params, "--limit", "40", "--json", "--data"])
+            .arg(shared("data/cifar10/test_batch.bin.gz"))
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(sim["quantised_correct"].as_u64().unwrap() as f64 / 40.0, reported, "{sim}");
+    assert!(!load_model(&out).unwrap().graph().nodes.iter().any(|n| n.op.kind() == "batch_norm"), "batch norms are folded first");
+
+    // Interrupted and resumed, the run keeps quantising the same way.
+    let part = tmp("qat-part.safetensors");
+    json(finetune(&[&args[..], &["--stop-after", "1"]].concat(), &part));
+    let ckpt = tmp("qat-part.ckpt.json");
+    let v = json(finetune(&["--resume", ckpt.to_str().unwrap()], &part));
+    assert_eq!(v["epochs_done"], 2);
+    assert_eq!(v["epochs"][0]["simulated_test_accuracy"].as_f64(), Some(reported), "the resumed run reproduces the uninterrupted one");
+
+    // Bad requests name the problem.
+    let o = finetune(&["--model", init, "--keep-activations", "--epochs", "1", "--tfhe", r#"{"bits":3}"#], &out);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("precision must be 4 to 8 bits"), "{e}");
+    let o = finetune(&["--model", init, "--keep-activations", "--epochs", "1", "--tfhe", r#"{"bitz":5}"#], &out);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("invalid --params for the tfhe backend"), "{e}");
+}

@@ -88,6 +88,22 @@ pub struct Forward {
     pub range_penalty: Tensor,
 }
 
+/// Values that replace a forward pass's own (see [`TrainModel::forward_substituted`]).
+pub struct Substitute {
+    /// Per node name, its output `[B, H, W, C]` (channels last, like the training graph).
+    pub nodes: HashMap<String, Tensor>,
+    /// The logits `[B, classes]`.
+    pub logits: Tensor,
+}
+
+/// `y` forward with the value of `v`, the gradient of `y` backward.
+fn straight_through(y: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    if y.dims() != v.dims() {
+        candle_core::bail!("substituted values have shape {:?}, the node computes {:?}", v.dims(), y.dims());
+    }
+    y + (v - y)?.detach()
+}
+
 /// A model whose weights are candle variables.
 pub struct TrainModel {
     graph: Graph,
@@ -216,10 +232,18 @@ impl TrainModel {
 
     /// Runs a batch `[B, H, W, C]` (channels-last, preprocessed) through the graph.
     pub fn forward(&mut self, x: &Tensor, pass: Pass) -> Result<Forward> {
-        self.forward_inner(x, pass).map_err(candle_err)
+        self.forward_inner(x, pass, None).map_err(candle_err)
     }
 
-    fn forward_inner(&mut self, x: &Tensor, pass: Pass) -> candle_core::Result<Forward> {
+    /// A forward pass whose values are replaced by `substitute` (a straight-through estimator):
+    /// each named node, and the logits, take the given values forward while gradients flow as
+    /// if the float values had been used. Quantisation-aware training substitutes what the
+    /// quantised network computes.
+    pub fn forward_substituted(&mut self, x: &Tensor, pass: Pass, substitute: &Substitute) -> Result<Forward> {
+        self.forward_inner(x, pass, Some(substitute)).map_err(candle_err)
+    }
+
+    fn forward_inner(&mut self, x: &Tensor, pass: Pass, substitute: Option<&Substitute>) -> candle_core::Result<Forward> {
         let batch = x.dims()[0];
         let mut values: HashMap<String, Tensor> = HashMap::new();
         values.insert(INPUT.to_string(), x.clone());
@@ -394,15 +418,33 @@ impl TrainModel {
                     }
                 }
             };
+            let y = match substitute.and_then(|s| s.nodes.get(&node.name)) {
+                Some(v) => straight_through(&y, v)?,
+                None => y,
+            };
             values.insert(node.name.clone(), y);
         }
         let out = values.remove(&self.graph.output).expect("output computed");
         let logits = if out.rank() == 4 { out.permute((0, 3, 1, 2))?.contiguous()?.flatten_from(1)? } else { out };
+        let logits = match substitute {
+            Some(s) => straight_through(&logits, &s.logits)?,
+            None => logits,
+        };
         Ok(Forward { logits, range_penalty: penalty })
     }
 
     fn index(&self, name: &str) -> usize {
         self.graph.nodes.iter().position(|n| n.name == name).expect("node exists")
+    }
+
+    /// The model's input (shape and preprocessing).
+    pub fn input(&self) -> &peregrine_core::ir::InputSpec {
+        &self.graph.input
+    }
+
+    /// Whether the graph has batch-norm nodes.
+    pub fn has_batch_norm(&self) -> bool {
+        self.graph.nodes.iter().any(|n| matches!(n.op, Op::BatchNorm(_)))
     }
 
     /// The model with the current weights and frozen ranges, in the IR: polynomial

@@ -15,7 +15,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::model::{candle_err, cross_entropy, predictions, Activations, Pass, TrainModel};
+use super::model::{candle_err, cross_entropy, predictions, Activations, Pass, Substitute, TrainModel};
 
 /// Settings of one fine-tuning run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,7 +55,18 @@ pub struct FinetuneConfig {
     /// `distill` > 0 and stored so that `resume` rebuilds the same teacher.
     #[serde(default)]
     pub teacher: Option<std::path::PathBuf>,
+    /// Quantisation-aware training: the target backend's name and parameters as the caller
+    /// understands them (e.g. `tfhe {"bits":5,…}`), recorded so that a resumed run attaches the
+    /// same [`Quantiser`]; `None` trains in floating point.
+    #[serde(default)]
+    pub quantise_for: Option<String>,
 }
+
+/// Computes what the quantised network makes of a batch: called every step of
+/// quantisation-aware training with the current model (batch norms folded, ranges frozen, as
+/// exported) and the batch `[B, H, W, C]`; its values replace the float ones forward while
+/// gradients flow through the float graph (a straight-through estimator).
+pub type Quantiser = Box<dyn FnMut(&Model, &Tensor) -> Result<Substitute>>;
 
 fn default_temperature() -> f64 {
     4.0
@@ -79,6 +90,7 @@ impl Default for FinetuneConfig {
             distill: 0.0,
             distill_temperature: default_temperature(),
             teacher: None,
+            quantise_for: None,
         }
     }
 }
@@ -232,6 +244,8 @@ pub struct Finetuner {
     name: String,
     /// The frozen original model that distillation imitates.
     teacher: Option<TrainModel>,
+    /// Quantisation-aware training's simulator, when attached.
+    quantiser: Option<Quantiser>,
 }
 
 impl Finetuner {
@@ -257,7 +271,7 @@ impl Finetuner {
             }
             _ => None,
         };
-        Ok(Finetuner { model, config, momenta: BTreeMap::new(), steps_done: 0, epochs_done: 0, history: Vec::new(), input, name, teacher })
+        Ok(Finetuner { model, config, momenta: BTreeMap::new(), steps_done: 0, epochs_done: 0, history: Vec::new(), input, name, teacher, quantiser: None })
     }
 
     /// Resumes the run recorded in the checkpoint JSON at `path`.
@@ -281,6 +295,22 @@ impl Finetuner {
         run.history = info.history;
         run.name = model.graph().name.clone();
         Ok(run)
+    }
+
+    /// Attaches the simulator of quantisation-aware training (see [`Quantiser`]). It needs a
+    /// model without batch norms (fold them first: training would normalise by batch
+    /// statistics the quantised network does not have); statistics stay frozen.
+    pub fn quantise_with(&mut self, quantiser: Quantiser) -> Result<()> {
+        if self.config.quantise_for.is_none() {
+            return Err(Error::Unsupported("quantisation-aware training: record the target in the configuration's quantise_for".into()));
+        }
+        if self.model.has_batch_norm() {
+            return Err(Error::Unsupported(
+                "quantisation-aware training needs batch norms folded into the convolutions (the quantised network has no batch statistics)".into(),
+            ));
+        }
+        self.quantiser = Some(quantiser);
+        Ok(())
     }
 
     /// The configuration.
@@ -335,7 +365,19 @@ impl Finetuner {
         for (k, idx) in order.chunks(self.config.batch).enumerate() {
             let x = make_batch(images, idx, &self.input, self.config.augment.then_some(&mut rng))?;
             let labels: Vec<u8> = idx.iter().map(|&i| images.labels[i]).collect();
-            let out = self.model.forward(&x, Pass::Train)?;
+            let out = match self.quantiser.as_mut() {
+                Some(quantise) => {
+                    let current = crate::convert::fold_batch_norms(&self.model.export_unfolded("")?)?;
+                    let substitute = quantise(&current, &x)?;
+                    self.model.forward_substituted(&x, Pass::Frozen, &substitute)?
+                }
+                None => {
+                    if self.config.quantise_for.is_some() {
+                        return Err(Error::Unsupported("this run is quantisation-aware: attach its quantiser before training".into()));
+                    }
+                    self.model.forward(&x, Pass::Train)?
+                }
+            };
             let ce = cross_entropy(&out.logits, &labels)?;
             let objective = match self.teacher.as_mut() {
                 Some(teacher) => {
