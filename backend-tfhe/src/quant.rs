@@ -695,17 +695,24 @@ impl QuantPlan {
             .output
             .iter()
             .map(|s| {
-                let v = s.value(&values);
-                if s.terms.is_empty() {
-                    return v.clamp(-o, o - 1);
-                }
-                if !(-o..o).contains(&v) {
-                    wrapped += 1;
-                }
-                wrap(v, bits, k)
+                let (v, wrapped_here) = self.read_output(s, &values);
+                wrapped += usize::from(wrapped_here);
+                v
             })
             .collect();
         SimReport { outputs, wrapped, bootstraps }
+    }
+
+    /// What the client decrypts from output sum `s` over `values`, and whether it wrapped: a sum
+    /// without encrypted terms is a known constant (clamped into range); others wrap around.
+    fn read_output(&self, s: &IntSum, values: &[i64]) -> (i64, bool) {
+        let (bits, k) = (self.config.bits, self.config.extra_bits);
+        let o = half(bits + k);
+        let v = s.value(values);
+        if s.terms.is_empty() {
+            return (v.clamp(-o, o - 1), false);
+        }
+        (wrap(v, bits, k), !(-o..o).contains(&v))
     }
 
     /// Every stage's bootstrapped outputs as the simulation computes them (what an encrypted
@@ -725,7 +732,11 @@ impl QuantPlan {
     /// What the quantised network computes for one preprocessed image, in real numbers: every
     /// stage's bootstrap outputs (decoded with their encodings, in the node's C×H×W order) and
     /// the logits. Quantisation-aware training substitutes these for the float values.
-    pub fn real_values(&self, x: &[f64]) -> RealValues {
+    /// Refuses a plan without output encodings (saved by a version before they were recorded).
+    pub fn real_values(&self, x: &[f64]) -> QResult<RealValues> {
+        if let Some(st) = self.stages.iter().find(|st| st.outputs.len() != st.tables.len()) {
+            return err(format!("stage '{}' has no output encodings (a plan saved by an older version): calibrate again", st.node));
+        }
         let q = self.quantise_input(x);
         let stages = self.stage_outputs(&q);
         let decoded = stages
@@ -743,14 +754,8 @@ impl QuantPlan {
             .collect();
         let mut values = q;
         values.extend(stages.into_iter().flatten());
-        let (bits, k) = (self.config.bits, self.config.extra_bits);
-        let o = half(bits + k);
-        let acc: Vec<i64> = self
-            .output
-            .iter()
-            .map(|s| if s.terms.is_empty() { s.value(&values).clamp(-o, o - 1) } else { wrap(s.value(&values), bits, k) })
-            .collect();
-        RealValues { stages: decoded, logits: self.decode_output(&acc) }
+        let acc: Vec<i64> = self.output.iter().map(|s| self.read_output(s, &values).0).collect();
+        Ok(RealValues { stages: decoded, logits: self.decode_output(&acc) })
     }
 
     /// Pre-activation values of every stage as the simulation sees them (accumulator × step).

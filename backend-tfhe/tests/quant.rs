@@ -223,7 +223,7 @@ fn real_values_decode_what_the_simulation_computes() {
     let mut wrapped = 0;
     for x in images(&m, 7, 4) {
         let q = plan.quantise_input(&x);
-        let got = plan.real_values(&x);
+        let got = plan.real_values(&x).unwrap();
         let sim = plan.simulate(&q);
         wrapped += sim.wrapped;
         assert_eq!(got.logits, plan.decode_output(&sim.outputs), "the logits are the simulation's, wrap-around included");
@@ -238,6 +238,11 @@ fn real_values_decode_what_the_simulation_computes() {
         }
     }
     assert!(wrapped < 7 * plan.bootstraps() / 10, "almost every sum wrapped: the test would prove little");
+    // A plan saved before output encodings were recorded is refused, not indexed out of bounds.
+    let mut old = plan.clone();
+    old.stages[0].outputs.clear();
+    let e = old.real_values(&images(&m, 1, 5)[0]).unwrap_err().to_string();
+    assert!(e.contains("no output encodings") && e.contains("calibrate again"), "{e}");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use peregrine_core::reference::Reference;
 use peregrine_tfhe::engine::{decrypt_logits, encrypt_image, probe, run, PreparedPlan};
 use peregrine_tfhe::lwe::{LweClient, LweParams};
 use candle_core::Tensor;
-use peregrine_sft::train::{candle_err, Quantiser, Substitute};
+use peregrine_sft::train::{candle_err, to_channels_last, Quantiser, Substitute};
 use peregrine_tfhe::quant::{ActivationMode, QuantConfig, QuantPlan, RealPlan, RealValues};
 use serde::Deserialize;
 use serde_json::json;
@@ -166,39 +166,22 @@ pub fn quantisation_aware(params: &str, data: &Path, input: &InputSpec) -> Resul
     let quantiser: Quantiser = Box::new(move |model, x| {
         let fail = |e: anyhow::Error| peregrine_core::Error::Unsupported(format!("quantisation-aware training: {e:#}"));
         let (_, plan) = compile(model, mode, config, &cal).map_err(fail)?;
-        let (b, h, w, c) = x.dims4().map_err(candle_err)?;
-        let nhwc = x.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(candle_err)?;
+        // The batch is channels-last; the plan reads images C×H×W.
+        let b = x.dims4().map_err(candle_err)?.0;
+        let nchw = x.permute((0, 3, 1, 2)).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>()).map_err(candle_err)?;
         use rayon::prelude::*;
-        let per_image: Vec<RealValues> = nhwc
-            .par_chunks(h * w * c)
-            .map(|img| {
-                let mut chw = vec![0.0f64; c * h * w];
-                for (i, v) in img.iter().enumerate() {
-                    let (pos, ch) = (i / c, i % c);
-                    chw[ch * h * w + pos] = *v as f64;
-                }
-                plan.real_values(&chw)
-            })
-            .collect();
+        let per_image: Vec<RealValues> = nchw
+            .par_chunks(nchw.len() / b.max(1))
+            .map(|img| plan.real_values(&img.iter().map(|&v| v as f64).collect::<Vec<_>>()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(anyhow::anyhow!("{e}")))?;
         let mut nodes = std::collections::HashMap::new();
         for (k, st) in plan.stages.iter().enumerate() {
             let idx = model.node_index(&st.node).ok_or_else(|| fail(anyhow::anyhow!("the plan's node '{}' is not in the model", st.node)))?;
-            let shape = model.shape(idx).clone();
-            let n: usize = shape.iter().product();
-            let mut data = Vec::with_capacity(b * n);
-            for v in &per_image {
-                let vals = &v.stages[k];
-                if shape.len() == 3 {
-                    let (sc, sh, sw) = (shape[0], shape[1], shape[2]);
-                    for pos in 0..sh * sw {
-                        data.extend((0..sc).map(|ch| vals[ch * sh * sw + pos] as f32));
-                    }
-                } else {
-                    data.extend(vals.iter().map(|&v| v as f32));
-                }
-            }
-            let dims: Vec<usize> = if shape.len() == 3 { vec![b, shape[1], shape[2], shape[0]] } else { vec![b, n] };
-            nodes.insert(st.node.clone(), Tensor::from_vec(data, dims, x.device()).map_err(candle_err)?);
+            let dims: Vec<usize> = std::iter::once(b).chain(model.shape(idx).iter().copied()).collect();
+            let data: Vec<f32> = per_image.iter().flat_map(|v| v.stages[k].iter().map(|&v| v as f32)).collect();
+            let values = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&dims), data).map_err(|e| fail(e.into()))?;
+            nodes.insert(st.node.clone(), to_channels_last(&values, x.device())?);
         }
         let classes = per_image.first().map_or(0, |v| v.logits.len());
         let logits: Vec<f32> = per_image.iter().flat_map(|v| v.logits.iter().map(|&l| l as f32)).collect();

@@ -367,7 +367,8 @@ impl Finetuner {
             let labels: Vec<u8> = idx.iter().map(|&i| images.labels[i]).collect();
             let out = match self.quantiser.as_mut() {
                 Some(quantise) => {
-                    let current = crate::convert::fold_batch_norms(&self.model.export_unfolded("")?)?;
+                    // `quantise_with` made sure there is no batch norm: nothing to fold.
+                    let current = self.model.export_unfolded("")?;
                     let substitute = quantise(&current, &x)?;
                     self.model.forward_substituted(&x, Pass::Frozen, &substitute)?
                 }
