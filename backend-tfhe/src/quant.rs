@@ -492,6 +492,24 @@ pub struct QuantConfig {
     pub noise_bound: f64,
     /// Fraction of the signed range the calibrated maximum of an accumulator may use.
     pub headroom: f64,
+    /// Quantile of the calibration values that sets each range (1 = the maximum). Below 1 the
+    /// few largest values of a channel (a polynomial far outside its normalised range on one
+    /// calibration image, say) saturate instead of stretching every other value's step.
+    #[serde(default = "max_quantile")]
+    pub clip: f64,
+}
+
+fn max_quantile() -> f64 {
+    1.0
+}
+
+/// The `q`-quantile of `values` (reordered; `q` = 1 gives the maximum, an empty set 0).
+fn quantile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let i = (((values.len() - 1) as f64) * q).round() as usize;
+    *values.select_nth_unstable_by(i.min(values.len() - 1), |a, b| a.total_cmp(b)).1
 }
 
 /// A calibrated, quantised plan: everything the server needs besides the keys, and the
@@ -582,28 +600,35 @@ impl QuantPlan {
         let h = half(config.bits + extra) - 1;
         let ht = half(config.bits);
         let ha = half(config.act_bits) - 1;
-        // Float pass: per stage and channel, range of pre- and post-activation values.
-        let mut pre_max: Vec<Vec<f64>> = real.stages.iter().map(|s| vec![0.0; s.acts.len()]).collect();
-        let mut post_lo: Vec<Vec<f64>> = real.stages.iter().map(|s| vec![0.0; s.acts.len()]).collect();
-        let mut post_hi = post_lo.clone();
-        let mut out_max = 0.0f64;
+        if !(config.clip > 0.5 && config.clip <= 1.0) {
+            return err(format!("the calibration quantile (clip) must be in (0.5, 1], got {}", config.clip));
+        }
+        // Float pass: per stage and channel, every pre- and post-activation value; their ranges
+        // are the `clip` quantiles (the extremes with clip = 1).
+        let mut pre_abs: Vec<Vec<Vec<f64>>> = real.stages.iter().map(|s| vec![Vec::new(); s.acts.len()]).collect();
+        let mut post: Vec<Vec<Vec<f64>>> = pre_abs.clone();
+        let mut out_abs = Vec::new();
         for img in images {
             let mut values = img.clone();
             for (k, st) in real.stages.iter().enumerate() {
                 for (f, &c) in st.forms.iter().zip(&st.channel) {
                     let a = f.eval(&values);
                     let y = st.acts[c as usize].eval(a);
-                    let c = c as usize;
-                    pre_max[k][c] = pre_max[k][c].max(a.abs());
-                    post_lo[k][c] = post_lo[k][c].min(y);
-                    post_hi[k][c] = post_hi[k][c].max(y);
+                    if !(a.is_finite() && y.is_finite()) {
+                        return err(format!("calibration: {} gives a non-finite value ({a} → {y}) on a calibration image", st.node));
+                    }
+                    pre_abs[k][c as usize].push(a.abs());
+                    post[k][c as usize].push(y);
                     values.push(y);
                 }
             }
-            for f in &real.output {
-                out_max = out_max.max(f.eval(&values).abs());
-            }
+            out_abs.extend(real.output.iter().map(|f| f.eval(&values).abs()));
         }
+        let q = config.clip;
+        let pre_max: Vec<Vec<f64>> = pre_abs.iter_mut().map(|st| st.iter_mut().map(|v| quantile(v, q)).collect()).collect();
+        let post_lo: Vec<Vec<f64>> = post.iter_mut().map(|st| st.iter_mut().map(|v| quantile(v, 1.0 - q).min(0.0)).collect()).collect();
+        let post_hi: Vec<Vec<f64>> = post.iter_mut().map(|st| st.iter_mut().map(|v| quantile(v, q).max(0.0)).collect()).collect();
+        let out_max = quantile(&mut out_abs, q);
         // Source encodings: inputs per channel, then each stage's outputs per channel.
         let per_in = real.input_shape.iter().product::<usize>() / real.input_shape[0];
         let input: Vec<Encoding> = real.input_range.iter().map(|&(lo, hi)| Encoding::for_range(lo, hi, ha)).collect();

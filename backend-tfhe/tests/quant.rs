@@ -147,12 +147,12 @@ fn reference(model: &Model, x: &[f64]) -> Vec<f64> {
 }
 
 fn config(bits: u32, mode: ActivationMode) -> QuantConfig {
-    QuantConfig { bits, extra_bits: 0, act_bits: bits, mode, noise_bound: LweParams::with_bits(bits).unwrap().noise_bound, headroom: 0.9 }
+    QuantConfig { bits, extra_bits: 0, act_bits: bits, mode, noise_bound: LweParams::with_bits(bits).unwrap().noise_bound, headroom: 0.9, clip: 1.0 }
 }
 
 /// A wide accumulator: `bits` read by the bootstrap, `extra` below, `act` bits per value.
 fn wide(bits: u32, extra: u32, act: u32, mode: ActivationMode) -> QuantConfig {
-    QuantConfig { bits, extra_bits: extra, act_bits: act, mode, noise_bound: LweParams::with_accumulator(bits, extra).unwrap().noise_bound, headroom: 0.9 }
+    QuantConfig { bits, extra_bits: extra, act_bits: act, mode, noise_bound: LweParams::with_accumulator(bits, extra).unwrap().noise_bound, headroom: 0.9, clip: 1.0 }
 }
 
 #[test]
@@ -213,6 +213,28 @@ fn quantisation_error_is_bounded_and_shrinks_with_precision() {
     assert!(errs[1] < 0.5 && errs[2] < 0.12 && errs[3] < 0.07, "relative errors: {errs:?}");
     assert!(errs[1] < errs[0], "extra accumulator bits must help: {errs:?}");
     assert!(errs[3] < errs[2] && errs[2] < errs[1], "more bits must help: {errs:?}");
+}
+
+#[test]
+fn a_calibration_quantile_below_one_lets_an_outlier_saturate() {
+    // One calibration image 30 times too large drives the polynomials far outside their
+    // normalised ranges: with clip = 1 its extremes set every step and the ordinary images
+    // lose their resolution; the 0.99 quantile ignores it (it is 1 image in 200).
+    let m = poly_cnn(5, Some(Approximated::Relu));
+    let real = RealPlan::compile(&m, ActivationMode::Poly).unwrap();
+    let normal = images(&m, 199, 11);
+    let test = images(&m, 20, 12);
+    let mut with_outlier = normal.clone();
+    with_outlier.push(normal[0].iter().map(|v| v * 30.0).collect());
+    let cfg = wide(6, 4, 5, ActivationMode::Poly);
+    let error = |calib: &[Vec<f64>], clip: f64| relative_error(&QuantPlan::calibrate(&real, calib, QuantConfig { clip, ..cfg }).unwrap(), &real, &test);
+    let (clean, stretched, clipped) = (error(&normal, 1.0), error(&with_outlier, 1.0), error(&with_outlier, 0.99));
+    assert!(stretched > 3.0 * clean, "the outlier should have coarsened the plan: clean {clean}, stretched {stretched}");
+    assert!(clipped < 2.0 * clean, "the quantile should have ignored the outlier: clean {clean}, clipped {clipped}");
+    for bad in [0.3, 1.5, f64::NAN] {
+        let e = QuantPlan::calibrate(&real, &normal, QuantConfig { clip: bad, ..cfg }).unwrap_err();
+        assert!(e.to_string().contains("clip"), "{e}");
+    }
 }
 
 #[test]

@@ -43,6 +43,9 @@ pub struct TfheParams {
     pub calibration_images: usize,
     /// Fraction of the signed range the calibrated maximum of an accumulator may use.
     pub headroom: f64,
+    /// Calibration quantile that sets every range (default 1: the maximum); e.g. 0.9999 lets
+    /// a few outlying calibration values saturate instead of coarsening a whole channel.
+    pub clip: f64,
     /// Divides the set's noise bound when choosing accumulator steps (default 1). With
     /// `extra_bits` > 0 a sum within noise of a box boundary reads the neighbouring box; a
     /// margin of m makes that m times rarer at the cost of coarser steps.
@@ -56,7 +59,7 @@ pub struct TfheParams {
 
 impl Default for TfheParams {
     fn default() -> Self {
-        TfheParams { bits: 5, extra_bits: 6, act_bits: Some(4), activation: None, calibration: None, calibration_images: 256, headroom: 0.9, noise_margin: 1.0, save_plan: None, probe: None }
+        TfheParams { bits: 5, extra_bits: 6, act_bits: Some(4), activation: None, calibration: None, calibration_images: 256, headroom: 0.9, clip: 1.0, noise_margin: 1.0, save_plan: None, probe: None }
     }
 }
 
@@ -123,7 +126,7 @@ fn settings(params: &str, activation: Option<&str>) -> Result<(TfheParams, Activ
     }
     let lwe = LweParams::with_accumulator(p.bits, p.extra_bits).map_err(|e| anyhow::anyhow!("{e}"))?;
     let noise_bound = lwe.noise_bound / p.noise_margin;
-    let config = QuantConfig { bits: p.bits, extra_bits: p.extra_bits, act_bits: p.act_bits.unwrap_or(p.bits), mode, noise_bound, headroom: p.headroom };
+    let config = QuantConfig { bits: p.bits, extra_bits: p.extra_bits, act_bits: p.act_bits.unwrap_or(p.bits), mode, noise_bound, headroom: p.headroom, clip: p.clip };
     Ok((p, mode, lwe, config))
 }
 

@@ -247,6 +247,9 @@ fn tfhe_run_reproduces_its_quantised_simulation_and_names_bad_requests() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("4 to 8 bits"), "{}", String::from_utf8_lossy(&bad.stderr));
     let bad = bin().args(["run", "--backend", "tfhe", "--params", r#"{"noise_margin": 0.5}"#, "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("noise_margin must be"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let bad = bin().args(["run", "--backend", "tfhe", "--params", r#"{"clip": 1.5, "activation": "poly"}"#, "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("calibration quantile (clip)"), "{}", String::from_utf8_lossy(&bad.stderr));
     let bad = bin().args(["run", "--backend", "clear", "--activation", "exact", "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("needs the tfhe backend"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
