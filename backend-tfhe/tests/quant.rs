@@ -235,6 +235,11 @@ fn a_calibration_quantile_below_one_lets_an_outlier_saturate() {
         let e = QuantPlan::calibrate(&real, &normal, QuantConfig { clip: bad, ..cfg }).unwrap_err();
         assert!(e.to_string().contains("clip"), "{e}");
     }
+    // A calibration image that makes the network non-finite is named, not turned into NaN steps.
+    let mut broken = normal.clone();
+    broken[3][0] = f64::NAN;
+    let e = QuantPlan::calibrate(&real, &broken, cfg).unwrap_err().to_string();
+    assert!(e.contains("non-finite") && e.contains("calibration image"), "{e}");
 }
 
 #[test]

@@ -43,7 +43,7 @@ pub struct TfheParams {
     pub calibration_images: usize,
     /// Fraction of the signed range the calibrated maximum of an accumulator may use.
     pub headroom: f64,
-    /// Calibration quantile that sets every range (default 1: the maximum); e.g. 0.9999 lets
+    /// Calibration quantile that sets every range (default 1: the maximum); e.g. 0.99 lets
     /// a few outlying calibration values saturate instead of coarsening a whole channel.
     pub clip: f64,
     /// Divides the set's noise bound when choosing accumulator steps (default 1). With
