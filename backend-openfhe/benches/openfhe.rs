@@ -8,11 +8,11 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use peregrine_core::backend::{Backend, Client, KeyRequest, Scheme};
-use peregrine_openfhe::{OpenFheParams, OpenFheScheme};
+use peregrine_backend::{Backend, Client, KeyRequest, Scheme};
+use backend_openfhe::{OpenFheParams, OpenFheScheme};
 
 fn primitives(c: &mut Criterion) {
-    if !peregrine_openfhe::AVAILABLE {
+    if !backend_openfhe::AVAILABLE {
         eprintln!("SKIPPED: OpenFHE was not found when this was built");
         return;
     }

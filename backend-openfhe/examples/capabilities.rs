@@ -5,11 +5,11 @@
 
 #![cfg_attr(not(openfhe), allow(unused, unreachable_code))]
 
-use peregrine_core::backend::Scheme;
-use peregrine_openfhe::{OpenFheParams, OpenFheScheme};
+use peregrine_backend::Scheme;
+use backend_openfhe::{OpenFheParams, OpenFheScheme};
 
 fn main() {
-    if !peregrine_openfhe::AVAILABLE {
+    if !backend_openfhe::AVAILABLE {
         eprintln!("{}", openfhe_sys_reason());
         std::process::exit(1);
     }

@@ -2,7 +2,7 @@
 //!
 //! It implements [`Scheme`], [`Client`] and [`Backend`] on an installed OpenFHE through
 //! `openfhe-sys` (FIXEDMANUAL scaling, HYBRID key switching, uniform ternary secret), and is
-//! also built as a run-time plugin (`libperegrine_openfhe.so`, backend name `openfhe`).
+//! also built as a run-time plugin (`libbackend_openfhe.so`, backend name `openfhe`).
 //!
 //! - **Security:** by default N = 2^16 and log2(Q·P) is checked against the 128-bit table
 //!   ([`params::MAX_LOG_QP_128`]); smaller rings need `insecure_test_only`, which is reported
@@ -40,4 +40,4 @@ pub const AVAILABLE: bool = openfhe_sys::AVAILABLE;
 /// The OpenFHE scheme: parameters, key generation, server reconstruction.
 pub struct OpenFheScheme;
 
-peregrine_core::export_plugin!(crate::OpenFheScheme);
+peregrine_backend::export_plugin!(crate::OpenFheScheme);

@@ -5,7 +5,7 @@ use std::ffi::{c_char, CStr};
 use std::ptr;
 
 use openfhe_sys as sys;
-use peregrine_core::error::BackendError;
+use peregrine_backend::BackendError;
 
 type R<T> = Result<T, BackendError>;
 
@@ -24,7 +24,7 @@ fn call(op: &str, f: impl FnOnce(*mut *mut c_char) -> i32) -> R<()> {
     if f(&mut e) == 0 {
         Ok(())
     } else {
-        Err(BackendError::Other(format!("{op}: {}", take_err(e))))
+        Err(BackendError::Library(format!("{op}: {}", take_err(e))))
     }
 }
 
@@ -186,12 +186,12 @@ impl Ctx {
     /// The context and evaluation keys, serialised (never the secret key), appended to `out`
     /// as OpenFHE writes them (the keys are never held twice on the C++ side).
     pub fn evaluation_keys_into(&self, out: &mut dyn std::io::Write) -> R<()> {
-        use peregrine_core::plugin::sink::{write_sink, SinkTarget};
+        use peregrine_backend::plugin::sink::{write_sink, SinkTarget};
         let mut t = SinkTarget::new(out);
         let ctx = t.as_ctx();
         let r = call("serialise evaluation keys", |e| unsafe { sys::pf_serialize_eval_keys(self.0, write_sink, ctx, e) });
         match t.take_error() {
-            Some(e) => Err(BackendError::Other(format!("writing evaluation keys: {e}"))),
+            Some(e) => Err(BackendError::io("writing evaluation keys", &e)),
             None => r,
         }
     }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use peregrine_core::error::BackendError;
+use peregrine_backend::BackendError;
 
 /// Largest log2(Q·P) for 128-bit classical security with a uniform ternary secret, per ring
 /// dimension: the HomomorphicEncryption.org standard table (N ≤ 2^15) and OpenFHE's extension

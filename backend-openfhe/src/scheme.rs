@@ -4,10 +4,10 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Once};
 
 use openfhe_sys::PfParams;
-use peregrine_core::backend::{
+use peregrine_backend::{
     normalize_rotation, same_level, same_scale, BResult, Backend, Capabilities, Client, KeyRequest, Scheme,
 };
-use peregrine_core::error::BackendError;
+use peregrine_backend::BackendError;
 use serde::{Deserialize, Serialize};
 
 use crate::native::{bootstrap_depth, Ctx, Info, RawCt};
@@ -203,7 +203,7 @@ impl Scheme for OpenFheScheme {
     /// Maps the file instead of reading it: at N = 2^16 the keys are gigabytes, and mapped
     /// pages can be dropped by the kernel once OpenFHE has built its own copy.
     fn server_from_file(path: &std::path::Path) -> BResult<OpenFheServer> {
-        let what = |e: std::io::Error| BackendError::Other(format!("reading evaluation keys {}: {e}", path.display()));
+        let what = |e: std::io::Error| BackendError::io(format!("reading evaluation keys {}", path.display()), &e);
         let file = std::fs::File::open(path).map_err(what)?;
         // SAFETY: the mapping is only read, while this function runs; a concurrent writer of the
         // key file could change the bytes under us, which OpenFHE's parser then rejects.
@@ -254,7 +254,8 @@ fn split_header<'a>(bytes: &'a [u8], magic: &[u8; 8], what: &'static str) -> BRe
 
 /// Joins `magic | u32 header length | JSON header | OpenFHE bytes`.
 fn join_header(magic: &[u8; 8], header: &KeyHeader, body: &[u8]) -> BResult<Vec<u8>> {
-    let h = serde_json::to_vec(header).map_err(|e| BackendError::Other(e.to_string()))?;
+    let h = serde_json::to_vec(header)
+        .map_err(|e| BackendError::Serialize { what: "OpenFHE key header", detail: e.to_string() })?;
     let mut out = Vec::with_capacity(12 + h.len() + body.len());
     out.extend_from_slice(magic);
     out.extend_from_slice(&(h.len() as u32).to_le_bytes());
@@ -381,9 +382,9 @@ impl Client for OpenFheClient {
     }
     fn write_evaluation_keys(&self, out: &mut dyn std::io::Write) -> BResult<()> {
         let header = join_header(KEYS_MAGIC, &self.0.header(), &[])?;
-        out.write_all(&header).map_err(|e| BackendError::Other(format!("writing evaluation keys: {e}")))?;
+        out.write_all(&header).map_err(|e| BackendError::io("writing evaluation keys", &e))?;
         self.0.ctx.evaluation_keys_into(out).map_err(|e| {
-            BackendError::Other(format!(
+            BackendError::Library(format!(
                 "{e} (evaluation keys can only be exported by the client that generated them; use the saved key file)"
             ))
         })

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeSet;
 
-use peregrine_core::backend::{BResult, Backend, Capabilities, Client, KeyRequest, Scheme};
-use peregrine_core::error::BackendError;
+use peregrine_backend::{BResult, Backend, Capabilities, Client, KeyRequest, Scheme};
+use peregrine_backend::BackendError;
 
 use crate::{OpenFheParams, OpenFheScheme};
 
 fn unavailable<T>() -> BResult<T> {
-    Err(BackendError::Other(openfhe_sys::UNAVAILABLE_REASON.into()))
+    Err(BackendError::Library(openfhe_sys::UNAVAILABLE_REASON.into()))
 }
 
 /// Uninhabited: OpenFHE is unavailable in this build.

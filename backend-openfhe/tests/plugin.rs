@@ -1,4 +1,4 @@
-//! The OpenFHE backend loaded at run time as a plugin (`libperegrine_openfhe.so`) computes the
+//! The OpenFHE backend loaded at run time as a plugin (`libbackend_openfhe.so`) computes the
 //! same results as the statically linked crate, to CKKS precision, and reports the same
 //! capabilities. Without OpenFHE at build time this test is reported as ignored.
 
@@ -6,9 +6,9 @@
 
 use std::path::PathBuf;
 
-use peregrine_core::backend::*;
-use peregrine_core::plugin::Plugin;
-use peregrine_openfhe::{OpenFheParams, OpenFheScheme};
+use peregrine_backend::*;
+use peregrine_backend::plugin::Plugin;
+use backend_openfhe::{OpenFheParams, OpenFheScheme};
 
 mod common;
 use common::{workload, STEPS};
@@ -27,7 +27,7 @@ fn built_lib(stem: &str) -> PathBuf {
 #[test]
 #[cfg_attr(not(openfhe), ignore = "OpenFHE was not found when this was built")]
 fn plugin_matches_the_linked_backend() {
-    let plugin = Plugin::load(built_lib("peregrine_openfhe")).unwrap();
+    let plugin = Plugin::load(built_lib("backend_openfhe")).unwrap();
     assert_eq!(plugin.name(), "openfhe");
     let p = OpenFheParams::insecure_for_tests(12, 6);
     let json = serde_json::to_string(&p).unwrap();
@@ -58,7 +58,7 @@ fn plugin_matches_the_linked_backend() {
 #[test]
 #[cfg_attr(not(openfhe), ignore = "OpenFHE was not found when this was built")]
 fn keys_stream_to_a_file_and_servers_share_or_load_them_through_the_plugin() {
-    let plugin = Plugin::load(built_lib("peregrine_openfhe")).unwrap();
+    let plugin = Plugin::load(built_lib("backend_openfhe")).unwrap();
     let p = OpenFheParams::insecure_for_tests(11, 3);
     let json = serde_json::to_string(&p).unwrap();
     let client = plugin.keygen(&json, &KeyRequest::rotations([1, 5, 77])).unwrap();

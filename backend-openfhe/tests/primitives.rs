@@ -9,10 +9,10 @@
 
 use std::collections::BTreeSet;
 
-use peregrine_core::backend::*;
-use peregrine_core::clear::{ClearParams, ClearScheme};
-use peregrine_core::error::BackendError;
-use peregrine_openfhe::{OpenFheParams, OpenFheScheme};
+use peregrine_backend::*;
+use backend_clear::{ClearParams, ClearScheme};
+use peregrine_backend::BackendError;
+use backend_openfhe::{OpenFheParams, OpenFheScheme};
 
 mod common;
 use common::{random, workload, STEPS};

@@ -4,7 +4,7 @@
 //! `cargo bench -p backend-tfhe --bench tfhe`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use peregrine_tfhe::lwe::{LweClient, LweParams};
+use backend_tfhe::lwe::{LweClient, LweParams};
 
 fn bootstrap(c: &mut Criterion) {
     let mut g = c.benchmark_group("tfhe");

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use peregrine_tfhe::lwe::{LweClient, LweParams};
+use backend_tfhe::lwe::{LweClient, LweParams};
 
 fn main() {
     let bits: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();

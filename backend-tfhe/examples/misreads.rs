@@ -17,8 +17,8 @@
 
 use std::time::Instant;
 
-use peregrine_tfhe::lwe::{LweClient, LweParams};
-use peregrine_tfhe::quant::apply_table;
+use backend_tfhe::lwe::{LweClient, LweParams};
+use backend_tfhe::quant::apply_table;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;

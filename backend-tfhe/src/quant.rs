@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 
-use peregrine_core::ir::{Activation, Model, Op, INPUT};
+use peregrine_model::ir::{Activation, Model, Op, INPUT};
 use serde::{Deserialize, Serialize};
 
 /// How activation nodes are evaluated by the lookup tables.

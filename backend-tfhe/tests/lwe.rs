@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use peregrine_tfhe::lwe::{LweClient, LweError, LweParams, LweServer};
+use backend_tfhe::lwe::{LweClient, LweError, LweParams, LweServer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -127,7 +127,7 @@ fn with_one_extra_bit_every_boundary_value_reads_its_own_box() {
             let mut terms = vec![(&x, 1i64)];
             terms.extend(zeros.iter().map(|z| (z, w)));
             let sum = s.weighted_sum(&terms, 0).unwrap();
-            let want = peregrine_tfhe::quant::apply_table(&table, v, 4, 1);
+            let want = backend_tfhe::quant::apply_table(&table, v, 4, 1);
             assert_eq!(want, if v == edge { b } else { b - 1 });
             assert_eq!(c.decrypt(&s.bootstrap(&sum, &lut)), want, "value {v} next to the boundary of box {b}");
             checked += 1;

@@ -9,11 +9,11 @@
 use std::sync::OnceLock;
 
 use ndarray::{ArrayD, IxDyn};
-use peregrine_core::ir::*;
-use peregrine_core::reference::Reference;
-use peregrine_tfhe::engine::{decrypt_logits, encrypt_image, probe, run, run_observed, PreparedPlan};
-use peregrine_tfhe::lwe::{LweClient, LweError, LweParams, LweServer};
-use peregrine_tfhe::quant::{apply_table, wrap, ActivationMode, QuantConfig, QuantPlan, RealPlan};
+use peregrine_model::ir::*;
+use peregrine_model::reference::Reference;
+use backend_tfhe::engine::{decrypt_logits, encrypt_image, probe, run, run_observed, PreparedPlan};
+use backend_tfhe::lwe::{LweClient, LweError, LweParams, LweServer};
+use backend_tfhe::quant::{apply_table, wrap, ActivationMode, QuantConfig, QuantPlan, RealPlan};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -2,8 +2,8 @@
 //! Run with `cargo bench -p peregrine-benches --bench clear_backend`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use peregrine_core::backend::{Backend, Client, KeyRequest, Scheme};
-use peregrine_core::clear::{ClearParams, ClearScheme, NoiseModel};
+use peregrine_backend::{Backend, Client, KeyRequest, Scheme};
+use backend_clear::{ClearParams, ClearScheme, NoiseModel};
 
 fn primitives(c: &mut Criterion) {
     for (label, noise) in [("exact", None), ("ckks_noise", Some(NoiseModel::ckks(1 << 16)))] {

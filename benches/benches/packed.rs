@@ -4,9 +4,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use ndarray::{ArrayD, IxDyn};
-use peregrine_core::backend::{Client, Scheme};
-use peregrine_core::clear::{ClearParams, ClearScheme};
-use peregrine_core::ir::*;
+use peregrine_backend::{Client, Scheme};
+use backend_clear::{ClearParams, ClearScheme};
+use peregrine_model::ir::*;
 use peregrine_ops::{compile, encrypt_input, execute, plan};
 
 fn layer_model() -> Model {

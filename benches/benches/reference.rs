@@ -2,9 +2,9 @@
 //! Needs `../shared`; run with `cargo bench -p peregrine-benches --bench reference`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use peregrine_core::data::{load_cifar10, preprocess};
-use peregrine_core::import::import_cifar_resnet;
-use peregrine_core::reference::Reference;
+use peregrine_data::{load_cifar10, preprocess};
+use peregrine_model::import::import_cifar_resnet;
+use peregrine_model::reference::Reference;
 
 fn resnet20(c: &mut Criterion) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared");

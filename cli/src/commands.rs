@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use peregrine_core::backend::Scheme;
-use peregrine_core::clear::{ClearParams, ClearScheme};
-use peregrine_core::data::{load_cifar10, load_image, preprocess};
-use peregrine_core::format::{load_model, save_model};
-use peregrine_core::import::import_cifar_resnet;
-use peregrine_core::plugin::discover;
-use peregrine_core::reference::{argmax_rows, Real, Reference, NO_PREDICTION};
+use peregrine_backend::Scheme;
+use backend_clear::{ClearParams, ClearScheme};
+use peregrine_data::{load_cifar10, load_image, preprocess};
+use peregrine_model::format::{load_model, save_model};
+use peregrine_model::import::import_cifar_resnet;
+use peregrine_backend::plugin::discover;
+use peregrine_model::reference::{argmax_rows, Real, Reference, NO_PREDICTION};
 use rayon::prelude::*;
 use serde_json::json;
 
@@ -48,11 +48,11 @@ pub fn import_resnet(depth: usize, weights: &Path, output: &Path, json: bool) ->
 
 /// `peregrine import small-cnn`: a freshly initialised small CNN to train.
 pub fn import_small_cnn(widths: &[usize], seed: u64, output: &Path, json: bool) -> Result<()> {
-    let model = peregrine_core::import::small_cnn(widths, seed)?;
+    let model = peregrine_model::import::small_cnn(widths, seed)?;
     write_imported(&model, output, json)
 }
 
-fn write_imported(model: &peregrine_core::ir::Model, output: &Path, json: bool) -> Result<()> {
+fn write_imported(model: &peregrine_model::ir::Model, output: &Path, json: bool) -> Result<()> {
     save_model(model, output)?;
     if json {
         println!(

@@ -7,14 +7,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use ndarray::{ArrayD, IxDyn};
-use peregrine_core::backend::{Backend, Capabilities, Client, Scheme};
-use peregrine_core::clear::{ClearParams, ClearScheme};
-use peregrine_core::data::{load_cifar10, load_image, preprocess};
-use peregrine_core::format::{load_model, save_model};
-use peregrine_core::ir::Model;
-use peregrine_core::plugin::{discover, Plugin};
-use peregrine_core::reference::Reference;
-use peregrine_core::transform::convert;
+use peregrine_backend::{Backend, Capabilities, Client, Scheme};
+use backend_clear::{ClearParams, ClearScheme};
+use peregrine_data::{load_cifar10, load_image, preprocess};
+use peregrine_model::format::{load_model, save_model};
+use peregrine_model::ir::Model;
+use peregrine_backend::plugin::{discover, Plugin};
+use peregrine_model::reference::Reference;
+use peregrine_model::transform::convert;
 use peregrine_ops::exec::decrypt_tensor;
 use peregrine_ops::{compile, decrypt_output, encrypt_input, execute, plan, with_key_budget, Plan};
 use serde_json::json;
@@ -261,7 +261,7 @@ impl std::io::Write for ByteCounter {
 /// only streamed through a byte counter; otherwise they are serialised and read back.
 fn server_for<C: Client>(
     client: &C,
-    from_bytes: impl FnOnce(&[u8]) -> peregrine_core::backend::BResult<C::Backend>,
+    from_bytes: impl FnOnce(&[u8]) -> peregrine_backend::BResult<C::Backend>,
     quiet: bool,
 ) -> Result<(C::Backend, usize)> {
     if let Some(server) = client.local_server()? {

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use peregrine_core::data::{load_cifar10, LabeledImages};
-use peregrine_core::format::{load_model, save_model};
+use peregrine_data::{load_cifar10, LabeledImages};
+use peregrine_model::format::{load_model, save_model};
 use peregrine_sft::train::{evaluate, FinetuneConfig, Finetuner};
 
 /// Prefix of the recorded target of a TFHE quantisation-aware run (its parameters follow).
@@ -209,7 +209,7 @@ pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
     if let (Some(acc), false) = (baseline, a.json) {
         eprintln!("epoch 0 (calibrated conversion): test accuracy {:.2} % on {} images", acc * 100.0, test.as_ref().map_or(0, |t| t.len()));
     }
-    let simulated_accuracy = |model: &peregrine_core::ir::Model| -> Result<Option<f64>> {
+    let simulated_accuracy = |model: &peregrine_model::ir::Model| -> Result<Option<f64>> {
         match (&simulated, &test) {
             (Some(sim), Some(t)) => sim(model, t).map(Some),
             _ => Ok(None),

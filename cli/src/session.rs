@@ -17,10 +17,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use ndarray::{ArrayD, IxDyn};
-use peregrine_core::backend::{Backend, Client, Scheme};
-use peregrine_core::clear::ClearScheme;
-use peregrine_core::data::{load_cifar10, preprocess};
-use peregrine_core::reference::Reference;
+use peregrine_backend::{Backend, Client, Scheme};
+use backend_clear::ClearScheme;
+use peregrine_data::{load_cifar10, preprocess};
+use peregrine_model::reference::Reference;
 use peregrine_ops::{decrypt_output, encrypt_input, execute, Plan};
 use serde::{Deserialize, Serialize};
 use serde_json::json;

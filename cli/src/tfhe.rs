@@ -10,15 +10,15 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use ndarray::{ArrayD, IxDyn};
-use peregrine_core::data::{load_cifar10, load_image, preprocess};
-use peregrine_core::format::load_model;
-use peregrine_core::ir::InputSpec;
-use peregrine_core::reference::Reference;
-use peregrine_tfhe::engine::{decrypt_logits, encrypt_image, probe, run, PreparedPlan};
-use peregrine_tfhe::lwe::{LweClient, LweParams};
+use peregrine_data::{load_cifar10, load_image, preprocess};
+use peregrine_model::format::load_model;
+use peregrine_model::ir::InputSpec;
+use peregrine_model::reference::Reference;
+use backend_tfhe::engine::{decrypt_logits, encrypt_image, probe, run, PreparedPlan};
+use backend_tfhe::lwe::{LweClient, LweParams};
 use candle_core::Tensor;
 use peregrine_sft::train::{candle_err, to_channels_last, Quantiser, Substitute};
-use peregrine_tfhe::quant::{ActivationMode, QuantConfig, QuantPlan, RealPlan, RealValues};
+use backend_tfhe::quant::{ActivationMode, QuantConfig, QuantPlan, RealPlan, RealValues};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -105,7 +105,7 @@ struct Calibrated {
     params: TfheParams,
     mode: ActivationMode,
     lwe: LweParams,
-    model: peregrine_core::ir::Model,
+    model: peregrine_model::ir::Model,
     real: RealPlan,
     plan: QuantPlan,
     calibration: PathBuf,
@@ -140,7 +140,7 @@ fn calibration_images(p: &TfheParams, data: Option<&Path>, input: &InputSpec) ->
 }
 
 /// Compiles `model` and calibrates its quantisation on `images`.
-fn compile(model: &peregrine_core::ir::Model, mode: ActivationMode, config: QuantConfig, images: &[Vec<f64>]) -> Result<(RealPlan, QuantPlan)> {
+fn compile(model: &peregrine_model::ir::Model, mode: ActivationMode, config: QuantConfig, images: &[Vec<f64>]) -> Result<(RealPlan, QuantPlan)> {
     let real = RealPlan::compile(model, mode).map_err(|e| anyhow::anyhow!("{e}")).with_context(|| format!("compiling {} for tfhe", model.graph().name))?;
     let plan = QuantPlan::calibrate(&real, images, config).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((real, plan))
@@ -167,7 +167,7 @@ pub fn quantisation_aware(params: &str, data: &Path, input: &InputSpec) -> Resul
     let images = std::sync::Arc::new(images);
     let cal = images.clone();
     let quantiser: Quantiser = Box::new(move |model, x| {
-        let fail = |e: anyhow::Error| peregrine_core::Error::Unsupported(format!("quantisation-aware training: {e:#}"));
+        let fail = |e: anyhow::Error| peregrine_sft::SftError::Unsupported(format!("quantisation-aware training: {e:#}"));
         let (_, plan) = compile(model, mode, config, &cal).map_err(fail)?;
         // The batch is channels-last; the plan reads images C×H×W.
         let b = x.dims4().map_err(candle_err)?.0;
@@ -209,7 +209,7 @@ pub fn quantisation_aware(params: &str, data: &Path, input: &InputSpec) -> Resul
 }
 
 /// Top-1 accuracy of a model's quantised simulation on labelled images.
-pub type SimulatedAccuracy = Box<dyn Fn(&peregrine_core::ir::Model, &peregrine_core::data::LabeledImages) -> Result<f64>>;
+pub type SimulatedAccuracy = Box<dyn Fn(&peregrine_model::ir::Model, &peregrine_data::LabeledImages) -> Result<f64>>;
 
 /// Runs `model` on the TFHE backend.
 #[allow(clippy::too_many_arguments)]

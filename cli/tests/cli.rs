@@ -79,7 +79,7 @@ fn backends_lists_builtin_and_discovered_plugins() {
     let dir = tmp("plugins");
     std::fs::create_dir_all(&dir).unwrap();
     let exe = std::env::current_exe().unwrap();
-    let name = format!("{}peregrine_clear_plugin{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    let name = format!("{}backend_clear{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
     let so = [exe.parent().unwrap().join(&name), exe.parent().unwrap().parent().unwrap().join(&name)]
         .into_iter()
         .find(|p| p.exists())

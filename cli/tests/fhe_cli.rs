@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use common::*;
 
 use ndarray::{ArrayD, IxDyn};
-use peregrine_core::format::save_model;
-use peregrine_core::ir::*;
+use peregrine_model::format::save_model;
+use peregrine_model::ir::*;
 
 /// A small CIFAR-shaped model with polynomial activations: conv s2 → poly4 → GAP → linear.
 fn small_model(tag: &str) -> PathBuf {

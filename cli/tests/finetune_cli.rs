@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use peregrine_core::format::load_model;
+use peregrine_model::format::load_model;
 
 fn resnet20(tag: &str) -> std::path::PathBuf {
     let relu = tmp(&format!("r20-ft-{tag}.safetensors"));

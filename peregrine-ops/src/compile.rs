@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use peregrine_core::ir::{Activation, Model, Op, INPUT};
+use peregrine_model::ir::{Activation, Model, Op, INPUT};
 use peregrine_gip::linear::Window;
 use peregrine_gip::{DiagonalPlan, Gip, Layout, LinearMap};
 use serde::Serialize;

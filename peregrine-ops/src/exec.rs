@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use peregrine_core::backend::{power_basis, BResult, Backend, Client};
+use peregrine_backend::{power_basis, BResult, Backend, Client};
 use rayon::prelude::*;
 use serde::Serialize;
 

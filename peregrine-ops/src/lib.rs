@@ -1,6 +1,6 @@
 //! # peregrine-ops
 //!
-//! From a validated model to encrypted execution on any [`Backend`](peregrine_core::backend::Backend):
+//! From a validated model to encrypted execution on any [`Backend`](peregrine_backend::Backend):
 //! - [`compile`]: turns the graph into a [`Program`] of packed steps. Chains of linear layers
 //!   (convolution + batch norm, residual additions with their branches, pooling + fully
 //!   connected…) are composed into one sparse map each and scheduled as diagonals
@@ -46,7 +46,7 @@ pub enum OpsError {
         /// The step.
         step: String,
         /// The backend's error (shown in the message, so not chained again).
-        cause: peregrine_core::BackendError,
+        cause: peregrine_backend::BackendError,
     },
     /// Input or output did not match the plan.
     #[error("shape error: {0}")]

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use peregrine_core::backend::{Capabilities, KeyRequest};
+use peregrine_backend::{Capabilities, KeyRequest};
 use serde::Serialize;
 
 use crate::compile::{Program, Step, StepKind, TensorId, TensorInfo};
@@ -87,7 +87,7 @@ impl Plan {
 
 /// Levels a polynomial of degree `d` consumes with per-slot coefficients: ⌈log2 d⌉ + 1.
 pub fn poly_levels(d: usize) -> usize {
-    peregrine_core::backend::poly_depth(d)
+    peregrine_backend::poly_depth(d)
 }
 
 fn step_needs(step: &Step) -> usize {

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 
 use ndarray::{ArrayD, IxDyn};
-use peregrine_core::backend::{Client, Scheme};
-use peregrine_core::clear::{ClearBootstrap, ClearParams, ClearScheme, NoiseModel};
-use peregrine_core::ir::*;
-use peregrine_core::reference::Reference;
+use peregrine_backend::{Client, Scheme};
+use backend_clear::{ClearBootstrap, ClearParams, ClearScheme, NoiseModel};
+use peregrine_model::ir::*;
+use peregrine_model::reference::Reference;
 use peregrine_ops::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 

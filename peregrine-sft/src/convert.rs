@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 
 use ndarray::{ArrayD, Axis, IxDyn};
-use peregrine_core::ir::{Activation, Approximated, Model, Node, Op};
-use peregrine_core::reference::Reference;
-use peregrine_core::{Error, Result};
+use peregrine_model::ir::{Activation, Approximated, Model, Node, Op};
+use peregrine_model::reference::Reference;
+use crate::error::{Result, SftError};
 
 use crate::hermite::{gelu, hermite_polynomial, relu, silu};
 use crate::polyact::PolyActRn;
@@ -91,7 +91,7 @@ pub fn fold_batch_norms(model: &Model) -> Result<Model> {
     if let Some(c) = folded.get(&graph.output) {
         graph.output = c.clone();
     }
-    Model::new(graph, weights)
+    Ok(Model::new(graph, weights)?)
 }
 
 /// Zero-epoch SFT conversion: folds batch norms, calibrates PolyAct-RN ranges as running maxima
@@ -99,7 +99,7 @@ pub fn fold_batch_norms(model: &Model) -> Result<Model> {
 /// per-channel polynomial activations (degree `degree`, bound `bound`).
 pub fn convert(model: &Model, degree: usize, bound: f64, inputs: &ArrayD<f32>, batch: usize) -> Result<Model> {
     if !(1..=16).contains(&degree) {
-        return Err(Error::Unsupported(format!("polynomial degree must be 1..=16, got {degree}")));
+        return Err(SftError::Unsupported(format!("polynomial degree must be 1..=16, got {degree}")));
     }
     let model = fold_batch_norms(model)?;
     let g = model.graph();
@@ -115,7 +115,7 @@ pub fn convert(model: &Model, degree: usize, bound: f64, inputs: &ArrayD<f32>, b
                 Activation::Poly { .. } => continue,
             };
             let Some(j) = model.node_index(&n.inputs[0]) else {
-                return Err(Error::Unsupported(format!("activation '{}' directly on the model input", n.name)));
+                return Err(SftError::Unsupported(format!("activation '{}' directly on the model input", n.name)));
             };
             let channels = model.shape(j)[0];
             layers.insert(n.name.clone(), PolyActRn::new(hermite_polynomial(f, degree), channels, bound));
@@ -160,5 +160,5 @@ pub fn convert(model: &Model, degree: usize, bound: f64, inputs: &ArrayD<f32>, b
         }
     }
     graph.name = format!("{}-sft{degree}-e0", graph.name);
-    Model::new(graph, weights)
+    Ok(Model::new(graph, weights)?)
 }

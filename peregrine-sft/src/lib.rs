@@ -15,6 +15,9 @@
 #![warn(missing_docs)]
 
 pub mod convert;
+pub mod error;
 pub mod hermite;
 pub mod polyact;
 pub mod train;
+
+pub use error::{Result, SftError};

@@ -56,8 +56,8 @@ fn distillation_settings_are_checked() {
     assert!(e.contains("teacher.safetensors"), "{e}");
 }
 
-fn empty_model() -> peregrine_core::ir::Model {
-    use peregrine_core::ir::*;
+fn empty_model() -> peregrine_model::ir::Model {
+    use peregrine_model::ir::*;
     Model::new(
         Graph {
             version: FORMAT_VERSION,

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn};
-use peregrine_core::data::load_cifar10;
-use peregrine_core::ir::*;
+use peregrine_data::load_cifar10;
+use peregrine_model::ir::*;
 use peregrine_sft::train::{evaluate, FinetuneConfig, Finetuner};
 use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Normal};

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use peregrine_core::data::{load_cifar10, preprocess};
-use peregrine_core::import::import_cifar_resnet;
-use peregrine_core::reference::Reference;
+use peregrine_data::{load_cifar10, preprocess};
+use peregrine_model::import::import_cifar_resnet;
+use peregrine_model::reference::Reference;
 use peregrine_sft::convert::{convert, fold_batch_norms};
 use peregrine_sft::hermite::*;
 use peregrine_sft::polyact::*;
@@ -102,7 +102,7 @@ fn folding_batch_norm_keeps_the_function_and_conversion_loads() {
     let diff = a.iter().zip(b.iter()).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
     assert!(diff < 1e-4, "folded logits differ by {diff}");
     let converted = convert(&model, 4, DEFAULT_BOUND, &x, 4).unwrap();
-    let polys = converted.graph().nodes.iter().filter(|n| matches!(n.op, peregrine_core::ir::Op::Activation(peregrine_core::ir::Activation::Poly { .. }))).count();
+    let polys = converted.graph().nodes.iter().filter(|n| matches!(n.op, peregrine_model::ir::Op::Activation(peregrine_model::ir::Activation::Poly { .. }))).count();
     assert_eq!(polys, 19);
     let out = Reference::<f32>::new(&converted).run(&x).unwrap();
     assert!(out.iter().all(|v| v.is_finite()));

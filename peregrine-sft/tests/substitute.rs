@@ -20,7 +20,7 @@ fn values(t: &Tensor) -> Vec<f32> {
 fn substituted_values_go_forward_and_gradients_flow_through_the_float_graph() {
     let mut r = StdRng::seed_from_u64(7);
     // conv1 → bn1 → pool1 → relu1 → flatten → linear, 5 channels, 3 images.
-    let model = peregrine_core::import::small_cnn(&[5], 3).unwrap();
+    let model = peregrine_model::import::small_cnn(&[5], 3).unwrap();
     let mut train = TrainModel::new(&model, Activations::Keep).unwrap();
     let x = random(&mut r, &[3, 32, 32, 3], 2.0);
     let g = random(&mut r, &[3, 10], 1.0);
@@ -58,7 +58,7 @@ fn substituted_values_go_forward_and_gradients_flow_through_the_float_graph() {
 #[test]
 fn a_substitute_of_the_wrong_shape_is_refused() {
     let mut r = StdRng::seed_from_u64(8);
-    let model = peregrine_core::import::small_cnn(&[5], 3).unwrap();
+    let model = peregrine_model::import::small_cnn(&[5], 3).unwrap();
     let mut train = TrainModel::new(&model, Activations::Keep).unwrap();
     let x = random(&mut r, &[2, 32, 32, 3], 1.0);
     let sub = Substitute { nodes: HashMap::from([("relu1".to_string(), random(&mut r, &[2, 8, 8, 4], 1.0))]), logits: random(&mut r, &[2, 10], 1.0) };

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use peregrine_core::data::{load_cifar10, preprocess};
-use peregrine_core::reference::Reference;
+use peregrine_data::{load_cifar10, preprocess};
+use peregrine_model::reference::Reference;
 use peregrine_sft::train::{make_batch, Activations, Pass, TrainModel};
 
 fn shared() -> &'static Path {
@@ -17,7 +17,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn resnet20_training_graph_matches_reference() {
     let weights = shared().join("models/resnet20-cifar10.safetensors");
-    let model = peregrine_core::import::import_cifar_resnet(20, &weights).unwrap();
+    let model = peregrine_model::import::import_cifar_resnet(20, &weights).unwrap();
     let images = load_cifar10(shared().join("data/cifar10/test_batch.bin.gz"), Some(8)).unwrap();
     let idx: Vec<usize> = (0..8).collect();
     for act in [Activations::Keep, Activations::Hermite { degree: 4, bound: 3.0 }] {
@@ -38,7 +38,7 @@ fn resnet20_training_graph_matches_reference() {
 
 mod odd {
     use ndarray::{ArrayD, IxDyn};
-    use peregrine_core::ir::*;
+    use peregrine_model::ir::*;
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     fn rt(r: &mut StdRng, shape: &[usize], scale: f32) -> ArrayD<f32> {
@@ -135,7 +135,7 @@ fn every_operation_matches_the_reference_on_odd_shapes() {
         train.forward(&x, Pass::Calibrate).unwrap();
         let got: Vec<f32> = train.forward(&x, Pass::Frozen).unwrap().logits.flatten_all().unwrap().to_vec1().unwrap();
         let exported = train.export("").unwrap();
-        assert!(exported.graph().nodes.iter().all(|n| !matches!(n.op, peregrine_core::ir::Op::BatchNorm(_))), "batch norms folded on export");
+        assert!(exported.graph().nodes.iter().all(|n| !matches!(n.op, peregrine_model::ir::Op::BatchNorm(_))), "batch norms folded on export");
         let want: Vec<f32> = Reference::<f32>::new(&exported).run(&xr).unwrap().iter().copied().collect();
         let d = max_abs_diff(&got, &want);
         assert!(d < 1e-4, "{act:?}: training graph vs reference on the export differ by {d}");

@@ -1,7 +1,7 @@
 //! Shared by the OpenFHE tests: one workload over the whole backend surface.
 #![allow(dead_code)]
 
-use peregrine_core::backend::*;
+use peregrine_backend::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

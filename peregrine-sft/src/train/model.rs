@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use ndarray::{ArrayD, IxDyn};
-use peregrine_core::ir::{Activation, Approximated, Graph, Model, Op, Shape, INPUT};
-use peregrine_core::{Error, Result};
+use peregrine_model::ir::{Activation, Approximated, Graph, Model, Op, Shape, INPUT};
+use crate::error::{Result, SftError};
 
 use super::kernels::{tensor_channel_stats, BatchNormTrain, Fold, PolyAct, Unfold, Window};
 use crate::convert::fold_batch_norms;
@@ -123,8 +123,8 @@ fn to_tensor(a: &ArrayD<f32>, device: &Device) -> Result<Tensor> {
 }
 
 /// Wraps a candle error.
-pub fn candle_err(e: candle_core::Error) -> Error {
-    Error::Unsupported(format!("training kernel: {e}"))
+pub fn candle_err(e: candle_core::Error) -> SftError {
+    SftError::Candle(e)
 }
 
 fn vec_of(t: &Tensor) -> Result<Vec<f32>> {
@@ -136,10 +136,10 @@ impl TrainModel {
     pub fn new(model: &Model, activations: Activations) -> Result<Self> {
         if let Activations::Hermite { degree, bound } = activations {
             if !(1..=16).contains(&degree) {
-                return Err(Error::Unsupported(format!("polynomial degree must be 1..=16, got {degree}")));
+                return Err(SftError::Unsupported(format!("polynomial degree must be 1..=16, got {degree}")));
             }
             if !(bound > 0.0 && bound.is_finite()) {
-                return Err(Error::Unsupported(format!("the range bound must be positive, got {bound}")));
+                return Err(SftError::Unsupported(format!("the range bound must be positive, got {bound}")));
             }
         }
         let device = Device::Cpu;
@@ -183,7 +183,7 @@ impl TrainModel {
                             _ => gelu,
                         };
                         let Some(j) = input_index else {
-                            return Err(Error::Unsupported(format!("activation '{}' directly on the model input", node.name)));
+                            return Err(SftError::Unsupported(format!("activation '{}' directly on the model input", node.name)));
                         };
                         let c = channels(j);
                         let p: Vec<f32> = hermite_polynomial(f, degree).iter().map(|v| *v as f32).collect();
@@ -438,7 +438,7 @@ impl TrainModel {
     }
 
     /// The model's input (shape and preprocessing).
-    pub fn input(&self) -> &peregrine_core::ir::InputSpec {
+    pub fn input(&self) -> &peregrine_model::ir::InputSpec {
         &self.graph.input
     }
 
@@ -469,7 +469,7 @@ impl TrainModel {
         for node in graph.nodes.iter_mut() {
             let Some(state) = self.ranges.get(&node.name) else { continue };
             if state.range.iter().any(Option::is_none) {
-                return Err(Error::Unsupported(format!(
+                return Err(SftError::Unsupported(format!(
                     "activation '{}' has no range statistics yet: calibrate or train before exporting",
                     node.name
                 )));
@@ -487,7 +487,7 @@ impl TrainModel {
         if !name_suffix.is_empty() {
             graph.name = format!("{}{name_suffix}", graph.name);
         }
-        Model::new(graph, weights)
+        Ok(Model::new(graph, weights)?)
     }
 }
 

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 use ndarray::{ArrayD, IxDyn};
-use peregrine_core::data::LabeledImages;
-use peregrine_core::format::{load_model, load_tensors, save_model, tensors_to_bytes};
-use peregrine_core::ir::{InputSpec, Model};
-use peregrine_core::{Error, Result};
+use peregrine_data::LabeledImages;
+use peregrine_model::format::{load_model, load_tensors, save_model, tensors_to_bytes};
+use peregrine_model::ir::{InputSpec, Model};
+use crate::error::{Result, SftError};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -105,7 +105,7 @@ impl FinetuneConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Unsupported(m));
+        let bad = |m: String| Err(SftError::Unsupported(m));
         if self.batch == 0 {
             return bad("the batch size must be at least 1".into());
         }
@@ -182,7 +182,7 @@ pub struct EpochReport {
 pub fn make_batch(images: &LabeledImages, idx: &[usize], input: &InputSpec, rng: Option<&mut StdRng>) -> Result<Tensor> {
     let [c, h, w] = images.shape;
     if input.shape != [c, h, w] {
-        return Err(Error::Shape(format!("images are {c}×{h}×{w}, the model takes {:?}", input.shape)));
+        return Err(SftError::Unsupported(format!("images are {c}×{h}×{w}, the model takes {:?}", input.shape)));
     }
     let p = &input.preprocess;
     let scale: Vec<f32> = p.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
@@ -260,7 +260,7 @@ impl Finetuner {
             (Some(path), true) => {
                 let t = load_model(path)?;
                 if t.graph().input.shape != input.shape {
-                    return Err(Error::Unsupported(format!(
+                    return Err(SftError::Unsupported(format!(
                         "the teacher {} takes inputs {:?}, the model {:?}",
                         path.display(),
                         t.graph().input.shape,
@@ -276,16 +276,19 @@ impl Finetuner {
 
     /// Resumes the run recorded in the checkpoint JSON at `path`.
     pub fn resume(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| SftError::io(path, e))?;
         let info: CheckpointInfo = serde_json::from_str(&text)
-            .map_err(|e| Error::Data(format!("{} is not a fine-tuning checkpoint: {e}", path.display())))?;
+            .map_err(|e| SftError::Checkpoint { path: path.display().to_string(), detail: e.to_string() })?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let model = load_model(dir.join(&info.model))?;
         let mut run = Finetuner::new(&model, info.config.clone())?;
         let momenta = load_tensors(dir.join(&info.momenta))?;
         for (name, a) in momenta {
             if !run.model.params().contains_key(&name) {
-                return Err(Error::Data(format!("checkpoint momentum '{name}' matches no trainable weight")));
+                return Err(SftError::Checkpoint {
+                    path: path.display().to_string(),
+                    detail: format!("its momentum '{name}' matches no trainable weight"),
+                });
             }
             let t = Tensor::from_vec(a.iter().copied().collect::<Vec<f32>>(), a.shape(), run.model.device()).map_err(candle_err)?;
             run.momenta.insert(name, t);
@@ -302,10 +305,10 @@ impl Finetuner {
     /// statistics the quantised network does not have); statistics stay frozen.
     pub fn quantise_with(&mut self, quantiser: Quantiser) -> Result<()> {
         if self.config.quantise_for.is_none() {
-            return Err(Error::Unsupported("quantisation-aware training: record the target in the configuration's quantise_for".into()));
+            return Err(SftError::Unsupported("quantisation-aware training: record the target in the configuration's quantise_for".into()));
         }
         if self.model.has_batch_norm() {
-            return Err(Error::Unsupported(
+            return Err(SftError::Unsupported(
                 "quantisation-aware training needs batch norms folded into the convolutions (the quantised network has no batch statistics)".into(),
             ));
         }
@@ -374,7 +377,7 @@ impl Finetuner {
                 }
                 None => {
                     if self.config.quantise_for.is_some() {
-                        return Err(Error::Unsupported("this run is quantisation-aware: attach its quantiser before training".into()));
+                        return Err(SftError::Unsupported("this run is quantisation-aware: attach its quantiser before training".into()));
                     }
                     self.model.forward(&x, Pass::Train)?
                 }
@@ -400,7 +403,7 @@ impl Finetuner {
             self.steps_done += 1;
             let ce_value = ce.to_scalar::<f32>().map_err(candle_err)? as f64;
             if !ce_value.is_finite() {
-                return Err(Error::Unsupported(format!(
+                return Err(SftError::Unsupported(format!(
                     "training diverged at epoch {} step {} (loss is {ce_value}); lower --lr or raise --bound",
                     epoch + 1,
                     k + 1
@@ -451,7 +454,7 @@ impl Finetuner {
         let base = base_name(&self.name);
         let (mut graph, weights) = self.model.export_unfolded("")?.into_parts();
         graph.name = format!("{base}{suffix}");
-        Model::new(graph, weights)
+        Ok(Model::new(graph, weights)?)
     }
 
     /// Writes `<stem>.ckpt.json`, `<stem>.ckpt.safetensors` (the model with batch norms
@@ -470,7 +473,7 @@ impl Finetuner {
         }
         let bytes = tensors_to_bytes(&momenta, None)?;
         let mpath = dir.join(&momenta_file);
-        std::fs::write(&mpath, bytes).map_err(|e| Error::io(&mpath, e))?;
+        std::fs::write(&mpath, bytes).map_err(|e| SftError::io(&mpath, e))?;
         let info = CheckpointInfo {
             config: self.config.clone(),
             epochs_done: self.epochs_done,
@@ -481,7 +484,7 @@ impl Finetuner {
         };
         let path = dir.join(format!("{stem}.ckpt.json"));
         let json = serde_json::to_string_pretty(&info).expect("serialisable");
-        std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
+        std::fs::write(&path, json).map_err(|e| SftError::io(&path, e))?;
         Ok(path)
     }
 }
@@ -501,12 +504,12 @@ fn base_name(name: &str) -> &str {
 
 /// Accuracy of `model` in the f32 reference executor over `images`.
 pub fn evaluate(model: &Model, images: &LabeledImages) -> Result<f64> {
-    use peregrine_core::reference::{argmax_rows, Reference};
+    use peregrine_model::reference::{argmax_rows, Reference};
     let exec = Reference::<f32>::new(model);
     let mut correct = 0usize;
     for start in (0..images.len()).step_by(500) {
         let part = images.slice(start..(start + 500).min(images.len()));
-        let x = peregrine_core::data::preprocess::<f32>(&part.pixels, part.len(), &model.graph().input)?;
+        let x = peregrine_data::preprocess::<f32>(&part.pixels, part.len(), &model.graph().input)?;
         let y = exec.run_parallel(&x, 100)?;
         correct += argmax_rows(&y).iter().zip(&part.labels).filter(|(p, l)| **p == **l as usize).count();
     }
@@ -516,7 +519,7 @@ pub fn evaluate(model: &Model, images: &LabeledImages) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use peregrine_core::ir::*;
+    use peregrine_model::ir::*;
 
     /// conv 3→4 (3×3) → ReLU → global average pool → linear 4→10.
     fn small_model() -> Model {

@@ -1,0 +1,166 @@
+//! Model rewrites for encrypted execution without training: every ReLU / SiLU / GELU becomes a
+//! per-channel polynomial on a calibrated range, max pooling becomes average pooling.
+//!
+//! The polynomial is the least-squares fit of the activation on [−1, 1] (uniform weight),
+//! applied to `x / r_c` and scaled back by `r_c`, with `r_c` the largest |x| seen on channel
+//! `c` over calibration images. This is the "no fine-tuning" conversion; `peregrine-sft`
+//! improves on it by training.
+
+use std::collections::HashMap;
+
+use ndarray::{ArrayD, IxDyn};
+
+use crate::error::{ModelError, Result};
+use crate::ir::{Activation, Approximated, Model, Node, Op, INPUT};
+use crate::reference::Reference;
+
+/// Least-squares polynomial fit (ascending coefficients) of `f` on [−1, 1].
+pub fn fit_on_unit_interval(f: impl Fn(f64) -> f64, degree: usize) -> Vec<f64> {
+    let n = 4001;
+    let xs: Vec<f64> = (0..n).map(|i| -1.0 + 2.0 * i as f64 / (n - 1) as f64).collect();
+    let m = degree + 1;
+    // Normal equations in the Legendre-friendly monomial basis (small degree: well conditioned enough).
+    let mut a = vec![vec![0.0; m + 1]; m];
+    for &x in &xs {
+        let fx = f(x);
+        let pw: Vec<f64> = (0..m).map(|k| x.powi(k as i32)).collect();
+        for r in 0..m {
+            for c in 0..m {
+                a[r][c] += pw[r] * pw[c];
+            }
+            a[r][m] += pw[r] * fx;
+        }
+    }
+    // Gaussian elimination with partial pivoting.
+    for col in 0..m {
+        let piv = (col..m).max_by(|i, j| a[*i][col].abs().total_cmp(&a[*j][col].abs())).expect("rows");
+        a.swap(col, piv);
+        for r in 0..m {
+            if r != col {
+                let f = a[r][col] / a[col][col];
+                for c in col..=m {
+                    a[r][c] -= f * a[col][c];
+                }
+            }
+        }
+    }
+    (0..m).map(|k| a[k][m] / a[k][k]).collect()
+}
+
+/// The function an activation computes.
+pub fn activation_fn(a: &Activation) -> Option<fn(f64) -> f64> {
+    match a {
+        Activation::Relu => Some(|x| x.max(0.0)),
+        Activation::Silu => Some(|x| x / (1.0 + (-x).exp())),
+        Activation::Gelu => Some(|x| 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))),
+        Activation::Poly { .. } => None,
+    }
+}
+
+/// Largest |x| per channel at the input of every non-polynomial activation, over `inputs`
+/// (`[N, C, H, W]`, preprocessed), keyed by activation node name.
+pub fn calibrate_ranges(model: &Model, inputs: &ArrayD<f32>) -> Result<HashMap<String, Vec<f64>>> {
+    let g = model.graph();
+    let mut wanted: HashMap<usize, Vec<String>> = HashMap::new();
+    let mut from_input = Vec::new();
+    for n in &g.nodes {
+        if let Op::Activation(a) = &n.op {
+            if activation_fn(a).is_some() {
+                match model.node_index(&n.inputs[0]) {
+                    Some(j) => wanted.entry(j).or_default().push(n.name.clone()),
+                    None => from_input.push(n.name.clone()),
+                }
+            }
+        }
+    }
+    let mut ranges: HashMap<String, Vec<f64>> = HashMap::new();
+    let mut record = |names: &[String], v: &ArrayD<f32>| {
+        let c = v.shape()[1];
+        let inner: usize = v.shape()[2..].iter().product();
+        let mut m = vec![0.0f64; c];
+        for (k, chunk) in v.as_standard_layout().as_slice().expect("standard").chunks(inner.max(1)).enumerate() {
+            let ch = k % c;
+            for x in chunk {
+                m[ch] = m[ch].max(x.abs() as f64);
+            }
+        }
+        for n in names {
+            let e = ranges.entry(n.clone()).or_insert_with(|| vec![0.0; c]);
+            for (a, b) in e.iter_mut().zip(&m) {
+                *a = a.max(*b);
+            }
+        }
+    };
+    record(&from_input, inputs);
+    let exec = Reference::<f32>::new(model);
+    for chunk in 0..inputs.shape()[0].div_ceil(64) {
+        let a = chunk * 64;
+        let b = (a + 64).min(inputs.shape()[0]);
+        let x = inputs.slice_axis(ndarray::Axis(0), (a..b).into()).to_owned();
+        exec.run_inspect(&x, |i, v| {
+            if let Some(names) = wanted.get(&i) {
+                record(names, v);
+            }
+        })?;
+    }
+    Ok(ranges)
+}
+
+/// Replaces activations by degree-`degree` polynomials on the calibrated per-channel ranges
+/// (`margin` × the largest |x| seen; `default_range` where no range was calibrated) and max
+/// pooling by average pooling. The result loads and runs like any model.
+pub fn polynomialize(model: &Model, degree: usize, ranges: &HashMap<String, Vec<f64>>, margin: f64, default_range: f64) -> Result<Model> {
+    if !(1..=16).contains(&degree) {
+        return Err(ModelError::Unsupported(format!("polynomial degree must be 1..=16, got {degree}")));
+    }
+    let (mut graph, mut weights) = model.clone().into_parts();
+    let shapes: HashMap<String, Vec<usize>> =
+        graph.nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), model.shape(i).clone())).collect();
+    let mut nodes = Vec::with_capacity(graph.nodes.len());
+    for n in graph.nodes.drain(..) {
+        let op = match &n.op {
+            Op::Activation(a) => match activation_fn(a) {
+                Some(f) => {
+                    let shape = if n.inputs[0] == INPUT { model.graph().input.shape.clone() } else { shapes[&n.inputs[0]].clone() };
+                    let c = shape[0];
+                    let r: Vec<f64> = match ranges.get(&n.name) {
+                        Some(v) => v.iter().map(|x| (x * margin).max(1e-3)).collect(),
+                        None => vec![default_range; c],
+                    };
+                    let mut coeffs = Vec::with_capacity(c * (degree + 1));
+                    for rc in &r {
+                        // y = r·p(x/r) with p the fit of t ↦ f(r·t)/r on [−1, 1] (for ReLU, p is the same for every r).
+                        let fc = fit_on_unit_interval(|t| f(rc * t) / rc, degree);
+                        coeffs.extend(fc.iter().map(|k| (rc * k) as f32));
+                    }
+                    let cname = format!("{}.poly_coeffs", n.name);
+                    let sname = format!("{}.poly_input_scale", n.name);
+                    weights.insert(cname.clone(), ArrayD::from_shape_vec(IxDyn(&[c, degree + 1]), coeffs).expect("sized"));
+                    weights.insert(sname.clone(), ArrayD::from_shape_vec(IxDyn(&[c]), r.iter().map(|x| (1.0 / x) as f32).collect()).expect("sized"));
+                    Op::Activation(Activation::Poly { coeffs: cname, input_scale: Some(sname), approximates: relu_only(&n.op) })
+                }
+                None => n.op.clone(),
+            },
+            Op::MaxPool(p) => Op::AvgPool(p.clone()),
+            other => other.clone(),
+        };
+        nodes.push(Node { op, ..n });
+    }
+    graph.nodes = nodes;
+    if !graph.name.contains("poly") {
+        graph.name = format!("{}-poly{degree}", graph.name);
+    }
+    Model::new(graph, weights)
+}
+
+/// Calibrates on `inputs` (`[N, C, H, W]`, preprocessed), then polynomializes.
+pub fn convert(model: &Model, degree: usize, inputs: &ArrayD<f32>, margin: f64) -> Result<Model> {
+    let ranges = calibrate_ranges(model, inputs)?;
+    polynomialize(model, degree, &ranges, margin, 1.0)
+}
+
+/// This conversion fits `f(x)` itself, which equals `r·f(x/r)` (the meaning of
+/// `Activation::Poly::approximates`) only for the positively homogeneous ReLU.
+fn relu_only(op: &Op) -> Option<Approximated> {
+    Approximated::of(op).filter(|a| *a == Approximated::Relu)
+}
