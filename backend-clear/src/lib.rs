@@ -17,12 +17,13 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
 use peregrine_backend::{
-    normalize_rotation, same_level, same_scale, BResult, Backend, BackendError, Capabilities, Client, KeyRequest, Scheme,
+    bootstrap_allowed, normalize_rotation, rotation_key, BResult, Backend, BackendError, Capabilities, Client, CtMeta,
+    KeyRequest, Scheme,
 };
 
 peregrine_backend::export_plugin!(crate::ClearScheme);
@@ -66,6 +67,9 @@ pub struct ClearBootstrap {
 }
 
 /// Parameters of the `clear` backend.
+///
+/// `seed` makes the noise reproducible; the key that tells one client's ciphertexts from
+/// another's is fresh at every key generation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClearParams {
@@ -212,8 +216,7 @@ fn ntt_prime_near(bits: u32, two_n: u64, used: &mut BTreeSet<u64>) -> u64 {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClearCiphertext {
     values: Vec<f64>,
-    level: usize,
-    scale: f64,
+    meta: CtMeta,
     key_id: u64,
 }
 
@@ -221,8 +224,7 @@ pub struct ClearCiphertext {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClearPlaintext {
     values: Vec<f64>,
-    level: usize,
-    scale: f64,
+    meta: CtMeta,
 }
 
 impl ClearPlaintext {
@@ -269,7 +271,7 @@ impl Context {
             .collect();
         let slots = 1usize << (params.log_ring_dimension - 1);
         let rotations = rotations.into_iter().map(|r| normalize_rotation(r, slots)).collect();
-        let rng = Mutex::new(StdRng::seed_from_u64(params.seed ^ key_id.rotate_left(17)));
+        let rng = Mutex::new(StdRng::seed_from_u64(params.seed));
         Ok(Context { params, moduli, log_q_prefix, key_id, rotations, bootstrap, rng })
     }
 
@@ -298,32 +300,38 @@ impl Context {
     }
 
     fn noise(&self, std_scaled: f64, scale: f64, values: &mut [f64]) {
+        // Deviations are checked finite and non-negative with the parameters, scales ≥ 1.
         if std_scaled <= 0.0 {
             return;
         }
-        let dist = Normal::new(0.0, std_scaled / scale).expect("finite std");
+        let Ok(dist) = Normal::new(0.0, std_scaled / scale) else { return };
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
         for v in values.iter_mut() {
             *v += dist.sample(&mut *rng);
         }
     }
 
-    /// Checks |v|·scale < Q_level/2 and that the scale is meaningful.
-    fn check(&self, op: &'static str, ct: ClearCiphertext) -> BResult<ClearCiphertext> {
-        if ct.key_id != self.key_id {
-            return Err(BackendError::WrongKey { op });
-        }
-        let max = ct.values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    /// The modulus rule of `clear`'s emulation: |v|·scale < Q_level/2 (the rest of the CKKS
+    /// rules are [`CtMeta`]'s).
+    fn fits(&self, op: &'static str, values: &[f64], meta: CtMeta) -> BResult<()> {
+        let max = values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         if !max.is_finite() {
             return Err(BackendError::OutOfRange { op, detail: "non-finite value".into() });
         }
-        let log_mag = (max * ct.scale).log2();
-        let log_half = self.log_q_prefix[ct.level] - 1.0;
+        let log_mag = (max * meta.scale).log2();
+        let log_half = self.log_q_prefix[meta.level] - 1.0;
         if max > 0.0 && log_mag >= log_half {
-            return Err(BackendError::Overflow { op, log_magnitude: log_mag, log_half_modulus: log_half, level: ct.level });
+            return Err(BackendError::Overflow { op, log_magnitude: log_mag, log_half_modulus: log_half, level: meta.level });
         }
-        if ct.scale < 2.0 {
-            return Err(BackendError::ScaleUnderflow { op, log_scale: ct.scale.log2(), min: 1.0 });
+        Ok(())
+    }
+
+    /// A result of `op`: its values fit the modulus and its scale is meaningful.
+    fn check(&self, op: &'static str, ct: ClearCiphertext) -> BResult<ClearCiphertext> {
+        self.same_key(op, &ct)?;
+        self.fits(op, &ct.values, ct.meta)?;
+        if ct.meta.scale < 2.0 {
+            return Err(BackendError::ScaleUnderflow { op, log_scale: ct.meta.scale.log2(), min: 1.0 });
         }
         Ok(ct)
     }
@@ -336,40 +344,19 @@ impl Context {
     }
 
     fn encode(&self, values: &[f64], level: usize, scale: f64) -> BResult<ClearPlaintext> {
-        let slots = self.slots();
-        if values.len() > slots {
-            return Err(BackendError::TooManyValues { len: values.len(), slots });
-        }
-        if level > self.params.levels {
-            return Err(BackendError::OutOfRange {
-                op: "encode",
-                detail: format!("level {level} above the maximum {}", self.params.levels),
-            });
-        }
-        if !(scale >= 1.0) || !scale.is_finite() || values.iter().any(|v| !v.is_finite()) {
-            return Err(BackendError::OutOfRange { op: "encode", detail: "scale must be >= 1 and values finite".into() });
-        }
+        let meta = CtMeta::encode(values, level, scale, &self.capabilities())?;
         let mut v = values.to_vec();
-        v.resize(slots, 0.0);
-        let max = v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        let log_half = self.log_q_prefix[level] - 1.0;
-        if max > 0.0 && (max * scale).log2() >= log_half {
-            return Err(BackendError::Overflow {
-                op: "encode",
-                log_magnitude: (max * scale).log2(),
-                log_half_modulus: log_half,
-                level,
-            });
-        }
-        Ok(ClearPlaintext { values: v, level, scale })
+        v.resize(self.slots(), 0.0);
+        self.fits("encode", &v, meta)?;
+        Ok(ClearPlaintext { values: v, meta })
     }
 
     fn serialize(&self, ct: &ClearCiphertext) -> Vec<u8> {
         let mut out = Vec::with_capacity(36 + 8 * ct.values.len());
         out.extend_from_slice(CT_MAGIC);
         out.extend_from_slice(&ct.key_id.to_le_bytes());
-        out.extend_from_slice(&(ct.level as u32).to_le_bytes());
-        out.extend_from_slice(&ct.scale.to_le_bytes());
+        out.extend_from_slice(&(ct.meta.level as u32).to_le_bytes());
+        out.extend_from_slice(&ct.meta.scale.to_le_bytes());
         out.extend_from_slice(&(ct.values.len() as u32).to_le_bytes());
         for v in &ct.values {
             out.extend_from_slice(&v.to_le_bytes());
@@ -382,10 +369,12 @@ impl Context {
         if bytes.len() < 32 || &bytes[..8] != CT_MAGIC {
             return Err(err("not a clear ciphertext (bad magic or too short)".into()));
         }
-        let key_id = u64::from_le_bytes(bytes[8..16].try_into().expect("8"));
-        let level = u32::from_le_bytes(bytes[16..20].try_into().expect("4")) as usize;
-        let scale = f64::from_le_bytes(bytes[20..28].try_into().expect("8"));
-        let len = u32::from_le_bytes(bytes[28..32].try_into().expect("4")) as usize;
+        let word = |at: usize| -> [u8; 8] { bytes[at..at + 8].try_into().unwrap_or_default() };
+        let half = |at: usize| -> [u8; 4] { bytes[at..at + 4].try_into().unwrap_or_default() };
+        let key_id = u64::from_le_bytes(word(8));
+        let level = u32::from_le_bytes(half(16)) as usize;
+        let scale = f64::from_le_bytes(word(20));
+        let len = u32::from_le_bytes(half(28)) as usize;
         if len != self.slots() || bytes.len() != 32 + 8 * len {
             return Err(err(format!(
                 "{} bytes for {len} slots; this context has {} slots (truncated or foreign ciphertext)",
@@ -396,8 +385,8 @@ impl Context {
         if level > self.params.levels || !(scale >= 1.0) || !scale.is_finite() {
             return Err(err(format!("level {level} or scale {scale} out of range")));
         }
-        let values = bytes[32..].chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8"))).collect();
-        let ct = ClearCiphertext { values, level, scale, key_id };
+        let values = bytes[32..].chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
+        let ct = ClearCiphertext { values, meta: CtMeta::new(level, scale), key_id };
         self.same_key("deserialize", &ct)?;
         Ok(ct)
     }
@@ -447,7 +436,8 @@ impl Scheme for ClearScheme {
                 "bootstrapping keys requested but the parameters have no bootstrap settings".into(),
             ));
         }
-        let key_id = StdRng::seed_from_u64(params.seed).gen::<u64>();
+        // A fresh key id: ciphertexts of two key generations never mix.
+        let key_id = rand::random::<u64>();
         Ok(ClearClient { ctx: Context::new(params.clone(), key_id, request.rotations.clone(), request.bootstrap)? })
     }
 
@@ -499,13 +489,13 @@ impl Client for ClearClient {
     fn encrypt(&self, pt: &ClearPlaintext) -> BResult<ClearCiphertext> {
         let mut values = pt.values.clone();
         if let Some(n) = &self.ctx.params.noise {
-            self.ctx.noise(n.fresh, pt.scale, &mut values);
+            self.ctx.noise(n.fresh, pt.meta.scale, &mut values);
         }
-        self.ctx.check("encrypt", ClearCiphertext { values, level: pt.level, scale: pt.scale, key_id: self.ctx.key_id })
+        self.ctx.check("encrypt", ClearCiphertext { values, meta: pt.meta, key_id: self.ctx.key_id })
     }
     fn decrypt(&self, ct: &ClearCiphertext) -> BResult<ClearPlaintext> {
         self.ctx.same_key("decrypt", ct)?;
-        Ok(ClearPlaintext { values: ct.values.clone(), level: ct.level, scale: ct.scale })
+        Ok(ClearPlaintext { values: ct.values.clone(), meta: ct.meta })
     }
     fn decode(&self, pt: &ClearPlaintext) -> BResult<Vec<f64>> {
         Ok(pt.values.clone())
@@ -538,19 +528,14 @@ impl ClearServer {
         }
     }
     fn binary(&self, op: &'static str, a: &ClearCiphertext, b: &ClearCiphertext, sign: f64) -> BResult<ClearCiphertext> {
-        self.ctx.same_key(op, a)?;
         self.ctx.same_key(op, b)?;
-        same_level(op, a.level, b.level)?;
-        same_scale(op, a.scale, b.scale)?;
-        let values = self.zip(a, &b.values, |x, y| x + sign * y);
-        self.ctx.check(op, ClearCiphertext { values, ..a.clone() })
+        self.plain(op, a, &ClearPlaintext { values: b.values.clone(), meta: b.meta }, sign)
     }
     fn plain(&self, op: &'static str, a: &ClearCiphertext, p: &ClearPlaintext, sign: f64) -> BResult<ClearCiphertext> {
         self.ctx.same_key(op, a)?;
-        same_level(op, a.level, p.level)?;
-        same_scale(op, a.scale, p.scale)?;
+        let meta = a.meta.add(op, p.meta)?;
         let values = self.zip(a, &p.values, |x, y| x + sign * y);
-        self.ctx.check(op, ClearCiphertext { values, ..a.clone() })
+        self.ctx.check(op, ClearCiphertext { values, meta, key_id: a.key_id })
     }
 }
 
@@ -573,16 +558,16 @@ impl Backend for ClearServer {
         self.ctx.moduli[level.min(self.ctx.moduli.len() - 1)]
     }
     fn level(&self, ct: &ClearCiphertext) -> usize {
-        ct.level
+        ct.meta.level
     }
     fn scale(&self, ct: &ClearCiphertext) -> f64 {
-        ct.scale
+        ct.meta.scale
     }
     fn plaintext_level(&self, pt: &ClearPlaintext) -> usize {
-        pt.level
+        pt.meta.level
     }
     fn plaintext_scale(&self, pt: &ClearPlaintext) -> f64 {
-        pt.scale
+        pt.meta.scale
     }
     fn encode(&self, values: &[f64], level: usize, scale: f64) -> BResult<ClearPlaintext> {
         self.ctx.encode(values, level, scale)
@@ -605,25 +590,21 @@ impl Backend for ClearServer {
     }
     fn mul_plain(&self, a: &ClearCiphertext, p: &ClearPlaintext) -> BResult<ClearCiphertext> {
         self.ctx.same_key("mul_plain", a)?;
-        same_level("mul_plain", a.level, p.level)?;
+        let meta = a.meta.mul("mul_plain", p.meta)?;
         let values = self.zip(a, &p.values, |x, y| x * y);
-        self.ctx.check("mul_plain", ClearCiphertext { values, scale: a.scale * p.scale, ..a.clone() })
+        self.ctx.check("mul_plain", ClearCiphertext { values, meta, key_id: a.key_id })
     }
     fn add_scalar(&self, a: &ClearCiphertext, c: f64) -> BResult<ClearCiphertext> {
         self.ctx.same_key("add_scalar", a)?;
-        let c = round_to_scale(c, a.scale);
-        self.ctx.check("add_scalar", ClearCiphertext { values: a.values.iter().map(|v| v + c).collect(), ..a.clone() })
+        let meta = a.meta.add_scalar(c)?;
+        let c = round_to_scale(c, a.meta.scale);
+        self.ctx.check("add_scalar", ClearCiphertext { values: a.values.iter().map(|v| v + c).collect(), meta, key_id: a.key_id })
     }
     fn mul_scalar(&self, a: &ClearCiphertext, c: f64, scale: f64) -> BResult<ClearCiphertext> {
         self.ctx.same_key("mul_scalar", a)?;
-        if !(scale >= 1.0) || !c.is_finite() {
-            return Err(BackendError::OutOfRange { op: "mul_scalar", detail: format!("constant {c} at scale {scale}") });
-        }
+        let meta = a.meta.mul_scalar(c, scale)?;
         let c = round_to_scale(c, scale);
-        self.ctx.check(
-            "mul_scalar",
-            ClearCiphertext { values: a.values.iter().map(|v| v * c).collect(), scale: a.scale * scale, ..a.clone() },
-        )
+        self.ctx.check("mul_scalar", ClearCiphertext { values: a.values.iter().map(|v| v * c).collect(), meta, key_id: a.key_id })
     }
     fn mul_integer(&self, a: &ClearCiphertext, k: i64) -> BResult<ClearCiphertext> {
         self.ctx.same_key("mul_integer", a)?;
@@ -632,53 +613,41 @@ impl Backend for ClearServer {
     fn mul(&self, a: &ClearCiphertext, b: &ClearCiphertext) -> BResult<ClearCiphertext> {
         self.ctx.same_key("mul", a)?;
         self.ctx.same_key("mul", b)?;
-        same_level("mul", a.level, b.level)?;
-        let scale = a.scale * b.scale;
+        let meta = a.meta.mul("mul", b.meta)?;
         let mut values = self.zip(a, &b.values, |x, y| x * y);
-        self.key_switch_noise(&mut values, scale);
-        self.ctx.check("mul", ClearCiphertext { values, scale, ..a.clone() })
+        self.key_switch_noise(&mut values, meta.scale);
+        self.ctx.check("mul", ClearCiphertext { values, meta, key_id: a.key_id })
     }
     fn rescale(&self, a: &ClearCiphertext) -> BResult<ClearCiphertext> {
         self.ctx.same_key("rescale", a)?;
-        if a.level == 0 {
-            return Err(BackendError::LevelsExhausted { op: "rescale", needed: 1, have: 0 });
-        }
-        let scale = a.scale / self.ctx.moduli[a.level];
+        let meta = a.meta.rescale(self.modulus(a.meta.level))?;
         let mut values = a.values.clone();
         if let Some(n) = &self.ctx.params.noise {
-            self.ctx.noise(n.rescale, scale, &mut values);
+            self.ctx.noise(n.rescale, meta.scale, &mut values);
         }
-        self.ctx.check("rescale", ClearCiphertext { values, scale, level: a.level - 1, key_id: a.key_id })
+        self.ctx.check("rescale", ClearCiphertext { values, meta, key_id: a.key_id })
     }
     fn drop_to_level(&self, a: &ClearCiphertext, level: usize) -> BResult<ClearCiphertext> {
         self.ctx.same_key("drop_to_level", a)?;
-        if level > a.level {
-            return Err(BackendError::LevelsExhausted { op: "drop_to_level", needed: level, have: a.level });
-        }
-        Ok(ClearCiphertext { level, ..a.clone() })
+        Ok(ClearCiphertext { meta: a.meta.drop_to(level)?, ..a.clone() })
     }
     fn rotate(&self, a: &ClearCiphertext, step: i64) -> BResult<ClearCiphertext> {
         self.ctx.same_key("rotate", a)?;
         let slots = self.ctx.slots();
-        let k = normalize_rotation(step, slots) as usize;
+        let k = rotation_key(step, slots, &self.ctx.rotations)? as usize;
         if k == 0 {
             return Ok(a.clone());
         }
-        if !self.ctx.rotations.contains(&(k as i64)) {
-            return Err(BackendError::MissingRotationKey(step));
-        }
         let mut values: Vec<f64> = (0..slots).map(|i| a.values[(i + k) % slots]).collect();
-        self.key_switch_noise(&mut values, a.scale);
+        self.key_switch_noise(&mut values, a.meta.scale);
         Ok(ClearCiphertext { values, ..a.clone() })
     }
     fn bootstrap(&self, a: &ClearCiphertext) -> BResult<ClearCiphertext> {
         self.ctx.same_key("bootstrap", a)?;
+        bootstrap_allowed(self.ctx.params.bootstrap.is_some(), self.ctx.bootstrap)?;
         let Some(b) = &self.ctx.params.bootstrap else {
             return Err(BackendError::BootstrapUnsupported);
         };
-        if !self.ctx.bootstrap {
-            return Err(BackendError::BootstrapNotEnabled);
-        }
         let max = a.values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         if max > b.range {
             return Err(BackendError::OutOfRange {
@@ -692,7 +661,7 @@ impl Backend for ClearServer {
             // Absolute error b.range · 2^-bits, expressed in the scaled domain.
             self.ctx.noise(n.bootstrap_relative * b.range * scale, scale, &mut values);
         }
-        self.ctx.check("bootstrap", ClearCiphertext { values, level: b.output_level, scale, key_id: a.key_id })
+        self.ctx.check("bootstrap", ClearCiphertext { values, meta: CtMeta::new(b.output_level, scale), key_id: a.key_id })
     }
     fn serialize_ciphertext(&self, ct: &ClearCiphertext) -> BResult<Vec<u8>> {
         Ok(self.ctx.serialize(ct))

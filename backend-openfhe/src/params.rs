@@ -4,24 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use peregrine_backend::BackendError;
 
-/// Largest log2(Q·P) for 128-bit classical security with a uniform ternary secret, per ring
-/// dimension: the HomomorphicEncryption.org standard table (N ≤ 2^15) and OpenFHE's extension
-/// of it with the same estimator (N = 2^16, 2^17).
-pub const MAX_LOG_QP_128: [(usize, f64); 8] = [
-    (1 << 10, 27.0),
-    (1 << 11, 54.0),
-    (1 << 12, 109.0),
-    (1 << 13, 218.0),
-    (1 << 14, 438.0),
-    (1 << 15, 881.0),
-    (1 << 16, 1747.0),
-    (1 << 17, 3523.0),
-];
-
-/// The largest log2(Q·P) allowed at 128-bit security for ring dimension `n` (None: not tabulated).
-pub fn max_log_qp_128(n: usize) -> Option<f64> {
-    MAX_LOG_QP_128.iter().find(|(d, _)| *d == n).map(|(_, b)| *b)
-}
+pub use peregrine_backend::security::{max_log_qp_128, MAX_LOG_QP_128};
 
 /// Secret-key distribution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,22 +123,12 @@ impl OpenFheParams {
         Ok(())
     }
 
-    /// Checks 128-bit security of a built context: log2(Q·P) against the table for N.
+    /// Checks 128-bit security of a built context: log2(Q·P) against the HE-standard table
+    /// for N ([`peregrine_backend::security`]); test parameters report no security.
     pub fn check_security(&self, ring_dim: usize, log_qp: f64) -> Result<Option<u32>, BackendError> {
         if self.insecure_test_only {
             return Ok(None);
         }
-        let Some(max) = max_log_qp_128(ring_dim) else {
-            return Err(BackendError::InvalidParameters(format!(
-                "no 128-bit security bound is tabulated for N = {ring_dim}"
-            )));
-        };
-        if log_qp > max {
-            return Err(BackendError::InvalidParameters(format!(
-                "insecure parameters: log2(Q·P) = {log_qp:.1} exceeds {max} allowed for N = {ring_dim} at 128-bit security \
-                 (HE standard); use fewer levels, a smaller scale, or a larger ring"
-            )));
-        }
-        Ok(Some(128))
+        peregrine_backend::security::check_128(ring_dim, log_qp).map(Some)
     }
 }

@@ -1,11 +1,13 @@
 //! The OpenFHE scheme, client and server on top of [`crate::native`].
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::sync::{Arc, Once};
 
 use openfhe_sys::PfParams;
 use peregrine_backend::{
-    normalize_rotation, same_level, same_scale, BResult, Backend, Capabilities, Client, KeyRequest, Scheme,
+    bootstrap_allowed, normalize_rotation, rotation_key, BResult, Backend, Capabilities, Client, CtMeta, KeyRequest,
+    Scheme,
 };
 use peregrine_backend::BackendError;
 use serde::{Deserialize, Serialize};
@@ -15,7 +17,10 @@ use crate::params::SecretDist;
 use crate::{OpenFheParams, OpenFheScheme};
 
 const CT_MAGIC: &[u8; 8] = b"PGOFCT01";
-const KEYS_MAGIC: &[u8; 8] = b"PGOFEK02";
+const KEYS_MAGIC: &[u8; 8] = b"PGOFEK03";
+/// Ends evaluation keys, followed by the length of everything before it: a truncated key file
+/// is refused even by a server whose process already holds the keys.
+const KEYS_END: &[u8; 8] = b"PGOFEKND";
 const SECRET_MAGIC: &[u8; 8] = b"PGOFSK01";
 
 /// A ciphertext with its (exact) scale. Its level is OpenFHE's tower count − 1, minus one
@@ -24,8 +29,7 @@ const SECRET_MAGIC: &[u8; 8] = b"PGOFSK01";
 #[derive(Clone)]
 pub struct OpenFheCiphertext {
     raw: RawCt,
-    level: usize,
-    scale: f64,
+    meta: CtMeta,
 }
 
 /// A plaintext: values, level and scale. It is encoded by OpenFHE when used, at the noise
@@ -33,8 +37,7 @@ pub struct OpenFheCiphertext {
 #[derive(Clone, Debug)]
 pub struct OpenFhePlaintext {
     values: Arc<Vec<f64>>,
-    level: usize,
-    scale: f64,
+    meta: CtMeta,
 }
 
 /// What the server needs besides OpenFHE's keys: written in front of them.
@@ -221,7 +224,7 @@ impl Scheme for OpenFheScheme {
     }
 
     fn server(evaluation_keys: &[u8]) -> BResult<OpenFheServer> {
-        let (header, body) = split_header(evaluation_keys, KEYS_MAGIC, "OpenFHE evaluation keys")?;
+        let (header, body) = split_header(complete_keys(evaluation_keys)?, KEYS_MAGIC, "OpenFHE evaluation keys")?;
         header.params.validate()?;
         warn_insecure(&header.params);
         let p = &header.params;
@@ -234,6 +237,39 @@ impl Scheme for OpenFheScheme {
             });
         }
         Ok(OpenFheServer(shared_from(ctx, header, "OpenFHE evaluation keys")?))
+    }
+}
+
+/// The evaluation keys without their end marker, refused unless the marker is there and counts
+/// exactly the bytes before it.
+fn complete_keys(bytes: &[u8]) -> BResult<&[u8]> {
+    let bad = |d: &str| BackendError::Deserialize { what: "OpenFHE evaluation keys", detail: d.into() };
+    if bytes.starts_with(b"PGOFEK02") {
+        return Err(bad("written by an earlier version of Peregrine: generate the keys again"));
+    }
+    let Some(body_len) = bytes.len().checked_sub(16) else { return Err(bad("truncated (no end marker)")) };
+    let (body, end) = bytes.split_at(body_len);
+    let counted = u64::from_le_bytes(end[8..16].try_into().unwrap_or_default());
+    if &end[..8] != KEYS_END || counted != body_len as u64 {
+        return Err(bad("truncated or corrupted (the end marker is missing or counts other bytes)"));
+    }
+    Ok(body)
+}
+
+/// Counts the bytes written through it.
+struct Counting<'a> {
+    out: &'a mut dyn std::io::Write,
+    count: u64,
+}
+
+impl std::io::Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -305,33 +341,19 @@ impl Shared {
     }
     fn wrap(&self, raw: RawCt, scale: f64) -> OpenFheCiphertext {
         let (towers_above_q0, _) = raw.info();
-        OpenFheCiphertext { raw, level: towers_above_q0.saturating_sub(self.reserved), scale }
+        OpenFheCiphertext { raw, meta: CtMeta::new(towers_above_q0.saturating_sub(self.reserved), scale) }
     }
 
     fn encode(&self, values: &[f64], level: usize, scale: f64) -> BResult<OpenFhePlaintext> {
-        if values.len() > self.caps.slots {
-            return Err(BackendError::TooManyValues { len: values.len(), slots: self.caps.slots });
-        }
-        if level > self.caps.max_level {
-            return Err(BackendError::InvalidParameters(format!(
-                "level {level} above the fresh level {}",
-                self.caps.max_level
-            )));
-        }
-        if !(scale > 0.0 && scale.is_finite()) {
-            return Err(BackendError::OutOfRange { op: "encode", detail: format!("scale {scale} is not positive") });
-        }
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(BackendError::OutOfRange { op: "encode", detail: format!("value {i} is not finite") });
-        }
-        Ok(OpenFhePlaintext { values: Arc::new(values.to_vec()), level, scale })
+        let meta = CtMeta::encode(values, level, scale, &self.caps)?;
+        Ok(OpenFhePlaintext { values: Arc::new(values.to_vec()), meta })
     }
 
     fn serialize(&self, ct: &OpenFheCiphertext) -> BResult<Vec<u8>> {
         let raw = ct.raw.serialize()?;
         let mut out = Vec::with_capacity(raw.len() + 16);
         out.extend_from_slice(CT_MAGIC);
-        out.extend_from_slice(&ct.scale.to_le_bytes());
+        out.extend_from_slice(&ct.meta.scale.to_le_bytes());
         out.extend_from_slice(&raw);
         Ok(out)
     }
@@ -341,7 +363,7 @@ impl Shared {
         if bytes.len() < 16 || &bytes[..8] != CT_MAGIC {
             return Err(bad("missing the Peregrine OpenFHE ciphertext header"));
         }
-        let scale = f64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        let scale = f64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
         if !(scale > 1.0 && scale.is_finite()) {
             return Err(bad("the scale in the header is not a positive finite number"));
         }
@@ -363,12 +385,12 @@ impl Client for OpenFheClient {
         self.0.encode(values, level, scale)
     }
     fn encrypt(&self, pt: &OpenFhePlaintext) -> BResult<OpenFheCiphertext> {
-        let raw = self.0.ctx.encrypt(&pt.values, pt.level + self.0.reserved, pt.scale)?;
-        Ok(self.0.wrap(raw, pt.scale))
+        let raw = self.0.ctx.encrypt(&pt.values, pt.meta.level + self.0.reserved, pt.meta.scale)?;
+        Ok(self.0.wrap(raw, pt.meta.scale))
     }
     fn decrypt(&self, ct: &OpenFheCiphertext) -> BResult<OpenFhePlaintext> {
-        let v = self.0.ctx.decrypt(&ct.raw, ct.scale, self.0.caps.slots)?;
-        Ok(OpenFhePlaintext { values: Arc::new(v), level: ct.level, scale: ct.scale })
+        let v = self.0.ctx.decrypt(&ct.raw, ct.meta.scale, self.0.caps.slots)?;
+        Ok(OpenFhePlaintext { values: Arc::new(v), meta: ct.meta })
     }
     fn decode(&self, pt: &OpenFhePlaintext) -> BResult<Vec<f64>> {
         let mut v = pt.values.as_ref().clone();
@@ -382,12 +404,17 @@ impl Client for OpenFheClient {
     }
     fn write_evaluation_keys(&self, out: &mut dyn std::io::Write) -> BResult<()> {
         let header = join_header(KEYS_MAGIC, &self.0.header(), &[])?;
+        let mut out = Counting { out, count: 0 };
         out.write_all(&header).map_err(|e| BackendError::io("writing evaluation keys", &e))?;
-        self.0.ctx.evaluation_keys_into(out).map_err(|e| {
+        self.0.ctx.evaluation_keys_into(&mut out).map_err(|e| {
             BackendError::Library(format!(
                 "{e} (evaluation keys can only be exported by the client that generated them; use the saved key file)"
             ))
-        })
+        })?;
+        let body = out.count;
+        out.write_all(KEYS_END)
+            .and_then(|_| out.write_all(&body.to_le_bytes()))
+            .map_err(|e| BackendError::io("writing evaluation keys", &e))
     }
     fn local_server(&self) -> BResult<Option<OpenFheServer>> {
         self.server_in_process().map(Some)
@@ -429,11 +456,7 @@ impl OpenFheServer {
         self.0.ctx.has_secret_key()
     }
     fn check_rotation(&self, step: i64) -> BResult<i64> {
-        let s = normalize_rotation(step, self.0.caps.slots);
-        if s != 0 && !self.0.rotations.contains(&s) {
-            return Err(BackendError::MissingRotationKey(step));
-        }
-        Ok(s)
+        rotation_key(step, self.0.caps.slots, &self.0.rotations)
     }
     fn wrap(&self, raw: RawCt, scale: f64) -> OpenFheCiphertext {
         self.0.wrap(raw, scale)
@@ -454,112 +477,92 @@ impl Backend for OpenFheServer {
         self.0.moduli[(level + self.0.reserved).min(self.0.moduli.len() - 1)]
     }
     fn level(&self, ct: &OpenFheCiphertext) -> usize {
-        ct.level
+        ct.meta.level
     }
     fn scale(&self, ct: &OpenFheCiphertext) -> f64 {
-        ct.scale
+        ct.meta.scale
     }
     fn plaintext_level(&self, pt: &OpenFhePlaintext) -> usize {
-        pt.level
+        pt.meta.level
     }
     fn plaintext_scale(&self, pt: &OpenFhePlaintext) -> f64 {
-        pt.scale
+        pt.meta.scale
     }
     fn encode(&self, values: &[f64], level: usize, scale: f64) -> BResult<OpenFhePlaintext> {
         self.0.encode(values, level, scale)
     }
     fn add(&self, a: &OpenFheCiphertext, b: &OpenFheCiphertext) -> BResult<OpenFheCiphertext> {
-        same_level("add", a.level, b.level)?;
-        same_scale("add", a.scale, b.scale)?;
-        Ok(self.wrap(self.0.ctx.add(&a.raw, &b.raw)?, a.scale))
+        let m = a.meta.add("add", b.meta)?;
+        Ok(self.wrap(self.0.ctx.add(&a.raw, &b.raw)?, m.scale))
     }
     fn sub(&self, a: &OpenFheCiphertext, b: &OpenFheCiphertext) -> BResult<OpenFheCiphertext> {
-        same_level("sub", a.level, b.level)?;
-        same_scale("sub", a.scale, b.scale)?;
-        Ok(self.wrap(self.0.ctx.sub(&a.raw, &b.raw)?, a.scale))
+        let m = a.meta.add("sub", b.meta)?;
+        Ok(self.wrap(self.0.ctx.sub(&a.raw, &b.raw)?, m.scale))
     }
     fn negate(&self, a: &OpenFheCiphertext) -> BResult<OpenFheCiphertext> {
-        Ok(self.wrap(self.0.ctx.negate(&a.raw)?, a.scale))
+        Ok(self.wrap(self.0.ctx.negate(&a.raw)?, a.meta.scale))
     }
     fn add_plain(&self, a: &OpenFheCiphertext, p: &OpenFhePlaintext) -> BResult<OpenFheCiphertext> {
-        same_level("add_plain", a.level, p.level)?;
-        same_scale("add_plain", a.scale, p.scale)?;
-        Ok(self.wrap(self.0.ctx.add_plain(&a.raw, &p.values, a.scale, false)?, a.scale))
+        let m = a.meta.add("add_plain", p.meta)?;
+        Ok(self.wrap(self.0.ctx.add_plain(&a.raw, &p.values, m.scale, false)?, m.scale))
     }
     fn sub_plain(&self, a: &OpenFheCiphertext, p: &OpenFhePlaintext) -> BResult<OpenFheCiphertext> {
-        same_level("sub_plain", a.level, p.level)?;
-        same_scale("sub_plain", a.scale, p.scale)?;
-        Ok(self.wrap(self.0.ctx.add_plain(&a.raw, &p.values, a.scale, true)?, a.scale))
+        let m = a.meta.add("sub_plain", p.meta)?;
+        Ok(self.wrap(self.0.ctx.add_plain(&a.raw, &p.values, m.scale, true)?, m.scale))
     }
     fn mul_plain(&self, a: &OpenFheCiphertext, p: &OpenFhePlaintext) -> BResult<OpenFheCiphertext> {
-        same_level("mul_plain", a.level, p.level)?;
-        Ok(self.wrap(self.0.ctx.mul_plain(&a.raw, &p.values, p.scale)?, a.scale * p.scale))
+        let m = a.meta.mul("mul_plain", p.meta)?;
+        Ok(self.wrap(self.0.ctx.mul_plain(&a.raw, &p.values, p.meta.scale)?, m.scale))
     }
     fn add_scalar(&self, a: &OpenFheCiphertext, c: f64) -> BResult<OpenFheCiphertext> {
-        if !c.is_finite() {
-            return Err(BackendError::OutOfRange { op: "add_scalar", detail: "non-finite constant".into() });
-        }
-        Ok(self.wrap(self.0.ctx.add_scalar(&a.raw, c, a.scale)?, a.scale))
+        let m = a.meta.add_scalar(c)?;
+        Ok(self.wrap(self.0.ctx.add_scalar(&a.raw, c, m.scale)?, m.scale))
     }
     fn mul_scalar(&self, a: &OpenFheCiphertext, c: f64, scale: f64) -> BResult<OpenFheCiphertext> {
-        if !(c.is_finite() && scale > 0.0 && scale.is_finite()) {
-            return Err(BackendError::OutOfRange {
-                op: "mul_scalar",
-                detail: format!("constant {c} at scale {scale}"),
-            });
-        }
-        Ok(self.wrap(self.0.ctx.mul_scalar(&a.raw, c, scale)?, a.scale * scale))
+        let m = a.meta.mul_scalar(c, scale)?;
+        Ok(self.wrap(self.0.ctx.mul_scalar(&a.raw, c, scale)?, m.scale))
     }
     fn mul_integer(&self, a: &OpenFheCiphertext, k: i64) -> BResult<OpenFheCiphertext> {
-        Ok(self.wrap(self.0.ctx.mul_integer(&a.raw, k)?, a.scale))
+        Ok(self.wrap(self.0.ctx.mul_integer(&a.raw, k)?, a.meta.scale))
     }
     fn mul(&self, a: &OpenFheCiphertext, b: &OpenFheCiphertext) -> BResult<OpenFheCiphertext> {
-        same_level("mul", a.level, b.level)?;
-        Ok(self.wrap(self.0.ctx.mul(&a.raw, &b.raw)?, a.scale * b.scale))
+        let m = a.meta.mul("mul", b.meta)?;
+        Ok(self.wrap(self.0.ctx.mul(&a.raw, &b.raw)?, m.scale))
     }
     fn square(&self, a: &OpenFheCiphertext) -> BResult<OpenFheCiphertext> {
-        Ok(self.wrap(self.0.ctx.square(&a.raw)?, a.scale * a.scale))
+        let m = a.meta.mul("square", a.meta)?;
+        Ok(self.wrap(self.0.ctx.square(&a.raw)?, m.scale))
     }
     fn rescale(&self, a: &OpenFheCiphertext) -> BResult<OpenFheCiphertext> {
-        if a.level == 0 {
-            return Err(BackendError::LevelsExhausted { op: "rescale", needed: 1, have: 0 });
-        }
-        let q = self.modulus(a.level);
-        Ok(self.wrap(self.0.ctx.rescale(&a.raw)?, a.scale / q))
+        let m = a.meta.rescale(self.modulus(a.meta.level))?;
+        Ok(self.wrap(self.0.ctx.rescale(&a.raw)?, m.scale))
     }
     fn drop_to_level(&self, a: &OpenFheCiphertext, level: usize) -> BResult<OpenFheCiphertext> {
-        if level > a.level {
-            return Err(BackendError::LevelsExhausted { op: "drop_to_level", needed: level, have: a.level });
-        }
-        if level == a.level {
+        let m = a.meta.drop_to(level)?;
+        if level == a.meta.level {
             return Ok(a.clone());
         }
-        Ok(self.wrap(self.0.ctx.drop_to_level(&a.raw, level + self.0.reserved)?, a.scale))
+        Ok(self.wrap(self.0.ctx.drop_to_level(&a.raw, level + self.0.reserved)?, m.scale))
     }
     fn rotate(&self, a: &OpenFheCiphertext, step: i64) -> BResult<OpenFheCiphertext> {
         let s = self.check_rotation(step)?;
         if s == 0 {
             return Ok(a.clone());
         }
-        Ok(self.wrap(self.0.ctx.rotate(&a.raw, s as i32)?, a.scale))
+        Ok(self.wrap(self.0.ctx.rotate(&a.raw, s as i32)?, a.meta.scale))
     }
     fn rotate_many(&self, a: &OpenFheCiphertext, steps: &[i64]) -> BResult<Vec<OpenFheCiphertext>> {
         let s: Vec<i32> = steps.iter().map(|&x| self.check_rotation(x).map(|v| v as i32)).collect::<BResult<_>>()?;
-        Ok(self.0.ctx.rotate_many(&a.raw, &s)?.into_iter().map(|r| self.wrap(r, a.scale)).collect())
+        Ok(self.0.ctx.rotate_many(&a.raw, &s)?.into_iter().map(|r| self.wrap(r, a.meta.scale)).collect())
     }
     fn bootstrap(&self, a: &OpenFheCiphertext) -> BResult<OpenFheCiphertext> {
-        if !self.0.params.bootstrap {
-            return Err(BackendError::BootstrapUnsupported);
-        }
-        if !self.0.bootstrap_keys {
-            return Err(BackendError::BootstrapNotEnabled);
-        }
+        bootstrap_allowed(self.0.params.bootstrap, self.0.bootstrap_keys)?;
         // OpenFHE reads the message m = value·scale at its own scale Δ = 2^log_scale, refreshes
         // m/Δ (which must lie in [−1, 1]) and returns it at scale Δ: the integer message, hence
         // the caller's scale, is kept.
         let range = self.0.params.bootstrap_range;
         if range <= 1.0 {
-            return Ok(self.wrap(self.0.ctx.bootstrap(&a.raw)?, a.scale));
+            return Ok(self.wrap(self.0.ctx.bootstrap(&a.raw)?, a.meta.scale));
         }
         // Wider inputs: multiply by 1/R on the second reserved modulus, bootstrap, multiply by
         // the integer R (no level). The bootstrap error grows by R.
@@ -569,7 +572,7 @@ impl Backend for OpenFheServer {
         let q = self.0.moduli[base];
         let shrunk = self.0.ctx.rescale(&self.0.ctx.mul_scalar(&low, 1.0 / r as f64, q)?)?;
         let out = self.0.ctx.mul_integer(&self.0.ctx.bootstrap(&shrunk)?, r)?;
-        let scale = a.scale * ((q / r as f64).round() * r as f64 / q);
+        let scale = a.meta.scale * ((q / r as f64).round() * r as f64 / q);
         Ok(self.wrap(out, scale))
     }
     fn serialize_ciphertext(&self, ct: &OpenFheCiphertext) -> BResult<Vec<u8>> {

@@ -87,22 +87,6 @@ impl KeyRequest {
     }
 }
 
-/// The CKKS rule for binary operations: operands at equal levels.
-pub fn same_level(op: &'static str, a: usize, b: usize) -> BResult<()> {
-    if a != b {
-        return Err(BackendError::LevelMismatch { op, left: a, right: b });
-    }
-    Ok(())
-}
-
-/// The CKKS rule for additions: equal scales (to a relative 1e-9).
-pub fn same_scale(op: &'static str, a: f64, b: f64) -> BResult<()> {
-    if ((a - b) / a).abs() > 1e-9 {
-        return Err(BackendError::ScaleMismatch { op, left: a.log2(), right: b.log2() });
-    }
-    Ok(())
-}
-
 /// Normalises a rotation step into `0..slots`.
 pub fn normalize_rotation(step: i64, slots: usize) -> i64 {
     step.rem_euclid(slots as i64)
