@@ -13,6 +13,10 @@ use backend_openfhe::{OpenFheParams, OpenFheScheme};
 mod common;
 use common::{workload, STEPS};
 
+/// OpenFHE keeps evaluation keys in process-wide maps that key generation writes while
+/// evaluation reads them; the tests of this file take turns instead of racing on them.
+static OPENFHE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn built_lib(stem: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap();
@@ -27,6 +31,7 @@ fn built_lib(stem: &str) -> PathBuf {
 #[test]
 #[cfg_attr(not(openfhe), ignore = "OpenFHE was not found when this was built")]
 fn plugin_matches_the_linked_backend() {
+    let _turn = OPENFHE.lock().unwrap_or_else(|p| p.into_inner());
     let plugin = Plugin::load(built_lib("backend_openfhe")).unwrap();
     assert_eq!(plugin.name(), "openfhe");
     let p = OpenFheParams::insecure_for_tests(12, 6);
@@ -58,6 +63,7 @@ fn plugin_matches_the_linked_backend() {
 #[test]
 #[cfg_attr(not(openfhe), ignore = "OpenFHE was not found when this was built")]
 fn keys_stream_to_a_file_and_servers_share_or_load_them_through_the_plugin() {
+    let _turn = OPENFHE.lock().unwrap_or_else(|p| p.into_inner());
     let plugin = Plugin::load(built_lib("backend_openfhe")).unwrap();
     let p = OpenFheParams::insecure_for_tests(11, 3);
     let json = serde_json::to_string(&p).unwrap();

@@ -2,6 +2,7 @@
 //! runs weighted sums and one bootstrap per activation element (in parallel over elements),
 //! the client decrypts the output accumulators.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -23,23 +24,59 @@ pub fn decrypt_logits(client: &LweClient, plan: &QuantPlan, out: &[Lwe]) -> (Vec
 
 fn check_bits(params: &crate::lwe::LweParams, plan: &QuantPlan) -> LweResult<()> {
     if params.bits != plan.config.bits || params.extra_bits != plan.config.extra_bits {
-        return Err(LweError::Invalid(format!(
-            "the plan was quantised for {} bits (+{} accumulator bits), the keys are for {} (+{})",
-            plan.config.bits, plan.config.extra_bits, params.bits, params.extra_bits
-        )));
+        return Err(LweError::PlanMismatch {
+            plan_bits: plan.config.bits,
+            plan_extra: plan.config.extra_bits,
+            key_bits: params.bits,
+            key_extra: params.extra_bits,
+        });
     }
     Ok(())
 }
 
+/// A plan borrowed, or shared with whoever else holds it.
+enum PlanRef<'a> {
+    Borrowed(&'a QuantPlan),
+    Shared(Arc<QuantPlan>),
+}
+
+impl std::ops::Deref for PlanRef<'_> {
+    type Target = QuantPlan;
+    fn deref(&self) -> &QuantPlan {
+        match self {
+            PlanRef::Borrowed(p) => p,
+            PlanRef::Shared(p) => p,
+        }
+    }
+}
+
 /// The lookup tables of a plan, built once per server (one per stage and channel).
 pub struct PreparedPlan<'a> {
-    plan: &'a QuantPlan,
+    plan: PlanRef<'a>,
     luts: Vec<Vec<Lut>>,
+}
+
+impl PreparedPlan<'static> {
+    /// [`PreparedPlan::new`] for a plan shared with others (e.g. a server that outlives the call).
+    pub fn shared(server: &LweServer, plan: Arc<QuantPlan>) -> LweResult<Self> {
+        let luts = Self::tables(server, &plan)?;
+        Ok(PreparedPlan { plan: PlanRef::Shared(plan), luts })
+    }
 }
 
 impl<'a> PreparedPlan<'a> {
     /// Builds every lookup table; refuses a plan made for another precision.
     pub fn new(server: &LweServer, plan: &'a QuantPlan) -> LweResult<Self> {
+        let luts = Self::tables(server, plan)?;
+        Ok(PreparedPlan { plan: PlanRef::Borrowed(plan), luts })
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &QuantPlan {
+        &self.plan
+    }
+
+    fn tables(server: &LweServer, plan: &QuantPlan) -> LweResult<Vec<Vec<Lut>>> {
         check_bits(server.params(), plan)?;
         let o = server.params().offset();
         let luts = plan
@@ -47,7 +84,7 @@ impl<'a> PreparedPlan<'a> {
             .iter()
             .map(|st| st.tables.iter().map(|t| server.lut(|b| t[(b + o) as usize])).collect())
             .collect();
-        Ok(PreparedPlan { plan, luts })
+        Ok(luts)
     }
 }
 
@@ -94,10 +131,10 @@ fn run_inner(
     mut on_stage: impl FnMut(usize, usize),
     mut observe: impl FnMut(usize, &[&Lwe]),
 ) -> LweResult<(Vec<Lwe>, RunReport)> {
-    let plan = prepared.plan;
+    let plan: &QuantPlan = &prepared.plan;
     let n_in = plan.input.len() * plan.input_per_channel;
     if inputs.len() != n_in {
-        return Err(LweError::Invalid(format!("the plan takes {n_in} encrypted inputs, got {}", inputs.len())));
+        return Err(LweError::InputCount { expected: n_in, got: inputs.len() });
     }
     let (bits, extra) = (plan.config.bits, plan.config.extra_bits);
     let last_use = plan.last_use();
@@ -177,7 +214,7 @@ impl StageProbe {
 /// measuring device standing in for the earlier stages), the sums and bootstraps run as in
 /// [`run`], and the results are decrypted and checked against the simulation.
 pub fn probe(client: &LweClient, server: &LweServer, prepared: &PreparedPlan, x: &[f64], sample: usize) -> LweResult<Vec<StageProbe>> {
-    let plan = prepared.plan;
+    let plan: &QuantPlan = &prepared.plan;
     // Simulated value of every source.
     let mut values: Vec<i64> = plan.quantise_input(x);
     let stage_outputs = plan.stage_outputs(&values);

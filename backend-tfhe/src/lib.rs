@@ -10,6 +10,7 @@
 //!   integer simulation is the reference an encrypted run must match bit for bit;
 //! - [`lwe`]: TFHE-rs 128-bit parameter sets, signed encoding, weighted sums whose noise is
 //!   bounded in code, lookup-table bootstraps;
+//! - [`params`]: the backend's parameters (`--params` JSON) and its calibration policy;
 //! - [`engine`]: client encryption and decryption, and the server's run (parallel over the
 //!   elements of a layer, one bootstrap per real activation, never one for padding).
 
@@ -17,4 +18,5 @@
 
 pub mod engine;
 pub mod lwe;
+pub mod params;
 pub mod quant;

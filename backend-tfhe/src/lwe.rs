@@ -17,8 +17,6 @@
 //! neighbouring box is accepted, twice that (an error of two boxes then needs noise beyond Δ,
 //! twice the guaranteed margin, at the same failure probability).
 
-use std::fmt;
-
 use bincode::Options;
 
 use tfhe::core_crypto::prelude::{lwe_ciphertext_add_assign, lwe_ciphertext_cleartext_mul_assign, lwe_ciphertext_plaintext_add_assign, Cleartext, Plaintext};
@@ -32,9 +30,10 @@ use tfhe::shortint::server_key::LookupTableOwned;
 use tfhe::shortint::{Ciphertext, ClientKey, ServerKey};
 
 /// Errors of the LWE layer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LweError {
     /// A value outside the representable signed range.
+    #[error("value {value} does not fit in {bits} signed bits [{}, {}); quantise with a smaller scale", -(1i64 << (bits - 1)), 1i64 << (bits - 1))]
     OutOfRange {
         /// The value.
         value: i64,
@@ -42,35 +41,59 @@ pub enum LweError {
         bits: u32,
     },
     /// A weighted sum whose noise would exceed what the next bootstrap tolerates.
+    #[error("weighted sum too noisy: its noise is {norm:.2}× a fresh ciphertext's, the parameter set guarantees correct bootstrapping up to {bound}×; use smaller integer weights (a coarser weight scale), split the sum with a bootstrap in between, or a parameter set with a larger bound")]
     NoiseBudget {
         /// Noise of the sum, relative to a fresh ciphertext.
         norm: f64,
         /// The parameter set's bound.
         bound: f64,
     },
-    /// An operation mixing two different parameter sets, or an empty sum.
-    Invalid(String),
+    /// No published TFHE-rs set for this precision.
+    #[error("precision must be 4 to 8 bits (TFHE-rs 128-bit sets), got {0}")]
+    Bits(u32),
+    /// Too many extra accumulator bits.
+    #[error("extra accumulator bits must be 0 to 12, got {0}")]
+    ExtraBits(u32),
+    /// A weighted sum of nothing.
+    #[error("a weighted sum needs at least one term")]
+    EmptySum,
+    /// A plan quantised for other bits than the keys'.
+    #[error("the plan was quantised for {plan_bits} bits (+{plan_extra} accumulator bits), the keys are for {key_bits} (+{key_extra})")]
+    PlanMismatch {
+        /// The plan's bits.
+        plan_bits: u32,
+        /// The plan's extra accumulator bits.
+        plan_extra: u32,
+        /// The keys' bits.
+        key_bits: u32,
+        /// The keys' extra accumulator bits.
+        key_extra: u32,
+    },
+    /// An input of the wrong length.
+    #[error("the plan takes {expected} encrypted inputs, got {got}")]
+    InputCount {
+        /// Inputs the plan takes.
+        expected: usize,
+        /// Inputs given.
+        got: usize,
+    },
+    /// Keys or ciphertexts could not be serialised.
+    #[error("serialising {what}: {detail}")]
+    Serialize {
+        /// What.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
+    /// Bytes that are not what they should be.
+    #[error("corrupted or foreign {what}: {detail}")]
+    Corrupted {
+        /// What was being read.
+        what: &'static str,
+        /// Why it was refused.
+        detail: String,
+    },
 }
-
-impl fmt::Display for LweError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LweError::OutOfRange { value, bits } => write!(
-                f,
-                "value {value} does not fit in {bits} signed bits [{}, {}); quantise with a smaller scale",
-                -(1i64 << (bits - 1)),
-                1i64 << (bits - 1)
-            ),
-            LweError::NoiseBudget { norm, bound } => write!(
-                f,
-                "weighted sum too noisy: its noise is {norm:.2}× a fresh ciphertext's, the parameter set guarantees correct bootstrapping up to {bound}×; use smaller integer weights (a coarser weight scale), split the sum with a bootstrap in between, or a parameter set with a larger bound"
-            ),
-            LweError::Invalid(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for LweError {}
 
 /// Result of the LWE layer.
 pub type LweResult<T> = Result<T, LweError>;
@@ -109,7 +132,7 @@ impl LweParams {
     /// The set for `bits` with `extra_bits` (0 to 12) of accumulator precision below it.
     pub fn with_accumulator(bits: u32, extra_bits: u32) -> LweResult<Self> {
         if extra_bits > 12 {
-            return Err(LweError::Invalid(format!("extra accumulator bits must be 0 to 12, got {extra_bits}")));
+            return Err(LweError::ExtraBits(extra_bits));
         }
         let (name, set) = match bits {
             4 => ("PARAM_MESSAGE_1_CARRY_3_KS_PBS_GAUSSIAN_2M128", V1_6_PARAM_MESSAGE_1_CARRY_3_KS_PBS_GAUSSIAN_2M128),
@@ -117,7 +140,7 @@ impl LweParams {
             6 => ("PARAM_MESSAGE_1_CARRY_5_KS_PBS_GAUSSIAN_2M128", V1_6_PARAM_MESSAGE_1_CARRY_5_KS_PBS_GAUSSIAN_2M128),
             7 => ("PARAM_MESSAGE_1_CARRY_6_KS_PBS_GAUSSIAN_2M128", V1_6_PARAM_MESSAGE_1_CARRY_6_KS_PBS_GAUSSIAN_2M128),
             8 => ("PARAM_MESSAGE_1_CARRY_7_KS_PBS_GAUSSIAN_2M128", V1_6_PARAM_MESSAGE_1_CARRY_7_KS_PBS_GAUSSIAN_2M128),
-            _ => return Err(LweError::Invalid(format!("precision must be 4 to 8 bits (TFHE-rs 128-bit sets), got {bits}"))),
+            _ => return Err(LweError::Bits(bits)),
         };
         let stored_bits = (set.message_modulus.0 * set.carry_modulus.0).trailing_zeros();
         debug_assert_eq!(stored_bits, bits);
@@ -227,6 +250,47 @@ impl LweClient {
     }
 }
 
+impl LweClient {
+    /// The secret client state (parameters and secret keys), to keep on the client between
+    /// processes; read back with [`LweClient::from_bytes`]. Never send it to a server.
+    pub fn to_bytes(&self) -> LweResult<Vec<u8>> {
+        let mut out = vec![self.params.bits as u8, self.params.extra_bits as u8];
+        wire().serialize_into(&mut out, &self.key).map_err(|e| LweError::Serialize { what: "the client key", detail: e.to_string() })?;
+        Ok(out)
+    }
+    /// Rebuilds a client from [`LweClient::to_bytes`]; refuses keys of another parameter set.
+    pub fn from_bytes(bytes: &[u8]) -> LweResult<Self> {
+        let bad = |detail: String| LweError::Corrupted { what: "TFHE client key", detail };
+        let [bits, extra, rest @ ..] = bytes else { return Err(bad("too short".into())) };
+        let params = LweParams::with_accumulator(*bits as u32, *extra as u32).map_err(|e| bad(e.to_string()))?;
+        let key: ClientKey = wire().deserialize(rest).map_err(|e| bad(e.to_string()))?;
+        if key.parameters().message_modulus() != params.set.message_modulus || key.parameters().carry_modulus() != params.set.carry_modulus {
+            return Err(bad(format!("it does not belong to {}", params.name)));
+        }
+        Ok(LweClient { params, key })
+    }
+}
+
+impl Lwe {
+    /// Serialises the ciphertext (with its noise estimate).
+    pub fn to_bytes(&self) -> LweResult<Vec<u8>> {
+        let mut out = self.noise.to_le_bytes().to_vec();
+        wire().serialize_into(&mut out, &self.ct).map_err(|e| LweError::Serialize { what: "a ciphertext", detail: e.to_string() })?;
+        Ok(out)
+    }
+    /// Reads a ciphertext written by [`Lwe::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> LweResult<Self> {
+        let bad = |detail: String| LweError::Corrupted { what: "TFHE ciphertext", detail };
+        let (noise, rest) = bytes.split_first_chunk::<8>().ok_or_else(|| bad("too short".into()))?;
+        let noise = f64::from_le_bytes(*noise);
+        if !(noise >= 0.0 && noise.is_finite()) {
+            return Err(bad(format!("noise estimate {noise}")));
+        }
+        let ct: Ciphertext = wire().deserialize(rest).map_err(|e| bad(e.to_string()))?;
+        Ok(Lwe { ct, noise })
+    }
+}
+
 impl LweServer {
     /// The parameters.
     pub fn params(&self) -> &LweParams {
@@ -236,7 +300,7 @@ impl LweServer {
     /// a result outside the signed range wraps around (the caller's quantisation prevents it).
     pub fn weighted_sum(&self, terms: &[(&Lwe, i64)], bias: i64) -> LweResult<Lwe> {
         let Some((first, _)) = terms.first() else {
-            return Err(LweError::Invalid("a weighted sum needs at least one term".into()));
+            return Err(LweError::EmptySum);
         };
         let norm = terms.iter().map(|(x, w)| (*w as f64 * x.noise).powi(2)).sum::<f64>().sqrt();
         if norm > self.params.noise_bound {
@@ -291,24 +355,25 @@ impl LweServer {
     }
     /// Size in bytes of the serialised evaluation keys (bootstrapping and key-switching keys).
     pub fn key_bytes(&self) -> LweResult<u64> {
-        wire().serialized_size(&self.key).map_err(|e| LweError::Invalid(format!("sizing the server key: {e}")))
+        wire().serialized_size(&self.key).map_err(|e| LweError::Serialize { what: "the server key", detail: e.to_string() })
     }
     /// Serialises the evaluation keys (what a client sends to a server; no secret key).
     pub fn to_bytes(&self) -> LweResult<Vec<u8>> {
         let mut out = vec![self.params.bits as u8, self.params.extra_bits as u8];
-        wire().serialize_into(&mut out, &self.key).map_err(|e| LweError::Invalid(format!("serialising the server key: {e}")))?;
+        wire().serialize_into(&mut out, &self.key).map_err(|e| LweError::Serialize { what: "the server key", detail: e.to_string() })?;
         Ok(out)
     }
     /// Rebuilds a server from [`LweServer::to_bytes`]; refuses keys of another parameter set.
     pub fn from_bytes(bytes: &[u8]) -> LweResult<Self> {
         if bytes.len() < 2 {
-            return Err(LweError::Invalid("empty TFHE server key".into()));
+            return Err(LweError::Corrupted { what: "TFHE server key", detail: "empty".into() });
         }
         let (bits, extra, rest) = (bytes[0], bytes[1], &bytes[2..]);
         let params = LweParams::with_accumulator(bits as u32, extra as u32)?;
-        let key: ServerKey = wire().deserialize(rest).map_err(|e| LweError::Invalid(format!("corrupted or foreign TFHE server key: {e}")))?;
+        let key: ServerKey =
+            wire().deserialize(rest).map_err(|e| LweError::Corrupted { what: "TFHE server key", detail: e.to_string() })?;
         if key.message_modulus != params.set.message_modulus || key.carry_modulus != params.set.carry_modulus {
-            return Err(LweError::Invalid(format!("the server key does not belong to {}", params.name)));
+            return Err(LweError::Corrupted { what: "TFHE server key", detail: format!("it does not belong to {}", params.name) });
         }
         Ok(LweServer { params, key })
     }

@@ -39,33 +39,75 @@ pub enum ActivationMode {
 }
 
 impl std::str::FromStr for ActivationMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = QuantError;
+    fn from_str(s: &str) -> Result<Self, QuantError> {
         match s {
             "exact" => Ok(ActivationMode::Exact),
             "poly" => Ok(ActivationMode::Poly),
-            _ => Err(format!("unknown activation mode '{s}': use exact or poly")),
+            _ => Err(QuantError::UnknownMode(s.to_string())),
         }
     }
 }
 
-/// Errors of compilation and quantisation, each naming the node at fault.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QuantError(pub String);
-
-impl std::fmt::Display for QuantError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Errors of compilation and quantisation, each naming the node or setting at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum QuantError {
+    /// An activation mode other than `exact` or `poly`.
+    #[error("unknown activation mode '{0}': use exact or poly")]
+    UnknownMode(String),
+    /// `exact` on a polynomial that does not record the activation it approximates.
+    #[error("node '{node}': --activation exact needs the activation this polynomial approximates, and the model file does not record it (convert or fine-tune the model again with this version, or use --activation poly)")]
+    NoExactActivation {
+        /// The node.
+        node: String,
+    },
+    /// A polynomial's per-channel input scale is not positive.
+    #[error("node '{node}': channel {channel} has a non-positive input scale")]
+    InputScale {
+        /// The node.
+        node: String,
+        /// The channel.
+        channel: usize,
+    },
+    /// `poly` on an activation that is not a polynomial.
+    #[error("node '{node}' is a {kind} activation, not a polynomial: --activation poly needs a converted or fine-tuned model (use --activation exact for this one)")]
+    NotPolynomial {
+        /// The node.
+        node: String,
+        /// Its activation.
+        kind: &'static str,
+    },
+    /// A layer with no integer-linear form.
+    #[error("node '{node}': {what}")]
+    Unsupported {
+        /// The node.
+        node: String,
+        /// What is unsupported and what to do.
+        what: &'static str,
+    },
+    /// A setting of quantisation out of its range.
+    #[error("{0}")]
+    Config(String),
+    /// No calibration image was given.
+    #[error("calibration needs at least one image")]
+    NoCalibrationImages,
+    /// A calibration image drives a value to infinity.
+    #[error("calibration: {node} gives a non-finite value ({pre} → {post}) on a calibration image")]
+    NonFinite {
+        /// The activation node.
+        node: String,
+        /// Its input.
+        pre: f64,
+        /// Its output.
+        post: f64,
+    },
+    /// A plan saved by an older version lacks what this one needs.
+    #[error("stage '{0}' has no output encodings (a plan saved by an older version): calibrate again")]
+    OldPlan(String),
 }
-impl std::error::Error for QuantError {}
 
 /// Result of this module.
 pub type QResult<T> = Result<T, QuantError>;
-
-fn err<T>(m: impl Into<String>) -> QResult<T> {
-    Err(QuantError(m.into()))
-}
 
 /// An activation of one channel, as a real function.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -188,12 +230,10 @@ fn channel_activations(model: &Model, act: &Activation, channels: usize, node: &
                     }),
                     ActivationMode::Exact => {
                         let Some(inner) = approximates.as_ref().and_then(|a| exact(&a.as_activation())) else {
-                            return err(format!(
-                                "node '{node}': --activation exact needs the activation this polynomial approximates, and the model file does not record it (convert or fine-tune the model again with this version, or use --activation poly)"
-                            ));
+                            return Err(QuantError::NoExactActivation { node: node.to_string() });
                         };
                         if scales[ch] <= 0.0 || !scales[ch].is_finite() {
-                            return err(format!("node '{node}': channel {ch} has a non-positive input scale"));
+                            return Err(QuantError::InputScale { node: node.to_string(), channel: ch });
                         }
                         Ok(ChannelActivation::Normalised { inner: Box::new(inner), range: 1.0 / scales[ch] })
                     }
@@ -202,10 +242,7 @@ fn channel_activations(model: &Model, act: &Activation, channels: usize, node: &
         }
         a => {
             if mode == ActivationMode::Poly {
-                return err(format!(
-                    "node '{node}' is a {} activation, not a polynomial: --activation poly needs a converted or fine-tuned model (use --activation exact for this one)",
-                    Op::Activation(a.clone()).kind()
-                ));
+                return Err(QuantError::NotPolynomial { node: node.to_string(), kind: Op::Activation(a.clone()).kind() });
             }
             Ok(vec![exact(a).expect("not a polynomial"); channels])
         }
@@ -371,12 +408,17 @@ impl RealPlan {
                     out
                 }
                 Op::MaxPool(_) => {
-                    return err(format!(
-                        "node '{}': max pooling has no integer-linear form; convert the model first (`peregrine convert` or `peregrine finetune` turn it into average pooling)",
-                        node.name
-                    ))
+                    return Err(QuantError::Unsupported {
+                        node: node.name.clone(),
+                        what: "max pooling has no integer-linear form; convert the model first (`peregrine convert` or `peregrine finetune` turn it into average pooling)",
+                    })
                 }
-                Op::ConvTranspose2d(_) => return err(format!("node '{}': transposed convolution is not supported by the TFHE backend yet", node.name)),
+                Op::ConvTranspose2d(_) => {
+                    return Err(QuantError::Unsupported {
+                        node: node.name.clone(),
+                        what: "transposed convolution is not supported by the TFHE backend yet",
+                    })
+                }
             };
             debug_assert_eq!(out.len(), out_shape.iter().product::<usize>(), "node {}", node.name);
             tensors.insert(node.name.as_str(), out);
@@ -584,16 +626,19 @@ impl QuantPlan {
     /// Calibrates on `images` (preprocessed, `[N, C, H, W]` flattened per image) and quantises.
     pub fn calibrate(real: &RealPlan, images: &[Vec<f64>], config: QuantConfig) -> QResult<Self> {
         if images.is_empty() {
-            return err("calibration needs at least one image");
+            return Err(QuantError::NoCalibrationImages);
         }
         if !(4..=8).contains(&config.bits) {
-            return err(format!("precision must be 4 to 8 bits, got {}", config.bits));
+            return Err(QuantError::Config(format!("precision must be 4 to 8 bits, got {}", config.bits)));
         }
         if !(2..=config.bits).contains(&config.act_bits) {
-            return err(format!("activation bits must be 2 to {} (the accumulator's), got {}", config.bits, config.act_bits));
+            return Err(QuantError::Config(format!(
+                "activation bits must be 2 to {} (the accumulator's), got {}",
+                config.bits, config.act_bits
+            )));
         }
         if config.extra_bits > 12 {
-            return err(format!("extra accumulator bits must be 0 to 12, got {}", config.extra_bits));
+            return Err(QuantError::Config(format!("extra accumulator bits must be 0 to 12, got {}", config.extra_bits)));
         }
         let extra = config.extra_bits;
         // Accumulator range (p + k bits) and table inputs (p bits).
@@ -601,7 +646,7 @@ impl QuantPlan {
         let ht = half(config.bits);
         let ha = half(config.act_bits) - 1;
         if !(config.clip > 0.5 && config.clip <= 1.0) {
-            return err(format!("the calibration quantile (clip) must be in (0.5, 1], got {}", config.clip));
+            return Err(QuantError::Config(format!("the calibration quantile (clip) must be in (0.5, 1], got {}", config.clip)));
         }
         // Float pass: per stage and channel, every pre- and post-activation value; their ranges
         // are the `clip` quantiles (the extremes with clip = 1).
@@ -615,7 +660,7 @@ impl QuantPlan {
                     let a = f.eval(&values);
                     let y = st.acts[c as usize].eval(a);
                     if !(a.is_finite() && y.is_finite()) {
-                        return err(format!("calibration: {} gives a non-finite value ({a} → {y}) on a calibration image", st.node));
+                        return Err(QuantError::NonFinite { node: st.node.clone(), pre: a, post: y });
                     }
                     pre_abs[k][c as usize].push(a.abs());
                     post[k][c as usize].push(y);
@@ -760,7 +805,7 @@ impl QuantPlan {
     /// Refuses a plan without output encodings (saved by a version before they were recorded).
     pub fn real_values(&self, x: &[f64]) -> QResult<RealValues> {
         if let Some(st) = self.stages.iter().find(|st| st.outputs.len() != st.tables.len()) {
-            return err(format!("stage '{}' has no output encodings (a plan saved by an older version): calibrate again", st.node));
+            return Err(QuantError::OldPlan(st.node.clone()));
         }
         let q = self.quantise_input(x);
         let stages = self.stage_outputs(&q);

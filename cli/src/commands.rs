@@ -1,23 +1,21 @@
-//! Subcommand implementations: argument handling, progress and output only.
+//! The cleartext subcommands (import, eval, predict, info, convert, backends) and the progress
+//! helpers every subcommand shares.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use peregrine_backend::Scheme;
-use backend_clear::{ClearParams, ClearScheme};
 use peregrine_data::{load_cifar10, load_image, preprocess};
-use peregrine_model::format::{load_model, save_model};
-use peregrine_model::import::import_cifar_resnet;
-use peregrine_backend::plugin::discover;
-use peregrine_model::reference::{argmax_rows, Real, Reference, NO_PREDICTION};
-use rayon::prelude::*;
+use peregrine_model::import::{import_cifar_resnet, small_cnn};
+use peregrine_model::reference::Reference;
+use peregrine_model::{load_model, save_model, Model};
+use peregrine_runtime::eval::accuracy;
+use peregrine_runtime::Registry;
 use serde_json::json;
 
 use crate::Precision;
 
+/// A progress bar on stderr (hidden when `quiet`).
 pub fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
@@ -25,7 +23,7 @@ pub fn progress(len: u64, quiet: bool, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("valid template")
+            .expect("a valid template")
             .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
@@ -41,107 +39,77 @@ pub fn log_item(what: &str, done: usize, total: usize, detail: &str) {
     }
 }
 
+/// Bytes as MiB below 1 GiB, GiB above.
+pub fn size(bytes: Option<u64>) -> String {
+    match bytes {
+        Some(b) if b < 1 << 30 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        Some(b) => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        None => "unknown".into(),
+    }
+}
+
 pub fn import_resnet(depth: usize, weights: &Path, output: &Path, json: bool) -> Result<()> {
     let model = import_cifar_resnet(depth, weights).with_context(|| format!("importing ResNet-{depth}"))?;
     write_imported(&model, output, json)
 }
 
-/// `peregrine import small-cnn`: a freshly initialised small CNN to train.
 pub fn import_small_cnn(widths: &[usize], seed: u64, output: &Path, json: bool) -> Result<()> {
-    let model = peregrine_model::import::small_cnn(widths, seed)?;
-    write_imported(&model, output, json)
+    write_imported(&small_cnn(widths, seed)?, output, json)
 }
 
-fn write_imported(model: &peregrine_model::ir::Model, output: &Path, json: bool) -> Result<()> {
+fn write_imported(model: &Model, output: &Path, json: bool) -> Result<()> {
     save_model(model, output)?;
+    let (g, n) = (model.graph(), model.parameter_count());
     if json {
-        println!(
-            "{}",
-            json!({"model": output, "architecture": model.graph().name, "nodes": model.graph().nodes.len(),
-                   "parameters": model.parameter_count()})
-        );
+        println!("{}", json!({"model": output, "architecture": g.name, "nodes": g.nodes.len(), "parameters": n}));
     } else {
-        println!(
-            "wrote {} ({}, {} nodes, {} parameters)",
-            output.display(),
-            model.graph().name,
-            model.graph().nodes.len(),
-            model.parameter_count()
-        );
+        println!("wrote {} ({}, {} nodes, {n} parameters)", output.display(), g.name, g.nodes.len());
     }
     Ok(())
 }
 
-pub fn eval(model: &Path, data: &Path, limit: Option<usize>, batch: usize, precision: Precision, json: bool) -> Result<()> {
-    match precision {
-        Precision::F32 => eval_as::<f32>(model, data, limit, batch, json, "f32"),
-        Precision::F64 => eval_as::<f64>(model, data, limit, batch, json, "f64"),
-    }
-}
-
-fn eval_as<T: Real>(model_path: &Path, data: &Path, limit: Option<usize>, batch: usize, json: bool, ty: &str) -> Result<()> {
-    let start = Instant::now();
+pub fn eval(model_path: &Path, data: &Path, limit: Option<usize>, batch: usize, precision: Precision, json: bool) -> Result<()> {
+    let start = std::time::Instant::now();
     let model = load_model(model_path)?;
     let images = load_cifar10(data, limit)?;
-    let exec = Reference::<T>::new(&model);
-    let input = &model.graph().input;
-    let batch = batch.max(1);
-    let n = images.len();
-    let pb = progress(n as u64, json, "eval");
-    let correct = AtomicUsize::new(0);
-    let overflowed = AtomicUsize::new(0);
-    let infer_start = Instant::now();
-    let chunks: Vec<(usize, usize)> = (0..n).step_by(batch).map(|s| (s, (s + batch).min(n))).collect();
-    chunks.par_iter().try_for_each(|&(a, b)| -> Result<()> {
-        let part = images.slice(a..b);
-        let x = preprocess::<T>(&part.pixels, part.len(), input)?;
-        let y = exec.run(&x)?;
-        let pred = argmax_rows(&y);
-        let hits = pred.iter().zip(&part.labels).filter(|(p, l)| **p == **l as usize).count();
-        correct.fetch_add(hits, Ordering::Relaxed);
-        overflowed.fetch_add(pred.iter().filter(|p| **p == NO_PREDICTION).count(), Ordering::Relaxed);
-        pb.inc((b - a) as u64);
-        Ok(())
-    })?;
+    let pb = progress(images.len() as u64, json, "eval");
+    let (a, ty) = match precision {
+        Precision::F32 => (accuracy::<f32>(&model, &images, batch, |n| pb.inc(n as u64))?, "f32"),
+        Precision::F64 => (accuracy::<f64>(&model, &images, batch, |n| pb.inc(n as u64))?, "f64"),
+    };
     pb.finish_and_clear();
-    let infer_s = infer_start.elapsed().as_secs_f64();
-    let total_s = start.elapsed().as_secs_f64();
-    let correct = correct.into_inner();
-    let overflowed = overflowed.into_inner();
-    let acc = correct as f64 / n as f64;
+    let (total_s, threads) = (start.elapsed().as_secs_f64(), rayon::current_num_threads());
+    let acc = a.correct as f64 / a.images as f64;
     if json {
         println!(
             "{}",
-            json!({"model": model_path, "data": data, "images": n, "correct": correct, "accuracy": acc, "non_finite_outputs": overflowed,
-                   "precision": ty, "threads": rayon::current_num_threads(),
-                   "inference_seconds": infer_s, "total_seconds": total_s})
+            json!({"model": model_path, "data": data, "images": a.images, "correct": a.correct, "accuracy": acc,
+                   "non_finite_outputs": a.non_finite, "precision": ty, "threads": threads,
+                   "inference_seconds": a.seconds, "total_seconds": total_s})
         );
-    } else {
-        println!(
-            "{}: top-1 {correct}/{n} = {:.4} ({ty}, {:.2} s inference, {:.2} s total, {} threads){}",
-            model.graph().name,
-            acc,
-            infer_s,
-            total_s,
-            rayon::current_num_threads(),
-            if overflowed > 0 { format!("; {overflowed} outputs not finite, counted wrong") } else { String::new() }
-        );
+        return Ok(());
     }
+    let overflow = if a.non_finite > 0 { format!("; {} outputs not finite, counted wrong", a.non_finite) } else { String::new() };
+    println!(
+        "{}: top-1 {}/{} = {acc:.4} ({ty}, {:.2} s inference, {total_s:.2} s total, {threads} threads){overflow}",
+        model.graph().name,
+        a.correct,
+        a.images,
+        a.seconds
+    );
     Ok(())
 }
 
 pub fn predict(model_path: &Path, image: &Path, top: usize, json: bool) -> Result<()> {
     let model = load_model(model_path)?;
-    let pixels = load_image(image, &model.graph().input)?;
-    let x = preprocess::<f32>(&pixels, 1, &model.graph().input)?;
-    let y = Reference::<f32>::new(&model).run(&x)?;
-    let logits: Vec<f32> = y.iter().copied().collect();
+    let input = &model.graph().input;
+    let x = preprocess::<f32>(&load_image(image, input)?, 1, input)?;
+    let logits: Vec<f32> = Reference::<f32>::new(&model).run(&x)?.iter().copied().collect();
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]));
     let name = |i: usize| model.graph().classes.get(i).cloned().unwrap_or_else(|| format!("class {i}"));
     if json {
-        let tops: Vec<_> =
-            order.iter().take(top).map(|&i| json!({"class": i, "name": name(i), "logit": logits[i]})).collect();
+        let tops: Vec<_> = order.iter().take(top).map(|&i| json!({"class": i, "name": name(i), "logit": logits[i]})).collect();
         println!("{}", json!({"image": image, "prediction": order[0], "name": name(order[0]), "top": tops, "logits": logits}));
     } else {
         for &i in order.iter().take(top.max(1)) {
@@ -166,68 +134,106 @@ pub fn info(model_path: &Path, json: bool) -> Result<()> {
             json!({"name": g.name, "version": g.version, "input": g.input, "output": g.output,
                    "classes": g.classes, "parameters": model.parameter_count(), "nodes": nodes})
         );
+        return Ok(());
+    }
+    println!("{} (format v{}), input {:?}, {} parameters", g.name, g.version, g.input.shape, model.parameter_count());
+    for (n, s) in g.nodes.iter().zip(model.shapes()) {
+        println!("  {:<24} {:<22} {:?} <- {}", n.name, n.op.kind(), s, n.inputs.join(", "));
+    }
+    println!("output: {} {:?}", g.output, model.output_shape());
+    Ok(())
+}
+
+/// How `convert` builds the polynomials.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ConvertMethod {
+    /// SFT with zero epochs: Hermite expansion, PolyAct-RN running-max ranges, batch norm folded.
+    Hermite,
+    /// Least-squares fit on [−1, 1], ranges = margin × largest |x|.
+    LeastSquares,
+}
+
+/// Options of `peregrine convert`.
+#[derive(clap::Args)]
+pub struct ConvertArgs {
+    /// Model file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Polynomial degree.
+    #[arg(long, default_value_t = 4)]
+    degree: usize,
+    /// `hermite`: batch norm folded, PolyAct-RN with the Hermite expansion and running-max
+    /// ranges (SFT with zero epochs); `least-squares`: fit on [−1, 1] scaled by margin × max|x|.
+    #[arg(long, value_enum, default_value_t = ConvertMethod::Hermite)]
+    method: ConvertMethod,
+    /// Bound B of normalised inputs (hermite).
+    #[arg(long, default_value_t = 3.0)]
+    bound: f64,
+    /// CIFAR-10 batch used to calibrate per-channel ranges (use training data).
+    #[arg(long)]
+    calibration: PathBuf,
+    /// Images used for calibration.
+    #[arg(long, default_value_t = 512)]
+    calibration_images: usize,
+    /// Range = margin × largest |x| seen.
+    #[arg(long, default_value_t = 1.0)]
+    margin: f64,
+    /// Output model file.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+pub fn convert(c: &ConvertArgs, json: bool) -> Result<()> {
+    let m = load_model(&c.model)?;
+    let data = load_cifar10(&c.calibration, Some(c.calibration_images))?;
+    let x = preprocess::<f32>(&data.pixels, data.len(), &m.graph().input)?;
+    let out = match c.method {
+        ConvertMethod::Hermite => peregrine_sft::convert::convert(&m, c.degree, c.bound, &x, 64)?,
+        ConvertMethod::LeastSquares => peregrine_model::transform::convert(&m, c.degree, &x, c.margin)?,
+    };
+    save_model(&out, &c.output)?;
+    let (name, n, degree, method, output) = (&out.graph().name, data.len(), c.degree, c.method, &c.output);
+    if json {
+        let method = format!("{method:?}").to_lowercase();
+        println!(
+            "{}",
+            json!({"model": output, "name": name, "degree": degree, "method": method,
+                   "calibration_images": n, "margin": c.margin, "bound": c.bound})
+        );
     } else {
-        println!("{} (format v{}), input {:?}, {} parameters", g.name, g.version, g.input.shape, model.parameter_count());
-        for (n, s) in g.nodes.iter().zip(model.shapes()) {
-            println!("  {:<24} {:<22} {:?} <- {}", n.name, n.op.kind(), s, n.inputs.join(", "));
-        }
-        println!("output: {} {:?}", g.output, model.output_shape());
+        println!(
+            "wrote {} ({name}): activations → degree-{degree} polynomials ({method:?}) calibrated over {n} images, max pooling → average pooling",
+            output.display()
+        );
     }
     Ok(())
 }
 
-/// Plugin search path: `--plugin-dir` entries, then `PEREGRINE_PLUGIN_PATH`.
-/// Plugin search path: `--plugin-dir` entries and `PEREGRINE_PLUGIN_PATH`; when neither is
-/// given, the directory of the `peregrine` executable (where `cargo build` puts the plugins).
-pub fn plugin_dirs(mut dirs: Vec<PathBuf>) -> Vec<PathBuf> {
-    if let Some(p) = std::env::var_os("PEREGRINE_PLUGIN_PATH") {
-        dirs.extend(std::env::split_paths(&p));
-    }
-    if dirs.is_empty() {
-        dirs.extend(std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from)));
-    }
-    dirs
-}
-
-/// The built-in TFHE backend, in listings.
-const TFHE_DESCRIPTION: &str = "TFHE-rs (pure Rust): one LWE ciphertext per value, one lookup-table bootstrap per activation (exact or polynomial), 128-bit sets, quantised from calibration";
-
 pub fn backends(dirs: Vec<PathBuf>, json: bool) -> Result<()> {
-    let dirs = plugin_dirs(dirs);
-    let builtin_caps = ClearScheme::capabilities(&ClearParams::default())?;
-    let found = discover(&dirs);
+    let listing = Registry::new(dirs).listing();
     if json {
-        let plugins: Vec<_> = found
-            .iter()
-            .map(|(path, r)| match r {
-                Ok(p) => json!({"path": path, "name": p.name(), "description": p.description(),
-                                "capabilities": p.capabilities("").map_err(|e| e.to_string())}),
-                Err(e) => json!({"path": path, "error": e.to_string()}),
-            })
-            .collect();
-        println!(
-            "{}",
-            json!({"builtin": [{"name": ClearScheme::NAME, "description": ClearScheme::DESCRIPTION,
-                                "capabilities": builtin_caps},
-                               {"name": "tfhe", "description": TFHE_DESCRIPTION}],
-                   "search_path": dirs, "plugins": plugins})
-        );
+        println!("{}", json!(listing));
         return Ok(());
     }
+    let summary = |c: &Option<Result<peregrine_backend::Capabilities, String>>| match c {
+        Some(Ok(c)) => format!("\n           {}", c.summary()),
+        Some(Err(e)) => format!("\n           capabilities unavailable: {e}"),
+        None => String::new(),
+    };
     println!("built-in:");
-    println!("  {:<8} {}\n           {}", ClearScheme::NAME, ClearScheme::DESCRIPTION, builtin_caps.summary());
-    println!("  {:<8} {TFHE_DESCRIPTION}", "tfhe");
-    println!("plugins (search path: {}):", if dirs.is_empty() { "empty".into() } else { format!("{dirs:?}") });
-    if found.is_empty() {
+    for b in &listing.builtin {
+        let caps = b.capabilities.as_ref().map(|c| format!("\n           {}", c.summary())).unwrap_or_default();
+        println!("  {:<8} {}{caps}", b.name, b.description);
+    }
+    let path = &listing.search_path;
+    println!("plugins (search path: {}):", if path.is_empty() { "empty".into() } else { format!("{path:?}") });
+    if listing.plugins.is_empty() {
         println!("  none found");
     }
-    for (path, r) in &found {
-        match r {
-            Ok(p) => {
-                let caps = p.capabilities("").map(|c| c.summary()).unwrap_or_else(|e| format!("capabilities unavailable: {e}"));
-                println!("  {:<8} {}\n           {}\n           {}", p.name(), p.description(), caps, path.display());
-            }
-            Err(e) => println!("  (skipped) {}: {e}", path.display()),
+    for p in &listing.plugins {
+        match (&p.backend, &p.error) {
+            (Some(b), _) => println!("  {:<8} {}{}\n           {}", b.name, b.description, summary(&b.capabilities), p.path.display()),
+            (None, e) => println!("  (skipped) {}: {}", p.path.display(), e.as_deref().unwrap_or("not a plugin")),
         }
     }
     Ok(())

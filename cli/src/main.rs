@@ -1,14 +1,13 @@
-//! `peregrine`: import, inspect and evaluate models; list FHE backends.
+//! `peregrine`: import, inspect, convert, fine-tune and evaluate models; run them encrypted on
+//! any backend; list backends. Argument parsing and printing only: the work is done by the
+//! library crates (`peregrine-runtime` above all).
 //!
 //! Every subcommand that reports figures accepts `--json` (one JSON object on stdout, nothing
 //! else). Exit codes: 0 success, 1 failure (message on stderr), 2 bad usage.
 
 mod commands;
-mod compare;
-mod fhe;
 mod finetune;
-mod session;
-mod tfhe;
+mod fhe;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +20,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Print one JSON object on stdout instead of text (every subcommand that reports).
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 /// Scalar type of the reference executor.
@@ -30,6 +32,33 @@ pub enum Precision {
     F32,
     /// 64-bit floats (precision studies).
     F64,
+}
+
+/// What to plan for: model, backend, its parameters, plugins, key budget.
+#[derive(clap::Args)]
+pub struct TargetArgs {
+    /// Model file (polynomial activations for CKKS backends).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Backend name (`clear`, `tfhe`, or a plugin's name).
+    #[arg(long, default_value = "clear")]
+    pub backend: String,
+    /// Backend parameters as JSON (e.g. '{"levels": 90}' for clear).
+    #[arg(long, default_value = "")]
+    pub params: String,
+    /// Plugin directory (repeatable).
+    #[arg(long = "plugin-dir")]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Limit the rotation keys (±2^i keys plus the most used steps; others are composed).
+    #[arg(long)]
+    pub max_rotation_keys: Option<usize>,
+}
+
+impl TargetArgs {
+    fn target(self) -> peregrine_runtime::Target {
+        let TargetArgs { model, backend, params, plugin_dirs, max_rotation_keys } = self;
+        peregrine_runtime::Target { model, backend, params, plugin_dirs, max_rotation_keys }
+    }
 }
 
 #[derive(Subcommand)]
@@ -56,9 +85,6 @@ enum Command {
         /// Scalar type.
         #[arg(long, value_enum, default_value_t = Precision::F32)]
         precision: Precision,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
     /// Classify one PNG or JPEG image (resized to the model input if the model allows it).
     Predict {
@@ -71,64 +97,27 @@ enum Command {
         /// How many top classes to print.
         #[arg(long, default_value_t = 3)]
         top: usize,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
     /// Describe a model: nodes, shapes, parameters.
     Info {
         /// Model file.
         #[arg(long)]
         model: PathBuf,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
     /// Replace activations by calibrated polynomials and max pooling by average pooling (no training).
-    Convert {
-        /// Model file.
-        #[arg(long)]
-        model: PathBuf,
-        /// Polynomial degree.
-        #[arg(long, default_value_t = 4)]
-        degree: usize,
-        /// `hermite`: batch norm folded, PolyAct-RN with the Hermite expansion and running-max
-        /// ranges (SFT with zero epochs); `least-squares`: fit on [−1, 1] scaled by margin × max|x|.
-        #[arg(long, value_enum, default_value_t = fhe::ConvertMethod::Hermite)]
-        method: fhe::ConvertMethod,
-        /// Bound B of normalised inputs (hermite).
-        #[arg(long, default_value_t = 3.0)]
-        bound: f64,
-        /// CIFAR-10 batch used to calibrate per-channel ranges (use training data).
-        #[arg(long)]
-        calibration: PathBuf,
-        /// Images used for calibration.
-        #[arg(long, default_value_t = 512)]
-        calibration_images: usize,
-        /// Range = margin × largest |x| seen.
-        #[arg(long, default_value_t = 1.0)]
-        margin: f64,
-        /// Output model file.
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Convert(commands::ConvertArgs),
     /// Single-stage fine-tuning: PolyAct-RN polynomial activations, trained in one run.
     Finetune(finetune::FinetuneArgs),
-    /// Plan packed execution: layouts, levels, bootstraps, rotation keys and cost.
+    /// Plan encrypted execution: layouts, levels, bootstraps, rotation keys and cost (CKKS
+    /// backends), or the quantised stages (tfhe, which calibrates on `"calibration"` in --params).
     Plan {
         #[command(flatten)]
-        target: fhe::Target,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
+        target: TargetArgs,
     },
-    /// Encrypt, run packed, decrypt, and compare with the cleartext reference.
+    /// Encrypt, run, decrypt, and compare with the cleartext reference.
     Run {
         #[command(flatten)]
-        target: fhe::Target,
+        target: TargetArgs,
         /// CIFAR-10 batch file.
         #[arg(long)]
         data: Option<PathBuf>,
@@ -145,9 +134,6 @@ enum Command {
         /// (the model's polynomials); CKKS backends always evaluate the polynomials.
         #[arg(long)]
         activation: Option<String>,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
     /// The TFHE backend's quantised cleartext simulation over many images (no encryption): its
     /// accuracy for a precision and activation mode, to choose them before an encrypted run.
@@ -167,9 +153,6 @@ enum Command {
         /// Number of images.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
     /// Run the same model and images on several backends and print one comparison table.
     Compare {
@@ -194,9 +177,6 @@ enum Command {
         /// Limit the rotation keys (as for `run`).
         #[arg(long)]
         max_rotation_keys: Option<usize>,
-        /// Print one JSON object instead of the table.
-        #[arg(long)]
-        json: bool,
         /// Keep each backend's full `run --json` output as DIR/BACKEND.json.
         #[arg(long)]
         save: Option<PathBuf>,
@@ -204,13 +184,10 @@ enum Command {
     /// Client: plan the model, generate keys, write the secret client state and the evaluation keys to DIR.
     Keygen {
         #[command(flatten)]
-        target: fhe::Target,
+        target: TargetArgs,
         /// Session directory.
         #[arg(long)]
         dir: PathBuf,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
     /// Client: encrypt images from a CIFAR batch into DIR (needs DIR/client.secret).
     Encrypt {
@@ -229,27 +206,18 @@ enum Command {
         /// Session directory.
         #[arg(long)]
         dir: PathBuf,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
     /// Client: decrypt the results in DIR and compare with the cleartext reference.
     Decrypt {
         /// Session directory.
         #[arg(long)]
         dir: PathBuf,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
     /// List built-in backends and plugins found in the plugin search path.
     Backends {
         /// Directory to search for plugins (repeatable); `PEREGRINE_PLUGIN_PATH` (':'-separated) is searched too.
         #[arg(long = "plugin-dir")]
         plugin_dirs: Vec<PathBuf>,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -266,9 +234,6 @@ enum ImportCmd {
         /// Output model file.
         #[arg(short, long)]
         output: PathBuf,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
     /// A freshly initialised small CNN (3×3 conv, batch norm, 2×2 average pool, ReLU per
     /// stage, then fully connected) for backends that pay a bootstrap per activation; train it
@@ -283,46 +248,33 @@ enum ImportCmd {
         /// Output model file.
         #[arg(short, long)]
         output: PathBuf,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Import { what: ImportCmd::Resnet { depth, weights, output, json } } => {
+    let Cli { command, json } = Cli::parse();
+    let result = match command {
+        Command::Import { what: ImportCmd::Resnet { depth, weights, output } } => {
             commands::import_resnet(depth, &weights, &output, json)
         }
-        Command::Import { what: ImportCmd::SmallCnn { widths, seed, output, json } } => {
+        Command::Import { what: ImportCmd::SmallCnn { widths, seed, output } } => {
             commands::import_small_cnn(&widths, seed, &output, json)
         }
-        Command::Eval { model, data, limit, batch, precision, json } => {
-            commands::eval(&model, &data, limit, batch, precision, json)
+        Command::Eval { model, data, limit, batch, precision } => commands::eval(&model, &data, limit, batch, precision, json),
+        Command::Predict { model, image, top } => commands::predict(&model, &image, top, json),
+        Command::Info { model } => commands::info(&model, json),
+        Command::Backends { plugin_dirs } => commands::backends(plugin_dirs, json),
+        Command::Convert(args) => commands::convert(&args, json),
+        Command::Finetune(args) => finetune::finetune(args, json),
+        Command::Plan { target } => fhe::plan(target.target(), json),
+        Command::Run { target, data, image, limit, trace, activation } => {
+            fhe::run(target.target(), fhe::RunArgs { data, image, limit, trace, activation }, json)
         }
-        Command::Predict { model, image, top, json } => commands::predict(&model, &image, top, json),
-        Command::Info { model, json } => commands::info(&model, json),
-        Command::Backends { plugin_dirs, json } => commands::backends(plugin_dirs, json),
-        Command::Convert { model, degree, method, bound, calibration, calibration_images, margin, output, json } => {
-            fhe::convert_cmd(&model, degree, method, bound, &calibration, calibration_images, margin, &output, json)
+        Command::Simulate { model, params, activation, data, limit } => {
+            fhe::simulate(&model, &params, activation.as_deref(), &data, limit, json)
         }
-        Command::Finetune(args) => finetune::finetune_cmd(args),
-        Command::Plan { target, json } => fhe::plan_cmd(target, json),
-        Command::Run { target, data, image, limit, trace, json, activation } => {
-            if target.backend == "tfhe" {
-                tfhe::run_cmd(&target.model, &target.params, activation.as_deref(), data.as_deref(), image.as_deref(), limit, json)
-            } else if activation.as_deref().is_some_and(|a| a != "poly") {
-                Err(anyhow::anyhow!("--activation {} needs the tfhe backend: CKKS backends evaluate the model's polynomials", activation.unwrap_or_default()))
-            } else {
-                fhe::run_cmd(target, data.as_deref(), image.as_deref(), limit, trace, json)
-            }
-        }
-        Command::Simulate { model, params, activation, data, limit, json } => {
-            tfhe::simulate_cmd(&model, &params, activation.as_deref(), &data, limit, json)
-        }
-        Command::Compare { model, backends, params, data, limit, plugin_dirs, max_rotation_keys, json, save } => {
-            compare::compare_cmd(compare::CompareArgs {
+        Command::Compare { model, backends, params, data, limit, plugin_dirs, max_rotation_keys, save } => {
+            let args = peregrine_runtime::compare::CompareArgs {
                 model: &model,
                 backends: &backends,
                 params: &params,
@@ -330,14 +282,14 @@ fn main() -> ExitCode {
                 limit,
                 plugin_dirs: &plugin_dirs,
                 max_rotation_keys,
-                json,
                 save: save.as_deref(),
-            })
+            };
+            fhe::compare(&args, json)
         }
-        Command::Keygen { target, dir, json } => session::keygen_cmd(target, &dir, json),
-        Command::Encrypt { dir, data, limit } => session::encrypt_cmd(&dir, &data, limit),
-        Command::Infer { dir, json } => session::infer_cmd(&dir, json),
-        Command::Decrypt { dir, json } => session::decrypt_cmd(&dir, json),
+        Command::Keygen { target, dir } => fhe::keygen(target.target(), &dir, json),
+        Command::Encrypt { dir, data, limit } => fhe::encrypt(&dir, &data, limit, json),
+        Command::Infer { dir } => fhe::infer(&dir, json),
+        Command::Decrypt { dir } => fhe::decrypt(&dir, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,40 +6,13 @@ use std::path::PathBuf;
 
 use common::*;
 
-use ndarray::{ArrayD, IxDyn};
-use peregrine_model::format::save_model;
-use peregrine_model::ir::*;
+use peregrine_model::save_model;
+use peregrine_model::testkit::tiny_poly_cnn;
 
-/// A small CIFAR-shaped model with polynomial activations: conv s2 → poly4 → GAP → linear.
+/// The shared small model (conv s2 → poly4 → GAP → linear), written to a scratch file.
 fn small_model(tag: &str) -> PathBuf {
-    let det = |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (((i * 7919) % 101) as f32 / 101.0 - 0.5) * k).collect() };
-    let mut w = Weights::new();
-    w.insert("c.w".into(), ArrayD::from_shape_vec(IxDyn(&[4, 3, 3, 3]), det(108, 0.6)).unwrap());
-    let mut coeffs = det(20, 0.2);
-    for c in 0..4 {
-        coeffs[c * 5 + 1] = 0.5;
-    }
-    w.insert("p.c".into(), ArrayD::from_shape_vec(IxDyn(&[4, 5]), coeffs).unwrap());
-    w.insert("fc.w".into(), ArrayD::from_shape_vec(IxDyn(&[10, 4]), det(40, 1.0)).unwrap());
-    w.insert("fc.b".into(), ArrayD::from_shape_vec(IxDyn(&[10]), det(10, 0.1)).unwrap());
-    let n = |name: &str, op: Op, i: &str| Node { name: name.into(), op, inputs: vec![i.into()] };
-    let nodes = vec![
-        n("c", Op::Conv2d(Conv2d { in_channels: 3, out_channels: 4, kernel: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1], groups: 1, weight: "c.w".into(), bias: None }), INPUT),
-        n("p", Op::Activation(Activation::Poly { coeffs: "p.c".into(), input_scale: None, approximates: None }), "c"),
-        n("gap", Op::GlobalAvgPool, "p"),
-        n("flat", Op::Flatten, "gap"),
-        n("fc", Op::Linear(Linear { in_features: 4, out_features: 10, weight: "fc.w".into(), bias: Some("fc.b".into()) }), "flat"),
-    ];
-    let graph = Graph {
-        version: FORMAT_VERSION,
-        name: "small".into(),
-        input: InputSpec { shape: vec![3, 32, 32], preprocess: Preprocess { mean: vec![0.5; 3], std: vec![0.25; 3], resize: true } },
-        nodes,
-        output: "fc".into(),
-        classes: (0..10).map(|i| format!("c{i}")).collect(),
-    };
     let p = tmp(&format!("small-{tag}.safetensors"));
-    save_model(&Model::new(graph, w).unwrap(), &p).unwrap();
+    save_model(&tiny_poly_cnn(0), &p).unwrap();
     p
 }
 
@@ -252,4 +225,49 @@ fn tfhe_run_reproduces_its_quantised_simulation_and_names_bad_requests() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("calibration quantile (clip)"), "{}", String::from_utf8_lossy(&bad.stderr));
     let bad = bin().args(["run", "--backend", "clear", "--activation", "exact", "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("needs the tfhe backend"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+#[test]
+fn tfhe_plans_runs_as_separate_processes_and_compares_with_clear() {
+    let model = small_model("tfhe-session");
+    let data = shared("data/cifar10/test_batch.bin.gz");
+    let calibration = shared("data/cifar10/data_batch_1.bin.gz");
+    let params = format!(
+        r#"{{"bits": 4, "extra_bits": 4, "act_bits": 3, "calibration_images": 32, "activation": "poly", "calibration": "{}"}}"#,
+        calibration.display()
+    );
+    let plan = json(bin().args(["plan", "--backend", "tfhe", "--params", &params, "--json", "--model"]).arg(&model).output().unwrap());
+    assert_eq!(plan["bootstraps"], 1024, "{plan}");
+
+    // keygen / encrypt / infer / decrypt, the server without the secret key.
+    let dir = tmp("tfhe-session");
+    let _ = std::fs::remove_dir_all(&dir);
+    let k = json(bin().args(["keygen", "--backend", "tfhe", "--params", &params, "--json", "--model"]).arg(&model).arg("--dir").arg(&dir).output().unwrap());
+    assert!(k["evaluation_key_bytes"].as_u64().unwrap() > 1 << 20, "{k}");
+    ok(bin().args(["encrypt", "--limit", "1", "--data"]).arg(&data).arg("--dir").arg(&dir).output().unwrap());
+    std::fs::rename(dir.join("client.secret"), dir.join("away")).unwrap();
+    let inf = json(bin().args(["infer", "--json", "--dir"]).arg(&dir).output().unwrap());
+    assert_eq!(inf["images"], 1);
+    std::fs::rename(dir.join("away"), dir.join("client.secret")).unwrap();
+    let d = json(bin().args(["decrypt", "--json", "--dir"]).arg(&dir).output().unwrap());
+    let image = &d["images"][0];
+    // The decrypted outputs are compared with the quantised simulation, consistently.
+    let units = image["output_units_from_simulation"].as_i64().expect("compared with the simulation");
+    assert_eq!(units == 0, image["identical_to_simulation"] == true, "{d}");
+    assert_eq!(image["agree_quantised"], true, "{d}");
+
+    // The same backend beside `clear` in one table.
+    let out = bin()
+        .args(["compare", "--backends", "clear,tfhe", "--params", &format!("clear={PARAMS}"), "--params", &format!("tfhe={params}")])
+        .args(["--limit", "1", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let table = ok(out);
+    assert!(table.lines().any(|l| l.starts_with("clear ") && l.contains("1/1")), "clear must agree with the reference: {table}");
+    assert!(table.lines().any(|l| l.starts_with("tfhe ") && l.contains("128-bit")), "no tfhe row: {table}");
+    // The 4-bit toy model need not agree with the float reference, but must with its simulation.
+    assert!(table.contains("tfhe: top-1 equal to its quantised simulation 1/1"), "{table}");
 }

@@ -20,21 +20,8 @@ pub fn import_cifar_resnet(depth: usize, weights: impl AsRef<Path>) -> Result<Mo
 
 /// A bias-free 3×3 convolution with padding 1 whose weight tensor is `{name}.weight`.
 fn conv3x3(name: &str, cin: usize, cout: usize, stride: usize, input: &str) -> Node {
-    Node {
-        name: name.into(),
-        op: Op::Conv2d(Conv2d {
-            in_channels: cin,
-            out_channels: cout,
-            kernel: [3, 3],
-            stride: [stride, stride],
-            padding: [1, 1],
-            dilation: [1, 1],
-            groups: 1,
-            weight: format!("{name}.weight"),
-            bias: None,
-        }),
-        inputs: vec![input.into()],
-    }
+    let op = Op::Conv2d(Conv2d::square3(cin, cout, stride, &format!("{name}.weight"), None));
+    Node { name: name.into(), op, inputs: vec![input.into()] }
 }
 
 /// A batch norm (eps 1e-5, PyTorch's default) over the tensors `{name}.{weight,bias,running_mean,running_var}`.

@@ -48,6 +48,23 @@ pub struct Conv2d {
     pub bias: Option<String>,
 }
 
+impl Conv2d {
+    /// A 3×3 convolution with padding 1, the given stride, no dilation and one group.
+    pub fn square3(cin: usize, cout: usize, stride: usize, weight: &str, bias: Option<&str>) -> Self {
+        Conv2d {
+            in_channels: cin,
+            out_channels: cout,
+            kernel: [3, 3],
+            stride: [stride, stride],
+            padding: [1, 1],
+            dilation: [1, 1],
+            groups: 1,
+            weight: weight.into(),
+            bias: bias.map(Into::into),
+        }
+    }
+}
+
 /// Transposed 2-D convolution (PyTorch semantics, weight laid out `(in, out/groups, kh, kw)`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConvTranspose2d {

@@ -40,6 +40,10 @@ pub enum SftError {
     #[cfg(feature = "tfhe")]
     #[error("quantisation-aware training: {0}")]
     Quantise(#[from] backend_tfhe::quant::QuantError),
+    /// The TFHE parameters of quantisation-aware training are invalid.
+    #[cfg(feature = "tfhe")]
+    #[error(transparent)]
+    TfheParams(#[from] backend_tfhe::params::ParamsError),
 }
 
 impl SftError {

@@ -9,6 +9,8 @@
 //! - [`convert`]: the no-training conversion of a model (calibrated scales, fixed
 //!   polynomials, max pooling → average pooling), the baseline that training improves on.
 //!
+//! - `qat` (feature `tfhe`): quantisation-aware training through the TFHE backend's integer
+//!   simulation;
 //! - [`train`]: the fine-tuning itself, on candle: a trainable graph built from the IR,
 //!   SGD with momentum, checkpoints, and the export of the FHE-ready model.
 
@@ -18,6 +20,8 @@ pub mod convert;
 pub mod error;
 pub mod hermite;
 pub mod polyact;
+#[cfg(feature = "tfhe")]
+pub mod qat;
 pub mod train;
 
 pub use error::{Result, SftError};

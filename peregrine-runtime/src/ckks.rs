@@ -1,0 +1,308 @@
+//! CKKS-shaped backends in the runtime: any [`Scheme`] linked in, or any plugin, planned by
+//! `peregrine-ops` and run through the same [`DynClient`] / [`DynServer`].
+
+use std::marker::PhantomData;
+use std::path::Path;
+use std::sync::Arc;
+
+use peregrine_backend::plugin::{Plugin, PluginClient, PluginServer};
+use peregrine_backend::{BResult, Backend, Capabilities, Client, KeyRequest, Scheme};
+use peregrine_model::Model;
+use peregrine_ops::{compile, decrypt_output, encrypt_input, execute, plan, with_key_budget, Plan};
+use serde_json::json;
+
+use crate::engine::*;
+use crate::error::{Result, RuntimeError};
+
+/// A family of CKKS clients and servers reachable at run time: a [`Scheme`] linked into this
+/// program ([`Builtin`]) or a plugin library ([`Arc<Plugin>`]). Parameters arrive as JSON.
+pub trait Family: Send + Sync + 'static {
+    /// The client.
+    type Client: Client<Backend = Self::Server> + 'static;
+    /// The server.
+    type Server: Backend<Ciphertext: 'static> + 'static;
+    /// Name on the command line.
+    fn name(&self) -> &str;
+    /// One-line description.
+    fn description(&self) -> &str;
+    /// Capabilities for `params` without keys.
+    fn capabilities(&self, params: &str) -> Result<Capabilities>;
+    /// Generates keys.
+    fn keygen(&self, params: &str, request: &KeyRequest) -> Result<Self::Client>;
+    /// A client from its saved state.
+    fn load_client(&self, secret: &[u8]) -> BResult<Self::Client>;
+    /// A server from serialised evaluation keys.
+    fn server(&self, keys: &[u8]) -> BResult<Self::Server>;
+    /// A server from an evaluation-key file.
+    fn server_from_file(&self, path: &Path) -> BResult<Self::Server>;
+}
+
+/// The ciphertext type of a family's server.
+pub type Ct<F> = <<F as Family>::Server as Backend>::Ciphertext;
+
+/// A [`Scheme`] linked into this program, as a [`Family`].
+pub struct Builtin<S>(PhantomData<fn() -> S>);
+
+impl<S> Builtin<S> {
+    /// The family of scheme `S`.
+    pub fn new() -> Self {
+        Builtin(PhantomData)
+    }
+}
+
+impl<S> Default for Builtin<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: Scheme + 'static> Builtin<S> {
+    fn params(&self, json: &str) -> Result<S::Params> {
+        if json.trim().is_empty() {
+            return Ok(S::Params::default());
+        }
+        serde_json::from_str(json).map_err(|source| RuntimeError::Params { backend: S::NAME.into(), source })
+    }
+}
+
+impl<S> Family for Builtin<S>
+where
+    S: Scheme + 'static,
+    S::Client: 'static,
+    S::Server: 'static,
+    <S::Server as Backend>::Ciphertext: 'static,
+{
+    type Client = S::Client;
+    type Server = S::Server;
+    fn name(&self) -> &str {
+        S::NAME
+    }
+    fn description(&self) -> &str {
+        S::DESCRIPTION
+    }
+    fn capabilities(&self, params: &str) -> Result<Capabilities> {
+        Ok(S::capabilities(&self.params(params)?)?)
+    }
+    fn keygen(&self, params: &str, request: &KeyRequest) -> Result<S::Client> {
+        Ok(S::keygen(&self.params(params)?, request)?)
+    }
+    fn load_client(&self, secret: &[u8]) -> BResult<S::Client> {
+        S::load_client(secret)
+    }
+    fn server(&self, keys: &[u8]) -> BResult<S::Server> {
+        S::server(keys)
+    }
+    fn server_from_file(&self, path: &Path) -> BResult<S::Server> {
+        S::server_from_file(path)
+    }
+}
+
+impl Family for Arc<Plugin> {
+    type Client = PluginClient;
+    type Server = PluginServer;
+    fn name(&self) -> &str {
+        Plugin::name(self)
+    }
+    fn description(&self) -> &str {
+        Plugin::description(self)
+    }
+    fn capabilities(&self, params: &str) -> Result<Capabilities> {
+        Ok(Plugin::capabilities(self, params)?)
+    }
+    fn keygen(&self, params: &str, request: &KeyRequest) -> Result<PluginClient> {
+        Ok(Plugin::keygen(self, params, request)?)
+    }
+    fn load_client(&self, secret: &[u8]) -> BResult<PluginClient> {
+        Plugin::load_client(self, secret)
+    }
+    fn server(&self, keys: &[u8]) -> BResult<PluginServer> {
+        Plugin::server(self, keys)
+    }
+    fn server_from_file(&self, path: &Path) -> BResult<PluginServer> {
+        Plugin::server_from_file(self, path)
+    }
+}
+
+/// A CKKS-shaped [`Family`] as a [`RuntimeBackend`]: models are compiled and planned by
+/// `peregrine-ops` for the capabilities of the parameters.
+pub struct CkksBackend<F: Family>(Arc<F>);
+
+impl<F: Family> CkksBackend<F> {
+    /// The runtime backend of `family`.
+    pub fn new(family: F) -> Self {
+        CkksBackend(Arc::new(family))
+    }
+}
+
+impl<F: Family> RuntimeBackend for CkksBackend<F> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn description(&self) -> &str {
+        self.0.description()
+    }
+    fn default_capabilities(&self) -> Option<Result<Capabilities>> {
+        Some(self.0.capabilities(""))
+    }
+    fn compile(&self, model: &Model, params: &str, options: &CompileOptions) -> Result<Box<dyn CompiledModel>> {
+        if let Some(a) = options.activation.filter(|a| *a != "poly") {
+            return Err(RuntimeError::ActivationMode(a.to_string()));
+        }
+        let caps = self.0.capabilities(params)?;
+        let p = plan(compile(model, caps.slots)?, &caps)?;
+        let p = match options.max_rotation_keys {
+            Some(k) => with_key_budget(p, k)?,
+            None => p,
+        };
+        Ok(Box::new(CkksModel {
+            family: self.0.clone(),
+            params: params.to_string(),
+            plan: Arc::new(p),
+            model: model.graph().name.clone(),
+        }))
+    }
+}
+
+/// A model planned for a CKKS family.
+struct CkksModel<F: Family> {
+    family: Arc<F>,
+    params: String,
+    plan: Arc<Plan>,
+    model: String,
+}
+
+impl<F: Family> CompiledModel for CkksModel<F> {
+    fn backend(&self) -> &str {
+        self.family.name()
+    }
+    fn security_bits(&self) -> Option<u32> {
+        self.plan.capabilities.security_bits
+    }
+    fn describe(&self) -> PlanReport {
+        let p = &self.plan;
+        let c = &p.cost;
+        let mut lines = vec![format!(
+            "{:<28} {:<9} {:>5} {:>4} {:>6} {:>7} {:>4}  packing",
+            "step", "kind", "level", "used", "rots", "ct×pt", "cts"
+        )];
+        lines.extend(p.steps.iter().map(|s| {
+            format!(
+                "{:<28} {:<9} {:>5} {:>4} {:>6} {:>7} {:>4}  {}",
+                s.name, s.kind, s.level, s.levels_used, s.rotations, s.ct_pt_mults, s.ciphertexts, s.packing
+            )
+        }));
+        lines.push(format!(
+            "total: {} rotations, {} ct×ct (relinearisations), {} key switches, {} ct×pt, {} rescales, {} bootstrapped ciphertexts",
+            c.rotations, c.ct_ct_mults, c.key_switches, c.ct_pt_mults, c.rescales, c.bootstraps
+        ));
+        lines.push(format!(
+            "levels consumed {}, peak {} live ciphertexts, {} rotation keys (≈ {:.2} GiB of evaluation keys at full level)",
+            c.levels_consumed,
+            c.peak_live_ciphertexts,
+            c.rotation_keys,
+            c.key_bytes_estimate as f64 / (1u64 << 30) as f64
+        ));
+        PlanReport {
+            json: json!({"model": self.model, "backend": self.backend(), "capabilities": p.capabilities, "cost": p.cost,
+                         "rotation_keys": p.rotation_keys, "steps": p.steps}),
+            headline: format!("{} on {} ({})", self.model, self.backend(), p.capabilities.summary()),
+            lines,
+        }
+    }
+    fn cost(&self) -> serde_json::Value {
+        json!(self.plan.cost)
+    }
+    fn keygen(&self) -> Result<Box<dyn DynClient>> {
+        let client = self.family.keygen(&self.params, &self.plan.key_request())?;
+        Ok(Box::new(CkksClient { family: self.family.clone(), plan: self.plan.clone(), client }))
+    }
+    fn load_client(&self, secret: &[u8]) -> Result<Box<dyn DynClient>> {
+        let client = self.family.load_client(secret)?;
+        Ok(Box::new(CkksClient { family: self.family.clone(), plan: self.plan.clone(), client }))
+    }
+    fn server_from_file(&self, path: &Path) -> Result<Box<dyn DynServer>> {
+        let server = self.family.server_from_file(path)?;
+        Ok(Box::new(CkksServer::<F> { name: self.family.name().to_string(), plan: self.plan.clone(), server }))
+    }
+}
+
+struct CkksClient<F: Family> {
+    family: Arc<F>,
+    plan: Arc<Plan>,
+    client: F::Client,
+}
+
+struct CkksServer<F: Family> {
+    name: String,
+    plan: Arc<Plan>,
+    server: F::Server,
+}
+
+impl<F: Family> DynClient for CkksClient<F> {
+    fn save_secret(&self) -> Result<Vec<u8>> {
+        Ok(self.client.save_secret()?)
+    }
+    fn write_evaluation_keys(&self, out: &mut dyn std::io::Write) -> Result<()> {
+        Ok(self.client.write_evaluation_keys(out)?)
+    }
+    fn local_server(&self) -> Result<LocalServer> {
+        let name = self.family.name().to_string();
+        // Backends with very large keys (OpenFHE at N = 2^16) share them in memory; the bytes
+        // are then only counted.
+        if let Some(server) = self.client.local_server()? {
+            let mut count = ByteCounter::default();
+            self.client.write_evaluation_keys(&mut count)?;
+            let server = Box::new(CkksServer::<F> { name, plan: self.plan.clone(), server });
+            return Ok(LocalServer { server, key_bytes: count.0, shared: true });
+        }
+        let keys = self.client.evaluation_keys()?;
+        let server = Box::new(CkksServer::<F> { name, plan: self.plan.clone(), server: self.family.server(&keys)? });
+        Ok(LocalServer { server, key_bytes: keys.len() as u64, shared: false })
+    }
+    fn encrypt(&self, input: &[f64]) -> Result<Encrypted> {
+        Ok(Encrypted::new(encrypt_input(&self.client, &self.plan, input)?))
+    }
+    fn decrypt(&self, output: &Encrypted) -> Result<Decrypted> {
+        let cts: &Vec<Ct<F>> = output.downcast_ref(self.family.name())?;
+        Ok(Decrypted { logits: decrypt_output(&self.client, &self.plan, cts)?, raw: None })
+    }
+    fn decrypt_step(&self, event: &StepEvent) -> Option<Result<Vec<f64>>> {
+        let (tensor, values) = event.values.as_ref()?;
+        Some(values.downcast_ref::<Vec<Ct<F>>>(self.family.name()).and_then(|cts| {
+            Ok(peregrine_ops::exec::decrypt_tensor(&self.client, &self.plan, *tensor, cts)?)
+        }))
+    }
+    fn serialize(&self, values: &Encrypted) -> Result<Vec<Vec<u8>>> {
+        let cts: &Vec<Ct<F>> = values.downcast_ref(self.family.name())?;
+        Ok(cts.iter().map(|c| self.client.serialize_ciphertext(c)).collect::<BResult<_>>()?)
+    }
+    fn deserialize(&self, parts: &[Vec<u8>]) -> Result<Encrypted> {
+        let cts: Vec<Ct<F>> = parts.iter().map(|b| self.client.deserialize_ciphertext(b)).collect::<BResult<_>>()?;
+        Ok(Encrypted::new(cts))
+    }
+}
+
+impl<F: Family> DynServer for CkksServer<F> {
+    fn infer(&self, input: Encrypted, trace: bool, on_step: &mut dyn FnMut(StepEvent)) -> Result<(Encrypted, InferStats)> {
+        let cts: Vec<Ct<F>> = input.downcast(&self.name)?;
+        let prog = &self.plan.program;
+        let total = prog.steps.len();
+        let mut done = 0;
+        let (out, timings) = execute(&self.plan, &self.server, cts, |step, tensor, cts: &[Ct<F>]| {
+            done += 1;
+            let node = prog.tensors[tensor].name.trim_end_matches("@bootstrap").to_string();
+            let values = trace.then(|| (tensor, Encrypted::new(cts.to_vec())));
+            on_step(StepEvent { name: step.name.clone(), node, done, total, values });
+        })?;
+        let steps = timings.into_iter().map(|t| StepSeconds { step: t.name, seconds: t.seconds }).collect();
+        Ok((Encrypted::new(out), InferStats { steps, bootstraps: None }))
+    }
+    fn serialize(&self, values: &Encrypted) -> Result<Vec<Vec<u8>>> {
+        let cts: &Vec<Ct<F>> = values.downcast_ref(&self.name)?;
+        Ok(cts.iter().map(|c| self.server.serialize_ciphertext(c)).collect::<BResult<_>>()?)
+    }
+    fn deserialize(&self, parts: &[Vec<u8>]) -> Result<Encrypted> {
+        let cts: Vec<Ct<F>> = parts.iter().map(|b| self.server.deserialize_ciphertext(b)).collect::<BResult<_>>()?;
+        Ok(Encrypted::new(cts))
+    }
+}
