@@ -2,9 +2,10 @@
 //!
 //! TFHE evaluates a network as alternating *linear blocks* and *bootstraps*. Every chain of
 //! linear operations between two activations (convolution, batch norm, pooling, residual add,
-//! concatenation, flatten, fully connected…) is fused symbolically into one affine form per
-//! output element over the values the previous bootstraps produced (node fusing: an average
-//! pool after a convolution costs nothing). Each activation element is then exactly one
+//! concatenation, flatten, fully connected…) is composed into one sparse map by
+//! `peregrine-gip`'s lowering (the maps the CKKS packer schedules as diagonals), and each of
+//! its rows is one affine form per output element over the values the previous bootstraps
+//! produced (node fusing: an average pool after a convolution costs nothing). Each activation element is then exactly one
 //! weighted sum of LWE ciphertexts with small integer weights, followed by one programmable
 //! bootstrap whose lookup table applies the activation *and* requantises into the next block's
 //! input encoding. Padding positions are simply absent from the forms: no ciphertext, no
@@ -22,9 +23,8 @@
 //! the encrypted run performs (modulo 2^(p+1), negacyclic lookup tables past the padding bit),
 //! so an encrypted result must equal it bit for bit whenever the noise stays in bounds.
 
-use std::collections::HashMap;
-
-use peregrine_model::ir::{Activation, Model, Op, INPUT};
+use peregrine_gip::lower::{self, Chain, Source};
+use peregrine_model::ir::{Activation, Model, Op};
 use serde::{Deserialize, Serialize};
 
 /// How activation nodes are evaluated by the lookup tables.
@@ -157,30 +157,23 @@ struct Form {
     bias: f64,
 }
 
+/// The rows of `chain` as forms over every source value (`offset` places each source).
+fn forms(chain: &Chain, offset: &dyn Fn(&Source) -> u32) -> Vec<Form> {
+    let m = &chain.map;
+    let mut out: Vec<Form> = (0..m.out_len)
+        .map(|k| Form { terms: Vec::new(), bias: m.bias.as_ref().map_or(0.0, |b| b[k]) })
+        .collect();
+    for e in &m.entries {
+        out[e.dst as usize].terms.push((offset(&chain.sources[e.input as usize]) + e.src, e.w));
+    }
+    for f in &mut out {
+        f.terms.sort_unstable_by_key(|t| t.0);
+        f.terms.retain(|t| t.1 != 0.0);
+    }
+    out
+}
+
 impl Form {
-    fn source(i: u32) -> Self {
-        Form { terms: vec![(i, 1.0)], bias: 0.0 }
-    }
-    fn constant(c: f64) -> Self {
-        Form { terms: Vec::new(), bias: c }
-    }
-    /// `Σ w_j · forms[j]` plus `bias`, with equal sources merged.
-    fn combine<'a>(parts: impl IntoIterator<Item = (f64, &'a Form)>, bias: f64, scratch: &mut HashMap<u32, f64>) -> Form {
-        scratch.clear();
-        let mut b = bias;
-        for (w, f) in parts {
-            if w == 0.0 {
-                continue;
-            }
-            b += w * f.bias;
-            for &(s, c) in &f.terms {
-                *scratch.entry(s).or_insert(0.0) += w * c;
-            }
-        }
-        let mut terms: Vec<(u32, f64)> = scratch.drain().filter(|(_, c)| *c != 0.0).collect();
-        terms.sort_unstable_by_key(|t| t.0);
-        Form { terms, bias: b }
-    }
     fn eval(&self, values: &[f64]) -> f64 {
         self.terms.iter().map(|&(s, c)| c * values[s as usize]).sum::<f64>() + self.bias
     }
@@ -250,15 +243,15 @@ fn channel_activations(model: &Model, act: &Activation, channels: usize, node: &
 }
 
 impl RealPlan {
-    /// Fuses the model's linear operations into affine forms between its activations.
+    /// Fuses the model's linear operations into affine forms between its activations: the
+    /// linear chains of `peregrine-gip`'s lowering (the maps the CKKS packer schedules), one
+    /// form per row.
     ///
     /// Refuses, naming the node, what has no integer-linear form (max pooling: convert the model
-    /// first; transposed convolutions are not supported yet) and an `exact` run of a polynomial
-    /// that does not record its original activation.
+    /// first) and an `exact` run of a polynomial that does not record its original activation.
     pub fn compile(model: &Model, mode: ActivationMode) -> QResult<Self> {
         let g = model.graph();
         let input_shape = g.input.shape.clone();
-        let n_in: usize = input_shape.iter().product();
         let pre = &g.input.preprocess;
         let input_range = (0..input_shape[0])
             .map(|c| {
@@ -266,165 +259,31 @@ impl RealPlan {
                 ((0.0 - m) / s, (1.0 - m) / s)
             })
             .collect();
-        let mut tensors: HashMap<&str, Vec<Form>> = HashMap::new();
-        tensors.insert(INPUT, (0..n_in as u32).map(Form::source).collect());
-        let mut next_source = n_in as u32;
-        let mut stages = Vec::new();
-        let mut scratch = HashMap::new();
-        for (idx, node) in g.nodes.iter().enumerate() {
-            let ins: Vec<&Vec<Form>> = node.inputs.iter().map(|i| tensors.get(i.as_str()).expect("validated graph")).collect();
-            let in_shape = |k: usize| -> Vec<usize> {
-                let name = &node.inputs[k];
-                if name == INPUT {
-                    input_shape.clone()
-                } else {
-                    model.shape(model.node_index(name).expect("validated")).clone()
-                }
-            };
-            let out_shape = model.shape(idx).clone();
-            let out: Vec<Form> = match &node.op {
-                Op::Conv2d(c) => {
-                    let (s, w) = (in_shape(0), model.weight(&c.weight));
-                    let bias = c.bias.as_ref().map(|b| model.weight(b));
-                    let (h, wd, ho, wo) = (s[1], s[2], out_shape[1], out_shape[2]);
-                    let (cin_g, cout_g) = (c.in_channels / c.groups, c.out_channels / c.groups);
-                    let mut out = Vec::with_capacity(out_shape.iter().product());
-                    for oc in 0..c.out_channels {
-                        let g0 = (oc / cout_g) * cin_g;
-                        let b = bias.map(|b| b[[oc]] as f64).unwrap_or(0.0);
-                        for oy in 0..ho {
-                            for ox in 0..wo {
-                                let mut parts = Vec::new();
-                                for ic in 0..cin_g {
-                                    for ky in 0..c.kernel[0] {
-                                        let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.padding[0] as isize;
-                                        if iy < 0 || iy >= h as isize {
-                                            continue;
-                                        }
-                                        for kx in 0..c.kernel[1] {
-                                            let ix = (ox * c.stride[1] + kx * c.dilation[1]) as isize - c.padding[1] as isize;
-                                            if ix < 0 || ix >= wd as isize {
-                                                continue;
-                                            }
-                                            let wv = w[[oc, ic, ky, kx]] as f64;
-                                            parts.push((wv, &ins[0][((g0 + ic) * h + iy as usize) * wd + ix as usize]));
-                                        }
-                                    }
-                                }
-                                out.push(Form::combine(parts, b, &mut scratch));
-                            }
-                        }
-                    }
-                    out
-                }
-                Op::BatchNorm(b) => {
-                    let (wt, bs, mean, var) = (model.weight(&b.weight), model.weight(&b.bias), model.weight(&b.running_mean), model.weight(&b.running_var));
-                    let per = ins[0].len() / b.channels;
-                    ins[0]
-                        .iter()
-                        .enumerate()
-                        .map(|(i, f)| {
-                            let c = i / per;
-                            let k = wt[[c]] as f64 / (var[[c]] as f64 + b.eps).sqrt();
-                            Form::combine([(k, f)], bs[[c]] as f64 - k * mean[[c]] as f64, &mut scratch)
-                        })
-                        .collect()
-                }
-                Op::AvgPool(p) => {
-                    let s = in_shape(0);
-                    let (h, wd, ho, wo) = (s[1], s[2], out_shape[1], out_shape[2]);
-                    let inv = 1.0 / (p.kernel[0] * p.kernel[1]) as f64;
-                    let mut out = Vec::new();
-                    for c in 0..s[0] {
-                        for oy in 0..ho {
-                            for ox in 0..wo {
-                                let mut parts = Vec::new();
-                                for ky in 0..p.kernel[0] {
-                                    for kx in 0..p.kernel[1] {
-                                        let iy = (oy * p.stride[0] + ky) as isize - p.padding[0] as isize;
-                                        let ix = (ox * p.stride[1] + kx) as isize - p.padding[1] as isize;
-                                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
-                                            parts.push((inv, &ins[0][(c * h + iy as usize) * wd + ix as usize]));
-                                        }
-                                    }
-                                }
-                                out.push(Form::combine(parts, 0.0, &mut scratch));
-                            }
-                        }
-                    }
-                    out
-                }
-                Op::GlobalAvgPool => {
-                    let s = in_shape(0);
-                    let hw = s[1] * s[2];
-                    (0..s[0]).map(|c| Form::combine(ins[0][c * hw..(c + 1) * hw].iter().map(|f| (1.0 / hw as f64, f)), 0.0, &mut scratch)).collect()
-                }
-                Op::Linear(l) => {
-                    let w = model.weight(&l.weight);
-                    let bias = l.bias.as_ref().map(|b| model.weight(b));
-                    (0..l.out_features)
-                        .map(|o| Form::combine((0..l.in_features).map(|i| (w[[o, i]] as f64, &ins[0][i])), bias.map(|b| b[[o]] as f64).unwrap_or(0.0), &mut scratch))
-                        .collect()
-                }
-                Op::Add => (0..ins[0].len()).map(|i| Form::combine(ins.iter().map(|t| (1.0, &t[i])), 0.0, &mut scratch)).collect(),
-                Op::Concat => ins.iter().flat_map(|t| t.iter().cloned()).collect(),
-                Op::Flatten => ins[0].clone(),
-                Op::Upsample { factor } => {
-                    let s = in_shape(0);
-                    let (h, wd) = (s[1], s[2]);
-                    let mut out = Vec::new();
-                    for c in 0..s[0] {
-                        for y in 0..h * factor {
-                            for x in 0..wd * factor {
-                                out.push(ins[0][(c * h + y / factor) * wd + x / factor].clone());
-                            }
-                        }
-                    }
-                    out
-                }
-                Op::SubsampleChannelPad { stride, pad_before, pad_after } => {
-                    let s = in_shape(0);
-                    let (h, wd, ho, wo) = (s[1], s[2], out_shape[1], out_shape[2]);
-                    let mut out = vec![Form::constant(0.0); pad_before * ho * wo];
-                    for c in 0..s[0] {
-                        for y in 0..ho {
-                            for x in 0..wo {
-                                out.push(ins[0][(c * h + y * stride) * wd + x * stride].clone());
-                            }
-                        }
-                    }
-                    out.extend(vec![Form::constant(0.0); pad_after * ho * wo]);
-                    out
-                }
-                Op::Activation(a) => {
-                    let channels = out_shape[0];
-                    let per = out_shape.iter().product::<usize>() / channels;
-                    let acts = channel_activations(model, a, channels, &node.name, mode)?;
-                    let forms = ins[0].clone();
-                    let n = forms.len() as u32;
-                    stages.push(RealStage { node: node.name.clone(), channel: (0..n).map(|i| i / per as u32).collect(), forms, acts });
-                    let out = (next_source..next_source + n).map(Form::source).collect();
-                    next_source += n;
-                    out
-                }
-                Op::MaxPool(_) => {
-                    return Err(QuantError::Unsupported {
-                        node: node.name.clone(),
-                        what: "max pooling has no integer-linear form; convert the model first (`peregrine convert` or `peregrine finetune` turn it into average pooling)",
-                    })
-                }
-                Op::ConvTranspose2d(_) => {
-                    return Err(QuantError::Unsupported {
-                        node: node.name.clone(),
-                        what: "transposed convolution is not supported by the TFHE backend yet",
-                    })
-                }
-            };
-            debug_assert_eq!(out.len(), out_shape.iter().product::<usize>(), "node {}", node.name);
-            tensors.insert(node.name.as_str(), out);
+        let chains = lower::chains(model).map_err(|e| QuantError::Unsupported {
+            node: e.node,
+            what: "max pooling has no integer-linear form; convert the model first (`peregrine convert` or `peregrine finetune` turn it into average pooling)",
+        })?;
+        // Where each source's values start in the list of every source value.
+        let mut offsets = vec![input_shape.iter().product::<usize>() as u32];
+        for (i, _) in &chains.activations {
+            offsets.push(offsets.last().copied().unwrap_or(0) + model.shape(*i).iter().product::<usize>() as u32);
         }
-        let output = tensors.remove(g.output.as_str()).expect("validated output");
-        Ok(RealPlan { input_shape, stages, output, input_range })
+        let offset = |s: &Source| match s {
+            Source::Input => 0,
+            Source::Activation(k) => offsets[*k],
+        };
+        let mut stages = Vec::with_capacity(chains.activations.len());
+        for (i, chain) in &chains.activations {
+            let node = &g.nodes[*i];
+            let Op::Activation(a) = &node.op else { unreachable!("chains end at activations") };
+            let out_shape = model.shape(*i);
+            let channels = out_shape[0];
+            let per = (out_shape.iter().product::<usize>() / channels) as u32;
+            let forms = forms(chain, &offset);
+            let acts = channel_activations(model, a, channels, &node.name, mode)?;
+            stages.push(RealStage { node: node.name.clone(), channel: (0..forms.len() as u32).map(|e| e / per).collect(), forms, acts });
+        }
+        Ok(RealPlan { input_shape, stages, output: forms(&chains.output, &offset), input_range })
     }
 
     /// Number of activation elements (= bootstraps of an encrypted run).

@@ -156,6 +156,45 @@ fn wide(bits: u32, extra: u32, act: u32, mode: ActivationMode) -> QuantConfig {
 }
 
 #[test]
+fn a_transposed_convolution_lowers_like_any_linear_layer() {
+    // The shared lowering gives the TFHE backend every linear layer the CKKS packer has.
+    let mut r = StdRng::seed_from_u64(5);
+    let mut w = Weights::new();
+    w.insert("c.w".into(), tensor(&mut r, &[4, 3, 3, 3], -0.5, 0.5));
+    w.insert("t.w".into(), tensor(&mut r, &[4, 2, 3, 3], -0.5, 0.5));
+    w.insert("t.b".into(), tensor(&mut r, &[2], -0.2, 0.2));
+    w.insert("fc.w".into(), tensor(&mut r, &[3, 2 * 10 * 8], -0.2, 0.2));
+    let convt = ConvTranspose2d {
+        in_channels: 4,
+        out_channels: 2,
+        kernel: [3, 3],
+        stride: [2, 2],
+        padding: [1, 1],
+        output_padding: [1, 1],
+        dilation: [1, 1],
+        groups: 1,
+        weight: "t.w".into(),
+        bias: Some("t.b".into()),
+    };
+    let nodes = vec![
+        node("c", conv(3, 4, 2, 1, 1, 1, "c.w", None), &[INPUT]),
+        node("r1", Op::Activation(Activation::Relu), &["c"]),
+        node("t", Op::ConvTranspose2d(convt), &["r1"]),
+        node("r2", Op::Activation(Activation::Relu), &["t"]),
+        node("flat", Op::Flatten, &["r2"]),
+        node("fc", Op::Linear(Linear { in_features: 160, out_features: 3, weight: "fc.w".into(), bias: None }), &["flat"]),
+    ];
+    let m = Model::new(graph([3, 9, 7], nodes, "fc"), w).unwrap();
+    let real = RealPlan::compile(&m, ActivationMode::Exact).unwrap();
+    assert_eq!(real.activations(), 4 * 5 * 4 + 2 * 10 * 8);
+    for x in images(&m, 3, 2) {
+        for (a, b) in real.eval(&x).iter().zip(&reference(&m, &x)) {
+            assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()), "fused {a} vs reference {b}");
+        }
+    }
+}
+
+#[test]
 fn fused_forms_equal_the_reference_executor_on_every_supported_operation() {
     let m = every_op_model(3);
     let real = RealPlan::compile(&m, ActivationMode::Exact).unwrap();

@@ -7,6 +7,8 @@
 //! - [`layout`]: [`Gip`] descriptors (packing factor g = split / mux) and their explicit
 //!   element → (ciphertext, slot) maps ([`Layout`]);
 //! - [`linear`]: sparse linear maps between tensors ([`LinearMap`]) and their composition;
+//! - [`lower`]: every linear layer of a model as a [`LinearMap`], and a model as linear chains
+//!   between its activations — the one lowering every backend uses;
 //! - [`diag`]: the diagonal decomposition of a linear map between two layouts and its
 //!   baby-step giant-step schedule ([`DiagonalPlan`]), which lists every rotation it needs.
 
@@ -15,6 +17,7 @@
 pub mod diag;
 pub mod layout;
 pub mod linear;
+pub mod lower;
 
 pub use diag::{DiagonalPlan, PairPlan};
 pub use layout::{Gip, Layout, Position};

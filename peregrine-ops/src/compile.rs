@@ -3,8 +3,7 @@
 use std::collections::HashMap;
 
 use peregrine_model::ir::{Activation, Model, Op, INPUT};
-use peregrine_gip::linear::Window;
-use peregrine_gip::{DiagonalPlan, Gip, Layout, LinearMap};
+use peregrine_gip::{lower, DiagonalPlan, Gip, Layout, LinearMap};
 use serde::Serialize;
 
 use crate::OpsError;
@@ -172,10 +171,6 @@ fn f64s(model: &Model, name: &str) -> Vec<f64> {
     model.weight(name).iter().map(|&v| v as f64).collect()
 }
 
-fn win(kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], dilation: [usize; 2]) -> Window {
-    Window { kernel, stride, padding, dilation }
-}
-
 /// Compiles `model` for ciphertexts of `slots` slots.
 pub fn compile(model: &Model, slots: usize) -> Result<Program, OpsError> {
     let g = model.graph();
@@ -249,6 +244,14 @@ impl Compiler<'_> {
         Ok(Pending { power: 1, map: LinearMap::identity(self.tensors[t].layout.len()), inputs: vec![t], nodes: vec![] })
     }
 
+    /// Node `i`'s linear map, from the lowering every backend shares.
+    fn lowered(&self, i: usize) -> Result<LinearMap, OpsError> {
+        match lower::node_map(self.model, i) {
+            Ok(Some(map)) => Ok(map),
+            _ => Err(OpsError::Unsupported(format!("node '{}' is not linear", self.model.graph().nodes[i].name))),
+        }
+    }
+
     fn ready(&mut self, name: &str) -> Result<TensorId, OpsError> {
         if name == INPUT {
             return Ok(0);
@@ -273,41 +276,14 @@ impl Compiler<'_> {
         let chw = |s: &[usize]| -> (usize, usize, usize) { (s[0], s.get(1).copied().unwrap_or(1), s.get(2).copied().unwrap_or(1)) };
         let (ci, hi, wi) = chw(&in_shape);
         match &node.op {
-            Op::Conv2d(p) => {
-                let map = LinearMap::conv2d(
-                    ci,
-                    hi,
-                    wi,
-                    p.out_channels,
-                    win(p.kernel, p.stride, p.padding, p.dilation),
-                    p.groups,
-                    &f64s(m, &p.weight),
-                    p.bias.as_ref().map(|b| f64s(m, b)).as_deref(),
-                );
-                single(map, self)
-            }
-            Op::ConvTranspose2d(p) => {
-                let map = LinearMap::conv_transpose2d(
-                    ci,
-                    hi,
-                    wi,
-                    p.out_channels,
-                    out_shape[1],
-                    out_shape[2],
-                    win(p.kernel, p.stride, p.padding, p.dilation),
-                    p.groups,
-                    &f64s(m, &p.weight),
-                    p.bias.as_ref().map(|b| f64s(m, b)).as_deref(),
-                );
-                single(map, self)
-            }
-            Op::BatchNorm(b) => {
-                let (w, bb, mean, var) = (f64s(m, &b.weight), f64s(m, &b.bias), f64s(m, &b.running_mean), f64s(m, &b.running_var));
-                let scale: Vec<f64> = (0..ci).map(|c| w[c] / (var[c] + b.eps).sqrt()).collect();
-                let shift: Vec<f64> = (0..ci).map(|c| bb[c] - mean[c] * scale[c]).collect();
-                single(LinearMap::affine(ci, hi * wi, &scale, &shift), self)
-            }
-            Op::AvgPool(p) => single(LinearMap::avg_pool(ci, hi, wi, win(p.kernel, p.stride, p.padding, [1, 1])), self),
+            Op::Conv2d(_)
+            | Op::ConvTranspose2d(_)
+            | Op::BatchNorm(_)
+            | Op::AvgPool(_)
+            | Op::Linear(_)
+            | Op::Upsample { .. }
+            | Op::SubsampleChannelPad { .. }
+            | Op::Flatten => single(self.lowered(i)?, self),
             Op::GlobalAvgPool => {
                 // Sum each channel by rotations (no level), then let the next linear map read the
                 // per-channel sums at their anchor slots: far fewer diagonals than a dense map.
@@ -335,21 +311,11 @@ impl Compiler<'_> {
                         mean.bias = None;
                         Ok(Value::Pending(Pending { power: 1, map: mean, inputs: vec![sum], nodes: vec![name] }))
                     }
-                    _ => single(LinearMap::global_avg_pool(ci, hi, wi), self),
+                    _ => single(self.lowered(i)?, self),
                 }
             }
-            Op::Linear(l) => single(
-                LinearMap::fully_connected(l.in_features, l.out_features, &f64s(m, &l.weight), l.bias.as_ref().map(|b| f64s(m, b)).as_deref()),
-                self,
-            ),
-            Op::Upsample { factor } => single(LinearMap::upsample(ci, hi, wi, *factor), self),
-            Op::SubsampleChannelPad { stride, pad_before, pad_after } => {
-                single(LinearMap::subsample_pad(ci, hi, wi, *stride, *pad_before, *pad_after), self)
-            }
-            Op::Flatten => single(LinearMap::identity(ci * hi * wi), self),
             Op::Add | Op::Concat => {
-                let lens: Vec<usize> = node.inputs.iter().map(|n| self.shape_of(n).iter().product()).collect();
-                let outer = if matches!(node.op, Op::Add) { LinearMap::sum(lens.len(), lens[0]) } else { LinearMap::concat(&lens) };
+                let outer = self.lowered(i)?;
                 let mut subs = Vec::new();
                 let mut ids = Vec::new();
                 let mut nodes = Vec::new();
