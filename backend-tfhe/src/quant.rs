@@ -85,9 +85,23 @@ pub enum QuantError {
         /// What is unsupported and what to do.
         what: &'static str,
     },
-    /// A setting of quantisation out of its range.
-    #[error("{0}")]
-    Config(String),
+    /// A precision without a TFHE-rs set.
+    #[error("precision must be 4 to 8 bits, got {0}")]
+    Bits(u32),
+    /// Activation bits beyond the accumulator's.
+    #[error("activation bits must be 2 to {bits} (the accumulator's), got {act_bits}")]
+    ActBits {
+        /// The accumulator's bits.
+        bits: u32,
+        /// The activation bits asked for.
+        act_bits: u32,
+    },
+    /// Too many extra accumulator bits.
+    #[error("extra accumulator bits must be 0 to 12, got {0}")]
+    ExtraBits(u32),
+    /// A calibration quantile outside (0.5, 1].
+    #[error("the calibration quantile (clip) must be in (0.5, 1], got {0}")]
+    Clip(f64),
     /// No calibration image was given.
     #[error("calibration needs at least one image")]
     NoCalibrationImages,
@@ -488,16 +502,13 @@ impl QuantPlan {
             return Err(QuantError::NoCalibrationImages);
         }
         if !(4..=8).contains(&config.bits) {
-            return Err(QuantError::Config(format!("precision must be 4 to 8 bits, got {}", config.bits)));
+            return Err(QuantError::Bits(config.bits));
         }
         if !(2..=config.bits).contains(&config.act_bits) {
-            return Err(QuantError::Config(format!(
-                "activation bits must be 2 to {} (the accumulator's), got {}",
-                config.bits, config.act_bits
-            )));
+            return Err(QuantError::ActBits { bits: config.bits, act_bits: config.act_bits });
         }
         if config.extra_bits > 12 {
-            return Err(QuantError::Config(format!("extra accumulator bits must be 0 to 12, got {}", config.extra_bits)));
+            return Err(QuantError::ExtraBits(config.extra_bits));
         }
         let extra = config.extra_bits;
         // Accumulator range (p + k bits) and table inputs (p bits).
@@ -505,7 +516,7 @@ impl QuantPlan {
         let ht = half(config.bits);
         let ha = half(config.act_bits) - 1;
         if !(config.clip > 0.5 && config.clip <= 1.0) {
-            return Err(QuantError::Config(format!("the calibration quantile (clip) must be in (0.5, 1], got {}", config.clip)));
+            return Err(QuantError::Clip(config.clip));
         }
         // Float pass: per stage and channel, every pre- and post-activation value; their ranges
         // are the `clip` quantiles (the extremes with clip = 1).

@@ -221,7 +221,7 @@ fn print_table(report: &CompareReport) {
     }
     for r in &report.rows {
         let Ok(v) = &r.result else {
-            println!("{:<10} failed: {}", r.backend, r.result.as_ref().err().map_or("", |e| e.as_str()));
+            println!("{:<10} failed: {}", r.backend, r.result.as_ref().err().map(|e| e.to_string()).unwrap_or_default());
             continue;
         };
         let s = &v.summary;

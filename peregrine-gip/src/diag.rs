@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::layout::Layout;
+use crate::layout::{Layout, LayoutError};
 use crate::linear::LinearMap;
 
 /// One plaintext-diagonal product `diag ⊙ rot(inputs[input][in_ct], baby)`.
@@ -78,30 +78,35 @@ fn split(r: i64, n1: usize, slots: usize) -> (i64, i64) {
 
 impl DiagonalPlan {
     /// Schedules `map` from `inputs` layouts to `output` layout.
-    pub fn new(map: &LinearMap, inputs: &[&Layout], output: &Layout) -> Result<DiagonalPlan, String> {
+    pub fn new(map: &LinearMap, inputs: &[&Layout], output: &Layout) -> Result<DiagonalPlan, LayoutError> {
         Self::with_passthrough(map, inputs, output, true)
     }
 
     /// As [`DiagonalPlan::new`]; with `allow_passthrough` false every pair is multiplied (so
     /// every term comes out at the same, chosen scale).
-    pub fn with_passthrough(map: &LinearMap, inputs: &[&Layout], output: &Layout, allow_passthrough: bool) -> Result<DiagonalPlan, String> {
+    pub fn with_passthrough(
+        map: &LinearMap,
+        inputs: &[&Layout],
+        output: &Layout,
+        allow_passthrough: bool,
+    ) -> Result<DiagonalPlan, LayoutError> {
         if inputs.len() != map.input_lens.len() {
-            return Err(format!("map has {} inputs, {} layouts given", map.input_lens.len(), inputs.len()));
+            return Err(LayoutError::InputCount { map: map.input_lens.len(), layouts: inputs.len() });
         }
         for (k, (l, n)) in inputs.iter().zip(&map.input_lens).enumerate() {
             if l.len() != *n {
-                return Err(format!("input {k}: layout holds {} elements, map expects {n}", l.len()));
+                return Err(LayoutError::InputLen { input: k, layout: l.len(), map: *n });
             }
             if l.slots != output.slots {
-                return Err("input and output layouts have different slot counts".into());
+                return Err(LayoutError::SlotMismatch);
             }
         }
         if output.len() != map.out_len {
-            return Err(format!("output layout holds {} elements, map produces {}", output.len(), map.out_len));
+            return Err(LayoutError::OutputLen { layout: output.len(), map: map.out_len });
         }
         let slots = output.slots;
         if slots >= 1 << 24 || output.ciphertexts >= 1 << 16 || inputs.len() >= 1 << 8 || inputs.iter().any(|l| l.ciphertexts >= 1 << 16) {
-            return Err("layout too large to schedule (slots < 2^24, ciphertexts < 2^16, inputs < 2^8)".into());
+            return Err(LayoutError::TooLarge);
         }
         // Sort every coefficient by (out_ct, input, in_ct, r) packed in one key, then group.
         let mut items: Vec<(u64, u32, f64)> = map

@@ -17,6 +17,82 @@
 
 use serde::{Deserialize, Serialize};
 
+
+/// An inconsistent layout or a map that does not fit its layouts.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// A descriptor with a zero size.
+    #[error("layout has a zero size: {0}")]
+    ZeroSize(String),
+    /// A sub-map larger than its block.
+    #[error("sub-map does not fit the block: {0}")]
+    BlockOverflow(String),
+    /// A block larger than a ciphertext.
+    #[error("block of {block} slots exceeds {slots} slots")]
+    TooWide {
+        /// Slots of a block.
+        block: usize,
+        /// Slots of a ciphertext.
+        slots: usize,
+    },
+    /// An element placed outside the ciphertexts.
+    #[error("element {element} at ({ct}, {slot}) is outside {cts} × {slots}")]
+    OutOfRange {
+        /// The element.
+        element: usize,
+        /// Its ciphertext.
+        ct: u32,
+        /// Its slot.
+        slot: u32,
+        /// Ciphertexts of the layout.
+        cts: usize,
+        /// Slots per ciphertext.
+        slots: usize,
+    },
+    /// Two elements in one slot.
+    #[error("element {element} shares slot ({ct}, {slot}) with another element")]
+    Collision {
+        /// The element.
+        element: usize,
+        /// Its ciphertext.
+        ct: u32,
+        /// Its slot.
+        slot: u32,
+    },
+    /// A map with another number of inputs than layouts.
+    #[error("map has {map} inputs, {layouts} layouts given")]
+    InputCount {
+        /// Inputs of the map.
+        map: usize,
+        /// Layouts given.
+        layouts: usize,
+    },
+    /// An input layout of the wrong size.
+    #[error("input {input}: layout holds {layout} elements, map expects {map}")]
+    InputLen {
+        /// The input.
+        input: usize,
+        /// Elements of its layout.
+        layout: usize,
+        /// Elements the map expects.
+        map: usize,
+    },
+    /// Layouts of different ciphertext sizes.
+    #[error("input and output layouts have different slot counts")]
+    SlotMismatch,
+    /// An output layout of the wrong size.
+    #[error("output layout holds {layout} elements, map produces {map}")]
+    OutputLen {
+        /// Elements of the layout.
+        layout: usize,
+        /// Elements the map produces.
+        map: usize,
+    },
+    /// Beyond what the schedule's packed keys can index.
+    #[error("layout too large to schedule (slots < 2^24, ciphertexts < 2^16, inputs < 2^8)")]
+    TooLarge,
+}
+
 /// A slot of a ciphertext: `(ciphertext index, slot index)`.
 pub type Position = (u32, u32);
 
@@ -125,19 +201,19 @@ impl Gip {
         self.split * self.split * self.cts_per_submap()
     }
     /// Checks the descriptor is consistent (fits its slots, non-zero sizes).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), LayoutError> {
         if [self.channels, self.height, self.width, self.split, self.mux, self.block_rows, self.row_stride, self.slots]
             .contains(&0)
         {
-            return Err(format!("layout has a zero size: {self:?}"));
+            return Err(LayoutError::ZeroSize(format!("{self:?}")));
         }
         if self.height.div_ceil(self.split) * self.mux > self.block_rows
             || self.width.div_ceil(self.split) * self.mux > self.row_stride
         {
-            return Err(format!("sub-map does not fit the block: {self:?}"));
+            return Err(LayoutError::BlockOverflow(format!("{self:?}")));
         }
         if self.block_slots() > self.slots {
-            return Err(format!("block of {} slots exceeds {} slots", self.block_slots(), self.slots));
+            return Err(LayoutError::TooWide { block: self.block_slots(), slots: self.slots });
         }
         Ok(())
     }
@@ -232,15 +308,15 @@ impl Layout {
     }
 
     /// Checks that no two elements share a slot and every position is in range.
-    pub fn check_injective(&self) -> Result<(), String> {
+    pub fn check_injective(&self) -> Result<(), LayoutError> {
         let mut seen = vec![false; self.ciphertexts * self.slots];
         for (i, &(ct, slot)) in self.positions.iter().enumerate() {
             if ct as usize >= self.ciphertexts || slot as usize >= self.slots {
-                return Err(format!("element {i} at ({ct}, {slot}) is outside {} × {}", self.ciphertexts, self.slots));
+                return Err(LayoutError::OutOfRange { element: i, ct, slot, cts: self.ciphertexts, slots: self.slots });
             }
             let k = ct as usize * self.slots + slot as usize;
             if seen[k] {
-                return Err(format!("element {i} shares slot ({ct}, {slot}) with another element"));
+                return Err(LayoutError::Collision { element: i, ct, slot });
             }
             seen[k] = true;
         }

@@ -20,5 +20,5 @@ pub mod linear;
 pub mod lower;
 
 pub use diag::{DiagonalPlan, PairPlan};
-pub use layout::{Gip, Layout, Position};
+pub use layout::{Gip, Layout, LayoutError, Position};
 pub use linear::LinearMap;

@@ -511,8 +511,9 @@ impl Compiler<'_> {
         let info = self.tensors[t].clone();
         let layout = self.choose_layout(&info.shape, &[]);
         let map = LinearMap::identity(info.layout.len());
-        let plan = DiagonalPlan::new(&map, &[&info.layout], &layout).map_err(OpsError::Layout)?;
         let name = format!("{}#clean", info.name);
+        let plan = DiagonalPlan::new(&map, &[&info.layout], &layout)
+            .map_err(|source| OpsError::Layout { step: name.clone(), source })?;
         let out = self.new_tensor(&name, info.shape.clone(), layout);
         self.steps.push(Step { name: name.clone(), nodes: vec![], kind: StepKind::Linear { inputs: vec![t], plan, power: 1 }, output: out });
         Ok(out)
@@ -560,7 +561,8 @@ impl Compiler<'_> {
                     // A pure relabelling (flatten): reuse the input's slots.
                     let layout = self.tensors[p.inputs[0]].layout.clone();
                     let t = self.new_tensor(&name, shape, layout.clone());
-                    let plan = DiagonalPlan::with_passthrough(&p.map, &[&layout], &layout, p.power == 1).map_err(OpsError::Layout)?;
+                    let plan = DiagonalPlan::with_passthrough(&p.map, &[&layout], &layout, p.power == 1)
+                        .map_err(|source| OpsError::Layout { step: name.clone(), source })?;
                     self.steps.push(Step {
                         name: name.clone(),
                         nodes: p.nodes,
@@ -572,7 +574,7 @@ impl Compiler<'_> {
                     let layout = self.choose_layout(&shape, &p.inputs);
                     let ins: Vec<&Layout> = p.inputs.iter().map(|t| &self.tensors[*t].layout).collect();
                     let plan = DiagonalPlan::with_passthrough(&p.map, &ins, &layout, p.power == 1)
-                        .map_err(|e| OpsError::Layout(format!("node '{name}': {e}")))?;
+                        .map_err(|source| OpsError::Layout { step: name.clone(), source })?;
                     let t = self.new_tensor(&name, shape, layout);
                     self.steps.push(Step {
                         name: name.clone(),
@@ -585,10 +587,7 @@ impl Compiler<'_> {
                 self.values[j] = Some(Value::Ready(out));
                 Ok(out)
             }
-            None => Err(OpsError::Layout(format!(
-                "internal: value of node '{}' was absorbed by its only consumer and cannot be materialised",
-                self.model.graph().nodes[j].name
-            ))),
+            None => Err(OpsError::Absorbed(self.model.graph().nodes[j].name.clone())),
         }
     }
 }

@@ -37,9 +37,36 @@ pub enum OpsError {
         /// The first step that runs out.
         step: String,
     },
-    /// A layout or schedule could not be built.
-    #[error("layout error: {0}")]
-    Layout(String),
+    /// A layout or schedule could not be built for a step.
+    #[error("layout error in '{step}'")]
+    Layout {
+        /// The step (or node) being scheduled.
+        step: String,
+        /// Why.
+        #[source]
+        source: peregrine_gip::LayoutError,
+    },
+    /// A program planned for a backend with another slot count.
+    #[error("program compiled for {program} slots, backend has {backend}")]
+    SlotMismatch {
+        /// Slots the program was compiled for.
+        program: usize,
+        /// Slots of the backend.
+        backend: usize,
+    },
+    /// A rotation-key budget below what composing every rotation needs.
+    #[error("a budget of {budget} rotation keys is below the {needed} power-of-two keys needed to compose any rotation of {slots} slots")]
+    KeyBudget {
+        /// Keys allowed.
+        budget: usize,
+        /// Keys needed.
+        needed: usize,
+        /// Slots.
+        slots: usize,
+    },
+    /// A value was consumed before it could be materialised (a compiler bug).
+    #[error("internal: value of node '{0}' was absorbed by its only consumer and cannot be materialised")]
+    Absorbed(String),
     /// A backend operation failed.
     #[error("backend error in step '{step}': {cause}")]
     Backend {

@@ -227,10 +227,7 @@ fn insert_bootstrap(
 /// Plans with bootstraps forced right after the tensors in `forced`, the rest just in time.
 fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<TensorId>) -> Result<Plan, OpsError> {
     if caps.slots != program.slots {
-        return Err(OpsError::Layout(format!(
-            "program compiled for {} slots, backend has {}",
-            program.slots, caps.slots
-        )));
+        return Err(OpsError::SlotMismatch { program: program.slots, backend: caps.slots });
     }
     let top = caps.max_level;
     let mut levels = vec![0usize; program.tensors.len()];
@@ -495,10 +492,7 @@ pub fn with_key_budget(mut plan: Plan, max_keys: usize) -> Result<Plan, OpsError
     }
     base.remove(&0);
     if max_keys < base.len() {
-        return Err(OpsError::Layout(format!(
-            "a budget of {max_keys} rotation keys is below the {} power-of-two keys needed to compose any rotation of {slots} slots",
-            base.len()
-        )));
+        return Err(OpsError::KeyBudget { budget: max_keys, needed: base.len(), slots });
     }
     let mut by_use: Vec<(i64, usize)> = plan.rotation_uses.iter().map(|(k, v)| (*k, *v)).filter(|(k, _)| !base.contains(k)).collect();
     by_use.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));

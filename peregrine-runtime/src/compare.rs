@@ -14,6 +14,58 @@ use serde::Serialize;
 use crate::error::{Result, RuntimeError};
 use crate::run::RunReport;
 
+/// A comparison asked for wrongly.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    /// No backend given.
+    #[error("--backends is empty: give e.g. clear,openfhe")]
+    NoBackends,
+    /// No image asked for.
+    #[error("--limit must be at least 1")]
+    NoImages,
+    /// A parameter override that is not `BACKEND=JSON`.
+    #[error("--params '{0}' must be BACKEND=JSON, e.g. clear='{{\"levels\": 60}}'")]
+    NotBackendJson(String),
+    /// Parameters for a backend that is not compared.
+    #[error("--params names backend '{name}', which is not in --backends {backends}")]
+    NotCompared {
+        /// The backend named.
+        name: String,
+        /// The backends compared.
+        backends: String,
+    },
+    /// Two overrides for one backend.
+    #[error("--params gives backend '{0}' twice")]
+    Twice(String),
+}
+
+/// Why one backend's run gave no report.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    /// The child process could not start or be waited for.
+    #[error("cannot run `{exe} run`: {cause}")]
+    Spawn {
+        /// The executable.
+        exe: String,
+        /// The I/O error.
+        cause: std::io::Error,
+    },
+    /// The run failed; its error line.
+    #[error("{0}")]
+    Failed(String),
+    /// The run printed something other than a report.
+    #[error("unreadable output of `peregrine run`: {0}")]
+    Output(#[source] serde_json::Error),
+    /// Its report could not be saved.
+    #[error("writing {path}: {cause}")]
+    Save {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        cause: std::io::Error,
+    },
+}
+
 /// Options of [`compare`].
 pub struct CompareArgs<'a> {
     /// Model file.
@@ -92,16 +144,16 @@ impl Figures {
 }
 
 /// One backend's row: its report, or why it failed.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Row {
     /// Backend name.
     pub backend: String,
     /// The run's report or the error it ended with.
-    pub result: std::result::Result<RunReport, String>,
+    pub result: std::result::Result<RunReport, RowError>,
 }
 
 /// Every backend's row, and the cleartext reference's accuracy on the same images.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct CompareReport {
     /// Rows in the order asked.
     pub rows: Vec<Row>,
@@ -121,7 +173,7 @@ impl CompareReport {
             .iter()
             .map(|r| match &r.result {
                 Ok(v) => serde_json::json!({"backend": r.backend, "summary": Figures::of(v)}),
-                Err(e) => serde_json::json!({"backend": r.backend, "error": e}),
+                Err(e) => serde_json::json!({"backend": r.backend, "error": e.to_string()}),
             })
             .collect();
         let reference = self.reference.map(|(c, n)| serde_json::json!({"correct": c, "images": n}));
@@ -135,16 +187,13 @@ pub fn params_for(backends: &[String], overrides: &[String]) -> Result<Vec<Strin
     let mut seen = Vec::new();
     for o in overrides {
         let Some((name, p)) = o.split_once('=') else {
-            return Err(RuntimeError::Usage(format!("--params '{o}' must be BACKEND=JSON, e.g. clear='{{\"levels\": 60}}'")));
+            return Err(CompareError::NotBackendJson(o.clone()).into());
         };
         let Some(i) = backends.iter().position(|b| b == name) else {
-            return Err(RuntimeError::Usage(format!(
-                "--params names backend '{name}', which is not in --backends {}",
-                backends.join(",")
-            )));
+            return Err(CompareError::NotCompared { name: name.into(), backends: backends.join(",") }.into());
         };
         if seen.contains(&name) {
-            return Err(RuntimeError::Usage(format!("--params gives backend '{name}' twice")));
+            return Err(CompareError::Twice(name.into()).into());
         }
         seen.push(name);
         serde_json::from_str::<serde_json::Value>(p).map_err(|source| RuntimeError::Params { backend: name.into(), source })?;
@@ -157,10 +206,10 @@ pub fn params_for(backends: &[String], overrides: &[String]) -> Result<Vec<Strin
 /// rows; `on_log(backend, line)` sees each child's log lines as they come.
 pub fn compare(exe: &Path, a: &CompareArgs, on_log: &mut dyn FnMut(&str, &str)) -> Result<CompareReport> {
     if a.backends.is_empty() {
-        return Err(RuntimeError::Usage("--backends is empty: give e.g. clear,openfhe".into()));
+        return Err(CompareError::NoBackends.into());
     }
     if a.limit == 0 {
-        return Err(RuntimeError::Usage("--limit must be at least 1".into()));
+        return Err(CompareError::NoImages.into());
     }
     let params = params_for(a.backends, a.params)?;
     if let Some(dir) = a.save {
@@ -178,7 +227,14 @@ pub fn compare(exe: &Path, a: &CompareArgs, on_log: &mut dyn FnMut(&str, &str)) 
     Ok(CompareReport { rows, reference })
 }
 
-fn run_one(exe: &Path, a: &CompareArgs, backend: &str, params: &str, on_log: &mut dyn FnMut(&str, &str)) -> std::result::Result<RunReport, String> {
+fn run_one(
+    exe: &Path,
+    a: &CompareArgs,
+    backend: &str,
+    params: &str,
+    on_log: &mut dyn FnMut(&str, &str),
+) -> std::result::Result<RunReport, RowError> {
+    let spawn = |cause| RowError::Spawn { exe: exe.display().to_string(), cause };
     let mut cmd = Command::new(exe);
     cmd.arg("run").arg("--json").arg("--model").arg(a.model).arg("--backend").arg(backend);
     cmd.arg("--params").arg(params).arg("--data").arg(a.data).arg("--limit").arg(a.limit.to_string());
@@ -188,12 +244,7 @@ fn run_one(exe: &Path, a: &CompareArgs, backend: &str, params: &str, on_log: &mu
     if let Some(k) = a.max_rotation_keys {
         cmd.arg("--max-rotation-keys").arg(k.to_string());
     }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start `{} run`: {e}", exe.display()))?;
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(spawn)?;
     // Stdout is read on its own thread while the log lines are handed over here, so neither
     // pipe can fill up.
     let stdout = child.stdout.take().map(|mut out| {
@@ -211,18 +262,19 @@ fn run_one(exe: &Path, a: &CompareArgs, backend: &str, params: &str, on_log: &mu
     }
     let stdout = match stdout.map(|t| t.join()) {
         Some(Ok(Ok(b))) => b,
-        _ => return Err("could not read the output of `peregrine run`".into()),
+        Some(Ok(Err(e))) => return Err(spawn(e)),
+        _ => Vec::new(),
     };
-    let status = child.wait().map_err(|e| format!("waiting for `peregrine run`: {e}"))?;
+    let status = child.wait().map_err(spawn)?;
     if !status.success() {
         let msg = lines.iter().rev().find(|l| l.starts_with("error:")).cloned().unwrap_or_else(|| lines.join("\n"));
-        return Err(msg.trim_start_matches("error: ").trim().to_string());
+        return Err(RowError::Failed(msg.trim_start_matches("error: ").trim().to_string()));
     }
-    let report: RunReport = serde_json::from_slice(&stdout).map_err(|e| format!("unreadable output of `peregrine run`: {e}"))?;
+    let report: RunReport = serde_json::from_slice(&stdout).map_err(RowError::Output)?;
     if let Some(dir) = a.save {
         let path = dir.join(format!("{backend}.json"));
-        let bytes = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(&path, bytes).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        let bytes = serde_json::to_vec_pretty(&report).map_err(RowError::Output)?;
+        std::fs::write(&path, bytes).map_err(|cause| RowError::Save { path, cause })?;
     }
     Ok(report)
 }

@@ -103,12 +103,9 @@ pub enum RuntimeError {
     /// Ciphertexts handed to a client or server of another backend.
     #[error("ciphertexts of another backend were given to '{0}'")]
     ForeignCiphertexts(String),
-    /// A bad argument (e.g. both or none of two alternatives).
-    #[error("{0}")]
-    Usage(String),
-    /// A `compare` child process could not run.
-    #[error("{0}")]
-    Child(String),
+    /// A comparison asked for wrongly.
+    #[error(transparent)]
+    Compare(#[from] crate::compare::CompareError),
 }
 
 impl RuntimeError {
