@@ -201,11 +201,9 @@ fn is_prime(n: u64) -> bool {
 fn ntt_prime_near(bits: u32, two_n: u64, used: &mut BTreeSet<u64>) -> u64 {
     let centre = 1u64 << bits;
     for k in 0u64.. {
-        for cand in [centre.checked_add(k * two_n + 1), (centre + 1).checked_sub((k + 1) * two_n)] {
-            if let Some(c) = cand {
-                if c > 2 && is_prime(c) && used.insert(c) {
-                    return c;
-                }
+        for c in [centre.checked_add(k * two_n + 1), (centre + 1).checked_sub((k + 1) * two_n)].into_iter().flatten() {
+            if c > 2 && is_prime(c) && used.insert(c) {
+                return c;
             }
         }
     }
@@ -226,6 +224,8 @@ pub struct ClearPlaintext {
     values: Vec<f64>,
     meta: CtMeta,
 }
+
+peregrine_backend::has_meta!(ClearCiphertext, ClearPlaintext);
 
 impl ClearPlaintext {
     /// The encoded values (all slots).
@@ -321,7 +321,12 @@ impl Context {
         let log_mag = (max * meta.scale).log2();
         let log_half = self.log_q_prefix[meta.level] - 1.0;
         if max > 0.0 && log_mag >= log_half {
-            return Err(BackendError::Overflow { op, log_magnitude: log_mag, log_half_modulus: log_half, level: meta.level });
+            return Err(BackendError::Overflow {
+                op,
+                log_magnitude: log_mag,
+                log_half_modulus: log_half,
+                level: meta.level,
+            });
         }
         Ok(())
     }
@@ -385,13 +390,13 @@ impl Context {
         if level > self.params.levels || !(scale >= 1.0) || !scale.is_finite() {
             return Err(err(format!("level {level} or scale {scale} out of range")));
         }
-        let values = bytes[32..].chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
+        let values =
+            bytes[32..].chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
         let ct = ClearCiphertext { values, meta: CtMeta::new(level, scale), key_id };
         self.same_key("deserialize", &ct)?;
         Ok(ct)
     }
 }
-
 
 /// The `clear` scheme (parameters, key generation, server reconstruction).
 pub struct ClearScheme;
@@ -451,10 +456,8 @@ impl Scheme for ClearScheme {
     }
 
     fn server(evaluation_keys: &[u8]) -> BResult<ClearServer> {
-        let evk: EvalKeys = serde_json::from_slice(evaluation_keys).map_err(|e| BackendError::Deserialize {
-            what: "clear evaluation keys",
-            detail: e.to_string(),
-        })?;
+        let evk: EvalKeys = serde_json::from_slice(evaluation_keys)
+            .map_err(|e| BackendError::Deserialize { what: "clear evaluation keys", detail: e.to_string() })?;
         if evk.kind != EVK_KIND {
             return Err(BackendError::Deserialize {
                 what: "clear evaluation keys",
@@ -508,7 +511,8 @@ impl Client for ClearClient {
             rotations: self.ctx.rotations.clone(),
             bootstrap: self.ctx.bootstrap,
         };
-        serde_json::to_vec(&evk).map_err(|e| BackendError::Serialize { what: "clear evaluation keys", detail: e.to_string() })
+        serde_json::to_vec(&evk)
+            .map_err(|e| BackendError::Serialize { what: "clear evaluation keys", detail: e.to_string() })
     }
     fn serialize_ciphertext(&self, ct: &ClearCiphertext) -> BResult<Vec<u8>> {
         Ok(self.ctx.serialize(ct))
@@ -527,7 +531,13 @@ impl ClearServer {
             self.ctx.noise(n.key_switch, scale, values);
         }
     }
-    fn binary(&self, op: &'static str, a: &ClearCiphertext, b: &ClearCiphertext, sign: f64) -> BResult<ClearCiphertext> {
+    fn binary(
+        &self,
+        op: &'static str,
+        a: &ClearCiphertext,
+        b: &ClearCiphertext,
+        sign: f64,
+    ) -> BResult<ClearCiphertext> {
         self.ctx.same_key(op, b)?;
         self.plain(op, a, &ClearPlaintext { values: b.values.clone(), meta: b.meta }, sign)
     }
@@ -557,18 +567,7 @@ impl Backend for ClearServer {
     fn modulus(&self, level: usize) -> f64 {
         self.ctx.moduli[level.min(self.ctx.moduli.len() - 1)]
     }
-    fn level(&self, ct: &ClearCiphertext) -> usize {
-        ct.meta.level
-    }
-    fn scale(&self, ct: &ClearCiphertext) -> f64 {
-        ct.meta.scale
-    }
-    fn plaintext_level(&self, pt: &ClearPlaintext) -> usize {
-        pt.meta.level
-    }
-    fn plaintext_scale(&self, pt: &ClearPlaintext) -> f64 {
-        pt.meta.scale
-    }
+    peregrine_backend::meta_accessors!();
     fn encode(&self, values: &[f64], level: usize, scale: f64) -> BResult<ClearPlaintext> {
         self.ctx.encode(values, level, scale)
     }
@@ -598,17 +597,26 @@ impl Backend for ClearServer {
         self.ctx.same_key("add_scalar", a)?;
         let meta = a.meta.add_scalar(c)?;
         let c = round_to_scale(c, a.meta.scale);
-        self.ctx.check("add_scalar", ClearCiphertext { values: a.values.iter().map(|v| v + c).collect(), meta, key_id: a.key_id })
+        self.ctx.check(
+            "add_scalar",
+            ClearCiphertext { values: a.values.iter().map(|v| v + c).collect(), meta, key_id: a.key_id },
+        )
     }
     fn mul_scalar(&self, a: &ClearCiphertext, c: f64, scale: f64) -> BResult<ClearCiphertext> {
         self.ctx.same_key("mul_scalar", a)?;
         let meta = a.meta.mul_scalar(c, scale)?;
         let c = round_to_scale(c, scale);
-        self.ctx.check("mul_scalar", ClearCiphertext { values: a.values.iter().map(|v| v * c).collect(), meta, key_id: a.key_id })
+        self.ctx.check(
+            "mul_scalar",
+            ClearCiphertext { values: a.values.iter().map(|v| v * c).collect(), meta, key_id: a.key_id },
+        )
     }
     fn mul_integer(&self, a: &ClearCiphertext, k: i64) -> BResult<ClearCiphertext> {
         self.ctx.same_key("mul_integer", a)?;
-        self.ctx.check("mul_integer", ClearCiphertext { values: a.values.iter().map(|v| v * k as f64).collect(), ..a.clone() })
+        self.ctx.check(
+            "mul_integer",
+            ClearCiphertext { values: a.values.iter().map(|v| v * k as f64).collect(), ..a.clone() },
+        )
     }
     fn mul(&self, a: &ClearCiphertext, b: &ClearCiphertext) -> BResult<ClearCiphertext> {
         self.ctx.same_key("mul", a)?;
@@ -661,7 +669,8 @@ impl Backend for ClearServer {
             // Absolute error b.range · 2^-bits, expressed in the scaled domain.
             self.ctx.noise(n.bootstrap_relative * b.range * scale, scale, &mut values);
         }
-        self.ctx.check("bootstrap", ClearCiphertext { values, meta: CtMeta::new(b.output_level, scale), key_id: a.key_id })
+        self.ctx
+            .check("bootstrap", ClearCiphertext { values, meta: CtMeta::new(b.output_level, scale), key_id: a.key_id })
     }
     fn serialize_ciphertext(&self, ct: &ClearCiphertext) -> BResult<Vec<u8>> {
         Ok(self.ctx.serialize(ct))

@@ -1,9 +1,9 @@
 //! Every rule of the `clear` backend: CKKS level and scale bookkeeping, keys, encoding,
 //! bootstrapping, polynomial evaluation, serialisation and noise.
 
-use peregrine_backend::*;
 use backend_clear::*;
 use peregrine_backend::BackendError;
+use peregrine_backend::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn params() -> ClearParams {
@@ -114,7 +114,10 @@ fn multiplications_multiply_scales_and_rescale_divides_by_the_real_prime() {
     // ct × ct at different levels.
     assert!(matches!(s.mul(&ca, &resc).unwrap_err(), BackendError::LevelMismatch { op: "mul", .. }));
     // Square equals mul(a, a).
-    assert_eq!(c.decrypt_values(&s.square(&ca).unwrap()).unwrap(), c.decrypt_values(&s.mul(&ca, &ca).unwrap()).unwrap());
+    assert_eq!(
+        c.decrypt_values(&s.square(&ca).unwrap()).unwrap(),
+        c.decrypt_values(&s.mul(&ca, &ca).unwrap()).unwrap()
+    );
     // Integer multiplication keeps the scale.
     let k = s.mul_integer(&ca, -3).unwrap();
     assert_eq!(s.scale(&k), delta);
@@ -277,7 +280,14 @@ fn noise_has_the_configured_size_and_is_reproducible() {
     let (c2, _) = setup(p, KeyRequest::default());
     assert_eq!(c2.decrypt_values(&c2.encrypt_values(&v).unwrap()).unwrap(), out);
     // Real-CKKS-sized noise at N = 2^16, Δ = 2^40 keeps ~25+ bits after a multiplication.
-    let real = ClearParams { log_ring_dimension: 16, log_scale: 40, first_modulus_bits: 60, levels: 3, noise: Some(NoiseModel::ckks(1 << 16)), ..ClearParams::default() };
+    let real = ClearParams {
+        log_ring_dimension: 16,
+        log_scale: 40,
+        first_modulus_bits: 60,
+        levels: 3,
+        noise: Some(NoiseModel::ckks(1 << 16)),
+        ..ClearParams::default()
+    };
     let (c3, s3) = setup(real, KeyRequest::default());
     let x = vec![0.5; 100];
     let ct = c3.encrypt_values(&x).unwrap();

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use peregrine_backend::*;
 use backend_clear::{ClearParams, ClearScheme, NoiseModel};
+use peregrine_backend::conformance::{receive, send};
 use peregrine_backend::plugin::{discover, Plugin};
+use peregrine_backend::*;
 
 /// Finds a cdylib built by cargo next to this test binary.
 fn built_lib(stem: &str) -> PathBuf {
@@ -39,13 +40,11 @@ fn workload<C: Client>(client: &C, server: &C::Backend) -> Vec<Vec<f64>> {
     let y: Vec<f64> = (0..61).map(|i| ((i * 17 % 19) as f64 - 9.0) / 10.0).collect();
     let caps = client.capabilities();
     let d = caps.default_scale();
-    let a = server.deserialize_ciphertext(&client.serialize_ciphertext(&client.encrypt_values(&x).unwrap()).unwrap()).unwrap();
-    let b = server.deserialize_ciphertext(&client.serialize_ciphertext(&client.encrypt_values(&y).unwrap()).unwrap()).unwrap();
+    let (a, b) = (send(client, server, &x).unwrap(), send(client, server, &y).unwrap());
     let pt = server.encode(&y, caps.max_level, d).unwrap();
     let mut outs = Vec::new();
     let mut push = |ct: &<C::Backend as Backend>::Ciphertext| {
-        let back = client.deserialize_ciphertext(&server.serialize_ciphertext(ct).unwrap()).unwrap();
-        let mut v = client.decrypt_values(&back).unwrap();
+        let mut v = receive(client, server, ct).unwrap();
         v.push(server.level(ct) as f64);
         v.push(server.scale(ct));
         outs.push(v);
@@ -129,7 +128,9 @@ fn plugin_and_static_sides_interoperate() {
     let p = ClearParams { noise: None, ..params() };
     let client = ClearScheme::keygen(&p, &KeyRequest::rotations([1])).unwrap();
     let server = plugin.server(&client.evaluation_keys().unwrap()).unwrap();
-    let ct = server.deserialize_ciphertext(&client.serialize_ciphertext(&client.encrypt_values(&[1.0, 2.0]).unwrap()).unwrap()).unwrap();
+    let ct = server
+        .deserialize_ciphertext(&client.serialize_ciphertext(&client.encrypt_values(&[1.0, 2.0]).unwrap()).unwrap())
+        .unwrap();
     let r = server.rotate(&ct, 1).unwrap();
     let back = client.deserialize_ciphertext(&server.serialize_ciphertext(&r).unwrap()).unwrap();
     assert_eq!(client.decrypt_values(&back).unwrap()[0], 2.0);
@@ -150,13 +151,16 @@ fn bad_parameters_through_the_plugin_are_reported() {
 fn discovery_finds_the_clear_plugin_beside_a_broken_library() {
     let dir = std::env::temp_dir().join(format!("peregrine-plugin-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(format!("libfake{}", std::env::consts::DLL_SUFFIX)), b"this is not a shared library").unwrap();
+    std::fs::write(dir.join(format!("libfake{}", std::env::consts::DLL_SUFFIX)), b"this is not a shared library")
+        .unwrap();
     std::fs::copy(built_lib("backend_clear"), dir.join(format!("libclear{}", std::env::consts::DLL_SUFFIX))).unwrap();
-    let found = discover(&[dir.clone()]);
+    let found = discover(std::slice::from_ref(&dir));
     assert_eq!(found.len(), 2);
     let ok: Vec<_> = found.iter().filter_map(|(_, r)| r.as_ref().ok()).map(|p| p.name().to_string()).collect();
     assert_eq!(ok, vec!["clear"]);
-    assert!(found.iter().any(|(_, r)| r.as_ref().is_err_and(|e| e.to_string().contains("not a loadable shared library"))));
+    assert!(found
+        .iter()
+        .any(|(_, r)| r.as_ref().is_err_and(|e| e.to_string().contains("not a loadable shared library"))));
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -196,7 +200,9 @@ fn evaluation_keys_stream_through_the_plugin_and_load_from_a_file() {
     let expected = plugin.server(&whole).unwrap();
     assert_eq!(server.rotation_steps(), expected.rotation_steps());
     let ct = client.encrypt_values(&[1.0, 2.0, 3.0, 4.0]).unwrap();
-    let a = client.decrypt_values(&server.rotate(&server.deserialize_ciphertext(&client.serialize_ciphertext(&ct).unwrap()).unwrap(), 3).unwrap());
+    let a = client.decrypt_values(
+        &server.rotate(&server.deserialize_ciphertext(&client.serialize_ciphertext(&ct).unwrap()).unwrap(), 3).unwrap(),
+    );
     assert!((a.unwrap()[0] - 4.0).abs() < 1e-3);
 
     // Errors: a missing file, a writer that fails midway, and no in-memory server for `clear`.

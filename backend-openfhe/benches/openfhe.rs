@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use backend_openfhe::{OpenFheParams, OpenFheScheme};
 use criterion::{criterion_group, criterion_main, Criterion};
 use peregrine_backend::{Backend, Client, KeyRequest, Scheme};
-use backend_openfhe::{OpenFheParams, OpenFheScheme};
 
 fn primitives(c: &mut Criterion) {
     if !backend_openfhe::AVAILABLE {
@@ -19,8 +19,11 @@ fn primitives(c: &mut Criterion) {
     let with_bootstrap = std::env::var_os("PEREGRINE_BENCH_NO_BOOTSTRAP").is_none();
     let p = OpenFheParams { bootstrap: with_bootstrap, ..OpenFheParams::default() };
     let steps: Vec<i64> = (0..8).map(|i| 1i64 << i).collect();
-    let client = OpenFheScheme::keygen(&p, &KeyRequest { rotations: steps.iter().copied().collect(), bootstrap: with_bootstrap })
-        .expect("keys");
+    let client = OpenFheScheme::keygen(
+        &p,
+        &KeyRequest { rotations: steps.iter().copied().collect(), bootstrap: with_bootstrap },
+    )
+    .expect("keys");
     // Keys shared in memory: N = 2^16 key files do not yet fit twice in this machine's memory.
     let server = client.server_in_process().unwrap();
     let caps = client.capabilities();

@@ -10,8 +10,8 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use peregrine_backend::*;
 use backend_openfhe::{OpenFheParams, OpenFheScheme};
+use peregrine_backend::*;
 
 fn bits(want: &[f64], got: &[f64]) -> (f64, f64) {
     let err = want.iter().zip(got).fold(0f64, |m, (a, b)| m.max((a - b).abs()));

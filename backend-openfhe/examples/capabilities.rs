@@ -5,8 +5,8 @@
 
 #![cfg_attr(not(openfhe), allow(unused, unreachable_code))]
 
-use peregrine_backend::Scheme;
 use backend_openfhe::{OpenFheParams, OpenFheScheme};
+use peregrine_backend::Scheme;
 
 fn main() {
     if !backend_openfhe::AVAILABLE {

@@ -189,7 +189,8 @@ impl Ctx {
         use peregrine_backend::plugin::sink::{write_sink, SinkTarget};
         let mut t = SinkTarget::new(out);
         let ctx = t.as_ctx();
-        let r = call("serialise evaluation keys", |e| unsafe { sys::pf_serialize_eval_keys(self.0, write_sink, ctx, e) });
+        let r =
+            call("serialise evaluation keys", |e| unsafe { sys::pf_serialize_eval_keys(self.0, write_sink, ctx, e) });
         match t.take_error() {
             Some(e) => Err(BackendError::io("writing evaluation keys", &e)),
             None => r,

@@ -5,11 +5,11 @@ use std::io::Write;
 use std::sync::{Arc, Once};
 
 use openfhe_sys::PfParams;
+use peregrine_backend::BackendError;
 use peregrine_backend::{
     bootstrap_allowed, normalize_rotation, rotation_key, BResult, Backend, Capabilities, Client, CtMeta, KeyRequest,
     Scheme,
 };
-use peregrine_backend::BackendError;
 use serde::{Deserialize, Serialize};
 
 use crate::native::{bootstrap_depth, Ctx, Info, RawCt};
@@ -39,6 +39,8 @@ pub struct OpenFhePlaintext {
     values: Arc<Vec<f64>>,
     meta: CtMeta,
 }
+
+peregrine_backend::has_meta!(OpenFheCiphertext, OpenFhePlaintext);
 
 /// What the server needs besides OpenFHE's keys: written in front of them.
 #[derive(Serialize, Deserialize)]
@@ -121,7 +123,11 @@ fn capabilities_of(
 }
 
 fn model_depth(p: &OpenFheParams) -> BResult<(usize, usize)> {
-    let boot = if p.bootstrap { bootstrap_depth(p.level_budget[0], p.level_budget[1], p.secret == SecretDist::SparseEncapsulated)? } else { 0 };
+    let boot = if p.bootstrap {
+        bootstrap_depth(p.level_budget[0], p.level_budget[1], p.secret == SecretDist::SparseEncapsulated)?
+    } else {
+        0
+    };
     Ok((p.levels + boot, boot))
 }
 
@@ -476,18 +482,7 @@ impl Backend for OpenFheServer {
     fn modulus(&self, level: usize) -> f64 {
         self.0.moduli[(level + self.0.reserved).min(self.0.moduli.len() - 1)]
     }
-    fn level(&self, ct: &OpenFheCiphertext) -> usize {
-        ct.meta.level
-    }
-    fn scale(&self, ct: &OpenFheCiphertext) -> f64 {
-        ct.meta.scale
-    }
-    fn plaintext_level(&self, pt: &OpenFhePlaintext) -> usize {
-        pt.meta.level
-    }
-    fn plaintext_scale(&self, pt: &OpenFhePlaintext) -> f64 {
-        pt.meta.scale
-    }
+    peregrine_backend::meta_accessors!();
     fn encode(&self, values: &[f64], level: usize, scale: f64) -> BResult<OpenFhePlaintext> {
         self.0.encode(values, level, scale)
     }

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use peregrine_backend::{BResult, Backend, Capabilities, Client, KeyRequest, Scheme};
 use peregrine_backend::BackendError;
+use peregrine_backend::{BResult, Backend, Capabilities, Client, KeyRequest, Scheme};
 
 use crate::{OpenFheParams, OpenFheScheme};
 

@@ -6,9 +6,9 @@
 
 use std::path::PathBuf;
 
-use peregrine_backend::*;
-use peregrine_backend::plugin::Plugin;
 use backend_openfhe::{OpenFheParams, OpenFheScheme};
+use peregrine_backend::plugin::Plugin;
+use peregrine_backend::*;
 
 mod common;
 use common::{workload, STEPS};
@@ -82,7 +82,9 @@ fn keys_stream_to_a_file_and_servers_share_or_load_them_through_the_plugin() {
         let ct = server.deserialize_ciphertext(&client.serialize_ciphertext(&ct).unwrap()).unwrap();
         let hoisted = server.rotate_many(&ct, &[1, 5, 77]).unwrap();
         for (step, r) in [1usize, 5, 77].iter().zip(&hoisted) {
-            let got = client.decrypt_values(&client.deserialize_ciphertext(&server.serialize_ciphertext(r).unwrap()).unwrap()).unwrap();
+            let got = client
+                .decrypt_values(&client.deserialize_ciphertext(&server.serialize_ciphertext(r).unwrap()).unwrap())
+                .unwrap();
             let want = |i: usize| if i + step < x.len() { x[i + step] } else { 0.0 };
             let err = (0..x.len()).fold(0f64, |m, i| m.max((got[i] - want(i)).abs()));
             assert!(err < 2f64.powi(-18), "rotation by {step}: error {err:.2e}");

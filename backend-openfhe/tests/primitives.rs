@@ -9,10 +9,10 @@
 
 use std::collections::BTreeSet;
 
-use peregrine_backend::*;
 use backend_clear::{ClearParams, ClearScheme};
-use peregrine_backend::BackendError;
 use backend_openfhe::{OpenFheParams, OpenFheScheme};
+use peregrine_backend::BackendError;
+use peregrine_backend::*;
 
 mod common;
 use common::{random, workload, STEPS};
@@ -260,7 +260,12 @@ fn a_server_in_a_fresh_process_bootstraps_from_the_key_file() {
     let ct = client.encrypt(&client.encode(&x, 0, caps.default_scale()).unwrap()).unwrap();
     std::fs::write(dir.join("in.ct"), client.serialize_ciphertext(&ct).unwrap()).unwrap();
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "a_server_in_a_fresh_process_bootstraps_from_the_key_file", "--nocapture", "--include-ignored"])
+        .args([
+            "--exact",
+            "a_server_in_a_fresh_process_bootstraps_from_the_key_file",
+            "--nocapture",
+            "--include-ignored",
+        ])
         .env("PEREGRINE_FRESH_SERVER_DIR", &dir)
         .status()
         .unwrap();

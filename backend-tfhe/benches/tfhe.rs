@@ -3,8 +3,8 @@
 //!
 //! `cargo bench -p backend-tfhe --bench tfhe`
 
-use criterion::{criterion_group, criterion_main, Criterion};
 use backend_tfhe::lwe::{LweClient, LweParams};
+use criterion::{criterion_group, criterion_main, Criterion};
 
 fn bootstrap(c: &mut Criterion) {
     let mut g = c.benchmark_group("tfhe");
@@ -19,7 +19,9 @@ fn bootstrap(c: &mut Criterion) {
             // 1,000 fresh inputs with weights ±1: 2-norm √1000 ≈ 31.6, within the bound 63.
             let xs: Vec<_> = (0..1000).map(|i| client.encrypt((i % 7) as i64 - 3).expect("in range")).collect();
             let terms: Vec<_> = xs.iter().enumerate().map(|(i, x)| (x, if i % 2 == 0 { 1 } else { -1 })).collect();
-            g.bench_function("weighted_sum/1000-terms/6-bit", |b| b.iter(|| server.weighted_sum(&terms, 0).expect("within the bound")));
+            g.bench_function("weighted_sum/1000-terms/6-bit", |b| {
+                b.iter(|| server.weighted_sum(&terms, 0).expect("within the bound"))
+            });
         }
     }
     g.finish();

@@ -10,7 +10,9 @@ use backend_tfhe::lwe::{LweClient, LweParams};
 fn main() {
     let bits: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let bits = if bits.is_empty() { vec![4, 5, 6] } else { bits };
-    println!("bits  set                                             N      n     bound  keygen_s  key_MiB  bootstrap_ms");
+    println!(
+        "bits  set                                             N      n     bound  keygen_s  key_MiB  bootstrap_ms"
+    );
     for b in bits {
         let params = match LweParams::with_bits(b) {
             Ok(p) => p,

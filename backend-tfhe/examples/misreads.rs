@@ -51,7 +51,8 @@ fn main() {
         // Bootstrapped zeros: a network's sums add bootstrap outputs, whose noise is larger
         // than a fresh encryption's.
         let zero_lut = server.lut(|_| 0);
-        let zeros: Vec<_> = (0..m).map(|_| server.bootstrap(&client.encrypt(0).expect("zero is in range"), &zero_lut)).collect();
+        let zeros: Vec<_> =
+            (0..m).map(|_| server.bootstrap(&client.encrypt(0).expect("zero is in range"), &zero_lut)).collect();
         let norm = (1.0 + (m as i64 * w * w) as f64).sqrt();
         let unit_box = 1i64 << k;
         // Boundary values: the integers on either side of the lower boundary of a random box

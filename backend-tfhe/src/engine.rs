@@ -113,14 +113,24 @@ fn sum_of(server: &LweServer, s: &IntSum, values: &[Option<Lwe>]) -> LweResult<O
 
 /// Runs the plan on encrypted inputs (server side): returns the encrypted output accumulators.
 /// `on_stage(done, total)` is called after each stage.
-pub fn run(server: &LweServer, prepared: &PreparedPlan, inputs: Vec<Lwe>, on_stage: impl FnMut(usize, usize)) -> LweResult<(Vec<Lwe>, RunReport)> {
+pub fn run(
+    server: &LweServer,
+    prepared: &PreparedPlan,
+    inputs: Vec<Lwe>,
+    on_stage: impl FnMut(usize, usize),
+) -> LweResult<(Vec<Lwe>, RunReport)> {
     run_inner(server, prepared, inputs, on_stage, |_, _| {})
 }
 
 /// [`run`], handing every stage's bootstrapped outputs (in element order) to
 /// `observe(stage, outputs)` before later stages consume them: how a test or a measuring client
 /// checks each bootstrap against the simulation in a whole-network run.
-pub fn run_observed(server: &LweServer, prepared: &PreparedPlan, inputs: Vec<Lwe>, observe: impl FnMut(usize, &[&Lwe])) -> LweResult<(Vec<Lwe>, RunReport)> {
+pub fn run_observed(
+    server: &LweServer,
+    prepared: &PreparedPlan,
+    inputs: Vec<Lwe>,
+    observe: impl FnMut(usize, &[&Lwe]),
+) -> LweResult<(Vec<Lwe>, RunReport)> {
     run_inner(server, prepared, inputs, |_, _| {}, observe)
 }
 
@@ -213,7 +223,13 @@ impl StageProbe {
 /// to run whole: the sources each sampled sum reads are encrypted from the simulation (a
 /// measuring device standing in for the earlier stages), the sums and bootstraps run as in
 /// [`run`], and the results are decrypted and checked against the simulation.
-pub fn probe(client: &LweClient, server: &LweServer, prepared: &PreparedPlan, x: &[f64], sample: usize) -> LweResult<Vec<StageProbe>> {
+pub fn probe(
+    client: &LweClient,
+    server: &LweServer,
+    prepared: &PreparedPlan,
+    x: &[f64],
+    sample: usize,
+) -> LweResult<Vec<StageProbe>> {
     let plan: &QuantPlan = &prepared.plan;
     // Simulated value of every source.
     let mut values: Vec<i64> = plan.quantise_input(x);
@@ -246,10 +262,21 @@ pub fn probe(client: &LweClient, server: &LweServer, prepared: &PreparedPlan, x:
             })
             .collect::<LweResult<_>>()?;
         let seconds = t.elapsed().as_secs_f64();
-        let off: Vec<i64> = picked.iter().zip(&outs).filter_map(|(&i, o)| o.as_ref().map(|c| (client.decrypt(c) - values[base + i]).abs())).collect();
+        let off: Vec<i64> = picked
+            .iter()
+            .zip(&outs)
+            .filter_map(|(&i, o)| o.as_ref().map(|c| (client.decrypt(c) - values[base + i]).abs()))
+            .collect();
         let mismatched = off.iter().filter(|&&d| d != 0).count();
         let max_units_off = off.iter().copied().max().unwrap_or(0);
-        probes.push(StageProbe { node: st.node.clone(), elements: st.sums.len(), sampled: picked.len(), seconds, mismatched, max_units_off });
+        probes.push(StageProbe {
+            node: st.node.clone(),
+            elements: st.sums.len(),
+            sampled: picked.len(),
+            seconds,
+            mismatched,
+            max_units_off,
+        });
         base += st.sums.len();
     }
     Ok(probes)

@@ -19,13 +19,16 @@
 
 use bincode::Options;
 
-use tfhe::core_crypto::prelude::{lwe_ciphertext_add_assign, lwe_ciphertext_cleartext_mul_assign, lwe_ciphertext_plaintext_add_assign, Cleartext, Plaintext};
+use tfhe::core_crypto::prelude::{
+    lwe_ciphertext_add_assign, lwe_ciphertext_cleartext_mul_assign, lwe_ciphertext_plaintext_add_assign, Cleartext,
+    Plaintext,
+};
 use tfhe::shortint::parameters::v1_6::{
     V1_6_PARAM_MESSAGE_1_CARRY_3_KS_PBS_GAUSSIAN_2M128, V1_6_PARAM_MESSAGE_1_CARRY_4_KS_PBS_GAUSSIAN_2M128,
     V1_6_PARAM_MESSAGE_1_CARRY_5_KS_PBS_GAUSSIAN_2M128, V1_6_PARAM_MESSAGE_1_CARRY_6_KS_PBS_GAUSSIAN_2M128,
     V1_6_PARAM_MESSAGE_1_CARRY_7_KS_PBS_GAUSSIAN_2M128,
 };
-use tfhe::shortint::parameters::ClassicPBSParameters;
+use tfhe::shortint::parameters::{CarryModulus, ClassicPBSParameters, MessageModulus};
 use tfhe::shortint::server_key::LookupTableOwned;
 use tfhe::shortint::{Ciphertext, ClientKey, ServerKey};
 
@@ -145,7 +148,13 @@ impl LweParams {
         let stored_bits = (set.message_modulus.0 * set.carry_modulus.0).trailing_zeros();
         debug_assert_eq!(stored_bits, bits);
         let published = set.max_noise_level.get() as f64;
-        Ok(LweParams { bits, extra_bits, name, noise_bound: if extra_bits == 0 { published } else { 2.0 * published }, set })
+        Ok(LweParams {
+            bits,
+            extra_bits,
+            name,
+            noise_bound: if extra_bits == 0 { published } else { 2.0 * published },
+            set,
+        })
     }
     /// Ring dimension N of the bootstrapping key (the main cost of one bootstrap).
     pub fn polynomial_size(&self) -> usize {
@@ -168,6 +177,17 @@ impl LweParams {
     pub fn table_range(&self) -> (i64, i64) {
         (-self.offset(), self.offset() - 1)
     }
+    /// The two bytes that name these parameters in front of serialised keys.
+    fn tag(&self) -> Vec<u8> {
+        vec![self.bits as u8, self.extra_bits as u8]
+    }
+    /// Refuses keys whose moduli are not this set's.
+    fn owns(&self, message: MessageModulus, carry: CarryModulus, what: &'static str) -> LweResult<()> {
+        if message != self.set.message_modulus || carry != self.set.carry_modulus {
+            return Err(LweError::Corrupted { what, detail: format!("it does not belong to {}", self.name) });
+        }
+        Ok(())
+    }
     /// Δ: the torus width of one box (one padding bit above the p bits).
     fn delta(&self) -> u64 {
         1u64 << (63 - self.bits)
@@ -183,6 +203,20 @@ impl LweParams {
 fn wire() -> impl bincode::Options {
     use bincode::Options;
     bincode::DefaultOptions::new().with_fixint_encoding().with_limit(1 << 36)
+}
+
+/// `prefix` followed by `value` on the wire.
+fn write_wire<T: serde::Serialize>(mut prefix: Vec<u8>, value: &T, what: &'static str) -> LweResult<Vec<u8>> {
+    wire().serialize_into(&mut prefix, value).map_err(|e| LweError::Serialize { what, detail: e.to_string() })?;
+    Ok(prefix)
+}
+
+/// The parameter set and value of bytes written as `[bits, extra bits, value]`.
+fn read_tagged<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str) -> LweResult<(LweParams, T)> {
+    let bad = |detail: String| LweError::Corrupted { what, detail };
+    let [bits, extra, rest @ ..] = bytes else { return Err(bad("too short".into())) };
+    let params = LweParams::with_accumulator(*bits as u32, *extra as u32).map_err(|e| bad(e.to_string()))?;
+    Ok((params, wire().deserialize(rest).map_err(|e| bad(e.to_string()))?))
 }
 
 /// One encrypted signed integer and its noise relative to a fresh ciphertext.
@@ -254,19 +288,13 @@ impl LweClient {
     /// The secret client state (parameters and secret keys), to keep on the client between
     /// processes; read back with [`LweClient::from_bytes`]. Never send it to a server.
     pub fn to_bytes(&self) -> LweResult<Vec<u8>> {
-        let mut out = vec![self.params.bits as u8, self.params.extra_bits as u8];
-        wire().serialize_into(&mut out, &self.key).map_err(|e| LweError::Serialize { what: "the client key", detail: e.to_string() })?;
-        Ok(out)
+        write_wire(self.params.tag(), &self.key, "the client key")
     }
     /// Rebuilds a client from [`LweClient::to_bytes`]; refuses keys of another parameter set.
     pub fn from_bytes(bytes: &[u8]) -> LweResult<Self> {
-        let bad = |detail: String| LweError::Corrupted { what: "TFHE client key", detail };
-        let [bits, extra, rest @ ..] = bytes else { return Err(bad("too short".into())) };
-        let params = LweParams::with_accumulator(*bits as u32, *extra as u32).map_err(|e| bad(e.to_string()))?;
-        let key: ClientKey = wire().deserialize(rest).map_err(|e| bad(e.to_string()))?;
-        if key.parameters().message_modulus() != params.set.message_modulus || key.parameters().carry_modulus() != params.set.carry_modulus {
-            return Err(bad(format!("it does not belong to {}", params.name)));
-        }
+        let (params, key): (_, ClientKey) = read_tagged(bytes, "TFHE client key")?;
+        let p = key.parameters();
+        params.owns(p.message_modulus(), p.carry_modulus(), "TFHE client key")?;
         Ok(LweClient { params, key })
     }
 }
@@ -274,9 +302,7 @@ impl LweClient {
 impl Lwe {
     /// Serialises the ciphertext (with its noise estimate).
     pub fn to_bytes(&self) -> LweResult<Vec<u8>> {
-        let mut out = self.noise.to_le_bytes().to_vec();
-        wire().serialize_into(&mut out, &self.ct).map_err(|e| LweError::Serialize { what: "a ciphertext", detail: e.to_string() })?;
-        Ok(out)
+        write_wire(self.noise.to_le_bytes().to_vec(), &self.ct, "a ciphertext")
     }
     /// Reads a ciphertext written by [`Lwe::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> LweResult<Self> {
@@ -324,7 +350,10 @@ impl LweServer {
     pub fn constant(&self, v: i64) -> Lwe {
         let (lo, hi) = self.params.range();
         let mut ct = self.key.unchecked_create_trivial(0);
-        lwe_ciphertext_plaintext_add_assign(&mut ct.ct, Plaintext((v.clamp(lo, hi) as u64).wrapping_mul(self.params.unit())));
+        lwe_ciphertext_plaintext_add_assign(
+            &mut ct.ct,
+            Plaintext((v.clamp(lo, hi) as u64).wrapping_mul(self.params.unit())),
+        );
         Lwe { ct, noise: 0.0 }
     }
     /// A lookup table applying `f` to every box `round(v / 2^k)` in [`LweParams::table_range`];
@@ -355,26 +384,18 @@ impl LweServer {
     }
     /// Size in bytes of the serialised evaluation keys (bootstrapping and key-switching keys).
     pub fn key_bytes(&self) -> LweResult<u64> {
-        wire().serialized_size(&self.key).map_err(|e| LweError::Serialize { what: "the server key", detail: e.to_string() })
+        wire()
+            .serialized_size(&self.key)
+            .map_err(|e| LweError::Serialize { what: "the server key", detail: e.to_string() })
     }
     /// Serialises the evaluation keys (what a client sends to a server; no secret key).
     pub fn to_bytes(&self) -> LweResult<Vec<u8>> {
-        let mut out = vec![self.params.bits as u8, self.params.extra_bits as u8];
-        wire().serialize_into(&mut out, &self.key).map_err(|e| LweError::Serialize { what: "the server key", detail: e.to_string() })?;
-        Ok(out)
+        write_wire(self.params.tag(), &self.key, "the server key")
     }
     /// Rebuilds a server from [`LweServer::to_bytes`]; refuses keys of another parameter set.
     pub fn from_bytes(bytes: &[u8]) -> LweResult<Self> {
-        if bytes.len() < 2 {
-            return Err(LweError::Corrupted { what: "TFHE server key", detail: "empty".into() });
-        }
-        let (bits, extra, rest) = (bytes[0], bytes[1], &bytes[2..]);
-        let params = LweParams::with_accumulator(bits as u32, extra as u32)?;
-        let key: ServerKey =
-            wire().deserialize(rest).map_err(|e| LweError::Corrupted { what: "TFHE server key", detail: e.to_string() })?;
-        if key.message_modulus != params.set.message_modulus || key.carry_modulus != params.set.carry_modulus {
-            return Err(LweError::Corrupted { what: "TFHE server key", detail: format!("it does not belong to {}", params.name) });
-        }
+        let (params, key): (_, ServerKey) = read_tagged(bytes, "TFHE server key")?;
+        params.owns(key.message_modulus, key.carry_modulus, "TFHE server key")?;
         Ok(LweServer { params, key })
     }
     /// Seconds per bootstrap on the calling thread: the mean of `runs` bootstraps of `x`

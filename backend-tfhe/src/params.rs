@@ -99,8 +99,11 @@ pub enum ParamsError {
 impl TfheParams {
     /// Parses `--params` JSON (empty: the defaults); `activation` (e.g. `--activation`) overrides.
     pub fn parse(json: &str, activation: Option<&str>) -> Result<Self, ParamsError> {
-        let mut p: TfheParams =
-            if json.trim().is_empty() { TfheParams::default() } else { serde_json::from_str(json).map_err(ParamsError::Json)? };
+        let mut p: TfheParams = if json.trim().is_empty() {
+            TfheParams::default()
+        } else {
+            serde_json::from_str(json).map_err(ParamsError::Json)?
+        };
         if let Some(a) = activation {
             p.activation = Some(a.to_string());
         }
@@ -140,7 +143,11 @@ impl TfheParams {
 
     /// The calibration images (preprocessed for `input`, one vector per image) and their file
     /// (see [`TfheParams::calibration_file`]).
-    pub fn calibration_images(&self, data: Option<&Path>, input: &InputSpec) -> Result<(Vec<Vec<f64>>, PathBuf), ParamsError> {
+    pub fn calibration_images(
+        &self,
+        data: Option<&Path>,
+        input: &InputSpec,
+    ) -> Result<(Vec<Vec<f64>>, PathBuf), ParamsError> {
         let file = self.calibration_file(data)?;
         let images = load_cifar10(&file, Some(self.calibration_images.max(1)))?;
         Ok((preprocessed_rows(&images, input)?, file))

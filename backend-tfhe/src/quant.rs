@@ -174,9 +174,8 @@ struct Form {
 /// The rows of `chain` as forms over every source value (`offset` places each source).
 fn forms(chain: &Chain, offset: &dyn Fn(&Source) -> u32) -> Vec<Form> {
     let m = &chain.map;
-    let mut out: Vec<Form> = (0..m.out_len)
-        .map(|k| Form { terms: Vec::new(), bias: m.bias.as_ref().map_or(0.0, |b| b[k]) })
-        .collect();
+    let mut out: Vec<Form> =
+        (0..m.out_len).map(|k| Form { terms: Vec::new(), bias: m.bias.as_ref().map_or(0.0, |b| b[k]) }).collect();
     for e in &m.entries {
         out[e.dst as usize].terms.push((offset(&chain.sources[e.input as usize]) + e.src, e.w));
     }
@@ -212,7 +211,13 @@ pub struct RealPlan {
     input_range: Vec<(f64, f64)>,
 }
 
-fn channel_activations(model: &Model, act: &Activation, channels: usize, node: &str, mode: ActivationMode) -> QResult<Vec<ChannelActivation>> {
+fn channel_activations(
+    model: &Model,
+    act: &Activation,
+    channels: usize,
+    node: &str,
+    mode: ActivationMode,
+) -> QResult<Vec<ChannelActivation>> {
     let exact = |a: &Activation| -> Option<ChannelActivation> {
         match a {
             Activation::Relu => Some(ChannelActivation::Relu),
@@ -249,7 +254,10 @@ fn channel_activations(model: &Model, act: &Activation, channels: usize, node: &
         }
         a => {
             if mode == ActivationMode::Poly {
-                return Err(QuantError::NotPolynomial { node: node.to_string(), kind: Op::Activation(a.clone()).kind() });
+                return Err(QuantError::NotPolynomial {
+                    node: node.to_string(),
+                    kind: Op::Activation(a.clone()).kind(),
+                });
             }
             Ok(vec![exact(a).expect("not a polynomial"); channels])
         }
@@ -295,7 +303,12 @@ impl RealPlan {
             let per = (out_shape.iter().product::<usize>() / channels) as u32;
             let forms = forms(chain, &offset);
             let acts = channel_activations(model, a, channels, &node.name, mode)?;
-            stages.push(RealStage { node: node.name.clone(), channel: (0..forms.len() as u32).map(|e| e / per).collect(), forms, acts });
+            stages.push(RealStage {
+                node: node.name.clone(),
+                channel: (0..forms.len() as u32).map(|e| e / per).collect(),
+                forms,
+                acts,
+            });
         }
         Ok(RealPlan { input_shape, stages, output: forms(&chains.output, &offset), input_range })
     }
@@ -321,7 +334,8 @@ impl RealPlan {
     pub fn eval(&self, input: &[f64]) -> Vec<f64> {
         let mut values = input.to_vec();
         for st in &self.stages {
-            let outs: Vec<f64> = st.forms.iter().zip(&st.channel).map(|(f, &c)| st.acts[c as usize].eval(f.eval(&values))).collect();
+            let outs: Vec<f64> =
+                st.forms.iter().zip(&st.channel).map(|(f, &c)| st.acts[c as usize].eval(f.eval(&values))).collect();
             values.extend(outs);
         }
         self.output.iter().map(|f| f.eval(&values)).collect()
@@ -540,18 +554,23 @@ impl QuantPlan {
             out_abs.extend(real.output.iter().map(|f| f.eval(&values).abs()));
         }
         let q = config.clip;
-        let pre_max: Vec<Vec<f64>> = pre_abs.iter_mut().map(|st| st.iter_mut().map(|v| quantile(v, q)).collect()).collect();
-        let post_lo: Vec<Vec<f64>> = post.iter_mut().map(|st| st.iter_mut().map(|v| quantile(v, 1.0 - q).min(0.0)).collect()).collect();
-        let post_hi: Vec<Vec<f64>> = post.iter_mut().map(|st| st.iter_mut().map(|v| quantile(v, q).max(0.0)).collect()).collect();
+        let pre_max: Vec<Vec<f64>> =
+            pre_abs.iter_mut().map(|st| st.iter_mut().map(|v| quantile(v, q)).collect()).collect();
+        let post_lo: Vec<Vec<f64>> =
+            post.iter_mut().map(|st| st.iter_mut().map(|v| quantile(v, 1.0 - q).min(0.0)).collect()).collect();
+        let post_hi: Vec<Vec<f64>> =
+            post.iter_mut().map(|st| st.iter_mut().map(|v| quantile(v, q).max(0.0)).collect()).collect();
         let out_max = quantile(&mut out_abs, q);
         // Source encodings: inputs per channel, then each stage's outputs per channel.
         let per_in = real.input_shape.iter().product::<usize>() / real.input_shape[0];
         let input: Vec<Encoding> = real.input_range.iter().map(|&(lo, hi)| Encoding::for_range(lo, hi, ha)).collect();
-        let mut src_enc: Vec<Encoding> = (0..real.input_shape.iter().product::<usize>()).map(|i| input[i / per_in]).collect();
+        let mut src_enc: Vec<Encoding> =
+            (0..real.input_shape.iter().product::<usize>()).map(|i| input[i / per_in]).collect();
         let mut stages = Vec::with_capacity(real.stages.len());
         for (k, st) in real.stages.iter().enumerate() {
             let channels = st.acts.len();
-            let out_enc: Vec<Encoding> = (0..channels).map(|c| Encoding::for_range(post_lo[k][c], post_hi[k][c], ha)).collect();
+            let out_enc: Vec<Encoding> =
+                (0..channels).map(|c| Encoding::for_range(post_lo[k][c], post_hi[k][c], ha)).collect();
             let mut acc_step = vec![0.0; channels];
             let mut noise_limited = vec![false; channels];
             let mut sums = vec![IntSum { terms: Vec::new(), bias: 0, lut: 0 }; st.forms.len()];
@@ -561,7 +580,8 @@ impl QuantPlan {
             }
             for c in 0..channels {
                 let members = &by_channel[c];
-                let (t, limited) = choose_step(members.iter().map(|&i| &st.forms[i]), &src_enc, pre_max[k][c], h, &config);
+                let (t, limited) =
+                    choose_step(members.iter().map(|&i| &st.forms[i]), &src_enc, pre_max[k][c], h, &config);
                 acc_step[c] = t;
                 noise_limited[c] = limited;
                 for &i in members {
@@ -570,7 +590,9 @@ impl QuantPlan {
             }
             let tables = (0..channels)
                 .map(|c| {
-                    (-ht..ht).map(|b| out_enc[c].quantise(st.acts[c].eval((b << extra) as f64 * acc_step[c]), ha)).collect()
+                    (-ht..ht)
+                        .map(|b| out_enc[c].quantise(st.acts[c].eval((b << extra) as f64 * acc_step[c]), ha))
+                        .collect()
                 })
                 .collect();
             src_enc.extend(st.channel.iter().map(|&c| out_enc[c as usize]));
@@ -578,7 +600,16 @@ impl QuantPlan {
         }
         let (output_step, output_noise_limited) = choose_step(real.output.iter(), &src_enc, out_max, h, &config);
         let output = real.output.iter().map(|f| quantise_form(f, &src_enc, output_step, 0)).collect();
-        Ok(QuantPlan { config, input, input_per_channel: per_in, stages, output, output_step, output_noise_limited, calibration_images: images.len() })
+        Ok(QuantPlan {
+            config,
+            input,
+            input_per_channel: per_in,
+            stages,
+            output,
+            output_step,
+            output_noise_limited,
+            calibration_images: images.len(),
+        })
     }
 
     /// Quantises one preprocessed image for encryption.
@@ -662,7 +693,8 @@ impl QuantPlan {
         let mut values: Vec<i64> = input.to_vec();
         let mut out = Vec::with_capacity(self.stages.len());
         for st in &self.stages {
-            let outs: Vec<i64> = st.sums.iter().map(|s| apply_table(&st.tables[s.lut as usize], s.value(&values), bits, k)).collect();
+            let outs: Vec<i64> =
+                st.sums.iter().map(|s| apply_table(&st.tables[s.lut as usize], s.value(&values), bits, k)).collect();
             values.extend(&outs);
             out.push(outs);
         }
@@ -740,7 +772,13 @@ impl QuantPlan {
             .map(|s| {
                 let terms = s.sums.iter().map(|x| x.terms.len()).sum::<usize>() as f64 / s.sums.len().max(1) as f64;
                 let noisy = s.noise_limited.iter().filter(|b| **b).count();
-                format!("{:<24} {:>7} bootstraps, {:>6.1} terms/sum, {noisy}/{} channels noise-limited", s.node, s.sums.len(), terms, s.noise_limited.len())
+                format!(
+                    "{:<24} {:>7} bootstraps, {:>6.1} terms/sum, {noisy}/{} channels noise-limited",
+                    s.node,
+                    s.sums.len(),
+                    terms,
+                    s.noise_limited.len()
+                )
             })
             .collect();
         lines.push(format!(
@@ -761,7 +799,13 @@ fn weight_norm(s: &IntSum) -> f64 {
 /// The accumulator step of a group of forms: the larger of the range constraint (calibrated
 /// maximum within `headroom` of the range) and the noise constraint (integer weights' 2-norm
 /// within the bound, checked after rounding); returns whether noise decided.
-fn choose_step<'a>(forms: impl Iterator<Item = &'a Form> + Clone, src: &[Encoding], max_abs: f64, h: i64, cfg: &QuantConfig) -> (f64, bool) {
+fn choose_step<'a>(
+    forms: impl Iterator<Item = &'a Form> + Clone,
+    src: &[Encoding],
+    max_abs: f64,
+    h: i64,
+    cfg: &QuantConfig,
+) -> (f64, bool) {
     let range_t = (max_abs / (h as f64 * cfg.headroom)).max(1e-12);
     let real_norm = forms
         .clone()

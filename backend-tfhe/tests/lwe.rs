@@ -1,24 +1,15 @@
 //! The quantised-integer LWE layer against plain integer arithmetic: TFHE is exact as long as
 //! the noise stays within the parameter set's bound, so every result must match exactly.
 
-use std::sync::OnceLock;
+mod common;
 
 use backend_tfhe::lwe::{LweClient, LweError, LweParams, LweServer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-fn keys4() -> &'static (LweClient, LweServer) {
-    static K: OnceLock<(LweClient, LweServer)> = OnceLock::new();
-    K.get_or_init(|| {
-        let c = LweClient::new(LweParams::with_bits(4).unwrap());
-        let s = c.server();
-        (c, s)
-    })
-}
-
 #[test]
 fn every_value_round_trips_and_out_of_range_values_are_refused() {
-    let (c, _) = keys4();
+    let (c, _) = common::keys();
     let (lo, hi) = c.params().range();
     assert_eq!((lo, hi), (-8, 7));
     for v in lo..=hi {
@@ -31,7 +22,7 @@ fn every_value_round_trips_and_out_of_range_values_are_refused() {
 
 #[test]
 fn weighted_sums_of_odd_lengths_are_exact_within_the_noise_bound() {
-    let (c, s) = keys4();
+    let (c, s) = common::keys();
     let bound = s.params().noise_bound;
     let mut rng = StdRng::seed_from_u64(11);
     let mut done = 0;
@@ -56,7 +47,7 @@ fn weighted_sums_of_odd_lengths_are_exact_within_the_noise_bound() {
 
 #[test]
 fn a_sum_beyond_the_noise_bound_is_refused_with_advice() {
-    let (c, s) = keys4();
+    let (c, s) = common::keys();
     let x = c.encrypt(1).unwrap();
     let big = (s.params().noise_bound.ceil() as i64) + 1;
     let e = s.weighted_sum(&[(&x, big)], 0).err().unwrap();
@@ -71,7 +62,7 @@ fn a_sum_beyond_the_noise_bound_is_refused_with_advice() {
 
 #[test]
 fn bootstrapping_applies_activation_and_rescale_exactly_and_resets_noise() {
-    let (c, s) = keys4();
+    let (c, s) = common::keys();
     // ReLU followed by a rescale by 3/4 (rounded): one lookup table.
     let f = |v: i64| ((v.max(0) as f64) * 0.75).round() as i64;
     let lut = s.lut(f);
@@ -88,7 +79,8 @@ fn bootstrapping_applies_activation_and_rescale_exactly_and_resets_noise() {
     let b = c.encrypt(-2).unwrap();
     let h = s.bootstrap(&s.weighted_sum(&[(&a, 2), (&b, 1)], -1).unwrap(), &s.lut(|v| v.max(0)));
     let out = s.bootstrap(&s.weighted_sum(&[(&h, -2), (&a, 1)], 0).unwrap(), &s.lut(|v| v.abs()));
-    assert_eq!(c.decrypt(&out), ((2 * 3 - 2 - 1_i64).max(0) * -2 + 3).abs());
+    let relu = |v: i64| v.max(0);
+    assert_eq!(c.decrypt(&out), (relu(2 * 3 - 2 - 1) * -2 + 3).abs());
     // A function leaving the range is clamped, and the count says so.
     assert_eq!(s.lut(|v| 3 * v).clamped, 11);
 }

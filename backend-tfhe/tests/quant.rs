@@ -6,43 +6,22 @@
 //!   elements (never a padding position);
 //! - bad models, plans and inputs are refused with errors naming the problem.
 
-use std::sync::OnceLock;
+mod common;
 
-use ndarray::{ArrayD, IxDyn};
-use peregrine_model::ir::*;
-use peregrine_model::reference::Reference;
 use backend_tfhe::engine::{decrypt_logits, encrypt_image, probe, run, run_observed, PreparedPlan};
 use backend_tfhe::lwe::{LweClient, LweError, LweParams, LweServer};
 use backend_tfhe::quant::{apply_table, wrap, ActivationMode, QuantConfig, QuantPlan, RealPlan};
+use common::keys;
+use ndarray::{ArrayD, IxDyn};
+use peregrine_model::ir::*;
+use peregrine_model::reference::Reference;
+use peregrine_model::testkit::{avg_pool, batch_norm, conv, conv_transpose, graph, linear, node, poly, uniform};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-fn tensor(r: &mut StdRng, shape: &[usize], lo: f32, hi: f32) -> ArrayD<f32> {
-    let n = shape.iter().product();
-    ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|_| r.gen_range(lo..hi)).collect()).unwrap()
-}
-
-fn node(name: &str, op: Op, inputs: &[&str]) -> Node {
-    Node { name: name.into(), op, inputs: inputs.iter().map(|s| s.to_string()).collect() }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn conv(cin: usize, cout: usize, stride: usize, pad: usize, dil: usize, groups: usize, w: &str, b: Option<&str>) -> Op {
-    Op::Conv2d(Conv2d {
-        in_channels: cin,
-        out_channels: cout,
-        kernel: [3, 3],
-        stride: [stride, stride],
-        padding: [pad, pad],
-        dilation: [dil, dil],
-        groups,
-        weight: w.into(),
-        bias: b.map(Into::into),
-    })
-}
-
-fn poly(name: &str, approximates: Option<Approximated>) -> Op {
-    Op::Activation(Activation::Poly { coeffs: format!("{name}.c"), input_scale: Some(format!("{name}.s")), approximates })
+/// The polynomial `{name}.c` with input scale `{name}.s`.
+fn poly_node(name: &str, approximates: Option<Approximated>) -> Op {
+    poly(&format!("{name}.c"), Some(&format!("{name}.s")), approximates)
 }
 
 /// Degree-4 ReLU-like polynomial rows `r·p(x/r)` with ranges r in [1, 3).
@@ -51,52 +30,50 @@ fn poly_weights(r: &mut StdRng, w: &mut Weights, name: &str, c: usize) {
     let ranges: Vec<f32> = (0..c).map(|_| r.gen_range(1.0..3.0)).collect();
     let coeffs: Vec<f32> = ranges.iter().flat_map(|s| p.iter().map(move |a| s * a)).collect();
     w.insert(format!("{name}.c"), ArrayD::from_shape_vec(IxDyn(&[c, 5]), coeffs).unwrap());
-    w.insert(format!("{name}.s"), ArrayD::from_shape_vec(IxDyn(&[c]), ranges.iter().map(|s| 1.0 / s).collect()).unwrap());
+    w.insert(
+        format!("{name}.s"),
+        ArrayD::from_shape_vec(IxDyn(&[c]), ranges.iter().map(|s| 1.0 / s).collect()).unwrap(),
+    );
 }
 
-fn graph(input: [usize; 3], nodes: Vec<Node>, output: &str) -> Graph {
-    Graph {
-        version: FORMAT_VERSION,
-        name: "test".into(),
-        input: InputSpec { shape: input.to_vec(), preprocess: Preprocess { mean: vec![0.5, 0.4, 0.45], std: vec![0.25, 0.3, 0.2], resize: true } },
-        nodes,
-        output: output.into(),
-        classes: vec![],
-    }
+/// A graph named `test` over an input with unequal per-channel normalisation.
+fn test_graph(input: [usize; 3], nodes: Vec<Node>, output: &str) -> Graph {
+    let preprocess = Preprocess { mean: vec![0.5, 0.4, 0.45], std: vec![0.25, 0.3, 0.2], resize: true };
+    graph("test", InputSpec { shape: input.to_vec(), preprocess }, nodes, output)
 }
 
 /// Every operation the TFHE backend supports, on odd sizes (input 3×9×7).
 fn every_op_model(seed: u64) -> Model {
     let mut r = StdRng::seed_from_u64(seed);
     let mut w = Weights::new();
-    w.insert("c1.w".into(), tensor(&mut r, &[4, 3, 3, 3], -0.5, 0.5));
-    w.insert("c1.b".into(), tensor(&mut r, &[4], -0.2, 0.2));
+    w.insert("c1.w".into(), uniform(&mut r, &[4, 3, 3, 3], -0.5, 0.5));
+    w.insert("c1.b".into(), uniform(&mut r, &[4], -0.2, 0.2));
     for t in ["bn.w", "bn.b", "bn.m"] {
-        w.insert(t.into(), tensor(&mut r, &[4], -1.0, 1.0));
+        w.insert(t.into(), uniform(&mut r, &[4], -1.0, 1.0));
     }
-    w.insert("bn.v".into(), tensor(&mut r, &[4], 0.5, 1.5));
-    w.insert("dw.w".into(), tensor(&mut r, &[4, 1, 3, 3], -0.5, 0.5));
+    w.insert("bn.v".into(), uniform(&mut r, &[4], 0.5, 1.5));
+    w.insert("dw.w".into(), uniform(&mut r, &[4, 1, 3, 3], -0.5, 0.5));
     poly_weights(&mut r, &mut w, "p", 4);
-    w.insert("fc.w".into(), tensor(&mut r, &[5, 10], -1.0, 1.0));
-    w.insert("fc.b".into(), tensor(&mut r, &[5], -0.5, 0.5));
+    w.insert("fc.w".into(), uniform(&mut r, &[5, 10], -1.0, 1.0));
+    w.insert("fc.b".into(), uniform(&mut r, &[5], -0.5, 0.5));
     let nodes = vec![
-        node("c1", conv(3, 4, 2, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]),
-        node("bn", Op::BatchNorm(BatchNorm { channels: 4, eps: 1e-5, weight: "bn.w".into(), bias: "bn.b".into(), running_mean: "bn.m".into(), running_var: "bn.v".into() }), &["c1"]),
+        node("c1", conv(3, 4, 3, 2, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]),
+        node("bn", batch_norm(4, "bn"), &["c1"]),
         node("silu", Op::Activation(Activation::Silu), &["bn"]),
-        node("dw", conv(4, 4, 1, 2, 2, 4, "dw.w", None), &["silu"]),
-        node("p", poly("p", Some(Approximated::Relu)), &["dw"]),
+        node("dw", conv(4, 4, 3, 1, 2, 2, 4, "dw.w", None), &["silu"]),
+        node("p", poly_node("p", Some(Approximated::Relu)), &["dw"]),
         node("add", Op::Add, &["p", "silu"]),
         node("up", Op::Upsample { factor: 2 }, &["add"]),
-        node("ap", Op::AvgPool(Pool2d { kernel: [3, 3], stride: [2, 2], padding: [1, 1] }), &["up"]),
+        node("ap", avg_pool(3, 2, 1), &["up"]),
         node("sub", Op::SubsampleChannelPad { stride: 1, pad_before: 1, pad_after: 1 }, &["ap"]),
         node("relu", Op::Activation(Activation::Relu), &["sub"]),
         node("gelu", Op::Activation(Activation::Gelu), &["ap"]),
         node("cat", Op::Concat, &["relu", "gelu"]),
         node("gap", Op::GlobalAvgPool, &["cat"]),
         node("flat", Op::Flatten, &["gap"]),
-        node("fc", Op::Linear(Linear { in_features: 10, out_features: 5, weight: "fc.w".into(), bias: Some("fc.b".into()) }), &["flat"]),
+        node("fc", linear(10, 5, "fc.w", Some("fc.b")), &["flat"]),
     ];
-    Model::new(graph([3, 9, 7], nodes, "fc"), w).unwrap()
+    Model::new(test_graph([3, 9, 7], nodes, "fc"), w).unwrap()
 }
 
 /// A small polynomial CNN (input 3×7×5): conv, poly, average pool, conv, poly, fully connected.
@@ -104,23 +81,23 @@ fn every_op_model(seed: u64) -> Model {
 fn poly_cnn(seed: u64, approximates: Option<Approximated>) -> Model {
     let mut r = StdRng::seed_from_u64(seed);
     let mut w = Weights::new();
-    w.insert("c1.w".into(), tensor(&mut r, &[4, 3, 3, 3], -0.4, 0.4));
-    w.insert("c1.b".into(), tensor(&mut r, &[4], -0.2, 0.2));
+    w.insert("c1.w".into(), uniform(&mut r, &[4, 3, 3, 3], -0.4, 0.4));
+    w.insert("c1.b".into(), uniform(&mut r, &[4], -0.2, 0.2));
     poly_weights(&mut r, &mut w, "p1", 4);
-    w.insert("c2.w".into(), tensor(&mut r, &[3, 4, 3, 3], -0.4, 0.4));
+    w.insert("c2.w".into(), uniform(&mut r, &[3, 4, 3, 3], -0.4, 0.4));
     poly_weights(&mut r, &mut w, "p2", 3);
-    w.insert("fc.w".into(), tensor(&mut r, &[4, 18], -1.0, 1.0));
-    w.insert("fc.b".into(), tensor(&mut r, &[4], -0.5, 0.5));
+    w.insert("fc.w".into(), uniform(&mut r, &[4, 18], -1.0, 1.0));
+    w.insert("fc.b".into(), uniform(&mut r, &[4], -0.5, 0.5));
     let nodes = vec![
-        node("c1", conv(3, 4, 1, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]),
-        node("p1", poly("p1", approximates), &["c1"]),
-        node("ap", Op::AvgPool(Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }), &["p1"]),
-        node("c2", conv(4, 3, 1, 1, 1, 1, "c2.w", None), &["ap"]),
-        node("p2", poly("p2", approximates), &["c2"]),
+        node("c1", conv(3, 4, 3, 1, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]),
+        node("p1", poly_node("p1", approximates), &["c1"]),
+        node("ap", avg_pool(2, 2, 0), &["p1"]),
+        node("c2", conv(4, 3, 3, 1, 1, 1, 1, "c2.w", None), &["ap"]),
+        node("p2", poly_node("p2", approximates), &["c2"]),
         node("flat", Op::Flatten, &["p2"]),
-        node("fc", Op::Linear(Linear { in_features: 18, out_features: 4, weight: "fc.w".into(), bias: Some("fc.b".into()) }), &["flat"]),
+        node("fc", linear(18, 4, "fc.w", Some("fc.b")), &["flat"]),
     ];
-    Model::new(graph([3, 7, 5], nodes, "fc"), w).unwrap()
+    Model::new(test_graph([3, 7, 5], nodes, "fc"), w).unwrap()
 }
 
 /// Preprocessed random images (uniform pixels), flattened.
@@ -147,12 +124,28 @@ fn reference(model: &Model, x: &[f64]) -> Vec<f64> {
 }
 
 fn config(bits: u32, mode: ActivationMode) -> QuantConfig {
-    QuantConfig { bits, extra_bits: 0, act_bits: bits, mode, noise_bound: LweParams::with_bits(bits).unwrap().noise_bound, headroom: 0.9, clip: 1.0 }
+    QuantConfig {
+        bits,
+        extra_bits: 0,
+        act_bits: bits,
+        mode,
+        noise_bound: LweParams::with_bits(bits).unwrap().noise_bound,
+        headroom: 0.9,
+        clip: 1.0,
+    }
 }
 
 /// A wide accumulator: `bits` read by the bootstrap, `extra` below, `act` bits per value.
 fn wide(bits: u32, extra: u32, act: u32, mode: ActivationMode) -> QuantConfig {
-    QuantConfig { bits, extra_bits: extra, act_bits: act, mode, noise_bound: LweParams::with_accumulator(bits, extra).unwrap().noise_bound, headroom: 0.9, clip: 1.0 }
+    QuantConfig {
+        bits,
+        extra_bits: extra,
+        act_bits: act,
+        mode,
+        noise_bound: LweParams::with_accumulator(bits, extra).unwrap().noise_bound,
+        headroom: 0.9,
+        clip: 1.0,
+    }
 }
 
 #[test]
@@ -160,31 +153,20 @@ fn a_transposed_convolution_lowers_like_any_linear_layer() {
     // The shared lowering gives the TFHE backend every linear layer the CKKS packer has.
     let mut r = StdRng::seed_from_u64(5);
     let mut w = Weights::new();
-    w.insert("c.w".into(), tensor(&mut r, &[4, 3, 3, 3], -0.5, 0.5));
-    w.insert("t.w".into(), tensor(&mut r, &[4, 2, 3, 3], -0.5, 0.5));
-    w.insert("t.b".into(), tensor(&mut r, &[2], -0.2, 0.2));
-    w.insert("fc.w".into(), tensor(&mut r, &[3, 2 * 10 * 8], -0.2, 0.2));
-    let convt = ConvTranspose2d {
-        in_channels: 4,
-        out_channels: 2,
-        kernel: [3, 3],
-        stride: [2, 2],
-        padding: [1, 1],
-        output_padding: [1, 1],
-        dilation: [1, 1],
-        groups: 1,
-        weight: "t.w".into(),
-        bias: Some("t.b".into()),
-    };
+    w.insert("c.w".into(), uniform(&mut r, &[4, 3, 3, 3], -0.5, 0.5));
+    w.insert("t.w".into(), uniform(&mut r, &[4, 2, 3, 3], -0.5, 0.5));
+    w.insert("t.b".into(), uniform(&mut r, &[2], -0.2, 0.2));
+    w.insert("fc.w".into(), uniform(&mut r, &[3, 2 * 10 * 8], -0.2, 0.2));
+    let convt = conv_transpose(4, 2, 3, 2, 1, [1, 1], 1, "t.w", Some("t.b"));
     let nodes = vec![
-        node("c", conv(3, 4, 2, 1, 1, 1, "c.w", None), &[INPUT]),
+        node("c", conv(3, 4, 3, 2, 1, 1, 1, "c.w", None), &[INPUT]),
         node("r1", Op::Activation(Activation::Relu), &["c"]),
-        node("t", Op::ConvTranspose2d(convt), &["r1"]),
+        node("t", convt, &["r1"]),
         node("r2", Op::Activation(Activation::Relu), &["t"]),
         node("flat", Op::Flatten, &["r2"]),
-        node("fc", Op::Linear(Linear { in_features: 160, out_features: 3, weight: "fc.w".into(), bias: None }), &["flat"]),
+        node("fc", linear(160, 3, "fc.w", None), &["flat"]),
     ];
-    let m = Model::new(graph([3, 9, 7], nodes, "fc"), w).unwrap();
+    let m = Model::new(test_graph([3, 9, 7], nodes, "fc"), w).unwrap();
     let real = RealPlan::compile(&m, ActivationMode::Exact).unwrap();
     assert_eq!(real.activations(), 4 * 5 * 4 + 2 * 10 * 8);
     for x in images(&m, 3, 2) {
@@ -243,7 +225,12 @@ fn quantisation_error_is_bounded_and_shrinks_with_precision() {
     let calib = images(&m, 40, 1);
     let test = images(&m, 20, 2);
     let mut errs = Vec::new();
-    for cfg in [wide(4, 0, 4, ActivationMode::Exact), wide(4, 6, 3, ActivationMode::Exact), wide(6, 6, 4, ActivationMode::Exact), wide(8, 8, 6, ActivationMode::Exact)] {
+    for cfg in [
+        wide(4, 0, 4, ActivationMode::Exact),
+        wide(4, 6, 3, ActivationMode::Exact),
+        wide(6, 6, 4, ActivationMode::Exact),
+        wide(8, 8, 6, ActivationMode::Exact),
+    ] {
         let plan = QuantPlan::calibrate(&real, &calib, cfg).unwrap();
         assert!(plan.max_weight_norm() <= plan.config.noise_bound, "a sum exceeds the noise bound: {cfg:?}");
         errs.push(relative_error(&plan, &real, &test));
@@ -266,9 +253,14 @@ fn a_calibration_quantile_below_one_lets_an_outlier_saturate() {
     let mut with_outlier = normal.clone();
     with_outlier.push(normal[0].iter().map(|v| v * 30.0).collect());
     let cfg = wide(6, 4, 5, ActivationMode::Poly);
-    let error = |calib: &[Vec<f64>], clip: f64| relative_error(&QuantPlan::calibrate(&real, calib, QuantConfig { clip, ..cfg }).unwrap(), &real, &test);
+    let error = |calib: &[Vec<f64>], clip: f64| {
+        relative_error(&QuantPlan::calibrate(&real, calib, QuantConfig { clip, ..cfg }).unwrap(), &real, &test)
+    };
     let (clean, stretched, clipped) = (error(&normal, 1.0), error(&with_outlier, 1.0), error(&with_outlier, 0.99));
-    assert!(stretched > 3.0 * clean, "the outlier should have coarsened the plan: clean {clean}, stretched {stretched}");
+    assert!(
+        stretched > 3.0 * clean,
+        "the outlier should have coarsened the plan: clean {clean}, stretched {stretched}"
+    );
     assert!(clipped < 2.0 * clean, "the quantile should have ignored the outlier: clean {clean}, clipped {clipped}");
     for bad in [0.3, 1.5, f64::NAN] {
         let e = QuantPlan::calibrate(&real, &normal, QuantConfig { clip: bad, ..cfg }).unwrap_err();
@@ -292,14 +284,22 @@ fn real_values_decode_what_the_simulation_computes() {
         let got = plan.real_values(&x).unwrap();
         let sim = plan.simulate(&q);
         wrapped += sim.wrapped;
-        assert_eq!(got.logits, plan.decode_output(&sim.outputs), "the logits are the simulation's, wrap-around included");
+        assert_eq!(
+            got.logits,
+            plan.decode_output(&sim.outputs),
+            "the logits are the simulation's, wrap-around included"
+        );
         for ((vals, outs), st) in got.stages.iter().zip(plan.stage_outputs(&q)).zip(&plan.stages) {
             assert_eq!(vals.len(), st.sums.len());
             for ((v, o), s) in vals.iter().zip(outs).zip(&st.sums) {
                 let e = st.outputs[s.lut as usize];
-                assert!(((o - e.zero) as f64 * e.step - v).abs() <= 1e-12 * (1.0 + v.abs()), "stage {}: {v} decodes {o}", st.node);
+                assert!(
+                    ((o - e.zero) as f64 * e.step - v).abs() <= 1e-12 * (1.0 + v.abs()),
+                    "stage {}: {v} decodes {o}",
+                    st.node
+                );
                 // A decoded output lies in its channel's calibrated range (the table clamps).
-                assert!(o.abs() <= (1 << 2) - 1);
+                assert!(o.abs() < 1 << 2);
             }
         }
     }
@@ -333,15 +333,6 @@ fn the_simulation_models_wrap_around_rounding_and_negacyclic_tables() {
     assert_eq!(apply_table(&table, -7, 4, 2), table[8 - 2]);
 }
 
-fn keys() -> &'static (LweClient, LweServer) {
-    static K: OnceLock<(LweClient, LweServer)> = OnceLock::new();
-    K.get_or_init(|| {
-        let c = LweClient::new(LweParams::with_bits(4).unwrap());
-        let s = c.server();
-        (c, s)
-    })
-}
-
 #[test]
 fn encrypted_runs_equal_the_simulation_and_bootstrap_only_real_activations() {
     let (client, server) = keys();
@@ -370,7 +361,11 @@ fn encrypted_runs_equal_the_simulation_and_bootstrap_only_real_activations() {
             assert_eq!(raw, sim.outputs, "{mode:?}: encrypted and simulated accumulators differ");
             assert_eq!(logits, plan.decode_output(&sim.outputs));
             assert_eq!(report.bootstraps, sim.bootstraps);
-            assert_eq!(report.bootstraps + report.constant_sums, activations, "{mode:?}: one bootstrap per activation element, none for padding");
+            assert_eq!(
+                report.bootstraps + report.constant_sums,
+                activations,
+                "{mode:?}: one bootstrap per activation element, none for padding"
+            );
             assert_eq!(report.bootstraps, plan.bootstraps());
             assert_eq!(stages, 3);
         }
@@ -396,10 +391,18 @@ fn with_one_extra_bit_every_bootstrap_of_a_run_reads_the_simulations_box() {
             // Only meaningful if sums fall between box centres: count the first stage's sums
             // that are odd.
             let off_centre = plan.stages[0].sums.iter().filter(|s| s.value(&q).rem_euclid(2) != 0).count();
-            assert!(off_centre * 4 > plan.stages[0].sums.len(), "{off_centre} of {} sums off a box centre", plan.stages[0].sums.len());
+            assert!(
+                off_centre * 4 > plan.stages[0].sums.len(),
+                "{off_centre} of {} sums off a box centre",
+                plan.stages[0].sums.len()
+            );
             let want = plan.stage_outputs(&q);
             let mut got: Vec<Vec<i64>> = Vec::new();
-            let (out, report) = run_observed(&server, &prepared, encrypt_image(&client, &plan, &x).unwrap(), |_, cts| got.push(cts.iter().map(|c| client.decrypt(c)).collect())).unwrap();
+            let (out, report) =
+                run_observed(&server, &prepared, encrypt_image(&client, &plan, &x).unwrap(), |_, cts| {
+                    got.push(cts.iter().map(|c| client.decrypt(c)).collect())
+                })
+                .unwrap();
             assert_eq!(got, want, "{mode:?}: some bootstrap read another box than the simulation");
             assert_eq!(report.bootstraps, sim.bootstraps);
             // The output sums are decrypted without a bootstrap, at the resolution of one unit

@@ -2,35 +2,22 @@
 //! (3×3 conv 16→16 on 32×32 + batch-norm fold + degree-4 activation), planning and executing.
 //! Run with `cargo bench -p peregrine-benches --bench packed`.
 
+use backend_clear::{ClearParams, ClearScheme};
 use criterion::{criterion_group, criterion_main, Criterion};
 use ndarray::{ArrayD, IxDyn};
 use peregrine_backend::{Client, Scheme};
-use backend_clear::{ClearParams, ClearScheme};
 use peregrine_model::ir::*;
+use peregrine_model::testkit::{conv, graph, node, poly, raw_input, sawtooth};
 use peregrine_ops::{compile, encrypt_input, execute, plan};
 
 fn layer_model() -> Model {
-    let det = |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (((i * 7919) % 101) as f32 / 101.0 - 0.5) * k).collect() };
+    let tensor = |shape: &[usize], n: usize| ArrayD::from_shape_vec(IxDyn(shape), sawtooth(n, 0.3)).expect("sized");
     let mut w = Weights::new();
-    w.insert("c.w".into(), ArrayD::from_shape_vec(IxDyn(&[16, 16, 3, 3]), det(2304, 0.3)).unwrap());
-    w.insert("p.c".into(), ArrayD::from_shape_vec(IxDyn(&[16, 5]), det(80, 0.3)).unwrap());
-    let nodes = vec![
-        Node {
-            name: "c".into(),
-            op: Op::Conv2d(Conv2d { in_channels: 16, out_channels: 16, kernel: [3, 3], stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 1, weight: "c.w".into(), bias: None }),
-            inputs: vec![INPUT.into()],
-        },
-        Node { name: "p".into(), op: Op::Activation(Activation::Poly { coeffs: "p.c".into(), input_scale: None, approximates: None }), inputs: vec!["c".into()] },
-    ];
-    let graph = Graph {
-        version: FORMAT_VERSION,
-        name: "layer".into(),
-        input: InputSpec { shape: vec![16, 32, 32], preprocess: Preprocess { mean: vec![0.0; 16], std: vec![1.0; 16], resize: false } },
-        nodes,
-        output: "p".into(),
-        classes: vec![],
-    };
-    Model::new(graph, w).unwrap()
+    w.insert("c.w".into(), tensor(&[16, 16, 3, 3], 2304));
+    w.insert("p.c".into(), tensor(&[16, 5], 80));
+    let nodes =
+        vec![node("c", conv(16, 16, 3, 1, 1, 1, 1, "c.w", None), &[INPUT]), node("p", poly("p.c", None, None), &["c"])];
+    Model::new(graph("layer", raw_input([16, 32, 32]), nodes, "p"), w).expect("a valid model")
 }
 
 fn packed(c: &mut Criterion) {
@@ -39,7 +26,9 @@ fn packed(c: &mut Criterion) {
     let caps = ClearScheme::capabilities(&params).unwrap();
     let mut g = c.benchmark_group("packed_clear_2^15");
     g.sample_size(10);
-    g.bench_function("compile_and_plan_conv16x32x32_poly4", |b| b.iter(|| plan(compile(&model, caps.slots).unwrap(), &caps).unwrap()));
+    g.bench_function("compile_and_plan_conv16x32x32_poly4", |b| {
+        b.iter(|| plan(compile(&model, caps.slots).unwrap(), &caps).unwrap())
+    });
     let p = plan(compile(&model, caps.slots).unwrap(), &caps).unwrap();
     let client = ClearScheme::keygen(&params, &p.key_request()).unwrap();
     let server = ClearScheme::server(&client.evaluation_keys().unwrap()).unwrap();

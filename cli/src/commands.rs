@@ -68,7 +68,14 @@ fn write_imported(model: &Model, output: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn eval(model_path: &Path, data: &Path, limit: Option<usize>, batch: usize, precision: Precision, json: bool) -> Result<()> {
+pub fn eval(
+    model_path: &Path,
+    data: &Path,
+    limit: Option<usize>,
+    batch: usize,
+    precision: Precision,
+    json: bool,
+) -> Result<()> {
     let start = std::time::Instant::now();
     let model = load_model(model_path)?;
     let images = load_cifar10(data, limit)?;
@@ -89,7 +96,8 @@ pub fn eval(model_path: &Path, data: &Path, limit: Option<usize>, batch: usize, 
         );
         return Ok(());
     }
-    let overflow = if a.non_finite > 0 { format!("; {} outputs not finite, counted wrong", a.non_finite) } else { String::new() };
+    let overflow =
+        if a.non_finite > 0 { format!("; {} outputs not finite, counted wrong", a.non_finite) } else { String::new() };
     println!(
         "{}: top-1 {}/{} = {acc:.4} ({ty}, {:.2} s inference, {total_s:.2} s total, {threads} threads){overflow}",
         model.graph().name,
@@ -109,8 +117,12 @@ pub fn predict(model_path: &Path, image: &Path, top: usize, json: bool) -> Resul
     order.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]));
     let name = |i: usize| model.graph().classes.get(i).cloned().unwrap_or_else(|| format!("class {i}"));
     if json {
-        let tops: Vec<_> = order.iter().take(top).map(|&i| json!({"class": i, "name": name(i), "logit": logits[i]})).collect();
-        println!("{}", json!({"image": image, "prediction": order[0], "name": name(order[0]), "top": tops, "logits": logits}));
+        let tops: Vec<_> =
+            order.iter().take(top).map(|&i| json!({"class": i, "name": name(i), "logit": logits[i]})).collect();
+        println!(
+            "{}",
+            json!({"image": image, "prediction": order[0], "name": name(order[0]), "top": tops, "logits": logits})
+        );
     } else {
         for &i in order.iter().take(top.max(1)) {
             println!("{:>3} {:<12} {:>9.4}", i, name(i), logits[i]);
@@ -232,7 +244,13 @@ pub fn backends(dirs: Vec<PathBuf>, json: bool) -> Result<()> {
     }
     for p in &listing.plugins {
         match (&p.backend, &p.error) {
-            (Some(b), _) => println!("  {:<8} {}{}\n           {}", b.name, b.description, summary(&b.capabilities), p.path.display()),
+            (Some(b), _) => println!(
+                "  {:<8} {}{}\n           {}",
+                b.name,
+                b.description,
+                summary(&b.capabilities),
+                p.path.display()
+            ),
             (None, e) => println!("  (skipped) {}: {}", p.path.display(), e.as_deref().unwrap_or("not a plugin")),
         }
     }

@@ -16,7 +16,12 @@ use serde_json::json;
 use crate::commands::{log_item, progress, size};
 
 /// The images of `run`: the first `limit` of a CIFAR-10 batch, or one image file.
-pub fn inputs(model: &peregrine_model::Model, data: Option<&Path>, image: Option<&Path>, limit: usize) -> Result<Inputs> {
+pub fn inputs(
+    model: &peregrine_model::Model,
+    data: Option<&Path>,
+    image: Option<&Path>,
+    limit: usize,
+) -> Result<Inputs> {
     let input = &model.graph().input;
     Ok(match (data, image) {
         (Some(d), None) => Inputs::from_batch(d, limit, input)?,
@@ -83,7 +88,11 @@ pub fn run(target: Target, a: RunArgs, json: bool) -> Result<()> {
     if !json {
         eprintln!("{}", plan.headline);
     }
-    let mut observer = Progress { bar: progress(inputs.images.len() as u64, json, "encrypted inference"), backend: target.backend.clone(), quiet: json };
+    let mut observer = Progress {
+        bar: progress(inputs.images.len() as u64, json, "encrypted inference"),
+        backend: target.backend.clone(),
+        quiet: json,
+    };
     let report = run_loop(&model, compiled.as_ref(), &inputs, a.trace, seconds, &mut observer)?;
     observer.bar.finish_and_clear();
     if json {
@@ -98,13 +107,29 @@ fn print_run(r: &RunReport) {
     let sim = r.summary.simulation.as_ref();
     println!(
         "{:>5} {:>5} {:>6} {:>9} {:>6} {:>12} {:>9}{}",
-        "image", "label", "packed", "reference", "agree", "max|Δlogit|", "seconds",
-        if sim.is_some() { format!(" {:>9} {:>10} {:>10} {:>10}", "quantised", "sim. gap", "sim. diff", "bootstraps") } else { String::new() }
+        "image",
+        "label",
+        "packed",
+        "reference",
+        "agree",
+        "max|Δlogit|",
+        "seconds",
+        if sim.is_some() {
+            format!(" {:>9} {:>10} {:>10} {:>10}", "quantised", "sim. gap", "sim. diff", "bootstraps")
+        } else {
+            String::new()
+        }
     );
     let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for i in &r.images {
         let extra = i.simulation.as_ref().map_or(String::new(), |s| {
-            format!(" {:>9} {:>10.3} {:>10} {:>10}", s.quantised_prediction, s.simulation_margin, s.output_units_from_simulation, dash(i.bootstraps.map(|b| b.to_string())))
+            format!(
+                " {:>9} {:>10.3} {:>10} {:>10}",
+                s.quantised_prediction,
+                s.simulation_margin,
+                s.output_units_from_simulation,
+                dash(i.bootstraps.map(|b| b.to_string()))
+            )
         });
         println!(
             "{:>5} {:>5} {:>6} {:>9} {:>6} {:>12} {:>9.3}{extra}",
@@ -153,7 +178,10 @@ fn print_probe(p: &peregrine_runtime::engine::ProbeReport, plan: &serde_json::Va
         println!("{v}");
         return Ok(());
     }
-    println!("{:<24} {:>9} {:>8} {:>10} {:>14} {:>10} {:>9}", "stage", "elements", "sampled", "seconds", "extrapolated s", "≠ sim.", "max off");
+    println!(
+        "{:<24} {:>9} {:>8} {:>10} {:>14} {:>10} {:>9}",
+        "stage", "elements", "sampled", "seconds", "extrapolated s", "≠ sim.", "max off"
+    );
     for q in &p.stages {
         println!(
             "{:<24} {:>9} {:>8} {:>10.2} {:>14.1} {:>10} {:>9}",
@@ -172,7 +200,14 @@ fn print_probe(p: &peregrine_runtime::engine::ProbeReport, plan: &serde_json::Va
     Ok(())
 }
 
-pub fn simulate(model: &Path, params: &str, activation: Option<&str>, data: &Path, limit: usize, json: bool) -> Result<()> {
+pub fn simulate(
+    model: &Path,
+    params: &str,
+    activation: Option<&str>,
+    data: &Path,
+    limit: usize,
+    json: bool,
+) -> Result<()> {
     let m = peregrine_model::load_model(model)?;
     let tfhe = peregrine_runtime::tfhe::TfheModel::new(&m, params, activation, Some(data))?;
     if !json {
@@ -213,15 +248,32 @@ pub fn compare(args: &CompareArgs, json: bool) -> Result<()> {
 
 fn print_table(report: &CompareReport) {
     let row = |c: [&str; 9]| {
-        println!("{:<10} {:>9} {:>10} {:>11} {:>10} {:>10} {:>12} {:>12} {:>9}", c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8])
+        println!(
+            "{:<10} {:>9} {:>10} {:>11} {:>10} {:>10} {:>12} {:>12} {:>9}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+        )
     };
-    row(["backend", "accuracy", "agreement", "max|Δlogit|", "s/image", "keygen s", "peak memory", "eval keys", "security"]);
+    row([
+        "backend",
+        "accuracy",
+        "agreement",
+        "max|Δlogit|",
+        "s/image",
+        "keygen s",
+        "peak memory",
+        "eval keys",
+        "security",
+    ]);
     if let Some((c, n)) = report.reference {
         row(["reference", &format!("{c}/{n}"), "-", "-", "-", "-", "-", "-", "none"]);
     }
     for r in &report.rows {
         let Ok(v) = &r.result else {
-            println!("{:<10} failed: {}", r.backend, r.result.as_ref().err().map(|e| e.to_string()).unwrap_or_default());
+            println!(
+                "{:<10} failed: {}",
+                r.backend,
+                r.result.as_ref().err().map(|e| e.to_string()).unwrap_or_default()
+            );
             continue;
         };
         let s = &v.summary;
@@ -287,7 +339,10 @@ pub fn infer(dir: &Path, json: bool) -> Result<()> {
     if json {
         println!("{}", json!(r));
     } else {
-        println!("evaluated {} encrypted images ({} on {}): {:.2} s/image", r.images, r.model, r.backend, r.mean_seconds_per_image);
+        println!(
+            "evaluated {} encrypted images ({} on {}): {:.2} s/image",
+            r.images, r.model, r.backend, r.mean_seconds_per_image
+        );
     }
     Ok(())
 }
@@ -300,7 +355,14 @@ pub fn decrypt(dir: &Path, json: bool) -> Result<()> {
     }
     for i in &r.images {
         let sim = i.simulation.as_ref().map_or(String::new(), |s| {
-            format!(", {}", if s.identical_to_simulation { "identical to the simulation".to_string() } else { format!("{} units from the simulation", s.output_units_from_simulation) })
+            format!(
+                ", {}",
+                if s.identical_to_simulation {
+                    "identical to the simulation".to_string()
+                } else {
+                    format!("{} units from the simulation", s.output_units_from_simulation)
+                }
+            )
         });
         println!(
             "image {:>4}: prediction {} (reference {}, label {}), max |Δlogit| {:.3e}{sim}",

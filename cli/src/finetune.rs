@@ -144,7 +144,11 @@ struct Bars {
 impl Progress for Bars {
     fn baseline(&mut self, b: &Baseline) {
         if let (Some(acc), false) = (b.test_accuracy, self.quiet) {
-            eprintln!("epoch 0 (calibrated conversion): test accuracy {:.2} % on {} images", acc * 100.0, self.test_images);
+            eprintln!(
+                "epoch 0 (calibrated conversion): test accuracy {:.2} % on {} images",
+                acc * 100.0,
+                self.test_images
+            );
         }
         if let (Some(acc), false) = (b.simulated_accuracy, self.quiet) {
             eprintln!("epoch 0: quantised simulation (tfhe) test accuracy {:.2} %", acc * 100.0);
@@ -168,7 +172,8 @@ impl Progress for Bars {
     fn epoch_done(&mut self, e: &EpochSummary, total: usize) {
         self.bar.finish_and_clear();
         if !self.quiet {
-            let pct = |label: &str, v: Option<f64>| v.map(|v| format!(", {label} {:.2} %", v * 100.0)).unwrap_or_default();
+            let pct =
+                |label: &str, v: Option<f64>| v.map(|v| format!(", {label} {:.2} %", v * 100.0)).unwrap_or_default();
             eprintln!(
                 "epoch {}/{total}: train loss {:.4}, train acc {:.2} %, {:.0} s{}{}; checkpoint {}",
                 e.epoch,
@@ -200,9 +205,18 @@ pub fn finetune(a: FinetuneArgs, json: bool) -> Result<()> {
         None => None,
     };
     let split = load_cifar10_split(&a.data, a.limit)?;
-    let test = split.test.map(|t| if a.eval_limit < t.len() { t.slice(0..a.eval_limit) } else { t }).filter(|_| a.eval_limit > 0);
+    let test = split
+        .test
+        .map(|t| if a.eval_limit < t.len() { t.slice(0..a.eval_limit) } else { t })
+        .filter(|_| a.eval_limit > 0);
     let started = Instant::now();
-    let schedule = Schedule { train: &split.train, test: test.as_ref(), simulated: simulated.as_ref(), output: &a.output, stop_after: a.stop_after };
+    let schedule = Schedule {
+        train: &split.train,
+        test: test.as_ref(),
+        simulated: simulated.as_ref(),
+        output: &a.output,
+        stop_after: a.stop_after,
+    };
     let mut bars = Bars { bar: ProgressBar::hidden(), quiet: json, test_images: test.as_ref().map_or(0, |t| t.len()) };
     let out = run.run_schedule(&schedule, &mut bars)?;
     let total = run.config().epochs;

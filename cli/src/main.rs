@@ -6,8 +6,8 @@
 //! else). Exit codes: 0 success, 1 failure (message on stderr), 2 bad usage.
 
 mod commands;
-mod finetune;
 mod fhe;
+mod finetune;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -260,7 +260,9 @@ fn main() -> ExitCode {
         Command::Import { what: ImportCmd::SmallCnn { widths, seed, output } } => {
             commands::import_small_cnn(&widths, seed, &output, json)
         }
-        Command::Eval { model, data, limit, batch, precision } => commands::eval(&model, &data, limit, batch, precision, json),
+        Command::Eval { model, data, limit, batch, precision } => {
+            commands::eval(&model, &data, limit, batch, precision, json)
+        }
         Command::Predict { model, image, top } => commands::predict(&model, &image, top, json),
         Command::Info { model } => commands::info(&model, json),
         Command::Backends { plugin_dirs } => commands::backends(plugin_dirs, json),

@@ -47,7 +47,8 @@ fn import_eval_info_predict() {
     let png = tmp("frog.png");
     let img = image::RgbImage::from_fn(45, 31, |x, y| image::Rgb([(x * 5) as u8, (y * 7) as u8, 90]));
     img.save(&png).unwrap();
-    let p = json(bin().args(["predict", "--model"]).arg(&model).arg("--image").arg(&png).arg("--json").output().unwrap());
+    let p =
+        json(bin().args(["predict", "--model"]).arg(&model).arg("--image").arg(&png).arg("--json").output().unwrap());
     assert!(p["prediction"].as_u64().unwrap() < 10);
     assert_eq!(p["logits"].as_array().unwrap().len(), 10);
 }
@@ -69,7 +70,12 @@ fn errors_exit_non_zero_with_a_clear_message() {
     let out = bin().args(["eval", "--bogus-flag"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "usage errors exit with 2");
 
-    let out = bin().args(["import", "resnet", "--depth", "19", "--weights"]).arg(shared("models/resnet20-cifar10.safetensors")).args(["-o", "/tmp/x"]).output().unwrap();
+    let out = bin()
+        .args(["import", "resnet", "--depth", "19", "--weights"])
+        .arg(shared("models/resnet20-cifar10.safetensors"))
+        .args(["-o", "/tmp/x"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("6n + 2"));
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::*;
 
@@ -16,17 +16,65 @@ fn small_model(tag: &str) -> PathBuf {
     p
 }
 
+/// The shared pretrained ResNet-20, imported into the scratch file `name`.
+fn resnet20(name: &str) -> PathBuf {
+    let out = tmp(name);
+    let weights = shared("models/resnet20-cifar10.safetensors");
+    ok(bin().args(["import", "resnet", "--weights"]).arg(weights).arg("-o").arg(&out).output().unwrap());
+    out
+}
+
+/// `keygen` → `encrypt` (`limit` images) → `infer` with the secret key hidden (and `decrypt`
+/// refused meanwhile) → `decrypt --json`, in the session directory `tag`; returns it and the
+/// decryption report.
+fn session(tag: &str, backend: &str, params: &str, model: &Path, limit: usize) -> (PathBuf, serde_json::Value) {
+    let dir = tmp(tag);
+    let _ = std::fs::remove_dir_all(&dir);
+    let keygen = ["keygen", "--backend", backend, "--params", params, "--json", "--model"];
+    let k = json(bin().args(keygen).arg(model).arg("--dir").arg(&dir).output().unwrap());
+    assert!(k["evaluation_key_bytes"].as_u64().unwrap() > 0, "{k}");
+    for f in ["session.json", "client.secret", "evaluation.keys"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    let data = shared("data/cifar10/test_batch.bin.gz");
+    ok(bin()
+        .args(["encrypt", "--limit", &limit.to_string(), "--data"])
+        .arg(data)
+        .arg("--dir")
+        .arg(&dir)
+        .output()
+        .unwrap());
+    // The server side must not need the secret: hide it while `infer` runs.
+    std::fs::rename(dir.join("client.secret"), dir.join("away")).unwrap();
+    let inf = json(bin().args(["infer", "--json", "--dir"]).arg(&dir).output().unwrap());
+    assert_eq!(inf["images"], limit);
+    let e = bin().args(["decrypt", "--dir"]).arg(&dir).output().unwrap();
+    assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("client.secret"));
+    std::fs::rename(dir.join("away"), dir.join("client.secret")).unwrap();
+    let d = json(bin().args(["decrypt", "--json", "--dir"]).arg(&dir).output().unwrap());
+    (dir, d)
+}
+
 const PARAMS: &str = r#"{"log_ring_dimension": 12, "levels": 8}"#;
 
 #[test]
 fn plan_reports_cost_and_run_agrees_with_the_reference() {
     let model = small_model("run");
-    let plan = json(bin().args(["plan", "--backend", "clear", "--params", PARAMS, "--json", "--model"]).arg(&model).output().unwrap());
+    let plan = json(
+        bin()
+            .args(["plan", "--backend", "clear", "--params", PARAMS, "--json", "--model"])
+            .arg(&model)
+            .output()
+            .unwrap(),
+    );
     assert_eq!(plan["capabilities"]["slots"], 2048);
     // The degree-4 activation is folded into the convolution (its leading coefficients share a sign).
     assert_eq!(plan["cost"]["levels_consumed"], 4, "conv 1 + folded poly4 2 + fc 1");
     assert!(plan["cost"]["rotations"].as_u64().unwrap() > 0);
-    assert_eq!(plan["cost"]["rotation_keys"].as_u64().unwrap() as usize, plan["rotation_keys"].as_array().unwrap().len());
+    assert_eq!(
+        plan["cost"]["rotation_keys"].as_u64().unwrap() as usize,
+        plan["rotation_keys"].as_array().unwrap().len()
+    );
 
     let run = json(
         bin()
@@ -48,14 +96,26 @@ fn plan_reports_cost_and_run_agrees_with_the_reference() {
     // One image of any size.
     let png = tmp("img.png");
     image::RgbImage::from_fn(41, 29, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, 77])).save(&png).unwrap();
-    let one = json(bin().args(["run", "--backend", "clear", "--params", PARAMS, "--json", "--model"]).arg(&model).arg("--image").arg(&png).output().unwrap());
+    let one = json(
+        bin()
+            .args(["run", "--backend", "clear", "--params", PARAMS, "--json", "--model"])
+            .arg(&model)
+            .arg("--image")
+            .arg(&png)
+            .output()
+            .unwrap(),
+    );
     assert_eq!(one["summary"]["agree"], 1);
 }
 
 #[test]
 fn plan_errors_are_clear() {
     let model = small_model("errors");
-    let out = bin().args(["plan", "--backend", "clear", "--params", r#"{"log_ring_dimension": 12, "levels": 3}"#, "--model"]).arg(&model).output().unwrap();
+    let out = bin()
+        .args(["plan", "--backend", "clear", "--params", r#"{"log_ring_dimension": 12, "levels": 3}"#, "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("needs 4 levels") && e.contains("offers 3"), "{e}");
@@ -63,13 +123,16 @@ fn plan_errors_are_clear() {
     let out = bin().args(["plan", "--backend", "nosuch", "--model"]).arg(&model).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown backend 'nosuch'"));
 
-    let out = bin().args(["plan", "--backend", "clear", "--params", "{\"levls\": 3}", "--model"]).arg(&model).output().unwrap();
+    let out = bin()
+        .args(["plan", "--backend", "clear", "--params", "{\"levls\": 3}", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("levls"), "{e}");
 
     // A ReLU model must be converted first.
-    let relu = tmp("resnet20.safetensors");
-    assert!(bin().args(["import", "resnet", "--weights"]).arg(shared("models/resnet20-cifar10.safetensors")).arg("-o").arg(&relu).output().unwrap().status.success());
+    let relu = resnet20("resnet20.safetensors");
     let out = bin().args(["plan", "--model"]).arg(&relu).output().unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("RELU") && e.contains("convert"), "{e}");
@@ -77,8 +140,7 @@ fn plan_errors_are_clear() {
 
 #[test]
 fn convert_makes_a_plannable_resnet20_that_needs_bootstrapping_at_default_levels() {
-    let relu = tmp("r20.safetensors");
-    assert!(bin().args(["import", "resnet", "--weights"]).arg(shared("models/resnet20-cifar10.safetensors")).arg("-o").arg(&relu).output().unwrap().status.success());
+    let relu = resnet20("r20.safetensors");
     let poly = tmp("r20p2.safetensors");
     let v = json(
         bin()
@@ -96,7 +158,13 @@ fn convert_makes_a_plannable_resnet20_that_needs_bootstrapping_at_default_levels
     let out = bin().args(["plan", "--backend", "clear", "--model"]).arg(&poly).output().unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("needs 39 levels") && e.contains("offers 24"), "{e}");
-    let p = json(bin().args(["plan", "--backend", "clear", "--params", r#"{"levels": 39}"#, "--json", "--model"]).arg(&poly).output().unwrap());
+    let p = json(
+        bin()
+            .args(["plan", "--backend", "clear", "--params", r#"{"levels": 39}"#, "--json", "--model"])
+            .arg(&poly)
+            .output()
+            .unwrap(),
+    );
     assert_eq!(p["cost"]["levels_consumed"], 39);
     assert_eq!(p["cost"]["bootstraps"], 0);
 }
@@ -104,25 +172,18 @@ fn convert_makes_a_plannable_resnet20_that_needs_bootstrapping_at_default_levels
 #[test]
 fn keygen_encrypt_infer_decrypt_as_separate_processes() {
     let model = small_model("session");
-    let dir = tmp("session");
-    let _ = std::fs::remove_dir_all(&dir);
-    let k = json(bin().args(["keygen", "--backend", "clear", "--params", PARAMS, "--json", "--model"]).arg(&model).arg("--dir").arg(&dir).output().unwrap());
-    assert!(k["evaluation_key_bytes"].as_u64().unwrap() > 0);
-    for f in ["session.json", "client.secret", "evaluation.keys"] {
-        assert!(dir.join(f).exists(), "{f}");
-    }
-    // The server side must not need the secret: hide it while `infer` runs.
-    ok(bin().args(["encrypt", "--limit", "3", "--data"]).arg(shared("data/cifar10/test_batch.bin.gz")).arg("--dir").arg(&dir).output().unwrap());
-    std::fs::rename(dir.join("client.secret"), dir.join("away")).unwrap();
-    let inf = json(bin().args(["infer", "--json", "--dir"]).arg(&dir).output().unwrap());
-    assert_eq!(inf["images"], 3);
-    let e = bin().args(["decrypt", "--dir"]).arg(&dir).output().unwrap();
-    assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("client.secret"));
-    std::fs::rename(dir.join("away"), dir.join("client.secret")).unwrap();
-    let d = json(bin().args(["decrypt", "--json", "--dir"]).arg(&dir).output().unwrap());
+    let (dir, d) = session("session", "clear", PARAMS, &model, 3);
     assert_eq!(d["agree"], 3);
     // Identical to `run` on the same images.
-    let run = json(bin().args(["run", "--backend", "clear", "--params", PARAMS, "--limit", "3", "--json", "--data"]).arg(shared("data/cifar10/test_batch.bin.gz")).arg("--model").arg(&model).output().unwrap());
+    let run = json(
+        bin()
+            .args(["run", "--backend", "clear", "--params", PARAMS, "--limit", "3", "--json", "--data"])
+            .arg(shared("data/cifar10/test_batch.bin.gz"))
+            .arg("--model")
+            .arg(&model)
+            .output()
+            .unwrap(),
+    );
     for i in 0..3 {
         assert_eq!(d["images"][i]["prediction"], run["images"][i]["packed_prediction"]);
         assert!(d["images"][i]["max_abs_logit_error"].as_f64().unwrap() < 1e-6);
@@ -184,7 +245,13 @@ fn compare_prints_one_row_per_backend_and_names_failures() {
     assert!(s["evaluation_key_bytes"].as_u64().unwrap() > 0, "{s}");
     assert_eq!(v["reference"]["images"], 2);
 
-    let bad = bin().args(["compare", "--backends", "clear", "--params", "tfhe={}", "--model"]).arg(&model).arg("--data").arg(shared("data/cifar10/test_batch.bin.gz")).output().unwrap();
+    let bad = bin()
+        .args(["compare", "--backends", "clear", "--params", "tfhe={}", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(shared("data/cifar10/test_batch.bin.gz"))
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not in --backends"));
 }
 
@@ -195,7 +262,25 @@ fn tfhe_run_reproduces_its_quantised_simulation_and_names_bad_requests() {
     // 4-bit set with 4 extra accumulator bits (without them every weight of this 27-term
     // convolution rounds to zero); the encrypted top-1 must equal the simulation's.
     let params = r#"{"bits": 4, "extra_bits": 4, "act_bits": 3, "calibration_images": 32}"#;
-    let out = bin().args(["run", "--backend", "tfhe", "--activation", "poly", "--params", params, "--limit", "1", "--json", "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
+    let out = bin()
+        .args([
+            "run",
+            "--backend",
+            "tfhe",
+            "--activation",
+            "poly",
+            "--params",
+            params,
+            "--limit",
+            "1",
+            "--json",
+            "--model",
+        ])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
     let log = String::from_utf8_lossy(&out.stderr).to_string();
     let run = json(out);
     assert_eq!(run["security_bits"], 128);
@@ -212,19 +297,20 @@ fn tfhe_run_reproduces_its_quantised_simulation_and_names_bad_requests() {
     // One bootstrap per activation element (4 channels × 16 × 16), none for the padding.
     assert_eq!(run["images"][0]["bootstraps"], 1024);
     assert_eq!(run["summary"]["cost"]["bootstraps"], 1024);
-    // Exact activations need the model to record what its polynomial approximates.
-    let bad = bin().args(["run", "--backend", "tfhe", "--activation", "exact", "--params", params, "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("--activation poly"), "{}", String::from_utf8_lossy(&bad.stderr));
-    let bad = bin().args(["run", "--backend", "tfhe", "--params", r#"{"bits": 12}"#, "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("4 to 8 bits"), "{}", String::from_utf8_lossy(&bad.stderr));
-    let bad = bin().args(["run", "--backend", "tfhe", "--params", r#"{"noise_margin": 0.5}"#, "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("noise_margin must be"), "{}", String::from_utf8_lossy(&bad.stderr));
-    let bad = bin().args(["run", "--backend", "tfhe", "--params", r#"{"clip": 1.5, "activation": "poly"}"#, "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("calibration quantile (clip)"), "{}", String::from_utf8_lossy(&bad.stderr));
-    let bad = bin().args(["run", "--backend", "clear", "--activation", "exact", "--model"]).arg(&model).arg("--data").arg(&data).output().unwrap();
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("needs the tfhe backend"), "{}", String::from_utf8_lossy(&bad.stderr));
+    // Bad requests fail with a message saying what to change.
+    let refusals: [(&[&str], &str); 5] = [
+        // Exact activations need the model to record what its polynomial approximates.
+        (&["--backend", "tfhe", "--activation", "exact", "--params", params], "--activation poly"),
+        (&["--backend", "tfhe", "--params", r#"{"bits": 12}"#], "4 to 8 bits"),
+        (&["--backend", "tfhe", "--params", r#"{"noise_margin": 0.5}"#], "noise_margin must be"),
+        (&["--backend", "tfhe", "--params", r#"{"clip": 1.5, "activation": "poly"}"#], "calibration quantile (clip)"),
+        (&["--backend", "clear", "--activation", "exact"], "needs the tfhe backend"),
+    ];
+    for (args, says) in refusals {
+        let bad = bin().arg("run").args(args).arg("--model").arg(&model).arg("--data").arg(&data).output().unwrap();
+        let e = String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success() && e.contains(says), "{args:?}: {e}");
+    }
 }
 
 #[test]
@@ -236,20 +322,17 @@ fn tfhe_plans_runs_as_separate_processes_and_compares_with_clear() {
         r#"{{"bits": 4, "extra_bits": 4, "act_bits": 3, "calibration_images": 32, "activation": "poly", "calibration": "{}"}}"#,
         calibration.display()
     );
-    let plan = json(bin().args(["plan", "--backend", "tfhe", "--params", &params, "--json", "--model"]).arg(&model).output().unwrap());
+    let plan = json(
+        bin()
+            .args(["plan", "--backend", "tfhe", "--params", &params, "--json", "--model"])
+            .arg(&model)
+            .output()
+            .unwrap(),
+    );
     assert_eq!(plan["bootstraps"], 1024, "{plan}");
 
     // keygen / encrypt / infer / decrypt, the server without the secret key.
-    let dir = tmp("tfhe-session");
-    let _ = std::fs::remove_dir_all(&dir);
-    let k = json(bin().args(["keygen", "--backend", "tfhe", "--params", &params, "--json", "--model"]).arg(&model).arg("--dir").arg(&dir).output().unwrap());
-    assert!(k["evaluation_key_bytes"].as_u64().unwrap() > 1 << 20, "{k}");
-    ok(bin().args(["encrypt", "--limit", "1", "--data"]).arg(&data).arg("--dir").arg(&dir).output().unwrap());
-    std::fs::rename(dir.join("client.secret"), dir.join("away")).unwrap();
-    let inf = json(bin().args(["infer", "--json", "--dir"]).arg(&dir).output().unwrap());
-    assert_eq!(inf["images"], 1);
-    std::fs::rename(dir.join("away"), dir.join("client.secret")).unwrap();
-    let d = json(bin().args(["decrypt", "--json", "--dir"]).arg(&dir).output().unwrap());
+    let (_, d) = session("tfhe-session", "tfhe", &params, &model, 1);
     let image = &d["images"][0];
     // The decrypted outputs are compared with the quantised simulation, consistently.
     let units = image["output_units_from_simulation"].as_i64().expect("compared with the simulation");
@@ -258,7 +341,15 @@ fn tfhe_plans_runs_as_separate_processes_and_compares_with_clear() {
 
     // The same backend beside `clear` in one table.
     let out = bin()
-        .args(["compare", "--backends", "clear,tfhe", "--params", &format!("clear={PARAMS}"), "--params", &format!("tfhe={params}")])
+        .args([
+            "compare",
+            "--backends",
+            "clear,tfhe",
+            "--params",
+            &format!("clear={PARAMS}"),
+            "--params",
+            &format!("tfhe={params}"),
+        ])
         .args(["--limit", "1", "--model"])
         .arg(&model)
         .arg("--data")
@@ -266,7 +357,10 @@ fn tfhe_plans_runs_as_separate_processes_and_compares_with_clear() {
         .output()
         .unwrap();
     let table = ok(out);
-    assert!(table.lines().any(|l| l.starts_with("clear ") && l.contains("1/1")), "clear must agree with the reference: {table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("clear ") && l.contains("1/1")),
+        "clear must agree with the reference: {table}"
+    );
     assert!(table.lines().any(|l| l.starts_with("tfhe ") && l.contains("128-bit")), "no tfhe row: {table}");
     // The 4-bit toy model need not agree with the float reference, but must with its simulation.
     assert!(table.contains("tfhe: top-1 equal to its quantised simulation 1/1"), "{table}");

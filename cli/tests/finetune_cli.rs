@@ -9,7 +9,13 @@ use peregrine_model::format::load_model;
 fn resnet20(tag: &str) -> std::path::PathBuf {
     let relu = tmp(&format!("r20-ft-{tag}.safetensors"));
     if !relu.exists() {
-        let out = bin().args(["import", "resnet", "--weights"]).arg(shared("models/resnet20-cifar10.safetensors")).arg("-o").arg(&relu).output().unwrap();
+        let out = bin()
+            .args(["import", "resnet", "--weights"])
+            .arg(shared("models/resnet20-cifar10.safetensors"))
+            .arg("-o")
+            .arg(&relu)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     relu
@@ -47,7 +53,10 @@ fn finetune_reports_checkpoints_and_resumes_to_the_same_model() {
 
     // The same run interrupted after one epoch and resumed.
     let part = tmp("ft-part.safetensors");
-    let v = json(finetune(&["--model", relu, "--degree", "2", "--epochs", "2", "--distill", "0.5", "--stop-after", "1"], &part));
+    let v = json(finetune(
+        &["--model", relu, "--degree", "2", "--epochs", "2", "--distill", "0.5", "--stop-after", "1"],
+        &part,
+    ));
     assert_eq!(v["epochs_done"], 1);
     assert_eq!(load_model(&part).unwrap().graph().name, "resnet20-sft2-e1");
     let ckpt = tmp("ft-part.ckpt.json");
@@ -91,7 +100,13 @@ fn finetune_errors_name_the_problem() {
     // Data directory without CIFAR-10 batches.
     let empty = tmp("empty-data");
     std::fs::create_dir_all(&empty).unwrap();
-    let o = bin().args(["finetune", "--model", relu, "--epochs", "0", "--data"]).arg(&empty).arg("-o").arg(&out).output().unwrap();
+    let o = bin()
+        .args(["finetune", "--model", relu, "--epochs", "0", "--data"])
+        .arg(&empty)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("data_batch_1"), "{e}");
 }
@@ -108,7 +123,8 @@ fn quantisation_aware_training_reports_what_the_tfhe_simulation_computes_and_res
     assert!(v["baseline_simulated_accuracy"].as_f64().is_some(), "{v}");
     let epochs = v["epochs"].as_array().unwrap();
     assert_eq!(epochs.len(), 2);
-    let reported = epochs[1]["simulated_test_accuracy"].as_f64().expect("every epoch reports the simulation's accuracy");
+    let reported =
+        epochs[1]["simulated_test_accuracy"].as_f64().expect("every epoch reports the simulation's accuracy");
     // The written model, simulated by `peregrine simulate` with the same parameters on the same
     // 40 test images, scores exactly what training reported.
     let sim = json(
@@ -121,7 +137,10 @@ fn quantisation_aware_training_reports_what_the_tfhe_simulation_computes_and_res
             .unwrap(),
     );
     assert_eq!(sim["quantised_correct"].as_u64().unwrap() as f64 / 40.0, reported, "{sim}");
-    assert!(!load_model(&out).unwrap().graph().nodes.iter().any(|n| n.op.kind() == "batch_norm"), "batch norms are folded first");
+    assert!(
+        !load_model(&out).unwrap().graph().nodes.iter().any(|n| n.op.kind() == "batch_norm"),
+        "batch norms are folded first"
+    );
 
     // Interrupted and resumed, the run keeps quantising the same way.
     let part = tmp("qat-part.safetensors");
@@ -129,7 +148,11 @@ fn quantisation_aware_training_reports_what_the_tfhe_simulation_computes_and_res
     let ckpt = tmp("qat-part.ckpt.json");
     let v = json(finetune(&["--resume", ckpt.to_str().unwrap()], &part));
     assert_eq!(v["epochs_done"], 2);
-    assert_eq!(v["epochs"][0]["simulated_test_accuracy"].as_f64(), Some(reported), "the resumed run reproduces the uninterrupted one");
+    assert_eq!(
+        v["epochs"][0]["simulated_test_accuracy"].as_f64(),
+        Some(reported),
+        "the resumed run reproduces the uninterrupted one"
+    );
 
     // Bad requests name the problem.
     let o = finetune(&["--model", init, "--keep-activations", "--epochs", "1", "--tfhe", r#"{"bits":3}"#], &out);

@@ -222,7 +222,11 @@ pub fn default_eval_poly<B: Backend + ?Sized>(b: &B, a: &B::Ciphertext, coeffs: 
 
 /// `powers[k] = a^k` for k = 1..=degree (index 0 unused), each freshly rescaled, built by
 /// squaring and products of powers of two: a^k sits ⌈log2 k⌉ levels below `a`.
-pub fn power_basis<B: Backend + ?Sized>(b: &B, a: &B::Ciphertext, degree: usize) -> BResult<Vec<Option<B::Ciphertext>>> {
+pub fn power_basis<B: Backend + ?Sized>(
+    b: &B,
+    a: &B::Ciphertext,
+    degree: usize,
+) -> BResult<Vec<Option<B::Ciphertext>>> {
     let mut powers: Vec<Option<B::Ciphertext>> = vec![None; degree.max(1) + 1];
     powers[1] = Some(a.clone());
     for k in 2..=degree {

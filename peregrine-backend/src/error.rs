@@ -174,7 +174,9 @@ pub enum PluginError {
         expected: u32,
     },
     /// The function table has another size than this build's.
-    #[error("{path}: plugin function table has {found} bytes, expected {expected} (built against a different header?)")]
+    #[error(
+        "{path}: plugin function table has {found} bytes, expected {expected} (built against a different header?)"
+    )]
     TableSize {
         /// The file.
         path: String,

@@ -26,4 +26,4 @@ pub mod security;
 
 pub use api::*;
 pub use error::{BackendError, PluginError};
-pub use meta::{bootstrap_allowed, rotation_key, same_level, same_scale, CtMeta};
+pub use meta::{bootstrap_allowed, rotation_key, same_level, same_scale, CtMeta, HasMeta};

@@ -33,6 +33,45 @@ pub struct CtMeta {
     pub scale: f64,
 }
 
+/// A ciphertext or plaintext that carries its [`CtMeta`].
+pub trait HasMeta {
+    /// Its level and scale.
+    fn meta(&self) -> CtMeta;
+}
+
+/// Implements [`HasMeta`] for types that keep their [`CtMeta`] in a field `meta`.
+#[macro_export]
+macro_rules! has_meta {
+    ($($t:ty),+ $(,)?) => {$(
+        impl $crate::HasMeta for $t {
+            fn meta(&self) -> $crate::CtMeta {
+                self.meta
+            }
+        }
+    )+};
+}
+
+/// The four level/scale accessors of [`Backend`](crate::Backend) (`level`, `scale`,
+/// `plaintext_level`, `plaintext_scale`) for ciphertexts and plaintexts that implement
+/// [`HasMeta`]; write it inside `impl Backend for …`.
+#[macro_export]
+macro_rules! meta_accessors {
+    () => {
+        fn level(&self, ct: &Self::Ciphertext) -> usize {
+            $crate::HasMeta::meta(ct).level
+        }
+        fn scale(&self, ct: &Self::Ciphertext) -> f64 {
+            $crate::HasMeta::meta(ct).scale
+        }
+        fn plaintext_level(&self, pt: &Self::Plaintext) -> usize {
+            $crate::HasMeta::meta(pt).level
+        }
+        fn plaintext_scale(&self, pt: &Self::Plaintext) -> f64 {
+            $crate::HasMeta::meta(pt).scale
+        }
+    };
+}
+
 /// The CKKS rule for binary operations: operands at equal levels.
 pub fn same_level(op: &'static str, a: usize, b: usize) -> BResult<()> {
     if a != b {

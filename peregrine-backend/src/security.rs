@@ -29,7 +29,9 @@ pub fn max_log_qp_128(n: usize) -> Option<f64> {
 /// returns the security level (128) or an error saying what to change.
 pub fn check_128(ring_dim: usize, log_qp: f64) -> BResult<u32> {
     let Some(max) = max_log_qp_128(ring_dim) else {
-        return Err(BackendError::InvalidParameters(format!("no 128-bit security bound is tabulated for N = {ring_dim}")));
+        return Err(BackendError::InvalidParameters(format!(
+            "no 128-bit security bound is tabulated for N = {ring_dim}"
+        )));
     };
     if log_qp > max {
         return Err(BackendError::InvalidParameters(format!(

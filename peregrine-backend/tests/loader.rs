@@ -19,11 +19,16 @@ fn loader_errors_name_the_file_and_the_problem() {
     assert!(e.contains("not a loadable shared library"), "{e}");
 
     // A real shared library that is not a plugin.
-    let system = ["/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6", "/lib64/libm.so.6", "/lib/aarch64-linux-gnu/libm.so.6"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("a system libm to test 'not a plugin'");
+    let system = [
+        "/lib/x86_64-linux-gnu/libm.so.6",
+        "/usr/lib/x86_64-linux-gnu/libm.so.6",
+        "/lib64/libm.so.6",
+        "/lib/aarch64-linux-gnu/libm.so.6",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .expect("a system libm to test 'not a plugin'");
     let e = Plugin::load(&system).unwrap_err().to_string();
     assert!(e.contains("not a Peregrine plugin"), "{e}");
 
@@ -31,6 +36,9 @@ fn loader_errors_name_the_file_and_the_problem() {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bad_abi_plugin.c");
     common::cc(&src, &bad, &["-shared", "-fPIC"]);
     let e = Plugin::load(&bad).unwrap_err().to_string();
-    assert!(e.contains("ABI version mismatch") && e.contains("999") && e.contains(&format!("version {ABI_VERSION}")), "{e}");
+    assert!(
+        e.contains("ABI version mismatch") && e.contains("999") && e.contains(&format!("version {ABI_VERSION}")),
+        "{e}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }

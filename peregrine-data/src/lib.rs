@@ -141,7 +141,10 @@ pub fn load_image(path: impl AsRef<Path>, input: &InputSpec) -> Result<Vec<u8>> 
         .with_guessed_format()
         .map_err(|e| DataError::io(path, e))?
         .decode()
-        .map_err(|e| DataError::Image { path: path.display().to_string(), detail: format!("cannot decode image ({e})") })?;
+        .map_err(|e| DataError::Image {
+            path: path.display().to_string(),
+            detail: format!("cannot decode image ({e})"),
+        })?;
     let (c, h, w) = (input.shape[0], input.shape[1], input.shape[2]);
     if c != 3 {
         return Err(DataError::Image {
@@ -173,10 +176,7 @@ pub fn load_image(path: impl AsRef<Path>, input: &InputSpec) -> Result<Vec<u8>> 
 pub fn preprocess<T: Real>(pixels: &[u8], count: usize, input: &InputSpec) -> Result<ArrayD<T>> {
     let (c, h, w) = (input.shape[0], input.shape[1], input.shape[2]);
     if pixels.len() != count * c * h * w {
-        return Err(DataError::Shape(format!(
-            "{} pixel bytes for {count} images of {c}×{h}×{w}",
-            pixels.len()
-        )));
+        return Err(DataError::Shape(format!("{} pixel bytes for {count} images of {c}×{h}×{w}", pixels.len())));
     }
     let p = &input.preprocess;
     let scale: Vec<f64> = p.std.iter().map(|s| 1.0 / (255.0 * *s as f64)).collect();

@@ -76,6 +76,11 @@ fn split(r: i64, n1: usize, slots: usize) -> (i64, i64) {
     (norm(b, slots), norm(r - b, slots))
 }
 
+/// `(output ciphertext, input, input ciphertext)` of a pair of ciphertexts a map connects.
+type PairKey = (usize, usize, usize);
+/// The diagonals of one pair: per rotation, the `(output slot, coefficient)` entries.
+type Diagonals = BTreeMap<i64, Vec<(u32, f64)>>;
+
 impl DiagonalPlan {
     /// Schedules `map` from `inputs` layouts to `output` layout.
     pub fn new(map: &LinearMap, inputs: &[&Layout], output: &Layout) -> Result<DiagonalPlan, LayoutError> {
@@ -105,7 +110,11 @@ impl DiagonalPlan {
             return Err(LayoutError::OutputLen { layout: output.len(), map: map.out_len });
         }
         let slots = output.slots;
-        if slots >= 1 << 24 || output.ciphertexts >= 1 << 16 || inputs.len() >= 1 << 8 || inputs.iter().any(|l| l.ciphertexts >= 1 << 16) {
+        if slots >= 1 << 24
+            || output.ciphertexts >= 1 << 16
+            || inputs.len() >= 1 << 8
+            || inputs.iter().any(|l| l.ciphertexts >= 1 << 16)
+        {
             return Err(LayoutError::TooLarge);
         }
         // Sort every coefficient by (out_ct, input, in_ct, r) packed in one key, then group.
@@ -120,7 +129,7 @@ impl DiagonalPlan {
             })
             .collect();
         items.sort_unstable_by_key(|t| t.0);
-        let mut pairs: Vec<((usize, usize, usize), BTreeMap<i64, Vec<(u32, f64)>>)> = Vec::new();
+        let mut pairs: Vec<(PairKey, Diagonals)> = Vec::new();
         let mut k = 0;
         while k < items.len() {
             let key = items[k].0;
@@ -152,7 +161,7 @@ impl DiagonalPlan {
             })
             .collect();
         let mut outputs = vec![PairPlan::default(); output.ciphertexts];
-        let mut rotating: Vec<((usize, usize, usize), BTreeMap<i64, Vec<(u32, f64)>>)> = Vec::new();
+        let mut rotating: Vec<(PairKey, Diagonals)> = Vec::new();
         for (key, diags) in pairs {
             let (oct, inp, ict) = key;
             let pass = allow_passthrough
@@ -180,7 +189,8 @@ impl DiagonalPlan {
                     giants.entry(*oct).or_default().insert(g);
                 }
             }
-            let cost = babies.values().chain(giants.values()).map(|s| s.iter().filter(|r| **r != 0).count()).sum::<usize>();
+            let cost =
+                babies.values().chain(giants.values()).map(|s| s.iter().filter(|r| **r != 0).count()).sum::<usize>();
             if cost < best.0 {
                 best = (cost, n1);
             }

@@ -17,7 +17,6 @@
 
 use serde::{Deserialize, Serialize};
 
-
 /// An inconsistent layout or a map that does not fit its layouts.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
@@ -243,7 +242,13 @@ impl Gip {
                 }
             }
         }
-        Layout { positions: pos, ciphertexts: self.ciphertexts(), slots: self.slots, gip: Some(self.clone()), dirty: false }
+        Layout {
+            positions: pos,
+            ciphertexts: self.ciphertexts(),
+            slots: self.slots,
+            gip: Some(self.clone()),
+            dirty: false,
+        }
     }
 }
 

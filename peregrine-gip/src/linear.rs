@@ -81,7 +81,16 @@ impl LinearMap {
 
     /// 2-D convolution of a `cin×h×w` map; `weight` is `(cout, cin/groups, kh, kw)` row-major.
     #[allow(clippy::too_many_arguments)]
-    pub fn conv2d(cin: usize, h: usize, w: usize, cout: usize, win: Window, groups: usize, weight: &[f64], bias: Option<&[f64]>) -> Self {
+    pub fn conv2d(
+        cin: usize,
+        h: usize,
+        w: usize,
+        cout: usize,
+        win: Window,
+        groups: usize,
+        weight: &[f64],
+        bias: Option<&[f64]>,
+    ) -> Self {
         let [kh, kw] = win.kernel;
         let ho = out_size(h, kh, win.stride[0], win.padding[0], win.dilation[0]);
         let wo = out_size(w, kw, win.stride[1], win.padding[1], win.dilation[1]);
@@ -180,14 +189,20 @@ impl LinearMap {
     /// Global average pooling `c×h×w → c`.
     pub fn global_avg_pool(c: usize, h: usize, w: usize) -> Self {
         let inv = 1.0 / (h * w) as f64;
-        let entries = (0..c * h * w).map(|i| Entry { input: 0, src: i as u32, dst: (i / (h * w)) as u32, w: inv }).collect();
+        let entries =
+            (0..c * h * w).map(|i| Entry { input: 0, src: i as u32, dst: (i / (h * w)) as u32, w: inv }).collect();
         LinearMap { input_lens: vec![c * h * w], out_len: c, entries, bias: None }
     }
 
     /// Per-channel affine map `y = scale[c]·x + shift[c]` on a `c×hw` tensor (batch norm).
     pub fn affine(c: usize, hw: usize, scale: &[f64], shift: &[f64]) -> Self {
         let entries = (0..c * hw).map(|i| Entry { input: 0, src: i as u32, dst: i as u32, w: scale[i / hw] }).collect();
-        LinearMap { input_lens: vec![c * hw], out_len: c * hw, entries, bias: Some((0..c * hw).map(|i| shift[i / hw]).collect()) }
+        LinearMap {
+            input_lens: vec![c * hw],
+            out_len: c * hw,
+            entries,
+            bias: Some((0..c * hw).map(|i| shift[i / hw]).collect()),
+        }
     }
 
     /// Fully connected layer, `weight` is `(out, in)` row-major.
@@ -293,14 +308,19 @@ impl LinearMap {
             }
         }
         // Index the outer map by (input, src) once, then stream every inner entry through it.
-        let mut outer_by_src: Vec<Vec<Vec<(u32, f64)>>> =
-            self.input_lens.iter().zip(&inner).map(|(&n, m)| if m.is_some() { vec![Vec::new(); n] } else { Vec::new() }).collect();
+        let mut outer_by_src: Vec<Vec<Vec<(u32, f64)>>> = self
+            .input_lens
+            .iter()
+            .zip(&inner)
+            .map(|(&n, m)| if m.is_some() { vec![Vec::new(); n] } else { Vec::new() })
+            .collect();
         let cap = self.entries.len() + inner.iter().flatten().map(|m| m.entries.len()).sum::<usize>();
         let mut entries = Vec::with_capacity(cap);
         // When every substituted input maps its elements one-to-one onto distinct outputs, the
         // composition cannot create duplicate coefficients and needs no merge.
         let mut injective = true;
-        let mut dst_seen: Vec<Vec<bool>> = inner.iter().map(|m| if m.is_some() { vec![false; self.out_len] } else { Vec::new() }).collect();
+        let mut dst_seen: Vec<Vec<bool>> =
+            inner.iter().map(|m| if m.is_some() { vec![false; self.out_len] } else { Vec::new() }).collect();
         for a in &self.entries {
             let i = a.input as usize;
             if inner[i].is_some() {

@@ -62,14 +62,17 @@ pub fn node_map(model: &Model, i: usize) -> Result<Option<LinearMap>, NotLinear>
             LinearMap::conv_transpose2d(ci, hi, wi, p.out_channels, out[1], out[2], w, p.groups, &weight, b.as_deref())
         }
         Op::BatchNorm(b) => {
-            let (w, bb, mean, var) = (f64s(m, &b.weight), f64s(m, &b.bias), f64s(m, &b.running_mean), f64s(m, &b.running_var));
+            let (w, bb, mean, var) =
+                (f64s(m, &b.weight), f64s(m, &b.bias), f64s(m, &b.running_mean), f64s(m, &b.running_var));
             let scale: Vec<f64> = (0..ci).map(|c| w[c] / (var[c] + b.eps).sqrt()).collect();
             let shift: Vec<f64> = (0..ci).map(|c| bb[c] - mean[c] * scale[c]).collect();
             LinearMap::affine(ci, hi * wi, &scale, &shift)
         }
         Op::AvgPool(p) => LinearMap::avg_pool(ci, hi, wi, window(p.kernel, p.stride, p.padding, [1, 1])),
         Op::GlobalAvgPool => LinearMap::global_avg_pool(ci, hi, wi),
-        Op::Linear(l) => LinearMap::fully_connected(l.in_features, l.out_features, &f64s(m, &l.weight), bias(&l.bias).as_deref()),
+        Op::Linear(l) => {
+            LinearMap::fully_connected(l.in_features, l.out_features, &f64s(m, &l.weight), bias(&l.bias).as_deref())
+        }
         Op::Upsample { factor } => LinearMap::upsample(ci, hi, wi, *factor),
         Op::SubsampleChannelPad { stride, pad_before, pad_after } => {
             LinearMap::subsample_pad(ci, hi, wi, *stride, *pad_before, *pad_after)

@@ -101,7 +101,16 @@ fn diagonal_schedules_equal_the_dense_maps() {
     assert!(p.consumes_level());
     assert!(gi.split > 1 && go.split == 1, "input split {:?} output {:?}", gi, go);
     // Depthwise 5×5 dilated on the multiplexed result.
-    let dw = LinearMap::conv2d(4, 19, 27, 4, Window { kernel: [5, 5], stride: [1, 1], padding: [4, 4], dilation: [2, 2] }, 4, &rand_vec(&mut r, 4 * 25), None);
+    let dw = LinearMap::conv2d(
+        4,
+        19,
+        27,
+        4,
+        Window { kernel: [5, 5], stride: [1, 1], padding: [4, 4], dilation: [2, 2] },
+        4,
+        &rand_vec(&mut r, 4 * 25),
+        None,
+    );
     check_plan(&dw, &[&go.layout()], &go.layout(), &mut r, "depthwise");
     // Upsample ×2 back.
     let up = LinearMap::upsample(4, 19, 27, 2);
@@ -112,7 +121,8 @@ fn diagonal_schedules_equal_the_dense_maps() {
     let cat = LinearMap::concat(&[4 * 38 * 54, 2 * 38 * 54]);
     check_plan(&cat, &[&gu.layout(), &a.layout()], &gu.with_channels(6).layout(), &mut r, "concat");
     // Pooling, global pooling + linear composed, option-A shortcut, transposed conv.
-    let pool = LinearMap::avg_pool(4, 19, 27, Window { kernel: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1] });
+    let pool =
+        LinearMap::avg_pool(4, 19, 27, Window { kernel: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1] });
     check_plan(&pool, &[&go.layout()], &go.strided(4, 10, 14, 2).layout(), &mut r, "avgpool");
     let gap = LinearMap::global_avg_pool(4, 19, 27);
     let fc = LinearMap::fully_connected(4, 7, &rand_vec(&mut r, 28), Some(&rand_vec(&mut r, 7)));
@@ -120,7 +130,18 @@ fn diagonal_schedules_equal_the_dense_maps() {
     check_plan(&head, &[&go.layout()], &Layout::vector(7, slots), &mut r, "gap+fc");
     let sc = LinearMap::subsample_pad(4, 19, 27, 2, 2, 2);
     check_plan(&sc, &[&go.layout()], &go.strided(8, 10, 14, 2).layout(), &mut r, "shortcut");
-    let ct = LinearMap::conv_transpose2d(4, 19, 27, 3, 38, 54, Window { kernel: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1] }, 1, &rand_vec(&mut r, 4 * 3 * 9), Some(&[0.1, 0.2, 0.3]));
+    let ct = LinearMap::conv_transpose2d(
+        4,
+        19,
+        27,
+        3,
+        38,
+        54,
+        Window { kernel: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1] },
+        1,
+        &rand_vec(&mut r, 4 * 3 * 9),
+        Some(&[0.1, 0.2, 0.3]),
+    );
     check_plan(&ct, &[&go.layout()], &go.upsampled(3, 38, 54, 2).layout(), &mut r, "conv transpose");
 }
 
@@ -135,7 +156,12 @@ fn identity_placements_pass_through_without_rotations() {
     assert!(!sum.consumes_level());
     // Concat where the first input already sits where the output wants it.
     let wide = g.with_channels(8);
-    let cat = DiagonalPlan::new(&LinearMap::concat(&[6 * 63, 2 * 63]), &[&l, &Gip::fresh(2, 9, 7, 256).layout()], &wide.layout()).unwrap();
+    let cat = DiagonalPlan::new(
+        &LinearMap::concat(&[6 * 63, 2 * 63]),
+        &[&l, &Gip::fresh(2, 9, 7, 256).layout()],
+        &wide.layout(),
+    )
+    .unwrap();
     // The 6 channels of the first input keep their slots in both output ciphertexts.
     assert_eq!(cat.outputs.iter().map(|o| o.passthrough.len()).sum::<usize>(), 2);
     assert!(cat.consumes_level(), "the second input must move");

@@ -86,7 +86,10 @@ pub fn model_from_bytes(bytes: &[u8]) -> Result<Model> {
         .and_then(|v| v.as_u64())
         .ok_or_else(|| ModelError::MalformedModel("graph metadata has no numeric 'version'".into()))?;
     if version != FORMAT_VERSION as u64 {
-        return Err(ModelError::UnsupportedVersion { found: version.min(u32::MAX as u64) as u32, supported: FORMAT_VERSION });
+        return Err(ModelError::UnsupportedVersion {
+            found: version.min(u32::MAX as u64) as u32,
+            supported: FORMAT_VERSION,
+        });
     }
     let graph: Graph = serde_json::from_str(graph_json)
         .map_err(|e| ModelError::MalformedModel(format!("graph metadata does not describe a valid graph: {e}")))?;
@@ -112,11 +115,8 @@ pub fn tensors_from_bytes(bytes: &[u8]) -> Result<Weights> {
         if view.dtype() != Dtype::F32 {
             return Err(ModelError::Weight(format!("tensor '{name}' has dtype {:?}, expected F32", view.dtype())));
         }
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let data: Vec<f32> =
+            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let arr = ArrayD::from_shape_vec(IxDyn(view.shape()), data)
             .map_err(|e| ModelError::Weight(format!("tensor '{name}': {e}")))?;
         out.insert(name, arr);

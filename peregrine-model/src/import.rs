@@ -26,18 +26,8 @@ fn conv3x3(name: &str, cin: usize, cout: usize, stride: usize, input: &str) -> N
 
 /// A batch norm (eps 1e-5, PyTorch's default) over the tensors `{name}.{weight,bias,running_mean,running_var}`.
 fn batch_norm(name: &str, channels: usize, input: &str) -> Node {
-    Node {
-        name: name.into(),
-        op: Op::BatchNorm(BatchNorm {
-            channels,
-            eps: 1e-5,
-            weight: format!("{name}.weight"),
-            bias: format!("{name}.bias"),
-            running_mean: format!("{name}.running_mean"),
-            running_var: format!("{name}.running_var"),
-        }),
-        inputs: vec![input.into()],
-    }
+    let names = ["weight", "bias", "running_mean", "running_var"].map(|t| format!("{name}.{t}"));
+    Node { name: name.into(), op: Op::BatchNorm(BatchNorm::named(channels, names)), inputs: vec![input.into()] }
 }
 
 /// A ReLU node.
@@ -89,28 +79,32 @@ pub fn cifar_resnet(depth: usize, mut weights: Weights) -> Result<Model> {
         }
     }
     nodes.push(Node { name: "avgpool".into(), op: Op::GlobalAvgPool, inputs: vec![prev] });
-    nodes.push(Node { name: "flatten".into(), op: Op::Flatten, inputs: vec!["avgpool".into()] });
-    nodes.push(Node {
-        name: "linear".into(),
-        op: Op::Linear(Linear {
-            in_features: 64,
-            out_features: 10,
-            weight: "linear.weight".into(),
-            bias: Some("linear.bias".into()),
-        }),
-        inputs: vec!["flatten".into()],
-    });
+    let imagenet = Preprocess { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225], resize: true };
+    cifar10_classifier(format!("resnet{depth}"), nodes, 64, imagenet, weights)
+}
+
+/// Ends `nodes` with flatten → fully connected (`features` → 10, tensors `linear.weight` and
+/// `linear.bias`) and builds the CIFAR-10 classifier `name` on 3×32×32 inputs.
+fn cifar10_classifier(
+    name: String,
+    mut nodes: Vec<Node>,
+    features: usize,
+    preprocess: Preprocess,
+    weights: Weights,
+) -> Result<Model> {
+    let prev = nodes.last().map_or(INPUT.to_string(), |n| n.name.clone());
+    nodes.push(Node { name: "flatten".into(), op: Op::Flatten, inputs: vec![prev] });
+    let linear = Linear {
+        in_features: features,
+        out_features: 10,
+        weight: "linear.weight".into(),
+        bias: Some("linear.bias".into()),
+    };
+    nodes.push(Node { name: "linear".into(), op: Op::Linear(linear), inputs: vec!["flatten".into()] });
     let graph = Graph {
         version: FORMAT_VERSION,
-        name: format!("resnet{depth}"),
-        input: InputSpec {
-            shape: vec![3, 32, 32],
-            preprocess: Preprocess {
-                mean: vec![0.485, 0.456, 0.406],
-                std: vec![0.229, 0.224, 0.225],
-                resize: true,
-            },
-        },
+        name,
+        input: InputSpec { shape: vec![3, 32, 32], preprocess },
         nodes,
         output: "linear".into(),
         classes: CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
@@ -128,7 +122,9 @@ pub fn small_cnn(widths: &[usize], seed: u64) -> Result<Model> {
     use rand::SeedableRng;
     use rand_distr::{Distribution, Normal};
     if widths.is_empty() || widths.len() > 4 || widths.contains(&0) {
-        return Err(ModelError::Unsupported(format!("small CNN widths: give 1 to 4 positive channel counts, got {widths:?}")));
+        return Err(ModelError::Unsupported(format!(
+            "small CNN widths: give 1 to 4 positive channel counts, got {widths:?}"
+        )));
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut weights = Weights::new();
@@ -149,13 +145,20 @@ pub fn small_cnn(widths: &[usize], seed: u64) -> Result<Model> {
             constants.push((format!("bn{l}.{t}"), c, v));
         }
         nodes.push(batch_norm(&format!("bn{l}"), c, &format!("conv{l}")));
-        nodes.push(Node { name: format!("pool{l}"), op: Op::AvgPool(Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }), inputs: vec![format!("bn{l}")] });
+        nodes.push(Node {
+            name: format!("pool{l}"),
+            op: Op::AvgPool(Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }),
+            inputs: vec![format!("bn{l}")],
+        });
         nodes.push(relu(&format!("relu{l}"), &format!("pool{l}")));
         prev = format!("relu{l}");
         cin = c;
         size = size / stride / 2;
         if size == 0 {
-            return Err(ModelError::Unsupported(format!("small CNN: {} stages shrink a 32×32 image to nothing", widths.len())));
+            return Err(ModelError::Unsupported(format!(
+                "small CNN: {} stages shrink a 32×32 image to nothing",
+                widths.len()
+            )));
         }
     }
     for (name, c, v) in constants {
@@ -164,22 +167,7 @@ pub fn small_cnn(widths: &[usize], seed: u64) -> Result<Model> {
     let features = cin * size * size;
     he(&mut weights, "linear.weight".into(), &[10, features], features);
     weights.insert("linear.bias".into(), ndarray::ArrayD::zeros(ndarray::IxDyn(&[10])));
-    nodes.push(Node { name: "flatten".into(), op: Op::Flatten, inputs: vec![prev] });
-    nodes.push(Node {
-        name: "linear".into(),
-        op: Op::Linear(Linear { in_features: features, out_features: 10, weight: "linear.weight".into(), bias: Some("linear.bias".into()) }),
-        inputs: vec!["flatten".into()],
-    });
-    let graph = Graph {
-        version: FORMAT_VERSION,
-        name: format!("smallcnn-{}", widths.iter().map(|w| w.to_string()).collect::<Vec<_>>().join("-")),
-        input: InputSpec {
-            shape: vec![3, 32, 32],
-            preprocess: Preprocess { mean: vec![0.4914, 0.4822, 0.4465], std: vec![0.247, 0.243, 0.261], resize: true },
-        },
-        nodes,
-        output: "linear".into(),
-        classes: CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
-    };
-    Model::new(graph, weights)
+    let name = format!("smallcnn-{}", widths.iter().map(|w| w.to_string()).collect::<Vec<_>>().join("-"));
+    let cifar = Preprocess { mean: vec![0.4914, 0.4822, 0.4465], std: vec![0.247, 0.243, 0.261], resize: true };
+    cifar10_classifier(name, nodes, features, cifar, weights)
 }

@@ -113,6 +113,14 @@ pub struct BatchNorm {
     pub running_var: String,
 }
 
+impl BatchNorm {
+    /// A batch norm with eps 1e-5 (PyTorch's default) over the tensors `[weight, bias,
+    /// running mean, running variance]`.
+    pub fn named(channels: usize, [weight, bias, running_mean, running_var]: [String; 4]) -> Self {
+        BatchNorm { channels, eps: 1e-5, weight, bias, running_mean, running_var }
+    }
+}
+
 /// Element-wise activation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -389,8 +397,7 @@ impl Model {
         }
         validate_input(&graph.input)?;
         graph.nodes = topological_order(std::mem::take(&mut graph.nodes))?;
-        let index: HashMap<&str, usize> =
-            graph.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = graph.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
         if !index.contains_key(graph.output.as_str()) {
             return Err(ModelError::InvalidGraph(format!("output node '{}' does not exist", graph.output)));
         }
@@ -414,8 +421,7 @@ impl Model {
                 }
                 used.insert(name.to_string());
             }
-            let shape = infer_shape(node, &ins, &weights)
-                .map_err(|e| prefix_error(e, &node.name, node.op.kind()))?;
+            let shape = infer_shape(node, &ins, &weights).map_err(|e| prefix_error(e, &node.name, node.op.kind()))?;
             shapes.push(shape);
         }
         if let Some(extra) = weights.keys().find(|k| !used.contains(*k)) {
@@ -488,7 +494,7 @@ fn prefix_error(e: ModelError, node: &str, kind: &str) -> ModelError {
 }
 
 fn validate_input(input: &InputSpec) -> Result<()> {
-    if input.shape.len() != 3 || input.shape.iter().any(|&d| d == 0) {
+    if input.shape.len() != 3 || input.shape.contains(&0) {
         return Err(ModelError::InvalidGraph(format!(
             "input shape must be [C, H, W] with non-zero sizes, got {:?}",
             input.shape
@@ -549,8 +555,7 @@ fn topological_order(nodes: Vec<Node>) -> Result<Vec<Node>> {
         }
     }
     // Kahn's algorithm, stable with respect to the original order.
-    let mut ready: std::collections::BTreeSet<usize> =
-        (0..nodes.len()).filter(|&i| indegree[i] == 0).collect();
+    let mut ready: std::collections::BTreeSet<usize> = (0..nodes.len()).filter(|&i| indegree[i] == 0).collect();
     let mut order = Vec::with_capacity(nodes.len());
     while let Some(i) = ready.pop_first() {
         order.push(i);
@@ -562,10 +567,7 @@ fn topological_order(nodes: Vec<Node>) -> Result<Vec<Node>> {
         }
     }
     if order.len() != nodes.len() {
-        let stuck: Vec<&str> = (0..nodes.len())
-            .filter(|&i| indegree[i] > 0)
-            .map(|i| nodes[i].name.as_str())
-            .collect();
+        let stuck: Vec<&str> = (0..nodes.len()).filter(|&i| indegree[i] > 0).map(|i| nodes[i].name.as_str()).collect();
         return Err(ModelError::InvalidGraph(format!("the graph has a cycle through nodes {stuck:?}")));
     }
     let mut slots: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
@@ -591,7 +593,7 @@ fn arity(node: &Node, n: usize) -> Result<()> {
     Ok(())
 }
 
-fn chw<'a>(s: &'a Shape) -> Result<(usize, usize, usize)> {
+fn chw(s: &Shape) -> Result<(usize, usize, usize)> {
     match s.as_slice() {
         [c, h, w] => Ok((*c, *h, *w)),
         _ => Err(ModelError::Shape(format!("needs a [C, H, W] feature map, got {s:?}"))),
@@ -599,7 +601,7 @@ fn chw<'a>(s: &'a Shape) -> Result<(usize, usize, usize)> {
 }
 
 fn positive(name: &str, v: &[usize]) -> Result<()> {
-    if v.iter().any(|&x| x == 0) {
+    if v.contains(&0) {
         return Err(ModelError::InvalidGraph(format!("{name} must be positive, got {v:?}")));
     }
     Ok(())
@@ -681,9 +683,9 @@ fn infer_shape(node: &Node, ins: &[&Shape], weights: &Weights) -> Result<Shape> 
             }
             let out = |i: usize, a: usize| -> Result<usize> {
                 let full = (i - 1) * c.stride[a] + c.dilation[a] * (c.kernel[a] - 1) + c.output_padding[a] + 1;
-                full.checked_sub(2 * c.padding[a]).filter(|&v| v > 0).ok_or_else(|| {
-                    ModelError::Shape(format!("padding {:?} leaves an empty output", c.padding))
-                })
+                full.checked_sub(2 * c.padding[a])
+                    .filter(|&v| v > 0)
+                    .ok_or_else(|| ModelError::Shape(format!("padding {:?} leaves an empty output", c.padding)))
             };
             Ok(vec![c.out_channels, out(h, 0)?, out(w, 1)?])
         }
@@ -696,7 +698,12 @@ fn infer_shape(node: &Node, ins: &[&Shape], weights: &Weights) -> Result<Shape> 
             if !(b.eps > 0.0) {
                 return Err(ModelError::InvalidGraph(format!("eps must be positive, got {}", b.eps)));
             }
-            for (role, t) in [("weight", &b.weight), ("bias", &b.bias), ("running_mean", &b.running_mean), ("running_var", &b.running_var)] {
+            for (role, t) in [
+                ("weight", &b.weight),
+                ("bias", &b.bias),
+                ("running_mean", &b.running_mean),
+                ("running_var", &b.running_var),
+            ] {
                 expect_weight(weights, t, role, &[c])?;
             }
             if weights[&b.running_var].iter().any(|&v| v < 0.0) {

@@ -78,8 +78,7 @@ impl<T: Real> Reference<T> {
         let mut inputs = Vec::new();
         let mut last_use: Vec<usize> = (0..g.nodes.len()).collect();
         for (i, node) in g.nodes.iter().enumerate() {
-            let ins: Vec<Option<usize>> =
-                node.inputs.iter().map(|n| if n == INPUT { None } else { idx(n) }).collect();
+            let ins: Vec<Option<usize>> = node.inputs.iter().map(|n| if n == INPUT { None } else { idx(n) }).collect();
             for j in ins.iter().flatten() {
                 last_use[*j] = last_use[*j].max(i);
             }
@@ -313,7 +312,10 @@ fn apply<T: Real>(step: &Step<T>, ins: &[&ArrayD<T>], shape: &[usize]) -> ArrayD
         }
         Step::Flatten => {
             let n = x.shape()[0];
-            x.as_standard_layout().into_owned().into_shape_with_order(IxDyn(&[n, x.len() / n.max(1)])).expect("contiguous")
+            x.as_standard_layout()
+                .into_owned()
+                .into_shape_with_order(IxDyn(&[n, x.len() / n.max(1)]))
+                .expect("contiguous")
         }
     }
 }
@@ -332,7 +334,12 @@ fn per_channel<T: Real>(y: &mut ArrayD<T>, mut f: impl FnMut(usize, &mut T)) {
 }
 
 /// Batched 2-D convolution via im2col + GEMM per group.
-pub(crate) fn conv2d<T: Real>(x: &ndarray::ArrayView4<T>, p: &Conv2d, w: &[Array2<T>], bias: Option<&[T]>) -> Array4<T> {
+pub(crate) fn conv2d<T: Real>(
+    x: &ndarray::ArrayView4<T>,
+    p: &Conv2d,
+    w: &[Array2<T>],
+    bias: Option<&[T]>,
+) -> Array4<T> {
     let (n, c, h, wd) = x.dim();
     let [kh, kw] = p.kernel;
     let ho = crate::ir::window_out(h, kh, p.stride[0], p.padding[0], p.dilation[0]).expect("validated");

@@ -109,7 +109,13 @@ pub fn calibrate_ranges(model: &Model, inputs: &ArrayD<f32>) -> Result<HashMap<S
 /// Replaces activations by degree-`degree` polynomials on the calibrated per-channel ranges
 /// (`margin` × the largest |x| seen; `default_range` where no range was calibrated) and max
 /// pooling by average pooling. The result loads and runs like any model.
-pub fn polynomialize(model: &Model, degree: usize, ranges: &HashMap<String, Vec<f64>>, margin: f64, default_range: f64) -> Result<Model> {
+pub fn polynomialize(
+    model: &Model,
+    degree: usize,
+    ranges: &HashMap<String, Vec<f64>>,
+    margin: f64,
+    default_range: f64,
+) -> Result<Model> {
     if !(1..=16).contains(&degree) {
         return Err(ModelError::Unsupported(format!("polynomial degree must be 1..=16, got {degree}")));
     }
@@ -121,7 +127,11 @@ pub fn polynomialize(model: &Model, degree: usize, ranges: &HashMap<String, Vec<
         let op = match &n.op {
             Op::Activation(a) => match activation_fn(a) {
                 Some(f) => {
-                    let shape = if n.inputs[0] == INPUT { model.graph().input.shape.clone() } else { shapes[&n.inputs[0]].clone() };
+                    let shape = if n.inputs[0] == INPUT {
+                        model.graph().input.shape.clone()
+                    } else {
+                        shapes[&n.inputs[0]].clone()
+                    };
                     let c = shape[0];
                     let r: Vec<f64> = match ranges.get(&n.name) {
                         Some(v) => v.iter().map(|x| (x * margin).max(1e-3)).collect(),
@@ -135,9 +145,18 @@ pub fn polynomialize(model: &Model, degree: usize, ranges: &HashMap<String, Vec<
                     }
                     let cname = format!("{}.poly_coeffs", n.name);
                     let sname = format!("{}.poly_input_scale", n.name);
-                    weights.insert(cname.clone(), ArrayD::from_shape_vec(IxDyn(&[c, degree + 1]), coeffs).expect("sized"));
-                    weights.insert(sname.clone(), ArrayD::from_shape_vec(IxDyn(&[c]), r.iter().map(|x| (1.0 / x) as f32).collect()).expect("sized"));
-                    Op::Activation(Activation::Poly { coeffs: cname, input_scale: Some(sname), approximates: relu_only(&n.op) })
+                    weights
+                        .insert(cname.clone(), ArrayD::from_shape_vec(IxDyn(&[c, degree + 1]), coeffs).expect("sized"));
+                    weights.insert(
+                        sname.clone(),
+                        ArrayD::from_shape_vec(IxDyn(&[c]), r.iter().map(|x| (1.0 / x) as f32).collect())
+                            .expect("sized"),
+                    );
+                    Op::Activation(Activation::Poly {
+                        coeffs: cname,
+                        input_scale: Some(sname),
+                        approximates: relu_only(&n.op),
+                    })
                 }
                 None => n.op.clone(),
             },

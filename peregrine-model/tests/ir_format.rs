@@ -1,10 +1,8 @@
 //! IR round trip and every malformed-file case: each gives a clear error naming the problem.
 
-mod common;
-
-use common::*;
 use peregrine_model::format::*;
 use peregrine_model::ir::*;
+use peregrine_model::testkit::*;
 use peregrine_model::ModelError as Error;
 
 fn bytes_with_graph(model: &Model, edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
@@ -115,9 +113,15 @@ fn wrong_dtype() {
     let f64data: Vec<u8> = [0f64; 6].iter().flat_map(|x| x.to_le_bytes()).collect();
     for ((k, v), d) in m.weights().iter().zip(&data) {
         if k == "c1.b" {
-            tensors.push((k.clone(), safetensors::tensor::TensorView::new(safetensors::tensor::Dtype::F64, vec![6], &f64data).unwrap()));
+            tensors.push((
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::tensor::Dtype::F64, vec![6], &f64data).unwrap(),
+            ));
         } else {
-            tensors.push((k.clone(), safetensors::tensor::TensorView::new(safetensors::tensor::Dtype::F32, v.shape().to_vec(), d).unwrap()));
+            tensors.push((
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::tensor::Dtype::F32, v.shape().to_vec(), d).unwrap(),
+            ));
         }
     }
     let mut meta = std::collections::HashMap::new();

@@ -1,11 +1,9 @@
 //! Reference-executor kernels against direct naive loops on odd, non-square shapes, f32 and f64.
 
-mod common;
-
-use common::*;
 use ndarray::{Array4, ArrayD, IxDyn};
 use peregrine_model::ir::*;
 use peregrine_model::reference::Reference;
+use peregrine_model::testkit::*;
 
 fn run1(model: &Model, x: &ArrayD<f32>) -> (ArrayD<f32>, ArrayD<f64>) {
     let y32 = Reference::<f32>::new(model).run(x).unwrap();
@@ -55,7 +53,7 @@ fn naive_conv(x: &Array4<f64>, w: &ArrayD<f64>, b: Option<&ArrayD<f64>>, p: &Con
 }
 
 fn single(input: [usize; 3], op: Op, weights: Weights) -> Model {
-    Model::new(graph(input, vec![node("n", op, &[INPUT])], "n"), weights).unwrap()
+    Model::new(graph("test", input_spec(input), vec![node("n", op, &[INPUT])], "n"), weights).unwrap()
 }
 
 fn x4(r: &mut rand::rngs::StdRng, n: usize, s: [usize; 3]) -> ArrayD<f32> {
@@ -69,12 +67,22 @@ fn conv2d_matches_naive_on_odd_shapes() {
     let cases = [
         (3, 5, [3, 3], [1, 1], [1, 1], [1, 1], 1, [13, 7]),
         (3, 4, [5, 3], [2, 3], [2, 0], [1, 1], 1, [17, 11]),
-        (6, 6, [3, 3], [1, 2], [2, 1], [2, 1], 6, [9, 13]),  // depthwise, dilated
-        (6, 9, [1, 3], [3, 1], [0, 1], [1, 2], 3, [11, 5]),  // grouped
-        (2, 3, [7, 7], [1, 1], [3, 3], [1, 1], 1, [5, 3]),   // kernel larger than input
+        (6, 6, [3, 3], [1, 2], [2, 1], [2, 1], 6, [9, 13]), // depthwise, dilated
+        (6, 9, [1, 3], [3, 1], [0, 1], [1, 2], 3, [11, 5]), // grouped
+        (2, 3, [7, 7], [1, 1], [3, 3], [1, 1], 1, [5, 3]),  // kernel larger than input
     ];
     for (k, &(cin, cout, kern, stride, pad, dil, groups, hw)) in cases.iter().enumerate() {
-        let p = Conv2d { in_channels: cin, out_channels: cout, kernel: kern, stride, padding: pad, dilation: dil, groups, weight: "w".into(), bias: Some("b".into()) };
+        let p = Conv2d {
+            in_channels: cin,
+            out_channels: cout,
+            kernel: kern,
+            stride,
+            padding: pad,
+            dilation: dil,
+            groups,
+            weight: "w".into(),
+            bias: Some("b".into()),
+        };
         let mut w = Weights::new();
         w.insert("w".into(), rand_tensor(&mut r, &[cout, cin / groups, kern[0], kern[1]]));
         w.insert("b".into(), rand_tensor(&mut r, &[cout]));
@@ -96,9 +104,22 @@ fn conv2d_matches_naive_on_odd_shapes() {
 fn conv_transpose_matches_naive_scatter() {
     let mut r = rng(22);
     for (k, &(cin, cout, kern, stride, pad, opad, groups, hw)) in
-        [(4, 6, [3, 3], [2, 2], [1, 1], [1, 0], 2, [5, 7]), (3, 2, [2, 4], [3, 1], [0, 1], [2, 0], 1, [4, 3])].iter().enumerate()
+        [(4, 6, [3, 3], [2, 2], [1, 1], [1, 0], 2, [5, 7]), (3, 2, [2, 4], [3, 1], [0, 1], [2, 0], 1, [4, 3])]
+            .iter()
+            .enumerate()
     {
-        let p = ConvTranspose2d { in_channels: cin, out_channels: cout, kernel: kern, stride, padding: pad, output_padding: opad, dilation: [1, 1], groups, weight: "w".into(), bias: Some("b".into()) };
+        let p = ConvTranspose2d {
+            in_channels: cin,
+            out_channels: cout,
+            kernel: kern,
+            stride,
+            padding: pad,
+            output_padding: opad,
+            dilation: [1, 1],
+            groups,
+            weight: "w".into(),
+            bias: Some("b".into()),
+        };
         let mut w = Weights::new();
         w.insert("w".into(), rand_tensor(&mut r, &[cin, cout / groups, kern[0], kern[1]]));
         w.insert("b".into(), rand_tensor(&mut r, &[cout]));
@@ -128,7 +149,8 @@ fn conv_transpose_matches_naive_scatter() {
                                     let oy = (iy * stride[0] + i) as isize - pad[0] as isize;
                                     let ox = (ix * stride[1] + j) as isize - pad[1] as isize;
                                     if oy >= 0 && ox >= 0 && (oy as usize) < out[1] && (ox as usize) < out[2] {
-                                        want[[b, g * og + o, oy as usize, ox as usize]] += wd[[ci, o, i, j]] * xd[[b, ci, iy, ix]];
+                                        want[[b, g * og + o, oy as usize, ox as usize]] +=
+                                            wd[[ci, o, i, j]] * xd[[b, ci, iy, ix]];
                                     }
                                 }
                             }
@@ -145,7 +167,9 @@ fn conv_transpose_matches_naive_scatter() {
 fn pooling_matches_naive() {
     let mut r = rng(23);
     for (k, &(kern, stride, pad, hw)) in
-        [([3, 3], [2, 2], [1, 1], [11, 9]), ([2, 3], [2, 1], [0, 1], [7, 13]), ([5, 5], [3, 3], [2, 2], [17, 5])].iter().enumerate()
+        [([3, 3], [2, 2], [1, 1], [11, 9]), ([2, 3], [2, 1], [0, 1], [7, 13]), ([5, 5], [3, 3], [2, 2], [17, 5])]
+            .iter()
+            .enumerate()
     {
         let p = Pool2d { kernel: kern, stride, padding: pad };
         for max in [false, true] {
@@ -168,7 +192,11 @@ fn pooling_matches_naive() {
                         }
                     }
                 }
-                if max { vals.iter().cloned().fold(f64::MIN, f64::max) } else { vals.iter().sum::<f64>() / (kern[0] * kern[1]) as f64 }
+                if max {
+                    vals.iter().cloned().fold(f64::MIN, f64::max)
+                } else {
+                    vals.iter().sum::<f64>() / (kern[0] * kern[1]) as f64
+                }
             });
             assert_close(&y32, &y64, &want, &format!("pool case {k} max={max}"));
         }
@@ -190,14 +218,22 @@ fn elementwise_and_reshaping_ops_match_naive() {
     let m = single(s, Op::SubsampleChannelPad { stride: 2, pad_before: 2, pad_after: 1 }, Weights::new());
     let (a, b) = run1(&m, &x);
     let want = ArrayD::from_shape_fn(IxDyn(&[2, 8, 4, 2]), |i| {
-        if i[1] < 2 || i[1] >= 7 { 0.0 } else { xd[[i[0], i[1] - 2, 2 * i[2], 2 * i[3]]] }
+        if i[1] < 2 || i[1] >= 7 {
+            0.0
+        } else {
+            xd[[i[0], i[1] - 2, 2 * i[2], 2 * i[3]]]
+        }
     });
     assert_close(&a, &b, &want, "subsample_channel_pad");
     // Per-channel polynomial with input scale.
     let mut w = Weights::new();
     w.insert("c".into(), rand_tensor(&mut r, &[5, 4]));
     w.insert("s".into(), rand_tensor(&mut r, &[5]));
-    let m = single(s, Op::Activation(Activation::Poly { coeffs: "c".into(), input_scale: Some("s".into()), approximates: None }), w.clone());
+    let m = single(
+        s,
+        Op::Activation(Activation::Poly { coeffs: "c".into(), input_scale: Some("s".into()), approximates: None }),
+        w.clone(),
+    );
     let (a, b) = run1(&m, &x);
     let want = ArrayD::from_shape_fn(xd.raw_dim(), |i| {
         let t = xd[&i] * w["s"][[i[1]]] as f64;
@@ -210,7 +246,14 @@ fn elementwise_and_reshaping_ops_match_naive() {
         w.insert(t.into(), rand_tensor(&mut r, &[5]));
     }
     w.insert("v".into(), rand_tensor(&mut r, &[5]).mapv(|v| v.abs() + 0.1));
-    let bn = BatchNorm { channels: 5, eps: 1e-5, weight: "w".into(), bias: "b".into(), running_mean: "m".into(), running_var: "v".into() };
+    let bn = BatchNorm {
+        channels: 5,
+        eps: 1e-5,
+        weight: "w".into(),
+        bias: "b".into(),
+        running_mean: "m".into(),
+        running_var: "v".into(),
+    };
     let m = single(s, Op::BatchNorm(bn), w.clone());
     let (a, b) = run1(&m, &x);
     let want = ArrayD::from_shape_fn(xd.raw_dim(), |i| {
@@ -252,9 +295,13 @@ fn global_pool_flatten_linear_concat_add() {
         node("sum", Op::Add, &["cat", "cat", "cat"]),
         node("gap", Op::GlobalAvgPool, &["sum"]),
         node("flat", Op::Flatten, &["gap"]),
-        node("fc", Op::Linear(Linear { in_features: 10, out_features: 7, weight: "fc.w".into(), bias: Some("fc.b".into()) }), &["flat"]),
+        node(
+            "fc",
+            Op::Linear(Linear { in_features: 10, out_features: 7, weight: "fc.w".into(), bias: Some("fc.b".into()) }),
+            &["flat"],
+        ),
     ];
-    let m = Model::new(graph([5, 9, 7], nodes, "fc"), w.clone()).unwrap();
+    let m = Model::new(graph("test", input_spec([5, 9, 7]), nodes, "fc"), w.clone()).unwrap();
     let x = x4(&mut r, 3, [5, 9, 7]);
     let (a, b) = run1(&m, &x);
     let xd = x.mapv(|v| v as f64);
@@ -262,7 +309,11 @@ fn global_pool_flatten_linear_concat_add() {
         let mut acc = w["fc.b"][[i[1]]] as f64;
         for f in 0..10 {
             let c = f % 5;
-            let mean: f64 = (0..9).flat_map(|y| (0..7).map(move |xx| (y, xx))).map(|(y, xx)| 3.0 * xd[[i[0], c, y, xx]]).sum::<f64>() / 63.0;
+            let mean: f64 = (0..9)
+                .flat_map(|y| (0..7).map(move |xx| (y, xx)))
+                .map(|(y, xx)| 3.0 * xd[[i[0], c, y, xx]])
+                .sum::<f64>()
+                / 63.0;
             acc += w["fc.w"][[i[1], f]] as f64 * mean;
         }
         acc

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use peregrine_data::{load_cifar10, parse_cifar10, preprocess, CIFAR_RECORD};
-use peregrine_model::import::{cifar_resnet, import_cifar_resnet};
 use peregrine_model::format::{load_tensors, model_from_bytes, model_to_bytes};
+use peregrine_model::import::{cifar_resnet, import_cifar_resnet};
 use peregrine_model::reference::{argmax_rows, Reference};
 
 fn shared(rel: &str) -> PathBuf {

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use peregrine_model::ir::{Activation, Model, Op, INPUT};
 use peregrine_gip::{lower, DiagonalPlan, Gip, Layout, LinearMap};
+use peregrine_model::ir::{Activation, Model, Op, INPUT};
 use serde::Serialize;
 
 use crate::OpsError;
@@ -231,7 +231,12 @@ impl Compiler<'_> {
     /// The value of an input as a pending map over ready tensors (identity if ready).
     fn as_pending(&mut self, name: &str, consumer_absorbs: bool) -> Result<Pending, OpsError> {
         if name == INPUT {
-            return Ok(Pending { power: 1, map: LinearMap::identity(self.tensors[0].layout.len()), inputs: vec![0], nodes: vec![] });
+            return Ok(Pending {
+                power: 1,
+                map: LinearMap::identity(self.tensors[0].layout.len()),
+                inputs: vec![0],
+                nodes: vec![],
+            });
         }
         let j = self.model.node_index(name).expect("validated");
         if consumer_absorbs && self.consumers[j] == 1 && matches!(self.values[j], Some(Value::Pending(_))) {
@@ -273,7 +278,9 @@ impl Compiler<'_> {
             p.nodes.push(name.clone());
             Ok(Value::Pending(p))
         };
-        let chw = |s: &[usize]| -> (usize, usize, usize) { (s[0], s.get(1).copied().unwrap_or(1), s.get(2).copied().unwrap_or(1)) };
+        let chw = |s: &[usize]| -> (usize, usize, usize) {
+            (s[0], s.get(1).copied().unwrap_or(1), s.get(2).copied().unwrap_or(1))
+        };
         let (ci, hi, wi) = chw(&in_shape);
         match &node.op {
             Op::Conv2d(_)
@@ -409,7 +416,14 @@ impl Compiler<'_> {
     /// A degree-2 activation whose leading coefficients share one sign, fed by a linear map it
     /// alone consumes: fold `√|a2|·(s·x + a1/(2·a2))` into that map and evaluate
     /// `±x'² + (a0 − a1²/(4·a2))` — one level instead of two.
-    fn try_square(&mut self, i: usize, a: &[f64], channels: usize, hw: usize, scale: Option<&[f64]>) -> Result<Option<Value>, OpsError> {
+    fn try_square(
+        &mut self,
+        i: usize,
+        a: &[f64],
+        channels: usize,
+        hw: usize,
+        scale: Option<&[f64]>,
+    ) -> Result<Option<Value>, OpsError> {
         let m = self.model;
         let node = &m.graph().nodes[i];
         if a.len() != channels * 3 {
@@ -449,7 +463,15 @@ impl Compiler<'_> {
     /// A degree-d ≥ 3 activation whose leading coefficients share one sign, fed by a linear map
     /// it alone consumes: fold `|c_d|^(1/d) · s` into that map so the leading term is a bare
     /// `x^d`, and evaluate in ⌈log2 d⌉ levels (see [`StepKind::Folded`]).
-    fn try_folded(&mut self, i: usize, a: &[f64], channels: usize, terms: usize, hw: usize, scale: Option<&[f64]>) -> Result<Option<Value>, OpsError> {
+    fn try_folded(
+        &mut self,
+        i: usize,
+        a: &[f64],
+        channels: usize,
+        terms: usize,
+        hw: usize,
+        scale: Option<&[f64]>,
+    ) -> Result<Option<Value>, OpsError> {
         let m = self.model;
         let node = &m.graph().nodes[i];
         let d = terms - 1;
@@ -515,7 +537,12 @@ impl Compiler<'_> {
         let plan = DiagonalPlan::new(&map, &[&info.layout], &layout)
             .map_err(|source| OpsError::Layout { step: name.clone(), source })?;
         let out = self.new_tensor(&name, info.shape.clone(), layout);
-        self.steps.push(Step { name: name.clone(), nodes: vec![], kind: StepKind::Linear { inputs: vec![t], plan, power: 1 }, output: out });
+        self.steps.push(Step {
+            name: name.clone(),
+            nodes: vec![],
+            kind: StepKind::Linear { inputs: vec![t], plan, power: 1 },
+            output: out,
+        });
         Ok(out)
     }
 
@@ -525,7 +552,8 @@ impl Compiler<'_> {
             return Layout::vector(shape.iter().product(), self.slots);
         }
         let (c, h, w) = (shape[0], shape[1], shape[2]);
-        let reference = inputs.iter().filter_map(|t| self.tensors[*t].layout.gip.clone()).find(|g| g.height > 1 || g.width > 1);
+        let reference =
+            inputs.iter().filter_map(|t| self.tensors[*t].layout.gip.clone()).find(|g| g.height > 1 || g.width > 1);
         let gip = match reference {
             None => Gip::fresh(c, h, w, self.slots),
             Some(r) if (r.height, r.width) == (h, w) => r.with_channels(c),
@@ -557,7 +585,10 @@ impl Compiler<'_> {
             Some(Value::Pending(p)) => {
                 let name = self.model.graph().nodes[j].name.clone();
                 let shape = self.model.shape(j).clone();
-                let out = if p.map.is_identity() && p.inputs.len() == 1 && self.tensors[p.inputs[0]].layout.len() == p.map.out_len {
+                let out = if p.map.is_identity()
+                    && p.inputs.len() == 1
+                    && self.tensors[p.inputs[0]].layout.len() == p.map.out_len
+                {
                     // A pure relabelling (flatten): reuse the input's slots.
                     let layout = self.tensors[p.inputs[0]].layout.clone();
                     let t = self.new_tensor(&name, shape, layout.clone());

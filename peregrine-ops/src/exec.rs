@@ -11,6 +11,9 @@ use crate::compile::{Step, StepKind, TensorId};
 use crate::plan::Plan;
 use crate::OpsError;
 
+/// Rotations of one input ciphertext: `(step, rotated ciphertext)`.
+type Rotations<B> = Vec<(i64, <B as Backend>::Ciphertext)>;
+
 /// Wall time of one step.
 #[derive(Clone, Debug, Serialize)]
 pub struct StepTiming {
@@ -25,7 +28,13 @@ pub struct StepTiming {
 }
 
 /// Rotates by `step`, through the plan's composed path when it has no direct key.
-fn rotate<B: Backend>(b: &B, paths: &BTreeMap<i64, Vec<i64>>, x: &B::Ciphertext, step: i64, slots: usize) -> BResult<B::Ciphertext> {
+fn rotate<B: Backend>(
+    b: &B,
+    paths: &BTreeMap<i64, Vec<i64>>,
+    x: &B::Ciphertext,
+    step: i64,
+    slots: usize,
+) -> BResult<B::Ciphertext> {
     match paths.get(&step.rem_euclid(slots as i64)) {
         None => b.rotate(x, step),
         Some(path) => {
@@ -131,7 +140,8 @@ pub fn execute<B: Backend>(
         let wrap = |e| OpsError::Backend { step: step.name.clone(), cause: e };
         let out = match &step.kind {
             StepKind::Linear { inputs, plan: dp, power } => {
-                let ins: Vec<&[B::Ciphertext]> = inputs.iter().map(|t| values[*t].as_deref().expect("computed")).collect();
+                let ins: Vec<&[B::Ciphertext]> =
+                    inputs.iter().map(|t| values[*t].as_deref().expect("computed")).collect();
                 let target = if *power > 1 { power_input_scale(backend, level, *power, delta) } else { delta };
                 linear(backend, dp, &ins, level, target, &plan.rotation_paths).map_err(wrap)?
             }
@@ -181,7 +191,12 @@ pub fn execute<B: Backend>(
                 x.par_iter().map(|ct| backend.bootstrap(ct)).collect::<BResult<Vec<_>>>().map_err(wrap)?
             }
         };
-        timings.push(StepTiming { name: step.name.clone(), kind: step.kind_name(), seconds: t0.elapsed().as_secs_f64(), level });
+        timings.push(StepTiming {
+            name: step.name.clone(),
+            kind: step.kind_name(),
+            seconds: t0.elapsed().as_secs_f64(),
+            level,
+        });
         observe(step, step.output, &out);
         values[step.output] = Some(out);
         for t in step.inputs() {
@@ -216,14 +231,15 @@ fn linear<B: Backend>(
         needed.entry(*k).or_default().extend(bs.iter().copied());
     }
     let keys: Vec<(usize, usize)> = needed.keys().copied().collect();
-    let rotated: Vec<((usize, usize), Vec<(i64, B::Ciphertext)>)> = keys
+    let rotated: Vec<((usize, usize), Rotations<B>)> = keys
         .par_iter()
         .map(|&(inp, ict)| {
             let base = b.drop_to_level(&inputs[inp][ict], op_level)?;
             let steps = &needed[&(inp, ict)];
             let mut out = vec![(0i64, base.clone())];
             // Keyed steps are hoisted together; composed ones go one by one.
-            let (direct, composed): (Vec<i64>, Vec<i64>) = steps.iter().partition(|s| !paths.contains_key(&s.rem_euclid(slots as i64)));
+            let (direct, composed): (Vec<i64>, Vec<i64>) =
+                steps.iter().partition(|s| !paths.contains_key(&s.rem_euclid(slots as i64)));
             if !direct.is_empty() {
                 out.extend(direct.iter().copied().zip(b.rotate_many(&base, &direct)?));
             }
@@ -335,7 +351,14 @@ pub fn power_input_scale(b: &impl Backend, level: usize, d: usize, delta: f64) -
     ((delta.log2() - log_rest) / d as f64).exp2()
 }
 
-fn folded<B: Backend>(b: &B, x: &B::Ciphertext, d: usize, negate: bool, coeffs: &[Vec<(u32, f64)>], slots: usize) -> BResult<B::Ciphertext> {
+fn folded<B: Backend>(
+    b: &B,
+    x: &B::Ciphertext,
+    d: usize,
+    negate: bool,
+    coeffs: &[Vec<(u32, f64)>],
+    slots: usize,
+) -> BResult<B::Ciphertext> {
     // Powers of x (x^(2^e) and x^d), each rescaled after its product.
     let mut pw: HashMap<usize, B::Ciphertext> = HashMap::new();
     pw.insert(1, x.clone());
@@ -423,7 +446,14 @@ fn reduce<B: Backend>(
     Ok(acc)
 }
 
-fn poly<B: Backend>(b: &B, x: &B::Ciphertext, degree: usize, coeffs: &[Vec<(u32, f64)>], delta: f64, slots: usize) -> BResult<B::Ciphertext> {
+fn poly<B: Backend>(
+    b: &B,
+    x: &B::Ciphertext,
+    degree: usize,
+    coeffs: &[Vec<(u32, f64)>],
+    delta: f64,
+    slots: usize,
+) -> BResult<B::Ciphertext> {
     let powers = power_basis(b, x, degree)?;
     let target = (1..=degree).map(|k| b.level(powers[k].as_ref().expect("built"))).min().expect("degree >= 1") - 1;
     let q = b.modulus(target + 1);

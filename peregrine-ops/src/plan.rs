@@ -279,7 +279,11 @@ fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<Tensor
                 }
                 let out_level = caps.bootstrap_level.unwrap_or(0);
                 if out_level < need {
-                    return Err(OpsError::LevelsExhausted { needed: need, available: out_level, step: step.name.clone() });
+                    return Err(OpsError::LevelsExhausted {
+                        needed: need,
+                        available: out_level,
+                        step: step.name.clone(),
+                    });
                 }
                 let nt = insert_bootstrap(&mut program, &mut levels, &mut current, &mut steps_out, t, out_level);
                 match &mut step.kind {
@@ -319,15 +323,28 @@ fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<Tensor
                     (None, None) => inputs.iter().map(|t| levels[*t]).min().unwrap_or(top),
                 }
             }
-            StepKind::Poly { input, .. } | StepKind::Square { input, .. } | StepKind::Folded { input, .. } => levels[*input] - need,
+            StepKind::Poly { input, .. } | StepKind::Square { input, .. } | StepKind::Folded { input, .. } => {
+                levels[*input] - need
+            }
             StepKind::Bootstrap { .. } => caps.bootstrap_level.unwrap_or(0),
             StepKind::Reduce { input, .. } => levels[*input],
         };
         levels[step.output] = out_level;
         let produced = step.output;
         steps_out.push(step);
-        if forced.contains(&produced) && powered == 0 && caps.can_bootstrap && out_level < caps.bootstrap_level.unwrap_or(0) {
-            insert_bootstrap(&mut program, &mut levels, &mut current, &mut steps_out, produced, caps.bootstrap_level.unwrap_or(0));
+        if forced.contains(&produced)
+            && powered == 0
+            && caps.can_bootstrap
+            && out_level < caps.bootstrap_level.unwrap_or(0)
+        {
+            insert_bootstrap(
+                &mut program,
+                &mut levels,
+                &mut current,
+                &mut steps_out,
+                produced,
+                caps.bootstrap_level.unwrap_or(0),
+            );
         }
     }
     program.steps = steps_out;
@@ -414,7 +431,8 @@ fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> (Vec<Ste
         });
     }
     cost.key_switches = cost.rotations + cost.ct_ct_mults;
-    cost.levels_consumed = if cost.bootstraps == 0 { caps.max_level - levels[program.output] } else { depth(program)[program.output] };
+    cost.levels_consumed =
+        if cost.bootstraps == 0 { caps.max_level - levels[program.output] } else { depth(program)[program.output] };
     // Liveness: a tensor lives from its step to its last use.
     let mut last_use = vec![0usize; program.tensors.len()];
     for (i, s) in program.steps.iter().enumerate() {
@@ -448,7 +466,7 @@ fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> (Vec<Ste
 fn key_bytes(caps: &Capabilities) -> u64 {
     let l1 = caps.log_moduli.len() as u64;
     let dnum = 3u64;
-    2 * dnum * caps.ring_dimension as u64 * (l1 + l1.div_ceil(dnum) ) * 8
+    2 * dnum * caps.ring_dimension as u64 * (l1 + l1.div_ceil(dnum)) * 8
 }
 
 /// Shortest signed-binary (non-adjacent form) decomposition of a left rotation by `r` into
@@ -494,7 +512,8 @@ pub fn with_key_budget(mut plan: Plan, max_keys: usize) -> Result<Plan, OpsError
     if max_keys < base.len() {
         return Err(OpsError::KeyBudget { budget: max_keys, needed: base.len(), slots });
     }
-    let mut by_use: Vec<(i64, usize)> = plan.rotation_uses.iter().map(|(k, v)| (*k, *v)).filter(|(k, _)| !base.contains(k)).collect();
+    let mut by_use: Vec<(i64, usize)> =
+        plan.rotation_uses.iter().map(|(k, v)| (*k, *v)).filter(|(k, _)| !base.contains(k)).collect();
     by_use.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut keys = base.clone();
     let mut extra_switches = 0usize;

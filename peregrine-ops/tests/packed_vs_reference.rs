@@ -3,50 +3,30 @@
 
 use std::collections::HashMap;
 
+use backend_clear::{ClearBootstrap, ClearParams, ClearScheme, NoiseModel};
 use ndarray::{ArrayD, IxDyn};
 use peregrine_backend::{Client, Scheme};
-use backend_clear::{ClearBootstrap, ClearParams, ClearScheme, NoiseModel};
 use peregrine_model::ir::*;
 use peregrine_model::reference::Reference;
+use peregrine_model::testkit::{
+    avg_pool, conv, conv_transpose, graph, linear, node, rand_input, random_batch_norm, raw_input, uniform,
+};
 use peregrine_ops::*;
-use rand::{rngs::StdRng, Rng, SeedableRng};
-
-fn rt(r: &mut StdRng, shape: &[usize], scale: f32) -> ArrayD<f32> {
-    let n = shape.iter().product();
-    ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|_| r.gen_range(-scale..scale)).collect()).unwrap()
-}
-
-fn node(name: &str, op: Op, inputs: &[&str]) -> Node {
-    Node { name: name.into(), op, inputs: inputs.iter().map(|s| s.to_string()).collect() }
-}
-
-fn conv(cin: usize, cout: usize, k: usize, s: usize, p: usize, d: usize, g: usize, w: &str, b: Option<&str>) -> Op {
-    Op::Conv2d(Conv2d {
-        in_channels: cin,
-        out_channels: cout,
-        kernel: [k, k],
-        stride: [s, s],
-        padding: [p, p],
-        dilation: [d, d],
-        groups: g,
-        weight: w.into(),
-        bias: b.map(Into::into),
-    })
-}
+use rand::{rngs::StdRng, SeedableRng};
 
 fn poly(name: &str, c: usize, w: &mut Weights, r: &mut StdRng, scaled: bool) -> Op {
-    let mut coeffs = rt(r, &[c, 5], 0.3);
+    let mut coeffs = uniform(r, &[c, 5], -0.3, 0.3);
     for ch in 0..c {
         coeffs[[ch, 1]] = 0.5;
     }
     w.insert(format!("{name}.c"), coeffs);
     let scale = if scaled {
-        w.insert(format!("{name}.s"), rt(r, &[c], 1.0).mapv(|v| 0.3 + v.abs() * 0.5));
+        w.insert(format!("{name}.s"), uniform(r, &[c], -1.0, 1.0).mapv(|v| 0.3 + v.abs() * 0.5));
         Some(format!("{name}.s"))
     } else {
         None
     };
-    Op::Activation(Activation::Poly { coeffs: format!("{name}.c"), input_scale: scale, approximates: None })
+    peregrine_model::testkit::poly(&format!("{name}.c"), scale.as_deref(), None)
 }
 
 /// 3×37×53 → conv s2 → poly → depthwise (dilated) → poly → upsample ×2 → concat with a
@@ -55,17 +35,14 @@ fn poly(name: &str, c: usize, w: &mut Weights, r: &mut StdRng, scaled: bool) -> 
 fn odd_model(seed: u64) -> Model {
     let mut r = StdRng::seed_from_u64(seed);
     let mut w = Weights::new();
-    w.insert("c1.w".into(), rt(&mut r, &[4, 3, 3, 3], 0.4));
-    w.insert("c1.b".into(), rt(&mut r, &[4], 0.1));
-    w.insert("dw.w".into(), rt(&mut r, &[4, 1, 3, 3], 0.4));
-    w.insert("side.w".into(), rt(&mut r, &[2, 3, 1, 1], 0.5));
-    for t in ["bn.w", "bn.b", "bn.m"] {
-        w.insert(t.into(), rt(&mut r, &[6], 0.5));
-    }
-    w.insert("bn.v".into(), rt(&mut r, &[6], 1.0).mapv(|v| v.abs() + 0.5));
-    w.insert("ct.w".into(), rt(&mut r, &[6, 3, 2, 2], 0.3));
-    w.insert("fc.w".into(), rt(&mut r, &[7, 3], 0.5));
-    w.insert("fc.b".into(), rt(&mut r, &[7], 0.1));
+    w.insert("c1.w".into(), uniform(&mut r, &[4, 3, 3, 3], -0.4, 0.4));
+    w.insert("c1.b".into(), uniform(&mut r, &[4], -0.1, 0.1));
+    w.insert("dw.w".into(), uniform(&mut r, &[4, 1, 3, 3], -0.4, 0.4));
+    w.insert("side.w".into(), uniform(&mut r, &[2, 3, 1, 1], -0.5, 0.5));
+    let bn = random_batch_norm(&mut r, &mut w, "bn", 6);
+    w.insert("ct.w".into(), uniform(&mut r, &[6, 3, 2, 2], -0.3, 0.3));
+    w.insert("fc.w".into(), uniform(&mut r, &[7, 3], -0.5, 0.5));
+    w.insert("fc.b".into(), uniform(&mut r, &[7], -0.1, 0.1));
     let p1 = poly("p1", 4, &mut w, &mut r, true);
     let p2 = poly("p2", 4, &mut w, &mut r, false);
     let p3 = poly("p3", 3, &mut w, &mut r, true);
@@ -76,30 +53,27 @@ fn odd_model(seed: u64) -> Model {
         node("p2", p2, &["dw"]),
         node("up", Op::Upsample { factor: 2 }, &["p2"]),
         node("side", conv(3, 2, 1, 1, 0, 1, 1, "side.w", None), &[INPUT]),
-        node("sidecrop", Op::AvgPool(Pool2d { kernel: [1, 1], stride: [1, 1], padding: [0, 0] }), &["side"]),
+        node("sidecrop", avg_pool(1, 1, 0), &["side"]),
         node("cat", Op::Concat, &["up", "sidecrop2"]),
         node("sidecrop2", conv(2, 2, 2, 1, 1, 1, 2, "crop.w", None), &["sidecrop"]),
-        node("pool", Op::AvgPool(Pool2d { kernel: [3, 3], stride: [2, 2], padding: [1, 1] }), &["cat"]),
-        node("bn", Op::BatchNorm(BatchNorm { channels: 6, eps: 1e-5, weight: "bn.w".into(), bias: "bn.b".into(), running_mean: "bn.m".into(), running_var: "bn.v".into() }), &["pool"]),
-        node("ct", Op::ConvTranspose2d(ConvTranspose2d { in_channels: 6, out_channels: 3, kernel: [2, 2], stride: [2, 2], padding: [0, 0], output_padding: [0, 0], dilation: [1, 1], groups: 1, weight: "ct.w".into(), bias: None }), &["bn"]),
+        node("pool", avg_pool(3, 2, 1), &["cat"]),
+        node("bn", bn, &["pool"]),
+        node("ct", conv_transpose(6, 3, 2, 2, 0, [0, 0], 1, "ct.w", None), &["bn"]),
         node("p3", p3, &["ct"]),
         node("short", Op::SubsampleChannelPad { stride: 1, pad_before: 0, pad_after: 0 }, &["p3"]),
         node("add", Op::Add, &["p3", "short"]),
         node("gap", Op::GlobalAvgPool, &["add"]),
         node("flat", Op::Flatten, &["gap"]),
-        node("fc", Op::Linear(Linear { in_features: 3, out_features: 7, weight: "fc.w".into(), bias: Some("fc.b".into()) }), &["flat"]),
+        node("fc", linear(3, 7, "fc.w", Some("fc.b")), &["flat"]),
     ];
     // Grow the 37×53 side branch to 38×54 with a 2×2 depthwise convolution, padding 1.
-    w.insert("crop.w".into(), rt(&mut r, &[2, 1, 2, 2], 0.5));
-    let graph = Graph {
-        version: FORMAT_VERSION,
-        name: "odd".into(),
-        input: InputSpec { shape: vec![3, 37, 53], preprocess: Preprocess { mean: vec![0.0; 3], std: vec![1.0; 3], resize: false } },
-        nodes,
-        output: "fc".into(),
-        classes: vec![],
-    };
+    w.insert("crop.w".into(), uniform(&mut r, &[2, 1, 2, 2], -0.5, 0.5));
+    let graph = graph("odd", raw_input([3, 37, 53]), nodes, "fc");
     Model::new(graph, w).expect("valid odd model")
+}
+
+fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
 fn params(log_n: u32, levels: usize) -> ClearParams {
@@ -110,7 +84,12 @@ fn run_packed(model: &Model, p: &ClearParams, x: &[f64]) -> (Vec<f64>, Plan, Has
     run_packed_with(model, p, x, None)
 }
 
-fn run_packed_with(model: &Model, p: &ClearParams, x: &[f64], max_keys: Option<usize>) -> (Vec<f64>, Plan, HashMap<String, f64>) {
+fn run_packed_with(
+    model: &Model,
+    p: &ClearParams,
+    x: &[f64],
+    max_keys: Option<usize>,
+) -> (Vec<f64>, Plan, HashMap<String, f64>) {
     let caps = ClearScheme::capabilities(p).unwrap();
     let program = compile(model, caps.slots).unwrap();
     let plan = plan(program, &caps).unwrap();
@@ -155,12 +134,12 @@ fn reference_output(model: &Model, x: &[f64]) -> Vec<f64> {
 fn odd_shapes_through_every_operator_match_the_reference() {
     let model = odd_model(1);
     let mut r = StdRng::seed_from_u64(2);
-    let x: Vec<f64> = (0..3 * 37 * 53).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let x = rand_input(&mut r, 3 * 37 * 53);
     let want = reference_output(&model, &x);
     // 2^11 slots: the 37×53 input (1,961 px) fits one block; 2^10 slots force g > 1 (split 2).
     for log_n in [12, 11] {
         let (got, plan, errs) = run_packed(&model, &params(log_n, 30), &x);
-        let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let max_err = max_abs_diff(&got, &want);
         assert!(max_err < 1e-6, "slots 2^{}: max error {max_err:e}; per step {errs:?}", log_n - 1);
         for (step, e) in &errs {
             assert!(*e < 1e-6, "step {step}: error {e:e}");
@@ -177,24 +156,17 @@ fn large_input_splits_with_g_above_one() {
     // 5×300×451 at 2^15 slots: split 3 → 9 sub-maps; conv stride 3 brings g back to 1.
     let mut r = StdRng::seed_from_u64(3);
     let mut w = Weights::new();
-    w.insert("c.w".into(), rt(&mut r, &[2, 5, 3, 3], 0.3));
-    w.insert("fc.w".into(), rt(&mut r, &[3, 2], 0.5));
+    w.insert("c.w".into(), uniform(&mut r, &[2, 5, 3, 3], -0.3, 0.3));
+    w.insert("fc.w".into(), uniform(&mut r, &[3, 2], -0.5, 0.5));
     let nodes = vec![
         node("c", conv(5, 2, 3, 3, 1, 1, 1, "c.w", None), &[INPUT]),
         node("gap", Op::GlobalAvgPool, &["c"]),
         node("flat", Op::Flatten, &["gap"]),
-        node("fc", Op::Linear(Linear { in_features: 2, out_features: 3, weight: "fc.w".into(), bias: None }), &["flat"]),
+        node("fc", linear(2, 3, "fc.w", None), &["flat"]),
     ];
-    let graph = Graph {
-        version: FORMAT_VERSION,
-        name: "big".into(),
-        input: InputSpec { shape: vec![5, 300, 451], preprocess: Preprocess { mean: vec![0.0; 5], std: vec![1.0; 5], resize: false } },
-        nodes,
-        output: "fc".into(),
-        classes: vec![],
-    };
+    let graph = graph("big", raw_input([5, 300, 451]), nodes, "fc");
     let model = Model::new(graph, w).unwrap();
-    let x: Vec<f64> = (0..5 * 300 * 451).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let x = rand_input(&mut r, 5 * 300 * 451);
     let want = reference_output(&model, &x);
     let (got, plan, _) = run_packed(&model, &params(16, 4), &x);
     let g = plan.program.tensors[0].layout.gip.clone().unwrap();
@@ -203,7 +175,7 @@ fn large_input_splits_with_g_above_one() {
     if let Some(c) = conv_out {
         assert_eq!(c.split, 1, "stride 3 divides g = 3 down to 1: {c:?}");
     }
-    let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let max_err = max_abs_diff(&got, &want);
     assert!(max_err < 1e-6, "max error {max_err:e}");
 }
 
@@ -211,11 +183,11 @@ fn large_input_splits_with_g_above_one() {
 fn realistic_noise_keeps_outputs_close() {
     let model = odd_model(4);
     let mut r = StdRng::seed_from_u64(5);
-    let x: Vec<f64> = (0..3 * 37 * 53).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let x = rand_input(&mut r, 3 * 37 * 53);
     let want = reference_output(&model, &x);
     let p = ClearParams { noise: Some(NoiseModel::ckks(1 << 12)), ..params(12, 30) };
     let (got, _, _) = run_packed(&model, &p, &x);
-    let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let max_err = max_abs_diff(&got, &want);
     assert!(max_err > 0.0 && max_err < 1e-4, "max error with noise {max_err:e}");
 }
 
@@ -238,11 +210,11 @@ fn too_deep_without_bootstrapping_fails_clearly_and_bootstrapping_fixes_it() {
     // With bootstrapping at 6 levels it plans bootstraps and still matches the reference.
     let bp = ClearParams { bootstrap: Some(ClearBootstrap { output_level: 5, range: 1e6 }), ..params(12, 6) };
     let mut r = StdRng::seed_from_u64(7);
-    let x: Vec<f64> = (0..3 * 37 * 53).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let x = rand_input(&mut r, 3 * 37 * 53);
     let want = reference_output(&model, &x);
     let (got, pl, _) = run_packed(&model, &bp, &x);
     assert!(pl.cost.bootstraps > 0);
-    let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let max_err = max_abs_diff(&got, &want);
     assert!(max_err < 1e-6, "bootstrapped max error {max_err:e}");
 }
 
@@ -250,19 +222,12 @@ fn too_deep_without_bootstrapping_fails_clearly_and_bootstrapping_fixes_it() {
 fn unsupported_layers_are_named() {
     let mut r = StdRng::seed_from_u64(8);
     let mut w = Weights::new();
-    w.insert("c.w".into(), rt(&mut r, &[2, 3, 3, 3], 0.3));
+    w.insert("c.w".into(), uniform(&mut r, &[2, 3, 3, 3], -0.3, 0.3));
     let nodes = vec![
         node("c", conv(3, 2, 3, 1, 1, 1, 1, "c.w", None), &[INPUT]),
         node("act", Op::Activation(Activation::Relu), &["c"]),
     ];
-    let graph = Graph {
-        version: FORMAT_VERSION,
-        name: "relu".into(),
-        input: InputSpec { shape: vec![3, 9, 9], preprocess: Preprocess { mean: vec![0.0; 3], std: vec![1.0; 3], resize: false } },
-        nodes,
-        output: "act".into(),
-        classes: vec![],
-    };
+    let graph = graph("relu", raw_input([3, 9, 9]), nodes, "act");
     let e = compile(&Model::new(graph, w).unwrap(), 1024).unwrap_err().to_string();
     assert!(e.contains("'act'") && e.contains("RELU"), "{e}");
 }
@@ -271,21 +236,21 @@ fn unsupported_layers_are_named() {
 fn quadratic_activations_cost_one_level_each() {
     // conv → quad(+) → conv → add(shortcut) → quad(−) → GAP → fc, on 5×13×11.
     let mut r = StdRng::seed_from_u64(9);
-    let mut q1 = rt(&mut r, &[4, 3], 0.5);
-    let mut q2 = rt(&mut r, &[4, 3], 0.5);
+    let mut q1 = uniform(&mut r, &[4, 3], -0.5, 0.5);
+    let mut q2 = uniform(&mut r, &[4, 3], -0.5, 0.5);
     for c in 0..4 {
         q1[[c, 2]] = 0.1 + 0.2 * c as f32;
         q2[[c, 2]] = -0.05 - 0.1 * c as f32;
     }
     let model = residual_poly_model(&mut r, q1, q2);
-    let x: Vec<f64> = (0..5 * 13 * 11).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let x = rand_input(&mut r, 5 * 13 * 11);
     let want = reference_output(&model, &x);
     let (got, plan, _) = run_packed(&model, &params(12, 10), &x);
     let squares = plan.program.steps.iter().filter(|s| s.kind_name() == "square").count();
     assert_eq!(squares, 2, "both quadratics fold into their linear producers");
     // conv(1) + square(1) + conv+add(1) + square(1) + gap/fc(1) = 5 levels.
     assert_eq!(plan.cost.levels_consumed, 5);
-    let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let max_err = max_abs_diff(&got, &want);
     assert!(max_err < 1e-6, "max error {max_err:e}");
 }
 
@@ -300,23 +265,17 @@ fn bootstraps_move_to_the_ancestor_with_fewest_ciphertexts() {
     let p2 = poly("p2", 1, &mut w, &mut r, false);
     // A zero leading coefficient keeps p2 from being folded into the upsampling.
     w.get_mut("p2.c").unwrap()[[0, 4]] = 0.0;
-    let nodes = vec![node("p1", p1, &[INPUT]), node("up", Op::Upsample { factor: 3 }, &["p1"]), node("p2", p2, &["up"])];
-    let graph = Graph {
-        version: FORMAT_VERSION,
-        name: "boot".into(),
-        input: InputSpec { shape: vec![1, 20, 20], preprocess: Preprocess { mean: vec![0.0], std: vec![1.0], resize: false } },
-        nodes,
-        output: "p2".into(),
-        classes: vec![],
-    };
+    let nodes =
+        vec![node("p1", p1, &[INPUT]), node("up", Op::Upsample { factor: 3 }, &["p1"]), node("p2", p2, &["up"])];
+    let graph = graph("boot", raw_input([1, 20, 20]), nodes, "p2");
     let model = Model::new(graph, w).unwrap();
     let p = ClearParams { bootstrap: Some(ClearBootstrap { output_level: 4, range: 1e6 }), ..params(10, 4) };
-    let x: Vec<f64> = (0..400).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let x = rand_input(&mut r, 400);
     let want = reference_output(&model, &x);
     let (got, pl, _) = run_packed(&model, &p, &x);
     assert_eq!(pl.program.tensors.iter().find(|t| t.name.starts_with("up")).unwrap().ciphertexts, 9);
     assert_eq!(pl.cost.bootstraps, 1, "one ciphertext bootstrapped instead of nine");
-    let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let max_err = max_abs_diff(&got, &want);
     assert!(max_err < 1e-6, "max error {max_err:e}");
 }
 
@@ -324,7 +283,7 @@ fn bootstraps_move_to_the_ancestor_with_fewest_ciphertexts() {
 fn a_rotation_key_budget_composes_rotations_and_keeps_results() {
     let model = odd_model(11);
     let mut r = StdRng::seed_from_u64(12);
-    let x: Vec<f64> = (0..3 * 37 * 53).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let x = rand_input(&mut r, 3 * 37 * 53);
     let want = reference_output(&model, &x);
     let p = params(12, 30);
     let (_, full, _) = run_packed(&model, &p, &x);
@@ -333,7 +292,7 @@ fn a_rotation_key_budget_composes_rotations_and_keeps_results() {
     assert!(full.rotation_keys.len() > 25, "the unlimited plan uses {} keys", full.rotation_keys.len());
     assert!(lim.rotation_keys.len() <= 25, "{} keys", lim.rotation_keys.len());
     assert!(lim.cost.key_switches > full.cost.key_switches);
-    let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let max_err = max_abs_diff(&got, &want);
     assert!(max_err < 1e-6, "max error {max_err:e}");
     let caps = ClearScheme::capabilities(&p).unwrap();
     let e = with_key_budget(plan(compile(&model, caps.slots).unwrap(), &caps).unwrap(), 10).unwrap_err().to_string();
@@ -355,7 +314,7 @@ fn folded_polynomials_take_ceil_log2_d_levels() {
     // leading coefficients of one sign (positive, then negative).
     for (d, sign) in [(3usize, 1.0f32), (4, -1.0), (8, 1.0)] {
         let mut r = StdRng::seed_from_u64(20 + d as u64);
-        let mut q = [rt(&mut r, &[4, d + 1], 0.3), rt(&mut r, &[4, d + 1], 0.3)];
+        let mut q = [uniform(&mut r, &[4, d + 1], -0.3, 0.3), uniform(&mut r, &[4, d + 1], -0.3, 0.3)];
         for c in q.iter_mut() {
             for ch in 0..4 {
                 c[[ch, d]] = sign * (0.05 + 0.05 * ch as f32);
@@ -363,14 +322,14 @@ fn folded_polynomials_take_ceil_log2_d_levels() {
         }
         let [q1, q2] = q;
         let model = residual_poly_model(&mut r, q1, q2);
-        let x: Vec<f64> = (0..5 * 13 * 11).map(|_| r.gen_range(-1.0..1.0)).collect();
+        let x = rand_input(&mut r, 5 * 13 * 11);
         let want = reference_output(&model, &x);
         let (got, plan, _) = run_packed(&model, &params(12, 16), &x);
         let folded = plan.program.steps.iter().filter(|s| s.kind_name() == "poly-folded").count();
         assert_eq!(folded, 2, "degree {d}: both activations fold");
         let dd = peregrine_ops::plan::ceil_log2(d);
         assert_eq!(plan.cost.levels_consumed, 3 + 2 * dd, "degree {d}: conv, poly, conv+add, poly, head");
-        let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let max_err = max_abs_diff(&got, &want);
         let mag = want.iter().fold(0.0f64, |a, b| a.max(b.abs()));
         assert!(max_err < 1e-6 * mag.max(1.0), "degree {d}: max error {max_err:e} (outputs up to {mag:e})");
     }
@@ -380,29 +339,34 @@ fn folded_polynomials_take_ceil_log2_d_levels() {
 /// on a 5×13×11 input.
 fn residual_poly_model(r: &mut StdRng, q1: ArrayD<f32>, q2: ArrayD<f32>) -> Model {
     let mut w = Weights::new();
-    w.insert("c1.w".into(), rt(r, &[4, 5, 3, 3], 0.3));
-    w.insert("c2.w".into(), rt(r, &[4, 4, 3, 3], 0.3));
-    w.insert("fc.w".into(), rt(r, &[3, 4], 0.5));
+    w.insert("c1.w".into(), uniform(r, &[4, 5, 3, 3], -0.3, 0.3));
+    w.insert("c2.w".into(), uniform(r, &[4, 4, 3, 3], -0.3, 0.3));
+    w.insert("fc.w".into(), uniform(r, &[3, 4], -0.5, 0.5));
     w.insert("q1.c".into(), q1);
-    w.insert("q1.s".into(), rt(r, &[4], 1.0).mapv(|v| 0.5 + v.abs()));
+    w.insert("q1.s".into(), uniform(r, &[4], -1.0, 1.0).mapv(|v| 0.5 + v.abs()));
     w.insert("q2.c".into(), q2);
     let nodes = vec![
         node("c1", conv(5, 4, 3, 1, 1, 1, 1, "c1.w", None), &[INPUT]),
-        node("q1", Op::Activation(Activation::Poly { coeffs: "q1.c".into(), input_scale: Some("q1.s".into()), approximates: None }), &["c1"]),
+        node(
+            "q1",
+            Op::Activation(Activation::Poly {
+                coeffs: "q1.c".into(),
+                input_scale: Some("q1.s".into()),
+                approximates: None,
+            }),
+            &["c1"],
+        ),
         node("c2", conv(4, 4, 3, 1, 1, 1, 1, "c2.w", None), &["q1"]),
         node("add", Op::Add, &["c2", "q1"]),
-        node("q2", Op::Activation(Activation::Poly { coeffs: "q2.c".into(), input_scale: None, approximates: None }), &["add"]),
+        node(
+            "q2",
+            Op::Activation(Activation::Poly { coeffs: "q2.c".into(), input_scale: None, approximates: None }),
+            &["add"],
+        ),
         node("gap", Op::GlobalAvgPool, &["q2"]),
         node("flat", Op::Flatten, &["gap"]),
-        node("fc", Op::Linear(Linear { in_features: 4, out_features: 3, weight: "fc.w".into(), bias: None }), &["flat"]),
+        node("fc", linear(4, 3, "fc.w", None), &["flat"]),
     ];
-    let graph = Graph {
-        version: FORMAT_VERSION,
-        name: "residual".into(),
-        input: InputSpec { shape: vec![5, 13, 11], preprocess: Preprocess { mean: vec![0.0; 5], std: vec![1.0; 5], resize: false } },
-        nodes,
-        output: "fc".into(),
-        classes: vec![],
-    };
+    let graph = graph("residual", raw_input([5, 13, 11]), nodes, "fc");
     Model::new(graph, w).unwrap()
 }

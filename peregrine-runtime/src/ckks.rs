@@ -268,9 +268,11 @@ impl<F: Family> DynClient for CkksClient<F> {
     }
     fn decrypt_step(&self, event: &StepEvent) -> Option<Result<Vec<f64>>> {
         let (tensor, values) = event.values.as_ref()?;
-        Some(values.downcast_ref::<Vec<Ct<F>>>(self.family.name()).and_then(|cts| {
-            Ok(peregrine_ops::exec::decrypt_tensor(&self.client, &self.plan, *tensor, cts)?)
-        }))
+        Some(
+            values
+                .downcast_ref::<Vec<Ct<F>>>(self.family.name())
+                .and_then(|cts| Ok(peregrine_ops::exec::decrypt_tensor(&self.client, &self.plan, *tensor, cts)?)),
+        )
     }
     fn serialize(&self, values: &Encrypted) -> Result<Vec<Vec<u8>>> {
         let cts: &Vec<Ct<F>> = values.downcast_ref(self.family.name())?;
@@ -283,7 +285,12 @@ impl<F: Family> DynClient for CkksClient<F> {
 }
 
 impl<F: Family> DynServer for CkksServer<F> {
-    fn infer(&self, input: Encrypted, trace: bool, on_step: &mut dyn FnMut(StepEvent)) -> Result<(Encrypted, InferStats)> {
+    fn infer(
+        &self,
+        input: Encrypted,
+        trace: bool,
+        on_step: &mut dyn FnMut(StepEvent),
+    ) -> Result<(Encrypted, InferStats)> {
         let cts: Vec<Ct<F>> = input.downcast(&self.name)?;
         let prog = &self.plan.program;
         let total = prog.steps.len();

@@ -196,7 +196,8 @@ pub fn params_for(backends: &[String], overrides: &[String]) -> Result<Vec<Strin
             return Err(CompareError::Twice(name.into()).into());
         }
         seen.push(name);
-        serde_json::from_str::<serde_json::Value>(p).map_err(|source| RuntimeError::Params { backend: name.into(), source })?;
+        serde_json::from_str::<serde_json::Value>(p)
+            .map_err(|source| RuntimeError::Params { backend: name.into(), source })?;
         out[i] = p.to_string();
     }
     Ok(out)
@@ -222,7 +223,10 @@ pub fn compare(exe: &Path, a: &CompareArgs, on_log: &mut dyn FnMut(&str, &str)) 
         .map(|(b, p)| Row { backend: b.clone(), result: run_one(exe, a, b, p, on_log) })
         .collect();
     let reference = rows.iter().find_map(|r| r.result.as_ref().ok()).map(|v| {
-        (v.images.iter().filter(|i| i.label.is_some_and(|l| l as usize == i.reference_prediction)).count(), v.images.len())
+        (
+            v.images.iter().filter(|i| i.label.is_some_and(|l| l as usize == i.reference_prediction)).count(),
+            v.images.len(),
+        )
     });
     Ok(CompareReport { rows, reference })
 }

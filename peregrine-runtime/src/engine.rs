@@ -220,7 +220,12 @@ pub struct LocalServer {
 pub trait DynServer: Send + Sync {
     /// Runs the model on encrypted input; `on_step` sees every finished step, with its
     /// ciphertexts when `trace` is set.
-    fn infer(&self, input: Encrypted, trace: bool, on_step: &mut dyn FnMut(StepEvent)) -> Result<(Encrypted, InferStats)>;
+    fn infer(
+        &self,
+        input: Encrypted,
+        trace: bool,
+        on_step: &mut dyn FnMut(StepEvent),
+    ) -> Result<(Encrypted, InferStats)>;
     /// Serialises ciphertexts, one buffer each.
     fn serialize(&self, values: &Encrypted) -> Result<Vec<Vec<u8>>>;
     /// Reads ciphertexts written by the client.

@@ -26,7 +26,12 @@ pub struct Accuracy {
 
 /// Top-1 accuracy of `model` on `images` with scalar type `T`, in batches of `batch` images;
 /// `progress(n)` after every batch of `n`.
-pub fn accuracy<T: Real>(model: &Model, images: &LabeledImages, batch: usize, progress: impl Fn(usize) + Sync) -> Result<Accuracy> {
+pub fn accuracy<T: Real>(
+    model: &Model,
+    images: &LabeledImages,
+    batch: usize,
+    progress: impl Fn(usize) + Sync,
+) -> Result<Accuracy> {
     let exec = Reference::<T>::new(model);
     let input = &model.graph().input;
     let (n, batch) = (images.len(), batch.max(1));
@@ -38,10 +43,16 @@ pub fn accuracy<T: Real>(model: &Model, images: &LabeledImages, batch: usize, pr
         let part = images.slice(a..b);
         let y = exec.run(&preprocess::<T>(&part.pixels, part.len(), input)?)?;
         let pred = argmax_rows(&y);
-        correct.fetch_add(pred.iter().zip(&part.labels).filter(|(p, l)| **p == **l as usize).count(), Ordering::Relaxed);
+        correct
+            .fetch_add(pred.iter().zip(&part.labels).filter(|(p, l)| **p == **l as usize).count(), Ordering::Relaxed);
         non_finite.fetch_add(pred.iter().filter(|p| **p == NO_PREDICTION).count(), Ordering::Relaxed);
         progress(b - a);
         Ok(())
     })?;
-    Ok(Accuracy { images: n, correct: correct.into_inner(), non_finite: non_finite.into_inner(), seconds: start.elapsed().as_secs_f64() })
+    Ok(Accuracy {
+        images: n,
+        correct: correct.into_inner(),
+        non_finite: non_finite.into_inner(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }

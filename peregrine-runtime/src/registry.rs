@@ -129,7 +129,11 @@ impl Registry {
         let builtin = self
             .builtin()
             .into_iter()
-            .map(|b| BuiltinEntry { name: b.name, description: b.description, capabilities: b.capabilities.and_then(Result::ok) })
+            .map(|b| BuiltinEntry {
+                name: b.name,
+                description: b.description,
+                capabilities: b.capabilities.and_then(Result::ok),
+            })
             .collect();
         Listing { builtin, search_path: self.search_path.clone(), plugins: self.plugins() }
     }

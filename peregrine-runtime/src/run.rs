@@ -27,7 +27,10 @@ impl Inputs {
     /// The first `limit` images of a CIFAR-10 batch file, preprocessed for `input`.
     pub fn from_batch(data: &std::path::Path, limit: usize, input: &peregrine_model::ir::InputSpec) -> Result<Self> {
         let imgs = peregrine_data::load_cifar10(data, Some(limit))?;
-        Ok(Inputs { images: peregrine_data::preprocessed_rows(&imgs, input)?, labels: imgs.labels.iter().map(|l| Some(*l)).collect() })
+        Ok(Inputs {
+            images: peregrine_data::preprocessed_rows(&imgs, input)?,
+            labels: imgs.labels.iter().map(|l| Some(*l)).collect(),
+        })
     }
     /// One PNG or JPEG image (resized when the model allows it), preprocessed for `input`.
     pub fn from_image(path: &std::path::Path, input: &peregrine_model::ir::InputSpec) -> Result<Self> {
@@ -245,7 +248,11 @@ pub fn run(
                     if let (Some(r), Some(Ok(got))) = (nodes.get(&ev.node), client.decrypt_step(&ev)) {
                         let err = max_abs_diff(&got, r);
                         let mag = r.iter().fold(0.0f64, |a, b| a.max(b.abs())).max(1e-30);
-                        trace_rows.push(TraceRow { step: ev.name.clone(), max_abs_error: err, precision_bits: -(err / mag).max(1e-300).log2() });
+                        trace_rows.push(TraceRow {
+                            step: ev.name.clone(),
+                            max_abs_error: err,
+                            precision_bits: -(err / mag).max(1e-300).log2(),
+                        });
                     }
                 }
                 observer.step(i, &ev);
@@ -284,7 +291,11 @@ pub fn run(
             }
             Err(e) => {
                 let finite = want.iter().all(|v| v.is_finite());
-                let why = if finite { "" } else { " (the reference output is not finite either: the model diverges on this input)" };
+                let why = if finite {
+                    ""
+                } else {
+                    " (the reference output is not finite either: the model diverges on this input)"
+                };
                 report.error = Some(format!("{e}{why}"));
                 report.simulation = simulated.as_ref().map(|sim| simulation_check(sim, None));
             }
@@ -313,9 +324,13 @@ pub fn run(
         images: n,
         agree: images.iter().filter(|r| r.agree).count(),
         failed: n - ok,
-        packed_correct: images.iter().filter(|r| r.label.is_some_and(|l| Some(l as usize) == r.packed_prediction)).count(),
+        packed_correct: images
+            .iter()
+            .filter(|r| r.label.is_some_and(|l| Some(l as usize) == r.packed_prediction))
+            .count(),
         max_abs_logit_error: images.iter().filter_map(|r| r.max_abs_logit_error).fold(0.0, f64::max),
-        mean_seconds_per_image: images.iter().filter(|r| r.error.is_none()).map(|r| r.seconds).sum::<f64>() / ok.max(1) as f64,
+        mean_seconds_per_image: images.iter().filter(|r| r.error.is_none()).map(|r| r.seconds).sum::<f64>()
+            / ok.max(1) as f64,
         plan_seconds,
         keygen_seconds,
         evaluation_key_bytes: local.key_bytes,
@@ -356,7 +371,9 @@ impl ImageReport {
     pub fn describe(&self) -> String {
         let label = self.label.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
         let mut s = match (self.packed_prediction, &self.error) {
-            (Some(p), _) => format!("predicted {p}, reference {}, label {label}, {:.1} s", self.reference_prediction, self.seconds),
+            (Some(p), _) => {
+                format!("predicted {p}, reference {}, label {label}, {:.1} s", self.reference_prediction, self.seconds)
+            }
             (None, e) => format!("failed after {:.1} s: {}", self.seconds, e.as_deref().unwrap_or("unknown error")),
         };
         if let Some(sim) = &self.simulation {
@@ -365,7 +382,10 @@ impl ImageReport {
                 (None, true) => "outputs identical".to_string(),
                 (None, false) => format!("outputs {} units off", sim.output_units_from_simulation),
             };
-            s.push_str(&format!(", simulation {} (margin {:.3}), {distance}", sim.quantised_prediction, sim.simulation_margin));
+            s.push_str(&format!(
+                ", simulation {} (margin {:.3}), {distance}",
+                sim.quantised_prediction, sim.simulation_margin
+            ));
         }
         s
     }

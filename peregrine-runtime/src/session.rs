@@ -187,7 +187,11 @@ impl Session {
         std::fs::rename(&tmp, &path).map_err(|e| RuntimeError::io(&path, e))?;
         let mut recorded = target.clone();
         recorded.model = std::fs::canonicalize(&target.model).unwrap_or(target.model.clone());
-        write(dir, SESSION, &serde_json::to_vec_pretty(&recorded).map_err(|e| RuntimeError::io(dir.join(SESSION), e.into()))?)?;
+        write(
+            dir,
+            SESSION,
+            &serde_json::to_vec_pretty(&recorded).map_err(|e| RuntimeError::io(dir.join(SESSION), e.into()))?,
+        )?;
         write(dir, SECRET, &client.save_secret()?)?;
         let cost = compiled.cost();
         Ok(KeygenReport {
@@ -236,7 +240,11 @@ impl Session {
             data: std::fs::canonicalize(data).unwrap_or(data.to_path_buf()),
             images: images.labels.iter().copied().enumerate().collect(),
         };
-        write(&self.dir, INPUTS, &serde_json::to_vec_pretty(&inputs).map_err(|e| RuntimeError::io(self.dir.join(INPUTS), e.into()))?)?;
+        write(
+            &self.dir,
+            INPUTS,
+            &serde_json::to_vec_pretty(&inputs).map_err(|e| RuntimeError::io(self.dir.join(INPUTS), e.into()))?,
+        )?;
         Ok(images.len())
     }
 
@@ -261,7 +269,10 @@ impl Session {
             write(&self.dir, &format!("image-{i}.out.ct"), &pack(&server.serialize(&out)?))?;
         }
         if times.is_empty() {
-            return Err(RuntimeError::Missing { path: self.dir.join("image-0.in.ct"), hint: "run `peregrine encrypt` first" });
+            return Err(RuntimeError::Missing {
+                path: self.dir.join("image-0.in.ct"),
+                hint: "run `peregrine encrypt` first",
+            });
         }
         Ok(InferReport {
             model: model.graph().name.clone(),

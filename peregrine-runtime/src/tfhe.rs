@@ -128,7 +128,11 @@ impl CompiledModel for TfheModel {
         m
     }
     fn keygen(&self) -> Result<Box<dyn DynClient>> {
-        Ok(Box::new(TfheClient { client: LweClient::new(self.settings.lwe), plan: self.plan.clone(), server: OnceLock::new() }))
+        Ok(Box::new(TfheClient {
+            client: LweClient::new(self.settings.lwe),
+            plan: self.plan.clone(),
+            server: OnceLock::new(),
+        }))
     }
     fn load_client(&self, secret: &[u8]) -> Result<Box<dyn DynClient>> {
         let client = LweClient::from_bytes(secret)?;
@@ -168,7 +172,13 @@ impl CompiledModel for TfheModel {
                 })
                 .collect();
             let extrapolated_seconds_per_image = stages.iter().map(|s| s.extrapolated_seconds).sum();
-            Ok(ProbeReport { stages, extrapolated_seconds_per_image, keygen_seconds, evaluation_key_bytes, probe_seconds: t.elapsed().as_secs_f64() })
+            Ok(ProbeReport {
+                stages,
+                extrapolated_seconds_per_image,
+                keygen_seconds,
+                evaluation_key_bytes,
+                probe_seconds: t.elapsed().as_secs_f64(),
+            })
         })())
     }
 }
@@ -235,7 +245,12 @@ impl TfheServer {
 }
 
 impl DynServer for TfheServer {
-    fn infer(&self, input: Encrypted, _trace: bool, on_step: &mut dyn FnMut(StepEvent)) -> Result<(Encrypted, InferStats)> {
+    fn infer(
+        &self,
+        input: Encrypted,
+        _trace: bool,
+        on_step: &mut dyn FnMut(StepEvent),
+    ) -> Result<(Encrypted, InferStats)> {
         let inputs: Vec<Lwe> = input.downcast(NAME)?;
         let stages = self.prepared.plan();
         let (out, report) = run(&self.server, &self.prepared, inputs, |done, total| {
@@ -280,8 +295,8 @@ impl TfheModel {
     /// The quantised simulation on every input (in parallel) against the labels and the float
     /// evaluation of the same forms.
     pub fn simulate_all(&self, inputs: &[Vec<f64>], labels: &[u8]) -> SimulateReport {
-        use rayon::prelude::*;
         use crate::run::argmax;
+        use rayon::prelude::*;
         let rows: Vec<(usize, usize, usize, usize)> = inputs
             .par_iter()
             .zip(labels.par_iter())

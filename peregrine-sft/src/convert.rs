@@ -5,13 +5,16 @@
 
 use std::collections::HashMap;
 
+use crate::error::{Result, SftError};
 use ndarray::{ArrayD, Axis, IxDyn};
 use peregrine_model::ir::{Activation, Approximated, Model, Node, Op};
 use peregrine_model::reference::Reference;
-use crate::error::{Result, SftError};
 
 use crate::hermite::{gelu, hermite_polynomial, relu, silu};
 use crate::polyact::PolyActRn;
+
+/// The output channel of each entry of a flattened weight tensor.
+type ChannelOf = Box<dyn Fn(usize) -> usize>;
 
 /// Folds every batch norm whose input is a convolution or transposed convolution used by
 /// nothing else into that convolution's weights and bias. The folded model computes the same function.
@@ -31,7 +34,8 @@ pub fn fold_batch_norms(model: &Model) -> Result<Model> {
         let Op::BatchNorm(bn) = &n.op else { continue };
         let Some(prev) = by_name.get(n.inputs[0].as_str()) else { continue };
         // (weight name, bias name, output channels, output channel of each weight entry)
-        let (weight_name, bias_name, out_channels, out_of): (String, Option<String>, usize, Box<dyn Fn(usize) -> usize>) = match &prev.op {
+        let (weight_name, bias_name, out_channels, out_of): (String, Option<String>, usize, ChannelOf) = match &prev.op
+        {
             Op::Conv2d(conv) => {
                 let per_out = weights[&conv.weight].len() / conv.out_channels;
                 (conv.weight.clone(), conv.bias.clone(), conv.out_channels, Box::new(move |i| i / per_out))
@@ -41,17 +45,23 @@ pub fn fold_batch_norms(model: &Model) -> Result<Model> {
                 // group row / (in/g), output channel group·(out/g) + column.
                 let (g, k) = (ct.groups, ct.kernel[0] * ct.kernel[1]);
                 let (in_g, out_g) = (ct.in_channels / g, ct.out_channels / g);
-                (ct.weight.clone(), ct.bias.clone(), ct.out_channels, Box::new(move |i| {
-                    let row = i / (out_g * k);
-                    (row / in_g) * out_g + (i / k) % out_g
-                }))
+                (
+                    ct.weight.clone(),
+                    ct.bias.clone(),
+                    ct.out_channels,
+                    Box::new(move |i| {
+                        let row = i / (out_g * k);
+                        (row / in_g) * out_g + (i / k) % out_g
+                    }),
+                )
             }
             _ => continue,
         };
         if consumers.get(prev.name.as_str()).copied().unwrap_or(0) != 1 || graph.output == prev.name {
             continue;
         }
-        let (g, b, m, v) = (&weights[&bn.weight], &weights[&bn.bias], &weights[&bn.running_mean], &weights[&bn.running_var]);
+        let (g, b, m, v) =
+            (&weights[&bn.weight], &weights[&bn.bias], &weights[&bn.running_mean], &weights[&bn.running_var]);
         let scale: Vec<f64> = (0..bn.channels).map(|c| g[[c]] as f64 / (v[[c]] as f64 + bn.eps).sqrt()).collect();
         let shift: Vec<f64> = (0..bn.channels).map(|c| b[[c]] as f64 - m[[c]] as f64 * scale[c]).collect();
         let mut w = weights[&weight_name].clone();
@@ -152,9 +162,20 @@ pub fn convert(model: &Model, degree: usize, bound: f64, inputs: &ArrayD<f32>, b
             let c = scale.len();
             let cname = format!("{}.poly_coeffs", node.name);
             let sname = format!("{}.poly_input_scale", node.name);
-            weights.insert(cname.clone(), ArrayD::from_shape_vec(IxDyn(&[c, degree + 1]), coeffs.iter().map(|v| *v as f32).collect()).expect("sized"));
-            weights.insert(sname.clone(), ArrayD::from_shape_vec(IxDyn(&[c]), scale.iter().map(|v| *v as f32).collect()).expect("sized"));
-            node.op = Op::Activation(Activation::Poly { coeffs: cname, input_scale: Some(sname), approximates: Approximated::of(&node.op) });
+            weights.insert(
+                cname.clone(),
+                ArrayD::from_shape_vec(IxDyn(&[c, degree + 1]), coeffs.iter().map(|v| *v as f32).collect())
+                    .expect("sized"),
+            );
+            weights.insert(
+                sname.clone(),
+                ArrayD::from_shape_vec(IxDyn(&[c]), scale.iter().map(|v| *v as f32).collect()).expect("sized"),
+            );
+            node.op = Op::Activation(Activation::Poly {
+                coeffs: cname,
+                input_scale: Some(sname),
+                approximates: Approximated::of(&node.op),
+            });
         } else if let Op::MaxPool(p) = &node.op {
             node.op = Op::AvgPool(p.clone());
         }

@@ -35,7 +35,9 @@ pub fn target(params: &str) -> String {
 /// directory `data`.
 pub fn quantisation_aware(target: &str, data: &Path, input: &InputSpec) -> Result<(Quantiser, Evaluator)> {
     let Some(params) = target.strip_prefix(TARGET_PREFIX) else {
-        return Err(SftError::Unsupported(format!("this run trains for '{target}', which this version cannot quantise")));
+        return Err(SftError::Unsupported(format!(
+            "this run trains for '{target}', which this version cannot quantise"
+        )));
     };
     let params = TfheParams::parse(params, None)?;
     let settings = params.settings()?;
@@ -50,7 +52,9 @@ pub fn quantisation_aware(target: &str, data: &Path, input: &InputSpec) -> Resul
         let correct: usize = rows
             .par_iter()
             .zip(test.labels.par_iter())
-            .map(|(x, &l)| usize::from(argmax(&plan.decode_output(&plan.simulate(&plan.quantise_input(x)).outputs)) == l as usize))
+            .map(|(x, &l)| {
+                usize::from(argmax(&plan.decode_output(&plan.simulate(&plan.quantise_input(x)).outputs)) == l as usize)
+            })
             .sum();
         Ok(correct as f64 / test.len().max(1) as f64)
     });
@@ -62,7 +66,13 @@ fn argmax(v: &[f64]) -> usize {
 }
 
 /// What the quantised network computes for a channels-last batch `x` of `model`.
-fn simulate_batch(model: &Model, x: &Tensor, mode: ActivationMode, config: QuantConfig, images: &[Vec<f64>]) -> Result<Substitute> {
+fn simulate_batch(
+    model: &Model,
+    x: &Tensor,
+    mode: ActivationMode,
+    config: QuantConfig,
+    images: &[Vec<f64>],
+) -> Result<Substitute> {
     let plan = QuantPlan::calibrate(&RealPlan::compile(model, mode)?, images, config)?;
     // The batch is channels-last; the plan reads images C×H×W.
     let b = x.dims4()?.0;
@@ -73,9 +83,12 @@ fn simulate_batch(model: &Model, x: &Tensor, mode: ActivationMode, config: Quant
         .collect::<Result<_, _>>()?;
     let mut nodes = HashMap::new();
     for (k, st) in plan.stages.iter().enumerate() {
-        let idx = model
-            .node_index(&st.node)
-            .ok_or_else(|| SftError::Unsupported(format!("quantisation-aware training: the plan's node '{}' is not in the model", st.node)))?;
+        let idx = model.node_index(&st.node).ok_or_else(|| {
+            SftError::Unsupported(format!(
+                "quantisation-aware training: the plan's node '{}' is not in the model",
+                st.node
+            ))
+        })?;
         let dims: Vec<usize> = std::iter::once(b).chain(model.shape(idx).iter().copied()).collect();
         let data: Vec<f32> = per_image.iter().flat_map(|v| v.stages[k].iter().map(|&v| v as f32)).collect();
         let values = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&dims), data)

@@ -18,20 +18,24 @@ fn softmax(v: &[f64]) -> Vec<f64> {
 fn distillation_loss_is_minimal_with_zero_gradient_when_the_student_matches_the_teacher() {
     let dev = Device::Cpu;
     let t = 3.0;
-    let rows: Vec<Vec<f64>> = vec![vec![2.0, -1.0, 0.5, 3.0, 0.0, 1.5, -2.0], vec![0.1, 0.2, -0.3, 4.0, -1.0, 0.0, 2.5]];
+    let rows: Vec<Vec<f64>> =
+        vec![vec![2.0, -1.0, 0.5, 3.0, 0.0, 1.5, -2.0], vec![0.1, 0.2, -0.3, 4.0, -1.0, 0.0, 2.5]];
     let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
     let teacher = Tensor::from_vec(flat.clone(), (2, 7), &dev).unwrap();
     let student = Var::from_tensor(&teacher).unwrap();
     let loss = distillation_loss(student.as_tensor(), &teacher, t).unwrap();
     // At the minimum the loss is T² times the mean entropy of the softened teacher.
-    let want = t * t * rows.iter().map(|r| entropy(&softmax(&r.iter().map(|v| v / t).collect::<Vec<_>>()))).sum::<f64>() / 2.0;
+    let want =
+        t * t * rows.iter().map(|r| entropy(&softmax(&r.iter().map(|v| v / t).collect::<Vec<_>>()))).sum::<f64>() / 2.0;
     let got = loss.to_scalar::<f32>().unwrap() as f64;
     assert!((got - want).abs() < 1e-4 * want, "loss {got}, expected {want}");
     let g = loss.backward().unwrap();
     let grad: Vec<f32> = g.get(&student).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert!(grad.iter().all(|v| v.abs() < 1e-6), "gradient at the minimum: {grad:?}");
     // Any other student scores higher, and its gradient points back to the teacher.
-    let other = Var::from_tensor(&Tensor::from_vec(flat.iter().rev().cloned().collect::<Vec<f32>>(), (2, 7), &dev).unwrap()).unwrap();
+    let other =
+        Var::from_tensor(&Tensor::from_vec(flat.iter().rev().cloned().collect::<Vec<f32>>(), (2, 7), &dev).unwrap())
+            .unwrap();
     let l2 = distillation_loss(other.as_tensor(), &teacher, t).unwrap();
     assert!(l2.to_scalar::<f32>().unwrap() as f64 > got + 0.1);
     let g2: Vec<f32> = l2.backward().unwrap().get(&other).unwrap().flatten_all().unwrap().to_vec1().unwrap();
@@ -48,26 +52,22 @@ fn distillation_settings_are_checked() {
     );
     let e = need_teacher.err().expect("distillation without a teacher must fail").to_string();
     assert!(e.contains("teacher"), "{e}");
-    let bad_weight = FinetuneConfig { distill: 1.5, teacher: Some("t.safetensors".into()), ..FinetuneConfig::default() };
+    let bad_weight =
+        FinetuneConfig { distill: 1.5, teacher: Some("t.safetensors".into()), ..FinetuneConfig::default() };
     let e = peregrine_sft::train::Finetuner::new(&empty_model(), bad_weight).err().unwrap().to_string();
     assert!(e.contains("distillation weight"), "{e}");
-    let missing = FinetuneConfig { distill: 0.5, teacher: Some("/nonexistent/teacher.safetensors".into()), ..FinetuneConfig::default() };
+    let missing = FinetuneConfig {
+        distill: 0.5,
+        teacher: Some("/nonexistent/teacher.safetensors".into()),
+        ..FinetuneConfig::default()
+    };
     let e = peregrine_sft::train::Finetuner::new(&empty_model(), missing).err().unwrap().to_string();
     assert!(e.contains("teacher.safetensors"), "{e}");
 }
 
 fn empty_model() -> peregrine_model::ir::Model {
     use peregrine_model::ir::*;
-    Model::new(
-        Graph {
-            version: FORMAT_VERSION,
-            name: "empty".into(),
-            input: InputSpec { shape: vec![3, 4, 4], preprocess: Preprocess { mean: vec![0.5; 3], std: vec![0.25; 3], resize: false } },
-            nodes: vec![Node { name: "flat".into(), op: Op::Flatten, inputs: vec![INPUT.into()] }],
-            output: "flat".into(),
-            classes: vec![],
-        },
-        Default::default(),
-    )
-    .unwrap()
+    use peregrine_model::testkit::{graph, input_spec, node};
+    Model::new(graph("empty", input_spec([3, 4, 4]), vec![node("flat", Op::Flatten, &[INPUT])], "flat"), Weights::new())
+        .unwrap()
 }

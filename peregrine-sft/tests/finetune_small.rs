@@ -6,6 +6,7 @@ use std::path::Path;
 use ndarray::{ArrayD, IxDyn};
 use peregrine_data::load_cifar10;
 use peregrine_model::ir::*;
+use peregrine_model::testkit::{batch_norm, conv, graph, linear, node};
 use peregrine_sft::train::{evaluate, FinetuneConfig, Finetuner};
 use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Normal};
@@ -34,36 +35,20 @@ fn tiny_cnn() -> Model {
         w.insert(format!("{bn}.m"), ArrayD::zeros(IxDyn(&[c])));
         w.insert(format!("{bn}.v"), ArrayD::ones(IxDyn(&[c])));
     }
-    let conv = |cin, cout, s, wn: &str| {
-        Op::Conv2d(Conv2d { in_channels: cin, out_channels: cout, kernel: [3, 3], stride: [s, s], padding: [1, 1], dilation: [1, 1], groups: 1, weight: wn.into(), bias: None })
-    };
-    let bn = |n: &str, c| {
-        Op::BatchNorm(BatchNorm { channels: c, eps: 1e-5, weight: format!("{n}.w"), bias: format!("{n}.b"), running_mean: format!("{n}.m"), running_var: format!("{n}.v") })
-    };
-    let node = |name: &str, op: Op, input: &str| Node { name: name.into(), op, inputs: vec![input.into()] };
     let nodes = vec![
-        node("c1", conv(3, 8, 1, "c1.w"), INPUT),
-        node("bn1", bn("bn1", 8), "c1"),
-        node("r1", Op::Activation(Activation::Relu), "bn1"),
-        node("mp", Op::MaxPool(Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }), "r1"),
-        node("c2", conv(8, 16, 2, "c2.w"), "mp"),
-        node("bn2", bn("bn2", 16), "c2"),
-        node("r2", Op::Activation(Activation::Relu), "bn2"),
-        node("gap", Op::GlobalAvgPool, "r2"),
-        node("flat", Op::Flatten, "gap"),
-        node("fc", Op::Linear(Linear { in_features: 16, out_features: 10, weight: "fc.w".into(), bias: Some("fc.b".into()) }), "flat"),
+        node("c1", conv(3, 8, 3, 1, 1, 1, 1, "c1.w", None), &[INPUT]),
+        node("bn1", batch_norm(8, "bn1"), &["c1"]),
+        node("r1", Op::Activation(Activation::Relu), &["bn1"]),
+        node("mp", Op::MaxPool(Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }), &["r1"]),
+        node("c2", conv(8, 16, 3, 2, 1, 1, 1, "c2.w", None), &["mp"]),
+        node("bn2", batch_norm(16, "bn2"), &["c2"]),
+        node("r2", Op::Activation(Activation::Relu), &["bn2"]),
+        node("gap", Op::GlobalAvgPool, &["r2"]),
+        node("flat", Op::Flatten, &["gap"]),
+        node("fc", linear(16, 10, "fc.w", Some("fc.b")), &["flat"]),
     ];
-    let graph = Graph {
-        version: FORMAT_VERSION,
-        name: "tiny".into(),
-        input: InputSpec {
-            shape: vec![3, 32, 32],
-            preprocess: Preprocess { mean: vec![0.4914, 0.4822, 0.4465], std: vec![0.247, 0.243, 0.261], resize: false },
-        },
-        nodes,
-        output: "fc".into(),
-        classes: vec![],
-    };
+    let cifar = Preprocess { mean: vec![0.4914, 0.4822, 0.4465], std: vec![0.247, 0.243, 0.261], resize: false };
+    let graph = graph("tiny", InputSpec { shape: vec![3, 32, 32], preprocess: cifar }, nodes, "fc");
     Model::new(graph, w).unwrap()
 }
 
@@ -72,7 +57,8 @@ fn fine_tuning_beats_the_zero_epoch_conversion() {
     let train = load_cifar10(shared().join("data/cifar10/data_batch_1.bin.gz"), Some(800)).unwrap();
     let test = load_cifar10(shared().join("data/cifar10/test_batch.bin.gz"), Some(1000)).unwrap();
     // 1. Train the ReLU network from scratch (the "pretrained" model).
-    let relu_cfg = FinetuneConfig { degree: None, epochs: 6, batch: 32, lr: 0.05, augment: false, ..FinetuneConfig::default() };
+    let relu_cfg =
+        FinetuneConfig { degree: None, epochs: 6, batch: 32, lr: 0.05, augment: false, ..FinetuneConfig::default() };
     let mut run = Finetuner::new(&tiny_cnn(), relu_cfg).unwrap();
     for _ in 0..6 {
         run.train_epoch(&train, |_| {}).unwrap();
@@ -81,7 +67,15 @@ fn fine_tuning_beats_the_zero_epoch_conversion() {
     let relu_acc = evaluate(&relu, &test).unwrap();
     assert!(relu_acc > 0.2, "the ReLU network did not learn: {relu_acc}");
     // 2. Zero-epoch conversion to degree 2.
-    let cfg = FinetuneConfig { degree: Some(2), epochs: 0, batch: 32, lr: 0.01, calibration_batches: 10, augment: false, ..FinetuneConfig::default() };
+    let cfg = FinetuneConfig {
+        degree: Some(2),
+        epochs: 0,
+        batch: 32,
+        lr: 0.01,
+        calibration_batches: 10,
+        augment: false,
+        ..FinetuneConfig::default()
+    };
     let mut e0 = Finetuner::new(&relu, cfg.clone()).unwrap();
     e0.calibrate(&train).unwrap();
     let e0_acc = evaluate(&e0.export().unwrap(), &test).unwrap();
@@ -93,7 +87,13 @@ fn fine_tuning_beats_the_zero_epoch_conversion() {
     }
     let model = ft.export().unwrap();
     let ft_acc = evaluate(&model, &test).unwrap();
-    eprintln!("tiny CNN on 1000 test images: ReLU {relu_acc:.3}, degree-2 epochs 0 {e0_acc:.3}, fine-tuned {ft_acc:.3}");
+    eprintln!(
+        "tiny CNN on 1000 test images: ReLU {relu_acc:.3}, degree-2 epochs 0 {e0_acc:.3}, fine-tuned {ft_acc:.3}"
+    );
     assert!(ft_acc > e0_acc + 0.02, "fine-tuning did not help: {e0_acc} -> {ft_acc}");
-    assert!(model.graph().nodes.iter().all(|n| !matches!(n.op, Op::Activation(Activation::Relu) | Op::MaxPool(_) | Op::BatchNorm(_))));
+    assert!(model
+        .graph()
+        .nodes
+        .iter()
+        .all(|n| !matches!(n.op, Op::Activation(Activation::Relu) | Op::MaxPool(_) | Op::BatchNorm(_))));
 }

@@ -43,7 +43,10 @@ fn relu_coefficients_by_integration_match_the_closed_form() {
     // SiLU and GELU expansions are finite and close on [-3, 3] at degree 8.
     for f in [silu as fn(f64) -> f64, gelu] {
         let p = hermite_polynomial(f, 8);
-        let worst = (-30..=30).map(|i| i as f64 / 10.0).map(|x| (f(x) - p.iter().rev().fold(0.0, |a, c| a * x + c)).abs()).fold(0.0, f64::max);
+        let worst = (-30..=30)
+            .map(|i| i as f64 / 10.0)
+            .map(|x| (f(x) - p.iter().rev().fold(0.0, |a, c| a * x + c)).abs())
+            .fold(0.0, f64::max);
         assert!(worst < 0.1, "max error {worst} on [-3, 3]");
     }
 }
@@ -85,7 +88,8 @@ fn running_max_uses_momentum_and_bound() {
     for s_ in [0.5, 2.0, 8.0] {
         let r = PolyActRn { coeffs: hermite_polynomial(relu, 8), range: vec![Some(s_)], bound: 3.0 };
         let s = r.scale(0);
-        let worst = (-30..=30).map(|i| i as f64 / 10.0 * s).map(|x| (r.forward(0, x) - relu(x)).abs()).fold(0.0, f64::max);
+        let worst =
+            (-30..=30).map(|i| i as f64 / 10.0 * s).map(|x| (r.forward(0, x) - relu(x)).abs()).fold(0.0, f64::max);
         assert!(worst < 0.2 * s && worst > 0.0, "scale {s}: max error {worst}");
     }
 }
@@ -102,7 +106,12 @@ fn folding_batch_norm_keeps_the_function_and_conversion_loads() {
     let diff = a.iter().zip(b.iter()).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
     assert!(diff < 1e-4, "folded logits differ by {diff}");
     let converted = convert(&model, 4, DEFAULT_BOUND, &x, 4).unwrap();
-    let polys = converted.graph().nodes.iter().filter(|n| matches!(n.op, peregrine_model::ir::Op::Activation(peregrine_model::ir::Activation::Poly { .. }))).count();
+    let polys = converted
+        .graph()
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, peregrine_model::ir::Op::Activation(peregrine_model::ir::Activation::Poly { .. })))
+        .count();
     assert_eq!(polys, 19);
     let out = Reference::<f32>::new(&converted).run(&x).unwrap();
     assert!(out.iter().all(|v| v.is_finite()));

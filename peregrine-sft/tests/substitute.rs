@@ -61,7 +61,10 @@ fn a_substitute_of_the_wrong_shape_is_refused() {
     let model = peregrine_model::import::small_cnn(&[5], 3).unwrap();
     let mut train = TrainModel::new(&model, Activations::Keep).unwrap();
     let x = random(&mut r, &[2, 32, 32, 3], 1.0);
-    let sub = Substitute { nodes: HashMap::from([("relu1".to_string(), random(&mut r, &[2, 8, 8, 4], 1.0))]), logits: random(&mut r, &[2, 10], 1.0) };
+    let sub = Substitute {
+        nodes: HashMap::from([("relu1".to_string(), random(&mut r, &[2, 8, 8, 4], 1.0))]),
+        logits: random(&mut r, &[2, 10], 1.0),
+    };
     let e = train.forward_substituted(&x, Pass::Frozen, &sub).err().expect("shape mismatch").to_string();
     assert!(e.contains("substituted values have shape"), "{e}");
 }

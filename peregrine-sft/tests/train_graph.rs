@@ -37,38 +37,9 @@ fn resnet20_training_graph_matches_reference() {
 }
 
 mod odd {
-    use ndarray::{ArrayD, IxDyn};
     use peregrine_model::ir::*;
-    use rand::{rngs::StdRng, Rng, SeedableRng};
-
-    fn rt(r: &mut StdRng, shape: &[usize], scale: f32) -> ArrayD<f32> {
-        let n = shape.iter().product();
-        ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|_| r.gen_range(-scale..scale)).collect()).unwrap()
-    }
-
-    fn node(name: &str, op: Op, inputs: &[&str]) -> Node {
-        Node { name: name.into(), op, inputs: inputs.iter().map(|s| s.to_string()).collect() }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn conv(cin: usize, cout: usize, k: [usize; 2], s: usize, p: [usize; 2], d: usize, g: usize, w: &str, b: Option<&str>) -> Op {
-        Op::Conv2d(Conv2d { in_channels: cin, out_channels: cout, kernel: k, stride: [s, s], padding: p, dilation: [d, d], groups: g, weight: w.into(), bias: b.map(Into::into) })
-    }
-
-    fn bn(name: &str, c: usize, w: &mut Weights, r: &mut StdRng) -> Op {
-        for t in ["w", "b", "m"] {
-            w.insert(format!("{name}.{t}"), rt(r, &[c], 0.5));
-        }
-        w.insert(format!("{name}.v"), rt(r, &[c], 1.0).mapv(|v| v.abs() + 0.5));
-        Op::BatchNorm(BatchNorm {
-            channels: c,
-            eps: 1e-5,
-            weight: format!("{name}.w"),
-            bias: format!("{name}.b"),
-            running_mean: format!("{name}.m"),
-            running_var: format!("{name}.v"),
-        })
-    }
+    use peregrine_model::testkit::*;
+    use rand::{rngs::StdRng, SeedableRng};
 
     /// 3×19×23 through every IR operation: conv (stride 2, bias) + BN + ReLU, dilated depthwise
     /// conv + SiLU, max pool, upsample, concat with a grouped side branch, transposed conv
@@ -76,51 +47,48 @@ mod odd {
     pub fn model(seed: u64) -> Model {
         let mut r = StdRng::seed_from_u64(seed);
         let mut w = Weights::new();
-        w.insert("c1.w".into(), rt(&mut r, &[6, 3, 3, 3], 0.4));
-        w.insert("c1.b".into(), rt(&mut r, &[6], 0.1));
-        w.insert("dw.w".into(), rt(&mut r, &[6, 1, 3, 3], 0.4));
-        w.insert("side.w".into(), rt(&mut r, &[6, 1, 3, 3], 0.3));
-        w.insert("ct.w".into(), rt(&mut r, &[12, 2, 3, 3], 0.2));
-        w.insert("fc.w".into(), rt(&mut r, &[7, 6], 0.5));
-        w.insert("fc.b".into(), rt(&mut r, &[7], 0.1));
-        let bn1 = bn("bn1", 6, &mut w, &mut r);
-        let bn2 = bn("bn2", 4, &mut w, &mut r);
+        w.insert("c1.w".into(), uniform(&mut r, &[6, 3, 3, 3], -0.4, 0.4));
+        w.insert("c1.b".into(), uniform(&mut r, &[6], -0.1, 0.1));
+        w.insert("dw.w".into(), uniform(&mut r, &[6, 1, 3, 3], -0.4, 0.4));
+        w.insert("side.w".into(), uniform(&mut r, &[6, 1, 3, 3], -0.3, 0.3));
+        w.insert("ct.w".into(), uniform(&mut r, &[12, 2, 3, 3], -0.2, 0.2));
+        w.insert("fc.w".into(), uniform(&mut r, &[7, 6], -0.5, 0.5));
+        w.insert("fc.b".into(), uniform(&mut r, &[7], -0.1, 0.1));
+        let bn1 = random_batch_norm(&mut r, &mut w, "bn1", 6);
+        let bn2 = random_batch_norm(&mut r, &mut w, "bn2", 4);
         let nodes = vec![
-            node("c1", conv(3, 6, [3, 3], 2, [1, 1], 1, 1, "c1.w", Some("c1.b")), &[INPUT]), // 6×10×12
+            node("c1", conv(3, 6, 3, 2, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]), // 6×10×12
             node("bn1", bn1, &["c1"]),
             node("a1", Op::Activation(Activation::Relu), &["bn1"]),
-            node("dw", conv(6, 6, [3, 3], 1, [2, 2], 2, 6, "dw.w", None), &["a1"]),
+            node("dw", conv(6, 6, 3, 1, 2, 2, 6, "dw.w", None), &["a1"]),
             node("a2", Op::Activation(Activation::Silu), &["dw"]),
             node("mp", Op::MaxPool(Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }), &["a2"]), // 6×5×6
-            node("up", Op::Upsample { factor: 2 }, &["mp"]), // 6×10×12
-            node("side", conv(3, 6, [3, 3], 2, [1, 1], 1, 3, "side.w", None), &[INPUT]), // 6×10×12, groups 3
-            node("cat", Op::Concat, &["up", "side"]), // 12×10×12
-            node("ct", Op::ConvTranspose2d(ConvTranspose2d { in_channels: 12, out_channels: 4, kernel: [3, 3], stride: [2, 2], padding: [1, 1], output_padding: [1, 1], dilation: [1, 1], groups: 2, weight: "ct.w".into(), bias: None }), &["cat"]), // 4×20×24
+            node("up", Op::Upsample { factor: 2 }, &["mp"]),                                              // 6×10×12
+            node("side", conv(3, 6, 3, 2, 1, 1, 3, "side.w", None), &[INPUT]), // 6×10×12, groups 3
+            node("cat", Op::Concat, &["up", "side"]),                          // 12×10×12
+            node("ct", conv_transpose(12, 4, 3, 2, 1, [1, 1], 2, "ct.w", None), &["cat"]), // 4×20×24
             node("bn2", bn2, &["ct"]),
             node("a3", Op::Activation(Activation::Gelu), &["bn2"]),
             node("short", Op::SubsampleChannelPad { stride: 2, pad_before: 1, pad_after: 1 }, &["a3"]), // 6×10×12
-            node("pool", Op::AvgPool(Pool2d { kernel: [3, 3], stride: [2, 2], padding: [1, 1] }), &["a3"]), // 4×10×12
+            node("pool", avg_pool(3, 2, 1), &["a3"]),                                                   // 4×10×12
             node("pad", Op::SubsampleChannelPad { stride: 1, pad_before: 2, pad_after: 0 }, &["pool"]), // 6×10×12
             node("add", Op::Add, &["short", "pad", "a1"]),
             node("gap", Op::GlobalAvgPool, &["add"]),
             node("flat", Op::Flatten, &["gap"]),
-            node("fc", Op::Linear(Linear { in_features: 6, out_features: 7, weight: "fc.w".into(), bias: Some("fc.b".into()) }), &["flat"]),
+            node("fc", linear(6, 7, "fc.w", Some("fc.b")), &["flat"]),
         ];
-        let graph = Graph {
-            version: FORMAT_VERSION,
-            name: "odd".into(),
-            input: InputSpec { shape: vec![3, 19, 23], preprocess: Preprocess { mean: vec![0.0; 3], std: vec![1.0; 3], resize: false } },
-            nodes,
-            output: "fc".into(),
-            classes: vec![],
-        };
+        let graph = graph("odd", raw_input([3, 19, 23]), nodes, "fc");
         Model::new(graph, w).expect("valid odd model")
     }
 }
 
 fn odd_input(r: &mut rand::rngs::StdRng, n: usize) -> ndarray::ArrayD<f32> {
     use rand::Rng;
-    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n, 3, 19, 23]), (0..n * 3 * 19 * 23).map(|_| r.gen_range(-1.5f32..1.5)).collect()).unwrap()
+    ndarray::ArrayD::from_shape_vec(
+        ndarray::IxDyn(&[n, 3, 19, 23]),
+        (0..n * 3 * 19 * 23).map(|_| r.gen_range(-1.5f32..1.5)).collect(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -129,19 +97,32 @@ fn every_operation_matches_the_reference_on_odd_shapes() {
     let model = odd::model(11);
     let mut r = rand::rngs::StdRng::seed_from_u64(12);
     let xr = odd_input(&mut r, 3);
-    for act in [Activations::Keep, Activations::Hermite { degree: 4, bound: 3.0 }, Activations::Hermite { degree: 2, bound: 2.0 }] {
+    for act in [
+        Activations::Keep,
+        Activations::Hermite { degree: 4, bound: 3.0 },
+        Activations::Hermite { degree: 2, bound: 2.0 },
+    ] {
         let mut train = TrainModel::new(&model, act).unwrap();
         let x = peregrine_sft::train::to_channels_last(&xr, train.device()).unwrap();
         train.forward(&x, Pass::Calibrate).unwrap();
         let got: Vec<f32> = train.forward(&x, Pass::Frozen).unwrap().logits.flatten_all().unwrap().to_vec1().unwrap();
         let exported = train.export("").unwrap();
-        assert!(exported.graph().nodes.iter().all(|n| !matches!(n.op, peregrine_model::ir::Op::BatchNorm(_))), "batch norms folded on export");
+        assert!(
+            exported.graph().nodes.iter().all(|n| !matches!(n.op, peregrine_model::ir::Op::BatchNorm(_))),
+            "batch norms folded on export"
+        );
         let want: Vec<f32> = Reference::<f32>::new(&exported).run(&xr).unwrap().iter().copied().collect();
         let d = max_abs_diff(&got, &want);
         assert!(d < 1e-4, "{act:?}: training graph vs reference on the export differ by {d}");
         if act != Activations::Keep {
             let kinds: Vec<&str> = exported.graph().nodes.iter().map(|n| n.op.kind()).collect();
-            assert!(!kinds.contains(&"max_pool") && !kinds.contains(&"relu") && !kinds.contains(&"silu") && !kinds.contains(&"gelu"), "{kinds:?}");
+            assert!(
+                !kinds.contains(&"max_pool")
+                    && !kinds.contains(&"relu")
+                    && !kinds.contains(&"silu")
+                    && !kinds.contains(&"gelu"),
+                "{kinds:?}"
+            );
             assert_eq!(kinds.iter().filter(|k| **k == "poly").count(), 3);
         }
     }
@@ -157,14 +138,25 @@ fn weight_gradients_match_finite_differences_through_every_operation() {
     let mut train = TrainModel::new(&model, Activations::Hermite { degree: 4, bound: 3.0 }).unwrap();
     let x = peregrine_sft::train::to_channels_last(&xr, train.device()).unwrap();
     train.forward(&x, Pass::Calibrate).unwrap();
-    let probe = Tensor::from_vec((0..14).map(|_| r.gen_range(-1.0f32..1.0)).collect::<Vec<_>>(), (2, 7), train.device()).unwrap();
-    let loss = |t: &mut TrainModel| -> f64 { t.forward(&x, Pass::Frozen).unwrap().logits.mul(&probe).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64 };
+    let probe =
+        Tensor::from_vec((0..14).map(|_| r.gen_range(-1.0f32..1.0)).collect::<Vec<_>>(), (2, 7), train.device())
+            .unwrap();
+    let loss = |t: &mut TrainModel| -> f64 {
+        t.forward(&x, Pass::Frozen).unwrap().logits.mul(&probe).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+            as f64
+    };
     let out = train.forward(&x, Pass::Frozen).unwrap().logits.mul(&probe).unwrap().sum_all().unwrap();
     let grads = out.backward().unwrap();
     let mut checked = 0;
     for name in ["c1.w", "c1.b", "dw.w", "side.w", "ct.w", "bn1.w", "bn2.b", "fc.w"] {
         let var = train.params()[name].clone();
-        let g: Vec<f32> = grads.get(&var).unwrap_or_else(|| panic!("no gradient for {name}")).flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f32> = grads
+            .get(&var)
+            .unwrap_or_else(|| panic!("no gradient for {name}"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let w0: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         for &i in &[0, w0.len() / 2, w0.len() - 1] {
             let h = 1e-2f32;
@@ -177,7 +169,11 @@ fn weight_gradients_match_finite_differences_through_every_operation() {
             let down = loss(&mut train);
             var.set(&Tensor::from_vec(w0.clone(), var.as_tensor().dims(), train.device()).unwrap()).unwrap();
             let fd = (up - down) / (2.0 * h as f64);
-            assert!((g[i] as f64 - fd).abs() < 2e-2 * (1.0 + fd.abs()), "{name}[{i}]: autodiff {} vs finite difference {fd}", g[i]);
+            assert!(
+                (g[i] as f64 - fd).abs() < 2e-2 * (1.0 + fd.abs()),
+                "{name}[{i}]: autodiff {} vs finite difference {fd}",
+                g[i]
+            );
             checked += 1;
         }
     }

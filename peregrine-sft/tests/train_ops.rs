@@ -15,12 +15,24 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
 }
 
+/// Windows as (batch, input, channels, groups, kernel, stride, padding, dilation).
 fn windows() -> Vec<Window> {
+    type Geometry = [usize; 2];
+    let w = |batch, input, channels, groups, kernel, stride, padding, dilation: Geometry| Window {
+        batch,
+        input,
+        channels,
+        groups,
+        kernel,
+        stride,
+        padding,
+        dilation,
+    };
     vec![
-        Window { batch: 2, input: [7, 9], channels: 3, groups: 1, kernel: [3, 3], stride: [1, 1], padding: [1, 1], dilation: [1, 1] },
-        Window { batch: 3, input: [11, 5], channels: 6, groups: 3, kernel: [3, 2], stride: [2, 1], padding: [2, 0], dilation: [2, 1] },
-        Window { batch: 1, input: [13, 13], channels: 5, groups: 5, kernel: [5, 5], stride: [3, 3], padding: [2, 2], dilation: [1, 1] },
-        Window { batch: 2, input: [9, 7], channels: 4, groups: 1, kernel: [1, 1], stride: [2, 2], padding: [0, 0], dilation: [1, 1] },
+        w(2, [7, 9], 3, 1, [3, 3], [1, 1], [1, 1], [1, 1]),
+        w(3, [11, 5], 6, 3, [3, 2], [2, 1], [2, 0], [2, 1]),
+        w(1, [13, 13], 5, 5, [5, 5], [3, 3], [2, 2], [1, 1]),
+        w(2, [9, 7], 4, 1, [1, 1], [2, 2], [0, 0], [1, 1]),
     ]
 }
 
@@ -73,8 +85,10 @@ fn unfold_and_fold_backward_are_each_others_forward() {
     let mut r = StdRng::seed_from_u64(4);
     let w = windows()[1];
     let [h, wd] = w.input;
-    let x = Var::from_vec(rand_vec(&mut r, w.batch * h * wd * w.channels), (w.batch, h, wd, w.channels), &Device::Cpu).unwrap();
-    let probe = Tensor::from_vec(rand_vec(&mut r, w.rows() * w.columns()), (w.rows(), w.columns()), &Device::Cpu).unwrap();
+    let x = Var::from_vec(rand_vec(&mut r, w.batch * h * wd * w.channels), (w.batch, h, wd, w.channels), &Device::Cpu)
+        .unwrap();
+    let probe =
+        Tensor::from_vec(rand_vec(&mut r, w.rows() * w.columns()), (w.rows(), w.columns()), &Device::Cpu).unwrap();
     let loss = x.as_tensor().apply_op1(Unfold(w)).unwrap().mul(&probe).unwrap().sum_all().unwrap();
     let g = loss.backward().unwrap();
     let got: Vec<f32> = g.get(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
@@ -119,7 +133,9 @@ fn fused_batch_norm_matches_candle_autodiff() {
     let mut r = StdRng::seed_from_u64(6);
     let (n, c) = (3 * 5 * 7, 6);
     let dev = Device::Cpu;
-    let x = Var::from_vec(rand_vec(&mut r, n * c).iter().map(|v| v * 2.0 + 0.3).collect::<Vec<f32>>(), (3, 5, 7, c), &dev).unwrap();
+    let x =
+        Var::from_vec(rand_vec(&mut r, n * c).iter().map(|v| v * 2.0 + 0.3).collect::<Vec<f32>>(), (3, 5, 7, c), &dev)
+            .unwrap();
     let gamma = Var::from_vec(rand_vec(&mut r, c), c, &dev).unwrap();
     let beta = Var::from_vec(rand_vec(&mut r, c), c, &dev).unwrap();
     let probe = Tensor::from_vec(rand_vec(&mut r, n * c), (3, 5, 7, c), &dev).unwrap();
@@ -129,7 +145,15 @@ fn fused_batch_norm_matches_candle_autodiff() {
     let mean = flat.mean(0).unwrap();
     let var = flat.broadcast_sub(&mean).unwrap().sqr().unwrap().mean(0).unwrap();
     let std = (var + eps).unwrap().sqrt().unwrap();
-    let y_ref = flat.broadcast_sub(&mean).unwrap().broadcast_div(&std).unwrap().broadcast_mul(gamma.as_tensor()).unwrap().broadcast_add(beta.as_tensor()).unwrap();
+    let y_ref = flat
+        .broadcast_sub(&mean)
+        .unwrap()
+        .broadcast_div(&std)
+        .unwrap()
+        .broadcast_mul(gamma.as_tensor())
+        .unwrap()
+        .broadcast_add(beta.as_tensor())
+        .unwrap();
     let loss_ref = y_ref.reshape((3, 5, 7, c)).unwrap().mul(&probe).unwrap().sum_all().unwrap();
     let g_ref = loss_ref.backward().unwrap();
     // Fused.

@@ -1,6 +1,7 @@
 //! Shared by the OpenFHE tests: one workload over the whole backend surface.
 #![allow(dead_code)]
 
+use peregrine_backend::conformance::{receive, send};
 use peregrine_backend::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -17,18 +18,12 @@ pub fn workload<C: Client>(client: &C, server: &C::Backend, n: usize) -> Vec<(&'
     let caps = client.capabilities();
     let d = caps.default_scale();
     let (x, y) = (random(n, 1), random(n, 2));
-    let a = server
-        .deserialize_ciphertext(&client.serialize_ciphertext(&client.encrypt_values(&x).unwrap()).unwrap())
-        .unwrap();
-    let b = server
-        .deserialize_ciphertext(&client.serialize_ciphertext(&client.encrypt_values(&y).unwrap()).unwrap())
-        .unwrap();
+    let (a, b) = (send(client, server, &x).unwrap(), send(client, server, &y).unwrap());
     let top = caps.max_level;
     let pt = server.encode(&y, top, d).unwrap();
     let mut out = Vec::new();
     let mut push = |name, ct: &<C::Backend as Backend>::Ciphertext| {
-        let back = client.deserialize_ciphertext(&server.serialize_ciphertext(ct).unwrap()).unwrap();
-        let mut v = client.decrypt_values(&back).unwrap();
+        let mut v = receive(client, server, ct).unwrap();
         v.truncate(n);
         out.push((name, v, server.level(ct)));
     };

@@ -67,8 +67,12 @@ pub struct PluginVTable {
     pub capabilities: unsafe extern "C" fn(params_json: *const c_char, out_json: *mut *mut c_char, err: ErrOut) -> i32,
 
     /// Generates keys: parameters and key request as JSON; returns a client handle.
-    pub client_new:
-        unsafe extern "C" fn(params_json: *const c_char, request_json: *const c_char, out: *mut Handle, err: ErrOut) -> i32,
+    pub client_new: unsafe extern "C" fn(
+        params_json: *const c_char,
+        request_json: *const c_char,
+        out: *mut Handle,
+        err: ErrOut,
+    ) -> i32,
     /// Releases a client.
     pub client_free: unsafe extern "C" fn(client: Handle),
     /// Capabilities of a client (JSON).
@@ -90,8 +94,14 @@ pub struct PluginVTable {
     /// Decrypts a ciphertext into a plaintext.
     pub client_decrypt: unsafe extern "C" fn(client: CHandle, ct: CHandle, out: *mut Handle, err: ErrOut) -> i32,
     /// Decodes a plaintext into `out` (capacity `cap`), storing the count in `out_len`.
-    pub client_decode:
-        unsafe extern "C" fn(client: CHandle, pt: CHandle, out: *mut f64, cap: usize, out_len: *mut usize, err: ErrOut) -> i32,
+    pub client_decode: unsafe extern "C" fn(
+        client: CHandle,
+        pt: CHandle,
+        out: *mut f64,
+        cap: usize,
+        out_len: *mut usize,
+        err: ErrOut,
+    ) -> i32,
     /// Serialises a ciphertext (client side).
     pub client_serialize_ct: unsafe extern "C" fn(client: CHandle, ct: CHandle, out: *mut PgBytes, err: ErrOut) -> i32,
     /// Reads a ciphertext (client side).
@@ -160,7 +170,8 @@ pub struct PluginVTable {
     /// a · k for an integer k.
     pub mul_integer: unsafe extern "C" fn(server: CHandle, a: CHandle, k: i64, out: *mut Handle, err: ErrOut) -> i32,
     /// Drop to `level`.
-    pub drop_to_level: unsafe extern "C" fn(server: CHandle, a: CHandle, level: u32, out: *mut Handle, err: ErrOut) -> i32,
+    pub drop_to_level:
+        unsafe extern "C" fn(server: CHandle, a: CHandle, level: u32, out: *mut Handle, err: ErrOut) -> i32,
     /// Rotate left by `step`.
     pub rotate: unsafe extern "C" fn(server: CHandle, a: CHandle, step: i64, out: *mut Handle, err: ErrOut) -> i32,
     /// Σ coeffs[k]·a^k.

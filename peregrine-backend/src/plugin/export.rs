@@ -151,7 +151,8 @@ unsafe extern "C" fn client_encode<S: Scheme>(
     err: ErrOut,
 ) -> i32 {
     guard(err, || {
-        let pt = obj::<S::Client>(c, "client")?.encode(slice(v, n)?, level as usize, scale).map_err(|e| e.to_string())?;
+        let pt =
+            obj::<S::Client>(c, "client")?.encode(slice(v, n)?, level as usize, scale).map_err(|e| e.to_string())?;
         put(out, pt)
     })
 }
@@ -287,7 +288,8 @@ unsafe extern "C" fn encode<S: Scheme>(
     err: ErrOut,
 ) -> i32 {
     guard(err, || {
-        let pt = obj::<S::Server>(s, "server")?.encode(slice(v, n)?, level as usize, scale).map_err(|e| e.to_string())?;
+        let pt =
+            obj::<S::Server>(s, "server")?.encode(slice(v, n)?, level as usize, scale).map_err(|e| e.to_string())?;
         put(out, pt)
     })
 }
@@ -345,9 +347,18 @@ with_arg!(
     drop_to_level => drop_to_level(u32) as |l| l as usize,
     rotate => rotate(i64) as |k| k
 );
-unsafe extern "C" fn mul_scalar<S: Scheme>(s: CHandle, a: CHandle, c: f64, scale: f64, out: *mut Handle, err: ErrOut) -> i32 {
+unsafe extern "C" fn mul_scalar<S: Scheme>(
+    s: CHandle,
+    a: CHandle,
+    c: f64,
+    scale: f64,
+    out: *mut Handle,
+    err: ErrOut,
+) -> i32 {
     guard(err, || {
-        let r = obj::<S::Server>(s, "server")?.mul_scalar(obj::<Ct<S>>(a, "ciphertext")?, c, scale).map_err(|e| e.to_string())?;
+        let r = obj::<S::Server>(s, "server")?
+            .mul_scalar(obj::<Ct<S>>(a, "ciphertext")?, c, scale)
+            .map_err(|e| e.to_string())?;
         put(out, r)
     })
 }
@@ -368,7 +379,9 @@ unsafe extern "C" fn eval_poly<S: Scheme>(
 }
 unsafe extern "C" fn serialize_ct<S: Scheme>(s: CHandle, c: CHandle, out: *mut PgBytes, err: ErrOut) -> i32 {
     guard(err, || {
-        let b = obj::<S::Server>(s, "server")?.serialize_ciphertext(obj::<Ct<S>>(c, "ciphertext")?).map_err(|e| e.to_string())?;
+        let b = obj::<S::Server>(s, "server")?
+            .serialize_ciphertext(obj::<Ct<S>>(c, "ciphertext")?)
+            .map_err(|e| e.to_string())?;
         put_bytes(out, b)
     })
 }
@@ -391,7 +404,9 @@ unsafe extern "C" fn rotate_many<S: Scheme>(
         if n > 0 && out.is_null() {
             return Err("null output pointer".into());
         }
-        let r = obj::<S::Server>(s, "server")?.rotate_many(obj::<Ct<S>>(a, "ciphertext")?, steps).map_err(|e| e.to_string())?;
+        let r = obj::<S::Server>(s, "server")?
+            .rotate_many(obj::<Ct<S>>(a, "ciphertext")?, steps)
+            .map_err(|e| e.to_string())?;
         if r.len() != n {
             return Err(format!("rotate_many returned {} ciphertexts for {n} steps", r.len()));
         }
@@ -453,7 +468,13 @@ unsafe extern "C" fn client_local_server<S: Scheme>(c: CHandle, out: *mut Handle
         }
     })
 }
-unsafe extern "C" fn deserialize_ct<S: Scheme>(s: CHandle, d: *const u8, len: usize, out: *mut Handle, err: ErrOut) -> i32 {
+unsafe extern "C" fn deserialize_ct<S: Scheme>(
+    s: CHandle,
+    d: *const u8,
+    len: usize,
+    out: *mut Handle,
+    err: ErrOut,
+) -> i32 {
     guard(err, || {
         let ct = obj::<S::Server>(s, "server")?.deserialize_ciphertext(slice(d, len)?).map_err(|e| e.to_string())?;
         put(out, ct)

@@ -57,7 +57,11 @@ impl Plugin {
             return Err(PluginError::AbiMismatch { path: shown(), found: version, expected: ABI_VERSION });
         }
         if size as usize != std::mem::size_of::<PluginVTable>() {
-            return Err(PluginError::TableSize { path: shown(), found: size, expected: std::mem::size_of::<PluginVTable>() });
+            return Err(PluginError::TableSize {
+                path: shown(),
+                found: size,
+                expected: std::mem::size_of::<PluginVTable>(),
+            });
         }
         // SAFETY: version and size match, so the strings are valid NUL-terminated statics.
         let (name, description) = unsafe {
@@ -114,13 +118,15 @@ impl Plugin {
     }
 
     fn take_bytes(&self, b: PgBytes) -> Vec<u8> {
-        let out = if b.data.is_null() { Vec::new() } else { unsafe { std::slice::from_raw_parts(b.data, b.len) }.to_vec() };
+        let out =
+            if b.data.is_null() { Vec::new() } else { unsafe { std::slice::from_raw_parts(b.data, b.len) }.to_vec() };
         unsafe { (self.vt().bytes_free)(b) };
         out
     }
 
     fn json<T: serde::de::DeserializeOwned>(&self, s: String, what: &'static str) -> BResult<T> {
-        serde_json::from_str(&s).map_err(|e| BackendError::Deserialize { what, detail: format!("from plugin '{}': {e}", self.name) })
+        serde_json::from_str(&s)
+            .map_err(|e| BackendError::Deserialize { what, detail: format!("from plugin '{}': {e}", self.name) })
     }
 
     /// Capabilities for parameters given as JSON (empty = the plugin's defaults).
@@ -501,8 +507,9 @@ impl Backend for PluginServer {
     }
     fn deserialize_ciphertext(&self, bytes: &[u8]) -> BResult<PluginCiphertext> {
         let mut h = std::ptr::null_mut();
-        self.plugin
-            .call(|e| unsafe { (self.plugin.vt().deserialize_ct)(self.handle, bytes.as_ptr(), bytes.len(), &mut h, e) })?;
+        self.plugin.call(|e| unsafe {
+            (self.plugin.vt().deserialize_ct)(self.handle, bytes.as_ptr(), bytes.len(), &mut h, e)
+        })?;
         Ok(self.plugin.ct(h))
     }
 }

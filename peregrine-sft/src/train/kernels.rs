@@ -34,7 +34,12 @@ pub struct Window {
 
 impl Window {
     /// A per-channel window (pooling, subsampling) over a `(B, H, W, C)` map.
-    pub fn pooling(dims: (usize, usize, usize, usize), kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Self {
+    pub fn pooling(
+        dims: (usize, usize, usize, usize),
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> Self {
         let (batch, h, w, channels) = dims;
         Window { batch, input: [h, w], channels, groups: 1, kernel, stride, padding, dilation: [1, 1] }
     }
@@ -91,7 +96,9 @@ impl Window {
         let cg = self.channels / self.groups;
         let per_group = self.kernel[0] * self.kernel[1] * cg;
         for g in 0..self.groups {
-            for (p, r) in pixel[g * cg..(g + 1) * cg].iter_mut().zip(&row[g * per_group + col..g * per_group + col + cg]) {
+            for (p, r) in
+                pixel[g * cg..(g + 1) * cg].iter_mut().zip(&row[g * per_group + col..g * per_group + col + cg])
+            {
                 *p += r;
             }
         }
@@ -193,7 +200,6 @@ impl PolyAct {
     fn terms(&self) -> usize {
         self.coeffs.len() / self.scales.len()
     }
-
 }
 
 const CHUNK: usize = 1 << 14;
@@ -307,7 +313,15 @@ impl candle_core::CustomOp3 for BatchNormTrain {
     fn name(&self) -> &'static str {
         "batch_norm_train"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, _s2: &CpuStorage, _l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(s1, l1, "batch_norm_train")?;
         let beta = contiguous(s3, l3, "batch_norm_train")?;
         let c = self.mean.len();
@@ -322,7 +336,14 @@ impl candle_core::CustomOp3 for BatchNormTrain {
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
-    fn bwd(&self, x: &Tensor, _g: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _g: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let c = self.mean.len();
         let grad = grad.contiguous()?;
         let params = x.apply_op2_no_bwd(&grad, &BatchNormParamGrad(self.clone()))?; // [2, C]
@@ -380,7 +401,15 @@ impl candle_core::CustomOp3 for BatchNormInputGrad {
     fn name(&self) -> &'static str {
         "batch_norm_input_grad"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(s1, l1, "batch_norm_input_grad")?;
         let g = contiguous(s2, l2, "batch_norm_input_grad")?;
         let p = contiguous(s3, l3, "batch_norm_input_grad")?;
@@ -406,7 +435,9 @@ pub fn tensor_channel_stats(x: &Tensor) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)
     let c = *x.dims().last().expect("rank ≥ 1");
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("channel statistics run on the CPU only") };
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("channel statistics run on the CPU only")
+    };
     let data = contiguous(cpu, layout, "channel_stats")?;
     Ok(channel_stats(data, c))
 }

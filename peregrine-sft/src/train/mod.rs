@@ -11,7 +11,16 @@ mod model;
 mod schedule;
 mod trainer;
 
-pub use kernels::{channel_stats, tensor_channel_stats, BatchNormInputGrad, BatchNormParamGrad, BatchNormTrain, Fold, PolyAct, PolyActGrad, Unfold, Window};
-pub use model::{candle_err, cross_entropy, predictions, to_channels_last, Activations, Forward, Pass, RangeState, Substitute, TrainModel};
+pub use kernels::{
+    channel_stats, tensor_channel_stats, BatchNormInputGrad, BatchNormParamGrad, BatchNormTrain, Fold, PolyAct,
+    PolyActGrad, Unfold, Window,
+};
+pub use model::{
+    candle_err, cross_entropy, predictions, to_channels_last, Activations, Forward, Pass, RangeState, Substitute,
+    TrainModel,
+};
 pub use schedule::{Baseline, EpochSummary, Evaluator, Outcome, Progress, Schedule};
-pub use trainer::{distillation_loss, evaluate, make_batch, CheckpointInfo, EpochReport, FinetuneConfig, Finetuner, Quantiser, StepReport};
+pub use trainer::{
+    distillation_loss, evaluate, make_batch, CheckpointInfo, EpochReport, FinetuneConfig, Finetuner, Quantiser,
+    StepReport,
+};

@@ -8,10 +8,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::error::{Result, SftError};
 use candle_core::{DType, Device, Tensor, Var, D};
 use ndarray::{ArrayD, IxDyn};
 use peregrine_model::ir::{Activation, Approximated, Graph, Model, Op, Shape, INPUT};
-use crate::error::{Result, SftError};
 
 use super::kernels::{tensor_channel_stats, BatchNormTrain, Fold, PolyAct, Unfold, Window};
 use crate::convert::fold_batch_norms;
@@ -154,7 +154,10 @@ impl TrainModel {
             match &node.op {
                 Op::BatchNorm(bn) => {
                     for t in [&bn.weight, &bn.bias] {
-                        params.insert(t.clone(), Var::from_tensor(&to_tensor(&weights[t], &device)?).map_err(candle_err)?);
+                        params.insert(
+                            t.clone(),
+                            Var::from_tensor(&to_tensor(&weights[t], &device)?).map_err(candle_err)?,
+                        );
                     }
                     for t in [&bn.running_mean, &bn.running_var] {
                         frozen.insert(t.clone(), to_tensor(&weights[t], &device)?);
@@ -183,12 +186,18 @@ impl TrainModel {
                             _ => gelu,
                         };
                         let Some(j) = input_index else {
-                            return Err(SftError::Unsupported(format!("activation '{}' directly on the model input", node.name)));
+                            return Err(SftError::Unsupported(format!(
+                                "activation '{}' directly on the model input",
+                                node.name
+                            )));
                         };
                         let c = channels(j);
                         let p: Vec<f32> = hermite_polynomial(f, degree).iter().map(|v| *v as f32).collect();
                         let coeffs = (0..c).flat_map(|_| p.iter().copied()).collect();
-                        ranges.insert(node.name.clone(), RangeState { coeffs, range: vec![None; c], bound: bound as f32 });
+                        ranges.insert(
+                            node.name.clone(),
+                            RangeState { coeffs, range: vec![None; c], bound: bound as f32 },
+                        );
                     }
                 }
                 Op::MaxPool(p) => {
@@ -198,7 +207,10 @@ impl TrainModel {
                 }
                 op => {
                     for (_, t) in op.weight_refs() {
-                        params.insert(t.to_string(), Var::from_tensor(&to_tensor(&weights[t], &device)?).map_err(candle_err)?);
+                        params.insert(
+                            t.to_string(),
+                            Var::from_tensor(&to_tensor(&weights[t], &device)?).map_err(candle_err)?,
+                        );
                     }
                 }
             }
@@ -243,7 +255,12 @@ impl TrainModel {
         self.forward_inner(x, pass, Some(substitute)).map_err(candle_err)
     }
 
-    fn forward_inner(&mut self, x: &Tensor, pass: Pass, substitute: Option<&Substitute>) -> candle_core::Result<Forward> {
+    fn forward_inner(
+        &mut self,
+        x: &Tensor,
+        pass: Pass,
+        substitute: Option<&Substitute>,
+    ) -> candle_core::Result<Forward> {
         let batch = x.dims()[0];
         let mut values: HashMap<String, Tensor> = HashMap::new();
         values.insert(INPUT.to_string(), x.clone());
@@ -301,7 +318,11 @@ impl TrainModel {
                     let cols = if g == 1 {
                         rows.squeeze(1)?.matmul(&w.squeeze(0)?)?
                     } else {
-                        rows.transpose(0, 1)?.contiguous()?.matmul(&w)?.transpose(0, 1)?.reshape((batch * d.1 * d.2, g * k * cout_g))?
+                        rows.transpose(0, 1)?
+                            .contiguous()?
+                            .matmul(&w)?
+                            .transpose(0, 1)?
+                            .reshape((batch * d.1 * d.2, g * k * cout_g))?
                     };
                     let y = cols.contiguous()?.apply_op1(Fold(win))?;
                     match &c.bias {
@@ -377,7 +398,8 @@ impl TrainModel {
                     let [oh, ow] = win.output();
                     let k = p.kernel[0] * p.kernel[1];
                     let cols = x.contiguous()?.apply_op1(Unfold(win))?.reshape((batch * oh * ow, k, d.3))?;
-                    let pooled = if matches!(node.op, Op::MaxPool(_)) { cols.max(1)? } else { (cols.sum(1)? / k as f64)? };
+                    let pooled =
+                        if matches!(node.op, Op::MaxPool(_)) { cols.max(1)? } else { (cols.sum(1)? / k as f64)? };
                     pooled.reshape((batch, oh, ow, d.3))?
                 }
                 Op::GlobalAvgPool => x.mean_keepdim(1)?.mean_keepdim(2)?,
@@ -399,16 +421,22 @@ impl TrainModel {
                 Op::Upsample { factor } => {
                     let (b, h, w, c) = x.dims4()?;
                     let f = *factor;
-                    x.reshape((b, h, 1, w, 1, c))?.broadcast_as((b, h, f, w, f, c))?.contiguous()?.reshape((b, h * f, w * f, c))?
+                    x.reshape((b, h, 1, w, 1, c))?.broadcast_as((b, h, f, w, f, c))?.contiguous()?.reshape((
+                        b,
+                        h * f,
+                        w * f,
+                        c,
+                    ))?
                 }
                 Op::SubsampleChannelPad { stride, pad_before, pad_after } => {
                     let d = x.dims4()?;
                     let win = Window::pooling(d, [1, 1], [*stride, *stride], [0, 0]);
                     let [oh, ow] = win.output();
-                    x.contiguous()?
-                        .apply_op1(Unfold(win))?
-                        .reshape((batch, oh, ow, d.3))?
-                        .pad_with_zeros(3, *pad_before, *pad_after)?
+                    x.contiguous()?.apply_op1(Unfold(win))?.reshape((batch, oh, ow, d.3))?.pad_with_zeros(
+                        3,
+                        *pad_before,
+                        *pad_after,
+                    )?
                 }
                 Op::Flatten => {
                     if x.rank() == 4 {
@@ -482,7 +510,11 @@ impl TrainModel {
             let (cn, sn) = (format!("{}.poly_coeffs", node.name), format!("{}.poly_input_scale", node.name));
             weights.insert(cn.clone(), ArrayD::from_shape_vec(IxDyn(&[c, terms]), coeffs).expect("sized"));
             weights.insert(sn.clone(), ArrayD::from_shape_vec(IxDyn(&[c]), inv).expect("sized"));
-            node.op = Op::Activation(Activation::Poly { coeffs: cn, input_scale: Some(sn), approximates: Approximated::of(&node.op) });
+            node.op = Op::Activation(Activation::Poly {
+                coeffs: cn,
+                input_scale: Some(sn),
+                approximates: Approximated::of(&node.op),
+            });
         }
         if !name_suffix.is_empty() {
             graph.name = format!("{}{name_suffix}", graph.name);

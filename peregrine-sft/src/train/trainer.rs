@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::error::{Result, SftError};
 use candle_core::Tensor;
 use ndarray::{ArrayD, IxDyn};
 use peregrine_data::LabeledImages;
 use peregrine_model::format::{load_model, load_tensors, save_model, tensors_to_bytes};
 use peregrine_model::ir::{InputSpec, Model};
-use crate::error::{Result, SftError};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -179,7 +179,12 @@ pub struct EpochReport {
 
 /// Turns planar `u8` images into a channels-last batch, with optional random crop (zero
 /// padding of 4 pixels, as raw black pixels) and horizontal flip.
-pub fn make_batch(images: &LabeledImages, idx: &[usize], input: &InputSpec, rng: Option<&mut StdRng>) -> Result<Tensor> {
+pub fn make_batch(
+    images: &LabeledImages,
+    idx: &[usize],
+    input: &InputSpec,
+    rng: Option<&mut StdRng>,
+) -> Result<Tensor> {
     let [c, h, w] = images.shape;
     if input.shape != [c, h, w] {
         return Err(SftError::Unsupported(format!("images are {c}×{h}×{w}, the model takes {:?}", input.shape)));
@@ -271,7 +276,18 @@ impl Finetuner {
             }
             _ => None,
         };
-        Ok(Finetuner { model, config, momenta: BTreeMap::new(), steps_done: 0, epochs_done: 0, history: Vec::new(), input, name, teacher, quantiser: None })
+        Ok(Finetuner {
+            model,
+            config,
+            momenta: BTreeMap::new(),
+            steps_done: 0,
+            epochs_done: 0,
+            history: Vec::new(),
+            input,
+            name,
+            teacher,
+            quantiser: None,
+        })
     }
 
     /// Resumes the run recorded in the checkpoint JSON at `path`.
@@ -290,7 +306,8 @@ impl Finetuner {
                     detail: format!("its momentum '{name}' matches no trainable weight"),
                 });
             }
-            let t = Tensor::from_vec(a.iter().copied().collect::<Vec<f32>>(), a.shape(), run.model.device()).map_err(candle_err)?;
+            let t = Tensor::from_vec(a.iter().copied().collect::<Vec<f32>>(), a.shape(), run.model.device())
+                .map_err(candle_err)?;
             run.momenta.insert(name, t);
         }
         run.steps_done = info.steps_done;
@@ -305,7 +322,9 @@ impl Finetuner {
     /// statistics the quantised network does not have); statistics stay frozen.
     pub fn quantise_with(&mut self, quantiser: Quantiser) -> Result<()> {
         if self.config.quantise_for.is_none() {
-            return Err(SftError::Unsupported("quantisation-aware training: record the target in the configuration's quantise_for".into()));
+            return Err(SftError::Unsupported(
+                "quantisation-aware training: record the target in the configuration's quantise_for".into(),
+            ));
         }
         if self.model.has_batch_norm() {
             return Err(SftError::Unsupported(
@@ -377,7 +396,9 @@ impl Finetuner {
                 }
                 None => {
                     if self.config.quantise_for.is_some() {
-                        return Err(SftError::Unsupported("this run is quantisation-aware: attach its quantiser before training".into()));
+                        return Err(SftError::Unsupported(
+                            "this run is quantisation-aware: attach its quantiser before training".into(),
+                        ));
                     }
                     self.model.forward(&x, Pass::Train)?
                 }
@@ -394,7 +415,8 @@ impl Finetuner {
             };
             let loss = if want_penalty {
                 let ramp = ((self.steps_done + 1) as f64 / self.config.penalty_warmup.max(1) as f64).min(1.0);
-                (&objective + (out.range_penalty * (self.config.range_penalty * ramp)).map_err(candle_err)?).map_err(candle_err)?
+                (&objective + (out.range_penalty * (self.config.range_penalty * ramp)).map_err(candle_err)?)
+                    .map_err(candle_err)?
             } else {
                 objective
             };
@@ -413,10 +435,22 @@ impl Finetuner {
             correct += pred.iter().zip(&labels).filter(|(p, l)| **p == **l as u32).count();
             seen += labels.len();
             loss_sum += ce_value * labels.len() as f64;
-            progress(StepReport { epoch, step: k + 1, steps, loss: loss_sum / seen as f64, accuracy: correct as f64 / seen as f64, lr });
+            progress(StepReport {
+                epoch,
+                step: k + 1,
+                steps,
+                loss: loss_sum / seen as f64,
+                accuracy: correct as f64 / seen as f64,
+                lr,
+            });
         }
         self.epochs_done += 1;
-        let report = EpochReport { epoch, loss: loss_sum / seen as f64, accuracy: correct as f64 / seen as f64, seconds: start.elapsed().as_secs_f64() };
+        let report = EpochReport {
+            epoch,
+            loss: loss_sum / seen as f64,
+            accuracy: correct as f64 / seen as f64,
+            seconds: start.elapsed().as_secs_f64(),
+        };
         self.history.push(report);
         Ok(report)
     }
@@ -491,7 +525,9 @@ impl Finetuner {
 
 /// `name` without a trailing `-sftD-eN` or `-eN` run suffix (other hyphens are kept).
 fn base_name(name: &str) -> &str {
-    let digits_after = |s: &str, tag: &str| s.strip_prefix(tag).is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+    let digits_after = |s: &str, tag: &str| {
+        s.strip_prefix(tag).is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    };
     let mut base = name;
     if let Some(i) = base.rfind("-e").filter(|&i| digits_after(&base[i..], "-e")) {
         base = &base[..i];
@@ -520,24 +556,24 @@ pub fn evaluate(model: &Model, images: &LabeledImages) -> Result<f64> {
 mod tests {
     use super::*;
     use peregrine_model::ir::*;
+    use peregrine_model::testkit::{conv, graph, input_spec, linear, node};
 
     /// conv 3→4 (3×3) → ReLU → global average pool → linear 4→10.
     fn small_model() -> Model {
         let mut w = Weights::new();
-        let ramp = |n: usize, scale: f32| (0..n).map(|i| ((i * 7919) % 13) as f32 / 13.0 * scale - scale / 2.0).collect::<Vec<_>>();
+        let ramp = |n: usize, scale: f32| {
+            (0..n).map(|i| ((i * 7919) % 13) as f32 / 13.0 * scale - scale / 2.0).collect::<Vec<_>>()
+        };
         w.insert("c.w".into(), ArrayD::from_shape_vec(IxDyn(&[4, 3, 3, 3]), ramp(108, 0.5)).unwrap());
         w.insert("fc.w".into(), ArrayD::from_shape_vec(IxDyn(&[10, 4]), ramp(40, 1.0)).unwrap());
-        let node = |name: &str, op: Op, input: &str| Node { name: name.into(), op, inputs: vec![input.into()] };
-        let conv = Conv2d { in_channels: 3, out_channels: 4, kernel: [3, 3], stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 1, weight: "c.w".into(), bias: None };
         let nodes = vec![
-            node("c", Op::Conv2d(conv), INPUT),
-            node("r", Op::Activation(Activation::Relu), "c"),
-            node("gap", Op::GlobalAvgPool, "r"),
-            node("flat", Op::Flatten, "gap"),
-            node("fc", Op::Linear(Linear { in_features: 4, out_features: 10, weight: "fc.w".into(), bias: None }), "flat"),
+            node("c", conv(3, 4, 3, 1, 1, 1, 1, "c.w", None), &[INPUT]),
+            node("r", Op::Activation(Activation::Relu), &["c"]),
+            node("gap", Op::GlobalAvgPool, &["r"]),
+            node("flat", Op::Flatten, &["gap"]),
+            node("fc", linear(4, 10, "fc.w", None), &["flat"]),
         ];
-        let input = InputSpec { shape: vec![3, 8, 8], preprocess: Preprocess { mean: vec![0.5; 3], std: vec![0.25; 3], resize: false } };
-        Model::new(Graph { version: FORMAT_VERSION, name: "small".into(), input, nodes, output: "fc".into(), classes: vec![] }, w).unwrap()
+        Model::new(graph("small", input_spec([3, 8, 8]), nodes, "fc"), w).unwrap()
     }
 
     #[test]
@@ -546,7 +582,8 @@ mod tests {
         // memory grew by about 0.9 GiB per epoch on the small CNN until the OOM killer stopped it.
         let pixels: Vec<u8> = (0..12 * 3 * 64).map(|i| ((i * 37) % 251) as u8).collect();
         let images = LabeledImages { shape: [3, 8, 8], pixels, labels: (0..12).map(|i| (i % 10) as u8).collect() };
-        let config = FinetuneConfig { degree: None, epochs: 1, batch: 4, lr: 0.01, augment: false, ..FinetuneConfig::default() };
+        let config =
+            FinetuneConfig { degree: None, epochs: 1, batch: 4, lr: 0.01, augment: false, ..FinetuneConfig::default() };
         let mut run = Finetuner::new(&small_model(), config).unwrap();
         run.train_epoch(&images, |_| {}).unwrap();
         assert_eq!(run.momenta.len(), 2, "both weights have a momentum");
