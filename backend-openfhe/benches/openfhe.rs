@@ -21,7 +21,7 @@ fn primitives(c: &mut Criterion) {
     let steps: Vec<i64> = (0..8).map(|i| 1i64 << i).collect();
     let client = OpenFheScheme::keygen(
         &p,
-        &KeyRequest { rotations: steps.iter().copied().collect(), bootstrap: with_bootstrap },
+        &KeyRequest { rotations: steps.iter().copied().collect(), bootstrap: with_bootstrap, ..Default::default() },
     )
     .expect("keys");
     // Keys shared in memory: N = 2^16 key files do not yet fit twice in this machine's memory.

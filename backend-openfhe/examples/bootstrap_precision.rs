@@ -29,7 +29,11 @@ fn main() {
     println!("params {json}\n{}", caps.summary());
     let t = Instant::now();
     let steps: BTreeSet<i64> = [1i64, 2, 4, 8, 16, 32, 64, 128].into_iter().collect();
-    let client = OpenFheScheme::keygen(&p, &KeyRequest { rotations: steps.clone(), bootstrap: p.bootstrap }).unwrap();
+    let client = OpenFheScheme::keygen(
+        &p,
+        &KeyRequest { rotations: steps.clone(), bootstrap: p.bootstrap, ..Default::default() },
+    )
+    .unwrap();
     println!("keygen (incl. bootstrap setup): {:.1} s", t.elapsed().as_secs_f64());
     // PEREGRINE_KEYS_IN_PROCESS=1 shares the keys in memory instead of serialising them
     // (N = 2^16 key files do not yet fit twice in 24 GiB).

@@ -74,7 +74,9 @@ fn bootstrap_refreshes_to_the_advertised_level() {
     // 10.6 at 2^59; with the encapsulated sparse secret (the default) 18.8 at 2^59.
     let p = OpenFheParams { log_scale: 59, first_modulus_bits: 60, ..p };
     let caps = OpenFheScheme::capabilities(&p).unwrap();
-    let client = OpenFheScheme::keygen(&p, &KeyRequest { rotations: BTreeSet::new(), bootstrap: true }).unwrap();
+    let client =
+        OpenFheScheme::keygen(&p, &KeyRequest { rotations: BTreeSet::new(), bootstrap: true, ..Default::default() })
+            .unwrap();
     let server = OpenFheScheme::server(&client.evaluation_keys().unwrap()).unwrap();
     let x = random(caps.slots - 3, 9);
     let mut a = server
@@ -111,7 +113,9 @@ fn bootstrap_with_a_wider_range_keeps_values_and_scale() {
         ..OpenFheParams::insecure_for_tests(12, 3)
     };
     let caps = OpenFheScheme::capabilities(&p).unwrap();
-    let client = OpenFheScheme::keygen(&p, &KeyRequest { rotations: BTreeSet::new(), bootstrap: true }).unwrap();
+    let client =
+        OpenFheScheme::keygen(&p, &KeyRequest { rotations: BTreeSet::new(), bootstrap: true, ..Default::default() })
+            .unwrap();
     let server = OpenFheScheme::server(&client.evaluation_keys().unwrap()).unwrap();
     let x: Vec<f64> = random(caps.slots - 5, 11).iter().map(|v| v * 7.5).collect();
     let a = server.drop_to_level(&client.encrypt_values(&x).unwrap(), 0).unwrap();
@@ -249,7 +253,9 @@ fn a_server_in_a_fresh_process_bootstraps_from_the_key_file() {
         ..OpenFheParams::insecure_for_tests(12, 3)
     };
     let caps = OpenFheScheme::capabilities(&p).unwrap();
-    let client = OpenFheScheme::keygen(&p, &KeyRequest { rotations: BTreeSet::new(), bootstrap: true }).unwrap();
+    let client =
+        OpenFheScheme::keygen(&p, &KeyRequest { rotations: BTreeSet::new(), bootstrap: true, ..Default::default() })
+            .unwrap();
     let dir = std::env::temp_dir().join(format!("peregrine-fresh-server-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut f = std::fs::File::create(dir.join("evaluation.keys")).unwrap();

@@ -57,8 +57,12 @@ impl Observer for Progress {
             ));
         }
     }
-    fn step(&mut self, _: usize, e: &StepEvent) {
+    fn step(&mut self, image: usize, e: &StepEvent) {
         self.bar.set_message(format!("{} {}/{}", e.name, e.done, e.total));
+        // In a log (no terminal), one line per step shows where a long encrypted run is.
+        if self.bar.is_hidden() && !self.quiet {
+            eprintln!("[{}] image {} step {}/{} {}", self.backend, image + 1, e.done, e.total, e.name);
+        }
     }
     fn image_done(&mut self, r: &ImageReport, total: usize) {
         self.bar.inc(1);

@@ -40,8 +40,8 @@ pub struct TargetArgs {
     /// Model file (polynomial activations for CKKS backends).
     #[arg(long)]
     pub model: PathBuf,
-    /// Backend name (`clear`, `tfhe`, or a plugin's name).
-    #[arg(long, default_value = "clear")]
+    /// Backend name (`ckks`, `clear`, `tfhe`, or a plugin's name).
+    #[arg(long, default_value = "ckks")]
     pub backend: String,
     /// Backend parameters as JSON (e.g. '{"levels": 90}' for clear).
     #[arg(long, default_value = "")]

@@ -365,3 +365,41 @@ fn tfhe_plans_runs_as_separate_processes_and_compares_with_clear() {
     // The 4-bit toy model need not agree with the float reference, but must with its simulation.
     assert!(table.contains("tfhe: top-1 equal to its quantised simulation 1/1"), "{table}");
 }
+
+/// Small insecure `ckks` parameters for tests (the runtime sizes the levels to the model).
+const CKKS_PARAMS: &str = r#"{"log_ring_dimension": 13, "insecure_test_only": true}"#;
+
+#[test]
+fn ckks_is_the_default_and_runs_a_separate_process_session_and_compare() {
+    let model = small_model("ckks");
+    // `plan` without --backend plans for ckks, sized to the model's depth.
+    let plan = json(bin().args(["plan", "--json", "--params", CKKS_PARAMS, "--model"]).arg(&model).output().unwrap());
+    assert_eq!(plan["backend"], "ckks", "{plan}");
+    assert_eq!(plan["capabilities"]["max_level"], plan["cost"]["levels_consumed"], "levels sized to the model: {plan}");
+    // Client and server as separate processes, the secret key hidden from `infer`.
+    let (_, d) = session("ckks-session", "ckks", CKKS_PARAMS, &model, 2);
+    assert_eq!(d["agree"], 2, "{d}");
+    // Beside `clear` in one table.
+    let out = bin()
+        .args(["compare", "--backends", "clear,ckks", "--params", &format!("clear={PARAMS}")])
+        .args(["--params", &format!("ckks={CKKS_PARAMS}"), "--limit", "1", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(shared("data/cifar10/test_batch.bin.gz"))
+        .output()
+        .unwrap();
+    let table = ok(out);
+    assert!(table.lines().any(|l| l.starts_with("ckks ") && l.contains("1/1")), "ckks must agree: {table}");
+    // Insecure parameters are refused unless asked for, by name.
+    let bad = bin()
+        .args(["plan", "--backend", "ckks", "--params", r#"{"log_ring_dimension": 13}"#, "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("insecure parameters"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -12,7 +12,7 @@
 //! checks the CKKS rules (equal levels for binary operations, equal scales for additions, a
 //! rotation key for every rotation) and reports a [`BackendError`] instead of panicking.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -78,12 +78,16 @@ pub struct KeyRequest {
     pub rotations: BTreeSet<i64>,
     /// Whether to generate bootstrapping keys.
     pub bootstrap: bool,
+    /// The highest level each rotation key must serve (steps not listed: every level). A
+    /// backend may generate smaller keys for low levels; others ignore it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rotation_levels: BTreeMap<i64, usize>,
 }
 
 impl KeyRequest {
     /// A request for the given rotation steps, without bootstrapping.
     pub fn rotations(steps: impl IntoIterator<Item = i64>) -> Self {
-        KeyRequest { rotations: steps.into_iter().collect(), bootstrap: false }
+        KeyRequest { rotations: steps.into_iter().collect(), bootstrap: false, rotation_levels: BTreeMap::new() }
     }
 }
 
@@ -321,6 +325,12 @@ pub trait Scheme {
         let bytes = std::fs::read(path)
             .map_err(|e| BackendError::io(format!("reading evaluation keys {}", path.display()), &e))?;
         Self::server(&bytes)
+    }
+    /// Parameters like `params` but sized for a leveled computation of `levels` levels (the
+    /// backend picks scale, ring and key switching to stay secure), or `None` if the backend
+    /// does not size its parameters itself (the default).
+    fn sized_for_levels(_params: &Self::Params, _levels: usize) -> Option<Self::Params> {
+        None
     }
     /// Rebuilds a client from [`Client::save_secret`] (e.g. in the process that decrypts).
     fn load_client(_secret: &[u8]) -> BResult<Self::Client> {

@@ -217,6 +217,16 @@ pub fn receive<C: Client>(
     client.decrypt_values(&client.deserialize_ciphertext(&server.serialize_ciphertext(ct)?)?)
 }
 
+/// The shared library of crate `stem` built by cargo beside the running test binary (for
+/// plugin tests: `built_library("backend_clear")` is `target/…/libbackend_clear.so`).
+pub fn built_library(stem: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let deps = exe.parent().expect("the test binary is in a directory");
+    let name = format!("{}{stem}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    let found = [Some(deps), deps.parent()].into_iter().flatten().map(|d| d.join(&name)).find(|p| p.exists());
+    found.unwrap_or_else(|| panic!("{name} was not built next to {}", exe.display()))
+}
+
 /// Deterministic values in [−1, 1) (a 64-bit mixing sequence), `n` of them.
 pub fn values(n: usize, seed: u64) -> Vec<f64> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5851_f42d_4c95_7f2d;
@@ -475,7 +485,7 @@ fn rules<S: Scheme>(s: &Setup<S>, _: f64) -> Result<Outcome, String> {
         ("eval_poly with a NaN coefficient", unit(srv.eval_poly(&a, &[0.0, f64::NAN])), any, "an error"),
     ];
     if !s.caps.can_bootstrap {
-        let request = KeyRequest { rotations: BTreeSet::new(), bootstrap: true };
+        let request = KeyRequest { rotations: BTreeSet::new(), bootstrap: true, ..Default::default() };
         let keygen = unit(S::keygen(&s.params, &request));
         rules.push(("requesting bootstrapping keys from parameters without bootstrapping", keygen, any, "an error"));
     }
@@ -625,8 +635,9 @@ fn bootstrapping<S: Scheme>(s: &Setup<S>, need: f64) -> Result<Outcome, String> 
     let (Some(level), Some(range)) = (s.caps.bootstrap_level, s.caps.bootstrap_range) else {
         return Err("can_bootstrap without bootstrap_level and bootstrap_range".into());
     };
-    let client = S::keygen(&s.params, &KeyRequest { rotations: BTreeSet::new(), bootstrap: true })
-        .map_err(e("keygen with bootstrapping"))?;
+    let client =
+        S::keygen(&s.params, &KeyRequest { rotations: BTreeSet::new(), bootstrap: true, ..Default::default() })
+            .map_err(e("keygen with bootstrapping"))?;
     let server = S::server(&client.evaluation_keys().map_err(e("evaluation keys"))?).map_err(e("server"))?;
     let x: Vec<f64> = values(37, 61).iter().map(|v| v * range).collect();
     let ct = server

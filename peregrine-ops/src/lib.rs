@@ -19,7 +19,7 @@ pub mod plan;
 
 pub use compile::{compile, Program, Step, StepKind, TensorId, TensorInfo};
 pub use exec::{decrypt_output, encrypt_input, execute, StepTiming};
-pub use plan::{plan, with_key_budget, Cost, Plan};
+pub use plan::{plan, required_levels, with_key_budget, Cost, Plan};
 
 /// Errors of compilation, planning and execution.
 #[derive(Debug, thiserror::Error)]

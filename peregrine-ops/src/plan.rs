@@ -72,6 +72,8 @@ pub struct Plan {
     pub rotation_paths: BTreeMap<i64, Vec<i64>>,
     /// How often each rotation step is used in one inference.
     pub rotation_uses: BTreeMap<i64, usize>,
+    /// The highest level at which each rotation key is used (keys can be generated for it).
+    pub rotation_levels: BTreeMap<i64, usize>,
     /// Totals.
     pub cost: Cost,
     /// Capabilities planned for.
@@ -81,7 +83,13 @@ pub struct Plan {
 impl Plan {
     /// The key request for the client.
     pub fn key_request(&self) -> KeyRequest {
-        KeyRequest { rotations: self.rotation_keys.clone(), bootstrap: self.cost.bootstraps > 0 }
+        let rotation_levels = if self.cost.bootstraps == 0 {
+            self.rotation_keys.iter().filter_map(|k| Some((*k, *self.rotation_levels.get(k)?))).collect()
+        } else {
+            // Bootstrapping uses keys at levels of its own: every key at the top.
+            BTreeMap::new()
+        };
+        KeyRequest { rotations: self.rotation_keys.clone(), bootstrap: self.cost.bootstraps > 0, rotation_levels }
     }
 }
 
@@ -123,6 +131,12 @@ pub fn ceil_log2(d: usize) -> usize {
     } else {
         (usize::BITS - (d - 1).leading_zeros()) as usize
     }
+}
+
+/// Levels a program consumes from input to output without bootstrapping (what a leveled
+/// backend's parameters must provide).
+pub fn required_levels(program: &Program) -> usize {
+    depth(program)[program.output]
 }
 
 /// Depth of the program with unlimited levels.
@@ -348,7 +362,7 @@ fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<Tensor
         }
     }
     program.steps = steps_out;
-    let (steps, cost, uses) = account(&program, &levels, caps);
+    let (steps, cost, uses, rotation_levels) = account(&program, &levels, caps);
     Ok(Plan {
         program,
         levels,
@@ -356,29 +370,39 @@ fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<Tensor
         rotation_keys: uses.keys().copied().collect(),
         rotation_paths: BTreeMap::new(),
         rotation_uses: uses,
+        rotation_levels,
         cost,
         capabilities: caps.clone(),
     })
 }
 
-fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> (Vec<StepPlan>, Cost, BTreeMap<i64, usize>) {
+type Accounting = (Vec<StepPlan>, Cost, BTreeMap<i64, usize>, BTreeMap<i64, usize>);
+
+fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> Accounting {
     let mut cost = Cost::default();
     let mut uses: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut at_level: BTreeMap<i64, usize> = BTreeMap::new();
     let mut records = Vec::new();
     for s in &program.steps {
         let out = &program.tensors[s.output];
         let (mut rot, mut ptm) = (0, 0);
         let inputs = s.inputs();
         let lin = levels[inputs[0]].saturating_sub(levels[s.output]);
+        let level_in = levels[inputs[0]];
+        let mut used = |step: i64, n: usize| {
+            *uses.entry(step).or_default() += n;
+            let l = at_level.entry(step).or_default();
+            *l = (*l).max(level_in);
+        };
         match &s.kind {
             StepKind::Linear { plan, .. } => {
                 rot = plan.rotation_count();
                 ptm = plan.plaintext_mults();
                 for b in plan.babies.values().flatten() {
-                    *uses.entry(*b).or_default() += 1;
+                    used(*b, 1);
                 }
                 for g in plan.outputs.iter().flat_map(|o| o.giants.iter()).filter(|g| g.step != 0) {
-                    *uses.entry(g.step).or_default() += 1;
+                    used(g.step, 1);
                 }
                 if plan.consumes_level() {
                     cost.rescales += plan.outputs.iter().filter(|o| !o.giants.is_empty()).count();
@@ -412,7 +436,7 @@ fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> (Vec<Ste
                 let (n, k) = reduce_rotations(groups.len(), passes, program.slots);
                 rot = n;
                 for step in k {
-                    *uses.entry(step).or_default() += groups.len();
+                    used(step, groups.len());
                 }
             }
         }
@@ -459,7 +483,7 @@ fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> (Vec<Ste
     let alpha = l1.div_ceil(dnum);
     let per_key = 2 * dnum * caps.ring_dimension as u64 * (l1 + alpha) * 8;
     cost.key_bytes_estimate = per_key * (uses.len() as u64 + 1);
-    (records, cost, uses)
+    (records, cost, uses, at_level)
 }
 
 /// Bytes of one key-switching key for these capabilities (hybrid key switching, dnum 3).
@@ -536,6 +560,16 @@ pub fn with_key_budget(mut plan: Plan, max_keys: usize) -> Result<Plan, OpsError
         .chain(paths.values().flatten().copied())
         .collect();
     plan.rotation_keys = keys.intersection(&used).copied().collect();
+    // A key on a path serves the levels of every rotation composed through it.
+    let mut levels = plan.rotation_levels.clone();
+    for (step, path) in &paths {
+        let l = plan.rotation_levels.get(step).copied().unwrap_or(plan.capabilities.max_level);
+        for k in path {
+            let e = levels.entry(*k).or_default();
+            *e = (*e).max(l);
+        }
+    }
+    plan.rotation_levels = levels;
     plan.rotation_paths = paths;
     plan.cost.rotations += extra_switches;
     plan.cost.key_switches += extra_switches;

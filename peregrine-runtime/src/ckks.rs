@@ -8,7 +8,7 @@ use std::sync::Arc;
 use peregrine_backend::plugin::{Plugin, PluginClient, PluginServer};
 use peregrine_backend::{BResult, Backend, Capabilities, Client, KeyRequest, Scheme};
 use peregrine_model::Model;
-use peregrine_ops::{compile, decrypt_output, encrypt_input, execute, plan, with_key_budget, Plan};
+use peregrine_ops::{compile, decrypt_output, encrypt_input, execute, plan, required_levels, with_key_budget, Plan};
 use serde_json::json;
 
 use crate::engine::*;
@@ -35,6 +35,10 @@ pub trait Family: Send + Sync + 'static {
     fn server(&self, keys: &[u8]) -> BResult<Self::Server>;
     /// A server from an evaluation-key file.
     fn server_from_file(&self, path: &Path) -> BResult<Self::Server>;
+    /// `params` resized for a leveled run of `levels` levels, if the family can do that.
+    fn params_for_levels(&self, _params: &str, _levels: usize) -> Option<String> {
+        None
+    }
 }
 
 /// The ciphertext type of a family's server.
@@ -95,6 +99,10 @@ where
     fn server_from_file(&self, path: &Path) -> BResult<S::Server> {
         S::server_from_file(path)
     }
+    fn params_for_levels(&self, params: &str, levels: usize) -> Option<String> {
+        let sized = S::sized_for_levels(&self.params(params).ok()?, levels)?;
+        serde_json::to_string(&sized).ok()
+    }
 }
 
 impl Family for Arc<Plugin> {
@@ -148,18 +156,25 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
         if let Some(a) = options.activation.filter(|a| *a != "poly") {
             return Err(RuntimeError::ActivationMode(a.to_string()));
         }
-        let caps = self.0.capabilities(params)?;
-        let p = plan(compile(model, caps.slots)?, &caps)?;
+        let mut params = params.to_string();
+        let mut caps = self.0.capabilities(&params)?;
+        let mut program = compile(model, caps.slots)?;
+        // A leveled backend that sizes its own parameters gets exactly the levels the model
+        // needs, unless the user fixed them.
+        let needed = required_levels(&program);
+        if !caps.can_bootstrap && needed != caps.max_level && !mentions_levels(&params) {
+            if let Some(sized) = self.0.params_for_levels(&params, needed) {
+                params = sized;
+                caps = self.0.capabilities(&params)?;
+                program = compile(model, caps.slots)?;
+            }
+        }
+        let p = plan(program, &caps)?;
         let p = match options.max_rotation_keys {
             Some(k) => with_key_budget(p, k)?,
             None => p,
         };
-        Ok(Box::new(CkksModel {
-            family: self.0.clone(),
-            params: params.to_string(),
-            plan: Arc::new(p),
-            model: model.graph().name.clone(),
-        }))
+        Ok(Box::new(CkksModel { family: self.0.clone(), params, plan: Arc::new(p), model: model.graph().name.clone() }))
     }
 }
 
@@ -204,7 +219,7 @@ impl<F: Family> CompiledModel for CkksModel<F> {
         ));
         PlanReport {
             json: json!({"model": self.model, "backend": self.backend(), "capabilities": p.capabilities, "cost": p.cost,
-                         "rotation_keys": p.rotation_keys, "steps": p.steps}),
+                         "rotation_keys": p.rotation_keys, "rotation_levels": p.rotation_levels, "steps": p.steps}),
             headline: format!("{} on {} ({})", self.model, self.backend(), p.capabilities.summary()),
             lines,
         }
@@ -312,4 +327,9 @@ impl<F: Family> DynServer for CkksServer<F> {
         let cts: Vec<Ct<F>> = parts.iter().map(|b| self.server.deserialize_ciphertext(b)).collect::<BResult<_>>()?;
         Ok(Encrypted::new(cts))
     }
+}
+
+/// Whether a JSON parameter string sets `levels` itself.
+fn mentions_levels(params: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(params).ok().is_some_and(|v| v.get("levels").is_some())
 }

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use backend_ckks::CkksScheme;
 use backend_clear::ClearScheme;
 use peregrine_backend::plugin::discover;
 use peregrine_backend::Capabilities;
@@ -18,6 +19,7 @@ use crate::error::{Result, RuntimeError};
 /// The backends linked into this program.
 pub fn builtin() -> Vec<Arc<dyn RuntimeBackend>> {
     vec![
+        Arc::new(CkksBackend::new(Builtin::<CkksScheme>::new())),
         Arc::new(CkksBackend::new(Builtin::<ClearScheme>::new())),
         #[cfg(feature = "tfhe")]
         Arc::new(crate::tfhe::TfheBackend),

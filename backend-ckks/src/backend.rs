@@ -1,0 +1,481 @@
+//! The `ckks` backend behind Peregrine's [`Scheme`] / [`Client`] / [`Backend`] interface.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rand::Rng;
+use rayon::prelude::*;
+
+use peregrine_backend::{
+    meta_accessors, rotation_key, BResult, Backend, BackendError, Capabilities, Client, CtMeta, HasMeta, KeyRequest,
+    Scheme,
+};
+
+use crate::context::{gaussian, os_rng, os_seed, Context};
+use crate::eval::{Ciphertext, Plaintext};
+use crate::keys::{galois_element, galois_inverse, EvaluationKeys, RotationKey, SecretKey, SwitchKey};
+use crate::params::CkksParams;
+use crate::serial;
+
+/// Tunes glibc's allocator for CKKS workloads: buffers of tens of MiB are allocated and freed
+/// for every operation; by default glibc maps and unmaps each (a page fault per 4 KiB on
+/// every use). Raising the mmap and trim thresholds keeps them in the heap. Called once when
+/// the first context is built; harmless elsewhere (a no-op off glibc).
+pub fn tune_allocator() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only changes allocator thresholds; it is safe to call at any time.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+            libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+        }
+    });
+}
+
+/// The shared context of `params`, built once per process and parameter set.
+pub fn context(params: &CkksParams) -> BResult<Arc<Context>> {
+    tune_allocator();
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Context>>>> = OnceLock::new();
+    let key = serde_json::to_string(params).expect("parameters serialise");
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(c.clone());
+    }
+    let ctx = Arc::new(Context::new(params)?);
+    if ctx.chain.security_bits.is_none() {
+        eprintln!(
+            "WARNING: ckks parameters N = 2^{}, log2(Q·P) = {:.0} are NOT 128-bit secure (insecure_test_only): use them for tests only",
+            params.log_ring_dimension, ctx.chain.log_qp
+        );
+    }
+    cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, ctx.clone());
+    Ok(ctx)
+}
+
+/// What these parameters offer.
+pub fn capabilities_of(ctx: &Context) -> Capabilities {
+    let n = ctx.n() as f64;
+    // Fresh-encryption noise in the canonical embedding (heuristic): 3.2·√(N(1 + 4N/3)).
+    let noise = 3.2 * (n * (1.0 + 4.0 * n / 3.0)).sqrt();
+    Capabilities {
+        backend: CkksScheme::NAME.into(),
+        ring_dimension: ctx.n(),
+        slots: ctx.chain.slots,
+        max_level: ctx.max_level(),
+        log_scale: ctx.params.log_scale as f64,
+        log_moduli: ctx.chain.q.iter().map(|&q| (q as f64).log2()).collect(),
+        can_bootstrap: false,
+        bootstrap_level: None,
+        bootstrap_range: None,
+        precision_bits: (ctx.params.log_scale as f64 - noise.log2()).max(0.0),
+        security_bits: ctx.chain.security_bits,
+    }
+}
+
+/// `ckks`: the scheme.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CkksScheme;
+
+/// The client: secret key, public key, and the evaluation keys it generated.
+pub struct CkksClient {
+    ctx: Arc<Context>,
+    sk: SecretKey,
+    pk: (Vec<u64>, Vec<u64>),
+    key_id: u64,
+    keys: Option<Arc<EvaluationKeys>>,
+    caps: Capabilities,
+}
+
+/// The server: evaluation keys only.
+pub struct CkksServer {
+    ctx: Arc<Context>,
+    keys: Arc<EvaluationKeys>,
+    steps: BTreeSet<i64>,
+    caps: Capabilities,
+}
+
+impl std::fmt::Debug for CkksServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CkksServer({:?}, {} rotation keys)", self.ctx, self.keys.rotations.len())
+    }
+}
+
+fn public_key(ctx: &Context, sk: &SecretKey, rng: &mut impl Rng) -> (Vec<u64>, Vec<u64>) {
+    let n = ctx.n();
+    let basis: Vec<usize> = (0..=ctx.max_level()).collect();
+    let a = ctx.uniform(&os_seed(), 0, &basis);
+    let mut b = ctx.lift(&gaussian(rng, n), &basis);
+    b.par_chunks_mut(n).enumerate().for_each(|(i, limb)| {
+        let m = ctx.q(i);
+        let s = sk.limb(n, i);
+        for c in 0..n {
+            limb[c] = m.sub(limb[c], m.mul(a[i * n + c], s[c]));
+        }
+    });
+    (b, a)
+}
+
+impl CkksClient {
+    /// Generates a secret key and the evaluation keys `request` asks for (a relinearisation key
+    /// always; a rotation key per requested step; `conjugation` adds X → X^-1).
+    pub fn generate(ctx: Arc<Context>, request: &KeyRequest, conjugation: bool) -> BResult<Self> {
+        if request.bootstrap {
+            return Err(BackendError::BootstrapUnsupported);
+        }
+        let mut rng = os_rng();
+        let sk = SecretKey::generate(&ctx, &mut rng);
+        let key_id: u64 = rng.gen();
+        let seed = os_seed();
+        let top = ctx.max_level();
+        let n = ctx.n();
+        let two_n = 2 * n as u64;
+        // s² for relinearisation.
+        let mut s2 = vec![0u64; sk.ntt.len()];
+        s2.par_chunks_mut(n).enumerate().for_each(|(i, o)| {
+            ctx.ring.mul_acc(o, sk.limb(n, i), sk.limb(n, i), i);
+        });
+        let relin = Some(SwitchKey::generate(&ctx, &sk.ntt, &s2, top, seed, 0, &mut rng));
+        let slots = ctx.chain.slots;
+        // Each rotation key serves the levels the plan uses it at (smaller keys at low levels).
+        let mut steps: BTreeMap<i64, usize> = BTreeMap::new();
+        for &s in &request.rotations {
+            let norm = s.rem_euclid(slots as i64);
+            if norm == 0 {
+                continue;
+            }
+            let level = request.rotation_levels.get(&s).or(request.rotation_levels.get(&norm)).copied().unwrap_or(top);
+            let e = steps.entry(norm).or_default();
+            *e = (*e).max(level.min(top));
+        }
+        let rotation = |galois: u64, stream: u64, level: usize, rng: &mut rand_chacha::ChaCha20Rng| {
+            // The key switches s to σ_g⁻¹(s), so that σ_g is applied after the key switch.
+            let target = ctx.ring.automorphism_ntt(&sk.ntt, galois_inverse(galois, two_n));
+            RotationKey { galois, key: SwitchKey::generate(&ctx, &target, &sk.ntt, level, seed, stream, rng) }
+        };
+        let mut rotations = BTreeMap::new();
+        for (k, (&step, &level)) in steps.iter().enumerate() {
+            let g = galois_element(step, slots, two_n);
+            rotations.insert(step, rotation(g, 2 + k as u64, level, &mut rng));
+        }
+        let conjugation = conjugation.then(|| rotation(two_n - 1, 1, top, &mut rng));
+        let keys = EvaluationKeys { key_id, relin, rotations, conjugation };
+        let pk = public_key(&ctx, &sk, &mut rng);
+        let caps = capabilities_of(&ctx);
+        Ok(CkksClient { ctx, sk, pk, key_id, keys: Some(Arc::new(keys)), caps })
+    }
+
+    /// The parameter context.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// The generated evaluation keys (None for a client loaded from a saved secret).
+    pub fn keys(&self) -> Option<&Arc<EvaluationKeys>> {
+        self.keys.as_ref()
+    }
+
+    /// Public-key encryption (anyone holding the public key can encrypt for this client).
+    pub fn encrypt_public(&self, pt: &Plaintext) -> BResult<Ciphertext> {
+        let (c0, c1) = self.ctx.encrypt_pk(&self.pk, &pt.poly, pt.meta.level, &mut os_rng());
+        Ok(Ciphertext { c0, c1, meta: pt.meta, key_id: self.key_id, seed: None })
+    }
+
+    fn check(&self, op: &'static str, ct: &Ciphertext) -> BResult<()> {
+        if ct.key_id != self.key_id {
+            return Err(BackendError::WrongKey { op });
+        }
+        Ok(())
+    }
+}
+
+fn encode(ctx: &Context, caps: &Capabilities, values: &[f64], level: usize, scale: f64) -> BResult<Plaintext> {
+    let meta = CtMeta::encode(values, level, scale, caps)?;
+    Ok(Plaintext { poly: ctx.encode(values, level, scale)?, meta })
+}
+
+impl Client for CkksClient {
+    type Backend = CkksServer;
+    fn capabilities(&self) -> Capabilities {
+        self.caps.clone()
+    }
+    fn encode(&self, values: &[f64], level: usize, scale: f64) -> BResult<Plaintext> {
+        encode(&self.ctx, &self.caps, values, level, scale)
+    }
+    fn encrypt(&self, pt: &Plaintext) -> BResult<Ciphertext> {
+        let (c0, c1, seed) = self.ctx.encrypt_sk(&self.sk, &pt.poly, pt.meta.level, &mut os_rng());
+        Ok(Ciphertext { c0, c1, meta: pt.meta, key_id: self.key_id, seed: Some(seed) })
+    }
+    fn decrypt(&self, ct: &Ciphertext) -> BResult<Plaintext> {
+        self.check("decrypt", ct)?;
+        Ok(Plaintext { poly: self.ctx.decrypt(&self.sk, &ct.c0, &ct.c1), meta: ct.meta })
+    }
+    fn decode(&self, pt: &Plaintext) -> BResult<Vec<f64>> {
+        Ok(self.ctx.decode(&pt.poly, pt.meta.level, pt.meta.scale))
+    }
+    fn evaluation_keys(&self) -> BResult<Vec<u8>> {
+        let mut out = Vec::new();
+        self.write_evaluation_keys(&mut out)?;
+        Ok(out)
+    }
+    fn write_evaluation_keys(&self, out: &mut dyn std::io::Write) -> BResult<()> {
+        let keys = self.keys.as_ref().ok_or(BackendError::Unsupported {
+            backend: "ckks".into(),
+            what: "give evaluation keys from a client loaded from its secret (they stay with the server)",
+        })?;
+        serial::write_keys(&self.ctx, keys, out).map_err(|e| BackendError::io("writing evaluation keys", &e))
+    }
+    fn serialize_ciphertext(&self, ct: &Ciphertext) -> BResult<Vec<u8>> {
+        Ok(serial::write_ciphertext(&self.ctx, ct))
+    }
+    fn deserialize_ciphertext(&self, bytes: &[u8]) -> BResult<Ciphertext> {
+        serial::read_ciphertext(&self.ctx, bytes)
+    }
+    fn save_secret(&self) -> BResult<Vec<u8>> {
+        Ok(serial::write_secret(&self.ctx, self.key_id, &self.sk))
+    }
+    fn local_server(&self) -> BResult<Option<CkksServer>> {
+        Ok(self.keys.as_ref().map(|keys| CkksServer::new(self.ctx.clone(), keys.clone())))
+    }
+}
+
+impl CkksServer {
+    /// A server for `keys` under `ctx`.
+    pub fn new(ctx: Arc<Context>, keys: Arc<EvaluationKeys>) -> Self {
+        let steps = keys.rotations.keys().copied().collect();
+        let caps = capabilities_of(&ctx);
+        CkksServer { ctx, keys, steps, caps }
+    }
+
+    /// The parameter context.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// The evaluation keys.
+    pub fn keys(&self) -> &EvaluationKeys {
+        &self.keys
+    }
+
+    fn check(&self, op: &'static str, ct: &Ciphertext) -> BResult<()> {
+        if ct.key_id != self.keys.key_id {
+            return Err(BackendError::WrongKey { op });
+        }
+        Ok(())
+    }
+
+    /// The key of normalised step `s` (present), if it serves `level`.
+    fn rotation(&self, s: i64, level: usize) -> BResult<&RotationKey> {
+        let rk = self.keys.rotations.get(&s).ok_or(BackendError::MissingRotationKey(s))?;
+        if level > rk.key.max_level {
+            return Err(BackendError::OutOfRange {
+                op: "rotate",
+                detail: format!(
+                    "the rotation key for step {s} was generated for levels up to {}, the ciphertext is at level {level}",
+                    rk.key.max_level
+                ),
+            });
+        }
+        Ok(rk)
+    }
+
+    fn make(&self, (c0, c1): (Vec<u64>, Vec<u64>), meta: CtMeta) -> Ciphertext {
+        Ciphertext { c0, c1, meta, key_id: self.keys.key_id, seed: None }
+    }
+
+    /// Complex conjugation of the slots (needs the conjugation key).
+    pub fn conjugate(&self, a: &Ciphertext) -> BResult<Ciphertext> {
+        self.check("conjugate", a)?;
+        let rk = self
+            .keys
+            .conjugation
+            .as_ref()
+            .ok_or(BackendError::Unsupported { backend: "ckks".into(), what: "conjugate without a conjugation key" })?;
+        let l = a.level();
+        let u = self.ctx.key_switch(&a.c1, &rk.key, l);
+        Ok(self.make(self.ctx.finish_rotation(&a.c0, u, rk.galois), a.meta))
+    }
+}
+
+impl Backend for CkksServer {
+    type Ciphertext = Ciphertext;
+    type Plaintext = Plaintext;
+    meta_accessors!();
+
+    fn capabilities(&self) -> Capabilities {
+        self.caps.clone()
+    }
+    fn rotation_steps(&self) -> BTreeSet<i64> {
+        self.steps.clone()
+    }
+    fn modulus(&self, level: usize) -> f64 {
+        self.ctx.chain.q.get(level).map_or(f64::NAN, |&q| q as f64)
+    }
+    fn encode(&self, values: &[f64], level: usize, scale: f64) -> BResult<Plaintext> {
+        encode(&self.ctx, &self.caps, values, level, scale)
+    }
+    fn add(&self, a: &Ciphertext, b: &Ciphertext) -> BResult<Ciphertext> {
+        self.check("add", a)?;
+        self.check("add", b)?;
+        let meta = a.meta.add("add", b.meta)?;
+        Ok(self.make(self.ctx.add(a, b), meta))
+    }
+    fn sub(&self, a: &Ciphertext, b: &Ciphertext) -> BResult<Ciphertext> {
+        self.check("sub", a)?;
+        self.check("sub", b)?;
+        let meta = a.meta.add("sub", b.meta)?;
+        Ok(self.make(self.ctx.sub(a, b), meta))
+    }
+    fn negate(&self, a: &Ciphertext) -> BResult<Ciphertext> {
+        self.check("negate", a)?;
+        Ok(self.make(self.ctx.negate(a), a.meta))
+    }
+    fn add_plain(&self, a: &Ciphertext, p: &Plaintext) -> BResult<Ciphertext> {
+        self.check("add_plain", a)?;
+        let meta = a.meta.add("add_plain", p.meta())?;
+        Ok(self.make((self.ctx.add_plain(a, &p.poly, false), a.c1.clone()), meta))
+    }
+    fn sub_plain(&self, a: &Ciphertext, p: &Plaintext) -> BResult<Ciphertext> {
+        self.check("sub_plain", a)?;
+        let meta = a.meta.add("sub_plain", p.meta())?;
+        Ok(self.make((self.ctx.add_plain(a, &p.poly, true), a.c1.clone()), meta))
+    }
+    fn mul_plain(&self, a: &Ciphertext, p: &Plaintext) -> BResult<Ciphertext> {
+        self.check("mul_plain", a)?;
+        let meta = a.meta.mul("mul_plain", p.meta())?;
+        Ok(self.make(self.ctx.mul_plain(a, &p.poly), meta))
+    }
+    fn add_scalar(&self, a: &Ciphertext, c: f64) -> BResult<Ciphertext> {
+        self.check("add_scalar", a)?;
+        let meta = a.meta.add_scalar(c)?;
+        let k = self.ctx.constant("add_scalar", c, a.meta.scale, a.level())?;
+        Ok(self.make((self.ctx.add_const(a, k), a.c1.clone()), meta))
+    }
+    fn mul_scalar(&self, a: &Ciphertext, c: f64, scale: f64) -> BResult<Ciphertext> {
+        self.check("mul_scalar", a)?;
+        let meta = a.meta.mul_scalar(c, scale)?;
+        let k = self.ctx.constant("mul_scalar", c, scale, a.level())?;
+        Ok(self.make(self.ctx.mul_const(a, k), meta))
+    }
+    fn mul_integer(&self, a: &Ciphertext, k: i64) -> BResult<Ciphertext> {
+        self.check("mul_integer", a)?;
+        Ok(self.make(self.ctx.mul_const(a, k as i128), a.meta))
+    }
+    fn mul(&self, a: &Ciphertext, b: &Ciphertext) -> BResult<Ciphertext> {
+        self.check("mul", a)?;
+        self.check("mul", b)?;
+        let meta = a.meta.mul("mul", b.meta)?;
+        let key = self.keys.relin.as_ref().ok_or(BackendError::Unsupported {
+            backend: "ckks".into(),
+            what: "multiply ciphertexts without a relinearisation key",
+        })?;
+        let d = self.ctx.tensor(a, b);
+        Ok(self.make(self.ctx.relinearise(d, key, a.level()), meta))
+    }
+    fn rescale(&self, a: &Ciphertext) -> BResult<Ciphertext> {
+        self.check("rescale", a)?;
+        let l = a.level();
+        let meta = a.meta.rescale(self.modulus(l))?;
+        let (c0, c1) = rayon::join(|| self.ctx.rescale_poly(&a.c0, l), || self.ctx.rescale_poly(&a.c1, l));
+        Ok(self.make((c0, c1), meta))
+    }
+    fn drop_to_level(&self, a: &Ciphertext, level: usize) -> BResult<Ciphertext> {
+        self.check("drop_to_level", a)?;
+        let meta = a.meta.drop_to(level)?;
+        Ok(self.make((self.ctx.drop_poly(&a.c0, level), self.ctx.drop_poly(&a.c1, level)), meta))
+    }
+    fn rotate(&self, a: &Ciphertext, step: i64) -> BResult<Ciphertext> {
+        self.check("rotate", a)?;
+        let s = rotation_key(step, self.caps.slots, &self.steps)?;
+        if s == 0 {
+            return Ok(a.clone());
+        }
+        let rk = self.rotation(s, a.level())?;
+        let l = a.level();
+        let u = self.ctx.key_switch(&a.c1, &rk.key, l);
+        Ok(self.make(self.ctx.finish_rotation(&a.c0, u, rk.galois), a.meta))
+    }
+    fn rotate_many(&self, a: &Ciphertext, steps: &[i64]) -> BResult<Vec<Ciphertext>> {
+        self.check("rotate_many", a)?;
+        let norm: Vec<i64> =
+            steps.iter().map(|&s| rotation_key(s, self.caps.slots, &self.steps)).collect::<BResult<_>>()?;
+        if norm.iter().filter(|&&s| s != 0).count() <= 1 {
+            return steps.iter().map(|&s| self.rotate(a, s)).collect();
+        }
+        // Hoisting: one decomposition of c1 serves every rotation.
+        let l = a.level();
+        let digits = self.ctx.mod_up(&a.c1, l);
+        norm.iter()
+            .map(|&s| {
+                if s == 0 {
+                    return Ok(a.clone());
+                }
+                let rk = self.rotation(s, l)?;
+                let u = self.ctx.switch_decomposed(&digits, &rk.key, l);
+                Ok(self.make(self.ctx.finish_rotation(&a.c0, u, rk.galois), a.meta))
+            })
+            .collect()
+    }
+    fn serialize_ciphertext(&self, ct: &Ciphertext) -> BResult<Vec<u8>> {
+        Ok(serial::write_ciphertext(&self.ctx, ct))
+    }
+    fn deserialize_ciphertext(&self, bytes: &[u8]) -> BResult<Ciphertext> {
+        let ct = serial::read_ciphertext(&self.ctx, bytes)?;
+        self.check("deserialize_ciphertext", &ct)?;
+        Ok(ct)
+    }
+}
+
+impl Scheme for CkksScheme {
+    const NAME: &'static str = "ckks";
+    const DESCRIPTION: &'static str =
+        "Peregrine's own pure-Rust RNS-CKKS (tfhe-ntt NTTs, hybrid key switching, hoisted rotations)";
+    type Params = CkksParams;
+    type Client = CkksClient;
+    type Server = CkksServer;
+
+    fn capabilities(params: &CkksParams) -> BResult<Capabilities> {
+        let ctx = context(params)?;
+        Ok(capabilities_of(&ctx))
+    }
+    fn keygen(params: &CkksParams, request: &KeyRequest) -> BResult<CkksClient> {
+        CkksClient::generate(context(params)?, request, false)
+    }
+    fn server(evaluation_keys: &[u8]) -> BResult<CkksServer> {
+        let (ctx, keys) = serial::read_keys(evaluation_keys)?;
+        Ok(CkksServer::new(ctx, Arc::new(keys)))
+    }
+    fn server_from_file(path: &std::path::Path) -> BResult<CkksServer> {
+        let what = || format!("reading evaluation keys {}", path.display());
+        let file = std::fs::File::open(path).map_err(|e| BackendError::io(what(), &e))?;
+        // SAFETY: the mapping is read-only and only read while this function runs; the file is
+        // not modified by this process (a concurrent writer would only corrupt the bytes,
+        // which the checksum then refuses).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| BackendError::io(what(), &e))?;
+        Self::server(&map[..])
+    }
+    fn sized_for_levels(params: &CkksParams, levels: usize) -> Option<CkksParams> {
+        // Keep the ring and the largest scale that stays 128-bit secure with few key-switching
+        // digits (at most about one per five primes: key switching cost grows with them);
+        // grow the ring only when no scale down to 2^30 fits.
+        let digit_budget = |primes: usize| (primes / 5).max(3);
+        for log_n in params.log_ring_dimension..=17 {
+            for log_scale in (30..=params.log_scale).rev() {
+                let p = CkksParams { log_ring_dimension: log_n, levels: levels.max(1), log_scale, ..params.clone() };
+                if let Ok(chain) = p.chain() {
+                    if params.digits > 0 || chain.digits <= digit_budget(levels + 1) {
+                        return Some(p);
+                    }
+                }
+            }
+        }
+        None
+    }
+    fn load_client(secret: &[u8]) -> BResult<CkksClient> {
+        let (ctx, key_id, sk) = serial::read_secret(secret)?;
+        let pk = public_key(&ctx, &sk, &mut os_rng());
+        let caps = capabilities_of(&ctx);
+        Ok(CkksClient { ctx, sk, pk, key_id, keys: None, caps })
+    }
+}

@@ -1,0 +1,495 @@
+//! Homomorphic operations on RNS ciphertexts (NTT domain throughout): encoding, encryption,
+//! decryption, additions, products, rescaling, hybrid key switching, rotations (hoisted).
+//!
+//! These functions do the arithmetic only; the level/scale rules are checked by the
+//! [`Backend`](peregrine_backend::Backend) implementation around them.
+
+use rayon::prelude::*;
+
+use peregrine_backend::{BResult, BackendError, CtMeta};
+
+use crate::context::{gaussian, ternary, Context};
+use crate::keys::{SecretKey, SwitchKey};
+
+/// A ciphertext (c0, c1) at some level: limbs q_0 … q_level of N residues each, NTT domain.
+#[derive(Clone)]
+pub struct Ciphertext {
+    /// c0 limbs.
+    pub c0: Vec<u64>,
+    /// c1 limbs.
+    pub c1: Vec<u64>,
+    /// Level and scale.
+    pub meta: CtMeta,
+    /// Key generation this ciphertext belongs to.
+    pub key_id: u64,
+    /// Seed of c1 for a fresh ciphertext (c1 is then uniform from the seed and need not be sent).
+    pub seed: Option<[u8; 32]>,
+}
+
+/// An encoded message at some level: limbs q_0 … q_level, NTT domain.
+#[derive(Clone)]
+pub struct Plaintext {
+    /// Limbs.
+    pub poly: Vec<u64>,
+    /// Level and scale.
+    pub meta: CtMeta,
+}
+
+peregrine_backend::has_meta!(Ciphertext, Plaintext);
+
+impl std::fmt::Debug for Ciphertext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Ciphertext(level {}, scale 2^{:.2}, key {:016x})",
+            self.meta.level,
+            self.meta.scale.log2(),
+            self.key_id
+        )
+    }
+}
+
+impl std::fmt::Debug for Plaintext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Plaintext(level {}, scale 2^{:.2})", self.meta.level, self.meta.scale.log2())
+    }
+}
+
+impl Ciphertext {
+    /// Its level.
+    pub fn level(&self) -> usize {
+        self.meta.level
+    }
+}
+
+/// `a += b` limb-wise.
+fn add_into(ctx: &Context, a: &mut [u64], b: &[u64]) {
+    let n = ctx.n();
+    a.par_chunks_mut(n).zip(b.par_chunks(n)).enumerate().for_each(|(i, (x, y))| {
+        let m = ctx.q(i);
+        for (u, &v) in x.iter_mut().zip(y) {
+            *u = m.add(*u, v);
+        }
+    });
+}
+
+/// `a −= b` limb-wise.
+fn sub_into(ctx: &Context, a: &mut [u64], b: &[u64]) {
+    let n = ctx.n();
+    a.par_chunks_mut(n).zip(b.par_chunks(n)).enumerate().for_each(|(i, (x, y))| {
+        let m = ctx.q(i);
+        for (u, &v) in x.iter_mut().zip(y) {
+            *u = m.sub(*u, v);
+        }
+    });
+}
+
+/// `a ⊙ b` limb-wise (NTT domain).
+fn mul_poly(ctx: &Context, a: &[u64], b: &[u64]) -> Vec<u64> {
+    let n = ctx.n();
+    let mut out = vec![0u64; a.len()];
+    out.par_chunks_mut(n)
+        .zip(a.par_chunks(n).zip(b.par_chunks(n)))
+        .enumerate()
+        .for_each(|(i, (o, (x, y)))| ctx.ring.mul_acc(o, x, y, i));
+    out
+}
+
+/// `out += a ⊙ b` limb-wise (NTT domain).
+fn mul_acc_poly(ctx: &Context, out: &mut [u64], a: &[u64], b: &[u64]) {
+    let n = ctx.n();
+    out.par_chunks_mut(n)
+        .zip(a.par_chunks(n).zip(b.par_chunks(n)))
+        .enumerate()
+        .for_each(|(i, (o, (x, y)))| ctx.ring.mul_acc(o, x, y, i));
+}
+
+/// Multiplies every limb by the residues of a signed 128-bit constant.
+fn mul_const(ctx: &Context, a: &mut [u64], k: i128) {
+    let n = ctx.n();
+    a.par_chunks_mut(n).enumerate().for_each(|(i, x)| {
+        let m = ctx.q(i);
+        let w = m.from_i128(k);
+        let ws = m.shoup(w);
+        for u in x.iter_mut() {
+            *u = m.mul_shoup(*u, w, ws);
+        }
+    });
+}
+
+/// Rounds `x` to a signed 128-bit integer, or reports an overflow.
+fn round_i128(op: &'static str, x: f64, level: usize, log_q: f64) -> BResult<i128> {
+    let r = x.round();
+    if !(r.abs() < 2f64.powi(126)) || r.abs().log2() >= log_q - 1.0 {
+        return Err(BackendError::Overflow { op, log_magnitude: r.abs().log2(), log_half_modulus: log_q - 1.0, level });
+    }
+    Ok(r as i128)
+}
+
+impl Context {
+    /// log2 of Q_level.
+    pub fn log_q(&self, level: usize) -> f64 {
+        self.chain.q[..=level].iter().map(|&q| (q as f64).log2()).sum()
+    }
+
+    /// Encodes `values` (≤ slots) at `level` and `scale`.
+    pub fn encode(&self, values: &[f64], level: usize, scale: f64) -> BResult<Vec<u64>> {
+        let n = self.n();
+        let coeffs = self.encoder.encode_coeffs(values, scale);
+        let gap = self.encoder.gap;
+        let max = coeffs.iter().fold(0.0f64, |m, c| m.max(c.abs()));
+        let log_q = self.log_q(level);
+        round_i128("encode", max, level, log_q)?;
+        let mut out = vec![0u64; (level + 1) * n];
+        if max < 2f64.powi(62) {
+            let ints: Vec<i64> = coeffs.iter().map(|c| c.round() as i64).collect();
+            out.par_chunks_mut(n).enumerate().for_each(|(i, limb)| {
+                let m = self.q(i);
+                for (k, &c) in ints.iter().enumerate() {
+                    limb[k * gap] = m.from_i64(c);
+                }
+                self.ring.ntt(limb, i);
+            });
+        } else {
+            let ints: Vec<i128> = coeffs.iter().map(|c| c.round() as i128).collect();
+            out.par_chunks_mut(n).enumerate().for_each(|(i, limb)| {
+                let m = self.q(i);
+                for (k, &c) in ints.iter().enumerate() {
+                    limb[k * gap] = m.from_i128(c);
+                }
+                self.ring.ntt(limb, i);
+            });
+        }
+        Ok(out)
+    }
+
+    /// Decodes an NTT-domain message at `level` and `scale` into the slot values.
+    pub fn decode(&self, poly: &[u64], level: usize, scale: f64) -> Vec<f64> {
+        let n = self.n();
+        // The message is a small integer: the fewest primes whose product exceeds 2^64·Δ
+        // (values up to 2^63 in magnitude) determine it exactly.
+        let need = scale.log2() + 64.0;
+        let mut t = 0;
+        let mut bits = 0.0;
+        while t <= level && bits < need {
+            bits += (self.chain.q[t] as f64).log2();
+            t += 1;
+        }
+        let mut limbs: Vec<Vec<u64>> = poly[..t * n].chunks(n).map(<[u64]>::to_vec).collect();
+        limbs.par_iter_mut().enumerate().for_each(|(i, l)| self.ring.intt(l, i));
+        let gap = self.encoder.gap;
+        let ms: Vec<_> = (0..t).map(|i| *self.q(i)).collect();
+        // Garner with centred mixed-radix digits: exact and free of cancellation.
+        // prod_inv[k] = (q_0 ⋯ q_{k−1})^{-1} mod q_k.
+        let prod_inv: Vec<u64> = (0..t)
+            .map(|k| {
+                let m = &ms[k];
+                m.inv((0..k).fold(1u64, |a, j| m.mul(a, ms[j].q % m.q)))
+            })
+            .collect();
+        let coeffs: Vec<f64> = (0..2 * self.encoder.slots)
+            .into_par_iter()
+            .map(|k| {
+                let c = k * gap;
+                let mut digits = [0i64; 64];
+                for (idx, m) in ms.iter().enumerate() {
+                    // v_idx = (x_idx − Σ_{j<idx} v_j Π_{l<j} q_l) / Π_{l<idx} q_l mod q_idx, centred.
+                    let mut acc = limbs[idx][c];
+                    let mut prod = 1u64;
+                    for j in 0..idx {
+                        acc = m.sub(acc, m.mul(m.from_i64(digits[j]), prod));
+                        prod = m.mul(prod, ms[j].q % m.q);
+                    }
+                    digits[idx] = m.centre(m.mul(acc, prod_inv[idx]));
+                }
+                let mut x = 0.0f64;
+                for idx in (0..t).rev() {
+                    x = x * ms[idx].q as f64 + digits[idx] as f64;
+                }
+                x / scale
+            })
+            .collect();
+        self.encoder.decode_coeffs(&coeffs)
+    }
+
+    /// Secret-key encryption of an encoded message at `level`; c1 is expanded from a fresh seed.
+    pub fn encrypt_sk(
+        &self,
+        sk: &SecretKey,
+        pt: &[u64],
+        level: usize,
+        rng: &mut impl rand::Rng,
+    ) -> (Vec<u64>, Vec<u64>, [u8; 32]) {
+        let n = self.n();
+        let seed: [u8; 32] = rng.gen();
+        let basis: Vec<usize> = (0..=level).collect();
+        let a = self.uniform(&seed, 0, &basis);
+        let e = gaussian(rng, n);
+        let mut c0 = self.lift(&e, &basis);
+        c0.par_chunks_mut(n).enumerate().for_each(|(i, limb)| {
+            let m = self.q(i);
+            let s = sk.limb(n, i);
+            let al = &a[i * n..(i + 1) * n];
+            let p = &pt[i * n..(i + 1) * n];
+            for c in 0..n {
+                limb[c] = m.add(m.sub(limb[c], m.mul(al[c], s[c])), p[c]);
+            }
+        });
+        (c0, a, seed)
+    }
+
+    /// Public-key encryption with `pk = (−a·s + e, a)` at the top level.
+    pub fn encrypt_pk(
+        &self,
+        pk: &(Vec<u64>, Vec<u64>),
+        pt: &[u64],
+        level: usize,
+        rng: &mut impl rand::Rng,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let n = self.n();
+        let basis: Vec<usize> = (0..=level).collect();
+        let v = self.lift(&ternary(rng, n, 0), &basis);
+        let mut c0 = self.lift(&gaussian(rng, n), &basis);
+        let mut c1 = self.lift(&gaussian(rng, n), &basis);
+        let len = (level + 1) * n;
+        mul_acc_poly(self, &mut c0, &v, &pk.0[..len]);
+        mul_acc_poly(self, &mut c1, &v, &pk.1[..len]);
+        add_into(self, &mut c0, pt);
+        (c0, c1)
+    }
+
+    /// c0 + c1·s.
+    pub fn decrypt(&self, sk: &SecretKey, c0: &[u64], c1: &[u64]) -> Vec<u64> {
+        let mut m = c0.to_vec();
+        mul_acc_poly(self, &mut m, c1, &sk.ntt[..c1.len()]);
+        m
+    }
+
+    /// a + b.
+    pub fn add(&self, a: &Ciphertext, b: &Ciphertext) -> (Vec<u64>, Vec<u64>) {
+        let (mut c0, mut c1) = (a.c0.clone(), a.c1.clone());
+        add_into(self, &mut c0, &b.c0);
+        add_into(self, &mut c1, &b.c1);
+        (c0, c1)
+    }
+
+    /// a − b.
+    pub fn sub(&self, a: &Ciphertext, b: &Ciphertext) -> (Vec<u64>, Vec<u64>) {
+        let (mut c0, mut c1) = (a.c0.clone(), a.c1.clone());
+        sub_into(self, &mut c0, &b.c0);
+        sub_into(self, &mut c1, &b.c1);
+        (c0, c1)
+    }
+
+    /// −a.
+    pub fn negate(&self, a: &Ciphertext) -> (Vec<u64>, Vec<u64>) {
+        let neg = |p: &[u64]| {
+            let mut out = vec![0u64; p.len()];
+            sub_into(self, &mut out, p);
+            out
+        };
+        (neg(&a.c0), neg(&a.c1))
+    }
+
+    /// a + p (or a − p).
+    pub fn add_plain(&self, a: &Ciphertext, p: &[u64], subtract: bool) -> Vec<u64> {
+        let mut c0 = a.c0.clone();
+        if subtract {
+            sub_into(self, &mut c0, p);
+        } else {
+            add_into(self, &mut c0, p);
+        }
+        c0
+    }
+
+    /// a ⊙ p.
+    pub fn mul_plain(&self, a: &Ciphertext, p: &[u64]) -> (Vec<u64>, Vec<u64>) {
+        (mul_poly(self, &a.c0, p), mul_poly(self, &a.c1, p))
+    }
+
+    /// a + k for an integer k (added to every slot).
+    pub fn add_const(&self, a: &Ciphertext, k: i128) -> Vec<u64> {
+        let n = self.n();
+        let mut c0 = a.c0.clone();
+        c0.par_chunks_mut(n).enumerate().for_each(|(i, x)| {
+            let m = self.q(i);
+            let w = m.from_i128(k);
+            for u in x.iter_mut() {
+                *u = m.add(*u, w);
+            }
+        });
+        c0
+    }
+
+    /// a · k for an integer k.
+    pub fn mul_const(&self, a: &Ciphertext, k: i128) -> (Vec<u64>, Vec<u64>) {
+        let (mut c0, mut c1) = (a.c0.clone(), a.c1.clone());
+        mul_const(self, &mut c0, k);
+        mul_const(self, &mut c1, k);
+        (c0, c1)
+    }
+
+    /// Rounds `c · scale` to an integer constant for `op`, refusing what would overflow.
+    pub fn constant(&self, op: &'static str, c: f64, scale: f64, level: usize) -> BResult<i128> {
+        round_i128(op, c * scale, level, self.log_q(level))
+    }
+
+    /// Divides one polynomial at `level` by q_level (rounding), giving `level − 1`.
+    pub fn rescale_poly(&self, p: &[u64], level: usize) -> Vec<u64> {
+        let n = self.n();
+        let mut last = p[level * n..(level + 1) * n].to_vec();
+        self.ring.intt(&mut last, level);
+        let ql = *self.q(level);
+        let mut out = p[..level * n].to_vec();
+        out.par_chunks_mut(n).enumerate().for_each(|(i, limb)| {
+            let m = self.q(i);
+            // Centred residues of q_ℓ's limb modulo q_i: x or x − q_ℓ, reduced branch-free.
+            let one = m.shoup(1);
+            let ql_mod = m.reduce(ql.q);
+            let half = ql.q / 2;
+            let mut t: Vec<u64> = last
+                .iter()
+                .map(|&x| {
+                    let r = m.reduce_shoup(x, one);
+                    if x > half {
+                        m.sub(r, ql_mod)
+                    } else {
+                        r
+                    }
+                })
+                .collect();
+            self.ring.ntt(&mut t, i);
+            let (w, ws) = self.rescale_inv[level][i];
+            for (u, &v) in limb.iter_mut().zip(&t) {
+                *u = m.mul_shoup(m.sub(*u, v), w, ws);
+            }
+        });
+        out
+    }
+
+    /// Keeps limbs q_0 … q_level.
+    pub fn drop_poly(&self, p: &[u64], level: usize) -> Vec<u64> {
+        p[..(level + 1) * self.n()].to_vec()
+    }
+
+    /// The key-switching decomposition of `d` (NTT domain at `level`): for each digit, d's
+    /// residues on the digit's primes extended to q_0 … q_level and P, NTT domain.
+    pub fn mod_up(&self, d: &[u64], level: usize) -> Vec<Vec<u64>> {
+        let n = self.n();
+        let nq = level + 1;
+        let k = self.chain.p.len();
+        let basis = self.ext_basis(level);
+        let mut coeff = d.to_vec();
+        let qb: Vec<usize> = (0..nq).collect();
+        self.ring.intt_all(&mut coeff, &qb);
+        self.digits_at(level)
+            .iter()
+            .map(|group| {
+                let lo = group[0];
+                let hi = group[group.len() - 1] + 1;
+                let to: Vec<usize> = basis.iter().copied().filter(|i| !group.contains(i)).collect();
+                // Centred, exact extension: the digit is d mod Q_j in (−Q_j/2, Q_j/2], the
+                // smallest it can be, which keeps the key-switching noise d·e/P small.
+                let mut conv = self.ring.base_convert_centred(&coeff[lo * n..hi * n], group, &to);
+                self.ring.ntt_all(&mut conv, &to);
+                let mut out = vec![0u64; (nq + k) * n];
+                let mut next = 0;
+                for (pos, &i) in basis.iter().enumerate() {
+                    let dst = &mut out[pos * n..(pos + 1) * n];
+                    if group.contains(&i) {
+                        dst.copy_from_slice(&d[i * n..(i + 1) * n]);
+                    } else {
+                        dst.copy_from_slice(&conv[next * n..(next + 1) * n]);
+                        next += 1;
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// Σ_j digit_j ⊙ key_j over q_0 … q_level and P (both parts of the key).
+    pub fn key_inner(&self, digits: &[Vec<u64>], key: &SwitchKey, level: usize) -> (Vec<u64>, Vec<u64>) {
+        let n = self.n();
+        let basis = self.ext_basis(level);
+        let mut acc0 = vec![0u64; basis.len() * n];
+        let mut acc1 = vec![0u64; basis.len() * n];
+        acc0.par_chunks_mut(n).zip(acc1.par_chunks_mut(n)).zip(basis.par_iter()).enumerate().for_each(
+            |(pos, ((a0, a1), &i))| {
+                let kp = key.position(self, i);
+                for (j, digit) in digits.iter().enumerate() {
+                    let d = &digit[pos * n..(pos + 1) * n];
+                    self.ring.mul_acc(a0, d, &key.b[j][kp * n..(kp + 1) * n], i);
+                    self.ring.mul_acc(a1, d, &key.a[j][kp * n..(kp + 1) * n], i);
+                }
+            },
+        );
+        (acc0, acc1)
+    }
+
+    /// Divides a polynomial over q_0 … q_level and P by P (rounding), leaving q_0 … q_level.
+    pub fn mod_down(&self, acc: &[u64], level: usize) -> Vec<u64> {
+        let n = self.n();
+        let nq = level + 1;
+        let special: Vec<usize> = self.ring.special().collect();
+        let mut p_part = acc[nq * n..].to_vec();
+        self.ring.intt_all(&mut p_part, &special);
+        let qb: Vec<usize> = (0..nq).collect();
+        // Exact, centred conversion: the division by P then rounds to nearest (no bias of up
+        // to k per coefficient, which s would multiply).
+        let mut conv = self.ring.base_convert_centred(&p_part, &special, &qb);
+        self.ring.ntt_all(&mut conv, &qb);
+        let mut out = acc[..nq * n].to_vec();
+        out.par_chunks_mut(n).zip(conv.par_chunks(n)).enumerate().for_each(|(i, (o, c))| {
+            let m = self.q(i);
+            let (w, ws) = self.p_inv[i];
+            for (u, &v) in o.iter_mut().zip(c) {
+                *u = m.mul_shoup(m.sub(*u, v), w, ws);
+            }
+        });
+        out
+    }
+
+    /// Key-switches `d` with `key`: (u0, u1) with u0 + u1·s ≈ d·s_in.
+    pub fn key_switch(&self, d: &[u64], key: &SwitchKey, level: usize) -> (Vec<u64>, Vec<u64>) {
+        let digits = self.mod_up(d, level);
+        self.switch_decomposed(&digits, key, level)
+    }
+
+    /// Key-switches an already decomposed polynomial (see [`Context::mod_up`]).
+    pub fn switch_decomposed(&self, digits: &[Vec<u64>], key: &SwitchKey, level: usize) -> (Vec<u64>, Vec<u64>) {
+        let (a0, a1) = self.key_inner(digits, key, level);
+        let (u0, u1) = rayon::join(|| self.mod_down(&a0, level), || self.mod_down(&a1, level));
+        (u0, u1)
+    }
+
+    /// The tensor product (d0, d1, d2) of two ciphertexts at the same level.
+    pub fn tensor(&self, a: &Ciphertext, b: &Ciphertext) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
+        let d0 = mul_poly(self, &a.c0, &b.c0);
+        let mut d1 = mul_poly(self, &a.c0, &b.c1);
+        mul_acc_poly(self, &mut d1, &a.c1, &b.c0);
+        let d2 = mul_poly(self, &a.c1, &b.c1);
+        (d0, d1, d2)
+    }
+
+    /// Relinearises (d0, d1, d2) into a two-part ciphertext.
+    pub fn relinearise(
+        &self,
+        d: (Vec<u64>, Vec<u64>, Vec<u64>),
+        key: &SwitchKey,
+        level: usize,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let (mut d0, mut d1, d2) = d;
+        let (u0, u1) = self.key_switch(&d2, key, level);
+        add_into(self, &mut d0, &u0);
+        add_into(self, &mut d1, &u1);
+        (d0, d1)
+    }
+
+    /// Applies X → X^g after switching with a rotation key: `(σ(c0 + u0), σ(u1))`.
+    pub fn finish_rotation(&self, c0: &[u64], u: (Vec<u64>, Vec<u64>), g: u64) -> (Vec<u64>, Vec<u64>) {
+        let (mut u0, u1) = u;
+        add_into(self, &mut u0, c0);
+        rayon::join(|| self.ring.automorphism_ntt(&u0, g), || self.ring.automorphism_ntt(&u1, g))
+    }
+}

@@ -1,0 +1,352 @@
+//! The RNS polynomial ring Z_Q[X]/(X^N + 1): limbs modulo word-sized primes, negacyclic NTTs
+//! (by `tfhe-ntt`), automorphisms X → X^g in the NTT domain, and exact-enough base conversion.
+//!
+//! A polynomial is a flat `Vec<u64>` of limbs of N residues each; which primes the limbs belong
+//! to is given by a *basis*, a list of indices into [`Ring::moduli`] (the ciphertext primes
+//! q_0 … q_L first, then the special primes p_0 … p_{k−1}).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+use tfhe_ntt::prime64::Plan;
+
+use crate::arith::Modulus;
+
+/// The ring: dimension, primes, NTT plans and cached automorphism tables.
+pub struct Ring {
+    /// Ring dimension N (a power of two).
+    pub n: usize,
+    /// log2 N.
+    pub log_n: u32,
+    /// Every prime: q_0 … q_L, then p_0 … p_{k−1}.
+    pub moduli: Vec<Modulus>,
+    /// Number of ciphertext primes (L + 1).
+    pub q_count: usize,
+    plans: Vec<Plan>,
+    /// Exponent e_j (odd, mod 2N) of the root at NTT position j, relative to position 0's root.
+    exponents: Vec<u32>,
+    /// Position of the root with exponent e (for odd e).
+    positions: Vec<u32>,
+    perms: Mutex<HashMap<u64, Arc<Vec<u32>>>>,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ring(N={}, {} primes)", self.n, self.moduli.len())
+    }
+}
+
+/// Failure to build a ring from the given primes.
+#[derive(Debug, thiserror::Error)]
+#[error("no negacyclic NTT of size {n} exists modulo {prime}")]
+pub struct RingError {
+    n: usize,
+    prime: u64,
+}
+
+impl Ring {
+    /// The ring of dimension 2^log_n over `q` (ciphertext primes) and `p` (special primes).
+    pub fn new(log_n: u32, q: &[u64], p: &[u64]) -> Result<Self, RingError> {
+        let n = 1usize << log_n;
+        let all: Vec<u64> = q.iter().chain(p).copied().collect();
+        let plans = all
+            .iter()
+            .map(|&prime| Plan::try_new(n, prime).ok_or(RingError { n, prime }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let moduli: Vec<Modulus> = all.iter().map(|&x| Modulus::new(x)).collect();
+        let (exponents, positions) = root_exponents(&plans[0], &moduli[0], n);
+        Ok(Ring { n, log_n, moduli, q_count: q.len(), plans, exponents, positions, perms: Mutex::new(HashMap::new()) })
+    }
+
+    /// Indices of the special primes.
+    pub fn special(&self) -> std::ops::Range<usize> {
+        self.q_count..self.moduli.len()
+    }
+
+    /// Indices q_0 … q_level.
+    pub fn q_basis(&self, level: usize) -> Vec<usize> {
+        (0..=level).collect()
+    }
+
+    /// Forward NTT of one limb modulo prime `i`.
+    #[inline]
+    pub fn ntt(&self, limb: &mut [u64], i: usize) {
+        self.plans[i].fwd(limb);
+    }
+
+    /// Inverse NTT of one limb modulo prime `i` (normalised).
+    #[inline]
+    pub fn intt(&self, limb: &mut [u64], i: usize) {
+        self.plans[i].inv(limb);
+        self.plans[i].normalize(limb);
+    }
+
+    /// Forward NTT of every limb of `poly` (limbs in `basis`), in parallel.
+    pub fn ntt_all(&self, poly: &mut [u64], basis: &[usize]) {
+        poly.par_chunks_mut(self.n).zip(basis.par_iter()).for_each(|(l, &i)| self.ntt(l, i));
+    }
+
+    /// Inverse NTT of every limb of `poly` (limbs in `basis`), in parallel.
+    pub fn intt_all(&self, poly: &mut [u64], basis: &[usize]) {
+        poly.par_chunks_mut(self.n).zip(basis.par_iter()).for_each(|(l, &i)| self.intt(l, i));
+    }
+
+    /// `acc += a · b` limb-wise (NTT domain) modulo prime `i`.
+    #[inline]
+    pub fn mul_acc(&self, acc: &mut [u64], a: &[u64], b: &[u64], i: usize) {
+        self.plans[i].mul_accumulate(acc, a, b);
+    }
+
+    /// The NTT-domain permutation of the automorphism X → X^g (g odd): `out[j] = in[perm[j]]`.
+    pub fn galois_perm(&self, g: u64) -> Arc<Vec<u32>> {
+        let two_n = 2 * self.n as u64;
+        let g = g % two_n;
+        let mut cache = self.perms.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry(g)
+            .or_insert_with(|| {
+                Arc::new(self.exponents.iter().map(|&e| self.positions[((e as u64 * g) % two_n) as usize]).collect())
+            })
+            .clone()
+    }
+
+    /// Applies X → X^g to every limb of an NTT-domain polynomial.
+    pub fn automorphism_ntt(&self, src: &[u64], g: u64) -> Vec<u64> {
+        let perm = self.galois_perm(g);
+        let mut out = vec![0u64; src.len()];
+        out.par_chunks_mut(self.n).zip(src.par_chunks(self.n)).for_each(|(o, s)| {
+            for (x, &p) in o.iter_mut().zip(perm.iter()) {
+                *x = s[p as usize];
+            }
+        });
+        out
+    }
+
+    /// Fast base conversion of coefficient-domain limbs `src` (basis `from`) into the primes
+    /// `to`: y = Σ_i [x_i · (Q/q_i)^{-1}]_{q_i} · (Q/q_i) mod t, which equals x + u·Q for a small
+    /// u ∈ [0, |from|). Returns limbs in the order of `to`.
+    pub fn base_convert(&self, src: &[u64], from: &[usize], to: &[usize]) -> Vec<u64> {
+        self.convert(src, from, to, false)
+    }
+
+    /// Exact conversion of the *centred* value x ∈ (−Q/2, Q/2] of coefficient-domain limbs
+    /// `src` (basis `from`) into the primes `to`: the multiple u·Q of [`Ring::base_convert`] is
+    /// removed with u = round(Σ_i [x_i · (Q/q_i)^{-1}]_{q_i} / q_i), computed in floating point
+    /// (off by one only within 2^-40 of the boundary, which then costs an error of ±Q).
+    pub fn base_convert_centred(&self, src: &[u64], from: &[usize], to: &[usize]) -> Vec<u64> {
+        self.convert(src, from, to, true)
+    }
+
+    fn convert(&self, src: &[u64], from: &[usize], to: &[usize], centred: bool) -> Vec<u64> {
+        let n = self.n;
+        let k = from.len();
+        // (Q/q_i)^{-1} mod q_i with Shoup companions.
+        let inv_hat: Vec<(u64, u64)> = from
+            .iter()
+            .enumerate()
+            .map(|(a, &i)| {
+                let m = &self.moduli[i];
+                let hat = from
+                    .iter()
+                    .enumerate()
+                    .filter(|(b, _)| *b != a)
+                    .fold(1u64, |acc, (_, &j)| m.mul(acc, self.moduli[j].q % m.q));
+                let inv = m.inv(hat);
+                (inv, m.shoup(inv))
+            })
+            .collect();
+        // Scaled inputs [x_i · inv_hat_i]_{q_i}.
+        let mut scaled = vec![0u64; k * n];
+        scaled.par_chunks_mut(n).enumerate().for_each(|(a, out)| {
+            let m = &self.moduli[from[a]];
+            let (w, ws) = inv_hat[a];
+            for (o, &x) in out.iter_mut().zip(&src[a * n..(a + 1) * n]) {
+                *o = m.mul_shoup(x, w, ws);
+            }
+        });
+        // The multiple of Q to subtract: round(Σ_i scaled_i / q_i).
+        let overflow: Vec<u64> = if centred {
+            let inv_q: Vec<f64> = from.iter().map(|&i| 1.0 / self.moduli[i].q as f64).collect();
+            let mut sum = vec![0.0f64; n];
+            for (a, w) in inv_q.iter().enumerate() {
+                for (s, &y) in sum.iter_mut().zip(&scaled[a * n..(a + 1) * n]) {
+                    *s += y as f64 * w;
+                }
+            }
+            sum.into_iter().map(|s| s.round() as u64).collect()
+        } else {
+            Vec::new()
+        };
+        let mut out = vec![0u64; to.len() * n];
+        out.par_chunks_mut(n).enumerate().for_each(|(t, limb)| {
+            let m = &self.moduli[to[t]];
+            // Q mod t, to subtract the overflow multiples.
+            let q_mod = from.iter().fold(1u64, |acc, &j| m.mul(acc, self.moduli[j].q % m.q));
+            let hats: Vec<u64> = (0..k)
+                .map(|a| {
+                    from.iter()
+                        .enumerate()
+                        .filter(|(b, _)| *b != a)
+                        .fold(1u64, |acc, (_, &j)| m.mul(acc, self.moduli[j].q % m.q))
+                })
+                .collect();
+            // Lazy accumulation in 128 bits: k products of < 2^62 each stay below 2^128 for k ≤ 16;
+            // longer sums are reduced every 16 terms.
+            const CHUNK: usize = 1024;
+            let mut acc = vec![0u128; CHUNK];
+            for start in (0..n).step_by(CHUNK) {
+                let end = (start + CHUNK).min(n);
+                let acc = &mut acc[..end - start];
+                acc.iter_mut().for_each(|a| *a = 0);
+                for (a, &h) in hats.iter().enumerate() {
+                    let row = &scaled[a * n + start..a * n + end];
+                    for (s, &x) in acc.iter_mut().zip(row) {
+                        *s += x as u128 * h as u128;
+                    }
+                    if a % 16 == 15 {
+                        for s in acc.iter_mut() {
+                            *s = m.reduce_u128(*s) as u128;
+                        }
+                    }
+                }
+                if centred {
+                    for ((o, &s), &u) in limb[start..end].iter_mut().zip(acc.iter()).zip(&overflow[start..end]) {
+                        *o = m.sub(m.reduce_u128(s), m.mul(u, q_mod));
+                    }
+                } else {
+                    for (o, &s) in limb[start..end].iter_mut().zip(acc.iter()) {
+                        *o = m.reduce_u128(s);
+                    }
+                }
+            }
+        });
+        out
+    }
+}
+
+/// The exponent of each NTT position's root relative to the root at position 0, and the
+/// inverse map (exponent → position), read off the transform of the monomial X.
+fn root_exponents(plan: &Plan, m: &Modulus, n: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut x = vec![0u64; n];
+    x[1] = 1;
+    plan.fwd(&mut x);
+    let g0 = x[0];
+    let two_n = 2 * n;
+    let mut log = HashMap::with_capacity(two_n);
+    let mut p = 1u64;
+    for e in 0..two_n {
+        log.insert(p, e as u32);
+        p = m.mul(p, g0);
+    }
+    let exponents: Vec<u32> = x.iter().map(|v| *log.get(v).expect("NTT points are 2N-th roots of unity")).collect();
+    let mut positions = vec![u32::MAX; two_n];
+    for (j, &e) in exponents.iter().enumerate() {
+        positions[e as usize] = j as u32;
+    }
+    (exponents, positions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arith::ntt_primes;
+    use rand::{Rng, SeedableRng};
+
+    fn negacyclic_mul(a: &[u64], b: &[u64], m: &Modulus) -> Vec<u64> {
+        let n = a.len();
+        let mut out = vec![0u64; n];
+        for i in 0..n {
+            for j in 0..n {
+                let p = m.mul(a[i], b[j]);
+                if i + j < n {
+                    out[i + j] = m.add(out[i + j], p);
+                } else {
+                    out[i + j - n] = m.sub(out[i + j - n], p);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn ntt_multiplies_and_automorphisms_permute_on_every_prime() {
+        let log_n = 6;
+        let n = 1 << log_n;
+        let mut q = ntt_primes(60, 1, 2 * n as u64, &[]);
+        q.extend(ntt_primes(40, 2, 2 * n as u64, &q));
+        q.extend(ntt_primes(36, 1, 2 * n as u64, &q));
+        let p = ntt_primes(49, 2, 2 * n as u64, &q);
+        let ring = Ring::new(log_n, &q, &p).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for i in 0..ring.moduli.len() {
+            let m = ring.moduli[i];
+            let a: Vec<u64> = (0..n).map(|_| rng.gen_range(0..m.q)).collect();
+            let b: Vec<u64> = (0..n).map(|_| rng.gen_range(0..m.q)).collect();
+            let want = negacyclic_mul(&a, &b, &m);
+            let (mut fa, mut fb) = (a.clone(), b.clone());
+            ring.ntt(&mut fa, i);
+            ring.ntt(&mut fb, i);
+            let mut acc = vec![0u64; n];
+            ring.mul_acc(&mut acc, &fa, &fb, i);
+            ring.intt(&mut acc, i);
+            assert_eq!(acc, want, "prime {i}");
+            // X → X^g on coefficients versus the NTT permutation.
+            for g in [5u64, 25, 2 * n as u64 - 1, 125 % (2 * n as u64)] {
+                let mut want = vec![0u64; n];
+                for (k, &c) in a.iter().enumerate() {
+                    let e = (k as u64 * g) % (2 * n as u64);
+                    if (e as usize) < n {
+                        want[e as usize] = m.add(want[e as usize], c);
+                    } else {
+                        want[e as usize - n] = m.sub(want[e as usize - n], c);
+                    }
+                }
+                let mut got = ring.automorphism_ntt(&fa, g);
+                ring.intt(&mut got, i);
+                assert_eq!(got, want, "prime {i}, g = {g}");
+            }
+        }
+    }
+
+    #[test]
+    fn base_conversion_is_exact_up_to_multiples_of_the_source_modulus() {
+        let log_n = 5;
+        let n = 1 << log_n;
+        let q = ntt_primes(40, 4, 2 * n as u64, &[]);
+        let p = ntt_primes(49, 3, 2 * n as u64, &q);
+        let ring = Ring::new(log_n, &q, &p).unwrap();
+        // x = small signed integers; residues mod q_0..q_3.
+        let xs: Vec<i64> = (0..n as i64).map(|i| (i * 7919 - 100_000) * 1_000_003).collect();
+        let from = [0usize, 1, 2, 3];
+        let mut src = Vec::new();
+        for &i in &from {
+            src.extend(xs.iter().map(|&x| ring.moduli[i].from_i64(x)));
+        }
+        let to = [4usize, 5, 6];
+        let out = ring.base_convert(&src, &from, &to);
+        for (t, &i) in to.iter().enumerate() {
+            let m = ring.moduli[i];
+            let q_mod: u64 = q.iter().fold(1, |acc, &x| m.mul(acc, x % m.q));
+            for (c, &x) in xs.iter().enumerate() {
+                let got = out[t * n + c];
+                let base = m.from_i64(x);
+                // got = x + u·Q for some 0 ≤ u < 4 (x taken in [0, Q)).
+                let x_pos = if x < 0 { m.add(base, 0) } else { base };
+                let ok = (0..=4u64).any(|u| {
+                    let off = m.mul(u % m.q, q_mod);
+                    m.add(x_pos, off) == got
+                });
+                assert!(ok, "limb {t} coefficient {c}");
+            }
+        }
+        // The centred conversion is exact.
+        let exact = ring.base_convert_centred(&src, &from, &to);
+        for (t, &i) in to.iter().enumerate() {
+            let m = ring.moduli[i];
+            for (c, &x) in xs.iter().enumerate() {
+                assert_eq!(exact[t * n + c], m.from_i64(x), "limb {t} coefficient {c}");
+            }
+        }
+    }
+}
