@@ -15,90 +15,11 @@ use common::keys;
 use ndarray::{ArrayD, IxDyn};
 use peregrine_model::ir::*;
 use peregrine_model::reference::Reference;
-use peregrine_model::testkit::{avg_pool, batch_norm, conv, conv_transpose, graph, linear, node, poly, uniform};
+use peregrine_model::testkit::{
+    conv, conv_transpose, linear, lut_every_op_model, lut_poly_cnn, node, normalised_graph, uniform,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-/// The polynomial `{name}.c` with input scale `{name}.s`.
-fn poly_node(name: &str, approximates: Option<Approximated>) -> Op {
-    poly(&format!("{name}.c"), Some(&format!("{name}.s")), approximates)
-}
-
-/// Degree-4 ReLU-like polynomial rows `r·p(x/r)` with ranges r in [1, 3).
-fn poly_weights(r: &mut StdRng, w: &mut Weights, name: &str, c: usize) {
-    let p = [0.1, 0.5, 0.45, 0.0, -0.05];
-    let ranges: Vec<f32> = (0..c).map(|_| r.gen_range(1.0..3.0)).collect();
-    let coeffs: Vec<f32> = ranges.iter().flat_map(|s| p.iter().map(move |a| s * a)).collect();
-    w.insert(format!("{name}.c"), ArrayD::from_shape_vec(IxDyn(&[c, 5]), coeffs).unwrap());
-    w.insert(
-        format!("{name}.s"),
-        ArrayD::from_shape_vec(IxDyn(&[c]), ranges.iter().map(|s| 1.0 / s).collect()).unwrap(),
-    );
-}
-
-/// A graph named `test` over an input with unequal per-channel normalisation.
-fn test_graph(input: [usize; 3], nodes: Vec<Node>, output: &str) -> Graph {
-    let preprocess = Preprocess { mean: vec![0.5, 0.4, 0.45], std: vec![0.25, 0.3, 0.2], resize: true };
-    graph("test", InputSpec { shape: input.to_vec(), preprocess }, nodes, output)
-}
-
-/// Every operation the TFHE backend supports, on odd sizes (input 3×9×7).
-fn every_op_model(seed: u64) -> Model {
-    let mut r = StdRng::seed_from_u64(seed);
-    let mut w = Weights::new();
-    w.insert("c1.w".into(), uniform(&mut r, &[4, 3, 3, 3], -0.5, 0.5));
-    w.insert("c1.b".into(), uniform(&mut r, &[4], -0.2, 0.2));
-    for t in ["bn.w", "bn.b", "bn.m"] {
-        w.insert(t.into(), uniform(&mut r, &[4], -1.0, 1.0));
-    }
-    w.insert("bn.v".into(), uniform(&mut r, &[4], 0.5, 1.5));
-    w.insert("dw.w".into(), uniform(&mut r, &[4, 1, 3, 3], -0.5, 0.5));
-    poly_weights(&mut r, &mut w, "p", 4);
-    w.insert("fc.w".into(), uniform(&mut r, &[5, 10], -1.0, 1.0));
-    w.insert("fc.b".into(), uniform(&mut r, &[5], -0.5, 0.5));
-    let nodes = vec![
-        node("c1", conv(3, 4, 3, 2, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]),
-        node("bn", batch_norm(4, "bn"), &["c1"]),
-        node("silu", Op::Activation(Activation::Silu), &["bn"]),
-        node("dw", conv(4, 4, 3, 1, 2, 2, 4, "dw.w", None), &["silu"]),
-        node("p", poly_node("p", Some(Approximated::Relu)), &["dw"]),
-        node("add", Op::Add, &["p", "silu"]),
-        node("up", Op::Upsample { factor: 2 }, &["add"]),
-        node("ap", avg_pool(3, 2, 1), &["up"]),
-        node("sub", Op::SubsampleChannelPad { stride: 1, pad_before: 1, pad_after: 1 }, &["ap"]),
-        node("relu", Op::Activation(Activation::Relu), &["sub"]),
-        node("gelu", Op::Activation(Activation::Gelu), &["ap"]),
-        node("cat", Op::Concat, &["relu", "gelu"]),
-        node("gap", Op::GlobalAvgPool, &["cat"]),
-        node("flat", Op::Flatten, &["gap"]),
-        node("fc", linear(10, 5, "fc.w", Some("fc.b")), &["flat"]),
-    ];
-    Model::new(test_graph([3, 9, 7], nodes, "fc"), w).unwrap()
-}
-
-/// A small polynomial CNN (input 3×7×5): conv, poly, average pool, conv, poly, fully connected.
-/// 140 + 18 activation elements; the padded convolutions read 5×3 + 3×1 padding positions.
-fn poly_cnn(seed: u64, approximates: Option<Approximated>) -> Model {
-    let mut r = StdRng::seed_from_u64(seed);
-    let mut w = Weights::new();
-    w.insert("c1.w".into(), uniform(&mut r, &[4, 3, 3, 3], -0.4, 0.4));
-    w.insert("c1.b".into(), uniform(&mut r, &[4], -0.2, 0.2));
-    poly_weights(&mut r, &mut w, "p1", 4);
-    w.insert("c2.w".into(), uniform(&mut r, &[3, 4, 3, 3], -0.4, 0.4));
-    poly_weights(&mut r, &mut w, "p2", 3);
-    w.insert("fc.w".into(), uniform(&mut r, &[4, 18], -1.0, 1.0));
-    w.insert("fc.b".into(), uniform(&mut r, &[4], -0.5, 0.5));
-    let nodes = vec![
-        node("c1", conv(3, 4, 3, 1, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]),
-        node("p1", poly_node("p1", approximates), &["c1"]),
-        node("ap", avg_pool(2, 2, 0), &["p1"]),
-        node("c2", conv(4, 3, 3, 1, 1, 1, 1, "c2.w", None), &["ap"]),
-        node("p2", poly_node("p2", approximates), &["c2"]),
-        node("flat", Op::Flatten, &["p2"]),
-        node("fc", linear(18, 4, "fc.w", Some("fc.b")), &["flat"]),
-    ];
-    Model::new(test_graph([3, 7, 5], nodes, "fc"), w).unwrap()
-}
 
 /// Preprocessed random images (uniform pixels), flattened.
 fn images(model: &Model, n: usize, seed: u64) -> Vec<Vec<f64>> {
@@ -166,7 +87,7 @@ fn a_transposed_convolution_lowers_like_any_linear_layer() {
         node("flat", Op::Flatten, &["r2"]),
         node("fc", linear(160, 3, "fc.w", None), &["flat"]),
     ];
-    let m = Model::new(test_graph([3, 9, 7], nodes, "fc"), w).unwrap();
+    let m = Model::new(normalised_graph([3, 9, 7], nodes, "fc"), w).unwrap();
     let real = RealPlan::compile(&m, ActivationMode::Exact).unwrap();
     assert_eq!(real.activations(), 4 * 5 * 4 + 2 * 10 * 8);
     for x in images(&m, 3, 2) {
@@ -178,7 +99,7 @@ fn a_transposed_convolution_lowers_like_any_linear_layer() {
 
 #[test]
 fn fused_forms_equal_the_reference_executor_on_every_supported_operation() {
-    let m = every_op_model(3);
+    let m = lut_every_op_model(3);
     let real = RealPlan::compile(&m, ActivationMode::Exact).unwrap();
     // Exact mode replaces the ReLU polynomial by r·relu(x/r) = relu(x): compare with the
     // reference executor on the same model with that node turned into a ReLU.
@@ -196,7 +117,7 @@ fn fused_forms_equal_the_reference_executor_on_every_supported_operation() {
         }
     }
     // Exact mode evaluates r·relu(x/r) = relu(x) for the polynomial: a different function.
-    let pm = poly_cnn(4, Some(Approximated::Relu));
+    let pm = lut_poly_cnn(4, Some(Approximated::Relu));
     let exact = RealPlan::compile(&pm, ActivationMode::Exact).unwrap();
     let poly = RealPlan::compile(&pm, ActivationMode::Poly).unwrap();
     let x = &images(&pm, 1, 1)[0];
@@ -220,7 +141,7 @@ fn relative_error(plan: &QuantPlan, real: &RealPlan, xs: &[Vec<f64>]) -> f64 {
 
 #[test]
 fn quantisation_error_is_bounded_and_shrinks_with_precision() {
-    let m = every_op_model(5);
+    let m = lut_every_op_model(5);
     let real = RealPlan::compile(&m, ActivationMode::Exact).unwrap();
     let calib = images(&m, 40, 1);
     let test = images(&m, 20, 2);
@@ -246,7 +167,7 @@ fn a_calibration_quantile_below_one_lets_an_outlier_saturate() {
     // One calibration image 30 times too large drives the polynomials far outside their
     // normalised ranges: with clip = 1 its extremes set every step and the ordinary images
     // lose their resolution; the 0.99 quantile ignores it (it is 1 image in 200).
-    let m = poly_cnn(5, Some(Approximated::Relu));
+    let m = lut_poly_cnn(5, Some(Approximated::Relu));
     let real = RealPlan::compile(&m, ActivationMode::Poly).unwrap();
     let normal = images(&m, 199, 11);
     let test = images(&m, 20, 12);
@@ -275,7 +196,7 @@ fn a_calibration_quantile_below_one_lets_an_outlier_saturate() {
 
 #[test]
 fn real_values_decode_what_the_simulation_computes() {
-    let m = every_op_model(6);
+    let m = lut_every_op_model(6);
     let real = RealPlan::compile(&m, ActivationMode::Exact).unwrap();
     let plan = QuantPlan::calibrate(&real, &images(&m, 30, 3), wide(5, 2, 3, ActivationMode::Exact)).unwrap();
     let mut wrapped = 0;
@@ -336,7 +257,7 @@ fn the_simulation_models_wrap_around_rounding_and_negacyclic_tables() {
 #[test]
 fn encrypted_runs_equal_the_simulation_and_bootstrap_only_real_activations() {
     let (client, server) = keys();
-    let m = poly_cnn(7, Some(Approximated::Relu));
+    let m = lut_poly_cnn(7, Some(Approximated::Relu));
     // Activation elements of the model, from its shapes: p1 4×7×5, p2 3×3×2.
     let activations: usize = m
         .graph()
@@ -380,7 +301,7 @@ fn with_one_extra_bit_every_bootstrap_of_a_run_reads_the_simulations_box() {
     // neighbouring box; without the shift every odd sum here would sit on a boundary.)
     let client = LweClient::new(LweParams::with_accumulator(4, 1).unwrap());
     let server = client.server();
-    let m = poly_cnn(7, Some(Approximated::Relu));
+    let m = lut_poly_cnn(7, Some(Approximated::Relu));
     for mode in [ActivationMode::Exact, ActivationMode::Poly] {
         let real = RealPlan::compile(&m, mode).unwrap();
         let plan = QuantPlan::calibrate(&real, &images(&m, 30, 3), wide(4, 1, 3, mode)).unwrap();
@@ -417,7 +338,7 @@ fn with_one_extra_bit_every_bootstrap_of_a_run_reads_the_simulations_box() {
 #[test]
 fn the_stage_probe_samples_every_stage_and_matches_the_simulation_without_extra_bits() {
     let (client, server) = keys();
-    let m = poly_cnn(5, Some(Approximated::Relu));
+    let m = lut_poly_cnn(5, Some(Approximated::Relu));
     let real = RealPlan::compile(&m, ActivationMode::Exact).unwrap();
     let plan = QuantPlan::calibrate(&real, &images(&m, 30, 3), config(4, ActivationMode::Exact)).unwrap();
     let prepared = PreparedPlan::new(server, &plan).unwrap();
@@ -453,20 +374,20 @@ fn server_keys_round_trip_and_corrupted_keys_are_refused() {
 #[test]
 fn bad_models_plans_and_inputs_are_refused_with_clear_errors() {
     // Max pooling has no linear form.
-    let mut g = poly_cnn(1, Some(Approximated::Relu)).graph().clone();
+    let mut g = lut_poly_cnn(1, Some(Approximated::Relu)).graph().clone();
     g.nodes[2].op = Op::MaxPool(Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0, 0] });
-    let m = Model::new(g, poly_cnn(1, Some(Approximated::Relu)).weights().clone()).unwrap();
+    let m = Model::new(g, lut_poly_cnn(1, Some(Approximated::Relu)).weights().clone()).unwrap();
     let e = RealPlan::compile(&m, ActivationMode::Exact).unwrap_err().to_string();
     assert!(e.contains("'ap'") && e.contains("max pooling"), "{e}");
     // Exact mode needs to know what a polynomial stands for.
-    let e = RealPlan::compile(&poly_cnn(1, None), ActivationMode::Exact).unwrap_err().to_string();
+    let e = RealPlan::compile(&lut_poly_cnn(1, None), ActivationMode::Exact).unwrap_err().to_string();
     assert!(e.contains("'p1'") && e.contains("--activation poly"), "{e}");
     // Poly mode needs polynomials.
-    let e = RealPlan::compile(&every_op_model(1), ActivationMode::Poly).unwrap_err().to_string();
+    let e = RealPlan::compile(&lut_every_op_model(1), ActivationMode::Poly).unwrap_err().to_string();
     assert!(e.contains("'silu'") && e.contains("--activation exact"), "{e}");
     // A plan for other keys, and the wrong number of inputs.
     let (client, server) = keys();
-    let m = poly_cnn(2, Some(Approximated::Relu));
+    let m = lut_poly_cnn(2, Some(Approximated::Relu));
     let real = RealPlan::compile(&m, ActivationMode::Poly).unwrap();
     let plan6 = QuantPlan::calibrate(&real, &images(&m, 4, 1), config(6, ActivationMode::Poly)).unwrap();
     assert!(PreparedPlan::new(server, &plan6).err().unwrap().to_string().contains("quantised for 6 bits"));

@@ -61,6 +61,19 @@ pub fn save_model(model: &Model, path: impl AsRef<Path>) -> Result<()> {
 }
 
 /// Reads and validates a model from `path`.
+///
+/// ```
+/// use peregrine_model::{import::small_cnn, load_model, save_model};
+///
+/// let path = std::env::temp_dir().join(format!("peregrine-doc-{}.safetensors", std::process::id()));
+/// save_model(&small_cnn(&[4, 8], 1)?, &path)?;
+/// let model = load_model(&path)?;
+/// std::fs::remove_file(&path).ok();
+/// assert_eq!(model.graph().input.shape, [3, 32, 32]);
+/// // Anything that is not a valid model is an error naming the problem, never a panic.
+/// assert!(load_model("no-such-model.safetensors").is_err());
+/// # Ok::<(), peregrine_model::ModelError>(())
+/// ```
 pub fn load_model(path: impl AsRef<Path>) -> Result<Model> {
     let bytes = std::fs::read(path.as_ref()).map_err(|e| ModelError::io(&path, e))?;
     model_from_bytes(&bytes).map_err(|e| match e {

@@ -219,3 +219,190 @@ pub fn tiny_poly_cnn(seed: u64) -> Model {
     let g = Graph { classes, ..graph("small", input_spec([3, 32, 32]), nodes, "fc") };
     Model::new(g, w).expect("a valid test model")
 }
+
+// Models of the CKKS packer's tests (peregrine-ops).
+
+/// A degree-4 polynomial activation over `c` channels with random coefficients (linear term
+/// 0.5) and, if `scaled`, a random per-channel input scale; its weights go into `w`.
+pub fn random_poly(name: &str, c: usize, w: &mut Weights, r: &mut StdRng, scaled: bool) -> Op {
+    let mut coeffs = uniform(r, &[c, 5], -0.3, 0.3);
+    for ch in 0..c {
+        coeffs[[ch, 1]] = 0.5;
+    }
+    w.insert(format!("{name}.c"), coeffs);
+    let scale = if scaled {
+        w.insert(format!("{name}.s"), uniform(r, &[c], -1.0, 1.0).mapv(|v| 0.3 + v.abs() * 0.5));
+        Some(format!("{name}.s"))
+    } else {
+        None
+    };
+    poly(&format!("{name}.c"), scale.as_deref(), None)
+}
+
+/// 3×37×53 → conv s2 → poly → depthwise (dilated) → poly → upsample ×2 → concat with a
+/// 1×1 conv of the input at full size → avg pool → BN → transposed conv → option-A shortcut
+/// add → GAP → flatten → linear.
+pub fn odd_packed_model(seed: u64) -> Model {
+    let (mut r, mut w) = (rng(seed), Weights::new());
+    w.insert("c1.w".into(), uniform(&mut r, &[4, 3, 3, 3], -0.4, 0.4));
+    w.insert("c1.b".into(), uniform(&mut r, &[4], -0.1, 0.1));
+    w.insert("dw.w".into(), uniform(&mut r, &[4, 1, 3, 3], -0.4, 0.4));
+    w.insert("side.w".into(), uniform(&mut r, &[2, 3, 1, 1], -0.5, 0.5));
+    let bn = random_batch_norm(&mut r, &mut w, "bn", 6);
+    w.insert("ct.w".into(), uniform(&mut r, &[6, 3, 2, 2], -0.3, 0.3));
+    w.insert("fc.w".into(), uniform(&mut r, &[7, 3], -0.5, 0.5));
+    w.insert("fc.b".into(), uniform(&mut r, &[7], -0.1, 0.1));
+    let p1 = random_poly("p1", 4, &mut w, &mut r, true);
+    let p2 = random_poly("p2", 4, &mut w, &mut r, false);
+    let p3 = random_poly("p3", 3, &mut w, &mut r, true);
+    let nodes = vec![
+        node("c1", conv(3, 4, 3, 2, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]),
+        node("p1", p1, &["c1"]),
+        node("dw", conv(4, 4, 3, 1, 2, 2, 4, "dw.w", None), &["p1"]),
+        node("p2", p2, &["dw"]),
+        node("up", Op::Upsample { factor: 2 }, &["p2"]),
+        node("side", conv(3, 2, 1, 1, 0, 1, 1, "side.w", None), &[INPUT]),
+        node("sidecrop", avg_pool(1, 1, 0), &["side"]),
+        node("cat", Op::Concat, &["up", "sidecrop2"]),
+        node("sidecrop2", conv(2, 2, 2, 1, 1, 1, 2, "crop.w", None), &["sidecrop"]),
+        node("pool", avg_pool(3, 2, 1), &["cat"]),
+        node("bn", bn, &["pool"]),
+        node("ct", conv_transpose(6, 3, 2, 2, 0, [0, 0], 1, "ct.w", None), &["bn"]),
+        node("p3", p3, &["ct"]),
+        node("short", Op::SubsampleChannelPad { stride: 1, pad_before: 0, pad_after: 0 }, &["p3"]),
+        node("add", Op::Add, &["p3", "short"]),
+        node("gap", Op::GlobalAvgPool, &["add"]),
+        node("flat", Op::Flatten, &["gap"]),
+        node("fc", linear(3, 7, "fc.w", Some("fc.b")), &["flat"]),
+    ];
+    // Grow the 37×53 side branch to 38×54 with a 2×2 depthwise convolution, padding 1.
+    w.insert("crop.w".into(), uniform(&mut r, &[2, 1, 2, 2], -0.5, 0.5));
+    let graph = graph("odd", raw_input([3, 37, 53]), nodes, "fc");
+    Model::new(graph, w).expect("valid odd model")
+}
+
+// Models of the training graph's tests (peregrine-sft).
+
+/// 3×19×23 through every IR operation: conv (stride 2, bias) + BN + ReLU, dilated depthwise
+/// conv + SiLU, max pool, upsample, concat with a grouped side branch, transposed conv
+/// (stride 2, output padding) + BN + GELU, option-A shortcut add, GAP, flatten, linear.
+pub fn odd_training_model(seed: u64) -> Model {
+    let mut r = StdRng::seed_from_u64(seed);
+    let mut w = Weights::new();
+    w.insert("c1.w".into(), uniform(&mut r, &[6, 3, 3, 3], -0.4, 0.4));
+    w.insert("c1.b".into(), uniform(&mut r, &[6], -0.1, 0.1));
+    w.insert("dw.w".into(), uniform(&mut r, &[6, 1, 3, 3], -0.4, 0.4));
+    w.insert("side.w".into(), uniform(&mut r, &[6, 1, 3, 3], -0.3, 0.3));
+    w.insert("ct.w".into(), uniform(&mut r, &[12, 2, 3, 3], -0.2, 0.2));
+    w.insert("fc.w".into(), uniform(&mut r, &[7, 6], -0.5, 0.5));
+    w.insert("fc.b".into(), uniform(&mut r, &[7], -0.1, 0.1));
+    let bn1 = random_batch_norm(&mut r, &mut w, "bn1", 6);
+    let bn2 = random_batch_norm(&mut r, &mut w, "bn2", 4);
+    let nodes = vec![
+        node("c1", conv(3, 6, 3, 2, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]), // 6×10×12
+        node("bn1", bn1, &["c1"]),
+        node("a1", Op::Activation(Activation::Relu), &["bn1"]),
+        node("dw", conv(6, 6, 3, 1, 2, 2, 6, "dw.w", None), &["a1"]),
+        node("a2", Op::Activation(Activation::Silu), &["dw"]),
+        node("mp", Op::MaxPool(Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }), &["a2"]), // 6×5×6
+        node("up", Op::Upsample { factor: 2 }, &["mp"]),                                              // 6×10×12
+        node("side", conv(3, 6, 3, 2, 1, 1, 3, "side.w", None), &[INPUT]), // 6×10×12, groups 3
+        node("cat", Op::Concat, &["up", "side"]),                          // 12×10×12
+        node("ct", conv_transpose(12, 4, 3, 2, 1, [1, 1], 2, "ct.w", None), &["cat"]), // 4×20×24
+        node("bn2", bn2, &["ct"]),
+        node("a3", Op::Activation(Activation::Gelu), &["bn2"]),
+        node("short", Op::SubsampleChannelPad { stride: 2, pad_before: 1, pad_after: 1 }, &["a3"]), // 6×10×12
+        node("pool", avg_pool(3, 2, 1), &["a3"]),                                                   // 4×10×12
+        node("pad", Op::SubsampleChannelPad { stride: 1, pad_before: 2, pad_after: 0 }, &["pool"]), // 6×10×12
+        node("add", Op::Add, &["short", "pad", "a1"]),
+        node("gap", Op::GlobalAvgPool, &["add"]),
+        node("flat", Op::Flatten, &["gap"]),
+        node("fc", linear(6, 7, "fc.w", Some("fc.b")), &["flat"]),
+    ];
+    let graph = graph("odd", raw_input([3, 19, 23]), nodes, "fc");
+    Model::new(graph, w).expect("valid odd model")
+}
+
+// Models of the TFHE backend's tests (backend-tfhe).
+
+/// The polynomial `{name}.c` with input scale `{name}.s`.
+pub fn ranged_poly(name: &str, approximates: Option<Approximated>) -> Op {
+    poly(&format!("{name}.c"), Some(&format!("{name}.s")), approximates)
+}
+
+/// Degree-4 ReLU-like polynomial rows `r·p(x/r)` with ranges r in [1, 3).
+pub fn ranged_poly_weights(r: &mut StdRng, w: &mut Weights, name: &str, c: usize) {
+    let p = [0.1, 0.5, 0.45, 0.0, -0.05];
+    let ranges: Vec<f32> = (0..c).map(|_| r.gen_range(1.0..3.0)).collect();
+    let coeffs: Vec<f32> = ranges.iter().flat_map(|s| p.iter().map(move |a| s * a)).collect();
+    w.insert(format!("{name}.c"), ArrayD::from_shape_vec(IxDyn(&[c, 5]), coeffs).expect("sized"));
+    w.insert(
+        format!("{name}.s"),
+        ArrayD::from_shape_vec(IxDyn(&[c]), ranges.iter().map(|s| 1.0 / s).collect()).expect("sized"),
+    );
+}
+
+/// A graph named `test` over an input with unequal per-channel normalisation.
+pub fn normalised_graph(input: [usize; 3], nodes: Vec<Node>, output: &str) -> Graph {
+    let preprocess = Preprocess { mean: vec![0.5, 0.4, 0.45], std: vec![0.25, 0.3, 0.2], resize: true };
+    graph("test", InputSpec { shape: input.to_vec(), preprocess }, nodes, output)
+}
+
+/// Every operation the TFHE backend supports (lookup-table activations), on odd sizes
+/// (input 3×9×7).
+pub fn lut_every_op_model(seed: u64) -> Model {
+    let mut r = StdRng::seed_from_u64(seed);
+    let mut w = Weights::new();
+    w.insert("c1.w".into(), uniform(&mut r, &[4, 3, 3, 3], -0.5, 0.5));
+    w.insert("c1.b".into(), uniform(&mut r, &[4], -0.2, 0.2));
+    for t in ["bn.w", "bn.b", "bn.m"] {
+        w.insert(t.into(), uniform(&mut r, &[4], -1.0, 1.0));
+    }
+    w.insert("bn.v".into(), uniform(&mut r, &[4], 0.5, 1.5));
+    w.insert("dw.w".into(), uniform(&mut r, &[4, 1, 3, 3], -0.5, 0.5));
+    ranged_poly_weights(&mut r, &mut w, "p", 4);
+    w.insert("fc.w".into(), uniform(&mut r, &[5, 10], -1.0, 1.0));
+    w.insert("fc.b".into(), uniform(&mut r, &[5], -0.5, 0.5));
+    let nodes = vec![
+        node("c1", conv(3, 4, 3, 2, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]),
+        node("bn", batch_norm(4, "bn"), &["c1"]),
+        node("silu", Op::Activation(Activation::Silu), &["bn"]),
+        node("dw", conv(4, 4, 3, 1, 2, 2, 4, "dw.w", None), &["silu"]),
+        node("p", ranged_poly("p", Some(Approximated::Relu)), &["dw"]),
+        node("add", Op::Add, &["p", "silu"]),
+        node("up", Op::Upsample { factor: 2 }, &["add"]),
+        node("ap", avg_pool(3, 2, 1), &["up"]),
+        node("sub", Op::SubsampleChannelPad { stride: 1, pad_before: 1, pad_after: 1 }, &["ap"]),
+        node("relu", Op::Activation(Activation::Relu), &["sub"]),
+        node("gelu", Op::Activation(Activation::Gelu), &["ap"]),
+        node("cat", Op::Concat, &["relu", "gelu"]),
+        node("gap", Op::GlobalAvgPool, &["cat"]),
+        node("flat", Op::Flatten, &["gap"]),
+        node("fc", linear(10, 5, "fc.w", Some("fc.b")), &["flat"]),
+    ];
+    Model::new(normalised_graph([3, 9, 7], nodes, "fc"), w).expect("a valid test model")
+}
+
+/// A small polynomial CNN for the TFHE backend (input 3×7×5): conv, poly, average pool, conv, poly, fully connected.
+/// 140 + 18 activation elements; the padded convolutions read 5×3 + 3×1 padding positions.
+pub fn lut_poly_cnn(seed: u64, approximates: Option<Approximated>) -> Model {
+    let mut r = StdRng::seed_from_u64(seed);
+    let mut w = Weights::new();
+    w.insert("c1.w".into(), uniform(&mut r, &[4, 3, 3, 3], -0.4, 0.4));
+    w.insert("c1.b".into(), uniform(&mut r, &[4], -0.2, 0.2));
+    ranged_poly_weights(&mut r, &mut w, "p1", 4);
+    w.insert("c2.w".into(), uniform(&mut r, &[3, 4, 3, 3], -0.4, 0.4));
+    ranged_poly_weights(&mut r, &mut w, "p2", 3);
+    w.insert("fc.w".into(), uniform(&mut r, &[4, 18], -1.0, 1.0));
+    w.insert("fc.b".into(), uniform(&mut r, &[4], -0.5, 0.5));
+    let nodes = vec![
+        node("c1", conv(3, 4, 3, 1, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]),
+        node("p1", ranged_poly("p1", approximates), &["c1"]),
+        node("ap", avg_pool(2, 2, 0), &["p1"]),
+        node("c2", conv(4, 3, 3, 1, 1, 1, 1, "c2.w", None), &["ap"]),
+        node("p2", ranged_poly("p2", approximates), &["c2"]),
+        node("flat", Op::Flatten, &["p2"]),
+        node("fc", linear(18, 4, "fc.w", Some("fc.b")), &["flat"]),
+    ];
+    Model::new(normalised_graph([3, 7, 5], nodes, "fc"), w).expect("a valid test model")
+}

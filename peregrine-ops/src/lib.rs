@@ -10,6 +10,34 @@
 //!   bootstraps when the backend can (and fails with the number of levels needed when it
 //!   cannot), lists the rotation keys, and reports the cost.
 //! - [`exec`]: runs a plan with a backend, with per-step timing and an optional trace.
+//!
+//! Plan a small polynomial CNN for a backend with 2,048 slots and 6 levels (what a backend's
+//! [`Capabilities`](peregrine_backend::Capabilities) say); `peregrine_runtime` runs plans on
+//! any backend:
+//!
+//! ```
+//! use peregrine_backend::Capabilities;
+//! use peregrine_ops::{compile, plan};
+//!
+//! let model = peregrine_model::testkit::tiny_poly_cnn(1);
+//! let caps = Capabilities {
+//!     backend: "example".into(),
+//!     ring_dimension: 4096,
+//!     slots: 2048,
+//!     max_level: 6,
+//!     log_scale: 40.0,
+//!     log_moduli: vec![60.0, 40.0, 40.0, 40.0, 40.0, 40.0, 40.0],
+//!     can_bootstrap: false,
+//!     bootstrap_level: None,
+//!     bootstrap_range: None,
+//!     precision_bits: 30.0,
+//!     security_bits: None,
+//! };
+//! let plan = plan(compile(&model, caps.slots)?, &caps)?;
+//! assert!(plan.cost.levels_consumed <= caps.max_level && plan.cost.bootstraps == 0);
+//! println!("{} levels, {} rotation keys: {:?}", plan.cost.levels_consumed, plan.rotation_keys.len(), plan.key_request());
+//! # Ok::<(), peregrine_ops::OpsError>(())
+//! ```
 
 #![warn(missing_docs)]
 

@@ -9,68 +9,10 @@ use peregrine_backend::{Client, Scheme};
 use peregrine_model::ir::*;
 use peregrine_model::reference::Reference;
 use peregrine_model::testkit::{
-    avg_pool, conv, conv_transpose, graph, linear, node, rand_input, random_batch_norm, raw_input, uniform,
+    conv, graph, linear, node, odd_packed_model, rand_input, random_poly, raw_input, uniform,
 };
 use peregrine_ops::*;
 use rand::{rngs::StdRng, SeedableRng};
-
-fn poly(name: &str, c: usize, w: &mut Weights, r: &mut StdRng, scaled: bool) -> Op {
-    let mut coeffs = uniform(r, &[c, 5], -0.3, 0.3);
-    for ch in 0..c {
-        coeffs[[ch, 1]] = 0.5;
-    }
-    w.insert(format!("{name}.c"), coeffs);
-    let scale = if scaled {
-        w.insert(format!("{name}.s"), uniform(r, &[c], -1.0, 1.0).mapv(|v| 0.3 + v.abs() * 0.5));
-        Some(format!("{name}.s"))
-    } else {
-        None
-    };
-    peregrine_model::testkit::poly(&format!("{name}.c"), scale.as_deref(), None)
-}
-
-/// 3×37×53 → conv s2 → poly → depthwise (dilated) → poly → upsample ×2 → concat with a
-/// 1×1 conv of the input at full size → avg pool → BN → transposed conv → option-A shortcut
-/// add → GAP → flatten → linear.
-fn odd_model(seed: u64) -> Model {
-    let mut r = StdRng::seed_from_u64(seed);
-    let mut w = Weights::new();
-    w.insert("c1.w".into(), uniform(&mut r, &[4, 3, 3, 3], -0.4, 0.4));
-    w.insert("c1.b".into(), uniform(&mut r, &[4], -0.1, 0.1));
-    w.insert("dw.w".into(), uniform(&mut r, &[4, 1, 3, 3], -0.4, 0.4));
-    w.insert("side.w".into(), uniform(&mut r, &[2, 3, 1, 1], -0.5, 0.5));
-    let bn = random_batch_norm(&mut r, &mut w, "bn", 6);
-    w.insert("ct.w".into(), uniform(&mut r, &[6, 3, 2, 2], -0.3, 0.3));
-    w.insert("fc.w".into(), uniform(&mut r, &[7, 3], -0.5, 0.5));
-    w.insert("fc.b".into(), uniform(&mut r, &[7], -0.1, 0.1));
-    let p1 = poly("p1", 4, &mut w, &mut r, true);
-    let p2 = poly("p2", 4, &mut w, &mut r, false);
-    let p3 = poly("p3", 3, &mut w, &mut r, true);
-    let nodes = vec![
-        node("c1", conv(3, 4, 3, 2, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]),
-        node("p1", p1, &["c1"]),
-        node("dw", conv(4, 4, 3, 1, 2, 2, 4, "dw.w", None), &["p1"]),
-        node("p2", p2, &["dw"]),
-        node("up", Op::Upsample { factor: 2 }, &["p2"]),
-        node("side", conv(3, 2, 1, 1, 0, 1, 1, "side.w", None), &[INPUT]),
-        node("sidecrop", avg_pool(1, 1, 0), &["side"]),
-        node("cat", Op::Concat, &["up", "sidecrop2"]),
-        node("sidecrop2", conv(2, 2, 2, 1, 1, 1, 2, "crop.w", None), &["sidecrop"]),
-        node("pool", avg_pool(3, 2, 1), &["cat"]),
-        node("bn", bn, &["pool"]),
-        node("ct", conv_transpose(6, 3, 2, 2, 0, [0, 0], 1, "ct.w", None), &["bn"]),
-        node("p3", p3, &["ct"]),
-        node("short", Op::SubsampleChannelPad { stride: 1, pad_before: 0, pad_after: 0 }, &["p3"]),
-        node("add", Op::Add, &["p3", "short"]),
-        node("gap", Op::GlobalAvgPool, &["add"]),
-        node("flat", Op::Flatten, &["gap"]),
-        node("fc", linear(3, 7, "fc.w", Some("fc.b")), &["flat"]),
-    ];
-    // Grow the 37×53 side branch to 38×54 with a 2×2 depthwise convolution, padding 1.
-    w.insert("crop.w".into(), uniform(&mut r, &[2, 1, 2, 2], -0.5, 0.5));
-    let graph = graph("odd", raw_input([3, 37, 53]), nodes, "fc");
-    Model::new(graph, w).expect("valid odd model")
-}
 
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
@@ -132,7 +74,7 @@ fn reference_output(model: &Model, x: &[f64]) -> Vec<f64> {
 
 #[test]
 fn odd_shapes_through_every_operator_match_the_reference() {
-    let model = odd_model(1);
+    let model = odd_packed_model(1);
     let mut r = StdRng::seed_from_u64(2);
     let x = rand_input(&mut r, 3 * 37 * 53);
     let want = reference_output(&model, &x);
@@ -181,7 +123,7 @@ fn large_input_splits_with_g_above_one() {
 
 #[test]
 fn realistic_noise_keeps_outputs_close() {
-    let model = odd_model(4);
+    let model = odd_packed_model(4);
     let mut r = StdRng::seed_from_u64(5);
     let x = rand_input(&mut r, 3 * 37 * 53);
     let want = reference_output(&model, &x);
@@ -193,7 +135,7 @@ fn realistic_noise_keeps_outputs_close() {
 
 #[test]
 fn too_deep_without_bootstrapping_fails_clearly_and_bootstrapping_fixes_it() {
-    let model = odd_model(6);
+    let model = odd_packed_model(6);
     let caps = ClearScheme::capabilities(&params(12, 6)).unwrap();
     let e = plan(compile(&model, caps.slots).unwrap(), &caps).unwrap_err().to_string();
     assert!(e.contains("needs") && e.contains("offers 6") && e.contains("cannot bootstrap"), "{e}");
@@ -261,8 +203,8 @@ fn bootstraps_move_to_the_ancestor_with_fewest_ciphertexts() {
     // before the upsampling leaves enough levels and costs 1.
     let mut r = StdRng::seed_from_u64(10);
     let mut w = Weights::new();
-    let p1 = poly("p1", 1, &mut w, &mut r, false);
-    let p2 = poly("p2", 1, &mut w, &mut r, false);
+    let p1 = random_poly("p1", 1, &mut w, &mut r, false);
+    let p2 = random_poly("p2", 1, &mut w, &mut r, false);
     // A zero leading coefficient keeps p2 from being folded into the upsampling.
     w.get_mut("p2.c").unwrap()[[0, 4]] = 0.0;
     let nodes =
@@ -281,7 +223,7 @@ fn bootstraps_move_to_the_ancestor_with_fewest_ciphertexts() {
 
 #[test]
 fn a_rotation_key_budget_composes_rotations_and_keeps_results() {
-    let model = odd_model(11);
+    let model = odd_packed_model(11);
     let mut r = StdRng::seed_from_u64(12);
     let x = rand_input(&mut r, 3 * 37 * 53);
     let want = reference_output(&model, &x);

@@ -300,12 +300,7 @@ impl<F: Family> DynClient for CkksClient<F> {
 }
 
 impl<F: Family> DynServer for CkksServer<F> {
-    fn infer(
-        &self,
-        input: Encrypted,
-        trace: bool,
-        on_step: &mut dyn FnMut(StepEvent),
-    ) -> Result<(Encrypted, InferStats)> {
+    fn infer(&self, input: Encrypted, trace: bool, on_step: OnStep) -> Result<Inferred> {
         let cts: Vec<Ct<F>> = input.downcast(&self.name)?;
         let prog = &self.plan.program;
         let total = prog.steps.len();

@@ -77,6 +77,12 @@ pub struct InferStats {
     pub bootstraps: Option<usize>,
 }
 
+/// What [`DynServer::infer`] calls after every finished step.
+pub type OnStep<'a> = &'a mut dyn FnMut(StepEvent);
+
+/// What [`DynServer::infer`] returns: the encrypted output and the run's statistics.
+pub type Inferred = (Encrypted, InferStats);
+
 /// One finished step of an inference, for progress and precision traces.
 pub struct StepEvent {
     /// Step name.
@@ -220,12 +226,7 @@ pub struct LocalServer {
 pub trait DynServer: Send + Sync {
     /// Runs the model on encrypted input; `on_step` sees every finished step, with its
     /// ciphertexts when `trace` is set.
-    fn infer(
-        &self,
-        input: Encrypted,
-        trace: bool,
-        on_step: &mut dyn FnMut(StepEvent),
-    ) -> Result<(Encrypted, InferStats)>;
+    fn infer(&self, input: Encrypted, trace: bool, on_step: OnStep) -> Result<Inferred>;
     /// Serialises ciphertexts, one buffer each.
     fn serialize(&self, values: &Encrypted) -> Result<Vec<Vec<u8>>>;
     /// Reads ciphertexts written by the client.

@@ -128,11 +128,11 @@ impl CompiledModel for TfheModel {
         m
     }
     fn keygen(&self) -> Result<Box<dyn DynClient>> {
-        Ok(Box::new(TfheClient {
-            client: LweClient::new(self.settings.lwe),
-            plan: self.plan.clone(),
-            server: OnceLock::new(),
-        }))
+        let client =
+            TfheClient { client: LweClient::new(self.settings.lwe), plan: self.plan.clone(), server: OnceLock::new() };
+        // The bootstrapping keys are part of key generation (and of its time), as for CKKS.
+        client.evaluation_keys();
+        Ok(Box::new(client))
     }
     fn load_client(&self, secret: &[u8]) -> Result<Box<dyn DynClient>> {
         let client = LweClient::from_bytes(secret)?;
@@ -245,12 +245,7 @@ impl TfheServer {
 }
 
 impl DynServer for TfheServer {
-    fn infer(
-        &self,
-        input: Encrypted,
-        _trace: bool,
-        on_step: &mut dyn FnMut(StepEvent),
-    ) -> Result<(Encrypted, InferStats)> {
+    fn infer(&self, input: Encrypted, _trace: bool, on_step: OnStep) -> Result<Inferred> {
         let inputs: Vec<Lwe> = input.downcast(NAME)?;
         let stages = self.prepared.plan();
         let (out, report) = run(&self.server, &self.prepared, inputs, |done, total| {

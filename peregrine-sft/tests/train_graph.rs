@@ -36,52 +36,6 @@ fn resnet20_training_graph_matches_reference() {
     }
 }
 
-mod odd {
-    use peregrine_model::ir::*;
-    use peregrine_model::testkit::*;
-    use rand::{rngs::StdRng, SeedableRng};
-
-    /// 3×19×23 through every IR operation: conv (stride 2, bias) + BN + ReLU, dilated depthwise
-    /// conv + SiLU, max pool, upsample, concat with a grouped side branch, transposed conv
-    /// (stride 2, output padding) + BN + GELU, option-A shortcut add, GAP, flatten, linear.
-    pub fn model(seed: u64) -> Model {
-        let mut r = StdRng::seed_from_u64(seed);
-        let mut w = Weights::new();
-        w.insert("c1.w".into(), uniform(&mut r, &[6, 3, 3, 3], -0.4, 0.4));
-        w.insert("c1.b".into(), uniform(&mut r, &[6], -0.1, 0.1));
-        w.insert("dw.w".into(), uniform(&mut r, &[6, 1, 3, 3], -0.4, 0.4));
-        w.insert("side.w".into(), uniform(&mut r, &[6, 1, 3, 3], -0.3, 0.3));
-        w.insert("ct.w".into(), uniform(&mut r, &[12, 2, 3, 3], -0.2, 0.2));
-        w.insert("fc.w".into(), uniform(&mut r, &[7, 6], -0.5, 0.5));
-        w.insert("fc.b".into(), uniform(&mut r, &[7], -0.1, 0.1));
-        let bn1 = random_batch_norm(&mut r, &mut w, "bn1", 6);
-        let bn2 = random_batch_norm(&mut r, &mut w, "bn2", 4);
-        let nodes = vec![
-            node("c1", conv(3, 6, 3, 2, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]), // 6×10×12
-            node("bn1", bn1, &["c1"]),
-            node("a1", Op::Activation(Activation::Relu), &["bn1"]),
-            node("dw", conv(6, 6, 3, 1, 2, 2, 6, "dw.w", None), &["a1"]),
-            node("a2", Op::Activation(Activation::Silu), &["dw"]),
-            node("mp", Op::MaxPool(Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0, 0] }), &["a2"]), // 6×5×6
-            node("up", Op::Upsample { factor: 2 }, &["mp"]),                                              // 6×10×12
-            node("side", conv(3, 6, 3, 2, 1, 1, 3, "side.w", None), &[INPUT]), // 6×10×12, groups 3
-            node("cat", Op::Concat, &["up", "side"]),                          // 12×10×12
-            node("ct", conv_transpose(12, 4, 3, 2, 1, [1, 1], 2, "ct.w", None), &["cat"]), // 4×20×24
-            node("bn2", bn2, &["ct"]),
-            node("a3", Op::Activation(Activation::Gelu), &["bn2"]),
-            node("short", Op::SubsampleChannelPad { stride: 2, pad_before: 1, pad_after: 1 }, &["a3"]), // 6×10×12
-            node("pool", avg_pool(3, 2, 1), &["a3"]),                                                   // 4×10×12
-            node("pad", Op::SubsampleChannelPad { stride: 1, pad_before: 2, pad_after: 0 }, &["pool"]), // 6×10×12
-            node("add", Op::Add, &["short", "pad", "a1"]),
-            node("gap", Op::GlobalAvgPool, &["add"]),
-            node("flat", Op::Flatten, &["gap"]),
-            node("fc", linear(6, 7, "fc.w", Some("fc.b")), &["flat"]),
-        ];
-        let graph = graph("odd", raw_input([3, 19, 23]), nodes, "fc");
-        Model::new(graph, w).expect("valid odd model")
-    }
-}
-
 fn odd_input(r: &mut rand::rngs::StdRng, n: usize) -> ndarray::ArrayD<f32> {
     use rand::Rng;
     ndarray::ArrayD::from_shape_vec(
@@ -94,7 +48,7 @@ fn odd_input(r: &mut rand::rngs::StdRng, n: usize) -> ndarray::ArrayD<f32> {
 #[test]
 fn every_operation_matches_the_reference_on_odd_shapes() {
     use rand::SeedableRng;
-    let model = odd::model(11);
+    let model = peregrine_model::testkit::odd_training_model(11);
     let mut r = rand::rngs::StdRng::seed_from_u64(12);
     let xr = odd_input(&mut r, 3);
     for act in [
@@ -132,7 +86,7 @@ fn every_operation_matches_the_reference_on_odd_shapes() {
 fn weight_gradients_match_finite_differences_through_every_operation() {
     use candle_core::Tensor;
     use rand::{Rng, SeedableRng};
-    let model = odd::model(21);
+    let model = peregrine_model::testkit::odd_training_model(21);
     let mut r = rand::rngs::StdRng::seed_from_u64(22);
     let xr = odd_input(&mut r, 2);
     let mut train = TrainModel::new(&model, Activations::Hermite { degree: 4, bound: 3.0 }).unwrap();
@@ -183,7 +137,7 @@ fn weight_gradients_match_finite_differences_through_every_operation() {
 #[test]
 fn range_penalty_measures_inputs_beyond_the_running_range() {
     use rand::SeedableRng;
-    let model = odd::model(31);
+    let model = peregrine_model::testkit::odd_training_model(31);
     let mut r = rand::rngs::StdRng::seed_from_u64(32);
     let mut train = TrainModel::new(&model, Activations::Hermite { degree: 2, bound: 3.0 }).unwrap();
     train.track_penalty = true;
