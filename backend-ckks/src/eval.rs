@@ -141,25 +141,15 @@ impl Context {
         let log_q = self.log_q(level);
         round_i128("encode", max, level, log_q)?;
         let mut out = vec![0u64; (level + 1) * n];
-        if max < 2f64.powi(62) {
-            let ints: Vec<i64> = coeffs.iter().map(|c| c.round() as i64).collect();
-            out.par_chunks_mut(n).enumerate().for_each(|(i, limb)| {
-                let m = self.q(i);
-                for (k, &c) in ints.iter().enumerate() {
-                    limb[k * gap] = m.from_i64(c);
-                }
-                self.ring.ntt(limb, i);
-            });
-        } else {
-            let ints: Vec<i128> = coeffs.iter().map(|c| c.round() as i128).collect();
-            out.par_chunks_mut(n).enumerate().for_each(|(i, limb)| {
-                let m = self.q(i);
-                for (k, &c) in ints.iter().enumerate() {
-                    limb[k * gap] = m.from_i128(c);
-                }
-                self.ring.ntt(limb, i);
-            });
-        }
+        // Scaled values may exceed 2^63 (products of scales): reduce from 128-bit integers.
+        let ints: Vec<i128> = coeffs.iter().map(|c| c.round() as i128).collect();
+        out.par_chunks_mut(n).enumerate().for_each(|(i, limb)| {
+            let m = self.q(i);
+            for (k, &c) in ints.iter().enumerate() {
+                limb[k * gap] = m.from_i128(c);
+            }
+            self.ring.ntt(limb, i);
+        });
         Ok(out)
     }
 

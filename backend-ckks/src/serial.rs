@@ -268,15 +268,24 @@ pub fn write_keys(ctx: &Context, keys: &EvaluationKeys, out: &mut dyn Write) -> 
     w.out.write_all(&sum)
 }
 
-/// Reads evaluation keys: the parameters they name, and the keys.
-pub fn read_keys(bytes: &[u8]) -> BResult<(Arc<Context>, EvaluationKeys)> {
-    let mut r = Reader::open("evaluation keys", bytes, KEYS_MAGIC)?;
+/// Opens a format that starts with its parameters, their digest and a key id.
+fn open_with_params<'a>(
+    what: &'static str,
+    bytes: &'a [u8],
+    magic: &[u8; 8],
+) -> BResult<(Reader<'a>, Arc<Context>, u64)> {
+    let mut r = Reader::open(what, bytes, magic)?;
     let len = r.u32()? as usize;
-    let params: CkksParams =
-        serde_json::from_slice(r.take(len)?).map_err(|e| de("evaluation keys", format!("parameters: {e}")))?;
+    let params: CkksParams = serde_json::from_slice(r.take(len)?).map_err(|e| de(what, format!("parameters: {e}")))?;
     let ctx = crate::backend::context(&params)?;
     r.digest(Some(&ctx))?;
     let key_id = r.u64()?;
+    Ok((r, ctx, key_id))
+}
+
+/// Reads evaluation keys: the parameters they name, and the keys.
+pub fn read_keys(bytes: &[u8]) -> BResult<(Arc<Context>, EvaluationKeys)> {
+    let (mut r, ctx, key_id) = open_with_params("evaluation keys", bytes, KEYS_MAGIC)?;
     let relin = match r.u8()? {
         1 => Some(read_switch_key(&mut r, &ctx)?),
         _ => None,
@@ -325,13 +334,7 @@ pub fn write_secret(ctx: &Context, key_id: u64, sk: &SecretKey) -> Vec<u8> {
 
 /// Reads a saved secret: its context, key id and key.
 pub fn read_secret(bytes: &[u8]) -> BResult<(Arc<Context>, u64, SecretKey)> {
-    let mut r = Reader::open("client secret", bytes, SECRET_MAGIC)?;
-    let len = r.u32()? as usize;
-    let params: CkksParams =
-        serde_json::from_slice(r.take(len)?).map_err(|e| de("client secret", format!("parameters: {e}")))?;
-    let ctx = crate::backend::context(&params)?;
-    r.digest(Some(&ctx))?;
-    let key_id = r.u64()?;
+    let (mut r, ctx, key_id) = open_with_params("client secret", bytes, SECRET_MAGIC)?;
     let raw = r.take(ctx.n())?;
     if raw.iter().any(|&c| c > 2) {
         return Err(de("client secret", "a secret coefficient is not ternary"));
