@@ -141,12 +141,25 @@ impl Context {
         let log_q = self.log_q(level);
         round_i128("encode", max, level, log_q)?;
         let mut out = vec![0u64; (level + 1) * n];
-        // Scaled values may exceed 2^63 (products of scales): reduce from 128-bit integers.
-        let ints: Vec<i128> = coeffs.iter().map(|c| c.round() as i128).collect();
+        // The common case, |coefficients| < 2^52: exact in f64 and i64, reduced with a
+        // floating-point quotient. Wider ones (products of scales) go through 128-bit integers.
+        let narrow = max < (1u64 << 52) as f64;
+        let rounded: Vec<f64> = coeffs.iter().map(|c| c.round()).collect();
+        let wide: Vec<i128> = if narrow { Vec::new() } else { rounded.iter().map(|&c| c as i128).collect() };
         out.par_chunks_mut(n).enumerate().for_each(|(i, limb)| {
             let m = self.q(i);
-            for (k, &c) in ints.iter().enumerate() {
-                limb[k * gap] = m.from_i128(c);
+            if narrow && gap == 1 {
+                crate::simd::reduce_integers(limb, &rounded, m.q);
+            } else if narrow {
+                let mut reduced = vec![0u64; rounded.len()];
+                crate::simd::reduce_integers(&mut reduced, &rounded, m.q);
+                for (k, r) in reduced.into_iter().enumerate() {
+                    limb[k * gap] = r;
+                }
+            } else {
+                for (k, &c) in wide.iter().enumerate() {
+                    limb[k * gap] = m.from_i128(c);
+                }
             }
             self.ring.ntt(limb, i);
         });
@@ -297,6 +310,28 @@ impl Context {
         (mul_poly(self, &a.c0, p), mul_poly(self, &a.c1, p))
     }
 
+    /// Σ_t a_t ⊙ p_t for ciphertexts and plaintext polynomials at one level, in one pass per
+    /// limb: blocks of coefficients accumulate every term while in cache, and the result is
+    /// written once (no product or partial sum is materialised).
+    pub fn mul_plain_sum(&self, terms: &[(&Ciphertext, &[u64])]) -> (Vec<u64>, Vec<u64>) {
+        const BLOCK: usize = 2048;
+        let n = self.n();
+        let len = terms[0].0.c0.len();
+        let mut c0 = vec![0u64; len];
+        let mut c1 = vec![0u64; len];
+        c0.par_chunks_mut(n).zip(c1.par_chunks_mut(n)).enumerate().for_each(|(i, (o0, o1))| {
+            for start in (0..n).step_by(BLOCK) {
+                let r = i * n + start..i * n + (start + BLOCK).min(n);
+                let (b0, b1) = (&mut o0[start..start + r.len()], &mut o1[start..start + r.len()]);
+                for (ct, p) in terms {
+                    self.ring.mul_acc(b0, &ct.c0[r.clone()], &p[r.clone()], i);
+                    self.ring.mul_acc(b1, &ct.c1[r.clone()], &p[r.clone()], i);
+                }
+            }
+        });
+        (c0, c1)
+    }
+
     /// a + k for an integer k (added to every slot).
     pub fn add_const(&self, a: &Ciphertext, k: i128) -> Vec<u64> {
         let n = self.n();
@@ -377,22 +412,19 @@ impl Context {
             .map(|group| {
                 let lo = group[0];
                 let hi = group[group.len() - 1] + 1;
-                let to: Vec<usize> = basis.iter().copied().filter(|i| !group.contains(i)).collect();
                 // Centred, exact extension: the digit is d mod Q_j in (−Q_j/2, Q_j/2], the
-                // smallest it can be, which keeps the key-switching noise d·e/P small.
-                let mut conv = self.ring.base_convert_centred(&coeff[lo * n..hi * n], group, &to);
-                self.ring.ntt_all(&mut conv, &to);
+                // smallest it can be, which keeps the key-switching noise d·e/P small. Each
+                // limb is converted, then transformed while in cache, in place.
+                let conversion = self.ring.conversion(&coeff[lo * n..hi * n], group, true);
                 let mut out = vec![0u64; (nq + k) * n];
-                let mut next = 0;
-                for (pos, &i) in basis.iter().enumerate() {
-                    let dst = &mut out[pos * n..(pos + 1) * n];
-                    if group.contains(&i) {
+                out.par_chunks_mut(n).zip(basis.par_iter()).for_each(|(dst, &i)| {
+                    if (lo..hi).contains(&i) {
                         dst.copy_from_slice(&d[i * n..(i + 1) * n]);
                     } else {
-                        dst.copy_from_slice(&conv[next * n..(next + 1) * n]);
-                        next += 1;
+                        conversion.limb_into(i, dst);
+                        self.ring.ntt(dst, i);
                     }
-                }
+                });
                 out
             })
             .collect()
@@ -424,16 +456,17 @@ impl Context {
         let special: Vec<usize> = self.ring.special().collect();
         let mut p_part = acc[nq * n..].to_vec();
         self.ring.intt_all(&mut p_part, &special);
-        let qb: Vec<usize> = (0..nq).collect();
         // Exact, centred conversion: the division by P then rounds to nearest (no bias of up
         // to k per coefficient, which s would multiply).
-        let mut conv = self.ring.base_convert_centred(&p_part, &special, &qb);
-        self.ring.ntt_all(&mut conv, &qb);
+        let conversion = self.ring.conversion(&p_part, &special, true);
         let mut out = acc[..nq * n].to_vec();
-        out.par_chunks_mut(n).zip(conv.par_chunks(n)).enumerate().for_each(|(i, (o, c))| {
+        out.par_chunks_mut(n).enumerate().for_each(|(i, o)| {
+            let mut c = vec![0u64; n];
+            conversion.limb_into(i, &mut c);
+            self.ring.ntt(&mut c, i);
             let m = self.q(i);
             let (w, ws) = self.p_inv[i];
-            for (u, &v) in o.iter_mut().zip(c) {
+            for (u, &v) in o.iter_mut().zip(&c) {
                 *u = m.mul_shoup(m.sub(*u, v), w, ws);
             }
         });

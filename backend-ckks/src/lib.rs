@@ -43,6 +43,7 @@ pub mod keys;
 pub mod params;
 pub mod ring;
 pub mod serial;
+pub mod simd;
 
 pub use backend::{CkksClient, CkksScheme, CkksServer};
 pub use eval::{Ciphertext, Plaintext};

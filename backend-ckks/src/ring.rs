@@ -140,6 +140,17 @@ impl Ring {
 
     fn convert(&self, src: &[u64], from: &[usize], to: &[usize], centred: bool) -> Vec<u64> {
         let n = self.n;
+        let mut out = vec![0u64; to.len() * n];
+        let conversion = self.conversion(src, from, centred);
+        out.par_chunks_mut(n).zip(to.par_iter()).for_each(|(limb, &t)| conversion.limb_into(t, limb));
+        out
+    }
+
+    /// Prepares the conversion of coefficient-domain limbs `src` (basis `from`) so that any
+    /// target prime's limb can then be written where the caller wants it (and transformed
+    /// while it is still in cache): see [`Conversion::limb_into`].
+    pub fn conversion(&self, src: &[u64], from: &[usize], centred: bool) -> Conversion<'_> {
+        let n = self.n;
         let k = from.len();
         // (Q/q_i)^{-1} mod q_i with Shoup companions.
         let inv_hat: Vec<(u64, u64)> = from
@@ -166,7 +177,7 @@ impl Ring {
             }
         });
         // The multiple of Q to subtract: round(Σ_i scaled_i / q_i).
-        let overflow: Vec<u64> = if centred {
+        if centred {
             let inv_q: Vec<f64> = from.iter().map(|&i| 1.0 / self.moduli[i].q as f64).collect();
             let mut sum = vec![0.0f64; n];
             for (a, w) in inv_q.iter().enumerate() {
@@ -174,54 +185,46 @@ impl Ring {
                     *s += y as f64 * w;
                 }
             }
-            sum.into_iter().map(|s| s.round() as u64).collect()
-        } else {
-            Vec::new()
+            scaled.extend(sum.into_iter().map(|s| s.round() as u64));
+        }
+        Conversion { ring: self, from: from.to_vec(), scaled, centred }
+    }
+}
+
+/// A base conversion ready to produce target limbs: the scaled source rows and (centred) the
+/// overflow counts. Made by [`Ring::conversion`].
+pub struct Conversion<'a> {
+    ring: &'a Ring,
+    from: Vec<usize>,
+    /// k scaled rows, then (centred) one row of overflow counts u ≤ k.
+    scaled: Vec<u64>,
+    centred: bool,
+}
+
+impl Conversion<'_> {
+    /// Writes the coefficient-domain limb of prime `t` (an index into [`Ring::moduli`]).
+    pub fn limb_into(&self, t: usize, limb: &mut [u64]) {
+        let ring = self.ring;
+        let n = ring.n;
+        let k = self.from.len();
+        let m = &ring.moduli[t];
+        let q_mod_t = |skip: Option<usize>| {
+            self.from
+                .iter()
+                .enumerate()
+                .filter(|(b, _)| Some(*b) != skip)
+                .fold(1u64, |acc, (_, &j)| m.mul(acc, ring.moduli[j].q % m.q))
         };
-        let mut out = vec![0u64; to.len() * n];
-        out.par_chunks_mut(n).enumerate().for_each(|(t, limb)| {
-            let m = &self.moduli[to[t]];
-            // Q mod t, to subtract the overflow multiples.
-            let q_mod = from.iter().fold(1u64, |acc, &j| m.mul(acc, self.moduli[j].q % m.q));
-            let hats: Vec<u64> = (0..k)
-                .map(|a| {
-                    from.iter()
-                        .enumerate()
-                        .filter(|(b, _)| *b != a)
-                        .fold(1u64, |acc, (_, &j)| m.mul(acc, self.moduli[j].q % m.q))
-                })
-                .collect();
-            // Lazy accumulation in 128 bits: k products of < 2^62 each stay below 2^128 for k ≤ 16;
-            // longer sums are reduced every 16 terms.
-            const CHUNK: usize = 1024;
-            let mut acc = vec![0u128; CHUNK];
-            for start in (0..n).step_by(CHUNK) {
-                let end = (start + CHUNK).min(n);
-                let acc = &mut acc[..end - start];
-                acc.iter_mut().for_each(|a| *a = 0);
-                for (a, &h) in hats.iter().enumerate() {
-                    let row = &scaled[a * n + start..a * n + end];
-                    for (s, &x) in acc.iter_mut().zip(row) {
-                        *s += x as u128 * h as u128;
-                    }
-                    if a % 16 == 15 {
-                        for s in acc.iter_mut() {
-                            *s = m.reduce_u128(*s) as u128;
-                        }
-                    }
-                }
-                if centred {
-                    for ((o, &s), &u) in limb[start..end].iter_mut().zip(acc.iter()).zip(&overflow[start..end]) {
-                        *o = m.sub(m.reduce_u128(s), m.mul(u, q_mod));
-                    }
-                } else {
-                    for (o, &s) in limb[start..end].iter_mut().zip(acc.iter()) {
-                        *o = m.reduce_u128(s);
-                    }
-                }
-            }
-        });
-        out
+        // Rows and their exclusive bounds: the scaled inputs with constants (Q/q_a) mod t,
+        // then (centred) the overflow count u ≤ k with constant −Q mod t.
+        let rows: Vec<&[u64]> = self.scaled.chunks(n).collect();
+        let mut row_max: Vec<u64> = self.from.iter().map(|&i| ring.moduli[i].q).collect();
+        let mut hats: Vec<u64> = (0..k).map(|a| q_mod_t(Some(a))).collect();
+        if self.centred {
+            row_max.push(k as u64 + 1);
+            hats.push(m.neg(q_mod_t(None)));
+        }
+        crate::simd::accumulate(limb, &rows, &row_max, &hats, m);
     }
 }
 

@@ -61,7 +61,15 @@ impl Observer for Progress {
         self.bar.set_message(format!("{} {}/{}", e.name, e.done, e.total));
         // In a log (no terminal), one line per step shows where a long encrypted run is.
         if self.bar.is_hidden() && !self.quiet {
-            eprintln!("[{}] image {} step {}/{} {}", self.backend, image + 1, e.done, e.total, e.name);
+            eprintln!(
+                "[{}] image {} step {}/{} {} ({:.1} s)",
+                self.backend,
+                image + 1,
+                e.done,
+                e.total,
+                e.name,
+                e.seconds
+            );
         }
     }
     fn image_done(&mut self, r: &ImageReport, total: usize) {

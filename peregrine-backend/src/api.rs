@@ -134,6 +134,18 @@ pub trait Backend: Send + Sync {
     fn sub_plain(&self, a: &Self::Ciphertext, p: &Self::Plaintext) -> BResult<Self::Ciphertext>;
     /// a · p slot-wise (equal levels); the result's scale is the product of scales.
     fn mul_plain(&self, a: &Self::Ciphertext, p: &Self::Plaintext) -> BResult<Self::Ciphertext>;
+    /// Σ_i a_i · p_i slot-wise (one level; every product must come out at the same scale).
+    /// Backends may fuse it into one pass; the default multiplies and adds.
+    fn mul_plain_sum(&self, terms: &[(&Self::Ciphertext, &Self::Plaintext)]) -> BResult<Self::Ciphertext> {
+        let Some(((a, p), rest)) = terms.split_first() else {
+            return Err(BackendError::OutOfRange { op: "mul_plain_sum", detail: "no terms".into() });
+        };
+        let mut acc = self.mul_plain(a, p)?;
+        for (a, p) in rest {
+            acc = self.add(&acc, &self.mul_plain(a, p)?)?;
+        }
+        Ok(acc)
+    }
     /// a + c in every slot (c encoded at a's scale; no level used).
     fn add_scalar(&self, a: &Self::Ciphertext, c: f64) -> BResult<Self::Ciphertext>;
     /// a · c, with c encoded at `scale` (round(c·scale)); the result's scale is scale(a)·scale.

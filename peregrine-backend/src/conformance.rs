@@ -372,6 +372,11 @@ fn primitives<S: Scheme>(s: &Setup<S>, need: f64) -> Result<Outcome, String> {
         cmp("square + rescale", &sq, &map(&|v| v * v), top - 1, prod)?;
         let mp = srv.rescale(&srv.mul_plain(&a, &pt).map_err(e("mul_plain"))?).map_err(e("rescale"))?;
         cmp("mul_plain + rescale", &mp, &zip(|a, b| a * b), top - 1, prod)?;
+        // Σ a_i·p_i over three products (a, b, a with y, x, y): what a fused backend must match.
+        let px = srv.encode(&x, top, delta).map_err(e("encode"))?;
+        let terms = [(&a, &pt), (&b, &px), (&a, &pt)];
+        let dot = srv.rescale(&srv.mul_plain_sum(&terms).map_err(e("mul_plain_sum"))?).map_err(e("rescale"))?;
+        cmp("mul_plain_sum + rescale", &dot, &zip(|a, b| 2.0 * a * b + b * a), top - 1, prod)?;
         let ms = srv.rescale(&srv.mul_scalar(&a, -0.61, q).map_err(e("mul_scalar"))?).map_err(e("rescale"))?;
         cmp("mul_scalar + rescale", &ms, &map(&|v| -0.61 * v), top - 1, delta)?;
         cmp("drop_to_level", &srv.drop_to_level(&a, top - 2).map_err(e("drop_to_level"))?, &xs, top - 2, delta)?;
@@ -447,6 +452,7 @@ fn rules<S: Scheme>(s: &Setup<S>, _: f64) -> Result<Outcome, String> {
     let scale: fn(&E) -> bool = |r| matches!(r, E::ScaleMismatch { .. });
     let exhausted: fn(&E) -> bool = |r| matches!(r, E::LevelsExhausted { .. });
     let range: fn(&E) -> bool = |r| matches!(r, E::OutOfRange { .. } | E::InvalidParameters(_));
+    let any_of_level_or_scale: fn(&E) -> bool = |r| matches!(r, E::LevelMismatch { .. } | E::ScaleMismatch { .. });
     let key: fn(&E) -> bool = |r| matches!(r, E::MissingRotationKey(_));
     let count: fn(&E) -> bool = |r| matches!(r, E::TooManyValues { .. });
     let boot: fn(&E) -> bool = |r| matches!(r, E::BootstrapUnsupported | E::BootstrapNotEnabled);
@@ -459,6 +465,13 @@ fn rules<S: Scheme>(s: &Setup<S>, _: f64) -> Result<Outcome, String> {
         ("add_plain at two levels", unit(srv.add_plain(&a, &pt_low)), level, "LevelMismatch"),
         ("sub_plain at two scales", unit(srv.sub_plain(&a, &pt_odd)), scale, "ScaleMismatch"),
         ("mul_plain at two levels", unit(srv.mul_plain(&a, &pt_low)), level, "LevelMismatch"),
+        (
+            "mul_plain_sum of products at two scales",
+            unit(srv.mul_plain_sum(&[(&a, &pt_odd), (&a, &pt_odd), (&low, &pt_low)])),
+            any_of_level_or_scale,
+            "LevelMismatch or ScaleMismatch",
+        ),
+        ("mul_plain_sum of no terms", unit(srv.mul_plain_sum(&[])), range, "OutOfRange"),
         ("rescale at level 0", unit(srv.rescale(&bottom)), exhausted, "LevelsExhausted"),
         ("drop_to_level above the ciphertext", unit(srv.drop_to_level(&low, top)), exhausted, "LevelsExhausted"),
         (

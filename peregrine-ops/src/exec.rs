@@ -11,6 +11,51 @@ use crate::compile::{Step, StepKind, TensorId};
 use crate::plan::Plan;
 use crate::OpsError;
 
+/// Time spent per kind of work inside linear steps, summed over threads, in microseconds
+/// (printed per step to stderr when `PEREGRINE_PROFILE` is set).
+mod profile {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Instant;
+
+    pub static HOISTED: AtomicU64 = AtomicU64::new(0);
+    pub static COMPOSED: AtomicU64 = AtomicU64::new(0);
+    pub static ENCODE: AtomicU64 = AtomicU64::new(0);
+    pub static MULTIPLY: AtomicU64 = AtomicU64::new(0);
+    pub static GIANT: AtomicU64 = AtomicU64::new(0);
+
+    pub fn on() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| std::env::var_os("PEREGRINE_PROFILE").is_some())
+    }
+
+    /// Runs `f`, adding its wall time to `counter` when profiling.
+    pub fn time<T>(counter: &AtomicU64, f: impl FnOnce() -> T) -> T {
+        if !on() {
+            return f();
+        }
+        let t = Instant::now();
+        let r = f();
+        counter.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        r
+    }
+
+    /// Prints and resets the counters.
+    pub fn report(step: &str) {
+        if !on() {
+            return;
+        }
+        let take = |c: &AtomicU64| c.swap(0, Ordering::Relaxed) as f64 / 1e6;
+        eprintln!(
+            "profile {step}: hoisted rotations {:.2} s, composed {:.2} s, encode {:.2} s, multiply-add {:.2} s, giant rotations {:.2} s",
+            take(&HOISTED),
+            take(&COMPOSED),
+            take(&ENCODE),
+            take(&MULTIPLY),
+            take(&GIANT)
+        );
+    }
+}
+
 /// Rotations of one input ciphertext: `(step, rotated ciphertext)`.
 type Rotations<B> = Vec<(i64, <B as Backend>::Ciphertext)>;
 
@@ -191,6 +236,7 @@ pub fn execute<B: Backend>(
                 x.par_iter().map(|ct| backend.bootstrap(ct)).collect::<BResult<Vec<_>>>().map_err(wrap)?
             }
         };
+        profile::report(&step.name);
         timings.push(StepTiming {
             name: step.name.clone(),
             kind: step.kind_name(),
@@ -241,10 +287,30 @@ fn linear<B: Backend>(
             let (direct, composed): (Vec<i64>, Vec<i64>) =
                 steps.iter().partition(|s| !paths.contains_key(&s.rem_euclid(slots as i64)));
             if !direct.is_empty() {
-                out.extend(direct.iter().copied().zip(b.rotate_many(&base, &direct)?));
+                out.extend(
+                    direct.iter().copied().zip(profile::time(&profile::HOISTED, || b.rotate_many(&base, &direct))?),
+                );
             }
             for s in composed {
-                out.push((s, rotate(b, paths, &base, s, slots)?));
+                // Start from a hoisted rotation on the step's path when there is one: a key
+                // switch saved.
+                let path = &paths[&s.rem_euclid(slots as i64)];
+                let start = path.iter().position(|h| direct.contains(h));
+                let y = profile::time(&profile::COMPOSED, || -> BResult<B::Ciphertext> {
+                    Ok(match start {
+                        Some(i) => {
+                            let mut y = out.iter().find(|(d, _)| *d == path[i]).expect("hoisted").1.clone();
+                            for (j, &h) in path.iter().enumerate() {
+                                if j != i {
+                                    y = b.rotate(&y, h)?;
+                                }
+                            }
+                            y
+                        }
+                        None => rotate(b, paths, &base, s, slots)?,
+                    })
+                })?;
+                out.push((s, y));
             }
             Ok(((inp, ict), out))
         })
@@ -259,19 +325,47 @@ fn linear<B: Backend>(
     plan.outputs
         .par_iter()
         .map(|o| {
-            let mut total: Option<B::Ciphertext> = None;
-            for g in &o.giants {
-                let mut acc: Option<B::Ciphertext> = None;
-                for t in &g.terms {
-                    let x = table[&(t.input, t.in_ct, t.baby)];
-                    let pt = b.encode(&dense(&t.diag, slots), op_level, delta * q / b.scale(x))?;
-                    let p = b.mul_plain(x, &pt)?;
-                    acc = Some(accumulate(b, acc, p)?);
-                }
-                let acc = acc.expect("a giant has terms");
-                let acc = if g.step != 0 { rotate(b, paths, &acc, g.step, slots)? } else { acc };
-                total = Some(accumulate(b, total, acc)?);
-            }
+            // Giant steps run in parallel (each: its products, then one rotation); their sums
+            // are added as they finish.
+            let total = o
+                .giants
+                .par_iter()
+                .map(|g| {
+                    // Products summed a batch at a time (the backend may fuse each batch into
+                    // one pass); batches bound the plaintexts held at once.
+                    const BATCH: usize = 8;
+                    let mut acc: Option<B::Ciphertext> = None;
+                    for batch in g.terms.chunks(BATCH) {
+                        let xs: Vec<&B::Ciphertext> =
+                            batch.iter().map(|t| table[&(t.input, t.in_ct, t.baby)]).collect();
+                        let pts = profile::time(&profile::ENCODE, || {
+                            batch
+                                .iter()
+                                .zip(&xs)
+                                .map(|(t, x)| b.encode(&dense(&t.diag, slots), op_level, delta * q / b.scale(x)))
+                                .collect::<BResult<Vec<_>>>()
+                        })?;
+                        let pairs: Vec<(&B::Ciphertext, &B::Plaintext)> = xs.iter().copied().zip(pts.iter()).collect();
+                        acc = profile::time(&profile::MULTIPLY, || -> BResult<_> {
+                            Ok(Some(accumulate(b, acc, b.mul_plain_sum(&pairs)?)?))
+                        })?;
+                    }
+                    let acc = acc.expect("a giant has terms");
+                    if g.step != 0 {
+                        profile::time(&profile::GIANT, || rotate(b, paths, &acc, g.step, slots))
+                    } else {
+                        Ok(acc)
+                    }
+                })
+                .try_fold(|| None, |total: Option<B::Ciphertext>, x| accumulate(b, total, x?).map(Some))
+                .try_reduce(
+                    || None,
+                    |x, y| match (x, y) {
+                        (Some(x), Some(y)) => b.add(&x, &y).map(Some),
+                        (x, None) => Ok(x),
+                        (None, y) => Ok(y),
+                    },
+                )?;
             let mut out = match total {
                 Some(t) => Some(b.rescale(&t)?),
                 None => None,

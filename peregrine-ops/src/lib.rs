@@ -82,12 +82,12 @@ pub enum OpsError {
         /// Slots of the backend.
         backend: usize,
     },
-    /// A rotation-key budget below what composing every rotation needs.
-    #[error("a budget of {budget} rotation keys is below the {needed} power-of-two keys needed to compose any rotation of {slots} slots")]
+    /// A rotation-key budget too small to compose every rotation the plan needs.
+    #[error("a budget of {budget} rotation keys cannot compose every rotation of {slots} slots the plan needs (at least {needed} keys)")]
     KeyBudget {
         /// Keys allowed.
         budget: usize,
-        /// Keys needed.
+        /// Keys that suffice in any case (the ±2^i set), or at least 1.
         needed: usize,
         /// Slots.
         slots: usize,

@@ -517,40 +517,139 @@ pub fn signed_binary_path(r: i64, slots: usize) -> Vec<i64> {
     best.into_iter().map(|x| x.rem_euclid(s)).collect()
 }
 
-/// Limits the rotation keys to `max_keys`: the ±2^i keys are always kept, then the most used
-/// steps get their own key while budget remains; every other rotation is composed from ±2^i
-/// rotations (more key switches, less key memory). Fails if the budget is below the ±2^i set.
+/// Relative cost of one key switch at `level` under hybrid key switching: digits (about ten
+/// primes each) × limbs of Q·P (about eight special primes), so a low-level switch still
+/// costs a fair share of a high-level one.
+fn switch_cost(level: usize) -> f64 {
+    ((level + 9) * ((level + 10) / 10)) as f64
+}
+
+/// Keys and composition paths for every needed step: `(keys, paths)`.
+type KeyScheme = (BTreeSet<i64>, BTreeMap<i64, Vec<i64>>);
+
+/// The ±2^i scheme: every step that is not keyed is composed along its signed-binary path,
+/// so the ±2^i keys those paths use are kept; the rest of the budget keys the steps whose
+/// composition would cost most (uses × extra hops × cost at their level), repeatedly, as
+/// keyed steps free ±2^i keys no other path needs. `None` if the paths alone exceed the budget.
+fn binary_scheme(plan: &Plan, max_keys: usize) -> Option<KeyScheme> {
+    let slots = plan.program.slots;
+    let path_of: BTreeMap<i64, Vec<i64>> =
+        plan.rotation_uses.keys().map(|&s| (s, signed_binary_path(s, slots))).collect();
+    let saving = |s: &i64| {
+        let level = plan.rotation_levels.get(s).copied().unwrap_or(plan.capabilities.max_level);
+        let hops = path_of[s].len().saturating_sub(1);
+        plan.rotation_uses[s] as f64 * hops as f64 * switch_cost(level)
+    };
+    let mut by_saving: Vec<i64> = plan.rotation_uses.keys().copied().filter(|s| path_of[s].len() > 1).collect();
+    by_saving.sort_by(|a, b| saving(b).total_cmp(&saving(a)).then(a.cmp(b)));
+    let mut direct: BTreeSet<i64> = plan.rotation_uses.keys().copied().filter(|s| path_of[s].len() == 1).collect();
+    loop {
+        let base: BTreeSet<i64> =
+            path_of.iter().filter(|(s, _)| !direct.contains(s)).flat_map(|(_, p)| p.iter().copied()).collect();
+        let keys: BTreeSet<i64> = base.union(&direct).copied().collect();
+        if keys.len() > max_keys {
+            return None;
+        }
+        match by_saving.iter().position(|s| !direct.contains(s)) {
+            Some(i) if keys.len() < max_keys => {
+                direct.insert(by_saving[i]);
+            }
+            _ => {
+                let paths = path_of.into_iter().filter(|(s, _)| !keys.contains(s)).collect();
+                return Some((keys, paths));
+            }
+        }
+    }
+}
+
+/// The heaviest steps (uses × key-switch cost at their level) keyed, plus `extra` generators;
+/// every other step composed along a shortest path over the keyed steps (breadth-first over
+/// the slot rotations). `None` if some step cannot be reached.
+fn shortest_path_scheme(plan: &Plan, max_keys: usize, extra: &[i64]) -> Option<KeyScheme> {
+    let slots = plan.program.slots;
+    let weight = |s: &i64| {
+        let level = plan.rotation_levels.get(s).copied().unwrap_or(plan.capabilities.max_level);
+        plan.rotation_uses.get(s).copied().unwrap_or(0) as f64 * switch_cost(level)
+    };
+    let mut by_weight: Vec<i64> = plan.rotation_uses.keys().copied().collect();
+    by_weight.sort_by(|a, b| weight(b).total_cmp(&weight(a)).then(a.cmp(b)));
+    let mut keys: BTreeSet<i64> = extra.iter().map(|e| e.rem_euclid(slots as i64)).filter(|&e| e != 0).collect();
+    if keys.len() > max_keys {
+        return None;
+    }
+    for s in by_weight {
+        if keys.len() >= max_keys {
+            break;
+        }
+        keys.insert(s);
+    }
+    let gens: Vec<i64> = keys.iter().copied().collect();
+    // Breadth-first search from rotation 0: `via[x]` is the last generator on a shortest path.
+    let mut via = vec![u32::MAX; slots];
+    via[0] = 0;
+    let mut queue = std::collections::VecDeque::from([0usize]);
+    while let Some(x) = queue.pop_front() {
+        for (g, &k) in gens.iter().enumerate() {
+            let y = (x + k as usize) % slots;
+            if via[y] == u32::MAX && y != 0 {
+                via[y] = g as u32;
+                queue.push_back(y);
+            }
+        }
+    }
+    let mut paths = BTreeMap::new();
+    for &s in plan.rotation_uses.keys() {
+        if keys.contains(&s) {
+            continue;
+        }
+        let mut x = s.rem_euclid(slots as i64) as usize;
+        let mut path = Vec::new();
+        while x != 0 {
+            let g = *via.get(x)?;
+            if g == u32::MAX {
+                return None;
+            }
+            path.push(gens[g as usize]);
+            x = (x + slots - gens[g as usize] as usize) % slots;
+        }
+        paths.insert(s, path);
+    }
+    Some((keys, paths))
+}
+
+/// Limits the rotation keys to `max_keys` and composes every other rotation from keyed ones
+/// (more key switches, less key memory). Two schemes are weighed by their key-switch cost
+/// (uses × path length × cost at the step's level) and the cheaper is taken: the ±2^i keys
+/// plus the most used steps, with signed-binary paths; or the steps that cost most keyed
+/// and shortest paths over them. Fails if neither reaches every step.
 pub fn with_key_budget(mut plan: Plan, max_keys: usize) -> Result<Plan, OpsError> {
     let slots = plan.program.slots;
     if plan.rotation_uses.len() <= max_keys {
         return Ok(plan);
     }
-    let mut base: BTreeSet<i64> = BTreeSet::new();
-    let mut p = 1i64;
-    while (p as usize) < slots {
-        base.insert(p);
-        base.insert((slots as i64 - p).rem_euclid(slots as i64));
-        p *= 2;
-    }
-    base.remove(&0);
-    if max_keys < base.len() {
-        return Err(OpsError::KeyBudget { budget: max_keys, needed: base.len(), slots });
-    }
-    let mut by_use: Vec<(i64, usize)> =
-        plan.rotation_uses.iter().map(|(k, v)| (*k, *v)).filter(|(k, _)| !base.contains(k)).collect();
-    by_use.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let mut keys = base.clone();
-    let mut extra_switches = 0usize;
-    let mut paths = BTreeMap::new();
-    for (step, n) in by_use {
-        if keys.len() < max_keys {
-            keys.insert(step);
-        } else {
-            let path = signed_binary_path(step, slots);
-            extra_switches += (path.len().saturating_sub(1)) * n;
-            paths.insert(step, path);
-        }
-    }
+    let scheme_cost = |(_, paths): &KeyScheme| -> f64 {
+        plan.rotation_uses
+            .iter()
+            .map(|(s, &u)| {
+                let level = plan.rotation_levels.get(s).copied().unwrap_or(plan.capabilities.max_level);
+                u as f64 * paths.get(s).map_or(1, Vec::len) as f64 * switch_cost(level)
+            })
+            .sum()
+    };
+    let one = [1i64];
+    let both = [1i64, -1];
+    let candidates = [
+        binary_scheme(&plan, max_keys),
+        shortest_path_scheme(&plan, max_keys, &[]),
+        shortest_path_scheme(&plan, max_keys, &one),
+        shortest_path_scheme(&plan, max_keys, &both),
+    ];
+    let Some((keys, paths)) = candidates.into_iter().flatten().min_by(|a, b| scheme_cost(a).total_cmp(&scheme_cost(b)))
+    else {
+        return Err(OpsError::KeyBudget { budget: max_keys, needed: 1, slots });
+    };
+    let extra_switches: usize =
+        paths.iter().map(|(s, p)| plan.rotation_uses.get(s).copied().unwrap_or(0) * p.len().saturating_sub(1)).sum();
     // Keep only keys that are used, directly or on a path.
     let used: BTreeSet<i64> = plan
         .rotation_uses

@@ -305,11 +305,14 @@ impl<F: Family> DynServer for CkksServer<F> {
         let prog = &self.plan.program;
         let total = prog.steps.len();
         let mut done = 0;
+        let mut last = std::time::Instant::now();
         let (out, timings) = execute(&self.plan, &self.server, cts, |step, tensor, cts: &[Ct<F>]| {
             done += 1;
+            let seconds = last.elapsed().as_secs_f64();
+            last = std::time::Instant::now();
             let node = prog.tensors[tensor].name.trim_end_matches("@bootstrap").to_string();
             let values = trace.then(|| (tensor, Encrypted::new(cts.to_vec())));
-            on_step(StepEvent { name: step.name.clone(), node, done, total, values });
+            on_step(StepEvent { name: step.name.clone(), node, done, total, seconds, values });
         })?;
         let steps = timings.into_iter().map(|t| StepSeconds { step: t.name, seconds: t.seconds }).collect();
         Ok((Encrypted::new(out), InferStats { steps, bootstraps: None }))

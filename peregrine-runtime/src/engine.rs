@@ -93,6 +93,8 @@ pub struct StepEvent {
     pub done: usize,
     /// Steps in all.
     pub total: usize,
+    /// Wall time of the step, seconds.
+    pub seconds: f64,
     /// The step's ciphertexts, when a trace was asked for (see [`DynClient::decrypt_step`]).
     pub values: Option<(usize, Encrypted)>,
 }

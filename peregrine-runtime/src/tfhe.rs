@@ -248,9 +248,12 @@ impl DynServer for TfheServer {
     fn infer(&self, input: Encrypted, _trace: bool, on_step: OnStep) -> Result<Inferred> {
         let inputs: Vec<Lwe> = input.downcast(NAME)?;
         let stages = self.prepared.plan();
+        let mut last = std::time::Instant::now();
         let (out, report) = run(&self.server, &self.prepared, inputs, |done, total| {
             let node = stages.stages.get(done - 1).map_or("output", |s| s.node.as_str()).to_string();
-            on_step(StepEvent { name: node.clone(), node, done, total, values: None });
+            let seconds = last.elapsed().as_secs_f64();
+            last = std::time::Instant::now();
+            on_step(StepEvent { name: node.clone(), node, done, total, seconds, values: None });
         })?;
         let steps = report.stage_seconds.into_iter().map(|(step, seconds)| StepSeconds { step, seconds }).collect();
         Ok((Encrypted::new(out), InferStats { steps, bootstraps: Some(report.bootstraps) }))
