@@ -435,6 +435,24 @@ impl Backend for CkksServer {
             })
             .collect()
     }
+    fn rotate_sum(&self, terms: &[(&Ciphertext, i64)]) -> BResult<Ciphertext> {
+        let Some(((a, _), rest)) = terms.split_first() else {
+            return Err(BackendError::OutOfRange { op: "rotate_sum", detail: "no terms".into() });
+        };
+        self.check("rotate_sum", a)?;
+        for (b, _) in rest {
+            self.check("rotate_sum", b)?;
+            a.meta.add("rotate_sum", b.meta)?;
+        }
+        let l = a.level();
+        let mut parts = Vec::with_capacity(terms.len());
+        for (ct, step) in terms {
+            let s = rotation_key(*step, self.caps.slots, &self.steps)?;
+            parts.push((*ct, if s == 0 { None } else { Some(self.rotation(s, l)?) }));
+        }
+        let parts: Vec<_> = parts.iter().map(|(ct, rk)| (*ct, rk.map(|rk| (&rk.key, rk.galois)))).collect();
+        Ok(self.make(self.ctx.rotate_sum(&parts, l), a.meta))
+    }
     fn serialize_ciphertext(&self, ct: &Ciphertext) -> BResult<Vec<u8>> {
         Ok(serial::write_ciphertext(&self.ctx, ct))
     }

@@ -5,29 +5,9 @@
 //! slot values; the "special FFT" maps between the n complex values and the 2n real
 //! coefficients in O(n log n). Slot j of a rotation by r holds slot j + r (X → X^(5^r)).
 
-/// A complex number (only what the FFT needs).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-struct C64 {
-    re: f64,
-    im: f64,
-}
-
-impl C64 {
-    #[inline(always)]
-    fn add(self, o: C64) -> C64 {
-        C64 { re: self.re + o.re, im: self.im + o.im }
-    }
-    #[inline(always)]
-    fn sub(self, o: C64) -> C64 {
-        C64 { re: self.re - o.re, im: self.im - o.im }
-    }
-    #[inline(always)]
-    fn mul(self, o: C64) -> C64 {
-        C64 { re: self.re * o.re - self.im * o.im, im: self.re * o.im + self.im * o.re }
-    }
-}
-
-/// Special FFT tables for `slots` slots.
+/// Special FFT tables for `slots` slots. Complex vectors are held split (real parts, imaginary
+/// parts) so the butterflies vectorise; on CPUs with AVX-512 or AVX2+FMA the same loops are
+/// compiled for those instruction sets and chosen at run time.
 #[derive(Clone, Debug)]
 pub struct Encoder {
     /// Number of slots n.
@@ -35,9 +15,114 @@ pub struct Encoder {
     /// Stride of Y = X^gap in the ring of dimension N: gap = N / 2n.
     pub gap: usize,
     /// Twiddles of the forward FFT, stage by stage (len = 2, 4, …, n; len/2 each).
-    fwd_twiddles: Vec<C64>,
+    fwd: Twiddles,
     /// Twiddles of the inverse FFT, in the same layout.
-    inv_twiddles: Vec<C64>,
+    inv: Twiddles,
+    /// Bit-reversal permutation of 0..n.
+    bit_rev: Vec<u32>,
+}
+
+/// Real and imaginary parts of a twiddle table.
+#[derive(Clone, Debug, Default)]
+struct Twiddles {
+    re: Vec<f64>,
+    im: Vec<f64>,
+}
+
+/// Forward (`inverse = false`: coefficients → values, input bit-reversed) or inverse (values →
+/// n·coefficients, output bit-reversed) radix-2 FFT over split complex vectors.
+#[inline(always)]
+fn fft_stages(tw: &Twiddles, re: &mut [f64], im: &mut [f64], inverse: bool) {
+    let n = re.len();
+    let stages: Vec<(usize, usize)> = {
+        // (len, offset of the stage's twiddles); stages were stored from len = 2 upwards.
+        let mut v = Vec::new();
+        let (mut len, mut offset) = (2, 0);
+        while len <= n {
+            v.push((len, offset));
+            offset += len / 2;
+            len *= 2;
+        }
+        if inverse {
+            v.reverse();
+        }
+        v
+    };
+    for (len, offset) in stages {
+        let half = len / 2;
+        let (wr, wi) = (&tw.re[offset..offset + half], &tw.im[offset..offset + half]);
+        for (r, i) in re.chunks_exact_mut(len).zip(im.chunks_exact_mut(len)) {
+            let (r0, r1) = r.split_at_mut(half);
+            let (i0, i1) = i.split_at_mut(half);
+            if inverse {
+                for j in 0..half {
+                    let (ur, ui) = (r0[j] + r1[j], i0[j] + i1[j]);
+                    let (dr, di) = (r0[j] - r1[j], i0[j] - i1[j]);
+                    r0[j] = ur;
+                    i0[j] = ui;
+                    r1[j] = dr * wr[j] - di * wi[j];
+                    i1[j] = dr * wi[j] + di * wr[j];
+                }
+            } else {
+                for j in 0..half {
+                    let (tr, ti) = (r1[j] * wr[j] - i1[j] * wi[j], r1[j] * wi[j] + i1[j] * wr[j]);
+                    let (ur, ui) = (r0[j], i0[j]);
+                    r0[j] = ur + tr;
+                    i0[j] = ui + ti;
+                    r1[j] = ur - tr;
+                    i1[j] = ui - ti;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod fft_x86 {
+    use super::{fft_stages, Twiddles};
+
+    /// [`fft_stages`] compiled for AVX-512.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn avx512(tw: &Twiddles, re: &mut [f64], im: &mut [f64], inverse: bool) {
+        fft_stages(tw, re, im, inverse)
+    }
+
+    /// [`fft_stages`] compiled for AVX2 with FMA.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn avx2(tw: &Twiddles, re: &mut [f64], im: &mut [f64], inverse: bool) {
+        fft_stages(tw, re, im, inverse)
+    }
+}
+
+/// [`fft_stages`] with the widest vector instructions this CPU has.
+fn fft(tw: &Twiddles, re: &mut [f64], im: &mut [f64], inverse: bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static LEVEL: OnceLock<u8> = OnceLock::new();
+        let level = *LEVEL.get_or_init(|| {
+            if is_x86_feature_detected!("avx512f") {
+                2
+            } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                1
+            } else {
+                0
+            }
+        });
+        // SAFETY: each variant runs only on a CPU that has its instruction set (checked above).
+        match level {
+            2 => return unsafe { fft_x86::avx512(tw, re, im, inverse) },
+            1 => return unsafe { fft_x86::avx2(tw, re, im, inverse) },
+            _ => {}
+        }
+    }
+    fft_stages(tw, re, im, inverse)
 }
 
 impl Encoder {
@@ -51,91 +136,25 @@ impl Encoder {
             rot_group.push(g);
             g = (g * 5) % m;
         }
-        let root = |k: usize| {
-            let a = 2.0 * std::f64::consts::PI * k as f64 / m as f64;
-            C64 { re: a.cos(), im: a.sin() }
-        };
+        let angle = |k: usize| 2.0 * std::f64::consts::PI * k as f64 / m as f64;
         // Contiguous per-stage twiddles: the FFTs then read memory in order.
-        let (mut fwd_twiddles, mut inv_twiddles) = (Vec::with_capacity(slots), Vec::with_capacity(slots));
+        let (mut fwd, mut inv) = (Twiddles::default(), Twiddles::default());
         let mut len = 2;
         while len <= slots {
             let lenq = 4 * len;
             let step = m / lenq;
             for &g in &rot_group[..len / 2] {
-                fwd_twiddles.push(root((g % lenq) * step));
-                inv_twiddles.push(root((lenq - g % lenq) * step));
+                let (f, i) = (angle((g % lenq) * step), angle((lenq - g % lenq) * step));
+                fwd.re.push(f.cos());
+                fwd.im.push(f.sin());
+                inv.re.push(i.cos());
+                inv.im.push(i.sin());
             }
             len *= 2;
         }
-        Encoder { slots, gap: ring_dim / (2 * slots), fwd_twiddles, inv_twiddles }
-    }
-
-    fn bit_reverse(v: &mut [C64]) {
-        let n = v.len();
-        let mut j = 0;
-        for i in 1..n {
-            let mut bit = n >> 1;
-            while j & bit != 0 {
-                j ^= bit;
-                bit >>= 1;
-            }
-            j |= bit;
-            if i < j {
-                v.swap(i, j);
-            }
-        }
-    }
-
-    /// Evaluates: complex coefficients → slot values.
-    fn fft(&self, v: &mut [C64]) {
-        let n = v.len();
-        Self::bit_reverse(v);
-        let mut len = 2;
-        let mut offset = 0;
-        while len <= n {
-            let half = len / 2;
-            let tw = &self.fwd_twiddles[offset..offset + half];
-            offset += half;
-            for i in (0..n).step_by(len) {
-                for j in 0..half {
-                    let w = tw[j];
-                    let u = v[i + j];
-                    let t = v[i + j + half].mul(w);
-                    v[i + j] = u.add(t);
-                    v[i + j + half] = u.sub(t);
-                }
-            }
-            len *= 2;
-        }
-    }
-
-    /// Interpolates: slot values → complex coefficients.
-    fn ifft(&self, v: &mut [C64]) {
-        let n = v.len();
-        let mut len = n;
-        // Stage offsets of the twiddle table (stages were stored from len = 2 upwards).
-        let mut offset = n - 1;
-        while len >= 2 {
-            let half = len / 2;
-            offset -= half;
-            let tw = &self.inv_twiddles[offset..offset + half];
-            for i in (0..n).step_by(len) {
-                for j in 0..half {
-                    let w = tw[j];
-                    let u = v[i + j].add(v[i + j + half]);
-                    let t = v[i + j].sub(v[i + j + half]).mul(w);
-                    v[i + j] = u;
-                    v[i + j + half] = t;
-                }
-            }
-            len /= 2;
-        }
-        Self::bit_reverse(v);
-        let inv = 1.0 / n as f64;
-        for x in v.iter_mut() {
-            x.re *= inv;
-            x.im *= inv;
-        }
+        let bits = slots.trailing_zeros();
+        let bit_rev = (0..slots as u32).map(|i| if bits == 0 { 0 } else { i.reverse_bits() >> (32 - bits) }).collect();
+        Encoder { slots, gap: ring_dim / (2 * slots), fwd, inv, bit_rev }
     }
 
     /// The real coefficients (of X^0 … X^(N−1), times `scale`, not yet rounded) whose slots
@@ -143,12 +162,15 @@ impl Encoder {
     /// returns the 2n coefficients of Y^0 … Y^(2n−1).
     pub fn encode_coeffs(&self, values: &[f64], scale: f64) -> Vec<f64> {
         let n = self.slots;
-        let mut v: Vec<C64> = (0..n).map(|j| C64 { re: values.get(j).copied().unwrap_or(0.0), im: 0.0 }).collect();
-        self.ifft(&mut v);
+        let mut re: Vec<f64> = (0..n).map(|j| values.get(j).copied().unwrap_or(0.0)).collect();
+        let mut im = vec![0.0; n];
+        fft(&self.inv, &mut re, &mut im, true);
+        let s = scale / n as f64;
         let mut out = vec![0.0; 2 * n];
-        for j in 0..n {
-            out[j] = v[j].re * scale;
-            out[j + n] = v[j].im * scale;
+        let (lo, hi) = out.split_at_mut(n);
+        for ((a, b), &r) in lo.iter_mut().zip(hi.iter_mut()).zip(&self.bit_rev) {
+            *a = re[r as usize] * s;
+            *b = im[r as usize] * s;
         }
         out
     }
@@ -157,9 +179,10 @@ impl Encoder {
     /// scale).
     pub fn decode_coeffs(&self, coeffs: &[f64]) -> Vec<f64> {
         let n = self.slots;
-        let mut v: Vec<C64> = (0..n).map(|j| C64 { re: coeffs[j], im: coeffs[j + n] }).collect();
-        self.fft(&mut v);
-        v.into_iter().map(|c| c.re).collect()
+        let mut re: Vec<f64> = self.bit_rev.iter().map(|&r| coeffs[r as usize]).collect();
+        let mut im: Vec<f64> = self.bit_rev.iter().map(|&r| coeffs[r as usize + n]).collect();
+        fft(&self.fwd, &mut re, &mut im, false);
+        re
     }
 }
 

@@ -73,6 +73,18 @@ fn add_into(ctx: &Context, a: &mut [u64], b: &[u64]) {
     });
 }
 
+/// `acc += σ(src)` limb-wise, σ given by its NTT-domain permutation (`out[j] = in[perm[j]]`);
+/// limb k of both is prime `basis[k]`.
+fn add_permuted_into(ctx: &Context, acc: &mut [u64], src: &[u64], perm: &[u32], basis: &[usize]) {
+    let n = ctx.n();
+    acc.par_chunks_mut(n).zip(src.par_chunks(n)).zip(basis.par_iter()).for_each(|((a, s), &i)| {
+        let m = ctx.q(i);
+        for (x, &p) in a.iter_mut().zip(perm) {
+            *x = m.add(*x, s[p as usize]);
+        }
+    });
+}
+
 /// `a −= b` limb-wise.
 fn sub_into(ctx: &Context, a: &mut [u64], b: &[u64]) {
     let n = ctx.n();
@@ -144,7 +156,14 @@ impl Context {
         // The common case, |coefficients| < 2^52: exact in f64 and i64, reduced with a
         // floating-point quotient. Wider ones (products of scales) go through 128-bit integers.
         let narrow = max < (1u64 << 52) as f64;
-        let rounded: Vec<f64> = coeffs.iter().map(|c| c.round()).collect();
+        // Adding and removing 1.5·2^52 rounds to the nearest integer (exact below 2^51)
+        // without a libm call per coefficient.
+        const ROUNDER: f64 = 6755399441055744.0;
+        let rounded: Vec<f64> = if max < (1u64 << 51) as f64 {
+            coeffs.iter().map(|&c| (c + ROUNDER) - ROUNDER).collect()
+        } else {
+            coeffs.iter().map(|c| c.round()).collect()
+        };
         let wide: Vec<i128> = if narrow { Vec::new() } else { rounded.iter().map(|&c| c as i128).collect() };
         out.par_chunks_mut(n).enumerate().for_each(|(i, limb)| {
             let m = self.q(i);
@@ -507,6 +526,48 @@ impl Context {
         add_into(self, &mut d0, &u0);
         add_into(self, &mut d1, &u1);
         (d0, d1)
+    }
+
+    /// Σ_k σ_k(ct_k) for rotations given by their switching key and Galois element (`None`:
+    /// the term is added as it is), all at `level`, with **one** division by P: each term's
+    /// key-switch output stays in the extended basis Q·P, is permuted by σ_k there (σ commutes
+    /// with the division) and summed; ModDown runs once on the sum instead of once per term.
+    pub fn rotate_sum(&self, terms: &[(&Ciphertext, Option<(&SwitchKey, u64)>)], level: usize) -> (Vec<u64>, Vec<u64>) {
+        let n = self.n();
+        let basis = self.ext_basis(level);
+        let mut c0 = vec![0u64; (level + 1) * n];
+        let mut c1 = vec![0u64; (level + 1) * n];
+        let mut ext0 = vec![0u64; basis.len() * n];
+        let mut ext1 = vec![0u64; basis.len() * n];
+        let mut switched = false;
+        for (ct, rotation) in terms {
+            match rotation {
+                None => {
+                    add_into(self, &mut c0, &ct.c0);
+                    add_into(self, &mut c1, &ct.c1);
+                }
+                Some((key, g)) => {
+                    let (a0, a1) = self.key_inner(&self.mod_up(&ct.c1, level), key, level);
+                    let all: Vec<usize> = (0..=level).collect();
+                    let perm = self.ring.galois_perm(*g);
+                    rayon::join(
+                        || add_permuted_into(self, &mut c0, &ct.c0, &perm, &all),
+                        || {
+                            rayon::join(
+                                || add_permuted_into(self, &mut ext0, &a0, &perm, &basis),
+                                || add_permuted_into(self, &mut ext1, &a1, &perm, &basis),
+                            )
+                        },
+                    );
+                    switched = true;
+                }
+            }
+        }
+        if switched {
+            let (u0, u1) = rayon::join(|| self.mod_down(&ext0, level), || self.mod_down(&ext1, level));
+            rayon::join(|| add_into(self, &mut c0, &u0), || add_into(self, &mut c1, &u1));
+        }
+        (c0, c1)
     }
 
     /// Applies X → X^g after switching with a rotation key: `(σ(c0 + u0), σ(u1))`.

@@ -168,6 +168,19 @@ pub trait Backend: Send + Sync {
     fn rotate_many(&self, a: &Self::Ciphertext, steps: &[i64]) -> BResult<Vec<Self::Ciphertext>> {
         steps.iter().map(|&s| self.rotate(a, s)).collect()
     }
+    /// Σ_k rot(a_k, step_k): rotations of several ciphertexts (equal levels and scales),
+    /// summed. Backends may share work across the terms (`ckks` sums the key-switch outputs
+    /// in the extended basis and divides by P once); the default rotates and adds.
+    fn rotate_sum(&self, terms: &[(&Self::Ciphertext, i64)]) -> BResult<Self::Ciphertext> {
+        let Some(((a, step), rest)) = terms.split_first() else {
+            return Err(BackendError::OutOfRange { op: "rotate_sum", detail: "no terms".into() });
+        };
+        let mut acc = self.rotate(a, *step)?;
+        for (a, step) in rest {
+            acc = self.add(&acc, &self.rotate(a, *step)?)?;
+        }
+        Ok(acc)
+    }
     /// Refreshes a ciphertext to [`Capabilities::bootstrap_level`] (if the backend can).
     fn bootstrap(&self, _a: &Self::Ciphertext) -> BResult<Self::Ciphertext> {
         Err(BackendError::BootstrapUnsupported)

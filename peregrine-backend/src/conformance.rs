@@ -399,6 +399,26 @@ fn primitives<S: Scheme>(s: &Setup<S>, need: f64) -> Result<Outcome, String> {
             cmp(&format!("rotate({step})"), &srv.rotate(&a, step).map_err(e("rotate"))?, &want, top, delta)?;
             cmp(&format!("rotate_many({step})"), r, &want, top, delta)?;
         }
+        // Σ rot(·, step) over two ciphertexts and a repeated step, one of them 0.
+        let terms = [(&a, STEPS[0]), (&b, STEPS[2]), (&a, 0), (&b, STEPS[0]), (&a, STEPS[1])];
+        let want: Vec<f64> = (0..slots)
+            .map(|i| {
+                terms
+                    .iter()
+                    .map(|(c, step)| {
+                        let v = if std::ptr::eq(*c, &a) { &xs } else { &ys };
+                        v[(i as i64 + step).rem_euclid(slots as i64) as usize]
+                    })
+                    .sum()
+            })
+            .collect();
+        cmp("rotate_sum", &srv.rotate_sum(&terms).map_err(e("rotate_sum"))?, &want, top, delta)?;
+        let low_sum = srv.rotate_sum(&[(&m, STEPS[3]), (&m, STEPS[1])]).map_err(e("rotate_sum below the top"))?;
+        let mv = zip(|a, b| a * b);
+        let want: Vec<f64> = (0..slots)
+            .map(|i| [STEPS[3], STEPS[1]].iter().map(|st| mv[(i as i64 + st).rem_euclid(slots as i64) as usize]).sum())
+            .collect();
+        cmp("rotate_sum at level - 1", &low_sum, &want, top - 1, prod)?;
     }
     Ok(Outcome::Passed(p.summary(count)))
 }
@@ -482,6 +502,10 @@ fn rules<S: Scheme>(s: &Setup<S>, _: f64) -> Result<Outcome, String> {
         ),
         ("a rotation without its key", unit(srv.rotate(&a, missing)), key, "MissingRotationKey"),
         ("rotate_many with a missing key", unit(srv.rotate_many(&a, &[1, missing])), key, "MissingRotationKey"),
+        ("rotate_sum with a missing key", unit(srv.rotate_sum(&[(&a, 1), (&a, missing)])), key, "MissingRotationKey"),
+        ("rotate_sum at two levels", unit(srv.rotate_sum(&[(&a, 1), (&low, 1)])), level, "LevelMismatch"),
+        ("rotate_sum at two scales", unit(srv.rotate_sum(&[(&a, 1), (&wide, 1)])), scale, "ScaleMismatch"),
+        ("rotate_sum of no terms", unit(srv.rotate_sum(&[])), range, "OutOfRange"),
         (
             "bootstrap without bootstrapping keys",
             unit(srv.bootstrap(&a)),

@@ -19,6 +19,6 @@ pub mod layout;
 pub mod linear;
 pub mod lower;
 
-pub use diag::{DiagonalPlan, PairPlan};
+pub use diag::{DiagonalPlan, PairPlan, SparseDiagonal};
 pub use layout::{Gip, Layout, LayoutError, Position};
 pub use linear::LinearMap;

@@ -73,9 +73,13 @@ fn check_plan(map: &LinearMap, ins: &[&Layout], out: &Layout, r: &mut StdRng, wh
     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
         assert!((a - b).abs() < 1e-9, "{what}: element {i}: {a} vs {b}");
     }
-    // Slots outside the output layout stay zero.
+    // Every copy of a replicated output holds its element; slots outside stay zero.
+    for (i, c, s) in out.copies() {
+        let (a, b) = (got_slots[c as usize][s as usize], want[i]);
+        assert!((a - b).abs() < 1e-9, "{what}: copy of element {i} at ({c}, {s}): {a} vs {b}");
+    }
     let mut used = vec![vec![false; out.slots]; out.ciphertexts];
-    for &(c, s) in &out.positions {
+    for (_, c, s) in out.copies() {
         used[c as usize][s as usize] = true;
     }
     for (c, v) in got_slots.iter().enumerate() {
@@ -143,6 +147,51 @@ fn diagonal_schedules_equal_the_dense_maps() {
         Some(&[0.1, 0.2, 0.3]),
     );
     check_plan(&ct, &[&go.layout()], &go.upsampled(3, 38, 54, 2).layout(), &mut r, "conv transpose");
+}
+
+#[test]
+fn replicated_layouts_give_the_same_maps_from_fewer_diagonals() {
+    let mut r = StdRng::seed_from_u64(23);
+    let slots = 1 << 12;
+    let win = |k: usize, s: usize| Window { kernel: [k, k], stride: [s, s], padding: [k / 2, k / 2], dilation: [1, 1] };
+    // 5×13×11 → 6 (3×3, stride 1), then → 7 (3×3, stride 2), then global pooling + FC (odd sizes).
+    let conv1 = LinearMap::conv2d(5, 13, 11, 6, win(3, 1), 1, &rand_vec(&mut r, 6 * 5 * 9), Some(&rand_vec(&mut r, 6)));
+    let conv2 = LinearMap::conv2d(6, 13, 11, 7, win(3, 2), 1, &rand_vec(&mut r, 7 * 6 * 9), None);
+    let head = LinearMap::fully_connected(7, 3, &rand_vec(&mut r, 21), Some(&rand_vec(&mut r, 3)))
+        .after(&LinearMap::global_avg_pool(7, 7, 6));
+    let g0 = Gip::fresh(5, 13, 11, slots);
+    let g1 = g0.with_channels(6);
+    let g2 = g1.strided(7, 7, 6, 2);
+    let cases: [(&LinearMap, Layout, Layout, &str); 3] = [
+        (&conv1, g0.layout(), g1.layout(), "conv s1"),
+        (&conv2, g1.layout(), g2.layout(), "conv s2"),
+        (&head, g2.layout(), Layout::vector(3, slots), "gap+fc"),
+    ];
+    for (map, li, lo, what) in cases {
+        let (ri, ro) = (li.clone().replicated(), lo.clone().replicated());
+        assert!(ri.replicas > 1 && ro.replicas > 1, "{what}: {} / {} copies", ri.replicas, ro.replicas);
+        let plain = check_plan(map, &[&li], &lo, &mut r, what);
+        let rep = check_plan(map, &[&ri], &ro, &mut r, &format!("{what}, replicated"));
+        // Offsets merge modulo the input's period; an output with more copies than the input
+        // (a shorter period) needs up to period_in / period_out times the diagonals.
+        let growth = (ri.period() / ro.period()).max(1);
+        assert!(
+            rep.plaintext_mults() <= plain.plaintext_mults() * growth,
+            "{what}: {} diagonals replicated, {} not",
+            rep.plaintext_mults(),
+            plain.plaintext_mults()
+        );
+        if growth == 1 {
+            assert!(rep.plaintext_mults() < plain.plaintext_mults(), "{what}: no diagonal merged");
+        }
+        // A replicated input read into a single-copy output works too.
+        check_plan(map, &[&ri], &lo, &mut r, &format!("{what}, replicated input only"));
+    }
+    // A position at or beyond the period is refused by name.
+    let mut bad = g0.layout().replicated();
+    bad.replicas *= 2;
+    let err = DiagonalPlan::new(&conv1, &[&bad], &g1.layout()).unwrap_err();
+    assert!(matches!(err, LayoutError::OutOfRange { .. }), "{err}");
 }
 
 #[test]

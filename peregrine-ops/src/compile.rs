@@ -186,7 +186,7 @@ pub fn compile(model: &Model, slots: usize) -> Result<Program, OpsError> {
     consumers[out_idx] += 1; // the output is always materialised
     let input_shape = g.input.shape.clone();
     let gip = Gip::fresh(input_shape[0], input_shape[1], input_shape[2], slots);
-    let layout = gip.layout();
+    let layout = gip.layout().replicated();
     let mut c = Compiler {
         model,
         slots,
@@ -306,7 +306,15 @@ impl Compiler<'_> {
                             (hi.div_ceil(g.split), (g.mux * g.row_stride) as i64),
                         ];
                         let positions = (0..ci).map(|c| g.position(c, 0, 0)).collect();
-                        let sum_layout = Layout { positions, ciphertexts: cps, slots: self.slots, gip: None, dirty: true };
+                        // Rotations and sums keep the input's copies: the sums repeat as it does.
+                        let sum_layout = Layout {
+                            positions,
+                            ciphertexts: cps,
+                            slots: self.slots,
+                            gip: None,
+                            dirty: true,
+                            replicas: layout.replicas,
+                        };
                         let sum = self.new_tensor(&format!("{name}#sum"), vec![ci, 1, 1], sum_layout);
                         self.steps.push(Step {
                             name: format!("{name}#sum"),
@@ -368,7 +376,7 @@ impl Compiler<'_> {
                 let t = self.cleaned(t)?;
                 let layout = self.tensors[t].layout.clone();
                 let mut per_ct = vec![vec![Vec::new(); terms]; layout.ciphertexts];
-                for (idx, &(ct, slot)) in layout.positions.iter().enumerate() {
+                for (idx, ct, slot) in layout.copies() {
                     let ch = (idx / hw).min(channels - 1);
                     let s = match (&scale, folded) {
                         (Some(s), false) => s[ch],
@@ -444,7 +452,7 @@ impl Compiler<'_> {
         self.tensors[t].name = format!("{input}#folded");
         let layout = self.tensors[t].layout.clone();
         let mut offset = vec![Vec::new(); layout.ciphertexts];
-        for (idx, &(ct, slot)) in layout.positions.iter().enumerate() {
+        for (idx, ct, slot) in layout.copies() {
             let v = constant[(idx / hw).min(channels - 1)];
             if v != 0.0 {
                 offset[ct as usize].push((slot, v));
@@ -494,7 +502,7 @@ impl Compiler<'_> {
         self.tensors[t].name = format!("{input}#folded");
         let layout = self.tensors[t].layout.clone();
         let mut coeffs = vec![vec![Vec::new(); d]; layout.ciphertexts];
-        for (idx, &(ct, slot)) in layout.positions.iter().enumerate() {
+        for (idx, ct, slot) in layout.copies() {
             let c = (idx / hw).min(channels - 1);
             for k in 0..d {
                 // c_k (s·x)^k = (c_k / α^k) x'^k, and the result is sign·(x'^d + Σ sign·c_k/α^k x'^k).
@@ -546,10 +554,26 @@ impl Compiler<'_> {
         Ok(out)
     }
 
-    /// Packing for a new tensor of `shape` computed from `inputs`.
+    /// Packing for a new tensor of `shape` computed from `inputs`, with as many copies as fit
+    /// while they stay free: a copy every P_out slots of an output read from inputs repeating
+    /// every P_in > P_out slots multiplies the diagonals by P_in / P_out, accepted up to 2 for
+    /// feature maps (the layers after a stride-2 step then read fewer diagonals) and not for
+    /// vectors (classifier heads: nothing reads them again).
     fn choose_layout(&self, shape: &[usize], inputs: &[TensorId]) -> Layout {
+        let layout = self.natural_layout(shape, inputs);
+        let p_in = inputs.iter().map(|t| self.tensors[*t].layout.period()).max().unwrap_or(0);
+        let ratio = if shape.len() == 3 { 2 } else { 1 };
+        let mut layout = layout;
+        while layout.replicas > 1 && layout.period() * ratio < p_in {
+            layout.replicas /= 2;
+        }
+        layout
+    }
+
+    /// [`Compiler::choose_layout`] before limiting the copies.
+    fn natural_layout(&self, shape: &[usize], inputs: &[TensorId]) -> Layout {
         if shape.len() != 3 {
-            return Layout::vector(shape.iter().product(), self.slots);
+            return Layout::vector(shape.iter().product(), self.slots).replicated();
         }
         let (c, h, w) = (shape[0], shape[1], shape[2]);
         let reference =
@@ -570,8 +594,8 @@ impl Compiler<'_> {
             }
         };
         match gip.validate() {
-            Ok(()) => gip.layout(),
-            Err(_) => Gip::fresh(c, h, w, self.slots).layout(),
+            Ok(()) => gip.layout().replicated(),
+            Err(_) => Gip::fresh(c, h, w, self.slots).layout().replicated(),
         }
     }
 

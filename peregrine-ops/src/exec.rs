@@ -325,12 +325,13 @@ fn linear<B: Backend>(
     plan.outputs
         .par_iter()
         .map(|o| {
-            // Giant steps run in parallel (each: its products, then one rotation); their sums
-            // are added as they finish.
+            // Giant steps run in parallel: each sums its products; the sums are then rotated
+            // by their giant steps and added, a few at a time through `rotate_sum` (which lets
+            // the backend share work: ckks divides by P once per batch, not once per giant).
             let total = o
                 .giants
                 .par_iter()
-                .map(|g| {
+                .map(|g| -> BResult<(B::Ciphertext, i64)> {
                     // Products summed a batch at a time (the backend may fuse each batch into
                     // one pass); batches bound the plaintexts held at once.
                     const BATCH: usize = 8;
@@ -342,7 +343,7 @@ fn linear<B: Backend>(
                             batch
                                 .iter()
                                 .zip(&xs)
-                                .map(|(t, x)| b.encode(&dense(&t.diag, slots), op_level, delta * q / b.scale(x)))
+                                .map(|(t, x)| b.encode(&t.diag.to_dense(slots), op_level, delta * q / b.scale(x)))
                                 .collect::<BResult<Vec<_>>>()
                         })?;
                         let pairs: Vec<(&B::Ciphertext, &B::Plaintext)> = xs.iter().copied().zip(pts.iter()).collect();
@@ -351,21 +352,34 @@ fn linear<B: Backend>(
                         })?;
                     }
                     let acc = acc.expect("a giant has terms");
-                    if g.step != 0 {
-                        profile::time(&profile::GIANT, || rotate(b, paths, &acc, g.step, slots))
-                    } else {
-                        Ok(acc)
+                    // A composed giant step: every hop but the last now, the last in the sum.
+                    match paths.get(&g.step.rem_euclid(slots as i64)) {
+                        Some(path) if g.step != 0 => profile::time(&profile::GIANT, || {
+                            let (last, first) = path.split_last().expect("a path has hops");
+                            let mut y = acc;
+                            for &h in first {
+                                y = b.rotate(&y, h)?;
+                            }
+                            Ok((y, *last))
+                        }),
+                        _ => Ok((acc, g.step)),
                     }
                 })
-                .try_fold(|| None, |total: Option<B::Ciphertext>, x| accumulate(b, total, x?).map(Some))
-                .try_reduce(
-                    || None,
-                    |x, y| match (x, y) {
-                        (Some(x), Some(y)) => b.add(&x, &y).map(Some),
-                        (x, None) => Ok(x),
-                        (None, y) => Ok(y),
-                    },
-                )?;
+                .try_fold(GiantSum::default, |mut sum, x| {
+                    sum.pending.push(x?);
+                    sum.flush_if_full(b)?;
+                    Ok(sum)
+                })
+                .try_reduce(GiantSum::default, |mut x, y| {
+                    x.total = match (x.total.take(), y.total) {
+                        (Some(u), Some(v)) => Some(b.add(&u, &v)?),
+                        (u, v) => u.or(v),
+                    };
+                    x.pending.extend(y.pending);
+                    x.flush_if_full(b)?;
+                    Ok(x)
+                })?
+                .finish(b)?;
             let mut out = match total {
                 Some(t) => Some(b.rescale(&t)?),
                 None => None,
@@ -390,6 +404,48 @@ fn linear<B: Backend>(
             }
         })
         .collect()
+}
+
+/// Giant-step sums being rotated and added: `(sum, giant step)` pairs wait in `pending` until
+/// [`GIANTS_PER_ROTATE_SUM`] of them go through one [`Backend::rotate_sum`].
+struct GiantSum<C> {
+    total: Option<C>,
+    pending: Vec<(C, i64)>,
+}
+
+impl<C> Default for GiantSum<C> {
+    fn default() -> Self {
+        GiantSum { total: None, pending: Vec::new() }
+    }
+}
+
+/// Giant steps rotated and summed by one `rotate_sum` call (bounds the ciphertexts waiting).
+const GIANTS_PER_ROTATE_SUM: usize = 8;
+
+impl<C> GiantSum<C> {
+    fn flush<B: Backend<Ciphertext = C>>(&mut self, b: &B) -> BResult<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let terms: Vec<(&C, i64)> = self.pending.iter().map(|(c, s)| (c, *s)).collect();
+        let sum = profile::time(&profile::GIANT, || b.rotate_sum(&terms))?;
+        self.pending.clear();
+        self.total = Some(accumulate(b, self.total.take(), sum)?);
+        Ok(())
+    }
+
+    fn flush_if_full<B: Backend<Ciphertext = C>>(&mut self, b: &B) -> BResult<()> {
+        if self.pending.len() >= GIANTS_PER_ROTATE_SUM {
+            self.flush(b)?;
+        }
+        Ok(())
+    }
+
+    /// The sum of every rotated giant (`None` if there was none).
+    fn finish<B: Backend<Ciphertext = C>>(mut self, b: &B) -> BResult<Option<C>> {
+        self.flush(b)?;
+        Ok(self.total)
+    }
 }
 
 /// The powers of x that [`folded`] builds for degree `d`: x^(2^e) for 2^e < d, x^d, and what
