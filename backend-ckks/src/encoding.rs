@@ -15,18 +15,18 @@ pub struct Encoder {
     /// Stride of Y = X^gap in the ring of dimension N: gap = N / 2n.
     pub gap: usize,
     /// Twiddles of the forward FFT, stage by stage (len = 2, 4, …, n; len/2 each).
-    fwd: Twiddles,
+    pub(crate) fwd: Twiddles,
     /// Twiddles of the inverse FFT, in the same layout.
-    inv: Twiddles,
+    pub(crate) inv: Twiddles,
     /// Bit-reversal permutation of 0..n.
-    bit_rev: Vec<u32>,
+    pub(crate) bit_rev: Vec<u32>,
 }
 
 /// Real and imaginary parts of a twiddle table.
 #[derive(Clone, Debug, Default)]
-struct Twiddles {
-    re: Vec<f64>,
-    im: Vec<f64>,
+pub(crate) struct Twiddles {
+    pub(crate) re: Vec<f64>,
+    pub(crate) im: Vec<f64>,
 }
 
 /// Forward (`inverse = false`: coefficients → values, input bit-reversed) or inverse (values →

@@ -37,6 +37,7 @@
 pub mod arith;
 pub mod backend;
 pub mod context;
+pub mod dft;
 pub mod encoding;
 pub mod eval;
 pub mod keys;
