@@ -539,6 +539,7 @@ impl Context {
         let mut c1 = vec![0u64; (level + 1) * n];
         let mut ext0 = vec![0u64; basis.len() * n];
         let mut ext1 = vec![0u64; basis.len() * n];
+        let q_basis = self.ring.q_basis(level);
         let mut switched = false;
         for (ct, rotation) in terms {
             match rotation {
@@ -548,10 +549,9 @@ impl Context {
                 }
                 Some((key, g)) => {
                     let (a0, a1) = self.key_inner(&self.mod_up(&ct.c1, level), key, level);
-                    let all: Vec<usize> = (0..=level).collect();
                     let perm = self.ring.galois_perm(*g);
                     rayon::join(
-                        || add_permuted_into(self, &mut c0, &ct.c0, &perm, &all),
+                        || add_permuted_into(self, &mut c0, &ct.c0, &perm, &q_basis),
                         || {
                             rayon::join(
                                 || add_permuted_into(self, &mut ext0, &a0, &perm, &basis),

@@ -560,10 +560,9 @@ impl Compiler<'_> {
     /// feature maps (the layers after a stride-2 step then read fewer diagonals) and not for
     /// vectors (classifier heads: nothing reads them again).
     fn choose_layout(&self, shape: &[usize], inputs: &[TensorId]) -> Layout {
-        let layout = self.natural_layout(shape, inputs);
+        let mut layout = self.natural_layout(shape, inputs);
         let p_in = inputs.iter().map(|t| self.tensors[*t].layout.period()).max().unwrap_or(0);
         let ratio = if shape.len() == 3 { 2 } else { 1 };
-        let mut layout = layout;
         while layout.replicas > 1 && layout.period() * ratio < p_in {
             layout.replicas /= 2;
         }
