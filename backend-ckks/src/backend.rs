@@ -11,9 +11,12 @@ use peregrine_backend::{
     Scheme,
 };
 
-use crate::context::{gaussian, os_rng, os_seed, Context};
+use crate::bootstrap::{BootPlan, Bootstrapper};
+use crate::context::{gaussian, os_rng, os_seed, ternary, Context};
 use crate::eval::{Ciphertext, Plaintext};
-use crate::keys::{galois_element, galois_inverse, EvaluationKeys, RotationKey, SecretKey, SwitchKey};
+use crate::keys::{
+    galois_element, galois_inverse, EncapsulationKeys, EvaluationKeys, RotationKey, SecretKey, SwitchKey,
+};
 use crate::params::CkksParams;
 use crate::serial;
 
@@ -70,13 +73,39 @@ pub fn capabilities_of(ctx: &Context) -> Capabilities {
         slots: ctx.chain.slots,
         max_level: ctx.max_level(),
         log_scale: ctx.params.log_scale as f64,
-        log_moduli: ctx.chain.q.iter().map(|&q| (q as f64).log2()).collect(),
-        can_bootstrap: false,
-        bootstrap_level: None,
-        bootstrap_range: None,
+        log_moduli: ctx.chain.q[..=ctx.max_level()].iter().map(|&q| (q as f64).log2()).collect(),
+        can_bootstrap: ctx.params.bootstrap.is_some(),
+        bootstrap_level: ctx.params.bootstrap.as_ref().map(|_| ctx.max_level()),
+        bootstrap_range: ctx.params.bootstrap.as_ref().map(|b| b.range),
         precision_bits: (ctx.params.log_scale as f64 - noise.log2()).max(0.0),
         security_bits: ctx.chain.security_bits,
     }
+}
+
+/// Parameters with bootstrapping for a computation of `levels` levels: q_0 as small as the
+/// range allows (precision), then for 5–7 key-switching digits (or the given count) the most
+/// computation levels up to `levels` that stay 128-bit secure. The most levels win (each
+/// level fewer between bootstraps can add a bootstrap, which costs far more than the
+/// computation it serves); among equals, the least key-switching work (digits × primes).
+fn sized_for_bootstrapping(
+    params: &CkksParams,
+    b: &crate::params::BootstrapParams,
+    levels: usize,
+) -> Option<CkksParams> {
+    let first_modulus_bits = params.log_scale + (b.min_log_ratio() + b.range.log2().max(0.0)).ceil() as u32;
+    let options: Vec<usize> = if params.digits > 0 { vec![params.digits] } else { vec![5, 6, 7] };
+    options
+        .into_iter()
+        .filter_map(|digits| {
+            (1..=levels.max(1)).rev().find_map(|l| {
+                let p = CkksParams { levels: l, digits, first_modulus_bits, ..params.clone() };
+                let chain = p.chain().ok()?;
+                let work = digits * (chain.q.len() + chain.p.len());
+                Some(((std::cmp::Reverse(l), work), p))
+            })
+        })
+        .min_by_key(|(key, _)| *key)
+        .map(|(_, p)| p)
 }
 
 /// `ckks`: the scheme.
@@ -95,10 +124,12 @@ pub struct CkksClient {
 
 /// The server: evaluation keys only.
 pub struct CkksServer {
-    ctx: Arc<Context>,
-    keys: Arc<EvaluationKeys>,
+    pub(crate) ctx: Arc<Context>,
+    pub(crate) keys: Arc<EvaluationKeys>,
     steps: BTreeSet<i64>,
     caps: Capabilities,
+    /// Bootstrapping's encoded plaintexts, built at the first bootstrap.
+    boot: OnceLock<Arc<Bootstrapper>>,
 }
 
 impl std::fmt::Debug for CkksServer {
@@ -109,7 +140,7 @@ impl std::fmt::Debug for CkksServer {
 
 fn public_key(ctx: &Context, sk: &SecretKey, rng: &mut impl Rng) -> (Vec<u64>, Vec<u64>) {
     let n = ctx.n();
-    let basis: Vec<usize> = (0..=ctx.max_level()).collect();
+    let basis: Vec<usize> = (0..=ctx.top_level()).collect();
     let a = ctx.uniform(&os_seed(), 0, &basis);
     let mut b = ctx.lift(&gaussian(rng, n), &basis);
     b.par_chunks_mut(n).enumerate().for_each(|(i, limb)| {
@@ -126,14 +157,19 @@ impl CkksClient {
     /// Generates a secret key and the evaluation keys `request` asks for (a relinearisation key
     /// always; a rotation key per requested step; `conjugation` adds X → X^-1).
     pub fn generate(ctx: Arc<Context>, request: &KeyRequest, conjugation: bool) -> BResult<Self> {
-        if request.bootstrap {
-            return Err(BackendError::BootstrapUnsupported);
-        }
+        let boot_plan = if request.bootstrap {
+            if ctx.params.bootstrap.is_none() {
+                return Err(BackendError::BootstrapUnsupported);
+            }
+            Some(BootPlan::new(&ctx)?)
+        } else {
+            None
+        };
         let mut rng = os_rng();
         let sk = SecretKey::generate(&ctx, &mut rng);
         let key_id: u64 = rng.gen();
         let seed = os_seed();
-        let top = ctx.max_level();
+        let top = ctx.top_level();
         let n = ctx.n();
         let two_n = 2 * n as u64;
         // s² for relinearisation.
@@ -141,7 +177,8 @@ impl CkksClient {
         s2.par_chunks_mut(n).enumerate().for_each(|(i, o)| {
             ctx.ring.mul_acc(o, sk.limb(n, i), sk.limb(n, i), i);
         });
-        let relin = Some(SwitchKey::generate(&ctx, &sk.ntt, &s2, top, seed, 0, &mut rng));
+        let relin_level = boot_plan.as_ref().map_or(top, |p| p.eval_level);
+        let relin = Some(SwitchKey::generate(&ctx, &sk.ntt, &s2, relin_level, seed, 0, &mut rng));
         let slots = ctx.chain.slots;
         // Each rotation key serves the levels the plan uses it at (smaller keys at low levels).
         let mut steps: BTreeMap<i64, usize> = BTreeMap::new();
@@ -150,9 +187,20 @@ impl CkksClient {
             if norm == 0 {
                 continue;
             }
-            let level = request.rotation_levels.get(&s).or(request.rotation_levels.get(&norm)).copied().unwrap_or(top);
+            let level = request
+                .rotation_levels
+                .get(&s)
+                .or(request.rotation_levels.get(&norm))
+                .copied()
+                .unwrap_or(ctx.max_level());
             let e = steps.entry(norm).or_default();
             *e = (*e).max(level.min(top));
+        }
+        if let Some(plan) = &boot_plan {
+            for (s, level) in plan.rotations(slots) {
+                let e = steps.entry(s).or_default();
+                *e = (*e).max(level);
+            }
         }
         let rotation = |galois: u64, stream: u64, level: usize, rng: &mut rand_chacha::ChaCha20Rng| {
             // The key switches s to σ_g⁻¹(s), so that σ_g is applied after the key switch.
@@ -164,8 +212,18 @@ impl CkksClient {
             let g = galois_element(step, slots, two_n);
             rotations.insert(step, rotation(g, 2 + k as u64, level, &mut rng));
         }
-        let conjugation = conjugation.then(|| rotation(two_n - 1, 1, top, &mut rng));
-        let keys = EvaluationKeys { key_id, relin, rotations, conjugation };
+        let conjugation_level =
+            boot_plan.as_ref().map(|p| p.eval_level).into_iter().chain(conjugation.then_some(top)).max();
+        let conjugation = conjugation_level.map(|level| rotation(two_n - 1, 1, level, &mut rng));
+        // Encapsulation: a sparse secret s' known only through these two keys.
+        let encapsulation = boot_plan.as_ref().map(|plan| {
+            let sparse = SecretKey::from_coeffs(&ctx, ternary(&mut rng, n, plan.params.secret_hamming_weight));
+            EncapsulationKeys {
+                to_sparse: SwitchKey::generate(&ctx, &sparse.ntt, &sk.ntt, 0, seed, 1 << 40, &mut rng),
+                from_sparse: SwitchKey::generate(&ctx, &sk.ntt, &sparse.ntt, top, seed, (1 << 40) + 1, &mut rng),
+            }
+        });
+        let keys = EvaluationKeys { key_id, relin, rotations, conjugation, encapsulation };
         let pk = public_key(&ctx, &sk, &mut rng);
         let caps = capabilities_of(&ctx);
         Ok(CkksClient { ctx, sk, pk, key_id, keys: Some(Arc::new(keys)), caps })
@@ -174,6 +232,12 @@ impl CkksClient {
     /// The parameter context.
     pub fn context(&self) -> &Arc<Context> {
         &self.ctx
+    }
+
+    /// The secret key (crate-internal: tests look inside a bootstrap with it).
+    #[cfg(test)]
+    pub(crate) fn secret(&self) -> &SecretKey {
+        &self.sk
     }
 
     /// The generated evaluation keys (None for a client loaded from a saved secret).
@@ -250,7 +314,7 @@ impl CkksServer {
     pub fn new(ctx: Arc<Context>, keys: Arc<EvaluationKeys>) -> Self {
         let steps = keys.rotations.keys().copied().collect();
         let caps = capabilities_of(&ctx);
-        CkksServer { ctx, keys, steps, caps }
+        CkksServer { ctx, keys, steps, caps, boot: OnceLock::new() }
     }
 
     /// The parameter context.
@@ -261,6 +325,15 @@ impl CkksServer {
     /// The evaluation keys.
     pub fn keys(&self) -> &EvaluationKeys {
         &self.keys
+    }
+
+    /// Bootstrapping's plan and encoded plaintexts (built once, at the first call).
+    pub fn bootstrapper(&self) -> BResult<Arc<Bootstrapper>> {
+        if let Some(b) = self.boot.get() {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(Bootstrapper::new(&self.ctx)?);
+        Ok(self.boot.get_or_init(|| b).clone())
     }
 
     fn check(&self, op: &'static str, ct: &Ciphertext) -> BResult<()> {
@@ -285,7 +358,7 @@ impl CkksServer {
         Ok(rk)
     }
 
-    fn make(&self, (c0, c1): (Vec<u64>, Vec<u64>), meta: CtMeta) -> Ciphertext {
+    pub(crate) fn make(&self, (c0, c1): (Vec<u64>, Vec<u64>), meta: CtMeta) -> Ciphertext {
         Ciphertext { c0, c1, meta, key_id: self.keys.key_id, seed: None }
     }
 
@@ -453,6 +526,21 @@ impl Backend for CkksServer {
         let parts: Vec<_> = parts.iter().map(|(ct, rk)| (*ct, rk.map(|rk| (&rk.key, rk.galois)))).collect();
         Ok(self.make(self.ctx.rotate_sum(&parts, l), a.meta))
     }
+    fn bootstrap(&self, a: &Ciphertext) -> BResult<Ciphertext> {
+        self.check("bootstrap", a)?;
+        peregrine_backend::bootstrap_allowed(self.ctx.params.bootstrap.is_some(), self.keys.encapsulation.is_some())?;
+        if a.level() != 0 {
+            return Err(BackendError::OutOfRange {
+                op: "bootstrap",
+                detail: format!(
+                    "the input must be at level 0 (drop it there first: its levels above would be wasted), it is at level {}",
+                    a.level()
+                ),
+            });
+        }
+        let boot = self.bootstrapper()?;
+        self.run_bootstrap(a, &boot)
+    }
     fn serialize_ciphertext(&self, ct: &Ciphertext) -> BResult<Vec<u8>> {
         Ok(serial::write_ciphertext(&self.ctx, ct))
     }
@@ -492,6 +580,9 @@ impl Scheme for CkksScheme {
         Self::server(&map[..])
     }
     fn sized_for_levels(params: &CkksParams, levels: usize) -> Option<CkksParams> {
+        if let Some(b) = &params.bootstrap {
+            return sized_for_bootstrapping(params, b, levels);
+        }
         // The smallest ring that fits; in it, the secure (scale, digits) pair whose key
         // switching costs least — cost and key size both grow with digits × (limbs of Q·P) —
         // among scales from the requested one down to SIZED_MIN_LOG_SCALE; a smaller scale is

@@ -86,8 +86,13 @@ impl Context {
         self.ring.n
     }
 
-    /// L, the level of a fresh ciphertext.
+    /// L, the level of a fresh ciphertext (the computation levels).
     pub fn max_level(&self) -> usize {
+        self.chain.levels
+    }
+
+    /// The top of the chain: L, or above it the bootstrapping levels a raised ciphertext starts at.
+    pub fn top_level(&self) -> usize {
         self.chain.q.len() - 1
     }
 

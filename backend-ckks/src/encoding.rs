@@ -161,9 +161,16 @@ impl Encoder {
     /// hold `values` (missing values are 0). Only every `gap`-th coefficient can be nonzero;
     /// returns the 2n coefficients of Y^0 … Y^(2n−1).
     pub fn encode_coeffs(&self, values: &[f64], scale: f64) -> Vec<f64> {
+        self.encode_complex_coeffs(values, &[], scale)
+    }
+
+    /// [`Encoder::encode_coeffs`] for complex slot values (real parts `re`, imaginary parts
+    /// `im`; missing ones are 0).
+    pub fn encode_complex_coeffs(&self, re: &[f64], im: &[f64], scale: f64) -> Vec<f64> {
         let n = self.slots;
+        let values = re;
         let mut re: Vec<f64> = (0..n).map(|j| values.get(j).copied().unwrap_or(0.0)).collect();
-        let mut im = vec![0.0; n];
+        let mut im: Vec<f64> = (0..n).map(|j| im.get(j).copied().unwrap_or(0.0)).collect();
         fft(&self.inv, &mut re, &mut im, true);
         let s = scale / n as f64;
         let mut out = vec![0.0; 2 * n];

@@ -63,7 +63,7 @@ impl Ciphertext {
 }
 
 /// `a += b` limb-wise.
-fn add_into(ctx: &Context, a: &mut [u64], b: &[u64]) {
+pub(crate) fn add_into(ctx: &Context, a: &mut [u64], b: &[u64]) {
     let n = ctx.n();
     a.par_chunks_mut(n).zip(b.par_chunks(n)).enumerate().for_each(|(i, (x, y))| {
         let m = ctx.q(i);
@@ -146,8 +146,17 @@ impl Context {
 
     /// Encodes `values` (≤ slots) at `level` and `scale`.
     pub fn encode(&self, values: &[f64], level: usize, scale: f64) -> BResult<Vec<u64>> {
+        self.encode_from_coeffs(&self.encoder.encode_coeffs(values, scale), level)
+    }
+
+    /// Encodes complex slot values (real parts `re`, imaginary parts `im`) at `level` and `scale`.
+    pub fn encode_complex(&self, re: &[f64], im: &[f64], level: usize, scale: f64) -> BResult<Vec<u64>> {
+        self.encode_from_coeffs(&self.encoder.encode_complex_coeffs(re, im, scale), level)
+    }
+
+    /// Rounds the scaled coefficients of Y^0 … Y^(2n−1) and transforms them at `level`.
+    fn encode_from_coeffs(&self, coeffs: &[f64], level: usize) -> BResult<Vec<u64>> {
         let n = self.n();
-        let coeffs = self.encoder.encode_coeffs(values, scale);
         let gap = self.encoder.gap;
         let max = coeffs.iter().fold(0.0f64, |m, c| m.max(c.abs()));
         let log_q = self.log_q(level);
@@ -187,6 +196,12 @@ impl Context {
 
     /// Decodes an NTT-domain message at `level` and `scale` into the slot values.
     pub fn decode(&self, poly: &[u64], level: usize, scale: f64) -> Vec<f64> {
+        self.encoder.decode_coeffs(&self.decode_coefficients(poly, level, scale))
+    }
+
+    /// The 2n coefficients of Y^0 … Y^(2n−1) of an NTT-domain message, centred and divided by
+    /// `scale`.
+    pub fn decode_coefficients(&self, poly: &[u64], level: usize, scale: f64) -> Vec<f64> {
         let n = self.n();
         // The message is a small integer: the fewest primes whose product exceeds 2^64·Δ
         // (values up to 2^63 in magnitude) determine it exactly.
@@ -209,7 +224,7 @@ impl Context {
                 m.inv((0..k).fold(1u64, |a, j| m.mul(a, ms[j].q % m.q)))
             })
             .collect();
-        let coeffs: Vec<f64> = (0..2 * self.encoder.slots)
+        (0..2 * self.encoder.slots)
             .into_par_iter()
             .map(|k| {
                 let c = k * gap;
@@ -230,8 +245,7 @@ impl Context {
                 }
                 x / scale
             })
-            .collect();
-        self.encoder.decode_coeffs(&coeffs)
+            .collect()
     }
 
     /// Secret-key encryption of an encoded message at `level`; c1 is expanded from a fresh seed.
@@ -568,6 +582,36 @@ impl Context {
             rayon::join(|| add_into(self, &mut c0, &u0), || add_into(self, &mut c1, &u1));
         }
         (c0, c1)
+    }
+
+    /// ModRaise: the level-0 polynomial `p` (NTT domain) read as its centred integer
+    /// coefficients in (−q_0/2, q_0/2] and written over q_0 … q_level. A ciphertext raised this
+    /// way decrypts to m + q_0·I for a small integer polynomial I.
+    pub fn mod_raise(&self, p: &[u64], level: usize) -> Vec<u64> {
+        let n = self.n();
+        let mut c = p[..n].to_vec();
+        self.ring.intt(&mut c, 0);
+        let m = self.q(0);
+        let centred: Vec<i64> = c.iter().map(|&x| m.centre(x)).collect();
+        self.lift(&centred, &self.ring.q_basis(level))
+    }
+
+    /// `p · X^k` for 0 ≤ k < 2N (NTT domain over q_0 … q_level): X^(N/2) multiplies every slot
+    /// by the imaginary unit, exactly and without a level.
+    pub fn mul_monomial(&self, p: &[u64], k: usize) -> Vec<u64> {
+        let n = self.n();
+        let (k, sign) = if k >= n { (k - n, true) } else { (k, false) };
+        let mut out = p.to_vec();
+        out.par_chunks_mut(n).enumerate().for_each(|(i, limb)| {
+            let m = self.q(i);
+            let mut x = vec![0u64; n];
+            x[k] = if sign { m.neg(1) } else { 1 };
+            self.ring.ntt(&mut x, i);
+            for (u, &w) in limb.iter_mut().zip(&x) {
+                *u = m.mul(*u, w);
+            }
+        });
+        out
     }
 
     /// Applies X → X^g after switching with a rotation key: `(σ(c0 + u0), σ(u1))`.

@@ -135,7 +135,20 @@ pub struct RotationKey {
     pub key: SwitchKey,
 }
 
-/// The evaluation keys a server holds: relinearisation, rotations, conjugation.
+/// The sparse-secret encapsulation of bootstrapping: the ciphertext is switched to a sparse
+/// secret s' at level 0 (so ModRaise adds a small multiple of q_0), raised, and switched back
+/// to the dense secret s at the top. The sparse secret appears only under these two keys: one
+/// over the small modulus q_0·P, the other encrypted under s.
+#[derive(Clone)]
+pub struct EncapsulationKeys {
+    /// s → s' at level 0.
+    pub to_sparse: SwitchKey,
+    /// s' → s at the top of the chain.
+    pub from_sparse: SwitchKey,
+}
+
+/// The evaluation keys a server holds: relinearisation, rotations, conjugation, and the
+/// bootstrapping encapsulation keys.
 #[derive(Clone, Default)]
 pub struct EvaluationKeys {
     /// Random identifier of the key generation (ciphertexts carry it).
@@ -146,6 +159,8 @@ pub struct EvaluationKeys {
     pub rotations: BTreeMap<i64, RotationKey>,
     /// Conjugation key.
     pub conjugation: Option<RotationKey>,
+    /// Bootstrapping's encapsulation keys (present when bootstrapping keys were requested).
+    pub encapsulation: Option<EncapsulationKeys>,
 }
 
 impl EvaluationKeys {
@@ -153,6 +168,11 @@ impl EvaluationKeys {
     pub fn memory_bytes(&self) -> usize {
         self.relin.iter().map(SwitchKey::memory_bytes).sum::<usize>()
             + self.rotations.values().chain(&self.conjugation).map(|r| r.key.memory_bytes()).sum::<usize>()
+            + self
+                .encapsulation
+                .iter()
+                .map(|e| e.to_sparse.memory_bytes() + e.from_sparse.memory_bytes())
+                .sum::<usize>()
     }
 }
 

@@ -36,6 +36,7 @@
 
 pub mod arith;
 pub mod backend;
+pub mod bootstrap;
 pub mod context;
 pub mod dft;
 pub mod encoding;

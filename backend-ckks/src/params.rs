@@ -30,6 +30,93 @@ pub struct CkksParams {
     pub secret_hamming_weight: usize,
     /// Allow parameters below 128-bit security (tests only; every report says so).
     pub insecure_test_only: bool,
+    /// Bootstrapping: its primes sit above the `levels` computation levels (absent: none).
+    pub bootstrap: Option<BootstrapParams>,
+}
+
+/// How bootstrapping is built (`"bootstrap": {}` takes every default). A ciphertext at level 0
+/// is raised to the top of the chain, then CoeffsToSlots (`cts_levels` primes of `cts_bits`),
+/// EvalMod (a Chebyshev cosine of degree `cos_degree`, then `double_angles` double-angle steps,
+/// on primes of `eval_mod_bits`) and SlotsToCoeffs (`stc_levels` primes of `stc_bits`) bring
+/// it back to level `levels` with its value and scale.
+///
+/// Precision is set by the ratio q_0/Δ between the first prime and the caller's scale: the
+/// sine's deviation from the modular reduction costs about 6.6·R³·(Δ/q_0)² (with `arcsine`,
+/// about 117·R⁵·(Δ/q_0)⁴) and every error before and in EvalMod is multiplied by q_0/Δ:
+/// `first_modulus_bits` ≈ `log_scale` + 8 with `arcsine`, + 12 without.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BootstrapParams {
+    /// Levels (maps) of CoeffsToSlots.
+    pub cts_levels: usize,
+    /// Bit size of the CoeffsToSlots primes.
+    pub cts_bits: u32,
+    /// Bit size of the EvalMod primes; EvalMod runs at a scale of 2^eval_mod_bits.
+    pub eval_mod_bits: u32,
+    /// Degree of the Chebyshev interpolant of the scaled cosine.
+    pub cos_degree: usize,
+    /// Double-angle steps after the cosine.
+    pub double_angles: usize,
+    /// Follow the sine by arcsin's first two terms, s + s³/6 (two more levels): the sine's
+    /// deviation from the modular reduction drops from ~(2πx)³/6 to ~3(2πx)⁵/40, so q_0/Δ can
+    /// be 2^8 instead of 2^12 and every error EvalMod receives is amplified 16× less.
+    pub arcsine: bool,
+    /// Bound K on the integer multiple of q_0 ModRaise adds (per coefficient): with a sparse
+    /// secret of Hamming weight h it is a sum of h + 1 terms in [−½, ½] (σ ≈ √((h+1)/12)).
+    pub k: usize,
+    /// Levels (maps) of SlotsToCoeffs.
+    pub stc_levels: usize,
+    /// Bit size of the SlotsToCoeffs primes.
+    pub stc_bits: u32,
+    /// Hamming weight of the sparse secret the bootstrap runs under (encapsulation: the
+    /// computation keeps the dense secret).
+    pub secret_hamming_weight: usize,
+    /// Largest |value| a bootstrap accepts.
+    pub range: f64,
+}
+
+impl Default for BootstrapParams {
+    fn default() -> Self {
+        BootstrapParams {
+            cts_levels: 3,
+            cts_bits: 60,
+            eval_mod_bits: 58,
+            cos_degree: 31,
+            double_angles: 4,
+            arcsine: true,
+            k: 14,
+            stc_levels: 3,
+            stc_bits: 50,
+            secret_hamming_weight: 32,
+            range: 1.0,
+        }
+    }
+}
+
+impl BootstrapParams {
+    /// Levels EvalMod uses: the cosine's Chebyshev evaluation (depth ⌈log2(d + 1)⌉ plus one
+    /// for its coefficients) and the double angles.
+    pub fn eval_mod_levels(&self) -> usize {
+        (usize::BITS - self.cos_degree.leading_zeros()) as usize
+            + 1
+            + self.double_angles
+            + 2 * usize::from(self.arcsine)
+    }
+
+    /// The smallest log2(q_0/Δ) for values in [−1, 1]: the sine's deviation from the
+    /// reduction stays below 2^-20 (8 with the arcsine correction, 12 without).
+    pub fn min_log_ratio(&self) -> f64 {
+        if self.arcsine {
+            8.0
+        } else {
+            12.0
+        }
+    }
+
+    /// Levels the whole bootstrap uses above the computation levels.
+    pub fn total_levels(&self) -> usize {
+        self.cts_levels + self.eval_mod_levels() + self.stc_levels
+    }
 }
 
 impl Default for CkksParams {
@@ -44,6 +131,7 @@ impl Default for CkksParams {
             slots: 0,
             secret_hamming_weight: 0,
             insecure_test_only: false,
+            bootstrap: None,
         }
     }
 }
@@ -91,6 +179,48 @@ impl CkksParams {
         if self.levels == 0 || self.levels > 80 {
             return bad(format!("levels must be 1..=80, got {}", self.levels));
         }
+        if let Some(b) = &self.bootstrap {
+            for (what, bits) in [("cts_bits", b.cts_bits), ("eval_mod_bits", b.eval_mod_bits), ("stc_bits", b.stc_bits)]
+            {
+                if !(30..=60).contains(&bits) {
+                    return bad(format!("bootstrap.{what} must be 30..=60, got {bits}"));
+                }
+            }
+            if !(1..=6).contains(&b.cts_levels) || !(1..=6).contains(&b.stc_levels) {
+                return bad(format!(
+                    "bootstrap.cts_levels and stc_levels must be 1..=6, got {} and {}",
+                    b.cts_levels, b.stc_levels
+                ));
+            }
+            if !(3..=255).contains(&b.cos_degree) || b.double_angles > 6 || !(1..=64).contains(&b.k) {
+                return bad(format!(
+                    "bootstrap: cos_degree must be 3..=255, double_angles ≤ 6 and k 1..=64 (got {}, {}, {})",
+                    b.cos_degree, b.double_angles, b.k
+                ));
+            }
+            if !(1..=self.secret_hamming_weight_limit()).contains(&b.secret_hamming_weight) {
+                return bad(format!(
+                    "bootstrap.secret_hamming_weight must be 1..={}, got {}",
+                    self.secret_hamming_weight_limit(),
+                    b.secret_hamming_weight
+                ));
+            }
+            if !(b.range.is_finite() && b.range > 0.0) {
+                return bad(format!("bootstrap.range must be positive, got {}", b.range));
+            }
+            // EvalMod's sine stands in for the reduction modulo q_0 only while Δ·R ≪ q_0.
+            let need = self.log_scale as f64 + b.min_log_ratio() + b.range.log2().max(0.0);
+            if (self.first_modulus_bits as f64) < need.ceil() {
+                return bad(format!(
+                    "bootstrapping values up to {} at scale 2^{} needs first_modulus_bits ≥ {:.0} (q_0/Δ ≥ 2^{} times the range), got {}",
+                    b.range,
+                    self.log_scale,
+                    need.ceil(),
+                    b.min_log_ratio(),
+                    self.first_modulus_bits
+                ));
+            }
+        }
         let n = 1usize << self.log_ring_dimension;
         let slots = self.slot_count();
         if !slots.is_power_of_two() || slots > n / 2 {
@@ -99,13 +229,23 @@ impl CkksParams {
         if self.secret_hamming_weight > n {
             return bad(format!("secret_hamming_weight {} exceeds N = {n}", self.secret_hamming_weight));
         }
-        let primes_q = self.levels + 1;
+        let boot_levels = self.bootstrap.as_ref().map_or(0, BootstrapParams::total_levels);
+        let primes_q = self.levels + 1 + boot_levels;
         if self.digits > primes_q {
             return bad(format!("digits ({}) cannot exceed the number of primes ({primes_q})", self.digits));
         }
         let two_n = 2 * n as u64;
         let mut q = ntt_primes(self.first_modulus_bits, 1, two_n, &[]);
         q.extend(ntt_primes(self.log_scale, self.levels, two_n, &q));
+        if let Some(b) = &self.bootstrap {
+            // Bottom to top: SlotsToCoeffs, EvalMod, CoeffsToSlots (a bootstrap runs downwards).
+            for (bits, count) in
+                [(b.stc_bits, b.stc_levels), (b.eval_mod_bits, b.eval_mod_levels()), (b.cts_bits, b.cts_levels)]
+            {
+                let more = ntt_primes(bits, count, two_n, &q);
+                q.extend(more);
+            }
+        }
         let log_q: f64 = q.iter().map(|&x| (x as f64).log2()).sum();
         let bound = security::max_log_qp_128(n);
         let layout = |digits: usize| {
@@ -152,7 +292,12 @@ impl CkksParams {
             };
             return bad(format!("insecure parameters: {why}; set insecure_test_only only for tests"));
         }
-        Ok(Chain { q, p, digits, groups, log_qp, security_bits, slots })
+        Ok(Chain { q, p, digits, groups, log_qp, security_bits, slots, levels: self.levels })
+    }
+
+    /// The largest sparse-secret weight a bootstrap may use (a quarter of N).
+    fn secret_hamming_weight_limit(&self) -> usize {
+        (1usize << self.log_ring_dimension) / 4
     }
 }
 
@@ -173,6 +318,8 @@ pub struct Chain {
     pub security_bits: Option<u32>,
     /// Slots per ciphertext.
     pub slots: usize,
+    /// Computation levels L (a fresh ciphertext's level; bootstrapping's primes lie above).
+    pub levels: usize,
 }
 
 /// `count` primes split into `digits` contiguous groups of nearly equal size.

@@ -13,13 +13,13 @@ use peregrine_backend::{BResult, BackendError, CtMeta};
 
 use crate::context::Context;
 use crate::eval::Ciphertext;
-use crate::keys::{EvaluationKeys, RotationKey, SecretKey, SwitchKey};
+use crate::keys::{EncapsulationKeys, EvaluationKeys, RotationKey, SecretKey, SwitchKey};
 use crate::params::CkksParams;
 
 /// Magic of a serialised ciphertext (format version 1).
 pub const CIPHERTEXT_MAGIC: &[u8; 8] = b"PGCKCT01";
-/// Magic of serialised evaluation keys (format version 1).
-pub const KEYS_MAGIC: &[u8; 8] = b"PGCKEK01";
+/// Magic of serialised evaluation keys (format version 2: with bootstrapping's keys).
+pub const KEYS_MAGIC: &[u8; 8] = b"PGCKEK02";
 /// Magic of a saved client secret (format version 1).
 pub const SECRET_MAGIC: &[u8; 8] = b"PGCKSK01";
 const CHECKSUM: usize = 32;
@@ -180,8 +180,8 @@ pub fn read_ciphertext(ctx: &Context, bytes: &[u8]) -> BResult<Ciphertext> {
     let key_id = r.u64()?;
     let level = r.u32()? as usize;
     let scale = r.f64()?;
-    if level > ctx.max_level() {
-        return Err(de("ciphertext", format!("level {level} above the top level {}", ctx.max_level())));
+    if level > ctx.top_level() {
+        return Err(de("ciphertext", format!("level {level} above the top level {}", ctx.top_level())));
     }
     if !(scale >= 1.0 && scale.is_finite()) {
         return Err(de("ciphertext", format!("invalid scale {scale}")));
@@ -213,7 +213,7 @@ fn write_switch_key(w: &mut Hashing<'_>, key: &SwitchKey) -> std::io::Result<()>
 
 fn read_switch_key(r: &mut Reader<'_>, ctx: &Context) -> BResult<SwitchKey> {
     let max_level = r.u32()? as usize;
-    if max_level > ctx.max_level() {
+    if max_level > ctx.top_level() {
         return Err(de("evaluation keys", format!("key level {max_level} above the top level")));
     }
     let stream = r.u64()?;
@@ -264,6 +264,14 @@ pub fn write_keys(ctx: &Context, keys: &EvaluationKeys, out: &mut dyn Write) -> 
         }
         None => w.put(&[0])?,
     }
+    match &keys.encapsulation {
+        Some(e) => {
+            w.put(&[1])?;
+            write_switch_key(&mut w, &e.to_sparse)?;
+            write_switch_key(&mut w, &e.from_sparse)?;
+        }
+        None => w.put(&[0])?,
+    }
     let sum = *w.hasher.finalize().as_bytes();
     w.out.write_all(&sum)
 }
@@ -308,8 +316,16 @@ pub fn read_keys(bytes: &[u8]) -> BResult<(Arc<Context>, EvaluationKeys)> {
         }
         _ => None,
     };
+    let encapsulation = match r.u8()? {
+        1 => {
+            let to_sparse = read_switch_key(&mut r, &ctx)?;
+            let from_sparse = read_switch_key(&mut r, &ctx)?;
+            Some(EncapsulationKeys { to_sparse, from_sparse })
+        }
+        _ => None,
+    };
     r.finish()?;
-    Ok((ctx, EvaluationKeys { key_id, relin, rotations, conjugation }))
+    Ok((ctx, EvaluationKeys { key_id, relin, rotations, conjugation, encapsulation }))
 }
 
 /// Serialises the client's secret (parameters, key id, ternary coefficients).

@@ -233,7 +233,11 @@ pub fn execute<B: Backend>(
             }
             StepKind::Bootstrap { input } => {
                 let x = values[*input].as_deref().expect("computed");
-                x.par_iter().map(|ct| backend.bootstrap(ct)).collect::<BResult<Vec<_>>>().map_err(wrap)?
+                // A bootstrap starts from the lowest level: the levels above would be wasted.
+                x.par_iter()
+                    .map(|ct| backend.bootstrap(&backend.drop_to_level(ct, 0)?))
+                    .collect::<BResult<Vec<_>>>()
+                    .map_err(wrap)?
             }
         };
         profile::report(&step.name);

@@ -156,14 +156,28 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
         if let Some(a) = options.activation.filter(|a| *a != "poly") {
             return Err(RuntimeError::ActivationMode(a.to_string()));
         }
+        let user_levels = mentions_levels(params);
+        let requested = params;
         let mut params = params.to_string();
-        let mut caps = self.0.capabilities(&params)?;
+        let mut caps = match self.0.capabilities(&params) {
+            Ok(c) => c,
+            // Bootstrapping with the levels left to the backend: the default count may not fit
+            // under bootstrapping's primes; any size that fits gives the slot count to compile
+            // for (other invalid parameters stay errors).
+            Err(e) => match (user_levels || !mentions_bootstrap(&params), self.0.params_for_levels(&params, 1)) {
+                (false, Some(sized)) => {
+                    params = sized;
+                    self.0.capabilities(&params)?
+                }
+                _ => return Err(e),
+            },
+        };
         let mut program = compile(model, caps.slots)?;
-        // A leveled backend that sizes its own parameters gets exactly the levels the model
-        // needs, unless the user fixed them.
+        // A backend that sizes its own parameters gets exactly the levels the model needs
+        // (leveled), or as many as fit between bootstraps, unless the user fixed them.
         let needed = required_levels(&program);
-        if !caps.can_bootstrap && needed != caps.max_level && !mentions_levels(&params) {
-            if let Some(sized) = self.0.params_for_levels(&params, needed) {
+        if needed != caps.max_level && !user_levels {
+            if let Some(sized) = self.0.params_for_levels(requested, needed) {
                 params = sized;
                 caps = self.0.capabilities(&params)?;
                 program = compile(model, caps.slots)?;
@@ -328,6 +342,10 @@ impl<F: Family> DynServer for CkksServer<F> {
 }
 
 /// Whether a JSON parameter string sets `levels` itself.
+fn mentions_bootstrap(params: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(params).ok().is_some_and(|v| v.get("bootstrap").is_some())
+}
+
 fn mentions_levels(params: &str) -> bool {
     serde_json::from_str::<serde_json::Value>(params).ok().is_some_and(|v| v.get("levels").is_some())
 }

@@ -1,0 +1,135 @@
+//! Bootstrapping on small insecure rings (tests only): the result decrypts to the input within
+//! the stated bound, at the stated level and the caller's scale, and bad requests are errors.
+
+use backend_ckks::params::BootstrapParams;
+use backend_ckks::{CkksParams, CkksScheme};
+use peregrine_backend::{Backend, BackendError, Client, KeyRequest, Scheme};
+use rand::{Rng, SeedableRng};
+
+/// N = 2^log_n, two computation levels at Δ = 2^40, q_0/Δ = 2^(8 + log2 range).
+fn params(log_n: u32, range: f64) -> CkksParams {
+    CkksParams {
+        log_ring_dimension: log_n,
+        levels: 2,
+        log_scale: 40,
+        first_modulus_bits: 48 + range.log2().ceil() as u32,
+        insecure_test_only: true,
+        bootstrap: Some(BootstrapParams { range, ..BootstrapParams::default() }),
+        ..CkksParams::default()
+    }
+}
+
+fn bootstrap_keys() -> KeyRequest {
+    KeyRequest { bootstrap: true, ..Default::default() }
+}
+
+/// Largest error of bootstrapping `values` (at level 0, scale 2^40), relative to `range`.
+fn bootstrapped_error(params: &CkksParams, values: &[f64], range: f64) -> f64 {
+    let client = CkksScheme::keygen(params, &bootstrap_keys()).unwrap();
+    // The server gets its keys through the serialised format, as in a deployment.
+    let server = CkksScheme::server(&client.evaluation_keys().unwrap()).unwrap();
+    let caps = client.capabilities();
+    let ct = client.encrypt(&client.encode(values, caps.max_level, 2f64.powi(40)).unwrap()).unwrap();
+    let out = server.bootstrap(&server.drop_to_level(&ct, 0).unwrap()).unwrap();
+    assert_eq!(Some(server.level(&out)), caps.bootstrap_level, "level after the bootstrap");
+    assert_eq!(server.scale(&out), 2f64.powi(40), "the caller's scale is kept");
+    // The levels it leaves work: one product and rescale.
+    let sq = server.rescale(&server.mul(&out, &out).unwrap()).unwrap();
+    let got = client.decrypt_values(&out).unwrap();
+    let got_sq = client.decrypt_values(&sq).unwrap();
+    let mut worst = 0.0f64;
+    for (i, v) in values.iter().enumerate() {
+        worst = worst.max((got[i] - v).abs() / range);
+        assert!((got_sq[i] - v * v).abs() < 1e-3 * range * range, "slot {i}: square {} vs {}", got_sq[i], v * v);
+    }
+    for (i, g) in got.iter().enumerate().skip(values.len()) {
+        worst = worst.max(g.abs() / range);
+        assert!(g.abs() < 1e-3, "unused slot {i} holds {g}");
+    }
+    worst
+}
+
+#[test]
+fn bootstrap_returns_the_input_within_2_to_the_minus_18_of_its_range() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+    for (range, count) in [(1.0, 1001usize), (16.0, 777)] {
+        let p = params(12, range);
+        let values: Vec<f64> = (0..count).map(|_| rng.gen_range(-range..=range)).collect();
+        let err = bootstrapped_error(&p, &values, range);
+        eprintln!(
+            "N = 2^12, range {range}, {count} random values: max error {err:.3e} of the range ({:.1} bits)",
+            -err.log2()
+        );
+        assert!(err < 2f64.powi(-18), "range {range}: {err:e}");
+        // The worst case for EvalMod: the whole message in one coefficient.
+        let constant = vec![0.9 * range; 2048];
+        let err = bootstrapped_error(&p, &constant, range);
+        eprintln!(
+            "N = 2^12, range {range}, constant {}: max error {err:.3e} of the range ({:.1} bits)",
+            0.9 * range,
+            -err.log2()
+        );
+        assert!(err < 2f64.powi(-18), "range {range}, constant: {err:e}");
+    }
+}
+
+#[test]
+fn bootstrap_without_keys_or_above_level_0_or_without_parameters_is_an_error() {
+    let p = params(10, 1.0);
+    // Keys generated without bootstrapping.
+    let client = CkksScheme::keygen(&p, &KeyRequest::default()).unwrap();
+    let server = client.local_server().unwrap().unwrap();
+    let ct = client.encrypt_values(&[0.5, -0.25]).unwrap();
+    let low = server.drop_to_level(&ct, 0).unwrap();
+    assert!(matches!(server.bootstrap(&low), Err(BackendError::BootstrapNotEnabled)));
+    // With keys, a ciphertext above level 0.
+    let client = CkksScheme::keygen(&p, &bootstrap_keys()).unwrap();
+    let server = client.local_server().unwrap().unwrap();
+    let ct = client.encrypt_values(&[0.5, -0.25]).unwrap();
+    let err = server.bootstrap(&ct).unwrap_err().to_string();
+    assert!(err.contains("level 0"), "{err}");
+    // Parameters without bootstrapping: no bootstrapping keys, no bootstrap.
+    let plain = CkksParams { bootstrap: None, ..p.clone() };
+    assert!(matches!(CkksScheme::keygen(&plain, &bootstrap_keys()), Err(BackendError::BootstrapUnsupported)));
+    let client = CkksScheme::keygen(&plain, &KeyRequest::default()).unwrap();
+    let server = client.local_server().unwrap().unwrap();
+    let ct = server.drop_to_level(&client.encrypt_values(&[1.0]).unwrap(), 0).unwrap();
+    assert!(matches!(server.bootstrap(&ct), Err(BackendError::BootstrapUnsupported)));
+    // Another client's ciphertext.
+    let other = CkksScheme::keygen(&p, &bootstrap_keys()).unwrap();
+    let foreign = server.drop_to_level(&other.encrypt_values(&[1.0]).unwrap(), 0);
+    assert!(foreign.is_err() || server.bootstrap(&foreign.unwrap()).is_err());
+    // Sparse slots are refused by name (not yet supported), and a range q_0 cannot hold.
+    let sparse = CkksParams { slots: 128, ..p.clone() };
+    let err = CkksScheme::keygen(&sparse, &bootstrap_keys()).err().expect("refused").to_string();
+    assert!(err.contains("sparse slots"), "{err}");
+    let wide = CkksParams { first_modulus_bits: 48, ..params(10, 16.0) };
+    let err = wide.chain().unwrap_err().to_string();
+    assert!(err.contains("first_modulus_bits ≥ 52"), "{err}");
+}
+
+#[test]
+fn production_bootstrap_parameters_are_128_bit_secure_and_leave_nine_levels() {
+    let p = CkksParams {
+        levels: 9,
+        log_scale: 40,
+        first_modulus_bits: 48,
+        digits: 6,
+        bootstrap: Some(BootstrapParams::default()),
+        ..CkksParams::default()
+    };
+    let chain = p.chain().expect("secure");
+    assert_eq!(chain.security_bits, Some(128));
+    assert_eq!(chain.levels, 9);
+    let caps = CkksScheme::capabilities(&p).unwrap();
+    assert!(caps.can_bootstrap && caps.bootstrap_level == Some(9) && caps.max_level == 9);
+    // One level more does not fit at 128 bits.
+    assert!(CkksParams { levels: 10, ..p.clone() }.chain().unwrap_err().to_string().contains("insecure"));
+    // Sized for a deep model at Δ = 2^33: q_0 = 2^41 (range 1), the digit count with the least
+    // key-switching work per level, at least 8 levels, still secure.
+    let deep = CkksParams { log_scale: 33, ..p };
+    let sized = CkksScheme::sized_for_levels(&deep, 58).expect("sized");
+    let chain = sized.chain().unwrap();
+    assert_eq!(sized.first_modulus_bits, 41);
+    assert!(sized.levels >= 8 && chain.security_bits == Some(128), "{sized:?}");
+}
