@@ -340,7 +340,7 @@ impl Bootstrapper {
 /// The scale EvalMod's output has when its input is at `eval_scale` (the Chebyshev part lands
 /// exactly there; each double angle squares the scale and divides by its prime).
 fn eval_mod_output_scale(ctx: &Context, plan: &BootPlan, eval_scale: f64) -> f64 {
-    let cheb_out = plan.eval_level - cheb_depth(plan.params.cos_degree);
+    let cheb_out = plan.eval_level - plan.params.cosine_levels();
     let q = |l: usize| ctx.chain.q[l] as f64;
     let angles = plan.params.double_angles;
     let s = (0..angles).fold(eval_scale, |s, i| s * s / q(cheb_out - i));
@@ -351,11 +351,6 @@ fn eval_mod_output_scale(ctx: &Context, plan: &BootPlan, eval_scale: f64) -> f64
     } else {
         s
     }
-}
-
-/// Levels the Chebyshev evaluation uses: ⌈log2(d + 1)⌉ for the powers, one for the coefficients.
-fn cheb_depth(degree: usize) -> usize {
-    (usize::BITS - degree.leading_zeros()) as usize + 1
 }
 
 impl CkksServer {
@@ -495,7 +490,7 @@ impl CkksServer {
             powers.insert(g, next);
             g *= 2;
         }
-        let out_level = plan.eval_level - cheb_depth(plan.params.cos_degree);
+        let out_level = plan.eval_level - plan.params.cosine_levels();
         let mut c = self.cheb_eval(&plan.cheb, &powers, babies, out_level, boot.eval_scale)?;
         drop(powers);
         for _ in 0..plan.params.double_angles {
@@ -730,14 +725,17 @@ mod tests {
 
 #[cfg(test)]
 mod plan_tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use crate::params::CkksParams;
 
+    /// The production plan: 3 + 3 maps of 32/63/63 diagonals, SlotsToCoeffs reusing
+    /// CoeffsToSlots' rotation steps, 38 keys, each at the highest level it serves.
     #[test]
-    #[ignore = "prints the production plan"]
-    fn print_production_plan() {
+    fn production_plan_shares_rotation_keys_between_its_two_transforms() {
         let p = CkksParams {
-            levels: 10,
+            levels: 9,
             log_scale: 40,
             first_modulus_bits: 48,
             digits: 6,
@@ -746,17 +744,18 @@ mod plan_tests {
         };
         let ctx = Context::new(&p).unwrap();
         let plan = BootPlan::new(&ctx).unwrap();
-        for (what, maps) in [("CtS", &plan.cts), ("StC", &plan.stc)] {
-            for t in maps.iter() {
-                let diags: usize = t.giants.iter().map(|(_, g)| g.len()).sum();
-                eprintln!(
-                    "{what} level {}: {} babies, {} giants, {diags} diagonals",
-                    t.level,
-                    t.babies.len() - 1,
-                    t.giants.iter().filter(|(g, _)| *g != 0).count()
-                );
-            }
-        }
-        eprintln!("{} rotation keys", plan.rotations(ctx.chain.slots).len());
+        let diags = |maps: &[TransformPlan]| -> Vec<usize> {
+            maps.iter().map(|t| t.giants.iter().map(|(_, g)| g.len()).sum()).collect()
+        };
+        assert_eq!(diags(&plan.cts), [32, 63, 63]);
+        assert_eq!(diags(&plan.stc), [63, 63, 32]);
+        let slots = ctx.chain.slots;
+        let cts: BTreeSet<i64> = plan.cts.iter().flat_map(|t| t.steps(slots)).collect();
+        let stc: BTreeSet<i64> = plan.stc.iter().flat_map(|t| t.steps(slots)).collect();
+        assert_eq!(cts, stc);
+        let keys = plan.rotations(slots);
+        assert_eq!(keys.len(), 38);
+        assert!(keys.values().all(|&l| l <= plan.top && l > plan.stc_level - plan.params.stc_levels));
+        assert_eq!(plan.out_level, 9);
     }
 }

@@ -168,9 +168,8 @@ impl Encoder {
     /// `im`; missing ones are 0).
     pub fn encode_complex_coeffs(&self, re: &[f64], im: &[f64], scale: f64) -> Vec<f64> {
         let n = self.slots;
-        let values = re;
-        let mut re: Vec<f64> = (0..n).map(|j| values.get(j).copied().unwrap_or(0.0)).collect();
-        let mut im: Vec<f64> = (0..n).map(|j| im.get(j).copied().unwrap_or(0.0)).collect();
+        let padded = |v: &[f64]| -> Vec<f64> { (0..n).map(|j| v.get(j).copied().unwrap_or(0.0)).collect() };
+        let (mut re, mut im) = (padded(re), padded(im));
         fft(&self.inv, &mut re, &mut im, true);
         let s = scale / n as f64;
         let mut out = vec![0.0; 2 * n];

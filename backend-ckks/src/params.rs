@@ -97,10 +97,13 @@ impl BootstrapParams {
     /// Levels EvalMod uses: the cosine's Chebyshev evaluation (depth ⌈log2(d + 1)⌉ plus one
     /// for its coefficients) and the double angles.
     pub fn eval_mod_levels(&self) -> usize {
-        (usize::BITS - self.cos_degree.leading_zeros()) as usize
-            + 1
-            + self.double_angles
-            + 2 * usize::from(self.arcsine)
+        self.cosine_levels() + self.double_angles + 2 * usize::from(self.arcsine)
+    }
+
+    /// Levels of the cosine's Chebyshev evaluation: ⌈log2(d + 1)⌉ for the powers, one for the
+    /// coefficients.
+    pub fn cosine_levels(&self) -> usize {
+        (usize::BITS - self.cos_degree.leading_zeros()) as usize + 1
     }
 
     /// The smallest log2(q_0/Δ) for values in [−1, 1]: the sine's deviation from the
