@@ -1,4 +1,6 @@
-//! Measures one bootstrap: `cargo run --release -p backend-ckks --example bootstrap -- [log_n] [range]`.
+//! Measures one bootstrap: `cargo run --release -p backend-ckks --example bootstrap -- [log_n] [range]`
+//! (environment: SLOTS for sparse slots, FMB, LOGSCALE, LEVELS, DIGITS, DEG, DA, K, EMB, CTSB,
+//! STCB, CTSL, STCL for the parameters, CONST=1 for the same value in every slot).
 use std::time::Instant;
 
 use backend_ckks::params::BootstrapParams;
@@ -18,6 +20,8 @@ fn main() {
         double_angles: env("DA", 4) as usize,
         k: env("K", 14) as usize,
         eval_mod_bits: env("EMB", 58),
+        cts_levels: env("CTSL", 3) as usize,
+        stc_levels: env("STCL", 3) as usize,
         ..BootstrapParams::default()
     };
     let mut params = CkksParams {
@@ -27,6 +31,7 @@ fn main() {
         first_modulus_bits: env("FMB", 48),
         insecure_test_only: log_n < 16,
         digits: env("DIGITS", if log_n >= 16 { 6 } else { 0 }) as usize,
+        slots: env("SLOTS", 0) as usize,
         bootstrap: Some(boot),
         ..CkksParams::default()
     };
@@ -48,8 +53,7 @@ fn main() {
     eprintln!("keygen {:.1} s", t.elapsed().as_secs_f64());
     let server = client.local_server().unwrap().unwrap();
     let keys = server.keys();
-    let boot_steps =
-        backend_ckks::bootstrap::BootPlan::new(server.context()).unwrap().rotations(client.capabilities().slots).len();
+    let boot_steps = backend_ckks::bootstrap::BootPlan::new(server.context()).unwrap().rotations().len();
     eprintln!(
         "evaluation keys in memory: {:.2} GiB ({} rotation keys for the bootstrap, conjugation, relinearisation, 2 encapsulation keys; files hold seeds for the a parts: about half)",
         keys.memory_bytes() as f64 / (1u64 << 30) as f64,

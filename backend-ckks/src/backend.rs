@@ -126,6 +126,8 @@ pub struct CkksClient {
 pub struct CkksServer {
     pub(crate) ctx: Arc<Context>,
     pub(crate) keys: Arc<EvaluationKeys>,
+    /// The rotation steps callers can use (keys below the slot count; sparse-slot
+    /// bootstrapping's own steps may reach N/2).
     steps: BTreeSet<i64>,
     caps: Capabilities,
     /// Bootstrapping's encoded plaintexts, built at the first bootstrap.
@@ -197,7 +199,7 @@ impl CkksClient {
             *e = (*e).max(level.min(top));
         }
         if let Some(plan) = &boot_plan {
-            for (s, level) in plan.rotations(slots) {
+            for (s, level) in plan.rotations() {
                 let e = steps.entry(s).or_default();
                 *e = (*e).max(level);
             }
@@ -209,7 +211,7 @@ impl CkksClient {
         };
         let mut rotations = BTreeMap::new();
         for (k, (&step, &level)) in steps.iter().enumerate() {
-            let g = galois_element(step, slots, two_n);
+            let g = galois_element(step, ctx.n() / 2, two_n);
             rotations.insert(step, rotation(g, 2 + k as u64, level, &mut rng));
         }
         let conjugation_level =
@@ -312,7 +314,7 @@ impl Client for CkksClient {
 impl CkksServer {
     /// A server for `keys` under `ctx`.
     pub fn new(ctx: Arc<Context>, keys: Arc<EvaluationKeys>) -> Self {
-        let steps = keys.rotations.keys().copied().collect();
+        let steps = keys.rotations.keys().copied().filter(|&s| s < ctx.chain.slots as i64).collect();
         let caps = capabilities_of(&ctx);
         CkksServer { ctx, keys, steps, caps, boot: OnceLock::new() }
     }
@@ -356,6 +358,45 @@ impl CkksServer {
             });
         }
         Ok(rk)
+    }
+
+    /// Rotations of `a` by key steps (in 0..N/2, 0 = none), one decomposition of c1 shared.
+    pub(crate) fn rotate_many_keyed(&self, a: &Ciphertext, steps: &[i64]) -> BResult<Vec<Ciphertext>> {
+        let l = a.level();
+        let digits = if steps.iter().filter(|&&s| s != 0).count() > 1 { Some(self.ctx.mod_up(&a.c1, l)) } else { None };
+        steps
+            .iter()
+            .map(|&s| {
+                if s == 0 {
+                    return Ok(a.clone());
+                }
+                let rk = self.rotation(s, l)?;
+                let u = match &digits {
+                    Some(d) => self.ctx.switch_decomposed(d, &rk.key, l),
+                    None => self.ctx.key_switch(&a.c1, &rk.key, l),
+                };
+                Ok(self.make(self.ctx.finish_rotation(&a.c0, u, rk.galois), a.meta))
+            })
+            .collect()
+    }
+
+    /// Σ rot(ct, step) over terms of one level and scale, steps as key steps (0 = none),
+    /// with one ModDown.
+    pub(crate) fn rotate_sum_keyed(&self, terms: &[(&Ciphertext, i64)]) -> BResult<Ciphertext> {
+        let Some(((a, _), rest)) = terms.split_first() else {
+            return Err(BackendError::OutOfRange { op: "rotate_sum", detail: "no terms".into() });
+        };
+        for (b, _) in rest {
+            self.check("rotate_sum", b)?;
+            a.meta.add("rotate_sum", b.meta)?;
+        }
+        let l = a.level();
+        let parts = terms
+            .iter()
+            .map(|&(ct, s)| Ok((ct, if s == 0 { None } else { Some(self.rotation(s, l)?) })))
+            .collect::<BResult<Vec<_>>>()?;
+        let parts: Vec<_> = parts.iter().map(|(ct, rk)| (*ct, rk.map(|rk| (&rk.key, rk.galois)))).collect();
+        Ok(self.make(self.ctx.rotate_sum(&parts, l), a.meta))
     }
 
     pub(crate) fn make(&self, (c0, c1): (Vec<u64>, Vec<u64>), meta: CtMeta) -> Ciphertext {
@@ -489,42 +530,20 @@ impl Backend for CkksServer {
     }
     fn rotate_many(&self, a: &Ciphertext, steps: &[i64]) -> BResult<Vec<Ciphertext>> {
         self.check("rotate_many", a)?;
+        // Hoisting: one decomposition of c1 serves every rotation.
         let norm: Vec<i64> =
             steps.iter().map(|&s| rotation_key(s, self.caps.slots, &self.steps)).collect::<BResult<_>>()?;
-        if norm.iter().filter(|&&s| s != 0).count() <= 1 {
-            return steps.iter().map(|&s| self.rotate(a, s)).collect();
-        }
-        // Hoisting: one decomposition of c1 serves every rotation.
-        let l = a.level();
-        let digits = self.ctx.mod_up(&a.c1, l);
-        norm.iter()
-            .map(|&s| {
-                if s == 0 {
-                    return Ok(a.clone());
-                }
-                let rk = self.rotation(s, l)?;
-                let u = self.ctx.switch_decomposed(&digits, &rk.key, l);
-                Ok(self.make(self.ctx.finish_rotation(&a.c0, u, rk.galois), a.meta))
-            })
-            .collect()
+        self.rotate_many_keyed(a, &norm)
     }
     fn rotate_sum(&self, terms: &[(&Ciphertext, i64)]) -> BResult<Ciphertext> {
-        let Some(((a, _), rest)) = terms.split_first() else {
-            return Err(BackendError::OutOfRange { op: "rotate_sum", detail: "no terms".into() });
-        };
-        self.check("rotate_sum", a)?;
-        for (b, _) in rest {
-            self.check("rotate_sum", b)?;
-            a.meta.add("rotate_sum", b.meta)?;
+        if let Some((a, _)) = terms.first() {
+            self.check("rotate_sum", a)?;
         }
-        let l = a.level();
-        let mut parts = Vec::with_capacity(terms.len());
-        for (ct, step) in terms {
-            let s = rotation_key(*step, self.caps.slots, &self.steps)?;
-            parts.push((*ct, if s == 0 { None } else { Some(self.rotation(s, l)?) }));
-        }
-        let parts: Vec<_> = parts.iter().map(|(ct, rk)| (*ct, rk.map(|rk| (&rk.key, rk.galois)))).collect();
-        Ok(self.make(self.ctx.rotate_sum(&parts, l), a.meta))
+        let keyed = terms
+            .iter()
+            .map(|&(ct, step)| Ok((ct, rotation_key(step, self.caps.slots, &self.steps)?)))
+            .collect::<BResult<Vec<_>>>()?;
+        self.rotate_sum_keyed(&keyed)
     }
     fn bootstrap(&self, a: &Ciphertext) -> BResult<Ciphertext> {
         self.check("bootstrap", a)?;
@@ -605,6 +624,16 @@ impl Scheme for CkksScheme {
             }
         }
         None
+    }
+    fn with_slots(params: &CkksParams, slots: usize) -> Option<CkksParams> {
+        let sparse = CkksParams { slots, ..params.clone() };
+        sparse.chain().ok()?;
+        // Bootstrapping needs an FFT stage per linear-map level (as `BootPlan::new` checks).
+        let stages = slots.trailing_zeros() as usize;
+        match &sparse.bootstrap {
+            Some(b) if stages < b.cts_levels.max(b.stc_levels) => None,
+            _ => Some(sparse),
+        }
     }
     fn load_client(secret: &[u8]) -> BResult<CkksClient> {
         let (ctx, key_id, sk) = serial::read_secret(secret)?;

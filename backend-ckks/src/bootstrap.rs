@@ -25,6 +25,7 @@ use peregrine_backend::{BResult, Backend, BackendError, CtMeta};
 use crate::backend::CkksServer;
 use crate::context::Context;
 use crate::dft::{coeff_to_slot_stages, merge, slot_to_coeff_stages, Complex, SlotTransform};
+use crate::encoding::Encoder;
 use crate::eval::Ciphertext;
 use crate::params::BootstrapParams;
 
@@ -40,6 +41,8 @@ pub type GiantStep<D> = (i64, Vec<(usize, D)>);
 /// `out = Σ_G rot(Σ_j d_{G,j} ⊙ rot(v, j), G)` with the diagonals pre-rotated by −G.
 #[derive(Clone, Debug)]
 pub struct TransformPlan {
+    /// Number of slots the map acts on (its rotations are taken modulo it).
+    pub slots: usize,
     /// Level of the ciphertext the map is applied to.
     pub level: usize,
     /// Baby-step rotations (slots), the first one 0.
@@ -97,15 +100,15 @@ impl TransformPlan {
                 (g, terms)
             })
             .collect();
-        TransformPlan { level, babies, giants }
+        TransformPlan { slots: t.slots, level, babies, giants }
     }
 
     /// The rotation steps it needs (normalised to 0..slots), none for 0.
-    pub fn steps(&self, slots: usize) -> impl Iterator<Item = i64> + '_ {
+    pub fn steps(&self) -> impl Iterator<Item = i64> + '_ {
         self.babies
             .iter()
             .chain(self.giants.iter().map(|(g, _)| g))
-            .map(move |s| s.rem_euclid(slots as i64))
+            .map(move |s| s.rem_euclid(self.slots as i64))
             .filter(|&s| s != 0)
     }
 }
@@ -120,10 +123,22 @@ fn gcd(a: u64, b: u64) -> u64 {
 
 /// Where a bootstrap's steps run and what they need, computed from the parameters alone (the
 /// client uses it for its keys, the server to encode its plaintexts).
+///
+/// **Sparse slots** (n < N/2 slots, a message in the subring of Y = X^(N/2n)): after ModRaise
+/// the rotations by n, 2n, … (the trace to the subring) keep the N/(2n)·(Δμ + q_0·I)
+/// coefficients of Y only; the linear maps then act on 2n slots, the last CoeffsToSlots map
+/// writing the real parts into slots 0..n and the imaginary parts into n..2n, so that one
+/// EvalMod serves both halves; the first SlotsToCoeffs map puts them together again.
 #[derive(Clone, Debug)]
 pub struct BootPlan {
     /// The bootstrapping parameters.
     pub params: BootstrapParams,
+    /// Slots the linear maps act on: N/2 with full slots, 2n with n < N/2 sparse slots.
+    pub slots: usize,
+    /// Whether the slots are sparse (real and imaginary halves packed into one ciphertext).
+    pub sparse: bool,
+    /// Rotation steps of the trace to the subring after ModRaise (empty with full slots).
+    pub subsum: Vec<i64>,
     /// Level after ModRaise: the top of the chain.
     pub top: usize,
     /// Level after CoeffsToSlots, where EvalMod starts.
@@ -146,12 +161,19 @@ impl BootPlan {
     /// The plan of `ctx` (which must have bootstrapping parameters).
     pub fn new(ctx: &Context) -> BResult<Self> {
         let params = ctx.params.bootstrap.clone().ok_or(BackendError::BootstrapUnsupported)?;
-        if ctx.chain.slots != ctx.n() / 2 {
+        let n = ctx.chain.slots;
+        let stages = n.trailing_zeros() as usize;
+        if stages < params.cts_levels.max(params.stc_levels) {
             return Err(BackendError::Unsupported {
                 backend: "ckks".into(),
-                what: "bootstrap with sparse slots (slots < N/2) yet: use full slots",
+                what: "bootstrap with fewer slots than 2^cts_levels or 2^stc_levels (each linear-map level needs an FFT stage)",
             });
         }
+        let sparse = n < ctx.n() / 2;
+        let slots = if sparse { 2 * n } else { n };
+        // The trace multiplies the subring's coefficients by N/(2n).
+        let trace_gain = (ctx.n() / 2 / n) as f64;
+        let subsum: Vec<i64> = (0..(ctx.n() / 2 / n).trailing_zeros()).map(|j| (n << j) as i64).collect();
         let top = ctx.top_level();
         let eval_level = top - params.cts_levels;
         let stc_level = eval_level - params.eval_mod_levels();
@@ -163,23 +185,52 @@ impl BootPlan {
             params.cos_degree,
         );
         // CoeffsToSlots: the real and imaginary halves are split as w + conj(w) and
-        // −i(w − conj(w)), so the map is scaled by 1/(2B) to leave y/B in each.
-        let cts_maps = merge(&coeff_to_slot_stages(&ctx.encoder), params.cts_levels);
+        // −i(w − conj(w)) (sparse: as u + conj(u), u = [w | −i·w]), so the map is scaled by
+        // 1/(2B) (and by the inverse of the trace's gain) to leave y/B in each.
+        let mut cts_maps: Vec<SlotTransform> =
+            merge(&coeff_to_slot_stages(&ctx.encoder), params.cts_levels).iter().map(|t| t.lift(slots)).collect();
+        let mut stc_maps: Vec<SlotTransform> =
+            merge(&slot_to_coeff_stages(&ctx.encoder), params.stc_levels).iter().map(|t| t.lift(slots)).collect();
+        if sparse {
+            let half =
+                |a: Complex, b: Complex| -> Vec<Complex> { (0..slots).map(|p| if p < n { a } else { b }).collect() };
+            let (one, i, minus_i) = (Complex::new(1.0, 0.0), Complex::new(0.0, 1.0), Complex::new(0.0, -1.0));
+            let last = cts_maps.len() - 1;
+            cts_maps[last] = cts_maps[last].masked(&half(one, minus_i));
+            // [s_re | s_im] → s_re + i·s_im in every half: u = D0 ⊙ s + D1 ⊙ rot(s, n).
+            let repack = SlotTransform::from_diagonals(slots, [(0, half(one, i)), (n, half(i, one))]);
+            stc_maps[0] = stc_maps[0].after(&repack);
+        }
         let cts = cts_maps
             .iter()
             .enumerate()
-            .map(|(i, t)| TransformPlan::new(t, top - i, if i == 0 { 0.5 / half_width } else { 1.0 }))
+            .map(|(i, t)| TransformPlan::new(t, top - i, if i == 0 { 0.5 / half_width / trace_gain } else { 1.0 }))
             .collect();
-        let stc_maps = merge(&slot_to_coeff_stages(&ctx.encoder), params.stc_levels);
         let stc = stc_maps.iter().enumerate().map(|(i, t)| TransformPlan::new(t, stc_level - i, 1.0)).collect();
-        Ok(BootPlan { params, top, eval_level, stc_level, out_level, half_width, cheb, cts, stc })
+        Ok(BootPlan {
+            params,
+            slots,
+            sparse,
+            subsum,
+            top,
+            eval_level,
+            stc_level,
+            out_level,
+            half_width,
+            cheb,
+            cts,
+            stc,
+        })
     }
 
-    /// Rotation keys a bootstrap needs: normalised step → highest level it is used at.
-    pub fn rotations(&self, slots: usize) -> BTreeMap<i64, usize> {
+    /// Rotation keys a bootstrap needs: step (in 0..N/2) → highest level it is used at.
+    pub fn rotations(&self) -> BTreeMap<i64, usize> {
         let mut out = BTreeMap::new();
+        for &s in &self.subsum {
+            out.insert(s, self.top);
+        }
         for t in self.cts.iter().chain(&self.stc) {
-            for s in t.steps(slots) {
+            for s in t.steps() {
                 let e = out.entry(s).or_insert(0);
                 *e = t.level.max(*e);
             }
@@ -235,14 +286,19 @@ impl PhaseTimer {
 /// A [`TransformPlan`] with its diagonals encoded for one level.
 struct EncodedTransform {
     level: usize,
+    /// Baby steps as key steps (0..N/2).
     babies: Vec<i64>,
+    /// Giant steps (as key steps) and their encoded terms.
     giants: Vec<GiantStep<Vec<u64>>>,
     /// Scale the diagonals were encoded at.
     scale: f64,
 }
 
 impl EncodedTransform {
-    fn new(ctx: &Context, plan: &TransformPlan, values_factor: f64, scale: f64) -> BResult<Self> {
+    /// Encodes `plan`'s diagonals (times `values_factor`) with `encoder` (of the plan's slot
+    /// count) at `scale`; its rotation steps normalised to key steps.
+    fn new(ctx: &Context, encoder: &Encoder, plan: &TransformPlan, values_factor: f64, scale: f64) -> BResult<Self> {
+        let key = |s: i64| s.rem_euclid(plan.slots as i64);
         let giants = plan
             .giants
             .par_iter()
@@ -252,13 +308,14 @@ impl EncodedTransform {
                     .map(|(j, d)| {
                         let re: Vec<f64> = d.iter().map(|c| c.re * values_factor).collect();
                         let im: Vec<f64> = d.iter().map(|c| c.im * values_factor).collect();
-                        Ok((*j, ctx.encode_complex(&re, &im, plan.level, scale)?))
+                        Ok((*j, ctx.encode_complex_with(encoder, &re, &im, plan.level, scale)?))
                     })
                     .collect::<BResult<Vec<_>>>()?;
-                Ok((*g, encoded))
+                Ok((key(*g), encoded))
             })
             .collect::<BResult<Vec<_>>>()?;
-        Ok(EncodedTransform { level: plan.level, babies: plan.babies.clone(), giants, scale })
+        let babies = plan.babies.iter().map(|&b| key(b)).collect();
+        Ok(EncodedTransform { level: plan.level, babies, giants, scale })
     }
 
     fn memory_bytes(&self) -> usize {
@@ -289,6 +346,7 @@ impl Bootstrapper {
     /// Plans and encodes the linear maps of `ctx`'s bootstrap.
     pub fn new(ctx: &Context) -> BResult<Self> {
         let plan = BootPlan::new(ctx)?;
+        let encoder = Encoder::new(ctx.n(), plan.slots);
         let q = |l: usize| ctx.chain.q[l] as f64;
         let eval_scale = (plan.params.eval_mod_bits as f64).exp2();
         // CoeffsToSlots: the raised ciphertext is read at scale q_0 and the last map lands at
@@ -301,7 +359,7 @@ impl Bootstrapper {
         let mut cts = Vec::new();
         for (i, t) in plan.cts.iter().enumerate() {
             let scale = if i + 1 == plan.cts.len() { eval_scale * q(t.level) / s_in } else { pt_scale };
-            cts.push(EncodedTransform::new(ctx, t, 1.0, scale)?);
+            cts.push(EncodedTransform::new(ctx, &encoder, t, 1.0, scale)?);
             s_in = s_in * scale / q(t.level);
         }
         let stc_in_scale = eval_mod_output_scale(ctx, &plan, eval_scale);
@@ -316,11 +374,11 @@ impl Bootstrapper {
         for (i, t) in plan.stc.iter().enumerate() {
             if i + 1 < k {
                 let target = stc_in_scale * (nominal / stc_in_scale).powf((i + 1) as f64 / k as f64);
-                stc.push(EncodedTransform::new(ctx, t, 1.0, target * q(t.level) / s_in)?);
+                stc.push(EncodedTransform::new(ctx, &encoder, t, 1.0, target * q(t.level) / s_in)?);
                 s_in = target;
             } else {
                 let factor = q(0) / std::f64::consts::TAU;
-                stc.push(EncodedTransform::new(ctx, t, factor, q(t.level) / s_in)?);
+                stc.push(EncodedTransform::new(ctx, &encoder, t, factor, q(t.level) / s_in)?);
             }
         }
         Ok(Bootstrapper { plan, cts, stc, eval_scale, stc_in_scale, stc_last_in_scale: s_in })
@@ -364,7 +422,7 @@ impl CkksServer {
                 detail: format!("a linear map for level {} met a ciphertext at level {}", t.level, ct.level()),
             });
         }
-        let babies = self.rotate_many(ct, &t.babies)?;
+        let babies = self.rotate_many_keyed(ct, &t.babies)?;
         let meta = CtMeta::new(t.level, ct.meta.scale * pt_scale);
         let inner: Vec<(Ciphertext, i64)> = t
             .giants
@@ -377,7 +435,7 @@ impl CkksServer {
             .collect();
         drop(babies);
         let refs: Vec<(&Ciphertext, i64)> = inner.iter().map(|(c, g)| (c, *g)).collect();
-        self.rescale(&self.rotate_sum(&refs)?)
+        self.rescale(&self.rotate_sum_keyed(&refs)?)
     }
 
     /// `ct` at `level` and `scale`: dropped, or multiplied by 1 at the scale that makes the
@@ -512,7 +570,6 @@ impl CkksServer {
         let ctx = &self.ctx;
         let enc = self.keys.encapsulation.as_ref().ok_or(BackendError::BootstrapNotEnabled)?;
         let plan = &boot.plan;
-        let n = ctx.n();
         let mut timer = PhaseTimer::new();
         // Encapsulation: to the sparse secret at level 0, raise, back to the dense secret.
         let (u0, u1) = ctx.key_switch(&a.c1, &enc.to_sparse, 0);
@@ -522,7 +579,12 @@ impl CkksServer {
         let (v0, v1) = ctx.key_switch(&r1, &enc.from_sparse, plan.top);
         let mut raised0 = r0;
         crate::eval::add_into(ctx, &mut raised0, &v0);
-        let raised = self.make((raised0, v1), CtMeta::new(plan.top, ctx.chain.q[0] as f64));
+        let mut raised = self.make((raised0, v1), CtMeta::new(plan.top, ctx.chain.q[0] as f64));
+        // Sparse slots: the trace to the subring of Y = X^(N/2n) drops the other coefficients.
+        for &s in &plan.subsum {
+            let r = self.rotate_many_keyed(&raised, &[s])?.pop().expect("one rotation");
+            raised = self.add(&raised, &r)?;
+        }
         timer.lap("ModRaise");
         // CoeffsToSlots.
         let mut w = raised;
@@ -531,25 +593,16 @@ impl CkksServer {
             timer.lap("CoeffsToSlots map");
         }
         let w = CkksServer::with_scale(w, boot.eval_scale)?;
-        // Real and imaginary halves, each shifted to t = (y − ¼)/B.
-        let conj = self.conjugate(&w)?;
-        let re = self.add(&w, &conj)?;
-        let diff = self.sub(&w, &conj)?;
-        let im = {
-            let (c0, c1) =
-                rayon::join(|| ctx.mul_monomial(&diff.c0, 3 * n / 2), || ctx.mul_monomial(&diff.c1, 3 * n / 2));
-            self.make((c0, c1), diff.meta)
+        let z = if plan.sparse {
+            // w = [v | −i·v]: w + conj(w) holds the real parts in slots 0..n and the
+            // imaginary ones in n..2n; one EvalMod for both.
+            let z = self.add(&w, &self.conjugate(&w)?)?;
+            let s = self.eval_mod(&self.add_scalar(&z, -0.25 / plan.half_width)?, boot)?;
+            timer.lap("conjugate + EvalMod");
+            s
+        } else {
+            self.eval_mod_halves(&w, boot, &mut timer)?
         };
-        let shift = -0.25 / plan.half_width;
-        let (re, im) = (self.add_scalar(&re, shift)?, self.add_scalar(&im, shift)?);
-        let (sre, sim) = rayon::join(|| self.eval_mod(&re, boot), || self.eval_mod(&im, boot));
-        let (sre, sim) = (sre?, sim?);
-        timer.lap("conjugate + EvalMod");
-        let sim_i = {
-            let (c0, c1) = rayon::join(|| ctx.mul_monomial(&sim.c0, n / 2), || ctx.mul_monomial(&sim.c1, n / 2));
-            self.make((c0, c1), sim.meta)
-        };
-        let z = self.add(&sre, &sim_i)?;
         let mut z = CkksServer::with_scale(z, boot.stc_in_scale)?;
         // SlotsToCoeffs; the last map multiplies by q_0/(2πΔ) and lands at the caller's Δ.
         let last = boot.stc.len() - 1;
@@ -564,6 +617,33 @@ impl CkksServer {
             timer.lap("SlotsToCoeffs map");
         }
         CkksServer::with_scale(z, a.meta.scale)
+    }
+
+    /// Full slots: EvalMod on the real and on the imaginary half of w, recombined as
+    /// s_re + i·s_im.
+    fn eval_mod_halves(&self, w: &Ciphertext, boot: &Bootstrapper, timer: &mut PhaseTimer) -> BResult<Ciphertext> {
+        let ctx = &self.ctx;
+        let n = ctx.n();
+        let plan = &boot.plan;
+        // Real and imaginary halves, each shifted to t = (y − ¼)/B.
+        let conj = self.conjugate(w)?;
+        let re = self.add(w, &conj)?;
+        let diff = self.sub(w, &conj)?;
+        let im = {
+            let (c0, c1) =
+                rayon::join(|| ctx.mul_monomial(&diff.c0, 3 * n / 2), || ctx.mul_monomial(&diff.c1, 3 * n / 2));
+            self.make((c0, c1), diff.meta)
+        };
+        let shift = -0.25 / plan.half_width;
+        let (re, im) = (self.add_scalar(&re, shift)?, self.add_scalar(&im, shift)?);
+        let (sre, sim) = rayon::join(|| self.eval_mod(&re, boot), || self.eval_mod(&im, boot));
+        let (sre, sim) = (sre?, sim?);
+        timer.lap("conjugate + EvalMod");
+        let sim_i = {
+            let (c0, c1) = rayon::join(|| ctx.mul_monomial(&sim.c0, n / 2), || ctx.mul_monomial(&sim.c1, n / 2));
+            self.make((c0, c1), sim.meta)
+        };
+        self.add(&sre, &sim_i)
     }
 }
 
@@ -749,11 +829,10 @@ mod plan_tests {
         };
         assert_eq!(diags(&plan.cts), [32, 63, 63]);
         assert_eq!(diags(&plan.stc), [63, 63, 32]);
-        let slots = ctx.chain.slots;
-        let cts: BTreeSet<i64> = plan.cts.iter().flat_map(|t| t.steps(slots)).collect();
-        let stc: BTreeSet<i64> = plan.stc.iter().flat_map(|t| t.steps(slots)).collect();
+        let cts: BTreeSet<i64> = plan.cts.iter().flat_map(|t| t.steps()).collect();
+        let stc: BTreeSet<i64> = plan.stc.iter().flat_map(|t| t.steps()).collect();
         assert_eq!(cts, stc);
-        let keys = plan.rotations(slots);
+        let keys = plan.rotations();
         assert_eq!(keys.len(), 38);
         assert!(keys.values().all(|&l| l <= plan.top && l > plan.stc_level - plan.params.stc_levels));
         assert_eq!(plan.out_level, 9);

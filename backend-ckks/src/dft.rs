@@ -92,6 +92,40 @@ impl SlotTransform {
         out
     }
 
+    /// The same map on `m` slots (a multiple of n) acting on n-periodic vectors: every
+    /// diagonal repeated m/n times (on such vectors a rotation by r and by r + n agree; an
+    /// offset above n/2 stays the same negative rotation).
+    pub fn lift(&self, m: usize) -> SlotTransform {
+        let n = self.slots;
+        assert!(m.is_multiple_of(n), "{m} slots are not a multiple of {n}");
+        let diagonals = self
+            .diagonals
+            .iter()
+            .map(|(&r, d)| (if r > n / 2 { r + m - n } else { r }, (0..m).map(|p| d[p % n]).collect()))
+            .collect();
+        SlotTransform { slots: m, diagonals }
+    }
+
+    /// `self` followed by a slot-wise product with `mask` (`mask ⊙ self(v)`).
+    pub fn masked(&self, mask: &[Complex]) -> SlotTransform {
+        assert_eq!(mask.len(), self.slots);
+        let diagonals =
+            self.diagonals.iter().map(|(&r, d)| (r, d.iter().zip(mask).map(|(&x, &k)| x.mul(k)).collect())).collect();
+        SlotTransform { slots: self.slots, diagonals }
+    }
+
+    /// The map `Σ_r d_r ⊙ rot(v, r)` of the given diagonals on `slots` slots.
+    pub fn from_diagonals(slots: usize, diagonals: impl IntoIterator<Item = (usize, Vec<Complex>)>) -> Self {
+        let mut t = SlotTransform::empty(slots);
+        for (r, d) in diagonals {
+            assert_eq!(d.len(), slots);
+            for (p, w) in d.into_iter().enumerate() {
+                t.entry(r, p, w);
+            }
+        }
+        t
+    }
+
     /// Number of rotations a baby-step giant-step evaluation needs (offsets other than 0).
     pub fn rotations(&self) -> usize {
         self.diagonals.keys().filter(|&&r| r != 0).count()

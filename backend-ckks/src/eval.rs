@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use peregrine_backend::{BResult, BackendError, CtMeta};
 
 use crate::context::{gaussian, ternary, Context};
+use crate::encoding::Encoder;
 use crate::keys::{SecretKey, SwitchKey};
 
 /// A ciphertext (c0, c1) at some level: limbs q_0 … q_level of N residues each, NTT domain.
@@ -151,13 +152,30 @@ impl Context {
 
     /// Encodes complex slot values (real parts `re`, imaginary parts `im`) at `level` and `scale`.
     pub fn encode_complex(&self, re: &[f64], im: &[f64], level: usize, scale: f64) -> BResult<Vec<u64>> {
-        self.encode_from_coeffs(&self.encoder.encode_complex_coeffs(re, im, scale), level)
+        self.encode_complex_with(&self.encoder, re, im, level, scale)
+    }
+
+    /// [`Context::encode_complex`] with another slot count's encoder (bootstrapping's linear
+    /// maps act on 2n slots when the parameters' n slots are sparse).
+    pub fn encode_complex_with(
+        &self,
+        encoder: &Encoder,
+        re: &[f64],
+        im: &[f64],
+        level: usize,
+        scale: f64,
+    ) -> BResult<Vec<u64>> {
+        self.encode_from_coeffs_gap(&encoder.encode_complex_coeffs(re, im, scale), level, encoder.gap)
     }
 
     /// Rounds the scaled coefficients of Y^0 … Y^(2n−1) and transforms them at `level`.
     fn encode_from_coeffs(&self, coeffs: &[f64], level: usize) -> BResult<Vec<u64>> {
+        self.encode_from_coeffs_gap(coeffs, level, self.encoder.gap)
+    }
+
+    /// [`Context::encode_from_coeffs`] for Y = X^gap.
+    fn encode_from_coeffs_gap(&self, coeffs: &[f64], level: usize, gap: usize) -> BResult<Vec<u64>> {
         let n = self.n();
-        let gap = self.encoder.gap;
         let max = coeffs.iter().fold(0.0f64, |m, c| m.max(c.abs()));
         let log_q = self.log_q(level);
         round_i128("encode", max, level, log_q)?;

@@ -302,8 +302,11 @@ pub fn read_keys(bytes: &[u8]) -> BResult<(Arc<Context>, EvaluationKeys)> {
     let mut rotations = std::collections::BTreeMap::new();
     for _ in 0..count {
         let step = r.u64()? as i64;
+        if step <= 0 || step >= (ctx.n() / 2) as i64 {
+            return Err(de("evaluation keys", format!("rotation key for step {step}, outside 1..N/2")));
+        }
         let galois = r.u64()?;
-        let expected = crate::keys::galois_element(step, ctx.chain.slots, 2 * ctx.n() as u64);
+        let expected = crate::keys::galois_element(step, ctx.n() / 2, 2 * ctx.n() as u64);
         if galois != expected {
             return Err(de("evaluation keys", format!("rotation key for step {step} has Galois element {galois}")));
         }

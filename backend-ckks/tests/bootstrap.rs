@@ -73,6 +73,28 @@ fn bootstrap_returns_the_input_within_2_to_the_minus_18_of_its_range() {
     }
 }
 
+/// Sparse slots (n < N/2: the trace to the subring, one EvalMod for the real and imaginary
+/// halves packed in 2n slots) hold the same bound, down to the fewest slots the three-level
+/// maps allow (8).
+#[test]
+fn sparse_slot_bootstrap_returns_the_input_within_2_to_the_minus_18_of_its_range() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    for (slots, count, range) in [(1024usize, 1001usize, 1.0), (256, 201, 16.0), (8, 7, 1.0)] {
+        let p = CkksParams { slots, ..params(12, range) };
+        let values: Vec<f64> = (0..count).map(|_| rng.gen_range(-range..=range)).collect();
+        let err = bootstrapped_error(&p, &values, range);
+        eprintln!(
+            "N = 2^12, {slots} slots, range {range}, {count} random values: max error {err:.3e} of the range ({:.1} bits)",
+            -err.log2()
+        );
+        assert!(err < 2f64.powi(-18), "{slots} slots, range {range}: {err:e}");
+    }
+    let p = CkksParams { slots: 512, ..params(12, 1.0) };
+    let err = bootstrapped_error(&p, &vec![-0.9; 512], 1.0);
+    eprintln!("N = 2^12, 512 slots, constant -0.9: max error {err:.3e} ({:.1} bits)", -err.log2());
+    assert!(err < 2f64.powi(-18), "512 slots, constant: {err:e}");
+}
+
 #[test]
 fn bootstrap_without_keys_or_above_level_0_or_without_parameters_is_an_error() {
     let p = params(10, 1.0);
@@ -99,10 +121,10 @@ fn bootstrap_without_keys_or_above_level_0_or_without_parameters_is_an_error() {
     let other = CkksScheme::keygen(&p, &bootstrap_keys()).unwrap();
     let foreign = server.drop_to_level(&other.encrypt_values(&[1.0]).unwrap(), 0);
     assert!(foreign.is_err() || server.bootstrap(&foreign.unwrap()).is_err());
-    // Sparse slots are refused by name (not yet supported), and a range q_0 cannot hold.
-    let sparse = CkksParams { slots: 128, ..p.clone() };
-    let err = CkksScheme::keygen(&sparse, &bootstrap_keys()).err().expect("refused").to_string();
-    assert!(err.contains("sparse slots"), "{err}");
+    // Fewer slots than the linear maps have levels, and a range q_0 cannot hold.
+    let tiny = CkksParams { slots: 4, ..p.clone() };
+    let err = CkksScheme::keygen(&tiny, &bootstrap_keys()).err().expect("refused").to_string();
+    assert!(err.contains("fewer slots than 2^cts_levels"), "{err}");
     let wide = CkksParams { first_modulus_bits: 48, ..params(10, 16.0) };
     let err = wide.chain().unwrap_err().to_string();
     assert!(err.contains("first_modulus_bits ≥ 52"), "{err}");

@@ -403,3 +403,40 @@ fn ckks_is_the_default_and_runs_a_separate_process_session_and_compare() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+/// With bootstrapping, `ckks` plans for the fewest slots that keep the layouts (sparse slots
+/// bootstrap with one EvalMod instead of two), unless the user fixes the slot count; the
+/// encrypted run with its bootstraps agrees with the reference.
+#[test]
+fn ckks_bootstraps_sparse_slots_when_the_layouts_fit() {
+    let model = small_model("ckks-boot");
+    let params = |extra: &str| {
+        format!(
+            r#"{{"log_ring_dimension": 13, "levels": 3, "log_scale": 40, "first_modulus_bits": 52, "insecure_test_only": true, "bootstrap": {{"range": 16}}{extra}}}"#
+        )
+    };
+    let plan = |p: &str| {
+        json(
+            bin().args(["plan", "--json", "--backend", "ckks", "--params", p, "--model"]).arg(&model).output().unwrap(),
+        )
+    };
+    let auto = plan(&params(""));
+    let full = plan(&params(r#", "slots": 4096"#));
+    assert_eq!(full["capabilities"]["slots"], 4096, "{full}");
+    let slots = auto["capabilities"]["slots"].as_u64().unwrap();
+    assert!(slots < 4096, "sparse slots expected: {auto}");
+    assert!(auto["cost"]["bootstraps"].as_u64().unwrap() > 0, "{auto}");
+    assert_eq!(auto["cost"]["bootstraps"], full["cost"]["bootstraps"], "{auto}\n{full}");
+    assert!(auto["cost"]["key_switches"].as_u64() <= full["cost"]["key_switches"].as_u64(), "{auto}\n{full}");
+    let run = json(
+        bin()
+            .args(["run", "--json", "--backend", "ckks", "--params", &params(""), "--limit", "1", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(shared("data/cifar10/test_batch.bin.gz"))
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run["summary"]["agree"], 1, "{run}");
+    assert!(run["summary"]["max_abs_logit_error"].as_f64().unwrap() < 1e-3, "{run}");
+}

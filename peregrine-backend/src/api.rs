@@ -357,6 +357,11 @@ pub trait Scheme {
     fn sized_for_levels(_params: &Self::Params, _levels: usize) -> Option<Self::Params> {
         None
     }
+    /// Parameters like `params` with only `slots` slots (a power of two), if the backend
+    /// bootstraps such sparse ciphertexts more cheaply; `None` if it does not (the default).
+    fn with_slots(_params: &Self::Params, _slots: usize) -> Option<Self::Params> {
+        None
+    }
     /// Rebuilds a client from [`Client::save_secret`] (e.g. in the process that decrypts).
     fn load_client(_secret: &[u8]) -> BResult<Self::Client> {
         Err(BackendError::Unsupported { backend: Self::NAME.into(), what: "load a saved client" })

@@ -39,6 +39,10 @@ pub trait Family: Send + Sync + 'static {
     fn params_for_levels(&self, _params: &str, _levels: usize) -> Option<String> {
         None
     }
+    /// `params` with only `slots` slots, if the family bootstraps sparse slots more cheaply.
+    fn params_for_slots(&self, _params: &str, _slots: usize) -> Option<String> {
+        None
+    }
 }
 
 /// The ciphertext type of a family's server.
@@ -102,6 +106,10 @@ where
     fn params_for_levels(&self, params: &str, levels: usize) -> Option<String> {
         let sized = S::sized_for_levels(&self.params(params).ok()?, levels)?;
         serde_json::to_string(&sized).ok()
+    }
+    fn params_for_slots(&self, params: &str, slots: usize) -> Option<String> {
+        let sparse = S::with_slots(&self.params(params).ok()?, slots)?;
+        serde_json::to_string(&sparse).ok()
     }
 }
 
@@ -183,7 +191,25 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
                 program = compile(model, caps.slots)?;
             }
         }
-        let p = plan(program, &caps)?;
+        let mut p = plan(program, &caps)?;
+        // A backend that bootstraps sparse slots more cheaply gets the fewest slots that keep
+        // the plan's bootstraps and key switches (the layouts still fit), unless the user
+        // fixed the slot count.
+        if caps.can_bootstrap && !mentions(requested, "slots") {
+            while let Some(sparse) = self.0.params_for_slots(&params, caps.slots / 2) {
+                let Ok(sparse_caps) = self.0.capabilities(&sparse) else { break };
+                let Ok(sparse_plan) = compile(model, sparse_caps.slots).and_then(|prog| plan(prog, &sparse_caps))
+                else {
+                    break;
+                };
+                if sparse_plan.cost.bootstraps > p.cost.bootstraps
+                    || sparse_plan.cost.key_switches > p.cost.key_switches
+                {
+                    break;
+                }
+                (params, caps, p) = (sparse, sparse_caps, sparse_plan);
+            }
+        }
         let p = match options.max_rotation_keys {
             Some(k) => with_key_budget(p, k)?,
             None => p,
@@ -343,9 +369,14 @@ impl<F: Family> DynServer for CkksServer<F> {
 
 /// Whether a JSON parameter string sets `levels` itself.
 fn mentions_bootstrap(params: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(params).ok().is_some_and(|v| v.get("bootstrap").is_some())
+    mentions(params, "bootstrap")
 }
 
 fn mentions_levels(params: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(params).ok().is_some_and(|v| v.get("levels").is_some())
+    mentions(params, "levels")
+}
+
+/// Whether the JSON object `params` sets `key`.
+fn mentions(params: &str, key: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(params).ok().is_some_and(|v| v.get(key).is_some())
 }
