@@ -36,14 +36,34 @@ fn session(tag: &str, backend: &str, params: &str, model: &Path, limit: usize) -
     for f in ["session.json", "client.secret", "evaluation.keys"] {
         assert!(dir.join(f).exists(), "{f}");
     }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("client.secret")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "client.secret is created owner-only");
+    }
     let data = shared("data/cifar10/test_batch.bin.gz");
     ok(bin()
         .args(["encrypt", "--limit", &limit.to_string(), "--data"])
-        .arg(data)
+        .arg(&data)
         .arg("--dir")
         .arg(&dir)
         .output()
         .unwrap());
+    // A secret others can read is refused by name, before it is used.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let secret = dir.join("client.secret");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = bin().args(["encrypt", "--limit", "1", "--data"]).arg(&data).arg("--dir").arg(&dir).output().unwrap();
+        let msg = String::from_utf8_lossy(&e.stderr);
+        assert!(
+            !e.status.success() && msg.contains("readable or writable by other users") && msg.contains("chmod 600"),
+            "{msg}"
+        );
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     // The server side must not need the secret: hide it while `infer` runs.
     std::fs::rename(dir.join("client.secret"), dir.join("away")).unwrap();
     let inf = json(bin().args(["infer", "--json", "--dir"]).arg(&dir).output().unwrap());

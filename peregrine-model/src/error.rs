@@ -27,6 +27,13 @@ pub enum ModelError {
         /// Version this build understands.
         supported: u32,
     },
+    /// A tensor (or the graph) does not match the digest written with it: the file was
+    /// changed or corrupted after it was written.
+    #[error("{what} does not match its digest: the model file was changed or corrupted after it was written")]
+    DigestMismatch {
+        /// `tensor 'name'` or `the graph`.
+        what: String,
+    },
     /// The graph is structurally invalid (dangling reference, cycle, bad attribute…).
     #[error("invalid graph: {0}")]
     InvalidGraph(String),

@@ -14,12 +14,55 @@ use crate::ir::{Graph, Model, Weights, FORMAT_VERSION};
 pub const GRAPH_KEY: &str = "peregrine.graph";
 /// Metadata key holding the format version as a decimal string (readable without parsing JSON).
 pub const VERSION_KEY: &str = "peregrine.format_version";
+/// Metadata key holding the BLAKE3 digests (hex) of the graph JSON and of every tensor's
+/// little-endian bytes, as a JSON object `{"graph": …, "tensors": {name: …}}`. Written with every
+/// model; files from before it (no such key) load without the check.
+pub const DIGESTS_KEY: &str = "peregrine.digests";
+
+/// BLAKE3 of a tensor's little-endian f32 bytes, as hex.
+fn tensor_digest(v: &ArrayD<f32>) -> String {
+    let mut h = blake3::Hasher::new();
+    for x in v.iter() {
+        h.update(&x.to_le_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// The digests object of [`DIGESTS_KEY`].
+fn digests(graph_json: &str, weights: &Weights) -> serde_json::Value {
+    let tensors: serde_json::Map<String, serde_json::Value> =
+        weights.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(tensor_digest(v)))).collect();
+    serde_json::json!({"graph": blake3::hash(graph_json.as_bytes()).to_hex().to_string(), "tensors": tensors})
+}
+
+/// Checks the digests recorded in a model file against its graph and tensors.
+fn verify_digests(recorded: &str, graph_json: &str, weights: &Weights) -> Result<()> {
+    let recorded: serde_json::Value = serde_json::from_str(recorded)
+        .map_err(|e| ModelError::MalformedModel(format!("'{DIGESTS_KEY}' metadata is not valid JSON: {e}")))?;
+    let actual = digests(graph_json, weights);
+    if recorded.get("graph") != actual.get("graph") {
+        return Err(ModelError::DigestMismatch { what: "the graph".into() });
+    }
+    let (Some(want), Some(got)) = (recorded["tensors"].as_object(), actual["tensors"].as_object()) else {
+        return Err(ModelError::MalformedModel(format!("'{DIGESTS_KEY}' metadata has no 'tensors' object")));
+    };
+    for (name, digest) in got {
+        if want.get(name) != Some(digest) {
+            return Err(ModelError::DigestMismatch { what: format!("tensor '{name}'") });
+        }
+    }
+    if let Some(name) = want.keys().find(|k| !got.contains_key(*k)) {
+        return Err(ModelError::DigestMismatch { what: format!("tensor '{name}' (recorded, but absent)") });
+    }
+    Ok(())
+}
 
 /// Serialises a model to the bytes of a `.safetensors` file.
 pub fn model_to_bytes(model: &Model) -> Result<Vec<u8>> {
     let graph_json = serde_json::to_string(model.graph())
         .map_err(|e| ModelError::MalformedModel(format!("cannot serialise graph: {e}")))?;
     let mut meta = HashMap::new();
+    meta.insert(DIGESTS_KEY.to_string(), digests(&graph_json, model.weights()).to_string());
     meta.insert(GRAPH_KEY.to_string(), graph_json);
     meta.insert(VERSION_KEY.to_string(), FORMAT_VERSION.to_string());
     tensors_to_bytes(model.weights(), Some(meta))
@@ -78,6 +121,9 @@ pub fn load_model(path: impl AsRef<Path>) -> Result<Model> {
     let bytes = std::fs::read(path.as_ref()).map_err(|e| ModelError::io(&path, e))?;
     model_from_bytes(&bytes).map_err(|e| match e {
         ModelError::MalformedModel(m) => ModelError::MalformedModel(format!("{}: {m}", path.as_ref().display())),
+        ModelError::DigestMismatch { what } => {
+            ModelError::DigestMismatch { what: format!("{}: {what}", path.as_ref().display()) }
+        }
         other => other,
     })
 }
@@ -104,9 +150,12 @@ pub fn model_from_bytes(bytes: &[u8]) -> Result<Model> {
             supported: FORMAT_VERSION,
         });
     }
+    let weights = tensors_from_bytes(bytes)?;
+    if let Some(recorded) = meta.get(DIGESTS_KEY) {
+        verify_digests(recorded, graph_json, &weights)?;
+    }
     let graph: Graph = serde_json::from_str(graph_json)
         .map_err(|e| ModelError::MalformedModel(format!("graph metadata does not describe a valid graph: {e}")))?;
-    let weights = tensors_from_bytes(bytes)?;
     Model::new(graph, weights)
 }
 

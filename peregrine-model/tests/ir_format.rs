@@ -196,3 +196,49 @@ fn non_finite_weights_are_rejected() {
     let e = Model::new(g, w).unwrap_err();
     assert!(e.to_string().contains("'fc.b'") && e.to_string().contains("NaN"), "{e}");
 }
+
+#[test]
+fn a_changed_tensor_or_graph_is_refused_by_its_digest_naming_it() {
+    let m = every_op_model(7);
+    let bytes = model_to_bytes(&m).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut checked = 0;
+    for (name, view) in st.tensors() {
+        // One flipped byte in the middle of the tensor's data.
+        let at = view.data().as_ptr() as usize - bytes.as_ptr() as usize + view.data().len() / 2;
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x10;
+        let e = err_of(&bad);
+        assert!(matches!(&e, Error::DigestMismatch { what } if what.contains(&name)), "{name}: {e}");
+        checked += 1;
+    }
+    assert_eq!(checked, m.weights().len());
+    // A graph edited after writing (its digest kept).
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = meta.metadata().clone().unwrap();
+    let mut g: serde_json::Value = serde_json::from_str(&meta[GRAPH_KEY]).unwrap();
+    g["name"] = "renamed".into();
+    meta.insert(GRAPH_KEY.to_string(), g.to_string());
+    let e = err_of(&tensors_to_bytes(m.weights(), Some(meta.clone())).unwrap());
+    assert!(matches!(&e, Error::DigestMismatch { what } if what == "the graph"), "{e}");
+    // A tensor removed from the file along with its graph node would still be caught.
+    let mut fewer = m.weights().clone();
+    let first = fewer.keys().next().unwrap().clone();
+    fewer.remove(&first);
+    meta.insert(GRAPH_KEY.to_string(), serde_json::to_string(m.graph()).unwrap());
+    let e = err_of(&tensors_to_bytes(&fewer, Some(meta)).unwrap());
+    assert!(matches!(&e, Error::DigestMismatch { what } if what.contains(&first)), "{e}");
+    // Files written before digests existed still load.
+    assert!(model_from_bytes(&bytes_with_graph(&m, |_| {})).is_ok());
+    // Through a file, the message names it.
+    let dir = std::env::temp_dir().join(format!("peregrine-digest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("flipped.safetensors");
+    let mut bad = bytes.clone();
+    let last = bad.len() - 3;
+    bad[last] ^= 0x01;
+    std::fs::write(&p, &bad).unwrap();
+    let msg = load_model(&p).unwrap_err().to_string();
+    assert!(msg.contains("flipped.safetensors") && msg.contains("does not match its digest"), "{msg}");
+    std::fs::remove_dir_all(dir).ok();
+}

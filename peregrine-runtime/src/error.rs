@@ -34,6 +34,14 @@ pub enum RuntimeError {
     #[cfg(feature = "tfhe")]
     #[error(transparent)]
     Lwe(#[from] backend_tfhe::lwe::LweError),
+    /// The secret key file can be read or written by other users.
+    #[error("{path}: the secret key is readable or writable by other users (mode {mode:o}); keep it private: chmod 600 {path}")]
+    SecretExposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// `--params` is not valid JSON for the backend's parameters.
     #[error("invalid --params for the {backend} backend")]
     Params {

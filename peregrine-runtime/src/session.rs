@@ -130,6 +130,32 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, &path).map_err(|e| RuntimeError::io(&path, e))
 }
 
+/// Writes the client's secret like [`write`], created readable and writable by its owner only.
+fn write_secret(dir: &Path, bytes: &[u8]) -> Result<()> {
+    let (path, tmp) = (dir.join(SECRET), dir.join(format!(".{SECRET}.tmp")));
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp).map_err(|e| RuntimeError::io(&tmp, e))?;
+    std::io::Write::write_all(&mut file, bytes).and_then(|_| file.sync_all()).map_err(|e| RuntimeError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| RuntimeError::io(&path, e))
+}
+
+/// Reads the client's secret, refusing a file that other users can read or write.
+fn read_secret(path: &Path) -> Result<Vec<u8>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_err(|e| RuntimeError::io(path, e))?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(RuntimeError::SecretExposed { path: path.to_path_buf(), mode });
+        }
+    }
+    read(path)
+}
+
 /// Several ciphertexts in one file.
 pub fn pack(parts: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + parts.iter().map(|p| p.len() + 8).sum::<usize>());
@@ -192,7 +218,7 @@ impl Session {
             SESSION,
             &serde_json::to_vec_pretty(&recorded).map_err(|e| RuntimeError::io(dir.join(SESSION), e.into()))?,
         )?;
-        write(dir, SECRET, &client.save_secret()?)?;
+        write_secret(dir, &client.save_secret()?)?;
         let cost = compiled.cost();
         Ok(KeygenReport {
             model: model.graph().name.clone(),
@@ -230,7 +256,8 @@ impl Session {
     /// `image-<i>.in.ct`; returns how many.
     pub fn encrypt(&self, data: &Path, limit: usize) -> Result<usize> {
         let Prepared { model, compiled, .. } = self.target.prepare(None, None)?;
-        let secret = read(&self.require(SECRET, "run `peregrine keygen` first (the secret stays with the client)")?)?;
+        let secret =
+            read_secret(&self.require(SECRET, "run `peregrine keygen` first (the secret stays with the client)")?)?;
         let client = compiled.load_client(&secret)?;
         let images = load_cifar10(data, Some(limit))?;
         for (i, x) in preprocessed_rows(&images, &model.graph().input)?.iter().enumerate() {
@@ -291,7 +318,7 @@ impl Session {
         let path = self.require(INPUTS, "run `peregrine encrypt` first")?;
         let inputs: InputsFile =
             serde_json::from_slice(&read(&path)?).map_err(|_| RuntimeError::Corrupt { path, what: "inputs file" })?;
-        let secret = read(&self.require(SECRET, "decrypting needs the client's secret key")?)?;
+        let secret = read_secret(&self.require(SECRET, "decrypting needs the client's secret key")?)?;
         let client = compiled.load_client(&secret)?;
         let n = inputs.images.len();
         let images = load_cifar10(&inputs.data, Some(n))?;
