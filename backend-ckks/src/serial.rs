@@ -285,6 +285,19 @@ fn open_with_params<'a>(
     let mut r = Reader::open(what, bytes, magic)?;
     let len = r.u32()? as usize;
     let params: CkksParams = serde_json::from_slice(r.take(len)?).map_err(|e| de(what, format!("parameters: {e}")))?;
+    // Every file holds at least N bytes (the secret's N coefficients; N residues per limb
+    // elsewhere): a short file naming a large ring is refused before its tables are built.
+    let n = 1usize.checked_shl(params.log_ring_dimension).unwrap_or(usize::MAX);
+    if bytes.len() < n {
+        return Err(de(
+            what,
+            format!(
+                "{} bytes cannot hold data for N = 2^{} (at least {n} bytes): truncated or not made with these parameters",
+                bytes.len(),
+                params.log_ring_dimension
+            ),
+        ));
+    }
     let ctx = crate::backend::context(&params)?;
     r.digest(Some(&ctx))?;
     let key_id = r.u64()?;

@@ -133,18 +133,36 @@ pub fn parse_cifar10(raw: &[u8], limit: Option<usize>) -> Result<LabeledImages> 
     Ok(LabeledImages { shape: [3, 32, 32], pixels, labels })
 }
 
+/// Largest image side accepted (pixels).
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+/// Decoded bytes allowed per byte of image file (deflate and JPEG cannot expand much more), so
+/// a small file whose header claims a huge image is refused before its buffer is allocated.
+pub const MAX_EXPANSION: u64 = 4096;
+
 /// Loads a PNG or JPEG image as planar RGB `u8`, resized to the model input when it allows it.
+/// Images above [`MAX_IMAGE_SIDE`] on a side, or whose decoded size exceeds [`MAX_EXPANSION`]
+/// times the file's size (plus 1 MiB), are refused before decoding.
 pub fn load_image(path: impl AsRef<Path>, input: &InputSpec) -> Result<Vec<u8>> {
     let path = path.as_ref();
-    let img = image::ImageReader::open(path)
+    let file_len = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?.len();
+    let mut reader = image::ImageReader::open(path)
         .map_err(|e| DataError::io(path, e))?
         .with_guessed_format()
-        .map_err(|e| DataError::io(path, e))?
-        .decode()
-        .map_err(|e| DataError::Image {
-            path: path.display().to_string(),
-            detail: format!("cannot decode image ({e})"),
-        })?;
+        .map_err(|e| DataError::io(path, e))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(file_len.saturating_mul(MAX_EXPANSION).saturating_add(1 << 20));
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| DataError::Image {
+        path: path.display().to_string(),
+        detail: match e {
+            image::ImageError::Limits(_) => format!(
+                "its header claims an image larger than this {file_len}-byte file can hold or than {MAX_IMAGE_SIDE} pixels a side ({e})"
+            ),
+            e => format!("cannot decode image ({e})"),
+        },
+    })?;
     let (c, h, w) = (input.shape[0], input.shape[1], input.shape[2]);
     if c != 3 {
         return Err(DataError::Image {

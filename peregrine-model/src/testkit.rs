@@ -406,3 +406,45 @@ pub fn lut_poly_cnn(seed: u64, approximates: Option<Approximated>) -> Model {
     ];
     Model::new(normalised_graph([3, 7, 5], nodes, "fc"), w).expect("a valid test model")
 }
+
+// Bounded-allocation tests.
+
+/// A global allocator that follows the heap's size, for tests that bound what a loader
+/// allocates on hostile input. Install it in a test binary with
+/// `#[global_allocator] static A: PeakAllocator = PeakAllocator;` and measure with
+/// [`PeakAllocator::peak_growth`] (one measuring test per binary: the counters are global).
+pub struct PeakAllocator;
+
+static HEAP_NOW: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static HEAP_PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl PeakAllocator {
+    /// Runs `f` and returns its result with the largest heap growth above the starting level
+    /// while it ran, in bytes.
+    pub fn peak_growth<R>(f: impl FnOnce() -> R) -> (R, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let base = HEAP_NOW.load(SeqCst);
+        HEAP_PEAK.store(base, SeqCst);
+        let r = f();
+        (r, HEAP_PEAK.load(SeqCst).saturating_sub(base))
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counters only observe.
+unsafe impl std::alloc::GlobalAlloc for PeakAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        use std::sync::atomic::Ordering::SeqCst;
+        // SAFETY: the caller's contract for `alloc` is passed on as is.
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if !p.is_null() {
+            let now = HEAP_NOW.fetch_add(layout.size(), SeqCst) + layout.size();
+            HEAP_PEAK.fetch_max(now, SeqCst);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the caller's contract for `dealloc` is passed on as is.
+        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        HEAP_NOW.fetch_sub(layout.size(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
