@@ -628,10 +628,8 @@ impl Scheme for CkksScheme {
     fn with_slots(params: &CkksParams, slots: usize) -> Option<CkksParams> {
         let sparse = CkksParams { slots, ..params.clone() };
         sparse.chain().ok()?;
-        // Bootstrapping needs an FFT stage per linear-map level (as `BootPlan::new` checks).
-        let stages = slots.trailing_zeros() as usize;
         match &sparse.bootstrap {
-            Some(b) if stages < b.cts_levels.max(b.stc_levels) => None,
+            Some(b) if (slots.trailing_zeros() as usize) < b.min_log_slots() => None,
             _ => Some(sparse),
         }
     }

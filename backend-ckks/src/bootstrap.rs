@@ -162,8 +162,7 @@ impl BootPlan {
     pub fn new(ctx: &Context) -> BResult<Self> {
         let params = ctx.params.bootstrap.clone().ok_or(BackendError::BootstrapUnsupported)?;
         let n = ctx.chain.slots;
-        let stages = n.trailing_zeros() as usize;
-        if stages < params.cts_levels.max(params.stc_levels) {
+        if (n.trailing_zeros() as usize) < params.min_log_slots() {
             return Err(BackendError::Unsupported {
                 backend: "ckks".into(),
                 what: "bootstrap with fewer slots than 2^cts_levels or 2^stc_levels (each linear-map level needs an FFT stage)",

@@ -106,6 +106,11 @@ impl BootstrapParams {
         (usize::BITS - self.cos_degree.leading_zeros()) as usize + 1
     }
 
+    /// The fewest slots, as log2, a bootstrap can work on: one FFT stage per linear-map level.
+    pub fn min_log_slots(&self) -> usize {
+        self.cts_levels.max(self.stc_levels)
+    }
+
     /// The smallest log2(q_0/Δ) for values in [−1, 1]: the sine's deviation from the
     /// reduction stays below 2^-20 (8 with the arcsine correction, 12 without).
     pub fn min_log_ratio(&self) -> f64 {
