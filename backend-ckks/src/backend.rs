@@ -7,7 +7,7 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use peregrine_backend::{
-    meta_accessors, rotation_key, BResult, Backend, BackendError, Capabilities, Client, CtMeta, HasMeta, KeyRequest,
+    meta_accessors, rotation_key, BResult, Backend, BackendError, Capabilities, ChainRequest, Client, CtMeta, HasMeta, KeyRequest,
     Scheme,
 };
 
@@ -42,6 +42,10 @@ pub fn tune_allocator() {
 /// enough for the logits of a 39-level ResNet-20 to agree with the cleartext ones to ~1e-4.
 pub const SIZED_MIN_LOG_SCALE: u32 = 33;
 
+/// The smallest scale (bits) [`CkksScheme::with_chain`] goes down to: about 7 bits above a
+/// rescale's rounding error at N = 2^15 (2^12.9).
+pub const TOWER_MIN_LOG_SCALE: u32 = 20;
+
 /// The shared context of `params`, built once per process and parameter set.
 pub fn context(params: &CkksParams) -> BResult<Arc<Context>> {
     tune_allocator();
@@ -65,8 +69,9 @@ pub fn context(params: &CkksParams) -> BResult<Arc<Context>> {
 /// What these parameters offer.
 pub fn capabilities_of(ctx: &Context) -> Capabilities {
     let n = ctx.n() as f64;
-    // Fresh-encryption noise in the canonical embedding (heuristic): 3.2·√(N(1 + 4N/3)).
-    let noise = 3.2 * (n * (1.0 + 4.0 * n / 3.0)).sqrt();
+    // The client encrypts with its secret key (fresh noise ≈ 3.2·√N in the canonical
+    // embedding); a rescale's rounding, ≈ √(N(1 + 2N/3)/12) for a ternary secret, dominates.
+    let noise = (3.2 * n.sqrt()).max((n * (1.0 + 2.0 * n / 3.0) / 12.0).sqrt());
     Capabilities {
         backend: CkksScheme::NAME.into(),
         ring_dimension: ctx.n(),
@@ -79,6 +84,7 @@ pub fn capabilities_of(ctx: &Context) -> Capabilities {
         bootstrap_range: ctx.params.bootstrap.as_ref().map(|b| b.range),
         precision_bits: (ctx.params.log_scale as f64 - noise.log2()).max(0.0),
         security_bits: ctx.chain.security_bits,
+        log_qp: Some(ctx.chain.log_qp),
     }
 }
 
@@ -621,6 +627,42 @@ impl Scheme for CkksScheme {
             }
             if let Some((_, p)) = best {
                 return Some(p);
+            }
+        }
+        None
+    }
+    fn with_chain(params: &CkksParams, request: &ChainRequest) -> Option<CkksParams> {
+        // The smallest secure ring, and in it the largest scale whose widest prime fits in 60
+        // bits, down to 2^20 (two-product primes: Δ times a plaintext scale 2^4 below it);
+        // q_0 holds the result with 12 bits above Δ. Insecure test parameters, and a ring the
+        // request says to keep, stay as they are.
+        let widest = *request.level_factors.iter().max()?;
+        if params.bootstrap.is_some() || widest == 0 {
+            return None;
+        }
+        let rings = if params.insecure_test_only || request.keep_ring {
+            params.log_ring_dimension..=params.log_ring_dimension
+        } else {
+            10..=17
+        };
+        for log_n in rings {
+            for log_scale in (TOWER_MIN_LOG_SCALE..=params.log_scale).rev() {
+                let level_bits = request.level_bits(log_scale, ChainRequest::plaintext_bits(log_scale));
+                if level_bits.iter().any(|&b| b > 60) {
+                    continue;
+                }
+                let p = CkksParams {
+                    log_ring_dimension: log_n,
+                    levels: request.level_factors.len(),
+                    log_scale,
+                    level_bits,
+                    first_modulus_bits: (log_scale + 12).min(61),
+                    slots: if params.slots <= (1 << (log_n - 1)) { params.slots } else { 0 },
+                    ..params.clone()
+                };
+                if p.chain().is_ok() {
+                    return Some(p);
+                }
             }
         }
         None

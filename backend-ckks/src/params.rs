@@ -16,8 +16,13 @@ pub struct CkksParams {
     pub log_ring_dimension: u32,
     /// Number of levels L (rescales a fresh ciphertext allows): primes q_1 … q_L.
     pub levels: usize,
-    /// log2 of the scale Δ and bit size of q_1 … q_L.
+    /// log2 of the scale Δ and bit size of q_1 … q_L (unless `level_bits` sets them).
     pub log_scale: u32,
+    /// Bit sizes of q_1 … q_L, bottom to top, when they differ from `log_scale` (empty: all
+    /// `log_scale`). A prime of 2·log_scale bits absorbs two products at scale Δ ("tower
+    /// reuse": a square and the next linear layer share one rescale); the planner proposes
+    /// such chains. Its length must equal `levels`.
+    pub level_bits: Vec<u32>,
     /// Bit size of q_0 (the precision left for the result above Δ).
     pub first_modulus_bits: u32,
     /// Number of key-switching digits (dnum); 0 chooses the fewest that keep 128-bit security.
@@ -133,6 +138,7 @@ impl Default for CkksParams {
             log_ring_dimension: 16,
             levels: 24,
             log_scale: 40,
+            level_bits: Vec::new(),
             first_modulus_bits: 60,
             digits: 0,
             special_prime_bits: 49,
@@ -186,6 +192,21 @@ impl CkksParams {
         }
         if self.levels == 0 || self.levels > 80 {
             return bad(format!("levels must be 1..=80, got {}", self.levels));
+        }
+        if !self.level_bits.is_empty() {
+            if self.level_bits.len() != self.levels {
+                return bad(format!(
+                    "level_bits lists {} primes but levels is {}: give one bit size per level q_1 … q_L",
+                    self.level_bits.len(),
+                    self.levels
+                ));
+            }
+            if let Some(b) = self.level_bits.iter().find(|b| !(20..=60).contains(*b)) {
+                return bad(format!("level_bits must be 20..=60 each, got {b}"));
+            }
+            if self.bootstrap.is_some() {
+                return bad("level_bits cannot be combined with bootstrap (bootstrapping returns to a uniform chain)".into());
+            }
         }
         if let Some(b) = &self.bootstrap {
             for (what, bits) in [("cts_bits", b.cts_bits), ("eval_mod_bits", b.eval_mod_bits), ("stc_bits", b.stc_bits)]
@@ -244,7 +265,14 @@ impl CkksParams {
         }
         let two_n = 2 * n as u64;
         let mut q = ntt_primes(self.first_modulus_bits, 1, two_n, &[]);
-        q.extend(ntt_primes(self.log_scale, self.levels, two_n, &q));
+        if self.level_bits.is_empty() {
+            q.extend(ntt_primes(self.log_scale, self.levels, two_n, &q));
+        } else {
+            for &bits in &self.level_bits {
+                let more = ntt_primes(bits, 1, two_n, &q);
+                q.extend(more);
+            }
+        }
         if let Some(b) = &self.bootstrap {
             // Bottom to top: SlotsToCoeffs, EvalMod, CoeffsToSlots (a bootstrap runs downwards).
             for (bits, count) in

@@ -22,7 +22,8 @@ use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
 use peregrine_backend::{
-    bootstrap_allowed, normalize_rotation, rotation_key, BResult, Backend, BackendError, Capabilities, Client, CtMeta,
+    bootstrap_allowed, normalize_rotation, rotation_key, BResult, Backend, BackendError, Capabilities, ChainRequest, Client,
+    CtMeta,
     KeyRequest, Scheme,
 };
 
@@ -40,12 +41,17 @@ pub struct NoiseModel {
     pub key_switch: f64,
     /// Bootstrapping error relative to the bootstrap range (absolute, in message units).
     pub bootstrap_relative: f64,
+    /// Encoding error of a plaintext: its coefficients are rounded to integers, which moves
+    /// every slot by about √(N/12) at the plaintext's scale (0 when absent).
+    #[serde(default)]
+    pub encode: f64,
 }
 
 impl NoiseModel {
     /// Magnitudes of real CKKS noise per slot for ring dimension `n` with a ternary secret
     /// (heuristic canonical-embedding estimates): fresh ≈ 3.2·√(n·(1 + 4n/3)), rescale and
-    /// key switching ≈ √(n·(1 + 2n/3)/12), bootstrap ≈ 2^-20 of its range.
+    /// key switching ≈ √(n·(1 + 2n/3)/12), bootstrap ≈ 2^-20 of its range, plaintext encoding
+    /// ≈ √(n/12).
     pub fn ckks(ring_dimension: usize) -> Self {
         let n = ring_dimension as f64;
         NoiseModel {
@@ -53,6 +59,7 @@ impl NoiseModel {
             rescale: (n * (1.0 + 2.0 * n / 3.0) / 12.0).sqrt(),
             key_switch: (n * (1.0 + 2.0 * n / 3.0) / 12.0).sqrt(),
             bootstrap_relative: (-20f64).exp2(),
+            encode: (n / 12.0).sqrt(),
         }
     }
 }
@@ -81,6 +88,9 @@ pub struct ClearParams {
     pub first_modulus_bits: u32,
     /// Number of levels L (moduli q_1 … q_L).
     pub levels: usize,
+    /// Bit sizes of q_1 … q_L, bottom to top, when they differ from `log_scale` (empty: all
+    /// `log_scale`); one per level.
+    pub level_bits: Vec<u32>,
     /// Use exact powers of two for the moduli (no scale drift) instead of NTT-friendly primes.
     pub exact_moduli: bool,
     /// Optional noise injection.
@@ -98,6 +108,7 @@ impl Default for ClearParams {
             log_scale: 40,
             first_modulus_bits: 60,
             levels: 24,
+            level_bits: Vec::new(),
             exact_moduli: false,
             noise: None,
             bootstrap: None,
@@ -118,6 +129,16 @@ impl ClearParams {
         if self.levels == 0 || self.levels > 100 {
             return bad(format!("levels must be 1..=100, got {}", self.levels));
         }
+        if !self.level_bits.is_empty() && self.level_bits.len() != self.levels {
+            return bad(format!(
+                "level_bits lists {} moduli but levels is {}: give one bit size per level",
+                self.level_bits.len(),
+                self.levels
+            ));
+        }
+        if let Some(b) = self.level_bits.iter().find(|b| !(10..=61).contains(*b)) {
+            return bad(format!("level_bits must be 10..=61 each, got {b}"));
+        }
         if let Some(b) = &self.bootstrap {
             if b.output_level > self.levels || !(b.range > 0.0) {
                 return bad(format!(
@@ -127,7 +148,7 @@ impl ClearParams {
             }
         }
         if let Some(n) = &self.noise {
-            if [n.fresh, n.rescale, n.key_switch, n.bootstrap_relative].iter().any(|v| !(*v >= 0.0) || !v.is_finite()) {
+            if [n.fresh, n.rescale, n.key_switch, n.bootstrap_relative, n.encode].iter().any(|v| !(*v >= 0.0) || !v.is_finite()) {
                 return bad("noise standard deviations must be finite and non-negative".into());
             }
         }
@@ -137,15 +158,20 @@ impl ClearParams {
     /// The modulus chain q_0 … q_L as f64 values.
     pub fn moduli(&self) -> Vec<f64> {
         let two_n = 1u64 << (self.log_ring_dimension + 1);
+        let bits: Vec<u32> = if self.level_bits.is_empty() {
+            vec![self.log_scale; self.levels]
+        } else {
+            self.level_bits.clone()
+        };
         if self.exact_moduli {
             let mut q = vec![(self.first_modulus_bits as f64).exp2()];
-            q.extend(std::iter::repeat_n((self.log_scale as f64).exp2(), self.levels));
+            q.extend(bits.iter().map(|&b| (b as f64).exp2()));
             return q;
         }
         let mut used = BTreeSet::new();
         let mut q = vec![ntt_prime_near(self.first_modulus_bits, two_n, &mut used) as f64];
-        for _ in 0..self.levels {
-            q.push(ntt_prime_near(self.log_scale, two_n, &mut used) as f64);
+        for b in bits {
+            q.push(ntt_prime_near(b, two_n, &mut used) as f64);
         }
         q
     }
@@ -296,6 +322,7 @@ impl Context {
             bootstrap_range: self.params.bootstrap.as_ref().map(|b| b.range),
             precision_bits: noise_bits,
             security_bits: None,
+            log_qp: None,
         }
     }
 
@@ -352,6 +379,9 @@ impl Context {
         let meta = CtMeta::encode(values, level, scale, &self.capabilities())?;
         let mut v = values.to_vec();
         v.resize(self.slots(), 0.0);
+        if let Some(n) = &self.params.noise {
+            self.noise(n.encode, scale, &mut v);
+        }
         self.fits("encode", &v, meta)?;
         Ok(ClearPlaintext { values: v, meta })
     }
@@ -444,6 +474,24 @@ impl Scheme for ClearScheme {
         // A fresh key id: ciphertexts of two key generations never mix.
         let key_id = rand::random::<u64>();
         Ok(ClearClient { ctx: Context::new(params.clone(), key_id, request.rotations.clone(), request.bootstrap)? })
+    }
+
+    fn with_chain(params: &ClearParams, request: &ChainRequest) -> Option<ClearParams> {
+        // The chain as asked at the given scale (two-product moduli Δ times a plaintext scale
+        // 2^4 below it, at most 60 bits), q_0 12 bits above Δ: the reference backend has no
+        // security bound to meet.
+        let widest = *request.level_factors.iter().max()?;
+        if widest == 0 || params.bootstrap.is_some() {
+            return None;
+        }
+        let log_scale = params.log_scale.min(if widest >= 2 { 32 } else { 60 });
+        Some(ClearParams {
+            log_scale,
+            levels: request.level_factors.len(),
+            level_bits: request.level_bits(log_scale, ChainRequest::plaintext_bits(log_scale)),
+            first_modulus_bits: (log_scale + 12).min(61),
+            ..params.clone()
+        })
     }
 
     fn load_client(secret: &[u8]) -> BResult<ClearClient> {

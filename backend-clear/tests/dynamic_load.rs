@@ -29,7 +29,7 @@ fn params() -> ClearParams {
         log_scale: 35,
         first_modulus_bits: 50,
         levels: 6,
-        noise: Some(NoiseModel { fresh: 40.0, rescale: 10.0, key_switch: 20.0, bootstrap_relative: 0.0 }),
+        noise: Some(NoiseModel { fresh: 40.0, rescale: 10.0, key_switch: 20.0, bootstrap_relative: 0.0, encode: 0.0 }),
         ..ClearParams::default()
     }
 }

@@ -119,6 +119,7 @@ fn capabilities_of(
         bootstrap_range: p.bootstrap.then_some(p.bootstrap_range),
         precision_bits: precision_estimate(p, info.ring_dim),
         security_bits: security,
+        log_qp: None,
     })
 }
 

@@ -460,3 +460,58 @@ fn ckks_bootstraps_sparse_slots_when_the_layouts_fit() {
     assert_eq!(run["summary"]["agree"], 1, "{run}");
     assert!(run["summary"]["max_abs_logit_error"].as_f64().unwrap() < 1e-3, "{run}");
 }
+
+/// The committed degree-2 ResNet-20 plans leveled on `ckks` with tower reuse: every square
+/// shares a prime with the next linear layer, 20 levels, log2(Q·P) ≤ 881 — 128-bit at
+/// N = 2^15 (the chain the leveled-FHE paper needed 906 bits for).
+#[test]
+fn ckks_plans_the_degree_2_resnet20_leveled_at_2_15_with_tower_reuse() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/resnet20-sft2.safetensors");
+    let plan = json(bin().args(["plan", "--json", "--model"]).arg(&model).output().unwrap());
+    let caps = &plan["capabilities"];
+    assert_eq!(caps["ring_dimension"], 1 << 15, "{caps}");
+    assert_eq!(caps["security_bits"], 128);
+    assert_eq!(plan["lazy_squares"], 19, "every square of ResNet-20 shares a prime");
+    assert_eq!(plan["cost"]["levels_consumed"], 20);
+    assert_eq!(plan["cost"]["bootstraps"], 0);
+    let log_qp = caps["log_qp"].as_f64().unwrap();
+    assert!(log_qp <= 881.0, "log2(Q·P) = {log_qp}");
+    assert_eq!(plan["smallest_secure_ring"], 1 << 15);
+    // A ring the user names is kept: N = 2^16 buys a larger scale (precision).
+    let wide = json(
+        bin().args(["plan", "--json", "--params", r#"{"log_ring_dimension": 16}"#, "--model"]).arg(&model).output().unwrap(),
+    );
+    assert_eq!(wide["capabilities"]["ring_dimension"], 1 << 16, "{}", wide["capabilities"]);
+    assert_eq!(wide["lazy_squares"], 19);
+    assert!(wide["capabilities"]["log_scale"].as_f64().unwrap() > caps["log_scale"].as_f64().unwrap());
+    // The user's own level count keeps the uniform chain.
+    let fixed = json(
+        bin().args(["plan", "--json", "--params", r#"{"levels": 39, "log_scale": 35}"#, "--model"]).arg(&model).output().unwrap(),
+    );
+    assert_eq!(fixed["lazy_squares"], 0, "{}", fixed["capabilities"]);
+}
+
+/// A small residual network with two quadratics runs encrypted on `ckks` (small insecure
+/// ring) on its tower-reuse chain: 3 levels instead of 5, and the same top-1 as `clear`.
+#[test]
+fn ckks_runs_a_tower_reuse_chain_encrypted() {
+    let model = tmp("square-resnet.safetensors");
+    save_model(&peregrine_model::testkit::tiny_square_resnet(1), &model).unwrap();
+    let plan = json(bin().args(["plan", "--json", "--params", CKKS_PARAMS, "--model"]).arg(&model).output().unwrap());
+    assert_eq!(plan["lazy_squares"], 2, "{plan}");
+    assert_eq!(plan["cost"]["levels_consumed"], 3);
+    let out = bin()
+        .args(["compare", "--backends", "clear,ckks", "--params", &format!("clear={PARAMS}")])
+        .args(["--params", &format!("ckks={CKKS_PARAMS}"), "--limit", "2", "--json", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(shared("data/cifar10/test_batch.bin.gz"))
+        .output()
+        .unwrap();
+    let table = json(out);
+    let rows = table["backends"].as_array().expect("rows");
+    let ckks = &rows.iter().find(|r| r["backend"] == "ckks").expect("a ckks row")["summary"];
+    assert_eq!(ckks["agreement"], 1.0, "{table}");
+    let err = ckks["max_abs_logit_error"].as_f64().unwrap();
+    assert!(err < 1e-3, "|Δlogit| {err:e}");
+}

@@ -21,6 +21,37 @@ use crate::error::BackendError;
 /// Result of a backend operation.
 pub type BResult<T> = std::result::Result<T, BackendError>;
 
+/// A modulus chain a planner asks for, level by level q_1 … q_L (bottom to top): 1 where a
+/// product of a ciphertext at scale Δ is rescaled (a prime of about log2 Δ bits), 2 where a
+/// square left at Δ² is rescaled together with the next linear layer's product ("tower
+/// reuse": a prime of log2 Δ plus the plaintext scale's bits, which the backend chooses).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChainRequest {
+    /// 1 or 2 per level q_1 … q_L: the power of Δ of what is rescaled there.
+    pub level_factors: Vec<u32>,
+    /// Keep the parameters' ring dimension (the user chose it, e.g. a larger ring for more
+    /// precision) instead of taking the smallest secure one.
+    #[serde(default)]
+    pub keep_ring: bool,
+}
+
+impl ChainRequest {
+    /// Bits of each prime q_1 … q_L for scale 2^log_scale when two-product levels use
+    /// plaintexts at 2^pt_bits: log_scale for a factor of 1, log_scale + pt_bits for 2.
+    pub fn level_bits(&self, log_scale: u32, pt_bits: u32) -> Vec<u32> {
+        self.level_factors.iter().map(|&f| if f >= 2 { log_scale + pt_bits } else { log_scale }).collect()
+    }
+
+    /// The plaintext scale (bits) for tower-reuse products at scale 2^log_scale: 4 bits below
+    /// Δ. Encoding rounds a plaintext's coefficients, which moves each slot by ≈ √(N/12)
+    /// (2^5.7 at N = 2^15), so a weight keeps log2 s − 5.7 bits and a sum of ~150 products
+    /// log2 s − 9.3; a rescale leaves log2 Δ − 12.9. The two balance 3.6 bits apart; at a
+    /// fixed prime size (log2 Δ + log2 s) this split gives the most precision per layer.
+    pub fn plaintext_bits(log_scale: u32) -> u32 {
+        log_scale.saturating_sub(4).max(12)
+    }
+}
+
 /// What a backend instance offers, reported before or after key generation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Capabilities {
@@ -46,6 +77,10 @@ pub struct Capabilities {
     pub precision_bits: f64,
     /// Security level in bits per the HE standard; `None` for insecure test parameters.
     pub security_bits: Option<u32>,
+    /// log2(Q·P): every ciphertext prime and key-switching prime, the figure the HE standard
+    /// bounds (absent when the backend does not report it).
+    #[serde(default)]
+    pub log_qp: Option<f64>,
 }
 
 impl Capabilities {
@@ -355,6 +390,12 @@ pub trait Scheme {
     /// backend picks scale, ring and key switching to stay secure), or `None` if the backend
     /// does not size its parameters itself (the default).
     fn sized_for_levels(_params: &Self::Params, _levels: usize) -> Option<Self::Params> {
+        None
+    }
+    /// Parameters like `params` with the modulus chain `request` asks for (the backend picks
+    /// the ring, the scale Δ and the key-switching primes, smallest secure ring first, then the
+    /// largest scale), or `None` if the backend keeps a uniform chain (the default).
+    fn with_chain(_params: &Self::Params, _request: &ChainRequest) -> Option<Self::Params> {
         None
     }
     /// Parameters like `params` with only `slots` slots (a power of two), if the backend

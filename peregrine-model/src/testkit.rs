@@ -220,6 +220,43 @@ pub fn tiny_poly_cnn(seed: u64) -> Model {
     Model::new(g, w).expect("a valid test model")
 }
 
+/// A small residual network with quadratic activations on CIFAR-shaped input: conv s2 →
+/// quad → conv + identity shortcut → quad → GAP → linear (10 classes). Both quadratics can
+/// share a prime with the linear layer after them (tower reuse): 3 levels instead of 5.
+pub fn tiny_square_resnet(seed: u64) -> Model {
+    let width = 4;
+    let shift = (seed as usize % 97) * 13;
+    let det = |n: usize, k: f32| -> Vec<f32> { sawtooth(n + shift, k)[shift..].to_vec() };
+    let mut w = Weights::new();
+    w.insert("c1.w".into(), ArrayD::from_shape_vec(IxDyn(&[width, 3, 3, 3]), det(27 * width, 0.6)).expect("sized"));
+    w.insert("c2.w".into(), ArrayD::from_shape_vec(IxDyn(&[width, width, 3, 3]), det(9 * width * width, 0.3)).expect("sized"));
+    let quad = |w: &mut Weights, name: &str, lead: f32| {
+        let mut c = det(3 * width, 0.2);
+        for ch in 0..width {
+            c[ch * 3 + 1] = 0.5;
+            c[ch * 3 + 2] = lead * (1.0 + 0.2 * ch as f32);
+        }
+        w.insert(format!("{name}.c"), ArrayD::from_shape_vec(IxDyn(&[width, 3]), c).expect("sized"));
+    };
+    quad(&mut w, "q1", 0.25);
+    quad(&mut w, "q2", -0.15);
+    w.insert("fc.w".into(), ArrayD::from_shape_vec(IxDyn(&[10, width]), det(10 * width, 1.0)).expect("sized"));
+    w.insert("fc.b".into(), ArrayD::from_shape_vec(IxDyn(&[10]), det(10, 0.1)).expect("sized"));
+    let nodes = vec![
+        node("c1", conv(3, width, 3, 2, 1, 1, 1, "c1.w", None), &[INPUT]),
+        node("q1", poly("q1.c", None, None), &["c1"]),
+        node("c2", conv(width, width, 3, 1, 1, 1, 1, "c2.w", None), &["q1"]),
+        node("add", Op::Add, &["c2", "q1"]),
+        node("q2", poly("q2.c", None, None), &["add"]),
+        node("gap", Op::GlobalAvgPool, &["q2"]),
+        node("flat", Op::Flatten, &["gap"]),
+        node("fc", linear(width, 10, "fc.w", Some("fc.b")), &["flat"]),
+    ];
+    let classes = (0..10).map(|i| format!("c{i}")).collect();
+    let g = Graph { classes, ..graph("square-resnet", input_spec([3, 32, 32]), nodes, "fc") };
+    Model::new(g, w).expect("a valid test model")
+}
+
 // Models of the CKKS packer's tests (peregrine-ops).
 
 /// A degree-4 polynomial activation over `c` channels with random coefficients (linear term

@@ -42,10 +42,14 @@ pub enum StepKind {
         power: usize,
     },
     /// `y = ±x² + offset` with the activation's other coefficients folded into the producing
-    /// linear step: a quadratic activation in one level.
+    /// linear step: a quadratic activation in one level, or in none when `lazy`.
     Square {
         /// Input tensor.
         input: TensorId,
+        /// Set by the planner: the square is left unrescaled at scale Δ² and the linear steps
+        /// that consume it rescale it together with their own product by one prime of about
+        /// 2·log2 Δ bits ("tower reuse": two multiplications per prime).
+        lazy: bool,
         /// Whether the result is negated (leading coefficients negative).
         negate: bool,
         /// Per ciphertext sparse `(slot, constant)`.
@@ -462,7 +466,7 @@ impl Compiler<'_> {
         self.steps.push(Step {
             name: node.name.clone(),
             nodes: vec![node.name.clone()],
-            kind: StepKind::Square { input: t, negate: !positive, offset },
+            kind: StepKind::Square { input: t, lazy: false, negate: !positive, offset },
             output: out,
         });
         Ok(Some(Value::Ready(out)))

@@ -190,12 +190,14 @@ pub fn execute<B: Backend>(
                 let target = if *power > 1 { power_input_scale(backend, level, *power, delta) } else { delta };
                 linear(backend, dp, &ins, level, target, &plan.rotation_paths).map_err(wrap)?
             }
-            StepKind::Square { input, negate, offset } => {
+            StepKind::Square { input, lazy, negate, offset } => {
                 let x = values[*input].as_deref().expect("computed");
                 x.par_iter()
                     .zip(offset.par_iter())
                     .map(|(ct, off)| {
-                        let sq = backend.rescale(&backend.square(ct)?)?;
+                        // A lazy square stays at scale Δ²: its consumer's prime absorbs it.
+                        let sq = backend.square(ct)?;
+                        let sq = if *lazy { sq } else { backend.rescale(&sq)? };
                         let sq = if *negate { backend.negate(&sq)? } else { sq };
                         if off.is_empty() {
                             Ok(sq)
@@ -384,11 +386,23 @@ fn linear<B: Backend>(
                     Ok(x)
                 })?
                 .finish(b)?;
+            // Inputs added unmultiplied at another scale than Δ (an unrescaled square) join the
+            // products before the rescale, times 1 at the scale that lands them on Δ.
+            let (early, late): (Vec<(usize, usize)>, Vec<(usize, usize)>) = o
+                .passthrough
+                .iter()
+                .partition(|&&(inp, ict)| (b.scale(&inputs[inp][ict]) / delta - 1.0).abs() > 1e-9 && !o.giants.is_empty());
+            let mut total = total;
+            for (inp, ict) in early {
+                let x = b.drop_to_level(&inputs[inp][ict], op_level)?;
+                let y = b.mul_scalar(&x, 1.0, delta * q / b.scale(&x))?;
+                total = Some(accumulate(b, total, y)?);
+            }
             let mut out = match total {
                 Some(t) => Some(b.rescale(&t)?),
                 None => None,
             };
-            for &(inp, ict) in &o.passthrough {
+            for (inp, ict) in late {
                 let x = b.drop_to_level(&inputs[inp][ict], out_level)?;
                 out = Some(accumulate(b, out, x)?);
             }

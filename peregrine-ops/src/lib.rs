@@ -32,6 +32,7 @@
 //!     bootstrap_range: None,
 //!     precision_bits: 30.0,
 //!     security_bits: None,
+//!     log_qp: None,
 //! };
 //! let plan = plan(compile(&model, caps.slots)?, &caps)?;
 //! assert!(plan.cost.levels_consumed <= caps.max_level && plan.cost.bootstraps == 0);
@@ -47,7 +48,7 @@ pub mod plan;
 
 pub use compile::{compile, Program, Step, StepKind, TensorId, TensorInfo};
 pub use exec::{decrypt_output, encrypt_input, execute, StepTiming};
-pub use plan::{plan, required_levels, with_key_budget, Cost, Plan};
+pub use plan::{plan, propose_chain, required_levels, with_key_budget, Cost, Plan};
 
 /// Errors of compilation, planning and execution.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +103,15 @@ pub enum OpsError {
         step: String,
         /// The backend's error (shown in the message, so not chained again).
         cause: peregrine_backend::BackendError,
+    },
+    /// A square left unrescaled met a consumer whose prime cannot absorb it (the planner then
+    /// plans without tower reuse).
+    #[error("tower reuse impossible at step '{step}': {detail}")]
+    TowerMismatch {
+        /// The consuming step.
+        step: String,
+        /// Why.
+        detail: String,
     },
     /// Input or output did not match the plan.
     #[error("shape error: {0}")]

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use peregrine_backend::{Capabilities, KeyRequest};
+use peregrine_backend::{Capabilities, ChainRequest, KeyRequest};
 use serde::Serialize;
 
 use crate::compile::{Program, Step, StepKind, TensorId, TensorInfo};
@@ -76,6 +76,11 @@ pub struct Plan {
     pub rotation_levels: BTreeMap<i64, usize>,
     /// Totals.
     pub cost: Cost,
+    /// Squares left unrescaled at Δ² for their consumers to rescale ("tower reuse").
+    pub lazy_squares: usize,
+    /// For each level where something is rescaled: log2 of the largest scale divided by q_ℓ
+    /// there (log2 Δ for one product at Δ, 2·log2 Δ where a lazy square's consumer rescales).
+    pub rescale_log_scales: BTreeMap<usize, f64>,
     /// Capabilities planned for.
     pub capabilities: Capabilities,
 }
@@ -102,7 +107,7 @@ fn step_needs(step: &Step) -> usize {
     match &step.kind {
         StepKind::Linear { plan, .. } => usize::from(plan.consumes_level()),
         StepKind::Poly { degree, .. } => poly_levels(*degree),
-        StepKind::Square { .. } => 1,
+        StepKind::Square { lazy, .. } => usize::from(!lazy),
         StepKind::Folded { degree, .. } => ceil_log2(*degree),
         StepKind::Bootstrap { .. } | StepKind::Reduce { .. } => 0,
     }
@@ -156,7 +161,11 @@ fn depth(program: &Program) -> Vec<usize> {
 /// ancestor with the fewest ciphertexts whenever the levels allow, and kept there if the total
 /// of bootstrapped ciphertexts drops.
 pub fn plan(program: Program, caps: &Capabilities) -> Result<Plan, OpsError> {
-    let mut best = plan_with(program.clone(), caps, &BTreeSet::new())?;
+    // Tower reuse where the chain allows it; without, if a consumer's prime cannot absorb.
+    let mut best = match plan_with(program.clone(), caps, &BTreeSet::new(), true) {
+        Err(OpsError::TowerMismatch { .. }) => plan_with(program.clone(), caps, &BTreeSet::new(), false)?,
+        other => other?,
+    };
     if best.cost.bootstraps == 0 {
         return Ok(best);
     }
@@ -197,7 +206,7 @@ pub fn plan(program: Program, caps: &Capabilities) -> Result<Plan, OpsError> {
             for c in candidates {
                 let mut f = forced.clone();
                 f.insert(c);
-                if let Ok(p) = plan_with(program.clone(), caps, &f) {
+                if let Ok(p) = plan_with(program.clone(), caps, &f, false) {
                     if p.cost.bootstraps < best.cost.bootstraps {
                         best = p;
                         forced = f;
@@ -238,20 +247,89 @@ fn insert_bootstrap(
     nt
 }
 
-/// Plans with bootstraps forced right after the tensors in `forced`, the rest just in time.
-fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<TensorId>) -> Result<Plan, OpsError> {
+/// The smallest plaintext scale (bits) a tower-reuse product may use: below it, encoding's
+/// rounding (≈ √(N/12) per slot) leaves the weights too few bits. A uniform chain (primes
+/// ≈ Δ) never reaches it, so there squares keep their own rescale.
+pub const MIN_PLAINTEXT_BITS: f64 = 10.0;
+
+/// Squares that may be left unrescaled: every consumer is a linear step that multiplies (and
+/// so rescales), or a rotate-and-sum whose consumers are (it does not touch the scale); none
+/// is the program's output. Keyed by the square's input (the tensor its producer writes).
+fn lazy_candidates(program: &Program) -> BTreeSet<TensorId> {
+    let mut consumers: Vec<Vec<&Step>> = vec![Vec::new(); program.tensors.len()];
+    for s in &program.steps {
+        for t in s.inputs() {
+            consumers[t].push(s);
+        }
+    }
+    fn absorbed(t: TensorId, program: &Program, consumers: &[Vec<&Step>]) -> bool {
+        t != program.output
+            && consumers[t].iter().all(|s| match &s.kind {
+                StepKind::Linear { plan, .. } => plan.consumes_level(),
+                StepKind::Reduce { .. } => absorbed(s.output, program, consumers),
+                _ => false,
+            })
+    }
+    program
+        .steps
+        .iter()
+        .filter_map(|s| match s.kind {
+            StepKind::Square { input, .. } if absorbed(s.output, program, &consumers) => Some(input),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Plans with bootstraps forced right after the tensors in `forced`, the rest just in time;
+/// with `tower`, squares whose consumers' prime can absorb them are left unrescaled.
+fn plan_with(
+    mut program: Program,
+    caps: &Capabilities,
+    forced: &BTreeSet<TensorId>,
+    tower: bool,
+) -> Result<Plan, OpsError> {
     if caps.slots != program.slots {
         return Err(OpsError::SlotMismatch { program: program.slots, backend: caps.slots });
     }
     let top = caps.max_level;
     let mut levels = vec![0usize; program.tensors.len()];
     levels[0] = top;
+    let log_delta = caps.log_scale;
+    // log2 of each tensor's scale, the squares' inputs chosen for tower reuse, the largest
+    // scale rescaled at each level.
+    let mut log_scales = vec![log_delta; program.tensors.len()];
+    let candidates = if tower && !caps.can_bootstrap { lazy_candidates(&program) } else { BTreeSet::new() };
+    let mut lazy_inputs: BTreeSet<TensorId> = BTreeSet::new();
+    let mut rescaled: BTreeMap<usize, f64> = BTreeMap::new();
+    // q_level can rescale a product of an input at 2^log_scale back to Δ if the plaintext scale
+    // that takes, Δ·q/2^log_scale, keeps the weights to MIN_PLAINTEXT_BITS bits.
+    let absorbs = |level: usize, log_scale: f64| {
+        caps.log_moduli.get(level).is_some_and(|&q| q + log_delta - log_scale >= MIN_PLAINTEXT_BITS)
+    };
     // current[t] = the tensor that holds t's latest (possibly bootstrapped) version.
     let mut current: Vec<TensorId> = (0..program.tensors.len()).collect();
     let mut steps_out: Vec<Step> = Vec::new();
     let old_steps = std::mem::take(&mut program.steps);
     let full_depth = depth(&Program { steps: old_steps.clone(), ..program.clone() });
     for mut step in old_steps {
+        // A linear step feeding a square that may stay unrescaled: it is, if the prime its
+        // consumers will rescale by (at the square's level) holds two products at Δ.
+        if let StepKind::Linear { inputs, plan: dp, power } = &mut step.kind {
+            if *power == 2 && candidates.contains(&step.output) {
+                let rot_min = dp
+                    .outputs
+                    .iter()
+                    .flat_map(|o| o.giants.iter().flat_map(|g| g.terms.iter().map(|t| t.input)))
+                    .map(|i| levels[current[inputs[i]]])
+                    .min();
+                if let Some(l) = rot_min.filter(|&l| l >= 1) {
+                    if absorbs(l - 1, 2.0 * log_delta) {
+                        *power = 1;
+                        lazy_inputs.insert(step.output);
+                    }
+                }
+            }
+        }
         // A linear step that prepares the input of a square / folded polynomial must leave that
         // consumer enough levels: no bootstrap may sit between them (it would reset the scale).
         let powered = match &step.kind {
@@ -314,7 +392,7 @@ fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<Tensor
                 }
             }
         }
-        let out_level = match &step.kind {
+        let out_level = match &mut step.kind {
             StepKind::Linear { inputs, plan, .. } => {
                 let mut rot = BTreeSet::new();
                 let mut pass = BTreeSet::new();
@@ -337,13 +415,77 @@ fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<Tensor
                     (None, None) => inputs.iter().map(|t| levels[*t]).min().unwrap_or(top),
                 }
             }
-            StepKind::Poly { input, .. } | StepKind::Square { input, .. } | StepKind::Folded { input, .. } => {
-                levels[*input] - need
+            StepKind::Square { input, lazy, .. } => {
+                if lazy_inputs.contains(input) {
+                    *lazy = true;
+                    levels[*input]
+                } else {
+                    levels[*input] - need
+                }
             }
+            StepKind::Poly { input, .. } | StepKind::Folded { input, .. } => levels[*input] - need,
             StepKind::Bootstrap { .. } => caps.bootstrap_level.unwrap_or(0),
             StepKind::Reduce { input, .. } => levels[*input],
         };
         levels[step.output] = out_level;
+        // Scales: what each step leaves, and what each rescale divides (bootstrapped tensors,
+        // appended, are at Δ).
+        log_scales.resize(program.tensors.len().max(log_scales.len()), log_delta);
+        let out_scale = match &step.kind {
+            StepKind::Linear { inputs, plan: dp, .. } => {
+                let biggest = inputs.iter().map(|t| log_scales[*t]).fold(f64::MIN, f64::max);
+                if dp.consumes_level() {
+                    let op = out_level + 1;
+                    if biggest > log_delta + 0.5 {
+                        if !absorbs(op, biggest) {
+                            return Err(OpsError::TowerMismatch {
+                                step: step.name.clone(),
+                                detail: format!(
+                                    "an input at scale 2^{biggest:.0} is rescaled by q_{op} of {:.0} bits",
+                                    caps.log_moduli.get(op).copied().unwrap_or(0.0)
+                                ),
+                            });
+                        }
+                        // Inputs added unmultiplied join the products before the rescale.
+                        for o in &dp.outputs {
+                            for (i, _) in &o.passthrough {
+                                let t = inputs[*i];
+                                if log_scales[t] > log_delta + 0.5 && levels[t] < op {
+                                    return Err(OpsError::TowerMismatch {
+                                        step: step.name.clone(),
+                                        detail: format!("an input added at level {} is below the rescale at {op}", levels[t]),
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    let e = rescaled.entry(op).or_insert(f64::MIN);
+                    *e = e.max(biggest);
+                    log_delta
+                } else {
+                    biggest
+                }
+            }
+            StepKind::Square { input, lazy, .. } => {
+                if *lazy {
+                    2.0 * log_scales[*input]
+                } else {
+                    let e = rescaled.entry(levels[*input]).or_insert(f64::MIN);
+                    *e = e.max(log_delta);
+                    log_delta
+                }
+            }
+            StepKind::Poly { input, .. } | StepKind::Folded { input, .. } => {
+                for l in out_level + 1..=levels[*input] {
+                    let e = rescaled.entry(l).or_insert(f64::MIN);
+                    *e = e.max(log_delta);
+                }
+                log_delta
+            }
+            StepKind::Reduce { input, .. } => log_scales[*input],
+            StepKind::Bootstrap { .. } => log_delta,
+        };
+        log_scales[step.output] = out_scale;
         let produced = step.output;
         steps_out.push(step);
         if forced.contains(&produced)
@@ -372,6 +514,8 @@ fn plan_with(mut program: Program, caps: &Capabilities, forced: &BTreeSet<Tensor
         rotation_uses: uses,
         rotation_levels,
         cost,
+        lazy_squares: lazy_inputs.len(),
+        rescale_log_scales: rescaled,
         capabilities: caps.clone(),
     })
 }
@@ -417,9 +561,11 @@ fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> Accounti
                 cost.rescales += cts * d.saturating_sub(1) + terms;
             }
             StepKind::Bootstrap { .. } => cost.bootstraps += out.ciphertexts,
-            StepKind::Square { offset, .. } => {
+            StepKind::Square { offset, lazy, .. } => {
                 cost.ct_ct_mults += offset.len();
-                cost.rescales += offset.len();
+                if !lazy {
+                    cost.rescales += offset.len();
+                }
             }
             StepKind::Folded { degree, coeffs, .. } => {
                 let d = *degree;
@@ -675,4 +821,31 @@ pub fn with_key_budget(mut plan: Plan, max_keys: usize) -> Result<Plan, OpsError
     plan.cost.rotation_keys = plan.rotation_keys.len();
     plan.cost.key_bytes_estimate = key_bytes(&plan.capabilities) * (plan.rotation_keys.len() as u64 + 1);
     Ok(plan)
+}
+
+/// The modulus chain that runs `program` leveled with tower reuse, as multiples of log2 Δ per
+/// level q_1 … q_L (bottom to top): the program is planned on a chain of 2·log2 Δ primes, so
+/// that every square whose consumers all multiply stays unrescaled, then each prime is cut to
+/// the largest scale rescaled at its level. `None` when no square can stay unrescaled (a
+/// uniform chain is as short) or the program needs more than 100 levels.
+pub fn propose_chain(program: &Program, caps: &Capabilities) -> Option<ChainRequest> {
+    const ROOM: usize = 100;
+    let log_delta = caps.log_scale;
+    let mut wide = caps.clone();
+    wide.can_bootstrap = false;
+    wide.bootstrap_level = None;
+    wide.max_level = ROOM;
+    wide.log_moduli = std::iter::once(log_delta + 12.0).chain(std::iter::repeat_n(2.0 * log_delta, ROOM)).collect();
+    let p = plan(program.clone(), &wide).ok()?;
+    if p.lazy_squares == 0 {
+        return None;
+    }
+    let bottom = p.levels[p.program.output];
+    let level_factors = (bottom + 1..=ROOM)
+        .map(|l| {
+            let s = p.rescale_log_scales.get(&l).copied().unwrap_or(log_delta);
+            ((s / log_delta).round() as u32).max(1)
+        })
+        .collect();
+    Some(ChainRequest { level_factors, keep_ring: false })
 }

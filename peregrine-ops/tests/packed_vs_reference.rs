@@ -318,3 +318,53 @@ fn residual_poly_model(r: &mut StdRng, q1: ArrayD<f32>, q2: ArrayD<f32>) -> Mode
     let graph = graph("residual", raw_input([5, 13, 11]), nodes, "fc");
     Model::new(graph, w).unwrap()
 }
+
+/// Tower reuse: the planner's chain for a residual model with two quadratics leaves both
+/// squares unrescaled (3 levels instead of 5: each square shares a prime with the linear layer
+/// after it, through the shortcut add and through global average pooling), and the packed run
+/// on that exact chain matches the reference; on a uniform chain nothing changes.
+#[test]
+fn tower_reuse_chain_shares_primes_and_matches_the_reference() {
+    let mut r = StdRng::seed_from_u64(9);
+    let mut q1 = uniform(&mut r, &[4, 3], -0.5, 0.5);
+    let mut q2 = uniform(&mut r, &[4, 3], -0.5, 0.5);
+    for c in 0..4 {
+        q1[[c, 2]] = 0.1 + 0.2 * c as f32;
+        q2[[c, 2]] = -0.05 - 0.1 * c as f32;
+    }
+    let model = residual_poly_model(&mut r, q1, q2);
+    let x = rand_input(&mut r, 5 * 13 * 11);
+    let want = reference_output(&model, &x);
+    let uniform_params = params(12, 10);
+    let caps = ClearScheme::capabilities(&uniform_params).unwrap();
+    let request = propose_chain(&compile(&model, caps.slots).unwrap(), &caps).expect("squares can share primes");
+    // Bottom to top: fc (rescales the second square), c2 + add (the first), c1 (the input).
+    assert_eq!(request.level_factors, vec![2, 2, 1]);
+    let towered = ClearScheme::with_chain(&ClearParams { log_scale: 30, ..uniform_params.clone() }, &request).unwrap();
+    assert_eq!(towered.levels, 3);
+    assert_eq!(towered.level_bits, vec![56, 56, 30], "Δ = 2^30, plaintexts at 2^26 on the shared primes");
+    let (got, plan, errs) = run_packed(&model, &towered, &x);
+    assert_eq!(plan.lazy_squares, 2);
+    assert_eq!(plan.cost.levels_consumed, 3);
+    assert_eq!(plan.cost.rescales, 3, "one rescale per level: the squares add none");
+    let max_err = max_abs_diff(&got, &want);
+    assert!(max_err < 1e-5, "max error {max_err:e} (per step: {errs:?})");
+    // A uniform chain cannot absorb a square: 5 levels, nothing lazy.
+    let (got, plan, _) = run_packed(&model, &uniform_params, &x);
+    assert_eq!((plan.lazy_squares, plan.cost.levels_consumed), (0, 5));
+    assert!(max_abs_diff(&got, &want) < 1e-6);
+    // With CKKS-sized noise at N = 2^12 the towered chain stays close.
+    let noisy = ClearParams { noise: Some(NoiseModel::ckks(1 << 12)), ..towered };
+    let (got, _, _) = run_packed(&model, &noisy, &x);
+    let e = max_abs_diff(&got, &want);
+    assert!(e < 1e-3, "noisy tower run error {e:e}");
+}
+
+/// A model without squares (degree-4 polynomials) gets no tower chain: a uniform one is as short.
+#[test]
+fn no_tower_chain_without_squares() {
+    let model = odd_packed_model(5);
+    let caps = ClearScheme::capabilities(&params(14, 30)).unwrap();
+    let program = compile(&model, caps.slots).unwrap();
+    assert!(propose_chain(&program, &caps).is_none());
+}

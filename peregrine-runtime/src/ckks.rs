@@ -6,9 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use peregrine_backend::plugin::{Plugin, PluginClient, PluginServer};
-use peregrine_backend::{BResult, Backend, Capabilities, Client, KeyRequest, Scheme};
+use peregrine_backend::{BResult, Backend, Capabilities, ChainRequest, Client, KeyRequest, Scheme};
 use peregrine_model::Model;
-use peregrine_ops::{compile, decrypt_output, encrypt_input, execute, plan, required_levels, with_key_budget, Plan};
+use peregrine_ops::{
+    compile, decrypt_output, encrypt_input, execute, plan, propose_chain, required_levels, with_key_budget, Plan,
+};
 use serde_json::json;
 
 use crate::engine::*;
@@ -41,6 +43,10 @@ pub trait Family: Send + Sync + 'static {
     }
     /// `params` with only `slots` slots, if the family bootstraps sparse slots more cheaply.
     fn params_for_slots(&self, _params: &str, _slots: usize) -> Option<String> {
+        None
+    }
+    /// `params` with the modulus chain `request` asks for, if the family builds such chains.
+    fn params_for_chain(&self, _params: &str, _request: &ChainRequest) -> Option<String> {
         None
     }
 }
@@ -110,6 +116,10 @@ where
     fn params_for_slots(&self, params: &str, slots: usize) -> Option<String> {
         let sparse = S::with_slots(&self.params(params).ok()?, slots)?;
         serde_json::to_string(&sparse).ok()
+    }
+    fn params_for_chain(&self, params: &str, request: &ChainRequest) -> Option<String> {
+        let chained = S::with_chain(&self.params(params).ok()?, request)?;
+        serde_json::to_string(&chained).ok()
     }
 }
 
@@ -191,7 +201,23 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
                 program = compile(model, caps.slots)?;
             }
         }
-        let mut p = plan(program, &caps)?;
+        // Leveled, with the chain left to the backend: a chain where squares share a prime
+        // with the next linear layer ("tower reuse"), if the model has such squares and the
+        // backend builds such chains. The program is recompiled for the ring the backend
+        // picks; the chain is kept only if its plan leaves squares unrescaled as proposed.
+        let towered = if !caps.can_bootstrap && !user_levels && !mentions(requested, "level_bits") {
+            self.towered(model, requested, &caps)?
+        } else {
+            None
+        };
+        let mut p = match towered {
+            Some(t) => {
+                let p;
+                (params, caps, p) = t;
+                p
+            }
+            None => plan(program, &caps)?,
+        };
         // A backend that bootstraps sparse slots more cheaply gets the fewest slots that keep
         // the plan's bootstraps and key switches (the layouts still fit), unless the user
         // fixed the slot count.
@@ -215,6 +241,37 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
             None => p,
         };
         Ok(Box::new(CkksModel { family: self.0.clone(), params, plan: Arc::new(p), model: model.graph().name.clone() }))
+    }
+}
+
+impl<F: Family> CkksBackend<F> {
+    /// Parameters, capabilities and plan with a tower-reuse chain for `model`, when the family
+    /// builds one and the model has squares that can share a prime.
+    fn towered(&self, model: &Model, requested: &str, caps: &Capabilities) -> Result<Option<(String, Capabilities, Plan)>> {
+        let program = compile(model, caps.slots)?;
+        let Some(mut request) = propose_chain(&program, caps) else { return Ok(None) };
+        // A ring the user names is kept (a larger ring buys precision: a larger Δ).
+        request.keep_ring = mentions(requested, "log_ring_dimension");
+        let Some(params) = self.0.params_for_chain(requested, &request) else { return Ok(None) };
+        let caps = self.0.capabilities(&params)?;
+        let program = compile(model, caps.slots)?;
+        // The ring (and so the layouts) may have changed: the chain must still be the one
+        // this program asks for.
+        let Some(mut again) = propose_chain(&program, &caps) else { return Ok(None) };
+        again.keep_ring = request.keep_ring;
+        let (params, caps) = if again == request {
+            (params, caps)
+        } else {
+            let Some(params) = self.0.params_for_chain(requested, &again) else { return Ok(None) };
+            let caps = self.0.capabilities(&params)?;
+            (params, caps)
+        };
+        let program = compile(model, caps.slots)?;
+        let p = plan(program, &caps)?;
+        if p.lazy_squares == 0 || p.cost.bootstraps > 0 {
+            return Ok(None);
+        }
+        Ok(Some((params, caps, p)))
     }
 }
 
@@ -257,8 +314,10 @@ impl<F: Family> CompiledModel for CkksModel<F> {
             c.rotation_keys,
             c.key_bytes_estimate as f64 / (1u64 << 30) as f64
         ));
+        lines.push(chain_summary(&p.capabilities, p.lazy_squares));
         PlanReport {
             json: json!({"model": self.model, "backend": self.backend(), "capabilities": p.capabilities, "cost": p.cost,
+                         "lazy_squares": p.lazy_squares, "smallest_secure_ring": p.capabilities.log_qp.and_then(smallest_secure_ring),
                          "rotation_keys": p.rotation_keys, "rotation_levels": p.rotation_levels, "steps": p.steps}),
             headline: format!("{} on {} ({})", self.model, self.backend(), p.capabilities.summary()),
             lines,
@@ -365,6 +424,40 @@ impl<F: Family> DynServer for CkksServer<F> {
         let cts: Vec<Ct<F>> = parts.iter().map(|b| self.server.deserialize_ciphertext(b)).collect::<BResult<_>>()?;
         Ok(Encrypted::new(cts))
     }
+}
+
+/// The modulus chain in one line: bit sizes bottom to top (runs written `bits×count`), log2(Q·P)
+/// and the smallest ring that is 128-bit secure for it.
+fn chain_summary(caps: &Capabilities, lazy_squares: usize) -> String {
+    let mut runs: Vec<(u32, usize)> = Vec::new();
+    for q in caps.log_moduli.iter().skip(1) {
+        let b = q.round() as u32;
+        match runs.last_mut() {
+            Some((x, n)) if *x == b => *n += 1,
+            _ => runs.push((b, 1)),
+        }
+    }
+    let chain: Vec<String> =
+        runs.iter().map(|(b, n)| if *n == 1 { b.to_string() } else { format!("{b}×{n}") }).collect();
+    let q0 = caps.log_moduli.first().map_or(0.0, |q| q.round());
+    let qp = match caps.log_qp {
+        Some(qp) => {
+            let ring = smallest_secure_ring(qp).map_or("none tabulated".to_string(), |n| format!("N = 2^{}", n.trailing_zeros()));
+            format!("; log2(Q·P) = {qp:.1}, smallest 128-bit ring {ring}")
+        }
+        None => String::new(),
+    };
+    let tower = if lazy_squares > 0 {
+        format!("; {lazy_squares} squares share a prime with the next linear layer (tower reuse)")
+    } else {
+        String::new()
+    };
+    format!("modulus chain (bits): q_0 {q0}, q_1… {}{qp}{tower}", chain.join(", "))
+}
+
+/// The smallest tabulated ring dimension whose 128-bit bound admits `log_qp` bits.
+fn smallest_secure_ring(log_qp: f64) -> Option<usize> {
+    peregrine_backend::security::MAX_LOG_QP_128.iter().find(|(_, b)| *b >= log_qp).map(|(n, _)| *n)
 }
 
 /// Whether a JSON parameter string sets `levels` itself.

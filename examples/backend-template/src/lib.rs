@@ -95,6 +95,7 @@ impl TemplateParams {
             bootstrap_range: None,
             precision_bits: 52.0,
             security_bits: None,
+            log_qp: None,
         })
     }
 }
