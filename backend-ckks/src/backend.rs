@@ -7,8 +7,8 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use peregrine_backend::{
-    meta_accessors, rotation_key, BResult, Backend, BackendError, Capabilities, ChainRequest, Client, CtMeta, HasMeta, KeyRequest,
-    Scheme,
+    meta_accessors, rotation_key, BResult, Backend, BackendError, Capabilities, ChainRequest, Client, CtMeta, HasMeta,
+    KeyRequest, Scheme,
 };
 
 use crate::bootstrap::{BootPlan, Bootstrapper};

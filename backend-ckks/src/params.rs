@@ -205,7 +205,9 @@ impl CkksParams {
                 return bad(format!("level_bits must be 20..=60 each, got {b}"));
             }
             if self.bootstrap.is_some() {
-                return bad("level_bits cannot be combined with bootstrap (bootstrapping returns to a uniform chain)".into());
+                return bad(
+                    "level_bits cannot be combined with bootstrap (bootstrapping returns to a uniform chain)".into()
+                );
             }
         }
         if let Some(b) = &self.bootstrap {

@@ -22,9 +22,8 @@ use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
 use peregrine_backend::{
-    bootstrap_allowed, normalize_rotation, rotation_key, BResult, Backend, BackendError, Capabilities, ChainRequest, Client,
-    CtMeta,
-    KeyRequest, Scheme,
+    bootstrap_allowed, normalize_rotation, rotation_key, BResult, Backend, BackendError, Capabilities, ChainRequest,
+    Client, CtMeta, KeyRequest, Scheme,
 };
 
 peregrine_backend::export_plugin!(crate::ClearScheme);
@@ -148,7 +147,10 @@ impl ClearParams {
             }
         }
         if let Some(n) = &self.noise {
-            if [n.fresh, n.rescale, n.key_switch, n.bootstrap_relative, n.encode].iter().any(|v| !(*v >= 0.0) || !v.is_finite()) {
+            if [n.fresh, n.rescale, n.key_switch, n.bootstrap_relative, n.encode]
+                .iter()
+                .any(|v| !(*v >= 0.0) || !v.is_finite())
+            {
                 return bad("noise standard deviations must be finite and non-negative".into());
             }
         }
@@ -158,11 +160,8 @@ impl ClearParams {
     /// The modulus chain q_0 … q_L as f64 values.
     pub fn moduli(&self) -> Vec<f64> {
         let two_n = 1u64 << (self.log_ring_dimension + 1);
-        let bits: Vec<u32> = if self.level_bits.is_empty() {
-            vec![self.log_scale; self.levels]
-        } else {
-            self.level_bits.clone()
-        };
+        let bits: Vec<u32> =
+            if self.level_bits.is_empty() { vec![self.log_scale; self.levels] } else { self.level_bits.clone() };
         if self.exact_moduli {
             let mut q = vec![(self.first_modulus_bits as f64).exp2()];
             q.extend(bits.iter().map(|&b| (b as f64).exp2()));

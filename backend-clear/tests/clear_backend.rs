@@ -267,7 +267,8 @@ fn exact_moduli_keep_the_scale_fixed() {
 
 #[test]
 fn noise_has_the_configured_size_and_is_reproducible() {
-    let noise = NoiseModel { fresh: 2f64.powi(10), rescale: 0.0, key_switch: 0.0, bootstrap_relative: 0.0, encode: 0.0 };
+    let noise =
+        NoiseModel { fresh: 2f64.powi(10), rescale: 0.0, key_switch: 0.0, bootstrap_relative: 0.0, encode: 0.0 };
     let p = ClearParams { log_ring_dimension: 12, noise: Some(noise), ..params() };
     let (c, s) = setup(p.clone(), KeyRequest::default());
     let v = vec![0.25; 2048];

@@ -479,14 +479,22 @@ fn ckks_plans_the_degree_2_resnet20_leveled_at_2_15_with_tower_reuse() {
     assert_eq!(plan["smallest_secure_ring"], 1 << 15);
     // A ring the user names is kept: N = 2^16 buys a larger scale (precision).
     let wide = json(
-        bin().args(["plan", "--json", "--params", r#"{"log_ring_dimension": 16}"#, "--model"]).arg(&model).output().unwrap(),
+        bin()
+            .args(["plan", "--json", "--params", r#"{"log_ring_dimension": 16}"#, "--model"])
+            .arg(&model)
+            .output()
+            .unwrap(),
     );
     assert_eq!(wide["capabilities"]["ring_dimension"], 1 << 16, "{}", wide["capabilities"]);
     assert_eq!(wide["lazy_squares"], 19);
     assert!(wide["capabilities"]["log_scale"].as_f64().unwrap() > caps["log_scale"].as_f64().unwrap());
     // The user's own level count keeps the uniform chain.
     let fixed = json(
-        bin().args(["plan", "--json", "--params", r#"{"levels": 39, "log_scale": 35}"#, "--model"]).arg(&model).output().unwrap(),
+        bin()
+            .args(["plan", "--json", "--params", r#"{"levels": 39, "log_scale": 35}"#, "--model"])
+            .arg(&model)
+            .output()
+            .unwrap(),
     );
     assert_eq!(fixed["lazy_squares"], 0, "{}", fixed["capabilities"]);
 }

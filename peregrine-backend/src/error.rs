@@ -185,4 +185,12 @@ pub enum PluginError {
         /// Size this build expects.
         expected: usize,
     },
+    /// An entry of the function table is null (an incomplete plugin).
+    #[error("{path}: plugin function table entry `{entry}` is null; the plugin must implement every entry of the ABI")]
+    NullEntry {
+        /// The file.
+        path: String,
+        /// The table field.
+        entry: &'static str,
+    },
 }

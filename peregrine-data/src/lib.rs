@@ -144,9 +144,15 @@ pub const MAX_EXPANSION: u64 = 4096;
 /// times the file's size (plus 1 MiB), are refused before decoding.
 pub fn load_image(path: impl AsRef<Path>, input: &InputSpec) -> Result<Vec<u8>> {
     let path = path.as_ref();
-    let file_len = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?.len();
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|e| DataError::io(path, e))?
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    decode_image(&bytes, &path.display().to_string(), input)
+}
+
+/// [`load_image`] on the bytes of an image file; `name` names it in errors.
+pub fn decode_image(bytes: &[u8], name: &str, input: &InputSpec) -> Result<Vec<u8>> {
+    let path = std::path::Path::new(name);
+    let file_len = bytes.len() as u64;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DataError::io(path, e))?;
     let mut limits = image::Limits::default();
@@ -155,7 +161,7 @@ pub fn load_image(path: impl AsRef<Path>, input: &InputSpec) -> Result<Vec<u8>> 
     limits.max_alloc = Some(file_len.saturating_mul(MAX_EXPANSION).saturating_add(1 << 20));
     reader.limits(limits);
     let img = reader.decode().map_err(|e| DataError::Image {
-        path: path.display().to_string(),
+        path: name.to_string(),
         detail: match e {
             image::ImageError::Limits(_) => format!(
                 "its header claims an image larger than this {file_len}-byte file can hold or than {MAX_IMAGE_SIDE} pixels a side ({e})"
@@ -166,7 +172,7 @@ pub fn load_image(path: impl AsRef<Path>, input: &InputSpec) -> Result<Vec<u8>> 
     let (c, h, w) = (input.shape[0], input.shape[1], input.shape[2]);
     if c != 3 {
         return Err(DataError::Image {
-            path: path.display().to_string(),
+            path: name.to_string(),
             detail: format!("image input for a model with {c} channels (RGB needs 3)"),
         });
     }
@@ -177,7 +183,7 @@ pub fn load_image(path: impl AsRef<Path>, input: &InputSpec) -> Result<Vec<u8>> 
         image::imageops::resize(&rgb, w as u32, h as u32, image::imageops::FilterType::Triangle)
     } else {
         return Err(DataError::Image {
-            path: path.display().to_string(),
+            path: name.to_string(),
             detail: format!("image is {}×{}, the model takes {w}×{h} and does not resize", rgb.width(), rgb.height()),
         });
     };

@@ -229,7 +229,10 @@ pub fn tiny_square_resnet(seed: u64) -> Model {
     let det = |n: usize, k: f32| -> Vec<f32> { sawtooth(n + shift, k)[shift..].to_vec() };
     let mut w = Weights::new();
     w.insert("c1.w".into(), ArrayD::from_shape_vec(IxDyn(&[width, 3, 3, 3]), det(27 * width, 0.6)).expect("sized"));
-    w.insert("c2.w".into(), ArrayD::from_shape_vec(IxDyn(&[width, width, 3, 3]), det(9 * width * width, 0.3)).expect("sized"));
+    w.insert(
+        "c2.w".into(),
+        ArrayD::from_shape_vec(IxDyn(&[width, width, 3, 3]), det(9 * width * width, 0.3)).expect("sized"),
+    );
     let quad = |w: &mut Weights, name: &str, lead: f32| {
         let mut c = det(3 * width, 0.2);
         for ch in 0..width {

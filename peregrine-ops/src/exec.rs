@@ -388,10 +388,10 @@ fn linear<B: Backend>(
                 .finish(b)?;
             // Inputs added unmultiplied at another scale than Δ (an unrescaled square) join the
             // products before the rescale, times 1 at the scale that lands them on Δ.
-            let (early, late): (Vec<(usize, usize)>, Vec<(usize, usize)>) = o
-                .passthrough
-                .iter()
-                .partition(|&&(inp, ict)| (b.scale(&inputs[inp][ict]) / delta - 1.0).abs() > 1e-9 && !o.giants.is_empty());
+            type Inputs = Vec<(usize, usize)>;
+            let (early, late): (Inputs, Inputs) = o.passthrough.iter().partition(|&&(inp, ict)| {
+                (b.scale(&inputs[inp][ict]) / delta - 1.0).abs() > 1e-9 && !o.giants.is_empty()
+            });
             let mut total = total;
             for (inp, ict) in early {
                 let x = b.drop_to_level(&inputs[inp][ict], op_level)?;

@@ -453,7 +453,10 @@ fn plan_with(
                                 if log_scales[t] > log_delta + 0.5 && levels[t] < op {
                                     return Err(OpsError::TowerMismatch {
                                         step: step.name.clone(),
-                                        detail: format!("an input added at level {} is below the rescale at {op}", levels[t]),
+                                        detail: format!(
+                                            "an input added at level {} is below the rescale at {op}",
+                                            levels[t]
+                                        ),
                                     });
                                 }
                             }

@@ -247,7 +247,12 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
 impl<F: Family> CkksBackend<F> {
     /// Parameters, capabilities and plan with a tower-reuse chain for `model`, when the family
     /// builds one and the model has squares that can share a prime.
-    fn towered(&self, model: &Model, requested: &str, caps: &Capabilities) -> Result<Option<(String, Capabilities, Plan)>> {
+    fn towered(
+        &self,
+        model: &Model,
+        requested: &str,
+        caps: &Capabilities,
+    ) -> Result<Option<(String, Capabilities, Plan)>> {
         let program = compile(model, caps.slots)?;
         let Some(mut request) = propose_chain(&program, caps) else { return Ok(None) };
         // A ring the user names is kept (a larger ring buys precision: a larger Δ).
@@ -442,7 +447,8 @@ fn chain_summary(caps: &Capabilities, lazy_squares: usize) -> String {
     let q0 = caps.log_moduli.first().map_or(0.0, |q| q.round());
     let qp = match caps.log_qp {
         Some(qp) => {
-            let ring = smallest_secure_ring(qp).map_or("none tabulated".to_string(), |n| format!("N = 2^{}", n.trailing_zeros()));
+            let ring = smallest_secure_ring(qp)
+                .map_or("none tabulated".to_string(), |n| format!("N = 2^{}", n.trailing_zeros()));
             format!("; log2(Q·P) = {qp:.1}, smallest 128-bit ring {ring}")
         }
         None => String::new(),

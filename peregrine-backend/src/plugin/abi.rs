@@ -215,3 +215,130 @@ pub struct PluginVTable {
 // functions of the plugin, which are valid from any thread.
 unsafe impl Sync for PluginVTable {}
 unsafe impl Send for PluginVTable {}
+
+/// The pointer fields of [`PluginVTable`] after its two `u32` header fields, in order (the
+/// names a null entry is reported by).
+pub const TABLE_POINTERS: [&str; 51] = [
+    "name",
+    "description",
+    "string_free",
+    "bytes_free",
+    "capabilities",
+    "client_new",
+    "client_free",
+    "client_capabilities",
+    "client_evaluation_keys",
+    "client_encode",
+    "client_encrypt",
+    "client_decrypt",
+    "client_decode",
+    "client_serialize_ct",
+    "client_deserialize_ct",
+    "server_new",
+    "server_free",
+    "server_capabilities",
+    "server_rotation_steps",
+    "server_modulus",
+    "ct_free",
+    "ct_clone",
+    "ct_info",
+    "pt_free",
+    "pt_clone",
+    "pt_info",
+    "encode",
+    "add",
+    "sub",
+    "mul",
+    "add_plain",
+    "sub_plain",
+    "mul_plain",
+    "negate",
+    "square",
+    "rescale",
+    "bootstrap",
+    "add_scalar",
+    "mul_scalar",
+    "mul_integer",
+    "drop_to_level",
+    "rotate",
+    "eval_poly",
+    "serialize_ct",
+    "deserialize_ct",
+    "client_save_secret",
+    "client_load",
+    "rotate_many",
+    "client_write_evaluation_keys",
+    "server_from_file",
+    "client_local_server",
+];
+
+/// Offset of the first pointer field of [`PluginVTable`].
+const TABLE_HEADER: usize = 8;
+
+/// What is wrong with a plugin's function table, found by [`check_table`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableDefect {
+    /// Fewer bytes than the two header fields.
+    Truncated(usize),
+    /// Another ABI version.
+    Version(u32),
+    /// Another table size.
+    Size(u32),
+    /// A pointer field (named) is null: a plugin built from an incomplete table.
+    NullEntry(&'static str),
+}
+
+/// Checks the raw bytes of a function table (as the plugin laid them out) before any of its
+/// pointers is used: header, version, size, and every pointer non-null. A Rust function
+/// pointer may not be null, so a C plugin that leaves an entry empty must be refused here.
+pub fn check_table(raw: &[u8]) -> Result<(), TableDefect> {
+    let word = |at: usize| -> Option<u32> { raw.get(at..at + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])) };
+    let (Some(version), Some(size)) = (word(0), word(4)) else { return Err(TableDefect::Truncated(raw.len())) };
+    if version != ABI_VERSION {
+        return Err(TableDefect::Version(version));
+    }
+    if size as usize != std::mem::size_of::<PluginVTable>() || raw.len() < size as usize {
+        return Err(TableDefect::Size(size));
+    }
+    let ptr = std::mem::size_of::<usize>();
+    for (k, name) in TABLE_POINTERS.iter().enumerate() {
+        let at = TABLE_HEADER + k * ptr;
+        let bytes = &raw[at..at + ptr];
+        if bytes.iter().all(|&b| b == 0) {
+            return Err(TableDefect::NullEntry(name));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pointer_names_cover_the_table() {
+        let ptr = std::mem::size_of::<usize>();
+        assert_eq!(TABLE_HEADER + TABLE_POINTERS.len() * ptr, std::mem::size_of::<PluginVTable>());
+        assert_eq!(std::mem::offset_of!(PluginVTable, name), TABLE_HEADER);
+        assert_eq!(std::mem::offset_of!(PluginVTable, client_local_server), TABLE_HEADER + 50 * ptr);
+        assert_eq!(std::mem::offset_of!(PluginVTable, encode), TABLE_HEADER + 26 * ptr);
+    }
+
+    #[test]
+    fn null_entries_truncation_and_versions_are_named() {
+        let size = std::mem::size_of::<PluginVTable>();
+        let mut raw = vec![1u8; size];
+        raw[0..4].copy_from_slice(&ABI_VERSION.to_ne_bytes());
+        raw[4..8].copy_from_slice(&(size as u32).to_ne_bytes());
+        assert_eq!(check_table(&raw), Ok(()));
+        let ptr = std::mem::size_of::<usize>();
+        let mut holed = raw.clone();
+        holed[TABLE_HEADER + 29 * ptr..TABLE_HEADER + 30 * ptr].fill(0);
+        assert_eq!(check_table(&holed), Err(TableDefect::NullEntry("mul")));
+        assert_eq!(check_table(&raw[..5]), Err(TableDefect::Truncated(5)));
+        assert_eq!(check_table(&raw[..size - 1]), Err(TableDefect::Size(size as u32)));
+        let mut old = raw.clone();
+        old[0..4].copy_from_slice(&2u32.to_ne_bytes());
+        assert_eq!(check_table(&old), Err(TableDefect::Version(2)));
+    }
+}

@@ -63,6 +63,12 @@ impl Plugin {
                 expected: std::mem::size_of::<PluginVTable>(),
             });
         }
+        // SAFETY: the plugin declared a table of this build's size at `vt`; its bytes are read
+        // as bytes (no pointer in it is used before every one is known to be non-null).
+        let raw = unsafe { std::slice::from_raw_parts(vt.cast::<u8>(), std::mem::size_of::<PluginVTable>()) };
+        if let Err(TableDefect::NullEntry(entry)) = check_table(raw) {
+            return Err(PluginError::NullEntry { path: shown(), entry });
+        }
         // SAFETY: version and size match, so the strings are valid NUL-terminated statics.
         let (name, description) = unsafe {
             (
