@@ -687,6 +687,16 @@ impl Scheme for CkksScheme {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_secret_key_is_wiped_in_place_before_its_memory_is_freed() {
+        let p = CkksParams { log_ring_dimension: 10, levels: 2, insecure_test_only: true, ..CkksParams::default() };
+        let ctx = context(&p).unwrap();
+        let mut sk = SecretKey::generate(&ctx, &mut rand::thread_rng());
+        assert!(sk.coeffs.iter().any(|&c| c != 0) && sk.ntt.iter().any(|&r| r != 0));
+        sk.wipe(); // what `Drop` does
+        assert!(sk.coeffs.iter().all(|&c| c == 0) && sk.ntt.iter().all(|&r| r == 0));
+    }
+
     fn cost(p: &CkksParams) -> (usize, crate::params::Chain) {
         let chain = p.chain().expect("secure");
         (chain.digits * (chain.q.len() + chain.p.len()), chain)

@@ -23,7 +23,20 @@ impl std::fmt::Debug for SecretKey {
     }
 }
 
+impl Drop for SecretKey {
+    /// The key's coefficients and residues are zeroed before their memory is freed.
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
 impl SecretKey {
+    /// Zeroes the key in place (also done on drop).
+    pub fn wipe(&mut self) {
+        peregrine_backend::integrity::wipe(&mut self.coeffs);
+        peregrine_backend::integrity::wipe(&mut self.ntt);
+    }
+
     /// A fresh secret for `ctx` (uniform ternary or sparse, as the parameters say).
     pub fn generate(ctx: &Context, rng: &mut impl Rng) -> Self {
         let coeffs = ternary(rng, ctx.n(), ctx.params.secret_hamming_weight);

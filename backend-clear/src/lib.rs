@@ -21,6 +21,7 @@ use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
+use peregrine_backend::integrity::{seal, unseal};
 use peregrine_backend::{
     bootstrap_allowed, normalize_rotation, rotation_key, BResult, Backend, BackendError, Capabilities, ChainRequest,
     Client, CtMeta, KeyRequest, Scheme,
@@ -268,8 +269,8 @@ struct EvalKeys {
     bootstrap: bool,
 }
 
-const EVK_KIND: &str = "peregrine-clear-evaluation-keys-v1";
-const CT_MAGIC: &[u8; 8] = b"PGCLCT01";
+const EVK_KIND: &str = "peregrine-clear-evaluation-keys-v2";
+const CT_MAGIC: &[u8; 8] = b"PGCLCT02";
 
 /// State shared by client and server: parameters, moduli, keys present, noise generator.
 struct Context {
@@ -395,11 +396,15 @@ impl Context {
         for v in &ct.values {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        out
+        seal(out)
     }
 
     fn deserialize(&self, bytes: &[u8]) -> BResult<ClearCiphertext> {
         let err = |d: String| BackendError::Deserialize { what: "clear ciphertext", detail: d };
+        if bytes.get(..8).is_some_and(|m| m != CT_MAGIC) {
+            return Err(err("not a clear ciphertext (bad magic)".into()));
+        }
+        let bytes = unseal(bytes, "clear ciphertext")?;
         if bytes.len() < 32 || &bytes[..8] != CT_MAGIC {
             return Err(err("not a clear ciphertext (bad magic or too short)".into()));
         }
@@ -430,7 +435,7 @@ impl Context {
 /// The `clear` scheme (parameters, key generation, server reconstruction).
 pub struct ClearScheme;
 
-const CLEAR_SECRET_KIND: &str = "peregrine-clear-client-v1";
+const CLEAR_SECRET_KIND: &str = "peregrine-clear-client-v2";
 
 /// What [`Client::save_secret`] writes for `clear` (JSON).
 #[derive(Serialize, Deserialize)]
@@ -494,7 +499,7 @@ impl Scheme for ClearScheme {
     }
 
     fn load_client(secret: &[u8]) -> BResult<ClearClient> {
-        let s: ClearSecret = serde_json::from_slice(secret)
+        let s: ClearSecret = serde_json::from_slice(unseal(secret, "clear client state")?)
             .map_err(|e| BackendError::Deserialize { what: "clear client state", detail: e.to_string() })?;
         if s.kind != CLEAR_SECRET_KIND {
             return Err(BackendError::Deserialize { what: "clear client state", detail: format!("kind '{}'", s.kind) });
@@ -503,7 +508,7 @@ impl Scheme for ClearScheme {
     }
 
     fn server(evaluation_keys: &[u8]) -> BResult<ClearServer> {
-        let evk: EvalKeys = serde_json::from_slice(evaluation_keys)
+        let evk: EvalKeys = serde_json::from_slice(unseal(evaluation_keys, "clear evaluation keys")?)
             .map_err(|e| BackendError::Deserialize { what: "clear evaluation keys", detail: e.to_string() })?;
         if evk.kind != EVK_KIND {
             return Err(BackendError::Deserialize {
@@ -527,6 +532,7 @@ impl Client for ClearClient {
             rotations: c.rotations.clone(),
             bootstrap: c.bootstrap,
         })
+        .map(seal)
         .map_err(|e| BackendError::Serialize { what: "clear client state", detail: e.to_string() })
     }
 
@@ -559,6 +565,7 @@ impl Client for ClearClient {
             bootstrap: self.ctx.bootstrap,
         };
         serde_json::to_vec(&evk)
+            .map(seal)
             .map_err(|e| BackendError::Serialize { what: "clear evaluation keys", detail: e.to_string() })
     }
     fn serialize_ciphertext(&self, ct: &ClearCiphertext) -> BResult<Vec<u8>> {

@@ -298,3 +298,41 @@ fn noise_has_the_configured_size_and_is_reproducible() {
     assert!(max_err > 0.0 && max_err < 2f64.powi(-20), "max error {max_err:e}");
     let _ = s;
 }
+
+#[test]
+fn flipped_truncated_and_swapped_files_are_refused_by_name() {
+    let (client, server) = setup(params(), KeyRequest::rotations([1]));
+    let keys = client.evaluation_keys().unwrap();
+    let secret = client.save_secret().unwrap();
+    let ct = server.serialize_ciphertext(&client.encrypt_values(&[0.5, -0.25]).unwrap()).unwrap();
+    let corrupt = |bytes: &[u8], at: usize| {
+        let mut b = bytes.to_vec();
+        b[at] ^= 0x01;
+        b
+    };
+    // A flipped byte anywhere (header, body or checksum) and a cut file: each names the file kind.
+    for at in [0, 20, keys.len() / 2, keys.len() - 1] {
+        let e = ClearScheme::server(&corrupt(&keys, at)).err().expect("corrupted keys load").to_string();
+        assert!(e.contains("clear evaluation keys") && e.contains("checksum mismatch"), "{e}");
+    }
+    for at in [3, secret.len() - 40, secret.len() - 1] {
+        let e = ClearScheme::load_client(&corrupt(&secret, at)).err().expect("corrupted secret loads").to_string();
+        assert!(e.contains("clear client state") && e.contains("checksum mismatch"), "{e}");
+    }
+    for at in [9, 17, 40, ct.len() - 1] {
+        let e = server.deserialize_ciphertext(&corrupt(&ct, at)).unwrap_err().to_string();
+        assert!(e.contains("clear ciphertext") && e.contains("checksum mismatch"), "{e}");
+    }
+    let e = server.deserialize_ciphertext(&ct[..ct.len() - 8]).unwrap_err().to_string();
+    assert!(e.contains("checksum mismatch"), "{e}");
+    let e = ClearScheme::server(&keys[..10]).err().expect("truncated keys load").to_string();
+    assert!(e.contains("clear evaluation keys"), "{e}");
+    // A ciphertext of another key pair is refused although its checksum is intact.
+    let (other, _) = setup(params(), KeyRequest::rotations([1]));
+    let foreign = server.serialize_ciphertext(&other.encrypt_values(&[1.0]).unwrap()).unwrap();
+    let e = server.deserialize_ciphertext(&foreign).unwrap_err().to_string();
+    assert!(e.contains("different key"), "{e}");
+    // Intact files still load.
+    assert!(ClearScheme::load_client(&secret).is_ok());
+    assert!(server.deserialize_ciphertext(&ct).is_ok());
+}

@@ -198,25 +198,44 @@ impl LweParams {
     }
 }
 
-/// The serialisation of keys and ciphertexts: bincode with a 64 GiB ceiling, so a corrupted
-/// length field is an error rather than an allocation of any size.
+/// The serialisation of keys and ciphertexts: bincode with a 64 GiB ceiling.
 fn wire() -> impl bincode::Options {
     use bincode::Options;
     bincode::DefaultOptions::new().with_fixint_encoding().with_limit(1 << 36)
 }
 
-/// `prefix` followed by `value` on the wire.
+/// Reading `len` bytes: bincode may read no more than the bytes there are, so a corrupted
+/// length field is an error rather than an allocation of any size.
+fn wire_reading(len: usize) -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new().with_fixint_encoding().with_limit(len as u64)
+}
+
+/// `prefix` followed by `value` on the wire, then a BLAKE3 digest of both.
 fn write_wire<T: serde::Serialize>(mut prefix: Vec<u8>, value: &T, what: &'static str) -> LweResult<Vec<u8>> {
     wire().serialize_into(&mut prefix, value).map_err(|e| LweError::Serialize { what, detail: e.to_string() })?;
+    let digest = blake3::hash(&prefix);
+    prefix.extend_from_slice(digest.as_bytes());
     Ok(prefix)
+}
+
+/// The bytes before the digest [`write_wire`] appends, once it matches.
+fn checked<'a>(bytes: &'a [u8], what: &'static str) -> LweResult<&'a [u8]> {
+    let bad = |detail: &str| LweError::Corrupted { what, detail: detail.into() };
+    let split = bytes.len().checked_sub(32).ok_or_else(|| bad("shorter than its checksum (truncated file)"))?;
+    let (body, digest) = bytes.split_at(split);
+    if blake3::hash(body).as_bytes() != digest {
+        return Err(bad("checksum mismatch: the file is truncated, corrupted or was altered"));
+    }
+    Ok(body)
 }
 
 /// The parameter set and value of bytes written as `[bits, extra bits, value]`.
 fn read_tagged<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str) -> LweResult<(LweParams, T)> {
     let bad = |detail: String| LweError::Corrupted { what, detail };
-    let [bits, extra, rest @ ..] = bytes else { return Err(bad("too short".into())) };
+    let [bits, extra, rest @ ..] = checked(bytes, what)? else { return Err(bad("too short".into())) };
     let params = LweParams::with_accumulator(*bits as u32, *extra as u32).map_err(|e| bad(e.to_string()))?;
-    Ok((params, wire().deserialize(rest).map_err(|e| bad(e.to_string()))?))
+    Ok((params, wire_reading(rest.len()).deserialize(rest).map_err(|e| bad(e.to_string()))?))
 }
 
 /// One encrypted signed integer and its noise relative to a fresh ciphertext.
@@ -307,12 +326,13 @@ impl Lwe {
     /// Reads a ciphertext written by [`Lwe::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> LweResult<Self> {
         let bad = |detail: String| LweError::Corrupted { what: "TFHE ciphertext", detail };
-        let (noise, rest) = bytes.split_first_chunk::<8>().ok_or_else(|| bad("too short".into()))?;
+        let (noise, rest) =
+            checked(bytes, "TFHE ciphertext")?.split_first_chunk::<8>().ok_or_else(|| bad("too short".into()))?;
         let noise = f64::from_le_bytes(*noise);
         if !(noise >= 0.0 && noise.is_finite()) {
             return Err(bad(format!("noise estimate {noise}")));
         }
-        let ct: Ciphertext = wire().deserialize(rest).map_err(|e| bad(e.to_string()))?;
+        let ct: Ciphertext = wire_reading(rest.len()).deserialize(rest).map_err(|e| bad(e.to_string()))?;
         Ok(Lwe { ct, noise })
     }
 }
@@ -386,6 +406,7 @@ impl LweServer {
     pub fn key_bytes(&self) -> LweResult<u64> {
         wire()
             .serialized_size(&self.key)
+            .map(|n| 2 + n + 32)
             .map_err(|e| LweError::Serialize { what: "the server key", detail: e.to_string() })
     }
     /// Serialises the evaluation keys (what a client sends to a server; no secret key).

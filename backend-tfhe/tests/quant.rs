@@ -9,7 +9,7 @@
 mod common;
 
 use backend_tfhe::engine::{decrypt_logits, encrypt_image, probe, run, run_observed, PreparedPlan};
-use backend_tfhe::lwe::{LweClient, LweError, LweParams, LweServer};
+use backend_tfhe::lwe::{Lwe, LweClient, LweError, LweParams, LweServer};
 use backend_tfhe::quant::{apply_table, wrap, ActivationMode, QuantConfig, QuantPlan, RealPlan};
 use common::keys;
 use ndarray::{ArrayD, IxDyn};
@@ -358,7 +358,7 @@ fn the_stage_probe_samples_every_stage_and_matches_the_simulation_without_extra_
 fn server_keys_round_trip_and_corrupted_keys_are_refused() {
     let (client, server) = keys();
     let bytes = server.to_bytes().unwrap();
-    assert_eq!(bytes.len() as u64, server.key_bytes().unwrap() + 2);
+    assert_eq!(bytes.len() as u64, server.key_bytes().unwrap());
     let back = LweServer::from_bytes(&bytes).unwrap();
     let x = client.encrypt(3).unwrap();
     let lut = back.lut(|v| 2 * v - 1);
@@ -369,6 +369,23 @@ fn server_keys_round_trip_and_corrupted_keys_are_refused() {
     wrong[0] = 6;
     assert!(LweServer::from_bytes(&wrong).is_err(), "keys of the 4-bit set read as the 6-bit set");
     assert!(LweServer::from_bytes(&[]).is_err());
+    // One flipped byte in the keys, the client key or a ciphertext: refused by the checksum.
+    let flip = |b: &[u8], at: usize| {
+        let mut b = b.to_vec();
+        b[at] ^= 0x04;
+        b
+    };
+    let e = LweServer::from_bytes(&flip(&bytes, bytes.len() / 3)).err().unwrap().to_string();
+    assert!(e.contains("TFHE server key") && e.contains("checksum mismatch"), "{e}");
+    let secret = client.to_bytes().unwrap();
+    let e = LweClient::from_bytes(&flip(&secret, secret.len() / 2)).err().unwrap().to_string();
+    assert!(e.contains("TFHE client key") && e.contains("checksum mismatch"), "{e}");
+    let ct = x.to_bytes().unwrap();
+    for at in [0, 9, ct.len() - 1] {
+        let e = Lwe::from_bytes(&flip(&ct, at)).err().unwrap().to_string();
+        assert!(e.contains("TFHE ciphertext") && e.contains("checksum mismatch"), "{e}");
+    }
+    assert!(Lwe::from_bytes(&ct).is_ok() && LweClient::from_bytes(&secret).is_ok());
 }
 
 #[test]

@@ -174,10 +174,21 @@ fn convert_makes_a_plannable_resnet20_that_needs_bootstrapping_at_default_levels
             .unwrap(),
     );
     assert_eq!(v["degree"], 2);
-    // 19 quadratics folded (1 level each) + 19 linear layers + the head: 39 levels.
-    let out = bin().args(["plan", "--backend", "clear", "--model"]).arg(&poly).output().unwrap();
+    // 19 quadratics folded (1 level each) + 19 linear layers + the head: 39 levels, more than
+    // the 24 the user asks for here.
+    let out = bin()
+        .args(["plan", "--backend", "clear", "--params", r#"{"levels": 24}"#, "--model"])
+        .arg(&poly)
+        .output()
+        .unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("needs 39 levels") && e.contains("offers 24"), "{e}");
+    // With the chain the planner chooses (every square sharing a prime with the next linear
+    // layer): 20 levels, no bootstrap.
+    let tower = json(bin().args(["plan", "--backend", "clear", "--json", "--model"]).arg(&poly).output().unwrap());
+    assert_eq!(tower["cost"]["levels_consumed"], 20, "{}", tower["cost"]);
+    assert_eq!(tower["lazy_squares"], 19);
+    assert_eq!(tower["cost"]["bootstraps"], 0);
     let p = json(
         bin()
             .args(["plan", "--backend", "clear", "--params", r#"{"levels": 39}"#, "--json", "--model"])

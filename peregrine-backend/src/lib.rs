@@ -9,9 +9,10 @@
 //! - [`plugin`]: the versioned C ABI, the [`export_plugin!`] macro that exposes any [`Scheme`]
 //!   through it, and the loader that presents a plugin library as an ordinary backend.
 //!
+//! - [`integrity`]: the checksum trailer backends put on their key and ciphertext files.
 //! - [`conformance`] (feature `conformance`): the checks every backend must pass, one call.
 //!
-//! Its dependency tree is small on purpose (serde, thiserror, libloading): a plugin links it to
+//! Its dependency tree is small on purpose (serde, thiserror, libloading, blake3): a plugin links it to
 //! get the trait and nothing else.
 
 #![warn(missing_docs)]
@@ -20,6 +21,7 @@ mod api;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod error;
+pub mod integrity;
 pub mod meta;
 pub mod plugin;
 pub mod security;

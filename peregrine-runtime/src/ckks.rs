@@ -10,6 +10,7 @@ use peregrine_backend::{BResult, Backend, Capabilities, ChainRequest, Client, Ke
 use peregrine_model::Model;
 use peregrine_ops::{
     compile, decrypt_output, encrypt_input, execute, plan, propose_chain, required_levels, with_key_budget, Plan,
+    Program,
 };
 use serde_json::json;
 
@@ -190,7 +191,10 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
                 _ => return Err(e),
             },
         };
-        let mut program = compile(model, caps.slots)?;
+        // Compiling ResNet-20 takes seconds and the choices below try several parameter sets
+        // that often share a slot count: each slot count is compiled once.
+        let mut programs = Programs::new(model);
+        let mut program = programs.get(caps.slots)?;
         // A backend that sizes its own parameters gets exactly the levels the model needs
         // (leveled), or as many as fit between bootstraps, unless the user fixed them.
         let needed = required_levels(&program);
@@ -198,7 +202,7 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
             if let Some(sized) = self.0.params_for_levels(requested, needed) {
                 params = sized;
                 caps = self.0.capabilities(&params)?;
-                program = compile(model, caps.slots)?;
+                program = programs.get(caps.slots)?;
             }
         }
         // Leveled, with the chain left to the backend: a chain where squares share a prime
@@ -206,7 +210,7 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
         // backend builds such chains. The program is recompiled for the ring the backend
         // picks; the chain is kept only if its plan leaves squares unrescaled as proposed.
         let towered = if !caps.can_bootstrap && !user_levels && !mentions(requested, "level_bits") {
-            self.towered(model, requested, &caps)?
+            self.towered(&mut programs, requested, &caps)?
         } else {
             None
         };
@@ -224,7 +228,7 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
         if caps.can_bootstrap && !mentions(requested, "slots") {
             while let Some(sparse) = self.0.params_for_slots(&params, caps.slots / 2) {
                 let Ok(sparse_caps) = self.0.capabilities(&sparse) else { break };
-                let Ok(sparse_plan) = compile(model, sparse_caps.slots).and_then(|prog| plan(prog, &sparse_caps))
+                let Ok(sparse_plan) = programs.get(sparse_caps.slots).and_then(|prog| Ok(plan(prog, &sparse_caps)?))
                 else {
                     break;
                 };
@@ -249,17 +253,17 @@ impl<F: Family> CkksBackend<F> {
     /// builds one and the model has squares that can share a prime.
     fn towered(
         &self,
-        model: &Model,
+        programs: &mut Programs,
         requested: &str,
         caps: &Capabilities,
     ) -> Result<Option<(String, Capabilities, Plan)>> {
-        let program = compile(model, caps.slots)?;
+        let program = programs.get(caps.slots)?;
         let Some(mut request) = propose_chain(&program, caps) else { return Ok(None) };
         // A ring the user names is kept (a larger ring buys precision: a larger Δ).
         request.keep_ring = mentions(requested, "log_ring_dimension");
         let Some(params) = self.0.params_for_chain(requested, &request) else { return Ok(None) };
         let caps = self.0.capabilities(&params)?;
-        let program = compile(model, caps.slots)?;
+        let program = programs.get(caps.slots)?;
         // The ring (and so the layouts) may have changed: the chain must still be the one
         // this program asks for.
         let Some(mut again) = propose_chain(&program, &caps) else { return Ok(None) };
@@ -271,12 +275,33 @@ impl<F: Family> CkksBackend<F> {
             let caps = self.0.capabilities(&params)?;
             (params, caps)
         };
-        let program = compile(model, caps.slots)?;
+        let program = programs.get(caps.slots)?;
         let p = plan(program, &caps)?;
         if p.lazy_squares == 0 || p.cost.bootstraps > 0 {
             return Ok(None);
         }
         Ok(Some((params, caps, p)))
+    }
+}
+
+/// A model's compiled programs by slot count, each compiled once.
+struct Programs<'m> {
+    model: &'m Model,
+    by_slots: std::collections::BTreeMap<usize, Program>,
+}
+
+impl<'m> Programs<'m> {
+    fn new(model: &'m Model) -> Self {
+        Programs { model, by_slots: Default::default() }
+    }
+    /// The model compiled for `slots` slots.
+    fn get(&mut self, slots: usize) -> Result<Program> {
+        if let Some(p) = self.by_slots.get(&slots) {
+            return Ok(p.clone());
+        }
+        let p = compile(self.model, slots)?;
+        self.by_slots.insert(slots, p.clone());
+        Ok(p)
     }
 }
 

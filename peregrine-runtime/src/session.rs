@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::{ArrayD, IxDyn};
+use peregrine_backend::integrity::wipe;
 use peregrine_data::{load_cifar10, preprocessed_rows};
 use peregrine_model::reference::Reference;
 use serde::{Deserialize, Serialize};
@@ -194,6 +195,16 @@ pub fn unpack(bytes: &[u8], path: &Path) -> Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
+/// The target recorded in a session's `session.json` (its bytes; `path` names it in errors).
+pub fn parse_session(bytes: &[u8], path: &Path) -> Result<Target> {
+    serde_json::from_slice(bytes).map_err(|_| RuntimeError::Corrupt { path: path.to_path_buf(), what: "session file" })
+}
+
+/// The images recorded in a session's `inputs.json` (its bytes; `path` names it in errors).
+pub fn parse_inputs(bytes: &[u8], path: &Path) -> Result<InputsFile> {
+    serde_json::from_slice(bytes).map_err(|_| RuntimeError::Corrupt { path: path.to_path_buf(), what: "inputs file" })
+}
+
 impl Session {
     /// Client: compiles `target`, generates keys, and writes `session.json`, `client.secret`
     /// and (streamed: at N = 2^16 they are gigabytes) `evaluation.keys` into `dir`.
@@ -218,7 +229,10 @@ impl Session {
             SESSION,
             &serde_json::to_vec_pretty(&recorded).map_err(|e| RuntimeError::io(dir.join(SESSION), e.into()))?,
         )?;
-        write_secret(dir, &client.save_secret()?)?;
+        let mut secret = client.save_secret()?;
+        let written = write_secret(dir, &secret);
+        wipe(&mut secret);
+        written?;
         let cost = compiled.cost();
         Ok(KeygenReport {
             model: model.graph().name.clone(),
@@ -234,8 +248,7 @@ impl Session {
     /// Opens the session in `dir` (its `session.json`).
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(SESSION);
-        let target: Target =
-            serde_json::from_slice(&read(&path)?).map_err(|_| RuntimeError::Corrupt { path, what: "session file" })?;
+        let target = parse_session(&read(&path)?, &path)?;
         Ok(Session { dir: dir.to_path_buf(), target })
     }
 
@@ -258,7 +271,10 @@ impl Session {
         let Prepared { model, compiled, .. } = self.target.prepare(None, None)?;
         let secret =
             read_secret(&self.require(SECRET, "run `peregrine keygen` first (the secret stays with the client)")?)?;
-        let client = compiled.load_client(&secret)?;
+        let mut secret = secret;
+        let client = compiled.load_client(&secret);
+        wipe(&mut secret);
+        let client = client?;
         let images = load_cifar10(data, Some(limit))?;
         for (i, x) in preprocessed_rows(&images, &model.graph().input)?.iter().enumerate() {
             write(&self.dir, &format!("image-{i}.in.ct"), &pack(&client.serialize(&client.encrypt(x)?)?))?;
@@ -316,10 +332,12 @@ impl Session {
     pub fn decrypt(&self) -> Result<DecryptReport> {
         let Prepared { model, compiled, .. } = self.target.prepare(None, None)?;
         let path = self.require(INPUTS, "run `peregrine encrypt` first")?;
-        let inputs: InputsFile =
-            serde_json::from_slice(&read(&path)?).map_err(|_| RuntimeError::Corrupt { path, what: "inputs file" })?;
+        let inputs = parse_inputs(&read(&path)?, &path)?;
         let secret = read_secret(&self.require(SECRET, "decrypting needs the client's secret key")?)?;
-        let client = compiled.load_client(&secret)?;
+        let mut secret = secret;
+        let client = compiled.load_client(&secret);
+        wipe(&mut secret);
+        let client = client?;
         let n = inputs.images.len();
         let images = load_cifar10(&inputs.data, Some(n))?;
         let x = preprocessed_rows(&images, &model.graph().input)?;
