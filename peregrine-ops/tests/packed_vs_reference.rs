@@ -174,9 +174,9 @@ fn unsupported_layers_are_named() {
     assert!(e.contains("'act'") && e.contains("RELU"), "{e}");
 }
 
-#[test]
-fn quadratic_activations_cost_one_level_each() {
-    // conv → quad(+) → conv → add(shortcut) → quad(−) → GAP → fc, on 5×13×11.
+/// The residual model with one positive and one negative quadratic (seed 9), an input and the
+/// reference output.
+fn two_quadratic_residual() -> (Model, Vec<f64>, Vec<f64>) {
     let mut r = StdRng::seed_from_u64(9);
     let mut q1 = uniform(&mut r, &[4, 3], -0.5, 0.5);
     let mut q2 = uniform(&mut r, &[4, 3], -0.5, 0.5);
@@ -187,6 +187,13 @@ fn quadratic_activations_cost_one_level_each() {
     let model = residual_poly_model(&mut r, q1, q2);
     let x = rand_input(&mut r, 5 * 13 * 11);
     let want = reference_output(&model, &x);
+    (model, x, want)
+}
+
+#[test]
+fn quadratic_activations_cost_one_level_each() {
+    // conv → quad(+) → conv → add(shortcut) → quad(−) → GAP → fc, on 5×13×11.
+    let (model, x, want) = two_quadratic_residual();
     let (got, plan, _) = run_packed(&model, &params(12, 10), &x);
     let squares = plan.program.steps.iter().filter(|s| s.kind_name() == "square").count();
     assert_eq!(squares, 2, "both quadratics fold into their linear producers");
@@ -325,16 +332,7 @@ fn residual_poly_model(r: &mut StdRng, q1: ArrayD<f32>, q2: ArrayD<f32>) -> Mode
 /// on that exact chain matches the reference; on a uniform chain nothing changes.
 #[test]
 fn tower_reuse_chain_shares_primes_and_matches_the_reference() {
-    let mut r = StdRng::seed_from_u64(9);
-    let mut q1 = uniform(&mut r, &[4, 3], -0.5, 0.5);
-    let mut q2 = uniform(&mut r, &[4, 3], -0.5, 0.5);
-    for c in 0..4 {
-        q1[[c, 2]] = 0.1 + 0.2 * c as f32;
-        q2[[c, 2]] = -0.05 - 0.1 * c as f32;
-    }
-    let model = residual_poly_model(&mut r, q1, q2);
-    let x = rand_input(&mut r, 5 * 13 * 11);
-    let want = reference_output(&model, &x);
+    let (model, x, want) = two_quadratic_residual();
     let uniform_params = params(12, 10);
     let caps = ClearScheme::capabilities(&uniform_params).unwrap();
     let request = propose_chain(&compile(&model, caps.slots).unwrap(), &caps).expect("squares can share primes");
