@@ -20,6 +20,8 @@
 
 pub mod params;
 
+pub mod framing;
+
 #[cfg(openfhe)]
 mod native;
 #[cfg(openfhe)]

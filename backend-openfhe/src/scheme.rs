@@ -1,7 +1,6 @@
 //! The OpenFHE scheme, client and server on top of [`crate::native`].
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::sync::{Arc, Once};
 
 use openfhe_sys::PfParams;
@@ -10,18 +9,11 @@ use peregrine_backend::{
     bootstrap_allowed, normalize_rotation, rotation_key, BResult, Backend, Capabilities, Client, CtMeta, KeyRequest,
     Scheme,
 };
-use serde::{Deserialize, Serialize};
 
+use crate::framing::{self, KeyHeader};
 use crate::native::{bootstrap_depth, Ctx, Info, RawCt};
 use crate::params::SecretDist;
 use crate::{OpenFheParams, OpenFheScheme};
-
-const CT_MAGIC: &[u8; 8] = b"PGOFCT01";
-const KEYS_MAGIC: &[u8; 8] = b"PGOFEK03";
-/// Ends evaluation keys, followed by the length of everything before it: a truncated key file
-/// is refused even by a server whose process already holds the keys.
-const KEYS_END: &[u8; 8] = b"PGOFEKND";
-const SECRET_MAGIC: &[u8; 8] = b"PGOFSK01";
 
 /// A ciphertext with its (exact) scale. Its level is OpenFHE's tower count − 1, minus one
 /// more when bootstrapping is enabled: OpenFHE's FIXEDMANUAL bootstrap spends one modulus on
@@ -42,14 +34,6 @@ pub struct OpenFhePlaintext {
 
 peregrine_backend::has_meta!(OpenFheCiphertext, OpenFhePlaintext);
 
-/// What the server needs besides OpenFHE's keys: written in front of them.
-#[derive(Serialize, Deserialize)]
-struct KeyHeader {
-    params: OpenFheParams,
-    rotations: Vec<i64>,
-    bootstrap: bool,
-}
-
 /// Shared facts of a client or server.
 struct Shared {
     ctx: Ctx,
@@ -60,6 +44,8 @@ struct Shared {
     bootstrap_keys: bool,
     /// Moduli kept below level 0 (1 with bootstrapping, else 0).
     reserved: usize,
+    /// Identity of the key pair, copied into every ciphertext ([`framing::KeyHeader::key_id`]).
+    key_id: String,
 }
 
 /// The client: secret key, encryption and decryption.
@@ -207,6 +193,7 @@ impl Scheme for OpenFheScheme {
             rotations,
             bootstrap_keys: request.bootstrap,
             reserved,
+            key_id: framing::new_key_id(),
         }))
     }
 
@@ -222,7 +209,7 @@ impl Scheme for OpenFheScheme {
     }
 
     fn load_client(secret: &[u8]) -> BResult<OpenFheClient> {
-        let (header, body) = split_header(secret, SECRET_MAGIC, "OpenFHE client state")?;
+        let (header, body) = framing::open_client_state(secret)?;
         header.params.validate()?;
         warn_insecure(&header.params);
         let ctx = Ctx::load_client(body)?;
@@ -231,7 +218,7 @@ impl Scheme for OpenFheScheme {
     }
 
     fn server(evaluation_keys: &[u8]) -> BResult<OpenFheServer> {
-        let (header, body) = split_header(complete_keys(evaluation_keys)?, KEYS_MAGIC, "OpenFHE evaluation keys")?;
+        let (header, body) = framing::open_keys(evaluation_keys)?;
         header.params.validate()?;
         warn_insecure(&header.params);
         let p = &header.params;
@@ -245,66 +232,6 @@ impl Scheme for OpenFheScheme {
         }
         Ok(OpenFheServer(shared_from(ctx, header, "OpenFHE evaluation keys")?))
     }
-}
-
-/// The evaluation keys without their end marker, refused unless the marker is there and counts
-/// exactly the bytes before it.
-fn complete_keys(bytes: &[u8]) -> BResult<&[u8]> {
-    let bad = |d: &str| BackendError::Deserialize { what: "OpenFHE evaluation keys", detail: d.into() };
-    if bytes.starts_with(b"PGOFEK02") {
-        return Err(bad("written by an earlier version of Peregrine: generate the keys again"));
-    }
-    let Some(body_len) = bytes.len().checked_sub(16) else { return Err(bad("truncated (no end marker)")) };
-    let (body, end) = bytes.split_at(body_len);
-    let counted = u64::from_le_bytes(end[8..16].try_into().unwrap_or_default());
-    if &end[..8] != KEYS_END || counted != body_len as u64 {
-        return Err(bad("truncated or corrupted (the end marker is missing or counts other bytes)"));
-    }
-    Ok(body)
-}
-
-/// Counts the bytes written through it.
-struct Counting<'a> {
-    out: &'a mut dyn std::io::Write,
-    count: u64,
-}
-
-impl std::io::Write for Counting<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
-    }
-}
-
-/// Splits `magic | u32 header length | JSON header | OpenFHE bytes`.
-fn split_header<'a>(bytes: &'a [u8], magic: &[u8; 8], what: &'static str) -> BResult<(KeyHeader, &'a [u8])> {
-    let bad = |d: String| BackendError::Deserialize { what, detail: d };
-    if bytes.len() < 12 || &bytes[..8] != magic {
-        return Err(bad("missing the Peregrine OpenFHE header (not an `openfhe` file of this kind?)".into()));
-    }
-    let hlen = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
-    let body = &bytes[12..];
-    if hlen > body.len() {
-        return Err(bad("truncated header".into()));
-    }
-    let header: KeyHeader = serde_json::from_slice(&body[..hlen]).map_err(|e| bad(format!("header: {e}")))?;
-    Ok((header, &body[hlen..]))
-}
-
-/// Joins `magic | u32 header length | JSON header | OpenFHE bytes`.
-fn join_header(magic: &[u8; 8], header: &KeyHeader, body: &[u8]) -> BResult<Vec<u8>> {
-    let h = serde_json::to_vec(header)
-        .map_err(|e| BackendError::Serialize { what: "OpenFHE key header", detail: e.to_string() })?;
-    let mut out = Vec::with_capacity(12 + h.len() + body.len());
-    out.extend_from_slice(magic);
-    out.extend_from_slice(&(h.len() as u32).to_le_bytes());
-    out.extend_from_slice(&h);
-    out.extend_from_slice(body);
-    Ok(out)
 }
 
 /// Checks a context read from a file against its header and derives the shared facts.
@@ -335,6 +262,7 @@ fn shared_from(ctx: Ctx, header: KeyHeader, what: &'static str) -> BResult<Share
         moduli,
         rotations: header.rotations.into_iter().collect(),
         bootstrap_keys: header.bootstrap,
+        key_id: header.key_id,
     })
 }
 
@@ -344,6 +272,7 @@ impl Shared {
             params: self.params.clone(),
             rotations: self.rotations.iter().copied().collect(),
             bootstrap: self.bootstrap_keys,
+            key_id: self.key_id.clone(),
         }
     }
     fn wrap(&self, raw: RawCt, scale: f64) -> OpenFheCiphertext {
@@ -357,26 +286,17 @@ impl Shared {
     }
 
     fn serialize(&self, ct: &OpenFheCiphertext) -> BResult<Vec<u8>> {
-        let raw = ct.raw.serialize()?;
-        let mut out = Vec::with_capacity(raw.len() + 16);
-        out.extend_from_slice(CT_MAGIC);
-        out.extend_from_slice(&ct.meta.scale.to_le_bytes());
-        out.extend_from_slice(&raw);
-        Ok(out)
+        framing::ciphertext(&self.key_id, ct.meta.scale, &ct.raw.serialize()?)
     }
 
     fn deserialize(&self, bytes: &[u8]) -> BResult<OpenFheCiphertext> {
-        let bad = |d: &str| BackendError::Deserialize { what: "OpenFHE ciphertext", detail: d.into() };
-        if bytes.len() < 16 || &bytes[..8] != CT_MAGIC {
-            return Err(bad("missing the Peregrine OpenFHE ciphertext header"));
-        }
-        let scale = f64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
-        if !(scale > 1.0 && scale.is_finite()) {
-            return Err(bad("the scale in the header is not a positive finite number"));
-        }
-        let raw = self.ctx.deserialize(&bytes[16..])?;
+        let (scale, raw) = framing::open_ciphertext(bytes, &self.key_id)?;
+        let raw = self.ctx.deserialize(raw)?;
         if raw.info().0 < self.reserved {
-            return Err(bad("the ciphertext sits below the lowest usable level"));
+            return Err(BackendError::Deserialize {
+                what: "OpenFHE ciphertext",
+                detail: "the ciphertext sits below the lowest usable level".into(),
+            });
         }
         Ok(self.wrap(raw, scale))
     }
@@ -410,24 +330,22 @@ impl Client for OpenFheClient {
         Ok(out)
     }
     fn write_evaluation_keys(&self, out: &mut dyn std::io::Write) -> BResult<()> {
-        let header = join_header(KEYS_MAGIC, &self.0.header(), &[])?;
-        let mut out = Counting { out, count: 0 };
-        out.write_all(&header).map_err(|e| BackendError::io("writing evaluation keys", &e))?;
+        let mut out = framing::KeysWriter::new(out, &self.0.header())?;
         self.0.ctx.evaluation_keys_into(&mut out).map_err(|e| {
             BackendError::Library(format!(
                 "{e} (evaluation keys can only be exported by the client that generated them; use the saved key file)"
             ))
         })?;
-        let body = out.count;
-        out.write_all(KEYS_END)
-            .and_then(|_| out.write_all(&body.to_le_bytes()))
-            .map_err(|e| BackendError::io("writing evaluation keys", &e))
+        out.finish()
     }
     fn local_server(&self) -> BResult<Option<OpenFheServer>> {
         self.server_in_process().map(Some)
     }
     fn save_secret(&self) -> BResult<Vec<u8>> {
-        join_header(SECRET_MAGIC, &self.0.header(), &self.0.ctx.save_client()?)
+        let mut secret = self.0.ctx.save_client()?;
+        let file = framing::client_state(&self.0.header(), &secret);
+        peregrine_backend::integrity::wipe(&mut secret);
+        file
     }
     fn serialize_ciphertext(&self, ct: &OpenFheCiphertext) -> BResult<Vec<u8>> {
         self.0.serialize(ct)
@@ -452,6 +370,7 @@ impl OpenFheClient {
             rotations: c.rotations.clone(),
             bootstrap_keys: c.bootstrap_keys,
             reserved: c.reserved,
+            key_id: c.key_id.clone(),
         }))
     }
 }

@@ -198,6 +198,47 @@ fn missing_keys_and_corrupted_files_are_clear_errors() {
 
 #[test]
 #[cfg_attr(not(openfhe), ignore = "OpenFHE was not found when this was built")]
+fn flipped_truncated_and_swapped_files_are_refused_by_name() {
+    let p = small(2);
+    let client = OpenFheScheme::keygen(&p, &KeyRequest::rotations([1])).unwrap();
+    let other = OpenFheScheme::keygen(&p, &KeyRequest::rotations([1])).unwrap();
+    let keys = client.evaluation_keys().unwrap();
+    let secret = client.save_secret().unwrap();
+    let ct = client.serialize_ciphertext(&client.encrypt_values(&random(17, 9)).unwrap()).unwrap();
+    let flip = |b: &[u8], at: usize| {
+        let mut b = b.to_vec();
+        b[at] ^= 0x04;
+        b
+    };
+    // One flipped bit anywhere in OpenFHE's bytes, far from our header, is caught by the digest.
+    for at in [keys.len() / 2, keys.len() - 100, keys.len() - 1] {
+        let e = OpenFheScheme::server(&flip(&keys, at)).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("OpenFHE evaluation keys") && (e.contains("checksum") || e.contains("end marker")), "{e}");
+    }
+    for at in [20, secret.len() / 2, secret.len() - 1] {
+        let e = OpenFheScheme::load_client(&flip(&secret, at)).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("OpenFHE client state") && e.contains("checksum"), "{e}");
+    }
+    let server = OpenFheScheme::server(&keys).unwrap();
+    for at in [30, ct.len() / 2, ct.len() - 1] {
+        let e = server.deserialize_ciphertext(&flip(&ct, at)).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("OpenFHE ciphertext") && e.contains("checksum"), "{e}");
+    }
+    let e = OpenFheScheme::load_client(&secret[..secret.len() - 5]).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("OpenFHE client state"), "{e}");
+    // Swapped: another key pair's ciphertext, intact, is refused by the server and by the client.
+    let foreign = other.serialize_ciphertext(&other.encrypt_values(&random(17, 9)).unwrap()).unwrap();
+    let e = server.deserialize_ciphertext(&foreign).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("different key pair"), "{e}");
+    let e = client.deserialize_ciphertext(&foreign).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("different key pair"), "{e}");
+    // The key pair's identity survives saving: the reloaded client reads its own ciphertexts.
+    let reloaded = OpenFheScheme::load_client(&secret).unwrap();
+    reloaded.deserialize_ciphertext(&ct).unwrap();
+}
+
+#[test]
+#[cfg_attr(not(openfhe), ignore = "OpenFHE was not found when this was built")]
 fn a_saved_client_decrypts_what_a_server_computed() {
     let p = small(3);
     let client = OpenFheScheme::keygen(&p, &KeyRequest::rotations([1])).unwrap();

@@ -7,12 +7,20 @@ use std::path::{Path, PathBuf};
 use common::*;
 
 use peregrine_model::save_model;
-use peregrine_model::testkit::tiny_poly_cnn;
+use peregrine_model::testkit::{tiny_poly_cnn, tiny_poly_cnn_sized};
 
 /// The shared small model (conv s2 → poly4 → GAP → linear), written to a scratch file.
 fn small_model(tag: &str) -> PathBuf {
     let p = tmp(&format!("small-{tag}.safetensors"));
     save_model(&tiny_poly_cnn(0), &p).unwrap();
+    p
+}
+
+/// The `tfhe` tests' model: [`small_model`] with 2 channels and stride 4, so 128 activation
+/// elements (one programmable bootstrap each at 128-bit parameters) instead of 1,024.
+fn tfhe_model(tag: &str) -> PathBuf {
+    let p = tmp(&format!("tfhe-{tag}.safetensors"));
+    save_model(&tiny_poly_cnn_sized(0, 2, 4), &p).unwrap();
     p
 }
 
@@ -288,7 +296,7 @@ fn compare_prints_one_row_per_backend_and_names_failures() {
 
 #[test]
 fn tfhe_run_reproduces_its_quantised_simulation_and_names_bad_requests() {
-    let model = small_model("tfhe");
+    let model = tfhe_model("run");
     let data = shared("data/cifar10/test_batch.bin.gz");
     // 4-bit set with 4 extra accumulator bits (without them every weight of this 27-term
     // convolution rounds to zero); the encrypted top-1 must equal the simulation's.
@@ -325,9 +333,9 @@ fn tfhe_run_reproduces_its_quantised_simulation_and_names_bad_requests() {
     let said = if units == 0 { "outputs identical".to_string() } else { format!("outputs {units} units off") };
     assert!(log.contains("tfhe: 1/1 predicted") && log.contains(&said), "{log}");
     assert!(run["summary"]["output_step"].as_f64().unwrap() > 0.0, "{run}");
-    // One bootstrap per activation element (4 channels × 16 × 16), none for the padding.
-    assert_eq!(run["images"][0]["bootstraps"], 1024);
-    assert_eq!(run["summary"]["cost"]["bootstraps"], 1024);
+    // One bootstrap per activation element (2 channels × 8 × 8), none for the padding.
+    assert_eq!(run["images"][0]["bootstraps"], 128);
+    assert_eq!(run["summary"]["cost"]["bootstraps"], 128);
     // Bad requests fail with a message saying what to change.
     let refusals: [(&[&str], &str); 5] = [
         // Exact activations need the model to record what its polynomial approximates.
@@ -346,7 +354,7 @@ fn tfhe_run_reproduces_its_quantised_simulation_and_names_bad_requests() {
 
 #[test]
 fn tfhe_plans_runs_as_separate_processes_and_compares_with_clear() {
-    let model = small_model("tfhe-session");
+    let model = tfhe_model("session");
     let data = shared("data/cifar10/test_batch.bin.gz");
     let calibration = shared("data/cifar10/data_batch_1.bin.gz");
     let params = format!(
@@ -360,7 +368,7 @@ fn tfhe_plans_runs_as_separate_processes_and_compares_with_clear() {
             .output()
             .unwrap(),
     );
-    assert_eq!(plan["bootstraps"], 1024, "{plan}");
+    assert_eq!(plan["bootstraps"], 128, "{plan}");
 
     // keygen / encrypt / infer / decrypt, the server without the secret key.
     let (_, d) = session("tfhe-session", "tfhe", &params, &model, 1);

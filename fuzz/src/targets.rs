@@ -58,6 +58,12 @@ pub fn all() -> Vec<Target> {
             seeds: tfhe_seeds,
         },
         Target {
+            name: "openfhe_framing",
+            about: "backend_openfhe::framing::{open_keys, open_client_state, open_ciphertext} (header, key id, digests; OpenFHE's own parser needs an install)",
+            run: openfhe_framing,
+            seeds: openfhe_seeds,
+        },
+        Target {
             name: "session_files",
             about: "a session directory's session.json, inputs.json and ciphertext packs (unpacked, each ciphertext read by ckks)",
             run: session_files,
@@ -225,6 +231,50 @@ fn tfhe_seeds() -> Vec<Vec<u8>> {
     let client = LweClient::new(LweParams::with_bits(4).expect("4-bit parameters"));
     let ct = client.encrypt(3).expect("encrypts").to_bytes().expect("bytes");
     vec![body(0, &client.to_bytes().expect("client key")), body(1, &ct)]
+}
+
+// ---- openfhe framing ----
+
+/// The key id every `openfhe_framing` seed and input is checked against.
+const FUZZ_KEY_ID: &str = "00112233445566778899aabbccddeeff";
+
+fn openfhe_framing(data: &[u8]) -> String {
+    use backend_openfhe::framing::{open_ciphertext, open_client_state, open_keys, KEYS_END};
+    let Some((which, rest)) = pick(data) else { return "empty".into() };
+    match which % 3 {
+        0 => {
+            // The body with its end marker, count and digest re-appended.
+            let mut file = rest.to_vec();
+            file.extend_from_slice(KEYS_END);
+            file.extend_from_slice(&(rest.len() as u64).to_le_bytes());
+            file.extend_from_slice(blake3::hash(rest).as_bytes());
+            class(open_keys(&file))
+        }
+        1 => class(open_client_state(&seal(rest.to_vec()))),
+        _ => class(open_ciphertext(&seal(rest.to_vec()), FUZZ_KEY_ID)),
+    }
+}
+
+fn openfhe_seeds() -> Vec<Vec<u8>> {
+    use backend_openfhe::framing::{ciphertext, client_state, KeyHeader, KeysWriter};
+    use std::io::Write;
+    let header = KeyHeader {
+        params: backend_openfhe::OpenFheParams::default(),
+        rotations: vec![1, 2, -4],
+        bootstrap: true,
+        key_id: FUZZ_KEY_ID.into(),
+    };
+    let mut keys = Vec::new();
+    let mut w = KeysWriter::new(&mut keys, &header).expect("header");
+    w.write_all(b"OpenFHE evaluation keys stand-in").expect("in memory");
+    w.finish().expect("in memory");
+    // `body` drops DIGEST_BYTES; the keys' trailer is marker + count + digest.
+    let keys_body = vec![0].into_iter().chain(keys[..keys.len() - 16 - DIGEST_BYTES].iter().copied()).collect();
+    vec![
+        keys_body,
+        body(1, &client_state(&header, b"OpenFHE client stand-in").expect("state")),
+        body(2, &ciphertext(FUZZ_KEY_ID, 2f64.powi(40), b"OpenFHE ciphertext stand-in").expect("ciphertext")),
+    ]
 }
 
 // ---- session directory ----

@@ -196,7 +196,13 @@ pub fn every_op_model(seed: u64) -> Model {
 /// connected to 10 classes. Plannable on every CKKS backend in 4 levels; `seed` varies the
 /// weights (seed 0: the CLI tests' model).
 pub fn tiny_poly_cnn(seed: u64) -> Model {
-    let width = 4;
+    tiny_poly_cnn_sized(seed, 4, 2)
+}
+
+/// [`tiny_poly_cnn`] with `width` channels and convolution stride `stride` (padding 1, so
+/// `width · ⌈32 / stride⌉²` activation elements: 1,024 for the default, 128 for width 2 and
+/// stride 4, which is what backends paying one bootstrap per element, such as `tfhe`, test with).
+pub fn tiny_poly_cnn_sized(seed: u64, width: usize, stride: usize) -> Model {
     let shift = (seed as usize % 97) * 13;
     let det = |n: usize, k: f32| -> Vec<f32> { sawtooth(n + shift, k)[shift..].to_vec() };
     let mut w = Weights::new();
@@ -209,7 +215,7 @@ pub fn tiny_poly_cnn(seed: u64) -> Model {
     w.insert("fc.w".into(), ArrayD::from_shape_vec(IxDyn(&[10, width]), det(10 * width, 1.0)).expect("sized"));
     w.insert("fc.b".into(), ArrayD::from_shape_vec(IxDyn(&[10]), det(10, 0.1)).expect("sized"));
     let nodes = vec![
-        node("c", conv(3, width, 3, 2, 1, 1, 1, "c.w", None), &[INPUT]),
+        node("c", conv(3, width, 3, stride, 1, 1, 1, "c.w", None), &[INPUT]),
         node("p", poly("p.c", None, None), &["c"]),
         node("gap", Op::GlobalAvgPool, &["p"]),
         node("flat", Op::Flatten, &["gap"]),

@@ -269,12 +269,11 @@ impl Session {
     /// `image-<i>.in.ct`; returns how many.
     pub fn encrypt(&self, data: &Path, limit: usize) -> Result<usize> {
         let Prepared { model, compiled, .. } = self.target.prepare(None, None)?;
-        let secret =
-            read_secret(&self.require(SECRET, "run `peregrine keygen` first (the secret stays with the client)")?)?;
-        let mut secret = secret;
+        let secret_path = self.require(SECRET, "run `peregrine keygen` first (the secret stays with the client)")?;
+        let mut secret = read_secret(&secret_path)?;
         let client = compiled.load_client(&secret);
         wipe(&mut secret);
-        let client = client?;
+        let client = client.map_err(|e| in_file(e, &secret_path))?;
         let images = load_cifar10(data, Some(limit))?;
         for (i, x) in preprocessed_rows(&images, &model.graph().input)?.iter().enumerate() {
             write(&self.dir, &format!("image-{i}.in.ct"), &pack(&client.serialize(&client.encrypt(x)?)?))?;
@@ -297,7 +296,7 @@ impl Session {
         let started = Instant::now();
         let Prepared { model, compiled, .. } = self.target.prepare(None, None)?;
         let keys = self.require(KEYS, "run `peregrine keygen` first")?;
-        let server = compiled.server_from_file(&keys)?;
+        let server = compiled.server_from_file(&keys).map_err(|e| in_file(e, &keys))?;
         let mut times = Vec::new();
         for i in 0.. {
             let path = self.dir.join(format!("image-{i}.in.ct"));
@@ -333,11 +332,11 @@ impl Session {
         let Prepared { model, compiled, .. } = self.target.prepare(None, None)?;
         let path = self.require(INPUTS, "run `peregrine encrypt` first")?;
         let inputs = parse_inputs(&read(&path)?, &path)?;
-        let secret = read_secret(&self.require(SECRET, "decrypting needs the client's secret key")?)?;
-        let mut secret = secret;
+        let secret_path = self.require(SECRET, "decrypting needs the client's secret key")?;
+        let mut secret = read_secret(&secret_path)?;
         let client = compiled.load_client(&secret);
         wipe(&mut secret);
-        let client = client?;
+        let client = client.map_err(|e| in_file(e, &secret_path))?;
         let n = inputs.images.len();
         let images = load_cifar10(&inputs.data, Some(n))?;
         let x = preprocessed_rows(&images, &model.graph().input)?;
