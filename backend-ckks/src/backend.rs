@@ -643,7 +643,7 @@ impl Scheme for CkksScheme {
         let rings = if params.insecure_test_only || request.keep_ring {
             params.log_ring_dimension..=params.log_ring_dimension
         } else {
-            10..=17
+            request.min_log_ring.max(10)..=17
         };
         for log_n in rings {
             for log_scale in (TOWER_MIN_LOG_SCALE..=params.log_scale).rev() {

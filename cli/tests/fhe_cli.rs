@@ -429,9 +429,10 @@ fn ckks_is_the_default_and_runs_a_separate_process_session_and_compare() {
         .unwrap();
     let table = ok(out);
     assert!(table.lines().any(|l| l.starts_with("ckks ") && l.contains("1/1")), "ckks must agree: {table}");
-    // Insecure parameters are refused unless asked for, by name.
+    // Insecure parameters are refused unless asked for, by name (no level count fits 128-bit
+    // security at N = 2^11, and the ring the user names is not silently enlarged).
     let bad = bin()
-        .args(["plan", "--backend", "ckks", "--params", r#"{"log_ring_dimension": 13}"#, "--model"])
+        .args(["plan", "--backend", "ckks", "--params", r#"{"log_ring_dimension": 11}"#, "--model"])
         .arg(&model)
         .output()
         .unwrap();
@@ -483,30 +484,48 @@ fn ckks_bootstraps_sparse_slots_when_the_layouts_fit() {
 /// The committed degree-2 ResNet-20 plans leveled on `ckks` with tower reuse: every square
 /// shares a prime with the next linear layer, 20 levels, log2(Q·P) ≤ 881 — 128-bit at
 /// N = 2^15 (the chain the leveled-FHE paper needed 906 bits for).
+/// The degree-2 ResNet-20 on `ckks` with the chain left to the planner: tower reuse fits it in
+/// 20 levels at N = 2^15 (log2(Q·P) ≤ 881, 128-bit), but the simulated output precision there is
+/// too low, so the planner takes N = 2^16 and its larger Δ, and says why.
 #[test]
-fn ckks_plans_the_degree_2_resnet20_leveled_at_2_15_with_tower_reuse() {
+fn ckks_plans_the_degree_2_resnet20_with_tower_reuse_in_the_smallest_ring_precise_enough() {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/resnet20-sft2.safetensors");
     let plan = json(bin().args(["plan", "--json", "--model"]).arg(&model).output().unwrap());
     let caps = &plan["capabilities"];
-    assert_eq!(caps["ring_dimension"], 1 << 15, "{caps}");
+    assert_eq!(caps["ring_dimension"], 1 << 16, "{caps}");
     assert_eq!(caps["security_bits"], 128);
     assert_eq!(plan["lazy_squares"], 19, "every square of ResNet-20 shares a prime");
     assert_eq!(plan["cost"]["levels_consumed"], 20);
     assert_eq!(plan["cost"]["bootstraps"], 0);
-    let log_qp = caps["log_qp"].as_f64().unwrap();
-    assert!(log_qp <= 881.0, "log2(Q·P) = {log_qp}");
-    assert_eq!(plan["smallest_secure_ring"], 1 << 15);
-    // A ring the user names is kept: N = 2^16 buys a larger scale (precision).
-    let wide = json(
+    let bits = plan["estimated_output_bits"].as_f64().expect("estimated");
+    assert!(bits >= 8.0, "{bits}");
+    let aside = plan["smaller_rings_set_aside"].as_array().expect("listed");
+    assert_eq!(aside.len(), 1, "{plan}");
+    assert_eq!(aside[0]["log_ring_dimension"], 15);
+    let small_bits = aside[0]["estimated_output_bits"].as_f64().unwrap();
+    assert!(small_bits < 8.0 && small_bits < bits - 4.0, "{aside:?}");
+    // A ring the user names is kept, with its precision reported: at N = 2^15 the tower chain
+    // is 128-bit (log2(Q·P) ≤ 881).
+    let at15 = json(
         bin()
-            .args(["plan", "--json", "--params", r#"{"log_ring_dimension": 16}"#, "--model"])
+            .args(["plan", "--json", "--params", r#"{"log_ring_dimension": 15}"#, "--model"])
             .arg(&model)
             .output()
             .unwrap(),
     );
-    assert_eq!(wide["capabilities"]["ring_dimension"], 1 << 16, "{}", wide["capabilities"]);
-    assert_eq!(wide["lazy_squares"], 19);
-    assert!(wide["capabilities"]["log_scale"].as_f64().unwrap() > caps["log_scale"].as_f64().unwrap());
+    let caps15 = &at15["capabilities"];
+    assert_eq!(caps15["ring_dimension"], 1 << 15, "{caps15}");
+    assert_eq!(caps15["security_bits"], 128);
+    assert_eq!(at15["lazy_squares"], 19);
+    assert_eq!(at15["cost"]["levels_consumed"], 20);
+    let log_qp = caps15["log_qp"].as_f64().unwrap();
+    assert!(log_qp <= 881.0, "log2(Q·P) = {log_qp}");
+    assert_eq!(at15["smallest_secure_ring"], 1 << 15);
+    assert!(at15["capabilities"]["log_scale"].as_f64().unwrap() < caps["log_scale"].as_f64().unwrap());
+    assert!((at15["estimated_output_bits"].as_f64().unwrap() - small_bits).abs() < 1.0, "{at15}");
+    let text =
+        ok(bin().args(["plan", "--params", r#"{"log_ring_dimension": 15}"#, "--model"]).arg(&model).output().unwrap());
+    assert!(text.contains("LOW: outputs may differ"), "{text}");
     // The user's own level count keeps the uniform chain.
     let fixed = json(
         bin()
@@ -527,6 +546,16 @@ fn ckks_runs_a_tower_reuse_chain_encrypted() {
     let plan = json(bin().args(["plan", "--json", "--params", CKKS_PARAMS, "--model"]).arg(&model).output().unwrap());
     assert_eq!(plan["lazy_squares"], 2, "{plan}");
     assert_eq!(plan["cost"]["levels_consumed"], 3);
+    // The chain's output precision is estimated, and a smaller Δ leaves fewer bits.
+    let bits = plan["estimated_output_bits"].as_f64().expect("estimated");
+    assert!(bits >= 8.0, "{bits}");
+    let coarse = r#"{"log_ring_dimension": 13, "insecure_test_only": true, "log_scale": 22}"#;
+    let coarse = json(bin().args(["plan", "--json", "--params", coarse, "--model"]).arg(&model).output().unwrap());
+    assert!(
+        coarse["capabilities"]["log_scale"].as_f64().unwrap() < plan["capabilities"]["log_scale"].as_f64().unwrap()
+    );
+    let coarse_bits = coarse["estimated_output_bits"].as_f64().expect("estimated");
+    assert!(coarse_bits < bits - 4.0, "{coarse_bits} vs {bits}");
     let out = bin()
         .args(["compare", "--backends", "clear,ckks", "--params", &format!("clear={PARAMS}")])
         .args(["--params", &format!("ckks={CKKS_PARAMS}"), "--limit", "2", "--json", "--model"])

@@ -33,6 +33,10 @@ pub struct ChainRequest {
     /// precision) instead of taking the smallest secure one.
     #[serde(default)]
     pub keep_ring: bool,
+    /// Smallest log2 ring dimension to consider (0: any): asked for when the smallest secure
+    /// ring leaves too little precision (a larger ring allows a larger Δ).
+    #[serde(default)]
+    pub min_log_ring: u32,
 }
 
 impl ChainRequest {

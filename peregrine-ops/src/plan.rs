@@ -850,5 +850,5 @@ pub fn propose_chain(program: &Program, caps: &Capabilities) -> Option<ChainRequ
             ((s / log_delta).round() as u32).max(1)
         })
         .collect();
-    Some(ChainRequest { level_factors, keep_ring: false })
+    Some(ChainRequest { level_factors, keep_ring: false, min_log_ring: 0 })
 }

@@ -180,16 +180,21 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
         let mut params = params.to_string();
         let mut caps = match self.0.capabilities(&params) {
             Ok(c) => c,
-            // Bootstrapping with the levels left to the backend: the default count may not fit
-            // under bootstrapping's primes; any size that fits gives the slot count to compile
-            // for (other invalid parameters stay errors).
-            Err(e) => match (user_levels || !mentions_bootstrap(&params), self.0.params_for_levels(&params, 1)) {
-                (false, Some(sized)) => {
-                    params = sized;
-                    self.0.capabilities(&params)?
+            // Levels left to the backend: the default count may not fit (under bootstrapping's
+            // primes, or in a smaller ring the user names); any size that fits, in the ring the
+            // user named if they did, gives the slot count to compile for (other parameters
+            // stay errors).
+            Err(e) => {
+                let sized = (!user_levels).then(|| self.0.params_for_levels(&params, 1)).flatten();
+                let sized_caps = sized.as_ref().and_then(|s| self.0.capabilities(s).ok());
+                match (sized, sized_caps) {
+                    (Some(sized), Some(c)) if named_ring(requested).is_none_or(|n| n == c.ring_dimension) => {
+                        params = sized;
+                        c
+                    }
+                    _ => return Err(e),
                 }
-                _ => return Err(e),
-            },
+            }
         };
         // Compiling ResNet-20 takes seconds and the choices below try several parameter sets
         // that often share a slot count: each slot count is compiled once.
@@ -214,10 +219,11 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
         } else {
             None
         };
+        let mut precision = Precision::default();
         let mut p = match towered {
             Some(t) => {
                 let p;
-                (params, caps, p) = t;
+                (params, caps, p, precision) = t;
                 p
             }
             None => plan(program, &caps)?,
@@ -244,23 +250,62 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
             Some(k) => with_key_budget(p, k)?,
             None => p,
         };
-        Ok(Box::new(CkksModel { family: self.0.clone(), params, plan: Arc::new(p), model: model.graph().name.clone() }))
+        Ok(Box::new(CkksModel {
+            family: self.0.clone(),
+            params,
+            plan: Arc::new(p),
+            model: model.graph().name.clone(),
+            precision,
+        }))
     }
 }
 
 impl<F: Family> CkksBackend<F> {
     /// Parameters, capabilities and plan with a tower-reuse chain for `model`, when the family
-    /// builds one and the model has squares that can share a prime.
+    /// builds one and the model has squares that can share a prime; with the output precision
+    /// the chain leaves ([`simulated_output_bits`]). Unless the user named the ring (or the
+    /// parameters are insecure test ones), a ring that leaves less than [`MIN_OUTPUT_BITS`]
+    /// is replaced by the next larger one, whose larger Δ buys precision.
     fn towered(
         &self,
         programs: &mut Programs,
         requested: &str,
         caps: &Capabilities,
+    ) -> Result<Option<(String, Capabilities, Plan, Precision)>> {
+        let mut min_log_ring = 0;
+        let mut smaller = Vec::new();
+        let mut best: Option<(String, Capabilities, Plan, Precision)> = None;
+        loop {
+            let Some((params, caps, p)) = self.towered_in(programs, requested, caps, min_log_ring)? else {
+                return Ok(best);
+            };
+            let bits = simulated_output_bits(programs.model, programs.get(caps.slots)?, &p)?;
+            let log_n = caps.ring_dimension.trailing_zeros();
+            let fixed = mentions(requested, "log_ring_dimension") || caps.security_bits.is_none() || log_n >= 17;
+            let enough = bits.is_none_or(|b| b >= MIN_OUTPUT_BITS);
+            let precision = Precision { bits, smaller: smaller.clone() };
+            if enough || fixed {
+                return Ok(Some((params, caps, p, precision)));
+            }
+            best.get_or_insert((params, caps, p, precision));
+            smaller.extend(bits.map(|b| (log_n, b)));
+            min_log_ring = log_n + 1;
+        }
+    }
+
+    /// [`Self::towered`] for rings of at least 2^`min_log_ring`, without the precision check.
+    fn towered_in(
+        &self,
+        programs: &mut Programs,
+        requested: &str,
+        caps: &Capabilities,
+        min_log_ring: u32,
     ) -> Result<Option<(String, Capabilities, Plan)>> {
         let program = programs.get(caps.slots)?;
         let Some(mut request) = propose_chain(&program, caps) else { return Ok(None) };
         // A ring the user names is kept (a larger ring buys precision: a larger Δ).
         request.keep_ring = mentions(requested, "log_ring_dimension");
+        request.min_log_ring = min_log_ring;
         let Some(params) = self.0.params_for_chain(requested, &request) else { return Ok(None) };
         let caps = self.0.capabilities(&params)?;
         let program = programs.get(caps.slots)?;
@@ -268,6 +313,7 @@ impl<F: Family> CkksBackend<F> {
         // this program asks for.
         let Some(mut again) = propose_chain(&program, &caps) else { return Ok(None) };
         again.keep_ring = request.keep_ring;
+        again.min_log_ring = min_log_ring;
         let (params, caps) = if again == request {
             (params, caps)
         } else {
@@ -282,6 +328,107 @@ impl<F: Family> CkksBackend<F> {
         }
         Ok(Some((params, caps, p)))
     }
+}
+
+/// What [`simulated_output_bits`] said of the chosen chain and of smaller rings set aside.
+#[derive(Clone, Debug, Default)]
+struct Precision {
+    /// Bits the chosen parameters leave (None: not estimated).
+    bits: Option<f64>,
+    /// (log2 N, bits) of smaller secure rings that left too few.
+    smaller: Vec<(u32, f64)>,
+}
+
+/// Output precision a leveled plan must leave, in bits relative to the largest output
+/// ([`simulated_output_bits`]): at 8 bits the largest logit error is below 0.4 % of the
+/// largest logit. The degree-2 ResNet-20 at N = 2^15 (Δ = 2^22) falls short of it.
+pub const MIN_OUTPUT_BITS: f64 = 8.0;
+
+/// Synthetic inputs [`simulated_output_bits`] runs.
+const PRECISION_PROBES: usize = 3;
+
+/// Bits of output precision `p` (planned from `program`) leaves under CKKS-sized noise: the
+/// `clear` backend with the same ring and prime sizes, [`NoiseModel::ckks`] for that ring, runs the same plan on
+/// [`PRECISION_PROBES`] smooth synthetic inputs (deterministic), against the f64 reference;
+/// bits = −log2(max |Δoutput| / max |output|). `None` when `clear` cannot mirror the plan.
+pub fn simulated_output_bits(model: &Model, program: Program, p: &Plan) -> Result<Option<f64>> {
+    use backend_clear::{ClearParams, ClearScheme, NoiseModel};
+    let caps = &p.capabilities;
+    let Some((&q0, rest)) = caps.log_moduli.split_first() else { return Ok(None) };
+    let bits = |b: f64| b.round() as u32;
+    let params = ClearParams {
+        log_ring_dimension: caps.ring_dimension.trailing_zeros(),
+        log_scale: bits(caps.log_scale),
+        first_modulus_bits: bits(q0),
+        levels: rest.len(),
+        level_bits: rest.iter().map(|&b| bits(b)).collect(),
+        noise: Some(NoiseModel::ckks(caps.ring_dimension)),
+        seed: 20_261_204,
+        ..ClearParams::default()
+    };
+    let Ok(clear_caps) = ClearScheme::capabilities(&params) else { return Ok(None) };
+    let mirrored = plan(program, &clear_caps)?;
+    if mirrored.lazy_squares != p.lazy_squares || mirrored.cost.levels_consumed != p.cost.levels_consumed {
+        return Ok(None);
+    }
+    let client = ClearScheme::keygen(&params, &mirrored.key_request())?;
+    let server = ClearScheme::server(&client.evaluation_keys()?)?;
+    let reference = peregrine_model::reference::Reference::<f64>::new(model);
+    let &[c, h, w] = model.graph().input.shape.as_slice() else { return Ok(None) };
+    let (mut err, mut mag) = (0f64, 0f64);
+    let probe = |x: Vec<f64>| -> Result<(Vec<f64>, Vec<f64>)> {
+        let cts = encrypt_input(&client, &mirrored, &x)?;
+        let (out, _) = execute(&mirrored, &server, cts, |_, _, _| {})?;
+        let got = decrypt_output(&client, &mirrored, &out)?;
+        let xin = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, c, h, w]), x)
+            .map_err(|e| peregrine_model::ModelError::Shape(e.to_string()))?;
+        Ok((got, reference.run(&xin)?.iter().copied().collect()))
+    };
+    // A probe the plan cannot hold (a value beyond its modulus) says nothing of precision on
+    // inputs the model was trained for: it is skipped.
+    let mut counted = 0;
+    for seed in 0..PRECISION_PROBES as u64 {
+        let Ok((got, want)) = probe(smooth_input(c, h, w, seed)) else { continue };
+        counted += 1;
+        for (g, r) in got.iter().zip(&want) {
+            err = err.max((g - r).abs());
+            mag = mag.max(r.abs());
+        }
+    }
+    if counted == 0 {
+        return Ok(None);
+    }
+    Ok((mag > 0.0 && err.is_finite()).then(|| -(err.max(f64::MIN_POSITIVE) / mag).log2()))
+}
+
+/// A smooth synthetic image (four random low-frequency waves per channel, amplitudes 0.25–0.5,
+/// spread ≈ 0.5 where normalised CIFAR images have ≈ 1: polynomial networks amplify inputs
+/// unlike their training images, and at full spread some probes leave every range), the
+/// same for the same `seed`.
+fn smooth_input(c: usize, h: usize, w: usize, seed: u64) -> Vec<f64> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut out = vec![0.0; c * h * w];
+    for ch in 0..c {
+        let waves: Vec<[f64; 4]> = (0..4)
+            .map(|_| [next() * 3.0, next() * 3.0, next() * std::f64::consts::TAU, 0.25 + next() * 0.25])
+            .collect();
+        for y in 0..h {
+            for x in 0..w {
+                let (u, v) = (y as f64 / h as f64, x as f64 / w as f64);
+                out[(ch * h + y) * w + x] = waves
+                    .iter()
+                    .map(|[fy, fx, ph, a]| a * (std::f64::consts::TAU * (fy * u + fx * v) + ph).cos())
+                    .sum::<f64>();
+            }
+        }
+    }
+    out
 }
 
 /// A model's compiled programs by slot count, each compiled once.
@@ -311,6 +458,8 @@ struct CkksModel<F: Family> {
     params: String,
     plan: Arc<Plan>,
     model: String,
+    /// Output precision estimated for a tower-reuse chain ([`simulated_output_bits`]).
+    precision: Precision,
 }
 
 impl<F: Family> CompiledModel for CkksModel<F> {
@@ -345,8 +494,19 @@ impl<F: Family> CompiledModel for CkksModel<F> {
             c.key_bytes_estimate as f64 / (1u64 << 30) as f64
         ));
         lines.push(chain_summary(&p.capabilities, p.lazy_squares));
+        if let Some(bits) = self.precision.bits {
+            let set_aside: Vec<String> =
+                self.precision.smaller.iter().map(|(n, b)| format!("N = 2^{n} would leave {b:.1} bits")).collect();
+            lines.push(format!(
+                "estimated output precision {bits:.1} bits of the largest output (clear backend with CKKS-sized noise for this ring and chain, {PRECISION_PROBES} synthetic inputs; rings are enlarged below {MIN_OUTPUT_BITS} bits{}){}",
+                if set_aside.is_empty() { String::new() } else { format!(": {}", set_aside.join(", ")) },
+                if bits < MIN_OUTPUT_BITS { " — LOW: outputs may differ from the cleartext model's" } else { "" }
+            ));
+        }
         PlanReport {
             json: json!({"model": self.model, "backend": self.backend(), "capabilities": p.capabilities, "cost": p.cost,
+                         "estimated_output_bits": self.precision.bits,
+                         "smaller_rings_set_aside": self.precision.smaller.iter().map(|(n, b)| json!({"log_ring_dimension": n, "estimated_output_bits": b})).collect::<Vec<_>>(),
                          "lazy_squares": p.lazy_squares, "smallest_secure_ring": p.capabilities.log_qp.and_then(smallest_secure_ring),
                          "rotation_keys": p.rotation_keys, "rotation_levels": p.rotation_levels, "steps": p.steps}),
             headline: format!("{} on {} ({})", self.model, self.backend(), p.capabilities.summary()),
@@ -491,11 +651,13 @@ fn smallest_secure_ring(log_qp: f64) -> Option<usize> {
     peregrine_backend::security::MAX_LOG_QP_128.iter().find(|(_, b)| *b >= log_qp).map(|(n, _)| *n)
 }
 
-/// Whether a JSON parameter string sets `levels` itself.
-fn mentions_bootstrap(params: &str) -> bool {
-    mentions(params, "bootstrap")
+/// The ring dimension a JSON parameter string names, if it does.
+fn named_ring(params: &str) -> Option<usize> {
+    let v: serde_json::Value = serde_json::from_str(params).ok()?;
+    Some(1usize << v.get("log_ring_dimension")?.as_u64().filter(|&n| n < 32)?)
 }
 
+/// Whether a JSON parameter string sets `levels` itself.
 fn mentions_levels(params: &str) -> bool {
     mentions(params, "levels")
 }
