@@ -25,9 +25,9 @@ pub const KEYS_MAGIC: &[u8; 8] = b"PGOFEK04";
 /// Client-state file magic (version 2: sealed).
 pub const SECRET_MAGIC: &[u8; 8] = b"PGOFSK02";
 /// Ends evaluation keys; followed by the count of bytes before it and their digest.
-pub const KEYS_END: &[u8; 8] = b"PGOFEKND";
+const KEYS_END: &[u8; 8] = b"PGOFEKND";
 /// Bytes after the evaluation keys' body: marker, count, digest.
-const KEYS_TRAILER: usize = 8 + 8 + DIGEST_BYTES;
+pub const KEYS_TRAILER: usize = 8 + 8 + DIGEST_BYTES;
 
 const WHAT_KEYS: &str = "OpenFHE evaluation keys";
 const WHAT_SECRET: &str = "OpenFHE client state";
@@ -173,10 +173,7 @@ impl<'a> KeysWriter<'a> {
     /// Ends the file: marker, count of the bytes before it, their digest.
     pub fn finish(self) -> BResult<()> {
         let KeysWriter { out, count, hasher } = self;
-        let mut end = Vec::with_capacity(KEYS_TRAILER);
-        end.extend_from_slice(KEYS_END);
-        end.extend_from_slice(&count.to_le_bytes());
-        end.extend_from_slice(hasher.finalize().as_bytes());
+        let end = keys_trailer(count, &hasher.finalize());
         out.write_all(&end).and_then(|_| out.flush()).map_err(|e| BackendError::io("writing evaluation keys", &e))
     }
 }
@@ -193,13 +190,26 @@ impl Write for KeysWriter<'_> {
     }
 }
 
+/// The end of an evaluation-key file whose `count` bytes before it hash to `digest`.
+fn keys_trailer(count: u64, digest: &blake3::Hash) -> Vec<u8> {
+    let mut end = Vec::with_capacity(KEYS_TRAILER);
+    end.extend_from_slice(KEYS_END);
+    end.extend_from_slice(&count.to_le_bytes());
+    end.extend_from_slice(digest.as_bytes());
+    end
+}
+
+/// `body` (header and OpenFHE keys, already in memory) completed into an evaluation-key file.
+pub fn seal_keys(mut body: Vec<u8>) -> Vec<u8> {
+    let end = keys_trailer(body.len() as u64, &blake3::hash(&body));
+    body.extend_from_slice(&end);
+    body
+}
+
 /// The header and OpenFHE bytes of an evaluation-key file, refused unless its end marker is
 /// there, counts exactly the bytes before it and carries their digest.
 pub fn open_keys(bytes: &[u8]) -> BResult<(KeyHeader, &[u8])> {
     let bad = |d: &str| BackendError::Deserialize { what: WHAT_KEYS, detail: d.into() };
-    if bytes.starts_with(b"PGOFEK02") {
-        return Err(bad("written by an earlier version of Peregrine: generate the keys again"));
-    }
     refuse_old(bytes, b"PGOFEK0", KEYS_MAGIC, WHAT_KEYS)?;
     let Some(body_len) = bytes.len().checked_sub(KEYS_TRAILER) else {
         return Err(bad("truncated (no end marker)"));

@@ -239,24 +239,18 @@ fn tfhe_seeds() -> Vec<Vec<u8>> {
 const FUZZ_KEY_ID: &str = "00112233445566778899aabbccddeeff";
 
 fn openfhe_framing(data: &[u8]) -> String {
-    use backend_openfhe::framing::{open_ciphertext, open_client_state, open_keys, KEYS_END};
+    use backend_openfhe::framing::{open_ciphertext, open_client_state, open_keys, seal_keys};
     let Some((which, rest)) = pick(data) else { return "empty".into() };
     match which % 3 {
-        0 => {
-            // The body with its end marker, count and digest re-appended.
-            let mut file = rest.to_vec();
-            file.extend_from_slice(KEYS_END);
-            file.extend_from_slice(&(rest.len() as u64).to_le_bytes());
-            file.extend_from_slice(blake3::hash(rest).as_bytes());
-            class(open_keys(&file))
-        }
+        // The body with its end marker, count and digest re-appended.
+        0 => class(open_keys(&seal_keys(rest.to_vec()))),
         1 => class(open_client_state(&seal(rest.to_vec()))),
         _ => class(open_ciphertext(&seal(rest.to_vec()), FUZZ_KEY_ID)),
     }
 }
 
 fn openfhe_seeds() -> Vec<Vec<u8>> {
-    use backend_openfhe::framing::{ciphertext, client_state, KeyHeader, KeysWriter};
+    use backend_openfhe::framing::{ciphertext, client_state, KeyHeader, KeysWriter, KEYS_TRAILER};
     use std::io::Write;
     let header = KeyHeader {
         params: backend_openfhe::OpenFheParams::default(),
@@ -268,8 +262,8 @@ fn openfhe_seeds() -> Vec<Vec<u8>> {
     let mut w = KeysWriter::new(&mut keys, &header).expect("header");
     w.write_all(b"OpenFHE evaluation keys stand-in").expect("in memory");
     w.finish().expect("in memory");
-    // `body` drops DIGEST_BYTES; the keys' trailer is marker + count + digest.
-    let keys_body = vec![0].into_iter().chain(keys[..keys.len() - 16 - DIGEST_BYTES].iter().copied()).collect();
+    // (`body` drops only a checksum; the keys end with a longer trailer.)
+    let keys_body = vec![0].into_iter().chain(keys[..keys.len() - KEYS_TRAILER].iter().copied()).collect();
     vec![
         keys_body,
         body(1, &client_state(&header, b"OpenFHE client stand-in").expect("state")),
