@@ -675,6 +675,17 @@ impl Scheme for CkksScheme {
             _ => Some(sparse),
         }
     }
+    fn with_bootstrap_range(params: &CkksParams, range: f64) -> Option<CkksParams> {
+        let b = params.bootstrap.as_ref()?;
+        if !(range.is_finite() && range > 0.0) {
+            return None;
+        }
+        let b = crate::params::BootstrapParams { range, ..b.clone() };
+        let ranged = CkksParams { bootstrap: Some(b.clone()), ..params.clone() };
+        // q_0 just large enough for the range; a larger q_0 may cost a computation level
+        // (security), a smaller one frees bits.
+        sized_for_bootstrapping(&ranged, &b, params.levels)
+    }
     fn load_client(secret: &[u8]) -> BResult<CkksClient> {
         let (ctx, key_id, sk) = serial::read_secret(secret)?;
         let pk = public_key(&ctx, &sk, &mut os_rng());

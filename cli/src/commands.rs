@@ -57,6 +57,27 @@ pub fn import_small_cnn(widths: &[usize], seed: u64, output: &Path, json: bool) 
     write_imported(&small_cnn(widths, seed)?, output, json)
 }
 
+pub fn import_onnx(
+    path: &Path,
+    input_shape: Option<Vec<usize>>,
+    mean: Option<Vec<f32>>,
+    std: Option<Vec<f32>>,
+    output: &Path,
+    json: bool,
+) -> Result<()> {
+    use peregrine_model::ir::Preprocess;
+    use peregrine_model::onnx::{import_onnx, OnnxOptions};
+    let preprocess = match (mean, std) {
+        (None, None) => None,
+        (mean, std) => {
+            let n = mean.as_ref().or(std.as_ref()).map_or(0, Vec::len);
+            Some(Preprocess { mean: mean.unwrap_or(vec![0.0; n]), std: std.unwrap_or(vec![1.0; n]), resize: true })
+        }
+    };
+    let options = OnnxOptions { input_shape, preprocess, classes: Vec::new() };
+    write_imported(&import_onnx(path, &options)?, output, json)
+}
+
 fn write_imported(model: &Model, output: &Path, json: bool) -> Result<()> {
     save_model(model, output)?;
     let (g, n) = (model.graph(), model.parameter_count());

@@ -52,12 +52,16 @@ pub struct TargetArgs {
     /// Limit the rotation keys (±2^i keys plus the most used steps; others are composed).
     #[arg(long)]
     pub max_rotation_keys: Option<usize>,
+    /// CIFAR-10 batch the bootstrap range of CKKS backends is calibrated on (default:
+    /// data_batch_1 beside --data; recorded by keygen for the session).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
 }
 
 impl TargetArgs {
     fn target(self) -> peregrine_runtime::Target {
-        let TargetArgs { model, backend, params, plugin_dirs, max_rotation_keys } = self;
-        peregrine_runtime::Target { model, backend, params, plugin_dirs, max_rotation_keys }
+        let TargetArgs { model, backend, params, plugin_dirs, max_rotation_keys, calibration } = self;
+        peregrine_runtime::Target { model, backend, params, plugin_dirs, max_rotation_keys, calibration }
     }
 }
 
@@ -235,6 +239,24 @@ enum ImportCmd {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// An ONNX model (float weights, one image input; see `peregrine_model::onnx` for the
+    /// operators). An unsupported operator is an error naming the node, and nothing is written.
+    Onnx {
+        /// The .onnx file.
+        model: PathBuf,
+        /// Input shape C,H,W (required when the file's input has dynamic dimensions).
+        #[arg(long, value_delimiter = ',')]
+        input_shape: Option<Vec<usize>>,
+        /// Per-channel mean of the preprocessing (pixels scaled to [0, 1] first); default 0.
+        #[arg(long, value_delimiter = ',')]
+        mean: Option<Vec<f32>>,
+        /// Per-channel standard deviation of the preprocessing; default 1.
+        #[arg(long, value_delimiter = ',')]
+        std: Option<Vec<f32>>,
+        /// Output model file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// A freshly initialised small CNN (3×3 conv, batch norm, 2×2 average pool, ReLU per
     /// stage, then fully connected) for backends that pay a bootstrap per activation; train it
     /// with `peregrine finetune --keep-activations`.
@@ -256,6 +278,9 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Import { what: ImportCmd::Resnet { depth, weights, output } } => {
             commands::import_resnet(depth, &weights, &output, json)
+        }
+        Command::Import { what: ImportCmd::Onnx { model, input_shape, mean, std, output } } => {
+            commands::import_onnx(&model, input_shape, mean, std, &output, json)
         }
         Command::Import { what: ImportCmd::SmallCnn { widths, seed, output } } => {
             commands::import_small_cnn(&widths, seed, &output, json)

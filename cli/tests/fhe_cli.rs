@@ -444,6 +444,21 @@ fn ckks_is_the_default_and_runs_a_separate_process_session_and_compare() {
     );
 }
 
+/// `run` of one test image on `ckks` with `params`: agrees with the reference, logits within 1e-3.
+fn run_one_image_agrees(model: &Path, params: &str) {
+    let run = json(
+        bin()
+            .args(["run", "--json", "--backend", "ckks", "--params", params, "--limit", "1", "--model"])
+            .arg(model)
+            .arg("--data")
+            .arg(shared("data/cifar10/test_batch.bin.gz"))
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run["summary"]["agree"], 1, "{run}");
+    assert!(run["summary"]["max_abs_logit_error"].as_f64().unwrap() < 1e-3, "{run}");
+}
+
 /// With bootstrapping, `ckks` plans for the fewest slots that keep the layouts (sparse slots
 /// bootstrap with one EvalMod instead of two), unless the user fixes the slot count; the
 /// encrypted run with its bootstraps agrees with the reference.
@@ -468,17 +483,43 @@ fn ckks_bootstraps_sparse_slots_when_the_layouts_fit() {
     assert!(auto["cost"]["bootstraps"].as_u64().unwrap() > 0, "{auto}");
     assert_eq!(auto["cost"]["bootstraps"], full["cost"]["bootstraps"], "{auto}\n{full}");
     assert!(auto["cost"]["key_switches"].as_u64() <= full["cost"]["key_switches"].as_u64(), "{auto}\n{full}");
-    let run = json(
-        bin()
-            .args(["run", "--json", "--backend", "ckks", "--params", &params(""), "--limit", "1", "--model"])
-            .arg(&model)
-            .arg("--data")
-            .arg(shared("data/cifar10/test_batch.bin.gz"))
-            .output()
-            .unwrap(),
-    );
-    assert_eq!(run["summary"]["agree"], 1, "{run}");
-    assert!(run["summary"]["max_abs_logit_error"].as_f64().unwrap() < 1e-3, "{run}");
+    run_one_image_agrees(&model, &params(""));
+}
+
+/// Without a range in the parameters, `ckks` sets the bootstrap range from calibration images
+/// (the largest value any bootstrapped tensor takes on them, with a margin): from
+/// `--calibration`, or `data_batch_1` beside `--data`; the run with it agrees with the
+/// reference. Without either, the plan says the range is not calibrated.
+#[test]
+fn ckks_calibrates_the_bootstrap_range_on_training_images() {
+    let model = small_model("ckks-calibrated");
+    let params = r#"{"log_ring_dimension": 13, "levels": 3, "log_scale": 40, "first_modulus_bits": 52, "insecure_test_only": true, "bootstrap": {}}"#;
+    let plan = |extra: &[&str]| {
+        json(
+            bin()
+                .args(["plan", "--json", "--backend", "ckks", "--params", params])
+                .args(extra)
+                .arg("--model")
+                .arg(&model)
+                .output()
+                .unwrap(),
+        )
+    };
+    let batch = shared("data/cifar10/data_batch_1.bin.gz");
+    let calibrated = plan(&["--calibration", batch.to_str().unwrap()]);
+    let cal = &calibrated["bootstrap_calibration"];
+    assert_eq!(cal["calibrated"], true, "{cal}");
+    assert_eq!(cal["images"], 64);
+    let per = cal["per_bootstrap"].as_array().unwrap();
+    assert_eq!(per.len() as u64, calibrated["cost"]["bootstraps"].as_u64().unwrap(), "{cal}");
+    let largest = per.iter().map(|b| b["largest_abs"].as_f64().unwrap()).fold(0f64, f64::max);
+    assert!(largest > 0.0);
+    let range = calibrated["capabilities"]["bootstrap_range"].as_f64().unwrap();
+    assert!((range - 1.25 * largest).abs() < 1e-9 * range, "range {range} for a largest value of {largest}");
+    let plain = plan(&[]);
+    assert_eq!(plain["bootstrap_calibration"]["calibrated"], false, "{plain}");
+    assert_eq!(plain["capabilities"]["bootstrap_range"], 1.0, "the parameters' own range (the default)");
+    run_one_image_agrees(&model, params);
 }
 
 /// The committed degree-2 ResNet-20 plans leveled on `ckks` with tower reuse: every square

@@ -295,6 +295,7 @@ fn session_seeds() -> Vec<Vec<u8>> {
         params: r#"{"log_ring_dimension": 15}"#.into(),
         plugin_dirs: vec!["plugins".into()],
         max_rotation_keys: Some(24),
+        calibration: None,
     };
     let inputs = InputsFile { data: "test_batch.bin.gz".into(), images: vec![(0, 3), (1, 8)] };
     let (_, _, ct) = ckks_real_files();

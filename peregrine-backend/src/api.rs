@@ -407,6 +407,12 @@ pub trait Scheme {
     fn with_slots(_params: &Self::Params, _slots: usize) -> Option<Self::Params> {
         None
     }
+    /// Parameters like `params` whose bootstrap accepts values up to `range` (the runtime
+    /// calibrates it on images), the rest kept as far as security allows; `None` if the
+    /// backend does not take a bootstrap range (the default).
+    fn with_bootstrap_range(_params: &Self::Params, _range: f64) -> Option<Self::Params> {
+        None
+    }
     /// Rebuilds a client from [`Client::save_secret`] (e.g. in the process that decrypts).
     fn load_client(_secret: &[u8]) -> BResult<Self::Client> {
         Err(BackendError::Unsupported { backend: Self::NAME.into(), what: "load a saved client" })

@@ -619,7 +619,7 @@ pub fn window_out(input: usize, kernel: usize, stride: usize, pad: usize, dilati
     Ok((padded - span) / stride + 1)
 }
 
-fn infer_shape(node: &Node, ins: &[&Shape], weights: &Weights) -> Result<Shape> {
+pub(crate) fn infer_shape(node: &Node, ins: &[&Shape], weights: &Weights) -> Result<Shape> {
     match &node.op {
         Op::Conv2d(c) => {
             arity(node, 1)?;

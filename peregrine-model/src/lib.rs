@@ -3,6 +3,7 @@
 //! Everything about a model that does not involve encryption:
 //! - [`ir`]: the graph, its validation and shape inference; [`format`]: the `.safetensors` file;
 //! - [`import`]: builders for pretrained networks (CIFAR ResNets) and a small trainable CNN;
+//!   [`onnx`]: ONNX models;
 //! - [`reference`]: the cleartext reference executor (f32/f64);
 //! - [`transform`]: the calibrated least-squares conversion to polynomial activations.
 //!
@@ -25,6 +26,7 @@ pub mod error;
 pub mod format;
 pub mod import;
 pub mod ir;
+pub mod onnx;
 pub mod reference;
 #[cfg(feature = "test-support")]
 pub mod testkit;

@@ -1,8 +1,9 @@
 //! CKKS-shaped backends in the runtime: any [`Scheme`] linked in, or any plugin, planned by
 //! `peregrine-ops` and run through the same [`DynClient`] / [`DynServer`].
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use peregrine_backend::plugin::{Plugin, PluginClient, PluginServer};
@@ -10,7 +11,7 @@ use peregrine_backend::{BResult, Backend, Capabilities, ChainRequest, Client, Ke
 use peregrine_model::Model;
 use peregrine_ops::{
     compile, decrypt_output, encrypt_input, execute, plan, propose_chain, required_levels, with_key_budget, Plan,
-    Program,
+    Program, StepKind,
 };
 use serde_json::json;
 
@@ -48,6 +49,10 @@ pub trait Family: Send + Sync + 'static {
     }
     /// `params` with the modulus chain `request` asks for, if the family builds such chains.
     fn params_for_chain(&self, _params: &str, _request: &ChainRequest) -> Option<String> {
+        None
+    }
+    /// `params` whose bootstrap accepts values up to `range`, if the family takes a range.
+    fn params_for_bootstrap_range(&self, _params: &str, _range: f64) -> Option<String> {
         None
     }
 }
@@ -121,6 +126,10 @@ where
     fn params_for_chain(&self, params: &str, request: &ChainRequest) -> Option<String> {
         let chained = S::with_chain(&self.params(params).ok()?, request)?;
         serde_json::to_string(&chained).ok()
+    }
+    fn params_for_bootstrap_range(&self, params: &str, range: f64) -> Option<String> {
+        let ranged = S::with_bootstrap_range(&self.params(params).ok()?, range)?;
+        serde_json::to_string(&ranged).ok()
     }
 }
 
@@ -246,6 +255,31 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
                 (params, caps, p) = (sparse, sparse_caps, sparse_plan);
             }
         }
+        // Bootstrap range from calibration images, unless the user set one: the largest value
+        // any bootstrapped tensor takes, with a margin.
+        let mut ranges = BootstrapRanges::default();
+        if p.cost.bootstraps > 0 && !mentions(requested, "range") {
+            if let Some(calibration) = Calibration::measure(model, options.calibration, options.data)? {
+                ranges = calibration.bootstrap_ranges(&p);
+                if let Some(range) = ranges.range {
+                    if caps.bootstrap_range != Some(range) {
+                        if let Some(ranged) = self.0.params_for_bootstrap_range(&params, range) {
+                            let ranged_caps = self.0.capabilities(&ranged)?;
+                            let ranged_plan = plan(programs.get(ranged_caps.slots)?, &ranged_caps)?;
+                            // Kept only if the plan keeps its bootstraps (a larger q_0 may
+                            // cost a level).
+                            if ranged_plan.cost.bootstraps <= p.cost.bootstraps {
+                                (params, p) = (ranged, ranged_plan);
+                            } else {
+                                ranges.range = None;
+                            }
+                        } else {
+                            ranges.range = None;
+                        }
+                    }
+                }
+            }
+        }
         let p = match options.max_rotation_keys {
             Some(k) => with_key_budget(p, k)?,
             None => p,
@@ -256,6 +290,7 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
             plan: Arc::new(p),
             model: model.graph().name.clone(),
             precision,
+            ranges,
         }))
     }
 }
@@ -431,6 +466,117 @@ fn smooth_input(c: usize, h: usize, w: usize, seed: u64) -> Vec<f64> {
     out
 }
 
+/// Calibration images a plan's bootstrap ranges are measured on.
+pub const CALIBRATION_IMAGES: usize = 64;
+
+/// Margin over the largest calibrated value of a bootstrapped tensor. A CKKS bootstrap's
+/// range is a precision budget rather than a wall: its error grows with the range (q_0/Δ
+/// grows with it), and values somewhat beyond it lose precision gradually (the sine's
+/// deviation from the modular reduction), so the margin is small.
+pub const RANGE_MARGIN: f64 = 1.25;
+
+/// The cleartext model's largest |value| per node on calibration images: the first training
+/// batch beside the evaluated data file (never the evaluated images themselves).
+struct Calibration {
+    file: PathBuf,
+    images: usize,
+    /// Largest |value| of each node's output, by node name.
+    node_max: BTreeMap<String, f64>,
+}
+
+impl Calibration {
+    /// Runs the cleartext model on [`CALIBRATION_IMAGES`] images of `file`, else of
+    /// `data_batch_1` beside `data`; `None` when neither is given or there is no such file.
+    fn measure(model: &Model, file: Option<&Path>, data: Option<&Path>) -> Result<Option<Self>> {
+        let beside = || {
+            let dir = data.and_then(|d| if d.is_dir() { Some(d) } else { d.parent() })?;
+            peregrine_data::batch_file(dir, "data_batch_1")
+        };
+        let Some(file) = file.map(Path::to_path_buf).or_else(beside) else { return Ok(None) };
+        let images = peregrine_data::load_cifar10(&file, Some(CALIBRATION_IMAGES))?;
+        let spec = &model.graph().input;
+        let rows = peregrine_data::preprocessed_rows(&images, spec)?;
+        let mut shape = vec![rows.len()];
+        shape.extend(spec.shape.iter().copied());
+        let batch = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), rows.concat())
+            .map_err(|e| peregrine_model::ModelError::Shape(e.to_string()))?;
+        let nodes = &model.graph().nodes;
+        let mut node_max = BTreeMap::new();
+        peregrine_model::reference::Reference::<f64>::new(model).run_inspect(&batch, |i, v| {
+            let m = v.iter().fold(0f64, |m, x| m.max(x.abs()));
+            node_max.insert(nodes[i].name.clone(), m);
+        })?;
+        let input_max = batch.iter().fold(0f64, |m, x| m.max(x.abs()));
+        node_max.insert(peregrine_model::ir::INPUT.to_string(), input_max);
+        Ok(Some(Calibration { file, images: images.len(), node_max }))
+    }
+
+    /// The largest value each bootstrap of `p` meets and the range that covers them all. A
+    /// bootstrapped tensor that is not a node's output (an intermediate of the packed program)
+    /// counts as the largest value of any node.
+    fn bootstrap_ranges(&self, p: &Plan) -> BootstrapRanges {
+        let any = self.node_max.values().fold(0f64, |m, &x| m.max(x));
+        let per_bootstrap: Vec<(String, f64)> = p
+            .program
+            .steps
+            .iter()
+            .filter_map(|s| match s.kind {
+                StepKind::Bootstrap { input } => {
+                    let name = p.program.tensors[input].name.trim_end_matches("@bootstrap").to_string();
+                    let m = self.node_max.get(&name).copied().unwrap_or(any);
+                    Some((name, m))
+                }
+                _ => None,
+            })
+            .collect();
+        let largest = per_bootstrap.iter().fold(0f64, |m, (_, x)| m.max(*x));
+        let range = (largest > 0.0).then_some(largest * RANGE_MARGIN);
+        BootstrapRanges { source: Some((self.file.clone(), self.images)), per_bootstrap, range }
+    }
+}
+
+/// What calibration said of a plan's bootstraps.
+#[derive(Clone, Debug, Default)]
+struct BootstrapRanges {
+    /// The calibration file and its image count (None: not calibrated).
+    source: Option<(PathBuf, usize)>,
+    /// (bootstrapped tensor, largest |value| on the calibration images), in plan order.
+    per_bootstrap: Vec<(String, f64)>,
+    /// The range set from them (None: the parameters' own range was kept).
+    range: Option<f64>,
+}
+
+impl BootstrapRanges {
+    fn describe(&self, set: Option<f64>) -> String {
+        let set = set.map_or("none".to_string(), |r| format!("{r:.2}"));
+        match &self.source {
+            None => format!(
+                "bootstrap range {set}: not calibrated (set by the parameters, or no data_batch_1 beside --data and no --calibration); values beyond it lose precision"
+            ),
+            Some((file, n)) => {
+                let each: Vec<String> = self.per_bootstrap.iter().map(|(t, m)| format!("{t} {m:.2}")).collect();
+                format!(
+                    "bootstrap range {set}{}: largest |value| on {n} calibration images of {} × {RANGE_MARGIN} margin; per bootstrap: {}",
+                    if self.range.is_none() { " (kept: the calibrated one did not fit)" } else { "" },
+                    file.display(),
+                    each.join(", ")
+                )
+            }
+        }
+    }
+
+    fn json(&self, set: Option<f64>) -> serde_json::Value {
+        json!({
+            "range": set,
+            "calibrated": self.range.is_some(),
+            "file": self.source.as_ref().map(|(f, _)| f.clone()),
+            "images": self.source.as_ref().map(|(_, n)| *n),
+            "margin": RANGE_MARGIN,
+            "per_bootstrap": self.per_bootstrap.iter().map(|(t, m)| json!({"tensor": t, "largest_abs": m})).collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// A model's compiled programs by slot count, each compiled once.
 struct Programs<'m> {
     model: &'m Model,
@@ -460,6 +606,8 @@ struct CkksModel<F: Family> {
     model: String,
     /// Output precision estimated for a tower-reuse chain ([`simulated_output_bits`]).
     precision: Precision,
+    /// Calibrated bootstrap ranges (empty when the plan does not bootstrap or none were measured).
+    ranges: BootstrapRanges,
 }
 
 impl<F: Family> CompiledModel for CkksModel<F> {
@@ -503,9 +651,13 @@ impl<F: Family> CompiledModel for CkksModel<F> {
                 if bits < MIN_OUTPUT_BITS { " — LOW: outputs may differ from the cleartext model's" } else { "" }
             ));
         }
+        if p.cost.bootstraps > 0 {
+            lines.push(self.ranges.describe(p.capabilities.bootstrap_range));
+        }
         PlanReport {
             json: json!({"model": self.model, "backend": self.backend(), "capabilities": p.capabilities, "cost": p.cost,
                          "estimated_output_bits": self.precision.bits,
+                         "bootstrap_calibration": self.ranges.json(p.capabilities.bootstrap_range),
                          "smaller_rings_set_aside": self.precision.smaller.iter().map(|(n, b)| json!({"log_ring_dimension": n, "estimated_output_bits": b})).collect::<Vec<_>>(),
                          "lazy_squares": p.lazy_squares, "smallest_secure_ring": p.capabilities.log_qp.and_then(smallest_secure_ring),
                          "rotation_keys": p.rotation_keys, "rotation_levels": p.rotation_levels, "steps": p.steps}),

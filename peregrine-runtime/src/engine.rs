@@ -46,6 +46,8 @@ pub struct CompileOptions<'a> {
     pub activation: Option<&'a str>,
     /// The evaluated data file (the tfhe backend calibrates on the training batch beside it).
     pub data: Option<&'a Path>,
+    /// CIFAR-10 batch to calibrate CKKS bootstrap ranges on (else `data_batch_1` beside `data`).
+    pub calibration: Option<&'a Path>,
 }
 
 /// One line of a plan, JSON for `--json` and text for people.

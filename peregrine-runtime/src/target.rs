@@ -25,6 +25,10 @@ pub struct Target {
     pub plugin_dirs: Vec<PathBuf>,
     /// Rotation-key budget (CKKS backends).
     pub max_rotation_keys: Option<usize>,
+    /// CIFAR-10 batch the CKKS bootstrap range is calibrated on (default: `data_batch_1`
+    /// beside the evaluated data, when there is such a file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<PathBuf>,
 }
 
 /// A model compiled for a [`Target`].
@@ -44,7 +48,12 @@ impl Target {
         let model = load_model(&self.model)?;
         let backend = Registry::new(self.plugin_dirs.clone()).resolve(&self.backend)?;
         let t0 = Instant::now();
-        let options = CompileOptions { max_rotation_keys: self.max_rotation_keys, activation, data };
+        let options = CompileOptions {
+            max_rotation_keys: self.max_rotation_keys,
+            activation,
+            data,
+            calibration: self.calibration.as_deref(),
+        };
         let compiled = backend.compile(&model, &self.params, &options).map_err(|e| RuntimeError::Compile {
             model: model.graph().name.clone(),
             backend: self.backend.clone(),
