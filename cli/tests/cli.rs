@@ -5,6 +5,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
+use peregrine_model::testkit::tiny_onnx;
 
 fn import_resnet20() -> PathBuf {
     let out = tmp("resnet20.safetensors");
@@ -107,80 +108,11 @@ fn backends_lists_builtin_and_discovered_plugins() {
     assert!(text.contains("clear") && text.contains("(skipped)"), "{text}");
 }
 
-/// A small ONNX file: Conv 3→4 (3×3, pad 1) → `last` → GlobalAveragePool → Flatten → Gemm 4→3.
-fn write_onnx(path: &std::path::Path, last: &str) {
-    use peregrine_model::onnx::proto::{self, Message};
-    let tensor = |name: &str, dims: &[i64], seed: f32| {
-        let n: i64 = dims.iter().product();
-        let mut t = proto::TensorProto::new();
-        t.name = name.into();
-        t.dims = dims.to_vec();
-        t.data_type = 1;
-        t.float_data = (0..n).map(|i| ((i as f32 + seed) * 0.37).sin() * 0.5).collect();
-        t
-    };
-    let node = |op: &str, ins: &[&str], out: &str| {
-        let mut n = proto::NodeProto::new();
-        n.op_type = op.into();
-        n.name = format!("{op}_node");
-        n.input = ins.iter().map(|s| s.to_string()).collect();
-        n.output = vec![out.into()];
-        n
-    };
-    let mut conv = node("Conv", &["image", "w", "b"], "c");
-    let mut pads = proto::AttributeProto::new();
-    pads.name = "pads".into();
-    pads.type_ = proto::attribute_proto::AttributeType::INTS.into();
-    pads.ints = vec![1, 1, 1, 1];
-    conv.attribute.push(pads);
-    let mut trans = proto::AttributeProto::new();
-    trans.name = "transB".into();
-    trans.type_ = proto::attribute_proto::AttributeType::INT.into();
-    trans.i = 1;
-    let mut gemm = node("Gemm", &["f", "fw", "fb"], "logits");
-    gemm.attribute.push(trans);
-    let mut g = proto::GraphProto::new();
-    g.name = "tiny".into();
-    g.node =
-        vec![conv, node(last, &["c"], "r"), node("GlobalAveragePool", &["r"], "p"), node("Flatten", &["p"], "f"), gemm];
-    g.initializer = vec![
-        tensor("w", &[4, 3, 3, 3], 1.0),
-        tensor("b", &[4], 2.0),
-        tensor("fw", &[3, 4], 3.0),
-        tensor("fb", &[3], 4.0),
-    ];
-    let mut input = proto::ValueInfoProto::new();
-    input.name = "image".into();
-    let mut tt = proto::type_proto::Tensor::new();
-    tt.elem_type = 1;
-    let mut shape = proto::TensorShapeProto::new();
-    for d in [1, 3, 9, 7] {
-        let mut dim = proto::tensor_shape_proto::Dimension::new();
-        dim.set_dim_value(d);
-        shape.dim.push(dim);
-    }
-    tt.shape = Some(shape).into();
-    let mut ty = proto::TypeProto::new();
-    ty.set_tensor_type(tt);
-    input.type_ = Some(ty).into();
-    g.input = vec![input];
-    let mut output = proto::ValueInfoProto::new();
-    output.name = "logits".into();
-    g.output = vec![output];
-    let mut m = proto::ModelProto::new();
-    m.ir_version = 8;
-    let mut opset = proto::OperatorSetIdProto::new();
-    opset.version = 17;
-    m.opset_import = vec![opset];
-    m.graph = Some(g).into();
-    std::fs::write(path, m.write_to_bytes().unwrap()).unwrap();
-}
-
 #[test]
 fn import_onnx_writes_a_model_and_refuses_an_unsupported_operator_by_name_writing_nothing() {
     let (good, bad) = (tmp("tiny.onnx"), tmp("tiny-softmax.onnx"));
-    write_onnx(&good, "Relu");
-    write_onnx(&bad, "Softmax");
+    std::fs::write(&good, tiny_onnx("Relu")).unwrap();
+    std::fs::write(&bad, tiny_onnx("Softmax")).unwrap();
     let out = tmp("tiny-onnx.safetensors");
     let v = json(bin().args(["import", "onnx"]).arg(&good).arg("-o").arg(&out).arg("--json").output().unwrap());
     assert_eq!(v["nodes"], 5, "{v}");

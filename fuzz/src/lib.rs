@@ -19,7 +19,7 @@ pub mod engine;
 pub mod targets;
 
 pub use engine::{fuzz, Budget, Finding, Report};
-pub use targets::{all, by_name, Target};
+pub use targets::{all, by_name, heap_allowance, Target};
 
 /// Runs the target called `name` on `data` (what the cargo-fuzz targets call); panics on an
 /// unknown name.

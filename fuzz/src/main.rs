@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use peregrine_fuzz::{all, by_name, fuzz, Budget};
+use peregrine_fuzz::{all, by_name, fuzz, heap_allowance, Budget};
 use peregrine_model::testkit::PeakAllocator;
 
 #[global_allocator]
@@ -87,7 +87,7 @@ fn main() -> ExitCode {
             let budget = Budget { runs, seconds: seconds.or(if runs.is_none() { Some(10.0) } else { None }) };
             let mut found = 0;
             for t in &chosen {
-                let r = fuzz(t, budget, seed, Some((meter, heap_limit_mib << 20)));
+                let r = fuzz(t, budget, seed, Some((meter, (heap_limit_mib << 20) + heap_allowance(t.name))));
                 println!(
                     "{:<14} {:>10} executions in {:>7.1} s ({:>7.0}/s), {:>4} outcome classes, corpus {:>4}, largest heap growth {:.1} MiB, {} findings",
                     r.target,

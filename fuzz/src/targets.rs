@@ -75,6 +75,12 @@ pub fn all() -> Vec<Target> {
             run: plugin_table,
             seeds: plugin_seeds,
         },
+        Target {
+            name: "onnx_file",
+            about: "peregrine_model::onnx::import_onnx_bytes (protobuf decoding, operators, attributes, tensors, shapes)",
+            run: onnx_file,
+            seeds: onnx_seeds,
+        },
         Target { name: "cifar_batch", about: "peregrine_data::parse_cifar10 (decompressed records)", run: cifar_batch, seeds: cifar_seeds },
         Target {
             name: "image_file",
@@ -83,6 +89,18 @@ pub fn all() -> Vec<Target> {
             seeds: image_seeds,
         },
     ]
+}
+
+/// Heap a target's readers may take for one input beyond the common limit, and why: the
+/// `protobuf` crate reserves up to 10^7 elements of a packed repeated field (80 MB of int64)
+/// before it checks the field's length against the input, then refuses it; a bounded,
+/// transient allocation whatever the file, which ONNX import cannot avoid short of writing
+/// its own decoder.
+pub fn heap_allowance(name: &str) -> usize {
+    match name {
+        "onnx_file" => 80 << 20,
+        _ => 0,
+    }
 }
 
 /// The target called `name`.
@@ -140,6 +158,14 @@ fn model_seeds() -> Vec<Vec<u8>> {
         .iter()
         .map(|m| peregrine_model::format::model_to_bytes(m).expect("a test model serialises"))
         .collect()
+}
+
+fn onnx_file(data: &[u8]) -> String {
+    class(peregrine_model::onnx::import_onnx_bytes(data, &Default::default()))
+}
+
+fn onnx_seeds() -> Vec<Vec<u8>> {
+    ["Relu", "Sigmoid", "Softmax"].iter().map(|op| peregrine_model::testkit::tiny_onnx(op)).collect()
 }
 
 // ---- ckks ----

@@ -2,7 +2,7 @@
 //! seconds each (`PEREGRINE_FUZZ_SECONDS`, default 2), no panic, no execution whose heap grows
 //! by more than 64 MiB. Long runs go by hand: `cargo run --release -p peregrine-fuzz -- run`.
 
-use peregrine_fuzz::{all, fuzz, Budget};
+use peregrine_fuzz::{all, fuzz, heap_allowance, Budget};
 use peregrine_model::testkit::PeakAllocator;
 
 #[global_allocator]
@@ -17,7 +17,8 @@ fn every_loader_survives_a_short_fuzz_run() {
     let seconds: f64 = std::env::var("PEREGRINE_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
     let mut failures = Vec::new();
     for t in all() {
-        let r = fuzz(&t, Budget { runs: None, seconds: Some(seconds) }, 2026, Some((meter, 64 << 20)));
+        let limit = (64 << 20) + heap_allowance(t.name);
+        let r = fuzz(&t, Budget { runs: None, seconds: Some(seconds) }, 2026, Some((meter, limit)));
         eprintln!(
             "{}: {} executions, {} outcome classes, largest heap growth {:.1} MiB, {} findings",
             r.target,

@@ -494,3 +494,73 @@ unsafe impl std::alloc::GlobalAlloc for PeakAllocator {
         HEAP_NOW.fetch_sub(layout.size(), std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A small ONNX model's bytes: Conv 3→4 (3×3, pad 1) → `last` (an operator with one input) →
+/// GlobalAveragePool → Flatten → Gemm 4→3, input `[1, 3, 9, 7]`; node names are `<op>_node`.
+pub fn tiny_onnx(last: &str) -> Vec<u8> {
+    use crate::onnx::proto::{self, Message};
+    let tensor = |name: &str, dims: &[i64], seed: f32| {
+        let n: i64 = dims.iter().product();
+        let mut t = proto::TensorProto::new();
+        t.name = name.into();
+        t.dims = dims.to_vec();
+        t.data_type = 1;
+        t.float_data = (0..n).map(|i| ((i as f32 + seed) * 0.37).sin() * 0.5).collect();
+        t
+    };
+    let node = |op: &str, ins: &[&str], out: &str| {
+        let mut n = proto::NodeProto::new();
+        n.op_type = op.into();
+        n.name = format!("{op}_node");
+        n.input = ins.iter().map(|s| s.to_string()).collect();
+        n.output = vec![out.into()];
+        n
+    };
+    let mut conv = node("Conv", &["image", "w", "b"], "c");
+    let mut pads = proto::AttributeProto::new();
+    pads.name = "pads".into();
+    pads.type_ = proto::attribute_proto::AttributeType::INTS.into();
+    pads.ints = vec![1, 1, 1, 1];
+    conv.attribute.push(pads);
+    let mut trans = proto::AttributeProto::new();
+    trans.name = "transB".into();
+    trans.type_ = proto::attribute_proto::AttributeType::INT.into();
+    trans.i = 1;
+    let mut gemm = node("Gemm", &["f", "fw", "fb"], "logits");
+    gemm.attribute.push(trans);
+    let mut g = proto::GraphProto::new();
+    g.name = "tiny".into();
+    g.node =
+        vec![conv, node(last, &["c"], "r"), node("GlobalAveragePool", &["r"], "p"), node("Flatten", &["p"], "f"), gemm];
+    g.initializer = vec![
+        tensor("w", &[4, 3, 3, 3], 1.0),
+        tensor("b", &[4], 2.0),
+        tensor("fw", &[3, 4], 3.0),
+        tensor("fb", &[3], 4.0),
+    ];
+    let mut input = proto::ValueInfoProto::new();
+    input.name = "image".into();
+    let mut tt = proto::type_proto::Tensor::new();
+    tt.elem_type = 1;
+    let mut shape = proto::TensorShapeProto::new();
+    for d in [1, 3, 9, 7] {
+        let mut dim = proto::tensor_shape_proto::Dimension::new();
+        dim.set_dim_value(d);
+        shape.dim.push(dim);
+    }
+    tt.shape = Some(shape).into();
+    let mut ty = proto::TypeProto::new();
+    ty.set_tensor_type(tt);
+    input.type_ = Some(ty).into();
+    g.input = vec![input];
+    let mut output = proto::ValueInfoProto::new();
+    output.name = "logits".into();
+    g.output = vec![output];
+    let mut m = proto::ModelProto::new();
+    m.ir_version = 8;
+    let mut opset = proto::OperatorSetIdProto::new();
+    opset.version = 17;
+    m.opset_import = vec![opset];
+    m.graph = Some(g).into();
+    m.write_to_bytes().expect("a model serialises")
+}
