@@ -610,6 +610,11 @@ impl Builder {
             }
             "VALID" => Ok([0, 0]),
             "SAME_UPPER" | "SAME_LOWER" => {
+                if [kernel, stride, dilation].iter().flatten().any(|&v| v == 0) {
+                    return Err(ModelError::InvalidGraph(format!(
+                        "kernel {kernel:?}, strides {stride:?} and dilations {dilation:?} must be positive"
+                    )));
+                }
                 let s = self.shape_of(x);
                 let mut out = [0; 2];
                 for a in 0..2 {
@@ -860,6 +865,11 @@ impl Builder {
                         return Ok(x);
                     }
                 }
+            }
+            if channels > 4096 {
+                return Err(unsupported(format!(
+                    "{op} by a constant on a vector of {channels} values (a diagonal layer is built up to 4096)"
+                )));
             }
             let mut w = ArrayD::zeros(IxDyn(&[channels, channels]));
             for (i, s) in scale.iter().enumerate() {
