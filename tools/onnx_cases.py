@@ -75,29 +75,29 @@ def cases(seed):
     c = Case("conv_bn_relu", rng, [1, 3, 13, 11])
     y = c.op("Conv", ["image", c.w(5, 3, 3, 3), c.w(5)], pads=[1, 1, 1, 1])
     y = c.op("Relu", [c.bn(y, 5)])
-    out.append((c, y, None))
+    out.append((c, y, None, {}))
 
     c = Case("conv_stride_dilation_groups", rng, [1, 4, 17, 15])
     y = c.op("Conv", ["image", c.w(6, 2, 3, 3)], pads=[2, 2, 2, 2], strides=[2, 2], dilations=[2, 2], group=2)
     y = c.op("Conv", [y, c.w(6, 1, 3, 3), c.w(6)], auto_pad="SAME_UPPER", group=6)
-    out.append((c, y, None))
+    out.append((c, y, None, {}))
 
     c = Case("conv_transpose", rng, [1, 3, 7, 9])
     y = c.op("ConvTranspose", ["image", c.w(3, 4, 3, 3), c.w(4)], strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])
-    out.append((c, y, None))
+    out.append((c, y, None, {}))
 
     c = Case("pools", rng, [1, 3, 15, 13])
     a = c.op("MaxPool", ["image"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
     b = c.op("AveragePool", [a], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], count_include_pad=1)
     y = c.op("GlobalAveragePool", [b])
-    out.append((c, y, None))
+    out.append((c, y, None, {}))
 
     c = Case("gemm_matmul", rng, [1, 3, 5, 7])
     f = c.op("Flatten", ["image"], axis=1)
     g = c.op("Gemm", [f, c.w(11, 105), c.w(11)], transB=1, alpha=0.5, beta=2.0)
     m = c.op("MatMul", [c.op("Relu", [g]), c.w(11, 9)])
     y = c.op("Add", [m, c.w(9)])
-    out.append((c, y, None))
+    out.append((c, y, None, {}))
 
     c = Case("arithmetic", rng, [1, 5, 9, 7])
     a = c.op("Add", ["image", c.w(1, 5, 1, 1)])
@@ -106,12 +106,12 @@ def cases(seed):
     a = c.op("Sub", [a, const_scalar(c, 0.25)])
     b = c.op("Sub", [const_scalar(c, 2.0), "image"])
     y = c.op("Add", [a, b])
-    out.append((c, y, None))
+    out.append((c, y, None, {}))
 
     c = Case("silu", rng, [1, 4, 11, 9])
     x = c.op("Conv", ["image", c.w(6, 4, 1, 1)])
     y = c.op("Mul", [x, c.op("Sigmoid", [x])])
-    out.append((c, y, None))
+    out.append((c, y, None, {}))
 
     c = Case("concat_resize", rng, [1, 3, 7, 5])
     a = c.op("Conv", ["image", c.w(4, 3, 3, 3)], pads=[1, 1, 1, 1])
@@ -119,7 +119,7 @@ def cases(seed):
     cat = c.op("Concat", [a, b], axis=1)
     r = c.op("Resize", [cat, "", c.w_scales([1, 1, 2, 2])], mode="nearest")
     y = c.op("Resize", [r, "", c.w_scales([1, 1, 3, 3])], mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
-    out.append((c, y, None))
+    out.append((c, y, None, {}))
 
     # torch.flatten(x, 1) as exported by older tools: Shape → Gather → Unsqueeze → Concat → Reshape.
     c = Case("shape_subgraph", rng, [1, 2, 5, 3])
@@ -129,11 +129,69 @@ def cases(seed):
     shape = c.op("Concat", [n, c.cint([-1])], axis=0)
     y = c.op("Reshape", ["image", shape])
     y = c.op("Gemm", [y, c.w(7, 30)], transB=1)
-    out.append((c, y, None))
+    out.append((c, y, None, {}))
+
+    c = Case("activations", rng, [1, 3, 9, 7])
+    x = c.op("Mul", ["image", const_scalar(c, 4.0)])
+    parts = [
+        c.op("LeakyRelu", [x], alpha=0.13),
+        c.op("HardSigmoid", [x]),
+        c.op("HardSwish", [x]),
+        c.op("Sigmoid", [x]),
+        c.op("Clip", [x, const_scalar(c, 0.0), const_scalar(c, 6.0)]),
+        c.op("Clip", [x, const_scalar(c, 0.0)]),
+        c.op("Clip", [x, const_scalar(c, -1.5), const_scalar(c, 2.5)]),
+    ]
+    y = c.op("Concat", parts, axis=1)
+    out.append((c, y, None, {}))
+
+    # Hard-swish written out three ways; the importer must fuse each into one activation.
+    c = Case("hard_swish_written_out", rng, [1, 4, 7, 9])
+    x = c.op("Mul", ["image", const_scalar(c, 3.0)])
+    g = c.op("Div", [c.op("Clip", [c.op("Add", [x, const_scalar(c, 3.0)]), const_scalar(c, 0.0), const_scalar(c, 6.0)]), const_scalar(c, 6.0)])
+    a = c.op("Mul", [x, g])
+    g = c.op("Clip", [c.op("Add", [a, const_scalar(c, 3.0)]), const_scalar(c, 0.0), const_scalar(c, 6.0)])
+    b = c.op("Div", [c.op("Mul", [g, a]), const_scalar(c, 6.0)])
+    y = c.op("Mul", [b, c.op("HardSigmoid", [b], alpha=1.0 / 6.0, beta=0.5)])
+    out.append((c, y, None, {"hard_swish": 3, "mul": 0, "clip": 0}))
+
+    # Squeeze-and-excitation: a [C, 1, 1] gate times the map, either operand order, and a
+    # product of two equally shaped maps.
+    c = Case("squeeze_excitation", rng, [1, 5, 11, 9])
+    x = c.op("Conv", ["image", c.w(6, 5, 3, 3)], pads=[1, 1, 1, 1])
+    g = c.op("GlobalAveragePool", [x])
+    g = c.op("Relu", [c.op("Conv", [g, c.w(3, 6, 1, 1), c.w(3)])])
+    g = c.op("HardSigmoid", [c.op("Conv", [g, c.w(6, 3, 1, 1), c.w(6)])], alpha=0.2, beta=0.5)
+    a = c.op("Mul", [x, g])
+    b = c.op("Mul", [g, c.op("Conv", [a, c.w(6, 6, 1, 1)])])
+    y = c.op("Mul", [a, b])
+    out.append((c, y, None, {"mul": 3}))
+
+    # YOLO-style Split (sizes given), channel Slice, and a flatten whose shape comes from a
+    # Slice of Shape.
+    c = Case("split_slice_pad", rng, [1, 6, 9, 11])
+    x = c.op("Conv", ["image", c.w(6, 6, 1, 1)])
+    c.counter += 1
+    parts = [f"split_{c.counter}_{k}" for k in range(3)]
+    c.nodes.append(helper.make_node("Split", [x, c.cint([2, 3, 1])], parts, name=f"Split_{c.counter}", axis=1))
+    sl = c.op("Slice", ["image", c.cint([1]), c.cint([4]), c.cint([1])])
+    cat = c.op("Concat", [parts[2], parts[0], sl, parts[1]], axis=1)
+    p = c.op("Pad", [cat, c.cint([0, 0, 1, 2, 0, 0, 1, 2])])
+    y = c.op("Conv", [p, c.w(4, 9, 3, 3)], strides=[2, 2])
+    s = c.op("Shape", [y])
+    n = c.op("Slice", [s, c.cint([0]), c.cint([1]), c.cint([0])])
+    y = c.op("Reshape", [y, c.op("Concat", [n, c.cint([-1])], axis=0)])
+    out.append((c, y, None, {}))
+
+    c = Case("refused_asymmetric_pad", rng, [1, 2, 5, 5])
+    y = c.op("Pad", ["image", c.cint([0, 0, 0, 0, 0, 0, 1, 1])])
+    out.append((c, y, "Pad", {}))
 
     c = Case("refused_softmax", rng, [1, 3, 5, 5])
-    y = c.op("Softmax", [c.op("Relu", ["image"])], axis=1)
-    out.append((c, y, "Softmax"))
+    r = c.op("Relu", ["image"])
+    y = c.op("Softmax", [r], axis=1)
+    # With --graph-output at the Relu the same file imports (the test checks max(x, 0)).
+    out.append((c, y, "Softmax", {"cut_at": r}))
     return out
 
 
@@ -161,7 +219,7 @@ def main():
     seed = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else 2026
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(seed + 1)
-    for case, y, refused in cases(seed):
+    for case, y, refused, extra in cases(seed):
         model = case.model(y, dynamic=case.name == "shape_subgraph")
         # (no onnx.checker: output shapes are left undeclared; onnxruntime validates on load)
         path = os.path.join(out_dir, case.name + ".onnx")
@@ -173,6 +231,11 @@ def main():
         x.tofile(os.path.join(out_dir, case.name + ".input.f32"))
         result.tofile(os.path.join(out_dir, case.name + ".output.f32"))
         meta = {"input_shape": case.shape, "output_shape": list(result.shape), "refused": refused}
+        if "cut_at" in extra:
+            meta["cut_at"] = extra["cut_at"]
+        kinds = {k: v for k, v in extra.items() if k != "cut_at"}
+        if kinds:
+            meta["ir_kinds"] = kinds
         with open(os.path.join(out_dir, case.name + ".json"), "w") as f:
             json.dump(meta, f)
     print(f"onnxruntime {ort.__version__}, onnx {onnx.__version__}: {len(cases(seed))} cases in {out_dir}")

@@ -132,6 +132,8 @@ pub enum ChannelActivation {
     Silu,
     /// x·Φ(x).
     Gelu,
+    /// Another exact activation of the IR (sigmoid, hard sigmoid, hard swish, clip, leaky ReLU).
+    Other(Activation),
     /// `r·g(x / r)` for an exact activation `g` inside a normalised range `r`.
     Normalised {
         /// The exact activation.
@@ -155,6 +157,7 @@ impl ChannelActivation {
             ChannelActivation::Relu => x.max(0.0),
             ChannelActivation::Silu => x / (1.0 + (-x).exp()),
             ChannelActivation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+            ChannelActivation::Other(a) => a.eval(x).unwrap_or(f64::NAN),
             ChannelActivation::Normalised { inner, range } => range * inner.eval(x / range),
             ChannelActivation::Poly { coeffs, input_scale } => {
                 let t = x * input_scale;
@@ -224,6 +227,7 @@ fn channel_activations(
             Activation::Silu => Some(ChannelActivation::Silu),
             Activation::Gelu => Some(ChannelActivation::Gelu),
             Activation::Poly { .. } => None,
+            other => Some(ChannelActivation::Other(other.clone())),
         }
     };
     match act {

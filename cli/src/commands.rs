@@ -57,16 +57,24 @@ pub fn import_small_cnn(widths: &[usize], seed: u64, output: &Path, json: bool) 
     write_imported(&small_cnn(widths, seed)?, output, json)
 }
 
-pub fn import_onnx(
-    path: &Path,
-    input_shape: Option<Vec<usize>>,
-    mean: Option<Vec<f32>>,
-    std: Option<Vec<f32>>,
-    output: &Path,
-    json: bool,
-) -> Result<()> {
+/// The choices of `peregrine import onnx` besides the files.
+pub struct OnnxArgs {
+    /// `--input-shape`.
+    pub input_shape: Option<Vec<usize>>,
+    /// `--mean`.
+    pub mean: Option<Vec<f32>>,
+    /// `--std`.
+    pub std: Option<Vec<f32>>,
+    /// `--graph-output`.
+    pub graph_output: Vec<String>,
+    /// `--classes`.
+    pub classes: Vec<String>,
+}
+
+pub fn import_onnx(path: &Path, args: OnnxArgs, output: &Path, json: bool) -> Result<()> {
     use peregrine_model::ir::Preprocess;
     use peregrine_model::onnx::{import_onnx, OnnxOptions};
+    let OnnxArgs { input_shape, mean, std, graph_output, classes } = args;
     let preprocess = match (mean, std) {
         (None, None) => None,
         (mean, std) => {
@@ -74,7 +82,7 @@ pub fn import_onnx(
             Some(Preprocess { mean: mean.unwrap_or(vec![0.0; n]), std: std.unwrap_or(vec![1.0; n]), resize: true })
         }
     };
-    let options = OnnxOptions { input_shape, preprocess, classes: Vec::new() };
+    let options = OnnxOptions { input_shape, preprocess, classes, outputs: graph_output };
     write_imported(&import_onnx(path, &options)?, output, json)
 }
 

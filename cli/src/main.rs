@@ -253,6 +253,14 @@ enum ImportCmd {
         /// Per-channel standard deviation of the preprocessing; default 1.
         #[arg(long, value_delimiter = ',')]
         std: Option<Vec<f32>>,
+        /// The ONNX values to import as the model output instead of the graph's own (e.g. the
+        /// logits before a Softmax; a detector's heads, which are upsampled to the largest and
+        /// concatenated on channels); the nodes after them are left out.
+        #[arg(long, value_name = "NAME", value_delimiter = ',')]
+        graph_output: Vec<String>,
+        /// Class names, one per output value.
+        #[arg(long, value_delimiter = ',')]
+        classes: Option<Vec<String>>,
         /// Output model file.
         #[arg(short, long)]
         output: PathBuf,
@@ -279,8 +287,10 @@ fn main() -> ExitCode {
         Command::Import { what: ImportCmd::Resnet { depth, weights, output } } => {
             commands::import_resnet(depth, &weights, &output, json)
         }
-        Command::Import { what: ImportCmd::Onnx { model, input_shape, mean, std, output } } => {
-            commands::import_onnx(&model, input_shape, mean, std, &output, json)
+        Command::Import { what: ImportCmd::Onnx { model, input_shape, mean, std, graph_output, classes, output } } => {
+            let options =
+                commands::OnnxArgs { input_shape, mean, std, graph_output, classes: classes.unwrap_or_default() };
+            commands::import_onnx(&model, options, &output, json)
         }
         Command::Import { what: ImportCmd::SmallCnn { widths, seed, output } } => {
             commands::import_small_cnn(&widths, seed, &output, json)

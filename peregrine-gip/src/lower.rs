@@ -87,7 +87,7 @@ pub fn node_map(model: &Model, i: usize) -> Result<Option<LinearMap>, NotLinear>
             }
         }
         Op::Activation(_) => return Ok(None),
-        Op::MaxPool(_) => return Err(NotLinear { node: node.name.clone(), kind: node.op.kind() }),
+        Op::MaxPool(_) | Op::Mul => return Err(NotLinear { node: node.name.clone(), kind: node.op.kind() }),
     }))
 }
 

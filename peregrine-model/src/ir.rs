@@ -131,6 +131,29 @@ pub enum Activation {
     Silu,
     /// x · Φ(x) (exact, erf form).
     Gelu,
+    /// 1 / (1 + e^(−x)).
+    Sigmoid,
+    /// max(0, min(1, α·x + β)) (ONNX defaults α = 0.2, β = 0.5; PyTorch's is α = 1/6).
+    HardSigmoid {
+        /// Slope α.
+        alpha: f32,
+        /// Offset β.
+        beta: f32,
+    },
+    /// x · min(max(x + 3, 0), 6) / 6.
+    HardSwish,
+    /// min(max(x, min), max) (ReLU6 is `Clip { min: 0, max: 6 }`).
+    Clip {
+        /// Lower bound.
+        min: f32,
+        /// Upper bound.
+        max: f32,
+    },
+    /// x for x ≥ 0, α·x below.
+    LeakyRelu {
+        /// Slope α for negative inputs.
+        alpha: f32,
+    },
     /// Per-channel polynomial `y = Σ_k a[c][k] · (s[c] · x)^k`.
     Poly {
         /// Coefficient tensor `(C, degree + 1)`, ascending powers.
@@ -146,8 +169,49 @@ pub enum Activation {
     },
 }
 
+impl Activation {
+    /// The function this activation computes at `x` (`None` for a polynomial, whose
+    /// coefficients live in the weights).
+    pub fn eval(&self, x: f64) -> Option<f64> {
+        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+        Some(match *self {
+            Activation::Relu => x.max(0.0),
+            Activation::Silu => x * sigmoid(x),
+            Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+            Activation::Sigmoid => sigmoid(x),
+            Activation::HardSigmoid { alpha, beta } => (alpha as f64 * x + beta as f64).clamp(0.0, 1.0),
+            Activation::HardSwish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+            Activation::Clip { min, max } => x.clamp(min as f64, max as f64),
+            Activation::LeakyRelu { alpha } => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    alpha as f64 * x
+                }
+            }
+            Activation::Poly { .. } => return None,
+        })
+    }
+
+    /// Checks the parameters: finite, `min < max` for a clip.
+    pub fn validate(&self) -> Result<()> {
+        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+        let ok = match *self {
+            Activation::HardSigmoid { alpha, beta } => finite(&[alpha, beta]),
+            Activation::Clip { min, max } => finite(&[min, max]) && min < max,
+            Activation::LeakyRelu { alpha } => finite(&[alpha]),
+            _ => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(ModelError::InvalidGraph(format!("activation parameters {self:?} are not finite or not ordered")))
+        }
+    }
+}
+
 /// An exact activation that a polynomial approximates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Approximated {
     /// max(x, 0).
@@ -156,25 +220,60 @@ pub enum Approximated {
     Silu,
     /// x · Φ(x).
     Gelu,
+    /// 1 / (1 + e^(−x)).
+    Sigmoid,
+    /// max(0, min(1, α·x + β)).
+    HardSigmoid {
+        /// Slope α.
+        alpha: f32,
+        /// Offset β.
+        beta: f32,
+    },
+    /// x · min(max(x + 3, 0), 6) / 6.
+    HardSwish,
+    /// min(max(x, min), max).
+    Clip {
+        /// Lower bound.
+        min: f32,
+        /// Upper bound.
+        max: f32,
+    },
+    /// x for x ≥ 0, α·x below.
+    LeakyRelu {
+        /// Slope α.
+        alpha: f32,
+    },
 }
 
 impl Approximated {
     /// The exact activation.
     pub fn as_activation(&self) -> Activation {
-        match self {
+        match *self {
             Approximated::Relu => Activation::Relu,
             Approximated::Silu => Activation::Silu,
             Approximated::Gelu => Activation::Gelu,
+            Approximated::Sigmoid => Activation::Sigmoid,
+            Approximated::HardSigmoid { alpha, beta } => Activation::HardSigmoid { alpha, beta },
+            Approximated::HardSwish => Activation::HardSwish,
+            Approximated::Clip { min, max } => Activation::Clip { min, max },
+            Approximated::LeakyRelu { alpha } => Activation::LeakyRelu { alpha },
         }
     }
     /// What a polynomial replacing `op` approximates: the activation itself, or what an
     /// existing polynomial records (`None` for anything else).
     pub fn of(op: &Op) -> Option<Self> {
         match op {
-            Op::Activation(Activation::Relu) => Some(Approximated::Relu),
-            Op::Activation(Activation::Silu) => Some(Approximated::Silu),
-            Op::Activation(Activation::Gelu) => Some(Approximated::Gelu),
-            Op::Activation(Activation::Poly { approximates, .. }) => *approximates,
+            Op::Activation(a) => Some(match *a {
+                Activation::Relu => Approximated::Relu,
+                Activation::Silu => Approximated::Silu,
+                Activation::Gelu => Approximated::Gelu,
+                Activation::Sigmoid => Approximated::Sigmoid,
+                Activation::HardSigmoid { alpha, beta } => Approximated::HardSigmoid { alpha, beta },
+                Activation::HardSwish => Approximated::HardSwish,
+                Activation::Clip { min, max } => Approximated::Clip { min, max },
+                Activation::LeakyRelu { alpha } => Approximated::LeakyRelu { alpha },
+                Activation::Poly { approximates, .. } => return approximates,
+            }),
             _ => None,
         }
     }
@@ -228,6 +327,9 @@ pub enum Op {
     Linear(Linear),
     /// Element-wise sum of two or more equally shaped inputs.
     Add,
+    /// Element-wise product of two inputs; a `[C, 1, 1]` input is broadcast over the other's
+    /// `[C, H, W]` (squeeze-and-excitation gates).
+    Mul,
     /// Concatenation of two or more inputs along channels.
     Concat,
     /// Nearest-neighbour upsampling by an integer factor.
@@ -258,12 +360,18 @@ impl Op {
             Op::Activation(Activation::Relu) => "relu",
             Op::Activation(Activation::Silu) => "silu",
             Op::Activation(Activation::Gelu) => "gelu",
+            Op::Activation(Activation::Sigmoid) => "sigmoid",
+            Op::Activation(Activation::HardSigmoid { .. }) => "hard_sigmoid",
+            Op::Activation(Activation::HardSwish) => "hard_swish",
+            Op::Activation(Activation::Clip { .. }) => "clip",
+            Op::Activation(Activation::LeakyRelu { .. }) => "leaky_relu",
             Op::Activation(Activation::Poly { .. }) => "poly",
             Op::AvgPool(_) => "avg_pool",
             Op::MaxPool(_) => "max_pool",
             Op::GlobalAvgPool => "global_avg_pool",
             Op::Linear(_) => "linear",
             Op::Add => "add",
+            Op::Mul => "mul",
             Op::Concat => "concat",
             Op::Upsample { .. } => "upsample",
             Op::SubsampleChannelPad { .. } => "subsample_channel_pad",
@@ -713,6 +821,7 @@ pub(crate) fn infer_shape(node: &Node, ins: &[&Shape], weights: &Weights) -> Res
         }
         Op::Activation(a) => {
             arity(node, 1)?;
+            a.validate()?;
             if let Activation::Poly { coeffs, input_scale, .. } = a {
                 let c = ins[0][0];
                 let t = &weights[coeffs];
@@ -770,6 +879,20 @@ pub(crate) fn infer_shape(node: &Node, ins: &[&Shape], weights: &Weights) -> Res
                 return Err(ModelError::Shape(format!("inputs differ in shape: {:?} vs {:?}", ins[0], s)));
             }
             Ok(ins[0].clone())
+        }
+        Op::Mul => {
+            arity(node, 2)?;
+            let (a, b) = (ins[0], ins[1]);
+            let gate = |g: &Shape, x: &Shape| g.len() == 3 && x.len() == 3 && g[0] == x[0] && g[1] == 1 && g[2] == 1;
+            if a == b || gate(b, a) {
+                Ok(a.clone())
+            } else if gate(a, b) {
+                Ok(b.clone())
+            } else {
+                Err(ModelError::Shape(format!(
+                    "inputs {a:?} and {b:?} neither agree nor broadcast (a [C, 1, 1] gate over a [C, H, W] map)"
+                )))
+            }
         }
         Op::Concat => {
             if node.inputs.len() < 2 {

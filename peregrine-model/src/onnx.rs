@@ -39,6 +39,13 @@ pub struct OnnxOptions {
     pub preprocess: Option<Preprocess>,
     /// Class names for the outputs (default: none).
     pub classes: Vec<String>,
+    /// The ONNX values to import as the model output, instead of the graph's output: the
+    /// logits before a final Softmax, or the raw heads of a detector whose decoding (boxes,
+    /// non-maximum suppression) runs on the client after decryption. Nodes after them are
+    /// ignored. Several maps are brought to the largest one's size by nearest upsampling (an
+    /// integer factor) and concatenated on channels, in the order given: value k is then read
+    /// at every f_k-th pixel of its channels.
+    pub outputs: Vec<String>,
 }
 
 /// Reads an ONNX file and imports it (see the [module](self) for the operators).
@@ -96,24 +103,49 @@ pub fn import_onnx_bytes(bytes: &[u8], options: &OnnxOptions) -> Result<Model> {
     b.values.insert(input.name.clone(), Value::Tensor(INPUT.to_string()));
     b.names.insert(INPUT.to_string());
     b.consumers = count_consumers(&graph.node, &graph.output.iter().map(|o| o.name.clone()).collect::<Vec<_>>());
-    for node in &graph.node {
+    let wanted: Vec<String> = if options.outputs.is_empty() {
+        let Some(out) = graph.output.first() else {
+            return Err(ModelError::MalformedModel("the ONNX graph has no output".into()));
+        };
+        if graph.output.len() > 1 {
+            return Err(ModelError::Unsupported(format!(
+                "{} graph outputs (one is supported; choose the values with --graph-output)",
+                graph.output.len()
+            )));
+        }
+        vec![out.name.clone()]
+    } else {
+        options.outputs.clone()
+    };
+    let chosen = !options.outputs.is_empty();
+    for name in wanted.iter().filter(|_| chosen) {
+        // A chosen value is read by the model output too: it must stay materialised.
+        *b.consumers.entry(name.clone()).or_insert(0) += 1;
+    }
+    let needed = needed_nodes(&graph.node, &wanted);
+    for (i, node) in graph.node.iter().enumerate() {
+        if chosen && !needed.contains(&i) {
+            continue; // not an ancestor of the chosen outputs (e.g. a detector's decoding)
+        }
         b.node(node).map_err(|e| prefix(e, node))?;
     }
-    let Some(out) = graph.output.first() else {
-        return Err(ModelError::MalformedModel("the ONNX graph has no output".into()));
-    };
-    if graph.output.len() > 1 {
-        return Err(ModelError::Unsupported(format!("{} graph outputs (one is supported)", graph.output.len())));
-    }
-    let output = match b.values.get(&out.name) {
-        Some(Value::Tensor(n)) if n != INPUT => n.clone(),
-        Some(Value::Sigmoid(_)) => {
-            return Err(ModelError::Unsupported(
-                "a Sigmoid output (Sigmoid is supported only inside x·sigmoid(x))".into(),
-            ))
+    let mut outs = Vec::new();
+    for name in &wanted {
+        if matches!(b.values.get(name), Some(Value::Sigmoid(_))) {
+            b.materialize_sigmoid(name)?;
         }
-        _ => return Err(ModelError::InvalidGraph(format!("the output '{}' is not computed from the input", out.name))),
-    };
+        match b.values.get(name) {
+            Some(Value::Tensor(n)) if n != INPUT => outs.push(n.clone()),
+            None if chosen => {
+                return Err(ModelError::InvalidGraph(format!(
+                    "the graph computes no value named '{name}' (--graph-output)"
+                )))
+            }
+            _ => return Err(ModelError::InvalidGraph(format!("the output '{name}' is not computed from the input"))),
+        }
+    }
+    let output = if outs.len() == 1 { outs.remove(0) } else { b.merge_outputs(&outs)? };
+    let (nodes, weights) = fuse_hard_swish(b.nodes, b.weights);
     let channels = shape[0];
     let preprocess = options.preprocess.clone().unwrap_or(Preprocess {
         mean: vec![0.0; channels],
@@ -125,11 +157,11 @@ pub fn import_onnx_bytes(bytes: &[u8], options: &OnnxOptions) -> Result<Model> {
         version: FORMAT_VERSION,
         name,
         input: InputSpec { shape, preprocess },
-        nodes: b.nodes,
+        nodes,
         output,
         classes: options.classes.clone(),
     };
-    Model::new(graph, b.weights)
+    Model::new(graph, weights)
 }
 
 fn prefix(e: ModelError, node: &NodeProto) -> ModelError {
@@ -142,6 +174,22 @@ fn node_name(node: &NodeProto) -> &str {
     } else {
         node.output.first().map(String::as_str).unwrap_or("?")
     }
+}
+
+/// Indices of the nodes the values `wanted` depend on.
+fn needed_nodes(nodes: &[NodeProto], wanted: &[String]) -> HashSet<usize> {
+    let producer: HashMap<&str, usize> =
+        nodes.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
+    let mut needed = HashSet::new();
+    let mut stack: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    while let Some(v) = stack.pop() {
+        if let Some(&i) = producer.get(v) {
+            if needed.insert(i) {
+                stack.extend(nodes[i].input.iter().filter(|n| !n.is_empty()).map(String::as_str));
+            }
+        }
+    }
+    needed
 }
 
 /// How often each value is read (graph outputs count as readers).
@@ -417,6 +465,17 @@ impl Builder {
         if let Some(v) = self.fold(node)? {
             return self.set(node, Value::Const(v));
         }
+        // A Sigmoid stays a marker while it may still turn out to be part of x·sigmoid(x);
+        // any other reader makes it a sigmoid node.
+        for (k, i) in node.input.iter().enumerate() {
+            if let Some(Value::Sigmoid(s)) = self.values.get(i) {
+                let other = node.input.get(1 - k.min(1)).and_then(|o| self.values.get(o));
+                let silu = op == "Mul" && node.input.len() == 2 && matches!(other, Some(Value::Tensor(t)) if t == s);
+                if !silu && op != "Shape" {
+                    self.materialize_sigmoid(i)?;
+                }
+            }
+        }
         let out = match op {
             "Identity" | "Dropout" => {
                 let v = self.input(node, 0)?.clone();
@@ -453,6 +512,24 @@ impl Builder {
                 let x = self.tensor_in(node, 0)?;
                 self.emit(&base, Op::Activation(Activation::Relu), vec![x])?
             }
+            "LeakyRelu" => {
+                let x = self.tensor_in(node, 0)?;
+                let alpha = attr_f(node, "alpha", 0.01);
+                self.emit(&base, Op::Activation(Activation::LeakyRelu { alpha }), vec![x])?
+            }
+            "HardSigmoid" => {
+                let x = self.tensor_in(node, 0)?;
+                let (alpha, beta) = (attr_f(node, "alpha", 0.2), attr_f(node, "beta", 0.5));
+                self.emit(&base, Op::Activation(Activation::HardSigmoid { alpha, beta }), vec![x])?
+            }
+            "HardSwish" => {
+                let x = self.tensor_in(node, 0)?;
+                self.emit(&base, Op::Activation(Activation::HardSwish), vec![x])?
+            }
+            "Clip" => self.clip(node, &base)?,
+            "Split" => return self.split(node, &base),
+            "Slice" => self.slice(node, &base)?,
+            "Pad" => self.pad(node, &base)?,
             "Sigmoid" => {
                 let x = self.tensor_in(node, 0)?;
                 return self.set(node, Value::Sigmoid(x));
@@ -504,9 +581,218 @@ impl Builder {
                 self.emit(&base, Op::Concat, ins)?
             }
             "Resize" | "Upsample" => self.resize(node, &base)?,
+            "Softmax" | "LogSoftmax" => {
+                return Err(unsupported(format!(
+                    "operator {op} is not supported (it keeps the order of the values: pass --graph-output '{}' to import the scores before it)",
+                    node.input.first().map(String::as_str).unwrap_or("?")
+                )))
+            }
             other => return Err(unsupported(format!("operator {other} is not supported"))),
         };
         self.set(node, Value::Tensor(out))
+    }
+
+    /// Several output maps as one: each upsampled (nearest, integer factor) to the largest
+    /// one's size, then concatenated on channels.
+    fn merge_outputs(&mut self, outs: &[String]) -> Result<String> {
+        let shapes: Vec<Shape> = outs.iter().map(|o| self.shape_of(o).clone()).collect();
+        let Some(big) = shapes.iter().filter(|s| s.len() == 3).max_by_key(|s| s[1] * s[2]).cloned() else {
+            return Err(unsupported("several outputs that are not feature maps"));
+        };
+        let mut parts = Vec::new();
+        for (o, s) in outs.iter().zip(&shapes) {
+            let fits = s.len() == 3 && big[1] % s[1] == 0 && big[2] % s[2] == 0 && big[1] / s[1] == big[2] / s[2];
+            if !fits {
+                return Err(unsupported(format!(
+                    "outputs of shapes {s:?} and {big:?} (each must be the largest one downscaled by an integer factor)"
+                )));
+            }
+            let f = big[1] / s[1];
+            parts.push(if f == 1 {
+                o.clone()
+            } else {
+                self.emit(&format!("{o}.up"), Op::Upsample { factor: f }, vec![o.clone()])?
+            });
+        }
+        self.emit("outputs", Op::Concat, parts)
+    }
+
+    /// Turns the Sigmoid marker held by ONNX value `name` into a sigmoid node.
+    fn materialize_sigmoid(&mut self, name: &str) -> Result<()> {
+        if let Some(Value::Sigmoid(x)) = self.values.get(name).cloned() {
+            let s = self.emit(name, Op::Activation(Activation::Sigmoid), vec![x])?;
+            self.values.insert(name.to_string(), Value::Tensor(s));
+        }
+        Ok(())
+    }
+
+    /// Clip(x, min, max) (bounds as inputs, opset 11+, or attributes): ReLU when only the lower
+    /// bound 0 is given, else a clip activation with finite bounds (ReLU6: 0 and 6).
+    fn clip(&mut self, node: &NodeProto, base: &str) -> Result<String> {
+        let x = self.tensor_in(node, 0)?;
+        let bound = |b: &Self, i: usize, name: &str, default: f32| -> Result<f32> {
+            match b.optional_const(node, i)? {
+                Some(c) if c.len() == 1 => Ok(c.iter().next().copied().unwrap_or(default)),
+                Some(c) => Err(unsupported(format!("a Clip bound of shape {:?} (a scalar is supported)", c.shape()))),
+                None => Ok(attr(node, name).map_or(default, |a| a.f)),
+            }
+        };
+        let min = bound(self, 1, "min", f32::NEG_INFINITY)?;
+        let max = bound(self, 2, "max", f32::INFINITY)?;
+        let act = match (min, max) {
+            (lo, hi) if lo == 0.0 && hi == f32::INFINITY => Activation::Relu,
+            (lo, hi) if lo.is_finite() && hi.is_finite() && lo < hi => Activation::Clip { min: lo, max: hi },
+            (lo, hi) => {
+                return Err(unsupported(format!(
+                    "Clip to [{lo}, {hi}] (finite bounds, or [0, ∞) as ReLU, are supported)"
+                )))
+            }
+        };
+        self.emit(base, Op::Activation(act), vec![x])
+    }
+
+    /// Channels `range` of `x` as a 1×1 convolution with 0/1 weights: a linear map that the
+    /// packed compiler fuses into its neighbours, so it costs no level of its own.
+    fn select_channels(&mut self, base: &str, x: String, range: std::ops::Range<usize>) -> Result<String> {
+        let c = self.shape_of(&x)[0];
+        if self.shape_of(&x).len() != 3 || range.is_empty() || range.end > c {
+            return Err(unsupported(format!(
+                "channels {range:?} of a tensor of shape {:?} (a non-empty channel range of a map)",
+                self.shape_of(&x)
+            )));
+        }
+        let name = self.fresh(base);
+        self.names.remove(&name);
+        let mut w = ArrayD::zeros(IxDyn(&[range.len(), c, 1, 1]));
+        for (o, i) in range.clone().enumerate() {
+            w[[o, i, 0, 0]] = 1.0;
+        }
+        let weight = self.weight(&name, "select", w);
+        let conv = Conv2d {
+            in_channels: c,
+            out_channels: range.len(),
+            kernel: [1, 1],
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+            weight,
+            bias: None,
+        };
+        self.emit(&name, Op::Conv2d(conv), vec![x])
+    }
+
+    /// Split on channels: one channel-selection node per output.
+    fn split(&mut self, node: &NodeProto, base: &str) -> Result<()> {
+        let x = self.tensor_in(node, 0)?;
+        let axis = attr_i(node, "axis", 0);
+        if axis != 1 && axis != -3 {
+            return Err(unsupported(format!("Split on axis {axis} (channels, axis 1, is supported)")));
+        }
+        let c = self.shape_of(&x)[0];
+        let outs = node.output.len();
+        let sizes: Vec<usize> = match self.optional_const(node, 1)? {
+            Some(s) => s.iter().map(|&v| v.max(0.0) as usize).collect(),
+            None => match attr_ints(node, "split") {
+                Some(s) => s.iter().map(|&v| v.max(0) as usize).collect(),
+                None if outs > 0 => {
+                    let part = c.div_ceil(outs);
+                    (0..outs).map(|k| part.min(c.saturating_sub(k * part))).collect()
+                }
+                None => return Err(ModelError::InvalidGraph("Split without outputs".into())),
+            },
+        };
+        if sizes.len() != outs || sizes.iter().sum::<usize>() != c {
+            return Err(ModelError::InvalidGraph(format!("Split sizes {sizes:?} for {outs} outputs of {c} channels")));
+        }
+        let mut start = 0;
+        for (k, size) in sizes.iter().enumerate() {
+            let name = node.output[k].clone();
+            let t = self.select_channels(&format!("{base}.{k}"), x.clone(), start..start + size)?;
+            self.values.insert(name, Value::Tensor(t));
+            start += size;
+        }
+        Ok(())
+    }
+
+    /// Slice of a computed tensor: a channel range (step 1) becomes a channel selection.
+    fn slice(&mut self, node: &NodeProto, base: &str) -> Result<String> {
+        let x = self.tensor_in(node, 0)?;
+        let (starts, ends, axes, steps) = slice_args(self, node)?;
+        let shape = self.shape_of(&x).clone();
+        let mut range = 0..shape[0];
+        for (k, &axis) in axes.iter().enumerate() {
+            let step = steps.get(k).copied().unwrap_or(1);
+            let dim = if axis == 0 || axis == -4 {
+                return Err(unsupported("Slice on the batch axis"));
+            } else if axis > 0 {
+                axis as usize - 1
+            } else {
+                (axis + shape.len() as i64) as usize
+            };
+            let size = *shape.get(dim).ok_or_else(|| unsupported(format!("Slice on axis {axis}")))?;
+            let (a, b) = clamp_range(starts[k], ends[k], size);
+            if step != 1 {
+                return Err(unsupported(format!("Slice with step {step} (1 is supported)")));
+            }
+            if dim != 0 {
+                if (a, b) == (0, size) {
+                    continue;
+                }
+                return Err(unsupported(format!("Slice on axis {axis} (channel ranges are supported)")));
+            }
+            range = a..b;
+        }
+        if range == (0..shape[0]) {
+            return Ok(x);
+        }
+        self.select_channels(base, x, range)
+    }
+
+    /// Pad with zeros, the same on both sides of H and of W: a depthwise 1×1 identity
+    /// convolution with that padding (linear, fused by the packed compiler).
+    fn pad(&mut self, node: &NodeProto, base: &str) -> Result<String> {
+        let x = self.tensor_in(node, 0)?;
+        let mode = attr_s(node, "mode", "constant");
+        if mode != "constant" {
+            return Err(unsupported(format!("Pad mode {mode} (constant zeros are supported)")));
+        }
+        let pads: Vec<i64> = match self.optional_const(node, 1)? {
+            Some(p) => p.iter().map(|&v| v as i64).collect(),
+            None => attr_ints(node, "pads").unwrap_or_default(),
+        };
+        let value = match self.optional_const(node, 2)? {
+            Some(v) => v.iter().next().copied().unwrap_or(0.0),
+            None => attr_f(node, "value", 0.0),
+        };
+        if value != 0.0 {
+            return Err(unsupported(format!("Pad with the value {value} (zeros are supported)")));
+        }
+        if node.input.get(3).is_some_and(|a| !a.is_empty()) {
+            return Err(unsupported("Pad with an axes input"));
+        }
+        let (ph, pw) = match pads.as_slice() {
+            [0, 0, t, l, 0, 0, b, r] if t == b && l == r && *t >= 0 && *l >= 0 => (*t as usize, *l as usize),
+            _ => {
+                return Err(unsupported(format!(
+                    "pads {pads:?} (zero padding the same on both sides of H and of W is supported)"
+                )))
+            }
+        };
+        let c = self.shape_of(&x)[0];
+        let weight = self.weight(base, "identity", ArrayD::ones(IxDyn(&[c, 1, 1, 1])));
+        let conv = Conv2d {
+            in_channels: c,
+            out_channels: c,
+            kernel: [1, 1],
+            stride: [1, 1],
+            padding: [ph, pw],
+            dilation: [1, 1],
+            groups: c,
+            weight,
+            bias: None,
+        };
+        self.emit(base, Op::Conv2d(conv), vec![x])
     }
 
     /// Constant folding: Constant, and shape arithmetic on constants (Shape reads the
@@ -580,6 +866,44 @@ impl Builder {
                     x.clone()
                 }
             }
+            "Add" | "Sub" | "Mul" | "Div" => {
+                let Some(c) = consts(self) else { return Ok(None) };
+                let [a, b] = c.as_slice() else { return Ok(None) };
+                // ndarray panics on shapes that do not broadcast: check first.
+                let (sa, sb) = (a.shape(), b.shape());
+                let n = sa.len().max(sb.len());
+                let dim = |s: &[usize], k: usize| if k < n - s.len() { 1 } else { s[k - (n - s.len())] };
+                if (0..n).any(|k| dim(sa, k) != dim(sb, k) && dim(sa, k) != 1 && dim(sb, k) != 1) {
+                    return Err(ModelError::InvalidGraph(format!(
+                        "constants of shapes {sa:?} and {sb:?} do not broadcast"
+                    )));
+                }
+                let size = (0..n).try_fold(1usize, |acc, k| acc.checked_mul(dim(sa, k).max(dim(sb, k))));
+                if size.is_none_or(|v| v > 1 << 24) {
+                    return Err(unsupported(format!(
+                        "arithmetic on constants of shapes {sa:?} and {sb:?} (too large)"
+                    )));
+                }
+                match node.op_type.as_str() {
+                    "Add" => a + b,
+                    "Sub" => a - b,
+                    "Mul" => a * b,
+                    _ => a / b,
+                }
+            }
+            "Slice" => {
+                let Some(c) = consts(self) else { return Ok(None) };
+                let data = &c[0];
+                if data.ndim() != 1 {
+                    return Err(unsupported("Slice of a constant of rank other than 1"));
+                }
+                let (starts, ends, axes, steps) = slice_args(self, node)?;
+                if axes.iter().any(|&a| a != 0 && a != -1) || steps.iter().any(|&s| s != 1) || starts.len() != 1 {
+                    return Err(unsupported("Slice of a constant vector other than one range with step 1"));
+                }
+                let (a, b) = clamp_range(starts[0], ends[0], data.len());
+                vec1(data.iter().skip(a).take(b - a).copied().collect())
+            }
             "Concat" => {
                 let Some(c) = consts(self) else { return Ok(None) };
                 if c.iter().any(|t| t.ndim() > 1) {
@@ -589,6 +913,11 @@ impl Builder {
             }
             _ => return Ok(None),
         }))
+    }
+
+    /// Constant int input `i` of `node`, or `None` when absent.
+    fn ints_input(&self, node: &NodeProto, i: usize) -> Result<Option<Vec<i64>>> {
+        Ok(self.optional_const(node, i)?.map(|c| c.iter().map(|&v| v as i64).collect()))
     }
 
     fn pads(
@@ -797,9 +1126,7 @@ impl Builder {
                 self.affine(node, base, op, x.clone(), c.clone(), false)
             }
             ("Sub", Value::Const(c), Value::Tensor(x)) => self.affine(node, base, op, x.clone(), c.clone(), true),
-            ("Mul", Value::Tensor(_), Value::Tensor(_)) => {
-                Err(unsupported("Mul of two computed tensors (only x·sigmoid(x) is supported)"))
-            }
+            ("Mul", Value::Tensor(x), Value::Tensor(y)) => self.emit(base, Op::Mul, vec![x.clone(), y.clone()]),
             _ => Err(unsupported(format!("{op} of these operands"))),
         }
     }
@@ -953,5 +1280,151 @@ impl Builder {
             _ => return Err(unsupported("resizing other than by one integer factor on height and width")),
         };
         self.emit(base, Op::Upsample { factor }, vec![x])
+    }
+}
+
+/// Slice's starts, ends, axes and steps, one entry per sliced axis.
+type SliceArgs = (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>);
+
+/// Slice's starts, ends, axes and steps (inputs since opset 10, attributes before).
+fn slice_args(b: &Builder, node: &NodeProto) -> Result<SliceArgs> {
+    let starts = match b.ints_input(node, 1)? {
+        Some(v) => v,
+        None => attr_ints(node, "starts").ok_or_else(|| ModelError::InvalidGraph("Slice without starts".into()))?,
+    };
+    let ends = match b.ints_input(node, 2)? {
+        Some(v) => v,
+        None => attr_ints(node, "ends").ok_or_else(|| ModelError::InvalidGraph("Slice without ends".into()))?,
+    };
+    let axes = match b.ints_input(node, 3)? {
+        Some(v) => v,
+        None => attr_ints(node, "axes").unwrap_or_else(|| (0..starts.len() as i64).collect()),
+    };
+    let steps = b.ints_input(node, 4)?.unwrap_or_else(|| vec![1; starts.len()]);
+    if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+        return Err(ModelError::InvalidGraph("Slice with starts, ends, axes and steps of different lengths".into()));
+    }
+    Ok((starts, ends, axes, steps))
+}
+
+/// ONNX's clamping of a slice `[start, end)` (negative = from the end) to a dimension of `size`.
+fn clamp_range(start: i64, end: i64, size: usize) -> (usize, usize) {
+    let n = size as i64;
+    let fix = |v: i64| if v < 0 { (v + n).max(0) } else { v.min(n) };
+    let (a, b) = (fix(start), fix(end));
+    (a as usize, b.max(a) as usize)
+}
+
+/// The per-channel `(scale, shift)` of a batch-norm node, if every channel has the same.
+fn uniform_affine(node: &Node, weights: &Weights) -> Option<(f64, f64)> {
+    let Op::BatchNorm(b) = &node.op else { return None };
+    let (w, bias, m, v) = (&weights[&b.weight], &weights[&b.bias], &weights[&b.running_mean], &weights[&b.running_var]);
+    let mut out: Option<(f64, f64)> = None;
+    for c in 0..b.channels {
+        let s = w[c] as f64 / (v[c] as f64 + b.eps).sqrt();
+        let t = bias[c] as f64 - m[c] as f64 * s;
+        match out {
+            None => out = Some((s, t)),
+            Some((s0, t0)) if (s - s0).abs() <= 1e-6 && (t - t0).abs() <= 1e-6 => {}
+            Some(_) => return None,
+        }
+    }
+    out
+}
+
+/// Recognises hard-swish written out — `x · clip(x + 3, 0, 6) / 6` (the division before or after
+/// the product) or `x · hardsigmoid(x)` with α = 1/6, β = 1/2 — and replaces it by one
+/// `hard_swish` activation, dropping the intermediate nodes (each read only there).
+fn fuse_hard_swish(mut nodes: Vec<Node>, mut weights: Weights) -> (Vec<Node>, Weights) {
+    loop {
+        let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
+        let mut readers: HashMap<&str, usize> = HashMap::new();
+        for n in &nodes {
+            for i in &n.inputs {
+                *readers.entry(i.as_str()).or_insert(0) += 1;
+            }
+        }
+        let near = |a: f64, b: f64| (a - b).abs() <= 1e-5;
+        let producer = |name: &str| index.get(name).map(|&i| &nodes[i]);
+        let only = |name: &str| readers.get(name) == Some(&1);
+        // Is `g` (read once) a hard-swish gate of `x` once the product is scaled by `after`:
+        // `after · s · clip(x + 3, 0, 6) = clip(x + 3, 0, 6) / 6` (s: an optional uniform scale
+        // after the clip), or `after · s · hardsigmoid(x) = hardsigmoid(x)` with α = 1/6, β = 1/2?
+        // Returns the nodes it spans.
+        let gate = |g: &str, x: &str, after: f64| -> Option<Vec<String>> {
+            let mut span = Vec::new();
+            let mut cur = producer(g)?;
+            let mut scale = after;
+            if let Some((s, t)) = uniform_affine(cur, &weights) {
+                if !near(t, 0.0) || !only(&cur.name) {
+                    return None;
+                }
+                scale *= s;
+                span.push(cur.name.clone());
+                cur = producer(&cur.inputs[0])?;
+            }
+            if !only(&cur.name) {
+                return None;
+            }
+            match &cur.op {
+                Op::Activation(Activation::HardSigmoid { alpha, beta })
+                    if near(*alpha as f64, 1.0 / 6.0) && near(*beta as f64, 0.5) && cur.inputs[0] == x =>
+                {
+                    span.push(cur.name.clone());
+                    near(scale, 1.0).then_some(span)
+                }
+                Op::Activation(Activation::Clip { min, max }) if *min == 0.0 && *max == 6.0 => {
+                    span.push(cur.name.clone());
+                    let add = producer(&cur.inputs[0])?;
+                    let (s, t) = uniform_affine(add, &weights)?;
+                    (near(s, 1.0) && near(t, 3.0) && add.inputs[0] == x && only(&add.name) && near(scale, 1.0 / 6.0))
+                        .then(|| {
+                            span.push(add.name.clone());
+                            span
+                        })
+                }
+                _ => None,
+            }
+        };
+        let mut found: Option<(usize, String, Vec<String>)> = None;
+        for (i, n) in nodes.iter().enumerate() {
+            let Op::Mul = n.op else { continue };
+            for (x, g) in [(&n.inputs[0], &n.inputs[1]), (&n.inputs[1], &n.inputs[0])] {
+                if let Some(span) = gate(g, x, 1.0) {
+                    found = Some((i, x.clone(), span));
+                    break;
+                }
+                // x · clip(x + 3, 0, 6), divided by 6 by the product's only reader.
+                if let Some(span) = gate(g, x, 1.0 / 6.0).filter(|_| only(&n.name)) {
+                    let div = nodes.iter().position(|d| {
+                        d.inputs.len() == 1
+                            && d.inputs[0] == n.name
+                            && uniform_affine(d, &weights).is_some_and(|(s, t)| near(s, 1.0 / 6.0) && near(t, 0.0))
+                    });
+                    if let Some(d) = div {
+                        let mut span = span;
+                        span.push(n.name.clone());
+                        found = Some((d, x.clone(), span));
+                        break;
+                    }
+                }
+            }
+            if found.is_some() {
+                break;
+            }
+        }
+        let Some((target, x, span)) = found else { return (nodes, weights) };
+        for (_, w) in nodes[target].op.weight_refs() {
+            weights.remove(w);
+        }
+        nodes[target].op = Op::Activation(Activation::HardSwish);
+        nodes[target].inputs = vec![x];
+        let dropped: HashSet<String> = span.into_iter().filter(|s| *s != nodes[target].name).collect();
+        for n in nodes.iter().filter(|n| dropped.contains(&n.name)) {
+            for (_, w) in n.op.weight_refs() {
+                weights.remove(w);
+            }
+        }
+        nodes.retain(|n| !dropped.contains(&n.name));
     }
 }

@@ -35,21 +35,45 @@ impl Real for f64 {
 
 /// A node with its weights converted and laid out for execution.
 enum Step<T> {
-    Conv { p: Conv2d, w: Vec<Array2<T>>, bias: Option<Vec<T>> },
-    ConvT { p: ConvTranspose2d, w_t: Vec<Array2<T>>, bias: Option<Vec<T>> },
-    Affine { scale: Vec<T>, shift: Vec<T> },
+    Conv {
+        p: Conv2d,
+        w: Vec<Array2<T>>,
+        bias: Option<Vec<T>>,
+    },
+    ConvT {
+        p: ConvTranspose2d,
+        w_t: Vec<Array2<T>>,
+        bias: Option<Vec<T>>,
+    },
+    Affine {
+        scale: Vec<T>,
+        shift: Vec<T>,
+    },
     Relu,
     Silu,
     Gelu,
-    Poly { coeffs: Array2<T>, input_scale: Option<Vec<T>> },
+    /// Any other exact activation, evaluated in f64 by [`Activation::eval`].
+    Exact(Activation),
+    Poly {
+        coeffs: Array2<T>,
+        input_scale: Option<Vec<T>>,
+    },
     AvgPool(Pool2d),
     MaxPool(Pool2d),
     GlobalAvgPool,
-    Linear { w_t: Array2<T>, bias: Option<Vec<T>> },
+    Linear {
+        w_t: Array2<T>,
+        bias: Option<Vec<T>>,
+    },
     Add,
+    Mul,
     Concat,
     Upsample(usize),
-    SubsamplePad { stride: usize, before: usize, after: usize },
+    SubsamplePad {
+        stride: usize,
+        before: usize,
+        after: usize,
+    },
     Flatten,
 }
 
@@ -132,6 +156,11 @@ impl<T: Real> Reference<T> {
                 Op::Activation(Activation::Relu) => Step::Relu,
                 Op::Activation(Activation::Silu) => Step::Silu,
                 Op::Activation(Activation::Gelu) => Step::Gelu,
+                Op::Activation(a @ Activation::Sigmoid)
+                | Op::Activation(a @ Activation::HardSigmoid { .. })
+                | Op::Activation(a @ Activation::HardSwish)
+                | Op::Activation(a @ Activation::Clip { .. })
+                | Op::Activation(a @ Activation::LeakyRelu { .. }) => Step::Exact(a.clone()),
                 Op::Activation(Activation::Poly { coeffs, input_scale, .. }) => {
                     let c = model.weight(coeffs);
                     let coeffs = Array2::from_shape_vec((c.shape()[0], c.shape()[1]), cvt(c)).expect("2-D");
@@ -149,6 +178,7 @@ impl<T: Real> Reference<T> {
                     }
                 }
                 Op::Add => Step::Add,
+                Op::Mul => Step::Mul,
                 Op::Concat => Step::Concat,
                 Op::Upsample { factor } => Step::Upsample(*factor),
                 Op::SubsampleChannelPad { stride, pad_before, pad_after } => {
@@ -242,6 +272,7 @@ fn apply<T: Real>(step: &Step<T>, ins: &[&ArrayD<T>], shape: &[usize]) -> ArrayD
             let f = v.f64();
             T::of(0.5 * f * (1.0 + libm::erf(f / std::f64::consts::SQRT_2)))
         }),
+        Step::Exact(a) => x.mapv(|v| T::of(a.eval(v.f64()).expect("not a polynomial"))),
         Step::Poly { coeffs, input_scale } => {
             let mut y = x.clone();
             per_channel(&mut y, |c, v| {
@@ -289,6 +320,25 @@ fn apply<T: Real>(step: &Step<T>, ins: &[&ArrayD<T>], shape: &[usize]) -> ArrayD
             let mut y = x.clone();
             for o in &ins[1..] {
                 y.zip_mut_with(*o, |a, b| *a = *a + *b);
+            }
+            y
+        }
+        Step::Mul => {
+            // The larger operand is the map; a [C, 1, 1] gate broadcasts over its H and W.
+            let (map, gate) = if x.len() >= ins[1].len() { (x, ins[1]) } else { (ins[1], x) };
+            let mut y = map.clone();
+            if map.shape() == gate.shape() {
+                y.zip_mut_with(gate, |a, b| *a = *a * *b);
+            } else {
+                let g = gate.as_standard_layout();
+                let g = g.as_slice().expect("standard layout");
+                let hw: usize = map.shape()[2..].iter().product::<usize>().max(1);
+                let data = y.as_slice_mut().expect("standard layout");
+                for (k, chunk) in data.chunks_mut(hw).enumerate() {
+                    for v in chunk {
+                        *v = *v * g[k];
+                    }
+                }
             }
             y
         }

@@ -369,6 +369,44 @@ pub fn odd_training_model(seed: u64) -> Model {
     Model::new(graph, w).expect("valid odd model")
 }
 
+/// A small odd-sized model with the activations of mobile networks (hard swish, leaky ReLU,
+/// ReLU6 as a clip, hard sigmoid, sigmoid) and both products of two tensors: a
+/// squeeze-and-excitation gate `[C, 1, 1]` times its map, and two equally shaped maps.
+pub fn odd_mobile_model(seed: u64) -> Model {
+    let mut r = StdRng::seed_from_u64(seed);
+    let mut w = Weights::new();
+    w.insert("c1.w".into(), uniform(&mut r, &[6, 3, 3, 3], -0.5, 0.5));
+    w.insert("c1.b".into(), uniform(&mut r, &[6], -0.1, 0.1));
+    w.insert("dw.w".into(), uniform(&mut r, &[6, 1, 3, 3], -0.5, 0.5));
+    w.insert("se1.w".into(), uniform(&mut r, &[3, 6, 1, 1], -0.8, 0.8));
+    w.insert("se1.b".into(), uniform(&mut r, &[3], 0.0, 0.5));
+    w.insert("se2.w".into(), uniform(&mut r, &[6, 3, 1, 1], -0.8, 0.8));
+    w.insert("se2.b".into(), uniform(&mut r, &[6], -0.2, 0.2));
+    w.insert("side.w".into(), uniform(&mut r, &[6, 3, 3, 3], -0.4, 0.4));
+    w.insert("fc.w".into(), uniform(&mut r, &[7, 6], -0.5, 0.5));
+    w.insert("fc.b".into(), uniform(&mut r, &[7], -0.1, 0.1));
+    let nodes = vec![
+        node("c1", conv(3, 6, 3, 2, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]), // 6×10×12
+        node("a1", Op::Activation(Activation::HardSwish), &["c1"]),
+        node("dw", conv(6, 6, 3, 1, 1, 1, 6, "dw.w", None), &["a1"]),
+        node("a2", Op::Activation(Activation::LeakyRelu { alpha: 0.1 }), &["dw"]),
+        node("gap", Op::GlobalAvgPool, &["a2"]), // 6×1×1
+        node("se1", conv(6, 3, 1, 1, 0, 1, 1, "se1.w", Some("se1.b")), &["gap"]),
+        node("relu6", Op::Activation(Activation::Clip { min: 0.0, max: 6.0 }), &["se1"]),
+        node("se2", conv(3, 6, 1, 1, 0, 1, 1, "se2.w", Some("se2.b")), &["relu6"]),
+        node("gate", Op::Activation(Activation::HardSigmoid { alpha: 0.2, beta: 0.5 }), &["se2"]),
+        node("excite", Op::Mul, &["gate", "a2"]), // gate first: the broadcast works either way
+        node("side", conv(3, 6, 3, 2, 1, 1, 1, "side.w", None), &[INPUT]),
+        node("a3", Op::Activation(Activation::Sigmoid), &["side"]),
+        node("both", Op::Mul, &["excite", "a3"]),
+        node("pool", Op::GlobalAvgPool, &["both"]),
+        node("flat", Op::Flatten, &["pool"]),
+        node("fc", linear(6, 7, "fc.w", Some("fc.b")), &["flat"]),
+    ];
+    let graph = graph("odd-mobile", raw_input([3, 19, 23]), nodes, "fc");
+    Model::new(graph, w).expect("valid odd mobile model")
+}
+
 // Models of the TFHE backend's tests (backend-tfhe).
 
 /// The polynomial `{name}.c` with input scale `{name}.s`.

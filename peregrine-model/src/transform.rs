@@ -48,13 +48,8 @@ pub fn fit_on_unit_interval(f: impl Fn(f64) -> f64, degree: usize) -> Vec<f64> {
 }
 
 /// The function an activation computes.
-pub fn activation_fn(a: &Activation) -> Option<fn(f64) -> f64> {
-    match a {
-        Activation::Relu => Some(|x| x.max(0.0)),
-        Activation::Silu => Some(|x| x / (1.0 + (-x).exp())),
-        Activation::Gelu => Some(|x| 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))),
-        Activation::Poly { .. } => None,
-    }
+pub fn activation_fn(a: &Activation) -> Option<impl Fn(f64) -> f64 + '_> {
+    a.eval(0.0).map(|_| move |x| a.eval(x).expect("an exact activation"))
 }
 
 /// Largest |x| per channel at the input of every non-polynomial activation, over `inputs`

@@ -407,6 +407,9 @@ impl Compiler<'_> {
                 name,
                 node.op.kind().to_uppercase()
             ))),
+            Op::Mul => Err(OpsError::Unsupported(format!(
+                "node '{name}' multiplies two computed tensors (a squeeze-and-excitation gate); the packed executor has no ciphertext-by-ciphertext product step yet"
+            ))),
             Op::MaxPool(_) => Err(OpsError::Unsupported(format!(
                 "node '{name}' is max pooling, which CKKS cannot evaluate; replace it by average pooling (peregrine convert does)"
             ))),

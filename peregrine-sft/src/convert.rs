@@ -10,7 +10,7 @@ use ndarray::{ArrayD, Axis, IxDyn};
 use peregrine_model::ir::{Activation, Approximated, Model, Node, Op};
 use peregrine_model::reference::Reference;
 
-use crate::hermite::{gelu, hermite_polynomial, relu, silu};
+use crate::hermite::hermite_polynomial;
 use crate::polyact::PolyActRn;
 
 /// The output channel of each entry of a flattened weight tensor.
@@ -118,12 +118,10 @@ pub fn convert(model: &Model, degree: usize, bound: f64, inputs: &ArrayD<f32>, b
     let mut watch: HashMap<usize, Vec<String>> = HashMap::new();
     for n in &g.nodes {
         if let Op::Activation(a) = &n.op {
-            let f: fn(f64) -> f64 = match a {
-                Activation::Relu => relu,
-                Activation::Silu => silu,
-                Activation::Gelu => gelu,
-                Activation::Poly { .. } => continue,
-            };
+            if a.eval(0.0).is_none() {
+                continue; // already a polynomial
+            }
+            let f = |x: f64| a.eval(x).expect("an exact activation");
             let Some(j) = model.node_index(&n.inputs[0]) else {
                 return Err(SftError::Unsupported(format!("activation '{}' directly on the model input", n.name)));
             };

@@ -83,6 +83,33 @@ fn every_operation_matches_the_reference_on_odd_shapes() {
 }
 
 #[test]
+fn mobile_activations_and_products_match_the_reference_on_odd_shapes() {
+    use rand::SeedableRng;
+    let model = peregrine_model::testkit::odd_mobile_model(5);
+    let mut r = rand::rngs::StdRng::seed_from_u64(6);
+    let xr = odd_input(&mut r, 3);
+    for act in [Activations::Keep, Activations::Hermite { degree: 4, bound: 3.0 }] {
+        let mut train = TrainModel::new(&model, act).unwrap();
+        let x = peregrine_sft::train::to_channels_last(&xr, train.device()).unwrap();
+        train.forward(&x, Pass::Calibrate).unwrap();
+        let got: Vec<f32> = train.forward(&x, Pass::Frozen).unwrap().logits.flatten_all().unwrap().to_vec1().unwrap();
+        let exported = train.export("").unwrap();
+        let want: Vec<f32> = Reference::<f32>::new(&exported).run(&xr).unwrap().iter().copied().collect();
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 1e-4, "{act:?}: training graph vs reference on the export differ by {d}");
+        let kinds: Vec<&str> = exported.graph().nodes.iter().map(|n| n.op.kind()).collect();
+        assert_eq!(kinds.iter().filter(|k| **k == "mul").count(), 2, "{kinds:?}");
+        if act == Activations::Keep {
+            // The exact activations, checked against their definitions through the reference.
+            let plain: Vec<f32> = Reference::<f32>::new(&model).run(&xr).unwrap().iter().copied().collect();
+            assert!(max_abs_diff(&got, &plain) < 1e-4);
+        } else {
+            assert_eq!(kinds.iter().filter(|k| **k == "poly").count(), 5, "{kinds:?}");
+        }
+    }
+}
+
+#[test]
 fn weight_gradients_match_finite_differences_through_every_operation() {
     use candle_core::Tensor;
     use rand::{Rng, SeedableRng};

@@ -15,7 +15,7 @@ use peregrine_model::ir::{Activation, Approximated, Graph, Model, Op, Shape, INP
 
 use super::kernels::{tensor_channel_stats, BatchNormTrain, Fold, PolyAct, Unfold, Window};
 use crate::convert::fold_batch_norms;
-use crate::hermite::{gelu, hermite_polynomial, relu, silu};
+use crate::hermite::hermite_polynomial;
 use crate::polyact::{EPS, MOMENTUM};
 
 /// Momentum of batch-norm running statistics.
@@ -180,11 +180,7 @@ impl TrainModel {
                 }
                 Op::Activation(act) => {
                     if let Activations::Hermite { degree, bound } = activations {
-                        let f: fn(f64) -> f64 = match act {
-                            Activation::Relu => relu,
-                            Activation::Silu => silu,
-                            _ => gelu,
-                        };
+                        let f = |x: f64| act.eval(x).expect("exact activations only here");
                         let Some(j) = input_index else {
                             return Err(SftError::Unsupported(format!(
                                 "activation '{}' directly on the model input",
@@ -389,6 +385,17 @@ impl TrainModel {
                         Activation::Relu => x.relu()?,
                         Activation::Silu => x.silu()?,
                         Activation::Gelu => x.gelu_erf()?,
+                        Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
+                        Activation::HardSigmoid { alpha, beta } => {
+                            x.affine(*alpha as f64, *beta as f64)?.clamp(0f32, 1f32)?
+                        }
+                        Activation::HardSwish => {
+                            (x * x.affine(1.0, 3.0)?.clamp(0f32, 6f32)?.affine(1.0 / 6.0, 0.0)?)?
+                        }
+                        Activation::Clip { min, max } => x.clamp(*min, *max)?,
+                        Activation::LeakyRelu { alpha } => {
+                            (x.relu()? - x.neg()?.relu()?.affine(*alpha as f64, 0.0)?)?
+                        }
                         Activation::Poly { .. } => unreachable!("polynomial activations always have a range state"),
                     },
                 },
@@ -417,6 +424,8 @@ impl TrainModel {
                     }
                     acc
                 }
+                // NHWC: a [b, 1, 1, c] gate broadcasts over a [b, h, w, c] map.
+                Op::Mul => ins[0].broadcast_mul(ins[1])?,
                 Op::Concat => Tensor::cat(&ins, 3)?,
                 Op::Upsample { factor } => {
                     let (b, h, w, c) = x.dims4()?;
