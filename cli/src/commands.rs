@@ -210,7 +210,7 @@ pub struct ConvertArgs {
     /// Bound B of normalised inputs (hermite).
     #[arg(long, default_value_t = 3.0)]
     bound: f64,
-    /// CIFAR-10 batch used to calibrate per-channel ranges (use training data).
+    /// Calibration images: a CIFAR-10 batch file (use training data), a PNG/JPEG image, or a directory of them.
     #[arg(long)]
     calibration: PathBuf,
     /// Images used for calibration.
@@ -226,14 +226,14 @@ pub struct ConvertArgs {
 
 pub fn convert(c: &ConvertArgs, json: bool) -> Result<()> {
     let m = load_model(&c.model)?;
-    let data = load_cifar10(&c.calibration, Some(c.calibration_images))?;
-    let x = preprocess::<f32>(&data.pixels, data.len(), &m.graph().input)?;
+    let (pixels, count) = peregrine_data::calibration_pixels(&c.calibration, &m.graph().input, c.calibration_images)?;
+    let x = preprocess::<f32>(&pixels, count, &m.graph().input)?;
     let out = match c.method {
         ConvertMethod::Hermite => peregrine_sft::convert::convert(&m, c.degree, c.bound, &x, 64)?,
         ConvertMethod::LeastSquares => peregrine_model::transform::convert(&m, c.degree, &x, c.margin)?,
     };
     save_model(&out, &c.output)?;
-    let (name, n, degree, method, output) = (&out.graph().name, data.len(), c.degree, c.method, &c.output);
+    let (name, n, degree, method, output) = (&out.graph().name, count, c.degree, c.method, &c.output);
     if json {
         let method = format!("{method:?}").to_lowercase();
         println!(

@@ -52,7 +52,7 @@ pub struct TargetArgs {
     /// Limit the rotation keys (±2^i keys plus the most used steps; others are composed).
     #[arg(long)]
     pub max_rotation_keys: Option<usize>,
-    /// CIFAR-10 batch the bootstrap range of CKKS backends is calibrated on (default:
+    /// Images the bootstrap range of CKKS backends is calibrated on: a CIFAR-10 batch, a PNG/JPEG image or a directory of them (default:
     /// data_batch_1 beside --data; recorded by keygen for the session).
     #[arg(long)]
     pub calibration: Option<PathBuf>,

@@ -196,6 +196,39 @@ pub fn decode_image(bytes: &[u8], name: &str, input: &InputSpec) -> Result<Vec<u
     Ok(planar)
 }
 
+/// Calibration images for a model: a CIFAR-10 batch file, one PNG/JPEG image, or a directory
+/// of them (sorted by name), each resized to the model input; at most `limit`. Returns the
+/// planar pixels and the image count.
+pub fn calibration_pixels(path: &Path, input: &InputSpec, limit: usize) -> Result<(Vec<u8>, usize)> {
+    let is_image = |p: &Path| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+    };
+    let files: Vec<std::path::PathBuf> = if path.is_dir() {
+        let mut f: Vec<_> = std::fs::read_dir(path)
+            .map_err(|e| DataError::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_image(p))
+            .collect();
+        f.sort();
+        if f.is_empty() {
+            return Err(DataError::Shape(format!("{} holds no PNG or JPEG image", path.display())));
+        }
+        f
+    } else if is_image(path) {
+        vec![path.to_path_buf()]
+    } else {
+        let data = load_cifar10(path, Some(limit))?;
+        return Ok((data.pixels.clone(), data.len()));
+    };
+    let mut pixels = Vec::new();
+    for f in files.iter().take(limit.max(1)) {
+        pixels.extend(load_image(f, input)?);
+    }
+    Ok((pixels, files.len().min(limit.max(1))))
+}
+
 /// Turns planar `u8` images into the normalised `[N, C, H, W]` model input.
 pub fn preprocess<T: Real>(pixels: &[u8], count: usize, input: &InputSpec) -> Result<ArrayD<T>> {
     let (c, h, w) = (input.shape[0], input.shape[1], input.shape[2]);

@@ -231,6 +231,12 @@ impl LinearMap {
         LinearMap { input_lens: vec![c * h * w], out_len: c * ho * wo, entries, bias: None }
     }
 
+    /// One value per channel repeated over `hw` pixels: `[C, 1, 1]` → `[C, H, W]`.
+    pub fn broadcast(c: usize, hw: usize) -> Self {
+        let entries = (0..c * hw).map(|k| Entry { input: 0, src: (k / hw) as u32, dst: k as u32, w: 1.0 }).collect();
+        LinearMap { input_lens: vec![c], out_len: c * hw, entries, bias: None }
+    }
+
     /// Option-A shortcut: every `s`-th pixel, channels zero-padded `before`/`after`.
     pub fn subsample_pad(c: usize, h: usize, w: usize, s: usize, before: usize, after: usize) -> Self {
         let (ho, wo) = (h.div_ceil(s), w.div_ceil(s));

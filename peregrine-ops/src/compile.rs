@@ -88,6 +88,13 @@ pub enum StepKind {
         /// `coeffs[ct][k]` = sparse `(slot, b_k)` for k < d (k = 0: the constant).
         coeffs: Vec<Vec<Vec<(u32, f64)>>>,
     },
+    /// Slot-wise product of two tensors packed alike (ciphertext by ciphertext, relinearised
+    /// and rescaled: one level). Squeeze-and-excitation gates are first broadcast into the
+    /// map's layout by a [`StepKind::Linear`].
+    Product {
+        /// The two input tensors (same layout).
+        inputs: [TensorId; 2],
+    },
     /// Bootstrapping of every ciphertext of a tensor (inserted by the planner).
     Bootstrap {
         /// Input tensor.
@@ -113,6 +120,7 @@ impl Step {
     pub fn inputs(&self) -> Vec<TensorId> {
         match &self.kind {
             StepKind::Linear { inputs, .. } => inputs.clone(),
+            StepKind::Product { inputs } => inputs.to_vec(),
             StepKind::Poly { input, .. }
             | StepKind::Bootstrap { input }
             | StepKind::Reduce { input, .. }
@@ -129,6 +137,7 @@ impl Step {
             StepKind::Reduce { .. } => "reduce",
             StepKind::Square { .. } => "square",
             StepKind::Folded { .. } => "poly-folded",
+            StepKind::Product { .. } => "product",
         }
     }
 }
@@ -407,13 +416,61 @@ impl Compiler<'_> {
                 name,
                 node.op.kind().to_uppercase()
             ))),
-            Op::Mul => Err(OpsError::Unsupported(format!(
-                "node '{name}' multiplies two computed tensors (a squeeze-and-excitation gate); the packed executor has no ciphertext-by-ciphertext product step yet"
-            ))),
+            Op::Mul => self.product(i),
             Op::MaxPool(_) => Err(OpsError::Unsupported(format!(
                 "node '{name}' is max pooling, which CKKS cannot evaluate; replace it by average pooling (peregrine convert does)"
             ))),
         }
+    }
+
+    /// A product of two tensors (`Op::Mul`): the map operand materialised clean, the other
+    /// brought into the same layout — a `[C, 1, 1]` gate broadcast over H and W by a linear
+    /// step (which also absorbs the gate's pending map) — then one ciphertext product per
+    /// ciphertext.
+    fn product(&mut self, i: usize) -> Result<Value, OpsError> {
+        let m = self.model;
+        let node = &m.graph().nodes[i];
+        let name = node.name.clone();
+        let out_shape = m.shape(i).clone();
+        let map_side = usize::from(self.shape_of(&node.inputs[0]) != out_shape);
+        let (map_in, gate_in) = (&node.inputs[map_side], &node.inputs[1 - map_side]);
+        let x = self.ready(map_in)?;
+        let x = self.cleaned(x)?;
+        let layout = self.tensors[x].layout.clone();
+        let n_out: usize = out_shape.iter().product();
+        let gate_len: usize = self.shape_of(gate_in).iter().product();
+        let broadcast = if gate_len == n_out {
+            LinearMap::identity(n_out)
+        } else {
+            LinearMap::broadcast(gate_len, n_out / gate_len.max(1))
+        };
+        let mut p = self.as_pending(gate_in, true)?;
+        p.map = broadcast.after(&p.map);
+        let same = p.map.is_identity() && p.inputs.len() == 1 && self.tensors[p.inputs[0]].layout == layout;
+        let g = if same {
+            p.inputs[0]
+        } else {
+            let step = format!("{name}#operand");
+            let ins: Vec<&Layout> = p.inputs.iter().map(|t| &self.tensors[*t].layout).collect();
+            let plan = DiagonalPlan::with_passthrough(&p.map, &ins, &layout, true)
+                .map_err(|source| OpsError::Layout { step: step.clone(), source })?;
+            let t = self.new_tensor(&step, out_shape.clone(), layout.clone());
+            self.steps.push(Step {
+                name: step,
+                nodes: p.nodes,
+                kind: StepKind::Linear { inputs: p.inputs, plan, power: 1 },
+                output: t,
+            });
+            t
+        };
+        let out = self.new_tensor(&name, out_shape, layout);
+        self.steps.push(Step {
+            name: name.clone(),
+            nodes: vec![name],
+            kind: StepKind::Product { inputs: [x, g] },
+            output: out,
+        });
+        Ok(Value::Ready(out))
     }
 
     /// Whether activation node `i` can fold into its producer: the leading coefficients `lead`

@@ -209,6 +209,24 @@ pub fn execute<B: Backend>(
                     .collect::<BResult<Vec<_>>>()
                     .map_err(wrap)?
             }
+            StepKind::Product { inputs } => {
+                let a = values[inputs[0]].as_deref().expect("computed");
+                let b = values[inputs[1]].as_deref().expect("computed");
+                a.par_iter()
+                    .zip(b.par_iter())
+                    .map(|(x, y)| {
+                        // Both at the lower of the two levels, then multiply and rescale.
+                        let l = backend.level(x).min(backend.level(y));
+                        let p = match (backend.level(x) > l, backend.level(y) > l) {
+                            (true, _) => backend.mul(&backend.drop_to_level(x, l)?, y)?,
+                            (_, true) => backend.mul(x, &backend.drop_to_level(y, l)?)?,
+                            _ => backend.mul(x, y)?,
+                        };
+                        backend.rescale(&p)
+                    })
+                    .collect::<BResult<Vec<_>>>()
+                    .map_err(wrap)?
+            }
             StepKind::Poly { input, degree, coeffs } => {
                 let x = values[*input].as_deref().expect("computed");
                 x.par_iter()

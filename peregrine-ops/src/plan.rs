@@ -108,6 +108,7 @@ fn step_needs(step: &Step) -> usize {
         StepKind::Linear { plan, .. } => usize::from(plan.consumes_level()),
         StepKind::Poly { degree, .. } => poly_levels(*degree),
         StepKind::Square { lazy, .. } => usize::from(!lazy),
+        StepKind::Product { .. } => 1,
         StepKind::Folded { degree, .. } => ceil_log2(*degree),
         StepKind::Bootstrap { .. } | StepKind::Reduce { .. } => 0,
     }
@@ -340,6 +341,7 @@ fn plan_with(
         // Rewire inputs to their latest versions.
         match &mut step.kind {
             StepKind::Linear { inputs, .. } => inputs.iter_mut().for_each(|t| *t = current[*t]),
+            StepKind::Product { inputs } => inputs.iter_mut().for_each(|t| *t = current[*t]),
             StepKind::Poly { input, .. }
             | StepKind::Bootstrap { input }
             | StepKind::Reduce { input, .. }
@@ -384,6 +386,11 @@ fn plan_with(
                             *x = nt
                         }
                     }),
+                    StepKind::Product { inputs } => inputs.iter_mut().for_each(|x| {
+                        if *x == t {
+                            *x = nt
+                        }
+                    }),
                     StepKind::Poly { input, .. }
                     | StepKind::Bootstrap { input }
                     | StepKind::Reduce { input, .. }
@@ -424,6 +431,7 @@ fn plan_with(
                 }
             }
             StepKind::Poly { input, .. } | StepKind::Folded { input, .. } => levels[*input] - need,
+            StepKind::Product { inputs } => levels[inputs[0]].min(levels[inputs[1]]) - need,
             StepKind::Bootstrap { .. } => caps.bootstrap_level.unwrap_or(0),
             StepKind::Reduce { input, .. } => levels[*input],
         };
@@ -483,6 +491,17 @@ fn plan_with(
                     let e = rescaled.entry(l).or_insert(f64::MIN);
                     *e = e.max(log_delta);
                 }
+                log_delta
+            }
+            StepKind::Product { inputs } => {
+                if inputs.iter().any(|t| log_scales[*t] > log_delta + 0.5) {
+                    return Err(OpsError::TowerMismatch {
+                        step: step.name.clone(),
+                        detail: "a product of two ciphertexts needs both at the default scale".into(),
+                    });
+                }
+                let e = rescaled.entry(out_level + 1).or_insert(f64::MIN);
+                *e = e.max(log_delta);
                 log_delta
             }
             StepKind::Reduce { input, .. } => log_scales[*input],
@@ -564,6 +583,10 @@ fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> Accounti
                 cost.rescales += cts * d.saturating_sub(1) + terms;
             }
             StepKind::Bootstrap { .. } => cost.bootstraps += out.ciphertexts,
+            StepKind::Product { .. } => {
+                cost.ct_ct_mults += out.ciphertexts;
+                cost.rescales += out.ciphertexts;
+            }
             StepKind::Square { offset, lazy, .. } => {
                 cost.ct_ct_mults += offset.len();
                 if !lazy {

@@ -366,3 +366,41 @@ fn no_tower_chain_without_squares() {
     let program = compile(&model, caps.slots).unwrap();
     assert!(propose_chain(&program, &caps).is_none());
 }
+
+/// The mobile test model (hard swish, leaky ReLU, ReLU6, hard sigmoid, sigmoid; a
+/// squeeze-and-excitation gate times its map and a product of two maps) with its activations
+/// replaced by degree-4 polynomials on calibrated ranges.
+fn mobile_poly_model() -> Model {
+    use peregrine_model::transform::{calibrate_ranges, polynomialize};
+    let model = peregrine_model::testkit::odd_mobile_model(7);
+    let mut r = StdRng::seed_from_u64(8);
+    let values: Vec<f32> = rand_input(&mut r, 4 * 3 * 19 * 23).iter().map(|v| *v as f32).collect();
+    let calib = ArrayD::from_shape_vec(IxDyn(&[4, 3, 19, 23]), values).unwrap();
+    let ranges = calibrate_ranges(&model, &calib).unwrap();
+    polynomialize(&model, 4, &ranges, 1.1, 4.0).unwrap()
+}
+
+#[test]
+fn products_of_two_tensors_match_the_reference_packed_and_split() {
+    let model = mobile_poly_model();
+    assert_eq!(model.graph().nodes.iter().filter(|n| n.op.kind() == "mul").count(), 2);
+    let mut r = StdRng::seed_from_u64(9);
+    let x = rand_input(&mut r, 3 * 19 * 23);
+    let want = reference_output(&model, &x);
+    // 2^11 slots: every map in one ciphertext; 2^9 slots: the 6×10×12 maps take several.
+    for log_n in [12, 10] {
+        let (got, plan, errs) = run_packed(&model, &params(log_n, 40), &x);
+        let max_err = max_abs_diff(&got, &want);
+        assert!(max_err < 1e-6, "slots 2^{}: max error {max_err:e}; per step {errs:?}", log_n - 1);
+        let products: Vec<_> = plan.program.steps.iter().filter(|s| s.kind_name() == "product").collect();
+        assert_eq!(products.len(), 2, "one product step per mul node");
+        assert!(plan.cost.ct_ct_mults > 0);
+        for (step, e) in &errs {
+            assert!(*e < 1e-6, "step {step}: error {e:e}");
+        }
+    }
+    let p = ClearParams { noise: Some(NoiseModel::ckks(1 << 12)), ..params(12, 40) };
+    let (got, _, _) = run_packed(&model, &p, &x);
+    let max_err = max_abs_diff(&got, &want);
+    assert!(max_err > 0.0 && max_err < 1e-4, "max error with noise {max_err:e}");
+}

@@ -493,13 +493,9 @@ impl Calibration {
             peregrine_data::batch_file(dir, "data_batch_1")
         };
         let Some(file) = file.map(Path::to_path_buf).or_else(beside) else { return Ok(None) };
-        let images = peregrine_data::load_cifar10(&file, Some(CALIBRATION_IMAGES))?;
         let spec = &model.graph().input;
-        let rows = peregrine_data::preprocessed_rows(&images, spec)?;
-        let mut shape = vec![rows.len()];
-        shape.extend(spec.shape.iter().copied());
-        let batch = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), rows.concat())
-            .map_err(|e| peregrine_model::ModelError::Shape(e.to_string()))?;
+        let (pixels, count) = peregrine_data::calibration_pixels(&file, spec, CALIBRATION_IMAGES)?;
+        let batch = peregrine_data::preprocess::<f64>(&pixels, count, spec)?;
         let nodes = &model.graph().nodes;
         let mut node_max = BTreeMap::new();
         peregrine_model::reference::Reference::<f64>::new(model).run_inspect(&batch, |i, v| {
@@ -508,7 +504,7 @@ impl Calibration {
         })?;
         let input_max = batch.iter().fold(0f64, |m, x| m.max(x.abs()));
         node_max.insert(peregrine_model::ir::INPUT.to_string(), input_max);
-        Ok(Some(Calibration { file, images: images.len(), node_max }))
+        Ok(Some(Calibration { file, images: count, node_max }))
     }
 
     /// The largest value each bootstrap of `p` meets and the range that covers them all. A
