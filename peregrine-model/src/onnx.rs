@@ -7,13 +7,20 @@
 //! |---|---|
 //! | Conv (stride, symmetric or SAME padding, dilation, groups), ConvTranspose | `conv2d`, `conv_transpose2d` |
 //! | BatchNormalization | `batch_norm` |
-//! | Relu; `x · Sigmoid(x)` | `relu`; `silu` |
+//! | Relu, LeakyRelu, Sigmoid, HardSigmoid, HardSwish, Clip (finite bounds; `[0, ∞)` is ReLU) | `relu`, `leaky_relu`, `sigmoid`, `hard_sigmoid`, `hard_swish`, `clip` |
+//! | `x · Sigmoid(x)`; `x · clip(x + 3, 0, 6) / 6` and `x · HardSigmoid(x)` (α = 1/6, β = 1/2) | `silu`; `hard_swish` |
 //! | MaxPool, AveragePool (padding counted in the divisor), GlobalAveragePool | `max_pool`, `avg_pool`, `global_avg_pool` |
 //! | Gemm, MatMul by a constant (a following Add of a constant becomes the bias) | `linear` |
-//! | Add of tensors; Add, Sub, Mul, Div by a scalar or per-channel constant | `add`; an affine `batch_norm` (maps) or a diagonal `linear` (vectors) |
+//! | Add of tensors; Mul of tensors (equal shapes, or a `[C, 1, 1]` gate broadcast) | `add`; `mul` |
+//! | Add, Sub, Mul, Div by a scalar or per-channel constant | an affine `batch_norm` (maps) or a diagonal `linear` (vectors) |
 //! | Concat on channels, Resize / Upsample (nearest, integer factor) | `concat`, `upsample` |
+//! | Split and Slice on channels | 1×1 `conv2d` selecting the channels (fused by the packed compiler) |
+//! | Pad with zeros, the same on both sides of H and of W | depthwise 1×1 identity `conv2d` with that padding |
 //! | Flatten, Reshape to `[N, -1]` | `flatten` |
-//! | Identity, Dropout, Constant; Shape, Gather, Unsqueeze, Squeeze, Concat, Cast on constants | folded |
+//! | Identity, Dropout, Constant; Shape, Gather, Slice, Unsqueeze, Squeeze, Concat, Cast, Add/Sub/Mul/Div on constants | folded |
+//!
+//! [`OnnxOptions::outputs`] imports chosen values instead of the graph's output (the scores
+//! before a Softmax, a detector's raw heads); only the nodes they depend on are read.
 //!
 //! Anything else is an error naming the node and its operator, and nothing is written.
 
