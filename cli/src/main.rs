@@ -90,18 +90,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Precision::F32)]
         precision: Precision,
     },
-    /// Classify one PNG or JPEG image (resized to the model input if the model allows it).
-    Predict {
-        /// Model file.
-        #[arg(long)]
-        model: PathBuf,
-        /// Image file.
-        #[arg(long)]
-        image: PathBuf,
-        /// How many top classes to print.
-        #[arg(long, default_value_t = 3)]
-        top: usize,
-    },
+    /// Run a model on one PNG or JPEG image (resized to the model input if the model allows
+    /// it): the top classes, or detections (`--yolo-classes`) or a mask (`--mask`), optionally
+    /// drawn on the photo (`--annotate`).
+    Predict(commands::PredictArgs),
     /// Describe a model: nodes, shapes, parameters.
     Info {
         /// Model file.
@@ -298,7 +290,7 @@ fn main() -> ExitCode {
         Command::Eval { model, data, limit, batch, precision } => {
             commands::eval(&model, &data, limit, batch, precision, json)
         }
-        Command::Predict { model, image, top } => commands::predict(&model, &image, top, json),
+        Command::Predict(args) => commands::predict(&args, json),
         Command::Info { model } => commands::info(&model, json),
         Command::Backends { plugin_dirs } => commands::backends(plugin_dirs, json),
         Command::Convert(args) => commands::convert(&args, json),

@@ -82,10 +82,13 @@ fn three_real_networks_on_real_photos_match_onnxruntime() {
         std::fs::write(&input_path, x32).unwrap();
         let out_dir = work.join(name);
         let shape_arg = shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
+        // The detector's own decoded output too (boxes and scores), to check our decoding.
+        let extra: Vec<String> = if name == "yolov8n" { vec!["output0".into()] } else { vec![] };
         let status = Command::new("python3")
             .arg(root().join("tools/real_models.py"))
             .args(["run".as_ref(), onnx.as_os_str(), input_path.as_os_str(), shape_arg.as_ref(), out_dir.as_os_str()])
             .args(&outputs)
+            .args(&extra)
             .status()
             .unwrap();
         assert!(status.success(), "{name}: onnxruntime run failed");
@@ -128,6 +131,8 @@ fn three_real_networks_on_real_photos_match_onnxruntime() {
         }
         assert_eq!(channel * big_h * big_w, ours.len(), "{name}: every output value compared");
         let ours_v = ours.as_slice().unwrap();
+        // Expected from `peregrine predict`: detections, or mask pixels.
+        let mut expect_count = None;
         let detail = match name {
             "orientation" => {
                 let arg = |v: &mut dyn Iterator<Item = f64>| {
@@ -144,9 +149,54 @@ fn three_real_networks_on_real_photos_match_onnxruntime() {
                 let agree =
                     ours_v.iter().zip(&theirs_all[0]).filter(|(o, t)| (**o > cut) == ((**t as f64) > cut)).count();
                 let text = theirs_all[0].iter().filter(|t| (**t as f64) > cut).count();
+                expect_count = Some(ours_v.iter().filter(|o| **o > cut).count());
                 format!("mask agreement {agree}/{} pixels ({text} text pixels)", ours_v.len())
             }
-            _ => format!("{} values over {} heads", ours_v.len(), outputs.len()),
+            _ => {
+                // Our client-side decoding of our heads against the network's own decoding.
+                use peregrine_data::vision::{decode_yolov8, iou, non_max_suppression, split_heads, Detection};
+                let ours32: Vec<f32> = ours_v.iter().map(|v| *v as f32).collect();
+                let heads = split_heads(&ours32, &out_shape, 82, [shape[1], shape[2]]).unwrap();
+                let mine = non_max_suppression(decode_yolov8(&heads, 18, 16, 0.25).unwrap(), 0.45);
+                let k = outputs.len();
+                let full = read_f32(&out_dir.join(format!("{k}.f32"))); // [1, 22, anchors]: cx, cy, w, h, 18 scores
+                let anchors = full.len() / 22;
+                let theirs: Vec<Detection> = (0..anchors)
+                    .filter_map(|a| {
+                        let (class, score) = (0..18)
+                            .map(|c| (c, full[(4 + c) * anchors + a]))
+                            .fold((0, f32::MIN), |b, x| if x.1 > b.1 { x } else { b });
+                        let [cx, cy, w, h] = [0, 1, 2, 3].map(|r| full[r * anchors + a]);
+                        (score >= 0.25).then_some(Detection {
+                            class,
+                            score,
+                            bbox: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
+                        })
+                    })
+                    .collect();
+                let theirs = non_max_suppression(theirs, 0.45);
+                assert_eq!(mine.len(), theirs.len(), "{name}: detections {mine:?} vs {theirs:?}");
+                assert!(!mine.is_empty(), "{name}: the photo has a face; something must be detected");
+                let worst_iou = mine
+                    .iter()
+                    .map(|d| {
+                        theirs.iter().filter(|t| t.class == d.class).map(|t| iou(&t.bbox, &d.bbox)).fold(0f32, f32::max)
+                    })
+                    .fold(1f32, f32::min);
+                assert!(worst_iou >= 0.9, "{name}: a box matches with IoU {worst_iou}");
+                expect_count = Some(mine.len());
+                let list: Vec<String> = mine
+                    .iter()
+                    .map(|d| format!("class {} p={:.2} {:?}", d.class, d.score, d.bbox.map(|v| v.round())))
+                    .collect();
+                format!(
+                    "{} values over {} heads; {} detections after NMS, each matching the network's own decoding with IoU ≥ {worst_iou:.4}: {}",
+                    ours_v.len(),
+                    outputs.len(),
+                    mine.len(),
+                    list.join("; ")
+                )
+            }
         };
         eprintln!(
             "{name}: {} nodes, {} parameters, input {shape:?}, max |ours − onnxruntime| = {worst:.2e} (largest output {largest:.2}), reference {seconds:.1} s; {detail}",
@@ -154,6 +204,32 @@ fn three_real_networks_on_real_photos_match_onnxruntime() {
             model.parameter_count()
         );
         assert!(worst <= TOLERANCE, "{name}: max abs difference {worst:e} > {TOLERANCE:e}");
+        // The same through `peregrine predict`, drawing on the photo.
+        if let Some(count) = expect_count {
+            let model_file = work.join(format!("{name}.safetensors"));
+            peregrine_model::save_model(&model, &model_file).unwrap();
+            let png = work.join(format!("{name}.annotated.png"));
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_peregrine"));
+            cmd.args(["--json", "predict", "--model"]).arg(&model_file).arg("--image").arg(&photo);
+            cmd.arg("--annotate").arg(&png);
+            if name == "yolov8n" {
+                cmd.args(["--yolo-classes", "18"]);
+            } else {
+                cmd.args(["--mask", "0.3"]);
+            }
+            let out = cmd.output().unwrap();
+            assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let got = match v["detections"].as_array() {
+                Some(d) => d.len(),
+                None => v["mask_pixels"].as_u64().unwrap() as usize,
+            };
+            assert!(got.abs_diff(count) <= 2, "{name}: predict found {got}, expected {count}");
+            let drawn = peregrine_data::load_rgb(&png).unwrap();
+            let original = peregrine_data::load_rgb(&photo).unwrap();
+            assert_eq!(drawn.dimensions(), original.dimensions(), "{name}: drawn on the photo at its size");
+            assert_ne!(drawn, original, "{name}: something drawn");
+        }
     }
     std::fs::remove_dir_all(&work).ok();
 }

@@ -15,6 +15,8 @@ use peregrine_model::ir::InputSpec;
 use peregrine_model::reference::Real;
 use thiserror::Error;
 
+pub mod vision;
+
 /// Result alias of this crate.
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
@@ -148,8 +150,14 @@ pub fn load_image(path: impl AsRef<Path>, input: &InputSpec) -> Result<Vec<u8>> 
     decode_image(&bytes, &path.display().to_string(), input)
 }
 
-/// [`load_image`] on the bytes of an image file; `name` names it in errors.
-pub fn decode_image(bytes: &[u8], name: &str, input: &InputSpec) -> Result<Vec<u8>> {
+/// Decodes a PNG or JPEG file as RGB at its own size, under the same limits as [`load_image`].
+pub fn load_rgb(path: impl AsRef<Path>) -> Result<image::RgbImage> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    decode_rgb(&bytes, &path.display().to_string())
+}
+
+fn decode_rgb(bytes: &[u8], name: &str) -> Result<image::RgbImage> {
     let path = std::path::Path::new(name);
     let file_len = bytes.len() as u64;
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
@@ -169,6 +177,12 @@ pub fn decode_image(bytes: &[u8], name: &str, input: &InputSpec) -> Result<Vec<u
             e => format!("cannot decode image ({e})"),
         },
     })?;
+    Ok(img.to_rgb8())
+}
+
+/// [`load_image`] on the bytes of an image file; `name` names it in errors.
+pub fn decode_image(bytes: &[u8], name: &str, input: &InputSpec) -> Result<Vec<u8>> {
+    let rgb = decode_rgb(bytes, name)?;
     let (c, h, w) = (input.shape[0], input.shape[1], input.shape[2]);
     if c != 3 {
         return Err(DataError::Image {
@@ -176,7 +190,6 @@ pub fn decode_image(bytes: &[u8], name: &str, input: &InputSpec) -> Result<Vec<u
             detail: format!("image input for a model with {c} channels (RGB needs 3)"),
         });
     }
-    let rgb = img.to_rgb8();
     let rgb = if rgb.dimensions() == (w as u32, h as u32) {
         rgb
     } else if input.preprocess.resize {
