@@ -166,7 +166,10 @@ fn onnx_file(data: &[u8]) -> String {
 
 fn onnx_seeds() -> Vec<Vec<u8>> {
     // Valid models only (seeds must import); refusals are one mutation away (an operator name).
-    ["Relu", "Identity"].iter().map(|op| peregrine_model::testkit::tiny_onnx(op)).collect()
+    ["Relu", "Identity", "HardSwish", "Sigmoid", "LeakyRelu", "HardSigmoid"]
+        .iter()
+        .map(|op| peregrine_model::testkit::tiny_onnx(op))
+        .collect()
 }
 
 // ---- ckks ----
