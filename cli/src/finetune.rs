@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use peregrine_data::load_cifar10_split;
+use peregrine_data::photos::{photo_crops, CropSettings};
+use peregrine_data::{load_cifar10_split, LabeledImages};
 use peregrine_model::{load_model, save_model};
 use peregrine_sft::qat;
 use peregrine_sft::train::{Baseline, EpochSummary, FinetuneConfig, Finetuner, Progress, Schedule, StepReport};
@@ -18,8 +19,30 @@ pub struct FinetuneArgs {
     #[arg(long, required_unless_present = "resume")]
     pub model: Option<PathBuf>,
     /// CIFAR-10 directory (data_batch_1..5 and test_batch, .bin or .bin.gz) or one batch file.
+    #[arg(long, required_unless_present = "images")]
+    pub data: Option<PathBuf>,
+    /// Distil on photos instead (a directory of PNG/JPEG files, or one): no labels are needed,
+    /// the original model (`--teacher`, default `--model` itself) is the target — its outputs
+    /// (logits, detector heads or maps) and, with `--feature-weight`, every activation's
+    /// output. Training images are random crops, quarter turns and mirror images of them.
+    #[arg(long, conflicts_with_all = ["data", "tfhe"])]
+    pub images: Option<PathBuf>,
+    /// Crops drawn from `--images` per epoch [default: 2000].
+    #[arg(long, requires = "images")]
+    pub crops: Option<usize>,
+    /// Held-out photos (directory or file) on which `--images` runs report top-1 agreement
+    /// with the teacher after each epoch, on `--eval-limit` crops of them (at most 256, another
+    /// seed than the training crops).
+    #[arg(long, requires = "images")]
+    pub eval_images: Option<PathBuf>,
+    /// Largest global gradient norm per step (0: no clipping; default 1 with `--images`, 0
+    /// otherwise).
     #[arg(long)]
-    pub data: PathBuf,
+    pub clip_grad_norm: Option<f64>,
+    /// Weight of the activation outputs in `--images` distillation (0: the output only)
+    /// [default: 1].
+    #[arg(long, requires = "images")]
+    pub feature_weight: Option<f64>,
     /// Polynomial degree of the activations (2, 4 or 8); `--keep-activations` trains the
     /// original activations instead.
     #[arg(long, default_value_t = 4)]
@@ -106,8 +129,12 @@ fn start(a: &FinetuneArgs) -> Result<Finetuner> {
     }
     let Some(path) = &a.model else { bail!("give --model (or --resume)") };
     let model = load_model(path).with_context(|| format!("loading {}", path.display()))?;
-    let model = if a.tfhe.is_some() { peregrine_sft::convert::fold_batch_norms(&model)? } else { model };
-    let teacher = (a.distill > 0.0)
+    // Quantised networks have no batch statistics, and a few photos per batch give poor ones:
+    // both train with batch norms folded.
+    let photos = a.images.is_some();
+    let model = if a.tfhe.is_some() || photos { peregrine_sft::convert::fold_batch_norms(&model)? } else { model };
+    let distill = if photos { 1.0 } else { a.distill };
+    let teacher = (distill > 0.0)
         .then(|| {
             let t = a.teacher.clone().unwrap_or_else(|| path.clone());
             std::fs::canonicalize(&t).with_context(|| format!("teacher model {}", t.display()))
@@ -126,26 +153,68 @@ fn start(a: &FinetuneArgs) -> Result<Finetuner> {
         calibration_batches: a.calibration_batches,
         augment: !a.no_augment,
         seed: a.seed,
-        distill: a.distill,
+        distill,
         distill_temperature: a.distill_temperature,
         teacher,
+        match_outputs: photos,
+        feature_weight: if photos { a.feature_weight.unwrap_or(1.0) } else { 0.0 },
+        clip_grad_norm: a.clip_grad_norm.unwrap_or(if photos { 1.0 } else { 0.0 }),
         quantise_for: a.tfhe.as_deref().map(qat::target),
     };
     Ok(Finetuner::new(&model, config)?)
 }
+
+/// Training crops of `--images` and, with `--eval-images`, the held-out photos labelled by the
+/// teacher's own top class (so that the reported accuracy is the agreement with it).
+fn photo_sets(
+    a: &FinetuneArgs,
+    run: &Finetuner,
+    photos: &std::path::Path,
+) -> Result<(LabeledImages, Option<LabeledImages>)> {
+    let input = run.model.input().clone();
+    let files = peregrine_data::image_files(photos)?;
+    let train = photo_crops(&files, &input, a.crops.unwrap_or(2_000).max(1), a.seed, &CropSettings::default())?;
+    if !a.json {
+        eprintln!("{} crops of {} photos from {}", train.len(), files.len(), photos.display());
+    }
+    let Some(eval) = &a.eval_images else { return Ok((train, None)) };
+    let teacher_path = run.config().teacher.clone().expect("photo distillation has a teacher");
+    let teacher = load_model(&teacher_path).with_context(|| format!("loading {}", teacher_path.display()))?;
+    let files = peregrine_data::image_files(eval)?;
+    let count = a.eval_limit.clamp(1, 256);
+    let held = photo_crops(&files, &input, count, a.seed ^ 0x5eed_e7a1, &CropSettings::default())?;
+    let x = peregrine_data::preprocess::<f32>(&held.pixels, count, &input)?;
+    let y = peregrine_model::reference::Reference::<f32>::new(&teacher).run_parallel(&x, 8)?;
+    let n = count;
+    let classes = y.len() / n.max(1);
+    if classes > 256 {
+        bail!("--eval-images reports top-1 agreement, which needs at most 256 outputs; this model has {classes}");
+    }
+    let labels = peregrine_model::reference::argmax_rows(&y).iter().map(|&p| p as u8).collect();
+    if !a.json {
+        eprintln!("{count} held-out crops of {} photos from {}, labelled by the teacher", files.len(), eval.display());
+    }
+    Ok((train, Some(LabeledImages { labels, ..held })))
+}
+
+/// The test figure of `--images` runs.
+const AGREEMENT: &str = "top-1 agreement with the teacher";
 
 /// Progress bars on a terminal, a line every 50 steps in a log, nothing with `--json`.
 struct Bars {
     bar: ProgressBar,
     quiet: bool,
     test_images: usize,
+    /// What the test figure is: "test accuracy", or the agreement with the teacher.
+    metric: &'static str,
 }
 
 impl Progress for Bars {
     fn baseline(&mut self, b: &Baseline) {
         if let (Some(acc), false) = (b.test_accuracy, self.quiet) {
             eprintln!(
-                "epoch 0 (calibrated conversion): test accuracy {:.2} % on {} images",
+                "epoch 0 (calibrated conversion): {} {:.2} % on {} images",
+                self.metric,
                 acc * 100.0,
                 self.test_images
             );
@@ -161,7 +230,8 @@ impl Progress for Bars {
         self.bar.set_prefix(format!("{epoch}/{total}"));
     }
     fn step(&mut self, s: &StepReport) {
-        let line = format!("loss {:.4} acc {:.2} % lr {:.2e}", s.loss, s.accuracy * 100.0, s.lr);
+        let acc = if self.metric == AGREEMENT { "agree" } else { "acc" };
+        let line = format!("loss {:.4} {acc} {:.2} % lr {:.2e}", s.loss, s.accuracy * 100.0, s.lr);
         if self.bar.is_hidden() && !self.quiet && (s.step % 50 == 0 || s.step == s.steps) {
             // Not a terminal (a log file): one line every 50 steps instead of a bar.
             eprintln!("epoch {} step {}/{}: {line}", s.epoch + 1, s.step, s.steps);
@@ -175,12 +245,13 @@ impl Progress for Bars {
             let pct =
                 |label: &str, v: Option<f64>| v.map(|v| format!(", {label} {:.2} %", v * 100.0)).unwrap_or_default();
             eprintln!(
-                "epoch {}/{total}: train loss {:.4}, train acc {:.2} %, {:.0} s{}{}; checkpoint {}",
+                "epoch {}/{total}: train loss {:.4}, train {} {:.2} %, {:.0} s{}{}; checkpoint {}",
                 e.epoch,
                 e.train_loss,
+                if self.metric == AGREEMENT { "agreement" } else { "acc" },
                 e.train_accuracy * 100.0,
                 e.seconds,
-                pct("test acc", e.test_accuracy),
+                pct(self.metric, e.test_accuracy),
                 pct("quantised simulation", e.simulated_test_accuracy),
                 e.checkpoint.display()
             );
@@ -191,33 +262,46 @@ impl Progress for Bars {
 /// Runs `peregrine finetune`.
 pub fn finetune(a: FinetuneArgs, json: bool) -> Result<()> {
     let a = FinetuneArgs { json, ..a };
+    if a.images.is_none() && (a.crops.is_some() || a.eval_images.is_some() || a.feature_weight.is_some()) {
+        bail!("--crops, --eval-images and --feature-weight apply to distillation on photos: give --images");
+    }
     let mut run = start(&a)?;
     let simulated = match run.config().quantise_for.clone() {
         Some(target) => {
-            if !a.data.is_dir() {
+            let data = a.data.as_deref().filter(|d| d.is_dir());
+            let Some(data) = data else {
                 bail!("quantisation-aware training calibrates on data_batch_1: give --data the CIFAR-10 directory");
-            }
+            };
             let input = run.model.input().clone();
-            let (quantiser, evaluator) = qat::quantisation_aware(&target, &a.data, &input)?;
+            let (quantiser, evaluator) = qat::quantisation_aware(&target, data, &input)?;
             run.quantise_with(quantiser)?;
             Some(evaluator)
         }
         None => None,
     };
-    let split = load_cifar10_split(&a.data, a.limit)?;
-    let test = split
-        .test
-        .map(|t| if a.eval_limit < t.len() { t.slice(0..a.eval_limit) } else { t })
-        .filter(|_| a.eval_limit > 0);
+    let (train, test) = match (&a.images, &a.data) {
+        (Some(photos), _) => photo_sets(&a, &run, photos)?,
+        (None, Some(data)) => {
+            let split = load_cifar10_split(data, a.limit)?;
+            let test = split
+                .test
+                .map(|t| if a.eval_limit < t.len() { t.slice(0..a.eval_limit) } else { t })
+                .filter(|_| a.eval_limit > 0);
+            (split.train, test)
+        }
+        (None, None) => bail!("give --data (CIFAR-10) or --images (photos to distil on)"),
+    };
     let started = Instant::now();
     let schedule = Schedule {
-        train: &split.train,
+        train: &train,
         test: test.as_ref(),
         simulated: simulated.as_ref(),
         output: &a.output,
         stop_after: a.stop_after,
     };
-    let mut bars = Bars { bar: ProgressBar::hidden(), quiet: json, test_images: test.as_ref().map_or(0, |t| t.len()) };
+    let metric = if a.images.is_some() { AGREEMENT } else { "test acc" };
+    let mut bars =
+        Bars { bar: ProgressBar::hidden(), quiet: json, test_images: test.as_ref().map_or(0, |t| t.len()), metric };
     let out = run.run_schedule(&schedule, &mut bars)?;
     let total = run.config().epochs;
     if run.epochs_done() < total && !json {
@@ -228,13 +312,13 @@ pub fn finetune(a: FinetuneArgs, json: bool) -> Result<()> {
     if json {
         println!(
             "{}",
-            json!({"output": a.output, "model": name, "config": run.config(), "train_images": split.train.len(),
+            json!({"output": a.output, "model": name, "config": run.config(), "train_images": train.len(),
                    "test_images": test.as_ref().map(|t| t.len()), "baseline_test_accuracy": out.baseline.test_accuracy,
                    "baseline_simulated_accuracy": out.baseline.simulated_accuracy, "epochs": out.epochs,
                    "test_accuracy": out.test_accuracy, "seconds": started.elapsed().as_secs_f64(), "epochs_done": run.epochs_done()})
         );
     } else {
-        let acc = out.test_accuracy.map(|v| format!(": test accuracy {:.2} %", v * 100.0)).unwrap_or_default();
+        let acc = out.test_accuracy.map(|v| format!(": {metric} {:.2} %", v * 100.0)).unwrap_or_default();
         println!("wrote {} ({name}){acc}", a.output.display());
     }
     Ok(())

@@ -162,3 +162,89 @@ fn quantisation_aware_training_reports_what_the_tfhe_simulation_computes_and_res
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("invalid --params for the tfhe backend"), "{e}");
 }
+
+/// Three small photos (colour ramps with a disc) in a fresh directory.
+fn photo_dir(tag: &str) -> std::path::PathBuf {
+    let dir = tmp(&format!("photos-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (k, (w, h)) in [(57u32, 43u32), (38, 50), (70, 31)].into_iter().enumerate() {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            let disc = (x as i64 - w as i64 / 2).pow(2) + (y as i64 - h as i64 / 3).pow(2) < (h as i64 / 4).pow(2);
+            if disc {
+                image::Rgb([230, 200 - 50 * k as u8, 40])
+            } else {
+                image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, 60 + 50 * k as u8])
+            }
+        });
+        img.save(dir.join(format!("p{k}.png"))).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn finetune_distils_on_photos_without_labels() {
+    // A model with hard swish, leaky ReLU, ReLU6, hard sigmoid, sigmoid and two products.
+    let model = tmp("ft-photo-teacher.safetensors");
+    peregrine_model::format::save_model(&peregrine_model::testkit::odd_mobile_model(9), &model).unwrap();
+    let photos = photo_dir("ft");
+    let out = tmp("ft-photo.safetensors");
+    let run = |extra: &[&str]| {
+        bin()
+            .args(["finetune", "--model"])
+            .arg(&model)
+            .arg("--images")
+            .arg(&photos)
+            .arg("--eval-images")
+            .arg(&photos)
+            .args(["--crops", "24", "--eval-limit", "12", "--batch", "8", "--calibration-batches", "2"])
+            .args(["--degree", "4", "--lr", "0.01", "--json"])
+            .args(extra)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let v = json(run(&["--epochs", "2"]));
+    assert_eq!(v["train_images"], 24);
+    assert_eq!(v["test_images"], 12);
+    assert_eq!(v["config"]["match_outputs"], true);
+    assert_eq!(v["config"]["distill"], 1.0);
+    assert_eq!(v["epochs"].as_array().unwrap().len(), 2);
+    // Agreement with the teacher on held-out crops labelled by it: a fraction, before and after.
+    for key in ["baseline_test_accuracy", "test_accuracy"] {
+        let a = v[key].as_f64().unwrap_or_else(|| panic!("{key} missing: {v}"));
+        assert!((0.0..=1.0).contains(&a), "{key} = {a}");
+    }
+    let m = load_model(&out).unwrap();
+    let kinds: Vec<&str> = m.graph().nodes.iter().map(|n| n.op.kind()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "poly").count(), 5, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "mul").count(), 2, "{kinds:?}");
+
+    // Photos and CIFAR together, or photo options without photos, are refused by name.
+    let o = run(&["--data", "somewhere"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--data"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = bin()
+        .args(["finetune", "--model"])
+        .arg(&model)
+        .args(["--data", "x", "--crops", "5", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--images"), "{}", String::from_utf8_lossy(&o.stderr));
+    // A directory without photos.
+    let empty = tmp("photos-empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = bin()
+        .args(["finetune", "--model"])
+        .arg(&model)
+        .arg("--images")
+        .arg(&empty)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no PNG or JPEG"), "{}", String::from_utf8_lossy(&o.stderr));
+}

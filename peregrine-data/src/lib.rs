@@ -15,6 +15,7 @@ use peregrine_model::ir::InputSpec;
 use peregrine_model::reference::Real;
 use thiserror::Error;
 
+pub mod photos;
 pub mod vision;
 
 /// Result alias of this crate.
@@ -213,33 +214,47 @@ pub fn decode_image(bytes: &[u8], name: &str, input: &InputSpec) -> Result<Vec<u
 /// of them (sorted by name), each resized to the model input; at most `limit`. Returns the
 /// planar pixels and the image count.
 pub fn calibration_pixels(path: &Path, input: &InputSpec, limit: usize) -> Result<(Vec<u8>, usize)> {
-    let is_image = |p: &Path| {
-        p.extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
-    };
-    let files: Vec<std::path::PathBuf> = if path.is_dir() {
-        let mut f: Vec<_> = std::fs::read_dir(path)
-            .map_err(|e| DataError::io(path, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_image(p))
-            .collect();
-        f.sort();
-        if f.is_empty() {
-            return Err(DataError::Shape(format!("{} holds no PNG or JPEG image", path.display())));
-        }
-        f
-    } else if is_image(path) {
-        vec![path.to_path_buf()]
-    } else {
+    if !path.is_dir() && !is_image_file(path) {
         let data = load_cifar10(path, Some(limit))?;
         return Ok((data.pixels.clone(), data.len()));
-    };
+    }
+    let files = image_files(path)?;
     let mut pixels = Vec::new();
     for f in files.iter().take(limit.max(1)) {
         pixels.extend(load_image(f, input)?);
     }
     Ok((pixels, files.len().min(limit.max(1))))
+}
+
+/// Whether `path` names a PNG or JPEG file (by its extension).
+pub fn is_image_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+}
+
+/// The PNG and JPEG files of a directory (sorted by name), or `path` itself when it is one; an
+/// error when there are none.
+pub fn image_files(path: &Path) -> Result<Vec<std::path::PathBuf>> {
+    if !path.is_dir() {
+        if is_image_file(path) {
+            return Ok(vec![path.to_path_buf()]);
+        }
+        return Err(DataError::Image {
+            path: path.display().to_string(),
+            detail: "neither a directory nor a PNG or JPEG file".into(),
+        });
+    }
+    let mut files: Vec<_> = std::fs::read_dir(path)
+        .map_err(|e| DataError::io(path, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_image_file(p))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(DataError::Shape(format!("{} holds no PNG or JPEG image", path.display())));
+    }
+    Ok(files)
 }
 
 /// Turns planar `u8` images into the normalised `[N, C, H, W]` model input.

@@ -10,7 +10,7 @@ use ndarray::{ArrayD, Axis, IxDyn};
 use peregrine_model::ir::{Activation, Approximated, Model, Node, Op};
 use peregrine_model::reference::Reference;
 
-use crate::hermite::hermite_polynomial;
+use crate::hermite::{hermite_polynomial, positively_homogeneous, ScaledHermite};
 use crate::polyact::PolyActRn;
 
 /// The output channel of each entry of a flattened weight tensor.
@@ -116,6 +116,9 @@ pub fn convert(model: &Model, degree: usize, bound: f64, inputs: &ArrayD<f32>, b
     let mut layers: HashMap<String, PolyActRn> = HashMap::new();
     // activation node -> index of the node producing its input
     let mut watch: HashMap<usize, Vec<String>> = HashMap::new();
+    // Activations that are not positively homogeneous get one polynomial per channel range.
+    let mut tables: HashMap<String, std::sync::Arc<ScaledHermite>> = HashMap::new();
+    let mut scaled: HashMap<String, std::sync::Arc<ScaledHermite>> = HashMap::new();
     for n in &g.nodes {
         if let Op::Activation(a) = &n.op {
             if a.eval(0.0).is_none() {
@@ -127,6 +130,16 @@ pub fn convert(model: &Model, degree: usize, bound: f64, inputs: &ArrayD<f32>, b
             };
             let channels = model.shape(j)[0];
             layers.insert(n.name.clone(), PolyActRn::new(hermite_polynomial(f, degree), channels, bound));
+            if !positively_homogeneous(a) {
+                let exact = a.clone();
+                let table = tables
+                    .entry(format!("{a:?}"))
+                    .or_insert_with(|| {
+                        std::sync::Arc::new(ScaledHermite::new(move |x| exact.eval(x).expect("exact"), degree))
+                    })
+                    .clone();
+                scaled.insert(n.name.clone(), table);
+            }
             watch.entry(j).or_default().push(n.name.clone());
         }
     }
@@ -156,7 +169,15 @@ pub fn convert(model: &Model, degree: usize, bound: f64, inputs: &ArrayD<f32>, b
     let (mut graph, mut weights) = model.into_parts();
     for node in graph.nodes.iter_mut() {
         if let Some(l) = layers.get(&node.name) {
-            let (coeffs, scale) = l.export();
+            let (mut coeffs, scale) = l.export();
+            if let Some(table) = scaled.get(&node.name) {
+                coeffs = (0..scale.len())
+                    .flat_map(|c| {
+                        let s = l.scale(c);
+                        table.polynomial(s).into_iter().map(move |a| s * a)
+                    })
+                    .collect();
+            }
             let c = scale.len();
             let cname = format!("{}.poly_coeffs", node.name);
             let sname = format!("{}.poly_input_scale", node.name);

@@ -101,3 +101,55 @@ pub fn silu(x: f64) -> f64 {
 pub fn gelu(x: f64) -> f64 {
     0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
 }
+
+/// Whether `f(s·x) = s·f(x)` for every s > 0 (ReLU, leaky ReLU): PolyAct-RN's `s·p(x/s)` then
+/// equals the activation whatever the range scale s, and one polynomial serves every channel.
+pub fn positively_homogeneous(a: &peregrine_model::ir::Activation) -> bool {
+    use peregrine_model::ir::Activation;
+    matches!(a, Activation::Relu | Activation::LeakyRelu { .. })
+}
+
+/// Hermite expansions of `t ↦ f(s·t)/s` over range scales s, for activations that are not
+/// positively homogeneous (SiLU, HardSwish, sigmoid, ReLU6, …): with those, `s·p(x/s)` is the
+/// activation only if the polynomial depends on s. Tabulated on a geometric grid of s
+/// (2^(1/8) apart, 2^-10 … 2^15) and interpolated linearly in log s.
+#[derive(Clone, Debug)]
+pub struct ScaledHermite {
+    degree: usize,
+    /// One polynomial (ascending powers) per grid scale.
+    rows: Vec<Vec<f64>>,
+}
+
+impl ScaledHermite {
+    const LOG2_MIN: f64 = -10.0;
+    const STEPS_PER_OCTAVE: f64 = 8.0;
+    const ROWS: usize = 201;
+
+    /// The table of `f` at `degree`.
+    pub fn new(f: impl Fn(f64) -> f64 + Sync, degree: usize) -> Self {
+        use rayon::prelude::*;
+        let rows = (0..Self::ROWS)
+            .into_par_iter()
+            .map(|k| {
+                let s = (Self::LOG2_MIN + k as f64 / Self::STEPS_PER_OCTAVE).exp2();
+                hermite_polynomial(|t| f(s * t) / s, degree)
+            })
+            .collect();
+        ScaledHermite { degree, rows }
+    }
+
+    /// Polynomial degree.
+    pub fn degree(&self) -> usize {
+        self.degree
+    }
+
+    /// The polynomial p_s (ascending powers) with `s·p_s(x/s)` ≈ f(x) for |x/s| in the
+    /// normal range (scales beyond the grid take its end).
+    pub fn polynomial(&self, s: f64) -> Vec<f64> {
+        let pos = ((s.max(f64::MIN_POSITIVE).log2() - Self::LOG2_MIN) * Self::STEPS_PER_OCTAVE)
+            .clamp(0.0, (Self::ROWS - 1) as f64);
+        let k = (pos.floor() as usize).min(Self::ROWS - 2);
+        let w = pos - k as f64;
+        self.rows[k].iter().zip(&self.rows[k + 1]).map(|(a, b)| a * (1.0 - w) + b * w).collect()
+    }
+}

@@ -71,3 +71,30 @@ fn empty_model() -> peregrine_model::ir::Model {
     Model::new(graph("empty", input_spec([3, 4, 4]), vec![node("flat", Op::Flatten, &[INPUT])], "flat"), Weights::new())
         .unwrap()
 }
+
+#[test]
+fn output_matching_settings_are_checked() {
+    let teacher = Some(std::path::PathBuf::from("t.safetensors"));
+    let cases = [
+        (FinetuneConfig { match_outputs: true, distill: 1.0, ..FinetuneConfig::default() }, "teacher model file"),
+        (
+            FinetuneConfig { match_outputs: true, distill: 0.5, teacher: teacher.clone(), ..FinetuneConfig::default() },
+            "distillation weight of 1",
+        ),
+        (FinetuneConfig { feature_weight: 1.0, ..FinetuneConfig::default() }, "output matching only"),
+        (
+            FinetuneConfig {
+                match_outputs: true,
+                distill: 1.0,
+                teacher,
+                feature_weight: f64::NAN,
+                ..FinetuneConfig::default()
+            },
+            "feature weight",
+        ),
+    ];
+    for (config, want) in cases {
+        let e = peregrine_sft::train::Finetuner::new(&empty_model(), config).err().expect("refused").to_string();
+        assert!(e.contains(want), "expected '{want}' in: {e}");
+    }
+}

@@ -15,7 +15,7 @@ use peregrine_model::ir::{Activation, Approximated, Graph, Model, Op, Shape, INP
 
 use super::kernels::{tensor_channel_stats, BatchNormTrain, Fold, PolyAct, Unfold, Window};
 use crate::convert::fold_batch_norms;
-use crate::hermite::hermite_polynomial;
+use crate::hermite::{hermite_polynomial, positively_homogeneous, ScaledHermite};
 use crate::polyact::{EPS, MOMENTUM};
 
 /// Momentum of batch-norm running statistics.
@@ -58,6 +58,9 @@ pub struct RangeState {
     pub range: Vec<Option<f32>>,
     /// Bound B.
     pub bound: f32,
+    /// For an activation that is not positively homogeneous, the polynomials per range scale:
+    /// `coeffs` is refitted whenever the ranges move (`None`: one polynomial for every scale).
+    pub scaled: Option<Arc<ScaledHermite>>,
 }
 
 impl RangeState {
@@ -77,6 +80,18 @@ impl RangeState {
                 Some(old) => (1.0 - MOMENTUM as f32) * old + MOMENTUM as f32 * target,
             });
         }
+        if self.scaled.is_some() {
+            self.coeffs = self.coefficients_for(&self.scales());
+        }
+    }
+
+    /// Per-channel base polynomials (channels × terms) for range scales `scales`: the refitted
+    /// ones of a non-homogeneous activation, else the stored ones.
+    pub fn coefficients_for(&self, scales: &[f32]) -> Vec<f32> {
+        match &self.scaled {
+            Some(table) => scales.iter().flat_map(|&s| table.polynomial(s as f64)).map(|v| v as f32).collect(),
+            None => self.coeffs.clone(),
+        }
     }
 }
 
@@ -86,6 +101,9 @@ pub struct Forward {
     pub logits: Tensor,
     /// Σ over activations of mean(|t − clamp(t, −B, B)|), t the normalised input.
     pub range_penalty: Tensor,
+    /// Every activation's output `[B, H, W, C]` by node name, when
+    /// [`TrainModel::collect_features`] is set (distillation matches them); empty otherwise.
+    pub features: HashMap<String, Tensor>,
 }
 
 /// Values that replace a forward pass's own (see [`TrainModel::forward_substituted`]).
@@ -115,6 +133,12 @@ pub struct TrainModel {
     device: Device,
     /// Whether training passes compute the range penalty.
     pub track_penalty: bool,
+    /// Whether forward passes return every activation's output in [`Forward::features`].
+    pub collect_features: bool,
+    /// Whether batch norms keep their running statistics in training passes too (their scale
+    /// and shift still train): for small batches, and for the exact affine maps an importer
+    /// writes as batch norms (a per-channel `Mul` after an activation cannot be folded).
+    pub freeze_batch_norms: bool,
 }
 
 fn to_tensor(a: &ArrayD<f32>, device: &Device) -> Result<Tensor> {
@@ -148,6 +172,7 @@ impl TrainModel {
         let mut params = BTreeMap::new();
         let mut frozen = BTreeMap::new();
         let mut ranges = BTreeMap::new();
+        let mut tables: HashMap<String, Arc<ScaledHermite>> = HashMap::new();
         for node in graph.nodes.iter_mut() {
             let channels = |j: usize| shapes[j].first().copied().unwrap_or(1);
             let input_index = model.node_index(&node.inputs[0]);
@@ -163,7 +188,7 @@ impl TrainModel {
                         frozen.insert(t.clone(), to_tensor(&weights[t], &device)?);
                     }
                 }
-                Op::Activation(Activation::Poly { coeffs, input_scale, .. }) => {
+                Op::Activation(Activation::Poly { coeffs, input_scale, approximates }) => {
                     let a = &weights[coeffs];
                     let (c, terms) = (a.shape()[0], a.shape()[1]);
                     let s: Vec<f32> = match input_scale {
@@ -176,7 +201,18 @@ impl TrainModel {
                         Activations::Hermite { bound, .. } => bound as f32,
                         Activations::Keep => crate::polyact::DEFAULT_BOUND as f32,
                     };
-                    ranges.insert(node.name.clone(), RangeState { coeffs: base, range, bound });
+                    // A non-homogeneous activation's polynomials follow its ranges when training
+                    // refits them (same degree); kept as stored otherwise.
+                    let scaled = match (activations, approximates) {
+                        (Activations::Hermite { degree, .. }, Some(a))
+                            if degree + 1 == terms && !positively_homogeneous(&a.as_activation()) =>
+                        {
+                            let exact = a.as_activation();
+                            Some(Arc::new(ScaledHermite::new(move |x| exact.eval(x).expect("exact"), degree)))
+                        }
+                        _ => None,
+                    };
+                    ranges.insert(node.name.clone(), RangeState { coeffs: base, range, bound, scaled });
                 }
                 Op::Activation(act) => {
                     if let Activations::Hermite { degree, bound } = activations {
@@ -188,12 +224,26 @@ impl TrainModel {
                             )));
                         };
                         let c = channels(j);
-                        let p: Vec<f32> = hermite_polynomial(f, degree).iter().map(|v| *v as f32).collect();
-                        let coeffs = (0..c).flat_map(|_| p.iter().copied()).collect();
-                        ranges.insert(
-                            node.name.clone(),
-                            RangeState { coeffs, range: vec![None; c], bound: bound as f32 },
-                        );
+                        let scaled = (!positively_homogeneous(act)).then(|| {
+                            let key = format!("{act:?}");
+                            tables
+                                .entry(key)
+                                .or_insert_with(|| {
+                                    let exact = act.clone();
+                                    Arc::new(ScaledHermite::new(move |x| exact.eval(x).expect("exact"), degree))
+                                })
+                                .clone()
+                        });
+                        let mut state =
+                            RangeState { coeffs: Vec::new(), range: vec![None; c], bound: bound as f32, scaled };
+                        state.coeffs = match &state.scaled {
+                            Some(_) => state.coefficients_for(&state.scales()),
+                            None => {
+                                let p: Vec<f32> = hermite_polynomial(f, degree).iter().map(|v| *v as f32).collect();
+                                (0..c).flat_map(|_| p.iter().copied()).collect()
+                            }
+                        };
+                        ranges.insert(node.name.clone(), state);
                     }
                 }
                 Op::MaxPool(p) => {
@@ -211,7 +261,17 @@ impl TrainModel {
                 }
             }
         }
-        Ok(TrainModel { graph, shapes, params, frozen, ranges, device, track_penalty: false })
+        Ok(TrainModel {
+            graph,
+            shapes,
+            params,
+            frozen,
+            ranges,
+            device,
+            track_penalty: false,
+            collect_features: false,
+            freeze_batch_norms: false,
+        })
     }
 
     /// The candle device (CPU).
@@ -261,6 +321,7 @@ impl TrainModel {
         let mut values: HashMap<String, Tensor> = HashMap::new();
         values.insert(INPUT.to_string(), x.clone());
         let mut penalty = Tensor::zeros((), DType::F32, &self.device)?;
+        let mut features = HashMap::new();
         let nodes = self.graph.nodes.clone();
         for node in &nodes {
             let ins: Vec<&Tensor> = node.inputs.iter().map(|n| &values[n]).collect();
@@ -328,7 +389,7 @@ impl TrainModel {
                 }
                 Op::BatchNorm(bn) => {
                     let c = bn.channels;
-                    if pass == Pass::Train {
+                    if pass == Pass::Train && !self.freeze_batch_norms {
                         let (_, mean, var) = tensor_channel_stats(x)?;
                         let n = (x.elem_count() / c) as f32;
                         let m = BN_MOMENTUM as f32;
@@ -378,7 +439,9 @@ impl TrainModel {
                             let excess = (t.abs()? - state.bound as f64)?.relu()?.mean_all()?;
                             penalty = (penalty + excess)?;
                         }
-                        let op = PolyAct { coeffs: Arc::new(state.coeffs.clone()), scales: Arc::new(scales) };
+                        let coeffs =
+                            if pass == Pass::Frozen { state.coeffs.clone() } else { state.coefficients_for(&scales) };
+                        let op = PolyAct { coeffs: Arc::new(coeffs), scales: Arc::new(scales) };
                         x.contiguous()?.apply_op1(op)?
                     }
                     None => match act {
@@ -459,6 +522,9 @@ impl TrainModel {
                 Some(v) => straight_through(&y, v)?,
                 None => y,
             };
+            if self.collect_features && matches!(node.op, Op::Activation(_)) {
+                features.insert(node.name.clone(), y.clone());
+            }
             values.insert(node.name.clone(), y);
         }
         let out = values.remove(&self.graph.output).expect("output computed");
@@ -467,7 +533,7 @@ impl TrainModel {
             Some(s) => straight_through(&logits, &s.logits)?,
             None => logits,
         };
-        Ok(Forward { logits, range_penalty: penalty })
+        Ok(Forward { logits, range_penalty: penalty, features })
     }
 
     fn index(&self, name: &str) -> usize {

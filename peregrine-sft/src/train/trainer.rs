@@ -55,6 +55,20 @@ pub struct FinetuneConfig {
     /// `distill` > 0 and stored so that `resume` rebuilds the same teacher.
     #[serde(default)]
     pub teacher: Option<std::path::PathBuf>,
+    /// Distillation without labels (images whose labels nobody has, e.g. photos for a model
+    /// trained on ImageNet or COCO): the loss is the student's squared output error relative
+    /// to the teacher's output energy ([`matching_loss`]), plus `feature_weight` times the
+    /// mean of the same for every activation's output; `distill` must then be 1. Works for
+    /// any output: logits, detector heads, segmentation maps.
+    #[serde(default)]
+    pub match_outputs: bool,
+    /// Weight of the activation outputs in `match_outputs` (0: the final output only).
+    #[serde(default)]
+    pub feature_weight: f64,
+    /// Largest global L2 norm of a step's gradient (larger ones are scaled down to it; 0: no
+    /// clipping). A polynomial network far from its teacher has steep gradients.
+    #[serde(default)]
+    pub clip_grad_norm: f64,
     /// Quantisation-aware training: the target backend's name and parameters as the caller
     /// understands them (e.g. `tfhe {"bits":5,…}`), recorded so that a resumed run attaches the
     /// same [`Quantiser`]; `None` trains in floating point.
@@ -90,6 +104,9 @@ impl Default for FinetuneConfig {
             distill: 0.0,
             distill_temperature: default_temperature(),
             teacher: None,
+            match_outputs: false,
+            feature_weight: 0.0,
+            clip_grad_norm: 0.0,
             quantise_for: None,
         }
     }
@@ -127,6 +144,24 @@ impl FinetuneConfig {
         if self.distill > 0.0 && self.teacher.is_none() {
             return bad("distillation needs a teacher model file".into());
         }
+        if self.match_outputs && (self.distill != 1.0 || self.teacher.is_none()) {
+            return bad(format!(
+                "matching the teacher's outputs uses no labels: it needs a teacher model file and a distillation weight of 1 (got {})",
+                self.distill
+            ));
+        }
+        if !(self.feature_weight >= 0.0 && self.feature_weight.is_finite()) {
+            return bad(format!("the feature weight must be a non-negative number, got {}", self.feature_weight));
+        }
+        if !(self.clip_grad_norm >= 0.0 && self.clip_grad_norm.is_finite()) {
+            return bad(format!(
+                "the gradient clipping norm must be a non-negative number, got {}",
+                self.clip_grad_norm
+            ));
+        }
+        if self.feature_weight > 0.0 && !self.match_outputs {
+            return bad("a feature weight applies to output matching only".into());
+        }
         if let Some(d) = self.degree {
             if !(1..=16).contains(&d) {
                 return bad(format!("polynomial degree must be 1..=16, got {d}"));
@@ -145,6 +180,16 @@ pub fn distillation_loss(student: &Tensor, teacher: &Tensor, temperature: f64) -
     let logp = candle_nn::ops::log_softmax(&(student / t).map_err(candle_err)?, D::Minus1).map_err(candle_err)?;
     let per = (soft * logp).map_err(candle_err)?.sum(D::Minus1).map_err(candle_err)?;
     (per.mean_all().map_err(candle_err)? * (-t * t)).map_err(candle_err)
+}
+
+/// mean((s − t)²) / (mean(t²) + 10⁻⁸), t the teacher's values (not differentiated): the
+/// squared error relative to the target's energy, so that maps and logits of any size weigh
+/// alike (1 for a student that outputs zeros, 0 for a perfect one).
+pub fn matching_loss(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
+    let t = teacher.detach();
+    let energy = t.sqr().and_then(|e| e.mean_all()).map_err(candle_err)?.to_scalar::<f32>().map_err(candle_err)? as f64;
+    let err = (student - &t).and_then(|d| d.sqr()).and_then(|d| d.mean_all()).map_err(candle_err)?;
+    (err / (energy + 1e-8)).map_err(candle_err)
 }
 
 /// Progress of one training step, for progress bars.
@@ -261,6 +306,9 @@ impl Finetuner {
         let name = model.graph().name.clone();
         let mut model = TrainModel::new(model, config.activations())?;
         model.track_penalty = config.range_penalty > 0.0;
+        model.collect_features = config.match_outputs && config.feature_weight > 0.0;
+        // Output matching trains on a few photos per batch: no batch statistics.
+        model.freeze_batch_norms = config.match_outputs;
         let teacher = match (&config.teacher, config.distill > 0.0) {
             (Some(path), true) => {
                 let t = load_model(path)?;
@@ -272,7 +320,9 @@ impl Finetuner {
                         input.shape
                     )));
                 }
-                Some(TrainModel::new(&t, Activations::Keep)?)
+                let mut t = TrainModel::new(&t, Activations::Keep)?;
+                t.collect_features = config.match_outputs && config.feature_weight > 0.0;
+                Some(t)
             }
             _ => None,
         };
@@ -403,15 +453,42 @@ impl Finetuner {
                     self.model.forward(&x, Pass::Train)?
                 }
             };
-            let ce = cross_entropy(&out.logits, &labels)?;
-            let objective = match self.teacher.as_mut() {
-                Some(teacher) => {
-                    let t = teacher.forward(&x, Pass::Frozen)?.logits.detach();
-                    let kd = distillation_loss(&out.logits, &t, self.config.distill_temperature)?;
-                    let a = self.config.distill;
-                    ((&ce * (1.0 - a)).map_err(candle_err)? + (kd * a).map_err(candle_err)?).map_err(candle_err)?
+            let (objective, reported, labels) = if self.config.match_outputs {
+                let teacher = self.teacher.as_mut().expect("validated: output matching has a teacher");
+                let t = teacher.forward(&x, Pass::Frozen)?;
+                let mut loss = matching_loss(&out.logits, &t.logits)?;
+                if self.config.feature_weight > 0.0 && !out.features.is_empty() {
+                    let mut sum: Option<Tensor> = None;
+                    for (name, f) in &out.features {
+                        let Some(tf) = t.features.get(name) else { continue };
+                        let l = matching_loss(f, tf)?;
+                        sum = Some(match sum {
+                            Some(s) => (s + l).map_err(candle_err)?,
+                            None => l,
+                        });
+                    }
+                    if let Some(sum) = sum {
+                        let w = self.config.feature_weight / out.features.len() as f64;
+                        loss = (loss + (sum * w).map_err(candle_err)?).map_err(candle_err)?;
+                    }
                 }
-                None => ce.clone(),
+                let value = loss.to_scalar::<f32>().map_err(candle_err)? as f64;
+                // The teacher's top class stands in for the label: the accuracy reported is
+                // the agreement with the teacher.
+                let agreed: Vec<u8> = predictions(&t.logits)?.iter().map(|&p| p.min(255) as u8).collect();
+                (loss, value, agreed)
+            } else {
+                let ce = cross_entropy(&out.logits, &labels)?;
+                let objective = match self.teacher.as_mut() {
+                    Some(teacher) => {
+                        let t = teacher.forward(&x, Pass::Frozen)?.logits.detach();
+                        let kd = distillation_loss(&out.logits, &t, self.config.distill_temperature)?;
+                        let a = self.config.distill;
+                        ((&ce * (1.0 - a)).map_err(candle_err)? + (kd * a).map_err(candle_err)?).map_err(candle_err)?
+                    }
+                    None => ce.clone(),
+                };
+                (objective, ce.to_scalar::<f32>().map_err(candle_err)? as f64, labels)
             };
             let loss = if want_penalty {
                 let ramp = ((self.steps_done + 1) as f64 / self.config.penalty_warmup.max(1) as f64).min(1.0);
@@ -423,7 +500,7 @@ impl Finetuner {
             let lr = self.learning_rate(self.steps_done, total);
             self.step(&loss, lr)?;
             self.steps_done += 1;
-            let ce_value = ce.to_scalar::<f32>().map_err(candle_err)? as f64;
+            let ce_value = reported;
             if !ce_value.is_finite() {
                 return Err(SftError::Unsupported(format!(
                     "training diverged at epoch {} step {} (loss is {ce_value}); lower --lr or raise --bound",
@@ -458,8 +535,34 @@ impl Finetuner {
     fn step(&mut self, loss: &Tensor, lr: f64) -> Result<()> {
         let grads = loss.backward().map_err(candle_err)?;
         let (mu, wd) = (self.config.momentum, self.config.weight_decay);
+        let clip = if self.config.clip_grad_norm > 0.0 {
+            let mut sq = 0.0f64;
+            for var in self.model.params().values() {
+                if let Some(g) = grads.get(var) {
+                    sq += g.sqr().and_then(|g| g.sum_all()).and_then(|s| s.to_scalar::<f32>()).map_err(candle_err)?
+                        as f64;
+                }
+            }
+            let norm = sq.sqrt();
+            if !norm.is_finite() {
+                return Err(SftError::Unsupported(format!(
+                    "the gradient is not finite (norm {norm}): lower --lr or raise --bound"
+                )));
+            }
+            (norm > self.config.clip_grad_norm).then(|| self.config.clip_grad_norm / norm)
+        } else {
+            None
+        };
         for (name, var) in self.model.params() {
             let Some(g) = grads.get(var) else { continue };
+            let scaled;
+            let g = match clip {
+                Some(f) => {
+                    scaled = (g * f).map_err(candle_err)?;
+                    &scaled
+                }
+                None => g,
+            };
             let w = var.as_tensor();
             let g = (g + (w * wd).map_err(candle_err)?).map_err(candle_err)?;
             let m = match self.momenta.get(name) {
