@@ -190,9 +190,20 @@ fn photo_sets(
     if classes > 256 {
         bail!("--eval-images reports top-1 agreement, which needs at most 256 outputs; this model has {classes}");
     }
-    let labels = peregrine_model::reference::argmax_rows(&y).iter().map(|&p| p as u8).collect();
+    let labels: Vec<u8> = peregrine_model::reference::argmax_rows(&y).iter().map(|&p| p as u8).collect();
     if !a.json {
-        eprintln!("{count} held-out crops of {} photos from {}, labelled by the teacher", files.len(), eval.display());
+        // The share of the commonest label is what always answering it would agree on.
+        let mut counts = vec![0usize; classes];
+        for &l in &labels {
+            counts[l as usize] += 1;
+        }
+        let top = counts.iter().max().copied().unwrap_or(0) as f64 / count as f64;
+        eprintln!(
+            "{count} held-out crops of {} photos from {}, labelled by the teacher: {counts:?} per class (the commonest {:.1} %)",
+            files.len(),
+            eval.display(),
+            top * 100.0
+        );
     }
     Ok((train, Some(LabeledImages { labels, ..held })))
 }
