@@ -61,6 +61,9 @@ pub fn photo_crops(
         )));
     }
     let photos: Vec<RgbImage> = files.iter().map(load_rgb).collect::<Result<_>>()?;
+    if let Some((f, _)) = files.iter().zip(&photos).find(|(_, p)| p.width() == 0 || p.height() == 0) {
+        return Err(DataError::Image { path: f.display().to_string(), detail: "the image has no pixels".into() });
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let mut pixels = Vec::with_capacity(count * c * h * w);
     for k in 0..count {

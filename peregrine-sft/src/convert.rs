@@ -10,7 +10,7 @@ use ndarray::{ArrayD, Axis, IxDyn};
 use peregrine_model::ir::{Activation, Approximated, Model, Node, Op};
 use peregrine_model::reference::Reference;
 
-use crate::hermite::{hermite_polynomial, positively_homogeneous, ScaledHermite};
+use crate::hermite::{hermite_polynomial, ScaledHermite};
 use crate::polyact::PolyActRn;
 
 /// The output channel of each entry of a flattened weight tensor.
@@ -130,14 +130,7 @@ pub fn convert(model: &Model, degree: usize, bound: f64, inputs: &ArrayD<f32>, b
             };
             let channels = model.shape(j)[0];
             layers.insert(n.name.clone(), PolyActRn::new(hermite_polynomial(f, degree), channels, bound));
-            if !positively_homogeneous(a) {
-                let exact = a.clone();
-                let table = tables
-                    .entry(format!("{a:?}"))
-                    .or_insert_with(|| {
-                        std::sync::Arc::new(ScaledHermite::new(move |x| exact.eval(x).expect("exact"), degree))
-                    })
-                    .clone();
+            if let Some(table) = ScaledHermite::cached(&mut tables, a, degree) {
                 scaled.insert(n.name.clone(), table);
             }
             watch.entry(j).or_default().push(n.name.clone());

@@ -138,6 +138,32 @@ impl ScaledHermite {
         ScaledHermite { degree, rows }
     }
 
+    /// The table of an exact activation that is not positively homogeneous (`None` for ReLU,
+    /// leaky ReLU and polynomials, which need none).
+    pub fn of(a: &peregrine_model::ir::Activation, degree: usize) -> Option<Self> {
+        if positively_homogeneous(a) {
+            return None;
+        }
+        a.eval(0.0)?;
+        let exact = a.clone();
+        Some(Self::new(move |x| exact.eval(x).expect("an exact activation"), degree))
+    }
+
+    /// One shared table per distinct activation and degree, built on first use.
+    pub fn cached(
+        cache: &mut std::collections::HashMap<String, std::sync::Arc<Self>>,
+        a: &peregrine_model::ir::Activation,
+        degree: usize,
+    ) -> Option<std::sync::Arc<Self>> {
+        let key = format!("{a:?}/{degree}");
+        if let Some(t) = cache.get(&key) {
+            return Some(t.clone());
+        }
+        let t = std::sync::Arc::new(Self::of(a, degree)?);
+        cache.insert(key, t.clone());
+        Some(t)
+    }
+
     /// Polynomial degree.
     pub fn degree(&self) -> usize {
         self.degree

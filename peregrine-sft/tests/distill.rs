@@ -98,3 +98,32 @@ fn output_matching_settings_are_checked() {
         assert!(e.contains(want), "expected '{want}' in: {e}");
     }
 }
+
+#[test]
+fn output_matching_refuses_a_teacher_with_another_output() {
+    use peregrine_model::testkit::odd_mobile_model;
+    let dir = std::env::temp_dir().join(format!("peregrine-teacher-shape-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let teacher = dir.join("teacher.safetensors");
+    // Same input as the student, 7 outputs; the student below flattens a 3×19×23 input.
+    peregrine_model::format::save_model(&odd_mobile_model(1), &teacher).unwrap();
+    let student = {
+        use peregrine_model::ir::*;
+        use peregrine_model::testkit::{graph, node, raw_input};
+        Model::new(
+            graph("flat", raw_input([3, 19, 23]), vec![node("flat", Op::Flatten, &[INPUT])], "flat"),
+            Weights::new(),
+        )
+        .unwrap()
+    };
+    let config = FinetuneConfig {
+        match_outputs: true,
+        distill: 1.0,
+        teacher: Some(teacher),
+        degree: None,
+        ..FinetuneConfig::default()
+    };
+    let e = peregrine_sft::train::Finetuner::new(&student, config).err().expect("refused").to_string();
+    assert!(e.contains("output matching needs the same output"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

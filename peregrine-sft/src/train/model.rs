@@ -15,7 +15,7 @@ use peregrine_model::ir::{Activation, Approximated, Graph, Model, Op, Shape, INP
 
 use super::kernels::{tensor_channel_stats, BatchNormTrain, Fold, PolyAct, Unfold, Window};
 use crate::convert::fold_batch_norms;
-use crate::hermite::{hermite_polynomial, positively_homogeneous, ScaledHermite};
+use crate::hermite::{hermite_polynomial, ScaledHermite};
 use crate::polyact::{EPS, MOMENTUM};
 
 /// Momentum of batch-norm running statistics.
@@ -204,11 +204,8 @@ impl TrainModel {
                     // A non-homogeneous activation's polynomials follow its ranges when training
                     // refits them (same degree); kept as stored otherwise.
                     let scaled = match (activations, approximates) {
-                        (Activations::Hermite { degree, .. }, Some(a))
-                            if degree + 1 == terms && !positively_homogeneous(&a.as_activation()) =>
-                        {
-                            let exact = a.as_activation();
-                            Some(Arc::new(ScaledHermite::new(move |x| exact.eval(x).expect("exact"), degree)))
+                        (Activations::Hermite { degree, .. }, Some(a)) if degree + 1 == terms => {
+                            ScaledHermite::cached(&mut tables, &a.as_activation(), degree)
                         }
                         _ => None,
                     };
@@ -224,16 +221,7 @@ impl TrainModel {
                             )));
                         };
                         let c = channels(j);
-                        let scaled = (!positively_homogeneous(act)).then(|| {
-                            let key = format!("{act:?}");
-                            tables
-                                .entry(key)
-                                .or_insert_with(|| {
-                                    let exact = act.clone();
-                                    Arc::new(ScaledHermite::new(move |x| exact.eval(x).expect("exact"), degree))
-                                })
-                                .clone()
-                        });
+                        let scaled = ScaledHermite::cached(&mut tables, act, degree);
                         let mut state =
                             RangeState { coeffs: Vec::new(), range: vec![None; c], bound: bound as f32, scaled };
                         state.coeffs = match &state.scaled {

@@ -304,6 +304,7 @@ impl Finetuner {
         config.validate()?;
         let input = model.graph().input.clone();
         let name = model.graph().name.clone();
+        let output_shape = model.output_shape().clone();
         let mut model = TrainModel::new(model, config.activations())?;
         model.track_penalty = config.range_penalty > 0.0;
         model.collect_features = config.match_outputs && config.feature_weight > 0.0;
@@ -318,6 +319,14 @@ impl Finetuner {
                         path.display(),
                         t.graph().input.shape,
                         input.shape
+                    )));
+                }
+                if config.match_outputs && *t.output_shape() != output_shape {
+                    return Err(SftError::Unsupported(format!(
+                        "the teacher {} outputs {:?}, the model {:?}: output matching needs the same output",
+                        path.display(),
+                        t.output_shape(),
+                        output_shape
                     )));
                 }
                 let mut t = TrainModel::new(&t, Activations::Keep)?;
