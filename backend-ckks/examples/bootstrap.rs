@@ -1,6 +1,6 @@
 //! Measures one bootstrap: `cargo run --release -p backend-ckks --example bootstrap -- [log_n] [range]`
 //! (environment: SLOTS for sparse slots, FMB, LOGSCALE, LEVELS, DIGITS, DEG, DA, K, EMB, CTSB,
-//! STCB, CTSL, STCL for the parameters, CONST=1 for the same value in every slot).
+//! STCB, CTSL, STCL for the parameters, REPEAT for more bootstraps of the same input, CONST=1 for the same value in every slot).
 use std::time::Instant;
 
 use backend_ckks::params::BootstrapParams;
@@ -12,17 +12,18 @@ fn main() {
     let log_n: u32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
     let range: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1.0);
     let env = |k: &str, d: u32| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let d = BootstrapParams::default();
     let boot = BootstrapParams {
         range,
-        cos_degree: env("DEG", 31) as usize,
-        cts_bits: env("CTSB", 60),
-        stc_bits: env("STCB", 50),
-        double_angles: env("DA", 4) as usize,
-        k: env("K", 14) as usize,
-        eval_mod_bits: env("EMB", 58),
-        cts_levels: env("CTSL", 3) as usize,
-        stc_levels: env("STCL", 3) as usize,
-        ..BootstrapParams::default()
+        cos_degree: env("DEG", d.cos_degree as u32) as usize,
+        cts_bits: env("CTSB", d.cts_bits),
+        stc_bits: env("STCB", d.stc_bits),
+        double_angles: env("DA", d.double_angles as u32) as usize,
+        k: env("K", d.k as u32) as usize,
+        eval_mod_bits: env("EMB", d.eval_mod_bits),
+        cts_levels: env("CTSL", d.cts_levels as u32) as usize,
+        stc_levels: env("STCL", d.stc_levels as u32) as usize,
+        ..d
     };
     let mut params = CkksParams {
         log_ring_dimension: log_n,
@@ -74,6 +75,12 @@ fn main() {
     let t = Instant::now();
     let b = server.bootstrapper().unwrap();
     eprintln!("bootstrapper {:.1} s ({b:?})", t.elapsed().as_secs_f64());
+    let repeat = env("REPEAT", 1).max(1);
+    for _ in 1..repeat {
+        let t = Instant::now();
+        server.bootstrap(&ct).expect("bootstrap");
+        eprintln!("bootstrap (repeat) {:.2} s", t.elapsed().as_secs_f64());
+    }
     let t = Instant::now();
     let out = server.bootstrap(&ct).expect("bootstrap");
     eprintln!(

@@ -54,7 +54,7 @@ fn main() {
     }
     let digits = ms("mod_up", 3, || ctx.mod_up(&d, levels));
     let (a0, _a1) = ms("key_inner", 3, || ctx.key_inner(&digits, &key, levels));
-    ms("mod_down (one part)", 3, || ctx.mod_down(&a0, levels));
+    ms("mod_down (one part)", 3, || ctx.mod_down(a0.clone(), levels));
     ms("automorphism (one part)", 3, || ctx.ring.automorphism_ntt(&d, 5));
     ms("full key switch", 3, || ctx.key_switch(&d, &key, levels));
     let values: Vec<f64> = (0..ctx.n() / 2).map(|i| (i % 7) as f64 / 7.0).collect();

@@ -669,10 +669,16 @@ mod tests {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
     }
 
-    /// Follows one bootstrap step by step against the cleartext values it should hold.
+    /// Follows one bootstrap step by step against the cleartext values it should hold. Runs a
+    /// cosine of degree 31 (the default, 23, is 0.6 s faster at N = 2^16 for the same 20 bits
+    /// there, but its interpolation error, ~7e-11 of EvalMod's output, would hide the ~3e-12 of
+    /// noise the stage bounds below are set to catch at N = 2^10).
     #[test]
     fn every_stage_of_a_bootstrap_holds_what_it_should() {
         let mut p = params(std::env::var("LOGN").ok().and_then(|v| v.parse().ok()).unwrap_or(10));
+        if let Some(b) = p.bootstrap.as_mut() {
+            b.cos_degree = 31;
+        }
         if let Ok(e) = std::env::var("FMB") {
             p.first_modulus_bits = e.parse().unwrap();
             p.log_scale = std::env::var("LOGSCALE").map_or(p.first_modulus_bits - 8, |v| v.parse().unwrap());
@@ -809,12 +815,12 @@ mod plan_tests {
     use super::*;
     use crate::params::CkksParams;
 
-    /// The production plan: 3 + 3 maps of 32/63/63 diagonals, SlotsToCoeffs reusing
-    /// CoeffsToSlots' rotation steps, 38 keys, each at the highest level it serves.
+    /// The production plan: 4 + 3 maps of 16/31/31/15 and 63/63/32 diagonals, 22 rotation
+    /// steps shared by the two transforms, 48 keys, each at the highest level it serves.
     #[test]
     fn production_plan_shares_rotation_keys_between_its_two_transforms() {
         let p = CkksParams {
-            levels: 9,
+            levels: 8,
             log_scale: 40,
             first_modulus_bits: 48,
             digits: 6,
@@ -826,14 +832,14 @@ mod plan_tests {
         let diags = |maps: &[TransformPlan]| -> Vec<usize> {
             maps.iter().map(|t| t.giants.iter().map(|(_, g)| g.len()).sum()).collect()
         };
-        assert_eq!(diags(&plan.cts), [32, 63, 63]);
+        assert_eq!(diags(&plan.cts), [16, 31, 31, 15]);
         assert_eq!(diags(&plan.stc), [63, 63, 32]);
         let cts: BTreeSet<i64> = plan.cts.iter().flat_map(|t| t.steps()).collect();
         let stc: BTreeSet<i64> = plan.stc.iter().flat_map(|t| t.steps()).collect();
-        assert_eq!(cts, stc);
+        assert_eq!((cts.len(), stc.len(), cts.intersection(&stc).count()), (32, 38, 22));
         let keys = plan.rotations();
-        assert_eq!(keys.len(), 38);
+        assert_eq!(keys.len(), 48);
         assert!(keys.values().all(|&l| l <= plan.top && l > plan.stc_level - plan.params.stc_levels));
-        assert_eq!(plan.out_level, 9);
+        assert_eq!(plan.out_level, 8);
     }
 }

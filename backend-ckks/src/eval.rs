@@ -64,6 +64,9 @@ impl Ciphertext {
 }
 
 /// `a += b` limb-wise.
+/// Coefficients per block of the key inner product: two accumulators of 8 KiB stay in L1.
+pub const KEY_BLOCK: usize = 1024;
+
 pub(crate) fn add_into(ctx: &Context, a: &mut [u64], b: &[u64]) {
     let n = ctx.n();
     a.par_chunks_mut(n).zip(b.par_chunks(n)).enumerate().for_each(|(i, (x, y))| {
@@ -482,6 +485,11 @@ impl Context {
     }
 
     /// Σ_j digit_j ⊙ key_j over q_0 … q_level and P (both parts of the key).
+    ///
+    /// Blocked like [`Context::mul_plain_sum`]: both accumulators of a block of
+    /// [`KEY_BLOCK`] coefficients stay in L1 while every digit's products are added, so
+    /// each digit limb and key limb is read from memory once and each output written once
+    /// (one pass per digit and part before: the accumulators were streamed 2 × digits times).
     pub fn key_inner(&self, digits: &[Vec<u64>], key: &SwitchKey, level: usize) -> (Vec<u64>, Vec<u64>) {
         let n = self.n();
         let basis = self.ext_basis(level);
@@ -490,10 +498,16 @@ impl Context {
         acc0.par_chunks_mut(n).zip(acc1.par_chunks_mut(n)).zip(basis.par_iter()).enumerate().for_each(
             |(pos, ((a0, a1), &i))| {
                 let kp = key.position(self, i);
-                for (j, digit) in digits.iter().enumerate() {
-                    let d = &digit[pos * n..(pos + 1) * n];
-                    self.ring.mul_acc(a0, d, &key.b[j][kp * n..(kp + 1) * n], i);
-                    self.ring.mul_acc(a1, d, &key.a[j][kp * n..(kp + 1) * n], i);
+                for start in (0..n).step_by(KEY_BLOCK) {
+                    let end = (start + KEY_BLOCK).min(n);
+                    let (b0, b1) = (&mut a0[start..end], &mut a1[start..end]);
+                    for (j, digit) in digits.iter().enumerate() {
+                        let d = &digit[pos * n + start..pos * n + end];
+                        let kb = &key.b[j][kp * n + start..kp * n + end];
+                        let ka = &key.a[j][kp * n + start..kp * n + end];
+                        self.ring.mul_acc(b0, d, kb, i);
+                        self.ring.mul_acc(b1, d, ka, i);
+                    }
                 }
             },
         );
@@ -501,27 +515,32 @@ impl Context {
     }
 
     /// Divides a polynomial over q_0 … q_level and P by P (rounding), leaving q_0 … q_level.
-    pub fn mod_down(&self, acc: &[u64], level: usize) -> Vec<u64> {
+    /// Works in place in `acc` (its P limbs are transformed where they are; the result is
+    /// its first limbs), so nothing is copied.
+    pub fn mod_down(&self, mut acc: Vec<u64>, level: usize) -> Vec<u64> {
         let n = self.n();
         let nq = level + 1;
         let special: Vec<usize> = self.ring.special().collect();
-        let mut p_part = acc[nq * n..].to_vec();
-        self.ring.intt_all(&mut p_part, &special);
+        let (out, p_part) = acc.split_at_mut(nq * n);
+        self.ring.intt_all(p_part, &special);
         // Exact, centred conversion: the division by P then rounds to nearest (no bias of up
         // to k per coefficient, which s would multiply).
-        let conversion = self.ring.conversion(&p_part, &special, true);
-        let mut out = acc[..nq * n].to_vec();
-        out.par_chunks_mut(n).enumerate().for_each(|(i, o)| {
-            let mut c = vec![0u64; n];
-            conversion.limb_into(i, &mut c);
-            self.ring.ntt(&mut c, i);
-            let m = self.q(i);
-            let (w, ws) = self.p_inv[i];
-            for (u, &v) in o.iter_mut().zip(&c) {
-                *u = m.mul_shoup(m.sub(*u, v), w, ws);
-            }
-        });
-        out
+        let conversion = self.ring.conversion(p_part, &special, true);
+        out.par_chunks_mut(n).enumerate().for_each_init(
+            || vec![0u64; n],
+            |c, (i, o)| {
+                conversion.limb_into(i, c);
+                self.ring.ntt(c, i);
+                let m = self.q(i);
+                let (w, ws) = self.p_inv[i];
+                for (u, &v) in o.iter_mut().zip(c.iter()) {
+                    *u = m.mul_shoup(m.sub(*u, v), w, ws);
+                }
+            },
+        );
+        acc.truncate(nq * n);
+        acc.shrink_to_fit();
+        acc
     }
 
     /// Key-switches `d` with `key`: (u0, u1) with u0 + u1·s ≈ d·s_in.
@@ -533,7 +552,7 @@ impl Context {
     /// Key-switches an already decomposed polynomial (see [`Context::mod_up`]).
     pub fn switch_decomposed(&self, digits: &[Vec<u64>], key: &SwitchKey, level: usize) -> (Vec<u64>, Vec<u64>) {
         let (a0, a1) = self.key_inner(digits, key, level);
-        let (u0, u1) = rayon::join(|| self.mod_down(&a0, level), || self.mod_down(&a1, level));
+        let (u0, u1) = rayon::join(|| self.mod_down(a0, level), || self.mod_down(a1, level));
         (u0, u1)
     }
 
@@ -596,7 +615,7 @@ impl Context {
             }
         }
         if switched {
-            let (u0, u1) = rayon::join(|| self.mod_down(&ext0, level), || self.mod_down(&ext1, level));
+            let (u0, u1) = rayon::join(|| self.mod_down(ext0, level), || self.mod_down(ext1, level));
             rayon::join(|| add_into(self, &mut c0, &u0), || add_into(self, &mut c1, &u1));
         }
         (c0, c1)

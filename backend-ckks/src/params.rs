@@ -83,10 +83,10 @@ pub struct BootstrapParams {
 impl Default for BootstrapParams {
     fn default() -> Self {
         BootstrapParams {
-            cts_levels: 3,
-            cts_bits: 60,
+            cts_levels: 4,
+            cts_bits: 57,
             eval_mod_bits: 58,
-            cos_degree: 31,
+            cos_degree: 23,
             double_angles: 4,
             arcsine: true,
             k: 14,

@@ -152,8 +152,8 @@ impl Ring {
     pub fn conversion(&self, src: &[u64], from: &[usize], centred: bool) -> Conversion<'_> {
         let n = self.n;
         let k = from.len();
-        // (Q/q_i)^{-1} mod q_i with Shoup companions.
-        let inv_hat: Vec<(u64, u64)> = from
+        // (Q/q_i)^{-1} mod q_i.
+        let inv_hat: Vec<u64> = from
             .iter()
             .enumerate()
             .map(|(a, &i)| {
@@ -163,18 +163,15 @@ impl Ring {
                     .enumerate()
                     .filter(|(b, _)| *b != a)
                     .fold(1u64, |acc, (_, &j)| m.mul(acc, self.moduli[j].q % m.q));
-                let inv = m.inv(hat);
-                (inv, m.shoup(inv))
+                m.inv(hat)
             })
             .collect();
         // Scaled inputs [x_i · inv_hat_i]_{q_i}.
         let mut scaled = vec![0u64; k * n];
         scaled.par_chunks_mut(n).enumerate().for_each(|(a, out)| {
             let m = &self.moduli[from[a]];
-            let (w, ws) = inv_hat[a];
-            for (o, &x) in out.iter_mut().zip(&src[a * n..(a + 1) * n]) {
-                *o = m.mul_shoup(x, w, ws);
-            }
+            // One row times one constant: the vector kernels where the CPU has them.
+            crate::simd::accumulate(out, &[&src[a * n..(a + 1) * n]], &[m.q], &[inv_hat[a]], m);
         });
         // The multiple of Q to subtract: round(Σ_i scaled_i / q_i).
         if centred {

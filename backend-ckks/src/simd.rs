@@ -1,10 +1,11 @@
 //! The inner loop of base conversion, Σ_a x_a · h_a mod t over whole limbs, with an AVX-512
-//! IFMA kernel (eight 52-bit multiply-adds per instruction) where the CPU has one and a
-//! portable 128-bit scalar loop everywhere else.
+//! IFMA kernel (eight 52-bit multiply-adds per instruction) where the CPU has one, an AVX-512
+//! F + DQ kernel of 64-bit Shoup products for wider primes, and a portable 128-bit scalar loop
+//! everywhere else.
 //!
 //! The IFMA kernel reduces every term by Shoup's method in 52-bit arithmetic, so it needs
 //! rows below 2^52, constants h_a < t and t < 2^50 (all primes of the default chains but
-//! q_0); callers fall back to [`accumulate_scalar`] otherwise.
+//! q_0 and the bootstrapping primes); the 64-bit kernel takes any rows and t < 2^62.
 
 use crate::arith::Modulus;
 
@@ -47,16 +48,41 @@ pub fn accumulate(out: &mut [u64], rows: &[&[u64]], row_max: &[u64], hats: &[u64
             // SAFETY: the CPU has AVX-512F and IFMA (checked above); the kernel reads
             // `out.len()` entries of each row, which every row has.
             unsafe { ifma::accumulate(out, &small_rows, &small_hats, &shoup, t.q) };
-            for &a in &big {
-                let (h, hs) = (hats[a], t.shoup(hats[a]));
-                for (o, &x) in out.iter_mut().zip(rows[a]) {
-                    *o = t.add(*o, t.mul_shoup(x, h, hs));
-                }
+            if !big.is_empty() {
+                let big_rows: Vec<&[u64]> = big.iter().map(|&a| rows[a]).collect();
+                let big_hats: Vec<u64> = big.iter().map(|&a| hats[a]).collect();
+                accumulate_wide(out, &big_rows, &big_hats, t, true);
             }
             return;
         }
     }
-    accumulate_scalar(out, rows, hats, t);
+    accumulate_wide(out, rows, hats, t, false);
+}
+
+/// Largest target prime of the 64-bit AVX-512 kernel (a lazy sum below 4t must fit 64 bits).
+pub const WIDE_MAX_PRIME: u64 = 1 << 62;
+
+/// `out[c] (+)= Σ_a rows[a][c] · hats[a] mod t` for rows of any width (`add`: onto `out`,
+/// whose entries are below t): the AVX-512 F + DQ kernel (64-bit Shoup products) where the CPU
+/// has it and t < [`WIDE_MAX_PRIME`], else the portable loop.
+fn accumulate_wide(out: &mut [u64], rows: &[&[u64]], hats: &[u64], t: &Modulus, add: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512dq() && t.q < WIDE_MAX_PRIME {
+        let shoup: Vec<u64> = hats.iter().map(|&h| (((h as u128) << 64) / t.q as u128) as u64).collect();
+        // SAFETY: the CPU has AVX-512F and DQ (checked above); the kernel reads `out.len()`
+        // entries of each row, which every row has.
+        unsafe { ifma::accumulate_wide(out, rows, hats, &shoup, t.q, add) };
+        return;
+    }
+    if add {
+        let before = out.to_vec();
+        accumulate_scalar(out, rows, hats, t);
+        for (o, b) in out.iter_mut().zip(before) {
+            *o = t.add(*o, b);
+        }
+    } else {
+        accumulate_scalar(out, rows, hats, t);
+    }
 }
 
 /// The portable kernel: 128-bit lazy sums, one Barrett reduction every 16 terms and at the end.
@@ -158,6 +184,64 @@ mod ifma {
         super::reduce_integers_scalar(&mut out[lanes..n], &values[lanes..n], q);
     }
 
+    /// The high 64 bits of the 64 × 64-bit products `a · b` (`b_hi` = b >> 32), exact.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn mul_hi64(a: __m512i, b: __m512i, b_hi: __m512i) -> __m512i {
+        let mask32 = _mm512_set1_epi64(0xffff_ffff);
+        let a_hi = _mm512_srli_epi64(a, 32);
+        let ll = _mm512_mul_epu32(a, b);
+        let lh = _mm512_mul_epu32(a, b_hi);
+        let hl = _mm512_mul_epu32(a_hi, b);
+        let hh = _mm512_mul_epu32(a_hi, b_hi);
+        // mid < 3 · 2^32: the carry into the high word.
+        let mid = _mm512_add_epi64(
+            _mm512_srli_epi64(ll, 32),
+            _mm512_add_epi64(_mm512_and_si512(lh, mask32), _mm512_and_si512(hl, mask32)),
+        );
+        _mm512_add_epi64(
+            _mm512_add_epi64(hh, _mm512_srli_epi64(mid, 32)),
+            _mm512_add_epi64(_mm512_srli_epi64(lh, 32), _mm512_srli_epi64(hl, 32)),
+        )
+    }
+
+    /// See [`super::accumulate_wide`]: any rows, hats < t < 2^62, shoup[a] = ⌊hats[a]·2^64 / t⌋;
+    /// with `add`, `out`'s entries (below t) are added to the sum.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub unsafe fn accumulate_wide(out: &mut [u64], rows: &[&[u64]], hats: &[u64], shoup: &[u64], t: u64, add: bool) {
+        let n = out.len();
+        let lanes = n / 8 * 8;
+        let tv = _mm512_set1_epi64(t as i64);
+        let t2 = _mm512_set1_epi64((2 * t) as i64);
+        let hv: Vec<__m512i> = hats.iter().map(|&h| _mm512_set1_epi64(h as i64)).collect();
+        let sv: Vec<__m512i> = shoup.iter().map(|&s| _mm512_set1_epi64(s as i64)).collect();
+        let sv_hi: Vec<__m512i> = shoup.iter().map(|&s| _mm512_set1_epi64((s >> 32) as i64)).collect();
+        let mut c = 0;
+        while c < lanes {
+            // acc < 2t throughout; each term r = x·h − q̂·t with q̂ = ⌊x·h'/2^64⌋ lies in [0, 2t).
+            let mut acc =
+                if add { _mm512_loadu_si512(out.as_ptr().add(c) as *const _) } else { _mm512_setzero_si512() };
+            for (a, row) in rows.iter().enumerate() {
+                let x = _mm512_loadu_si512(row.as_ptr().add(c) as *const _);
+                let qhat = mul_hi64(x, sv[a], sv_hi[a]);
+                let r = _mm512_sub_epi64(_mm512_mullo_epi64(x, hv[a]), _mm512_mullo_epi64(qhat, tv));
+                acc = _mm512_add_epi64(acc, r);
+                acc = _mm512_min_epu64(acc, _mm512_sub_epi64(acc, t2));
+            }
+            acc = _mm512_min_epu64(acc, _mm512_sub_epi64(acc, tv));
+            _mm512_storeu_si512(out.as_mut_ptr().add(c) as *mut _, acc);
+            c += 8;
+        }
+        // The tail (N is a power of two ≥ 8, so only for odd test lengths).
+        for c in lanes..n {
+            let mut acc: u128 = if add { out[c] as u128 } else { 0 };
+            for (row, &h) in rows.iter().zip(hats) {
+                acc = (acc + row[c] as u128 * h as u128) % t as u128;
+            }
+            out[c] = acc as u64;
+        }
+    }
+
     /// See [`super::accumulate`]: rows < 2^52, hats < t < 2^50, shoup[a] = ⌊hats[a]·2^52 / t⌋.
     #[target_feature(enable = "avx512f,avx512ifma")]
     pub unsafe fn accumulate(out: &mut [u64], rows: &[&[u64]], hats: &[u64], shoup: &[u64], t: u64) {
@@ -235,9 +319,15 @@ mod tests {
     #[test]
     fn both_kernels_agree_with_u128_arithmetic_on_odd_lengths() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
-        for &(t_bits, row_bits, count, len) in
-            &[(36u32, 36u32, 6usize, 1001usize), (49, 52, 13, 37), (49, 49, 1, 8), (36, 60, 3, 77), (60, 60, 5, 64)]
-        {
+        for &(t_bits, row_bits, count, len) in &[
+            (36u32, 36u32, 6usize, 1001usize),
+            (49, 52, 13, 37),
+            (49, 49, 1, 8),
+            (36, 60, 3, 77),
+            (60, 60, 5, 64),
+            (61, 61, 7, 1003),
+            (58, 49, 7, 67),
+        ] {
             // Mixed bounds: the first row is wide (as q_0's residues are) when `row_bits` is 60.
             let t = crate::arith::ntt_primes(t_bits, 1, 1 << 10, &[])[0];
             let m = Modulus::new(t);
@@ -262,6 +352,38 @@ mod tests {
             let mut got = vec![0u64; len];
             accumulate_scalar(&mut got, &refs, &hats, &m);
             assert_eq!(got, want, "scalar kernel, t {t_bits} bits, rows {row_bits} bits");
+        }
+    }
+
+    #[test]
+    fn wide_kernel_adds_onto_its_output_and_survives_extreme_operands() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+        for &(t_bits, count, len) in &[(61u32, 7usize, 1001usize), (59, 1, 16), (40, 13, 37)] {
+            let t = crate::arith::ntt_primes(t_bits, 1, 1 << 10, &[])[0];
+            let m = Modulus::new(t);
+            // Extremes first (every row and constant at t − 1), then random 61-bit rows.
+            let rows: Vec<Vec<u64>> = (0..count)
+                .map(|a| (0..len).map(|c| if c < 8 || a == 0 { t - 1 } else { rng.gen_range(0..1u64 << 61) }).collect())
+                .collect();
+            let mut hats: Vec<u64> = (0..count).map(|_| rng.gen_range(0..t)).collect();
+            hats[0] = t - 1;
+            let start: Vec<u64> = (0..len).map(|c| if c < 8 { t - 1 } else { rng.gen_range(0..t) }).collect();
+            let refs: Vec<&[u64]> = rows.iter().map(|r| r.as_slice()).collect();
+            let want: Vec<u64> = (0..len)
+                .map(|c| {
+                    rows.iter()
+                        .zip(&hats)
+                        .fold(start[c] as u128, |acc, (r, &h)| (acc + r[c] as u128 * h as u128) % t as u128)
+                        as u64
+                })
+                .collect();
+            let mut got = start.clone();
+            accumulate_wide(&mut got, &refs, &hats, &m, true);
+            assert_eq!(got, want, "t {t_bits} bits, {count} rows, adding");
+            let mut got = start.clone();
+            accumulate_wide(&mut got, &refs, &hats, &m, false);
+            let fresh: Vec<u64> = want.iter().zip(&start).map(|(&w, &s)| m.sub(w, s)).collect();
+            assert_eq!(got, fresh, "t {t_bits} bits, {count} rows, overwriting");
         }
     }
 }

@@ -74,12 +74,12 @@ fn bootstrap_returns_the_input_within_2_to_the_minus_18_of_its_range() {
 }
 
 /// Sparse slots (n < N/2: the trace to the subring, one EvalMod for the real and imaginary
-/// halves packed in 2n slots) hold the same bound, down to the fewest slots the three-level
-/// maps allow (8).
+/// halves packed in 2n slots) hold the same bound, down to the fewest slots the four-level
+/// CoeffsToSlots maps allow (16).
 #[test]
 fn sparse_slot_bootstrap_returns_the_input_within_2_to_the_minus_18_of_its_range() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(23);
-    for (slots, count, range) in [(1024usize, 1001usize, 1.0), (256, 201, 16.0), (8, 7, 1.0)] {
+    for (slots, count, range) in [(1024usize, 1001usize, 1.0), (256, 201, 16.0), (16, 13, 1.0)] {
         let p = CkksParams { slots, ..params(12, range) };
         let values: Vec<f64> = (0..count).map(|_| rng.gen_range(-range..=range)).collect();
         let err = bootstrapped_error(&p, &values, range);
@@ -131,9 +131,9 @@ fn bootstrap_without_keys_or_above_level_0_or_without_parameters_is_an_error() {
 }
 
 #[test]
-fn production_bootstrap_parameters_are_128_bit_secure_and_leave_nine_levels() {
+fn production_bootstrap_parameters_are_128_bit_secure_and_leave_eight_levels() {
     let p = CkksParams {
-        levels: 9,
+        levels: 8,
         log_scale: 40,
         first_modulus_bits: 48,
         digits: 6,
@@ -142,11 +142,15 @@ fn production_bootstrap_parameters_are_128_bit_secure_and_leave_nine_levels() {
     };
     let chain = p.chain().expect("secure");
     assert_eq!(chain.security_bits, Some(128));
-    assert_eq!(chain.levels, 9);
+    assert_eq!(chain.levels, 8);
     let caps = CkksScheme::capabilities(&p).unwrap();
-    assert!(caps.can_bootstrap && caps.bootstrap_level == Some(9) && caps.max_level == 9);
-    // One level more does not fit at 128 bits.
-    assert!(CkksParams { levels: 10, ..p.clone() }.chain().unwrap_err().to_string().contains("insecure"));
+    assert!(caps.can_bootstrap && caps.bootstrap_level == Some(8) && caps.max_level == 8);
+    // One level more does not fit at 128 bits with four CoeffsToSlots levels; with three of
+    // 60 bits (the previous default: 9 levels, 13.4 s instead of 11.3 s at N = 2^16) it does.
+    assert!(CkksParams { levels: 9, ..p.clone() }.chain().unwrap_err().to_string().contains("insecure"));
+    let three = BootstrapParams { cts_levels: 3, cts_bits: 60, cos_degree: 31, ..BootstrapParams::default() };
+    let nine = CkksParams { levels: 9, bootstrap: Some(three), ..p.clone() };
+    assert_eq!(nine.chain().expect("secure").security_bits, Some(128));
     // Sized for a deep model at Δ = 2^33: q_0 = 2^41 (range 1), the digit count with the least
     // key-switching work per level, at least 8 levels, still secure.
     let deep = CkksParams { log_scale: 33, ..p };
