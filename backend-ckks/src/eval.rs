@@ -63,10 +63,10 @@ impl Ciphertext {
     }
 }
 
-/// `a += b` limb-wise.
 /// Coefficients per block of the key inner product: two accumulators of 8 KiB stay in L1.
 pub const KEY_BLOCK: usize = 1024;
 
+/// `a += b` limb-wise.
 pub(crate) fn add_into(ctx: &Context, a: &mut [u64], b: &[u64]) {
     let n = ctx.n();
     a.par_chunks_mut(n).zip(b.par_chunks(n)).enumerate().for_each(|(i, (x, y))| {
