@@ -333,6 +333,8 @@ pub struct Bootstrapper {
     stc_in_scale: f64,
     /// Scale the last SlotsToCoeffs map expects its input at.
     stc_last_in_scale: f64,
+    /// The encoder of the plan's slot count (re-encodes the last map for a range gain).
+    encoder: Encoder,
 }
 
 impl std::fmt::Debug for Bootstrapper {
@@ -380,7 +382,18 @@ impl Bootstrapper {
                 stc.push(EncodedTransform::new(ctx, &encoder, t, factor, q(t.level) / s_in)?);
             }
         }
-        Ok(Bootstrapper { plan, cts, stc, eval_scale, stc_in_scale, stc_last_in_scale: s_in })
+        Ok(Bootstrapper { plan, cts, stc, eval_scale, stc_in_scale, stc_last_in_scale: s_in, encoder })
+    }
+
+    /// The last SlotsToCoeffs map for an input multiplied by `gain` before ModRaise: its
+    /// diagonals carry q_0/(2π·gain) instead of q_0/2π, so the result lands at the caller's
+    /// scale and value. Encoded per call (a few dozen plaintexts at one low level: tens of
+    /// milliseconds, against seconds for the bootstrap).
+    fn last_stc_for_gain(&self, ctx: &Context, gain: u64) -> BResult<EncodedTransform> {
+        let t = self.plan.stc.last().expect("SlotsToCoeffs has maps");
+        let factor = ctx.chain.q[0] as f64 / std::f64::consts::TAU / gain as f64;
+        let stored = self.stc.last().expect("SlotsToCoeffs has maps");
+        EncodedTransform::new(ctx, &self.encoder, t, factor, stored.scale)
     }
 
     /// Bytes held by the encoded plaintexts.
@@ -564,12 +577,23 @@ impl CkksServer {
         Ok(c)
     }
 
-    /// The bootstrap itself (keys and level already checked by the caller).
-    pub(crate) fn run_bootstrap(&self, a: &Ciphertext, boot: &Bootstrapper) -> BResult<Ciphertext> {
+    /// The bootstrap itself (keys and level already checked by the caller). With `gain` > 1
+    /// the input is first multiplied by that integer (its values must then stay within the
+    /// bootstrap's range: the caller's range is `gain` times smaller), which puts the whole
+    /// range to use, and the last SlotsToCoeffs map divides by it again: the bootstrap's own
+    /// error, proportional to the range, shrinks by the gain.
+    pub(crate) fn run_bootstrap(&self, a: &Ciphertext, boot: &Bootstrapper, gain: u64) -> BResult<Ciphertext> {
         let ctx = &self.ctx;
         let enc = self.keys.encapsulation.as_ref().ok_or(BackendError::BootstrapNotEnabled)?;
         let plan = &boot.plan;
         let mut timer = PhaseTimer::new();
+        let gained;
+        let (a, last_stc) = if gain > 1 {
+            gained = self.make(ctx.mul_const(a, i128::from(gain)), a.meta);
+            (&gained, Some(boot.last_stc_for_gain(ctx, gain)?))
+        } else {
+            (a, None)
+        };
         // Encapsulation: to the sparse secret at level 0, raise, back to the dense secret.
         let (u0, u1) = ctx.key_switch(&a.c1, &enc.to_sparse, 0);
         let mut c0 = a.c0.clone();
@@ -606,6 +630,7 @@ impl CkksServer {
         // SlotsToCoeffs; the last map multiplies by q_0/(2πΔ) and lands at the caller's Δ.
         let last = boot.stc.len() - 1;
         for (i, t) in boot.stc.iter().enumerate() {
+            let t = if i == last { last_stc.as_ref().unwrap_or(t) } else { t };
             let pt_scale = if i < last {
                 t.scale
             } else {

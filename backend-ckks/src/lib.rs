@@ -38,6 +38,7 @@ pub mod arith;
 pub mod backend;
 pub mod bootstrap;
 pub mod context;
+pub mod cost;
 pub mod dft;
 pub mod encoding;
 pub mod eval;

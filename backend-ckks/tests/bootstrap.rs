@@ -95,6 +95,46 @@ fn sparse_slot_bootstrap_returns_the_input_within_2_to_the_minus_18_of_its_range
     assert!(err < 2f64.powi(-18), "512 slots, constant: {err:e}");
 }
 
+/// A tensor known to stay within r < R (the parameters' range) is multiplied by ⌊R/r⌋ before
+/// ModRaise and divided again in the last SlotsToCoeffs map: the same parameters give it
+/// log2⌊R/r⌋ more bits, at the same level and the caller's scale. Sparse and full slots.
+#[test]
+fn a_bootstrap_within_a_smaller_range_is_that_much_more_precise() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+    for slots in [0usize, 256] {
+        let p = CkksParams { slots, ..params(12, 16.0) };
+        let client = CkksScheme::keygen(&p, &bootstrap_keys()).unwrap();
+        let server = CkksScheme::server(&client.evaluation_keys().unwrap()).unwrap();
+        let caps = client.capabilities();
+        let count = if slots == 0 { 1999 } else { 251 };
+        let values: Vec<f64> = (0..count).map(|_| rng.gen_range(-1.9..=1.9)).collect();
+        let ct = client.encrypt(&client.encode(&values, caps.max_level, 2f64.powi(40)).unwrap()).unwrap();
+        let low = server.drop_to_level(&ct, 0).unwrap();
+        let error = |out: &_| {
+            assert_eq!(Some(server.level(out)), caps.bootstrap_level);
+            assert_eq!(server.scale(out), 2f64.powi(40), "the caller's scale is kept");
+            let got = client.decrypt_values(out).unwrap();
+            values.iter().zip(&got).map(|(v, g)| (v - g).abs()).fold(0.0, f64::max)
+        };
+        let plain = error(&server.bootstrap(&low).unwrap());
+        // r = 2: gain 8. A range at or above R, or a gain beyond the cap, is a plain bootstrap.
+        let within = error(&server.bootstrap_within(&low, 2.0).unwrap());
+        let wide = error(&server.bootstrap_within(&low, 40.0).unwrap());
+        eprintln!(
+            "N = 2^12, {slots} slots, values in ±1.9, range 16: max error {plain:.3e} ({:.1} bits of 2); within range 2: {within:.3e} ({:.1} bits of 2); range 40: {wide:.3e}",
+            -(plain / 2.0).log2(),
+            -(within / 2.0).log2()
+        );
+        assert!(within < 2.0 * 2f64.powi(-18), "{slots} slots: within range 2, error {within:e}");
+        assert!(within < plain / 3.0, "{slots} slots: gain 8 should cut the error: {within:e} vs {plain:e}");
+        assert!(wide < 16.0 * 2f64.powi(-18), "{slots} slots: range 40 (gain 1): {wide:e}");
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let err = server.bootstrap_within(&low, bad).unwrap_err().to_string();
+            assert!(err.contains("bootstrap range must be positive"), "{bad}: {err}");
+        }
+    }
+}
+
 #[test]
 fn bootstrap_without_keys_or_above_level_0_or_without_parameters_is_an_error() {
     let p = params(10, 1.0);

@@ -323,6 +323,7 @@ impl Context {
             precision_bits: noise_bits,
             security_bits: None,
             log_qp: None,
+            costs: None,
         }
     }
 

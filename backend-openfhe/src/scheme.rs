@@ -106,6 +106,7 @@ fn capabilities_of(
         precision_bits: precision_estimate(p, info.ring_dim),
         security_bits: security,
         log_qp: None,
+        costs: None,
     })
 }
 

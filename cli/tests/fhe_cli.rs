@@ -488,8 +488,9 @@ fn ckks_bootstraps_sparse_slots_when_the_layouts_fit() {
 
 /// Without a range in the parameters, `ckks` sets the bootstrap range from calibration images
 /// (the largest value any bootstrapped tensor takes on them, with a margin): from
-/// `--calibration`, or `data_batch_1` beside `--data`; the run with it agrees with the
-/// reference. Without either, the plan says the range is not calibrated.
+/// `--calibration`, or `data_batch_1` beside `--data`; each bootstrap also gets its own
+/// tensor's range; the run with them agrees with the reference. Without either, the plan says
+/// the range is not calibrated.
 #[test]
 fn ckks_calibrates_the_bootstrap_range_on_training_images() {
     let model = small_model("ckks-calibrated");
@@ -514,6 +515,11 @@ fn ckks_calibrates_the_bootstrap_range_on_training_images() {
     assert_eq!(per.len() as u64, calibrated["cost"]["bootstraps"].as_u64().unwrap(), "{cal}");
     let largest = per.iter().map(|b| b["largest_abs"].as_f64().unwrap()).fold(0f64, f64::max);
     assert!(largest > 0.0);
+    // Each bootstrap runs within its own tensor's range (the run below uses them).
+    for b in per {
+        let (own, m) = (b["range"].as_f64().unwrap(), b["largest_abs"].as_f64().unwrap());
+        assert!((own - 1.25 * m).abs() < 1e-9 * own, "{b}");
+    }
     let range = calibrated["capabilities"]["bootstrap_range"].as_f64().unwrap();
     assert!((range - 1.25 * largest).abs() < 1e-9 * range, "range {range} for a largest value of {largest}");
     let plain = plan(&[]);

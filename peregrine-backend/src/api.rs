@@ -85,6 +85,63 @@ pub struct Capabilities {
     /// bounds (absent when the backend does not report it).
     #[serde(default)]
     pub log_qp: Option<f64>,
+    /// What operations cost, by level, for the planner to weigh placements and parameters by
+    /// time rather than by counts (absent: the planner counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub costs: Option<OpCosts>,
+}
+
+/// A backend's cost model: the work of each operation at each level, in one unit (for `ckks`,
+/// one number-theoretic transform of one RNS limb), and the unit's measured seconds on this
+/// machine. Plans are compared in units, so the planner's choices do not depend on timing noise.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpCosts {
+    /// One key switch (rotation or relinearisation) at level ℓ, ℓ = 0..=max_level.
+    pub key_switch: Vec<f64>,
+    /// One rotation among several of the same ciphertext (hoisted: the decomposition shared).
+    pub hoisted_rotation: Vec<f64>,
+    /// One ciphertext × ciphertext tensor product (without its relinearisation).
+    pub tensor: Vec<f64>,
+    /// One ciphertext × plaintext product.
+    pub ct_pt: Vec<f64>,
+    /// One rescale from level ℓ.
+    pub rescale: Vec<f64>,
+    /// One bootstrap of a ciphertext with these parameters' slots (0 without bootstrapping).
+    pub bootstrap: f64,
+    /// Seconds of one unit on this machine (measured once per process; 0 if not measured).
+    pub unit_seconds: f64,
+    /// What the unit is and how the figures were obtained.
+    pub basis: String,
+}
+
+impl OpCosts {
+    fn at(v: &[f64], level: usize) -> f64 {
+        v.get(level).or(v.last()).copied().unwrap_or(0.0)
+    }
+    /// Units of one key switch at `level` (the top level's figure above it).
+    pub fn key_switch_at(&self, level: usize) -> f64 {
+        Self::at(&self.key_switch, level)
+    }
+    /// Units of one hoisted rotation at `level`.
+    pub fn hoisted_rotation_at(&self, level: usize) -> f64 {
+        Self::at(&self.hoisted_rotation, level)
+    }
+    /// Units of one ciphertext × ciphertext product with its relinearisation at `level`.
+    pub fn ct_ct_at(&self, level: usize) -> f64 {
+        Self::at(&self.tensor, level) + self.key_switch_at(level)
+    }
+    /// Units of one ciphertext × plaintext product at `level`.
+    pub fn ct_pt_at(&self, level: usize) -> f64 {
+        Self::at(&self.ct_pt, level)
+    }
+    /// Units of one rescale from `level`.
+    pub fn rescale_at(&self, level: usize) -> f64 {
+        Self::at(&self.rescale, level)
+    }
+    /// `units` in seconds on this machine (`None` if the unit was not measured).
+    pub fn seconds(&self, units: f64) -> Option<f64> {
+        (self.unit_seconds > 0.0).then_some(units * self.unit_seconds)
+    }
 }
 
 impl Capabilities {
@@ -223,6 +280,12 @@ pub trait Backend: Send + Sync {
     /// Refreshes a ciphertext to [`Capabilities::bootstrap_level`] (if the backend can).
     fn bootstrap(&self, _a: &Self::Ciphertext) -> BResult<Self::Ciphertext> {
         Err(BackendError::BootstrapUnsupported)
+    }
+    /// [`Backend::bootstrap`] of a ciphertext whose values are known to stay within `range`
+    /// (at most [`Capabilities::bootstrap_range`]; the planner measures it on calibration
+    /// images). A backend may turn the headroom into precision; the default ignores it.
+    fn bootstrap_within(&self, a: &Self::Ciphertext, _range: f64) -> BResult<Self::Ciphertext> {
+        self.bootstrap(a)
     }
 
     /// Evaluates `Σ coeffs[k] · a^k` in every slot.
@@ -412,6 +475,13 @@ pub trait Scheme {
     /// backend does not take a bootstrap range (the default).
     fn with_bootstrap_range(_params: &Self::Params, _range: f64) -> Option<Self::Params> {
         None
+    }
+    /// Other shapes of the bootstrap, as JSON objects merged into the parameters' `bootstrap`
+    /// object, each a different trade-off between the levels it leaves and what it costs; the
+    /// planner plans each and keeps the cheapest by [`Capabilities::costs`]. Empty (the
+    /// default): one shape.
+    fn bootstrap_alternatives() -> Vec<serde_json::Value> {
+        Vec::new()
     }
     /// Rebuilds a client from [`Client::save_secret`] (e.g. in the process that decrypts).
     fn load_client(_secret: &[u8]) -> BResult<Self::Client> {

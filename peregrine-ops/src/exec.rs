@@ -254,8 +254,15 @@ pub fn execute<B: Backend>(
             StepKind::Bootstrap { input } => {
                 let x = values[*input].as_deref().expect("computed");
                 // A bootstrap starts from the lowest level: the levels above would be wasted.
+                let range = plan.bootstrap_ranges.get(&step.output).copied();
                 x.par_iter()
-                    .map(|ct| backend.bootstrap(&backend.drop_to_level(ct, 0)?))
+                    .map(|ct| {
+                        let low = backend.drop_to_level(ct, 0)?;
+                        match range {
+                            Some(r) => backend.bootstrap_within(&low, r),
+                            None => backend.bootstrap(&low),
+                        }
+                    })
                     .collect::<BResult<Vec<_>>>()
                     .map_err(wrap)?
             }

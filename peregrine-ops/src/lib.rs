@@ -33,6 +33,7 @@
 //!     precision_bits: 30.0,
 //!     security_bits: None,
 //!     log_qp: None,
+//!     costs: None,
 //! };
 //! let plan = plan(compile(&model, caps.slots)?, &caps)?;
 //! assert!(plan.cost.levels_consumed <= caps.max_level && plan.cost.bootstraps == 0);

@@ -31,6 +31,29 @@ pub struct Cost {
     pub rotation_keys: usize,
     /// Estimated evaluation-key memory in bytes (hybrid key switching, dnum 3, at full level).
     pub key_bytes_estimate: u64,
+    /// Estimated work of one inference in the backend's cost units (see
+    /// [`peregrine_backend::OpCosts`]; `None` when the backend reports no cost model).
+    pub estimated_units: Option<f64>,
+    /// Of it, the bootstraps.
+    pub bootstrap_units: Option<f64>,
+    /// The estimate in seconds on this machine (one thread), when the backend measured its unit.
+    pub estimated_seconds: Option<f64>,
+}
+
+impl Cost {
+    /// What plans are compared by: the estimated work when there is a cost model, else the
+    /// bootstrapped ciphertexts, then the key switches.
+    fn rank(&self) -> (f64, f64) {
+        match self.estimated_units {
+            Some(u) => (u, 0.0),
+            None => (self.bootstraps as f64, self.key_switches as f64),
+        }
+    }
+
+    /// Whether this plan is cheaper than `other` (see [`Cost::rank`]).
+    pub fn cheaper_than(&self, other: &Cost) -> bool {
+        self.rank() < other.rank()
+    }
 }
 
 /// Per-step planning record.
@@ -54,6 +77,8 @@ pub struct StepPlan {
     pub ciphertexts: usize,
     /// Output packing.
     pub packing: String,
+    /// Estimated work in the backend's cost units (`None` without a cost model).
+    pub units: Option<f64>,
 }
 
 /// A program with levels assigned, bootstraps placed, keys listed and cost counted.
@@ -81,6 +106,10 @@ pub struct Plan {
     /// For each level where something is rescaled: log2 of the largest scale divided by q_ℓ
     /// there (log2 Δ for one product at Δ, 2·log2 Δ where a lazy square's consumer rescales).
     pub rescale_log_scales: BTreeMap<usize, f64>,
+    /// The range each bootstrap's input is known to stay within, by the bootstrap step's
+    /// output tensor (set from calibration images by the runtime; a bootstrap not listed
+    /// uses [`Capabilities::bootstrap_range`]).
+    pub bootstrap_ranges: BTreeMap<TensorId, f64>,
     /// Capabilities planned for.
     pub capabilities: Capabilities,
 }
@@ -158,9 +187,10 @@ fn depth(program: &Program) -> Vec<usize> {
 /// Plans `program` for a backend with capabilities `caps`.
 ///
 /// Bootstraps are first placed just in time (as late as possible, which minimises their
-/// number along a chain); then each one is moved back along its producer chain to the
-/// ancestor with the fewest ciphertexts whenever the levels allow, and kept there if the total
-/// of bootstrapped ciphertexts drops.
+/// number along a chain); then each one is tried at the ancestors along its producer chain
+/// with fewer ciphertexts, and kept there if the plan gets cheaper: by the backend's cost model
+/// when it has one ([`Capabilities::costs`]: fewer bootstraps against the steps that then run
+/// at higher, dearer levels), else by the bootstrapped ciphertexts, then the key switches.
 pub fn plan(program: Program, caps: &Capabilities) -> Result<Plan, OpsError> {
     // Tower reuse where the chain allows it; without, if a consumer's prime cannot absorb.
     let mut best = match plan_with(program.clone(), caps, &BTreeSet::new(), true) {
@@ -208,7 +238,7 @@ pub fn plan(program: Program, caps: &Capabilities) -> Result<Plan, OpsError> {
                 let mut f = forced.clone();
                 f.insert(c);
                 if let Ok(p) = plan_with(program.clone(), caps, &f, false) {
-                    if p.cost.bootstraps < best.cost.bootstraps {
+                    if p.cost.cheaper_than(&best.cost) {
                         best = p;
                         forced = f;
                         improved = true;
@@ -538,6 +568,7 @@ fn plan_with(
         cost,
         lazy_squares: lazy_inputs.len(),
         rescale_log_scales: rescaled,
+        bootstrap_ranges: BTreeMap::new(),
         capabilities: caps.clone(),
     })
 }
@@ -549,12 +580,15 @@ fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> Accounti
     let mut uses: BTreeMap<i64, usize> = BTreeMap::new();
     let mut at_level: BTreeMap<i64, usize> = BTreeMap::new();
     let mut records = Vec::new();
+    let model = caps.costs.as_ref();
+    let (mut total_units, mut boot_units) = (0.0, 0.0);
     for s in &program.steps {
         let out = &program.tensors[s.output];
         let (mut rot, mut ptm) = (0, 0);
         let inputs = s.inputs();
         let lin = levels[inputs[0]].saturating_sub(levels[s.output]);
         let level_in = levels[inputs[0]];
+        let before = (cost.ct_ct_mults, cost.rescales);
         let mut used = |step: i64, n: usize| {
             *uses.entry(step).or_default() += n;
             let l = at_level.entry(step).or_default();
@@ -614,6 +648,41 @@ fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> Accounti
         }
         cost.rotations += rot;
         cost.ct_pt_mults += ptm;
+        let units = model.map(|m| {
+            let relins = (cost.ct_ct_mults - before.0) as f64;
+            let rescales = (cost.rescales - before.1) as f64;
+            // Products run one level below the input on average in polynomials; linear steps
+            // and key switches at the input's level.
+            let rotations = match &s.kind {
+                StepKind::Linear { plan, .. } => {
+                    // Baby rotations are hoisted per input ciphertext; giant ones are full key
+                    // switches.
+                    let babies: usize = plan.babies.values().map(BTreeSet::len).sum();
+                    // One decomposition per rotated input ciphertext.
+                    let decomposed = plan.babies.values().filter(|b| !b.is_empty()).count() as f64;
+                    let giants = rot.saturating_sub(babies) as f64;
+                    babies as f64 * m.hoisted_rotation_at(level_in)
+                        + decomposed * (m.key_switch_at(level_in) - m.hoisted_rotation_at(level_in))
+                        + giants * m.key_switch_at(level_in)
+                }
+                _ => rot as f64 * m.key_switch_at(level_in),
+            };
+            let at = level_in.saturating_sub(1);
+            let u = match &s.kind {
+                StepKind::Bootstrap { .. } => out.ciphertexts as f64 * m.bootstrap,
+                _ => {
+                    rotations
+                        + relins * m.ct_ct_at(at)
+                        + ptm as f64 * m.ct_pt_at(level_in)
+                        + rescales * m.rescale_at(level_in.max(1))
+                }
+            };
+            if matches!(s.kind, StepKind::Bootstrap { .. }) {
+                boot_units += u;
+            }
+            total_units += u;
+            u
+        });
         records.push(StepPlan {
             name: s.name.clone(),
             kind: s.kind_name(),
@@ -624,9 +693,15 @@ fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> Accounti
             ct_pt_mults: ptm,
             ciphertexts: out.ciphertexts,
             packing: out.packing.clone(),
+            units,
         });
     }
     cost.key_switches = cost.rotations + cost.ct_ct_mults;
+    if let Some(m) = model {
+        cost.estimated_units = Some(total_units);
+        cost.bootstrap_units = Some(boot_units);
+        cost.estimated_seconds = m.seconds(total_units);
+    }
     cost.levels_consumed =
         if cost.bootstraps == 0 { caps.max_level - levels[program.output] } else { depth(program)[program.output] };
     // Liveness: a tensor lives from its step to its last use.

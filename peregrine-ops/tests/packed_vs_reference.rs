@@ -228,6 +228,62 @@ fn bootstraps_move_to_the_ancestor_with_fewest_ciphertexts() {
     assert!(max_err < 1e-6, "max error {max_err:e}");
 }
 
+/// With a cost model the planner weighs a bootstrap against what moving it costs. Graph:
+/// poly (1 ciphertext) → upsample ×3 (9 ciphertexts) → 9×9 conv → poly. Bootstrapping the one
+/// ciphertext before the upsampling runs the conv's rotations on nine ciphertexts at the top
+/// level; bootstrapping the nine after the conv runs them at level 1. Dear bootstraps: one,
+/// early; cheap ones: nine, just in time, and the plan is cheaper for it.
+#[test]
+fn with_a_cost_model_bootstraps_go_where_the_plan_is_cheapest() {
+    let mut r = StdRng::seed_from_u64(10);
+    let mut w = Weights::new();
+    let p1 = random_poly("p1", 1, &mut w, &mut r, false);
+    let p2 = random_poly("p2", 1, &mut w, &mut r, false);
+    w.get_mut("p2.c").unwrap()[[0, 4]] = 0.0;
+    w.insert("c.w".into(), uniform(&mut r, &[1, 1, 9, 9], -0.3, 0.3));
+    let nodes = vec![
+        node("p1", p1, &[INPUT]),
+        node("up", Op::Upsample { factor: 3 }, &["p1"]),
+        node("c", conv(1, 1, 9, 1, 4, 1, 1, "c.w", None), &["up"]),
+        node("p2", p2, &["c"]),
+    ];
+    let model = Model::new(graph("boot", raw_input([1, 20, 20]), nodes, "p2"), w).unwrap();
+    let p = ClearParams { bootstrap: Some(ClearBootstrap { output_level: 4, range: 1e6 }), ..params(10, 4) };
+    let mut caps = ClearScheme::capabilities(&p).unwrap();
+    let levels = caps.max_level + 1;
+    let model_with = |bootstrap: f64| peregrine_backend::OpCosts {
+        // Work that grows steeply with the level, as key switching does.
+        key_switch: (0..levels).map(|l| 10.0 * ((l + 1) * (l + 1)) as f64).collect(),
+        hoisted_rotation: (0..levels).map(|l| 6.0 * ((l + 1) * (l + 1)) as f64).collect(),
+        tensor: (0..levels).map(|l| (l + 1) as f64).collect(),
+        ct_pt: (0..levels).map(|l| (l + 1) as f64).collect(),
+        rescale: (0..levels).map(|l| (l + 1) as f64).collect(),
+        bootstrap,
+        unit_seconds: 1e-3,
+        basis: "test".into(),
+    };
+    let program = compile(&model, caps.slots).unwrap();
+    caps.costs = Some(model_with(1e6));
+    let dear = plan(program.clone(), &caps).unwrap();
+    assert_eq!(dear.cost.bootstraps, 1, "dear bootstraps: one, early");
+    let units = dear.cost.estimated_units.unwrap();
+    assert!(dear.cost.bootstrap_units.unwrap() == 1e6 && units > 1e6);
+    assert!((dear.cost.estimated_seconds.unwrap() - units * 1e-3).abs() < 1e-9 * units);
+    assert!((dear.steps.iter().filter_map(|s| s.units).sum::<f64>() - units).abs() < 1e-9 * units);
+    caps.costs = Some(model_with(1.0));
+    let cheap = plan(program.clone(), &caps).unwrap();
+    assert_eq!(cheap.cost.bootstraps, 9, "cheap bootstraps: just in time");
+    let (cheap_units, dear_work) = (cheap.cost.estimated_units.unwrap(), units - 1e6);
+    assert!(cheap_units - 9.0 < dear_work, "{cheap_units} vs {dear_work} + 1 bootstrap");
+    // Without a model, the count decides.
+    caps.costs = None;
+    assert_eq!(plan(program, &caps).unwrap().cost.bootstraps, 1);
+    let x = rand_input(&mut r, 400);
+    let want = reference_output(&model, &x);
+    let (got, _, _) = run_packed(&model, &p, &x);
+    assert!(max_abs_diff(&got, &want) < 1e-6);
+}
+
 #[test]
 fn a_rotation_key_budget_composes_rotations_and_keeps_results() {
     let model = odd_packed_model(11);

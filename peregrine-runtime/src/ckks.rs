@@ -11,7 +11,7 @@ use peregrine_backend::{BResult, Backend, Capabilities, ChainRequest, Client, Ke
 use peregrine_model::Model;
 use peregrine_ops::{
     compile, decrypt_output, encrypt_input, execute, plan, propose_chain, required_levels, with_key_budget, Plan,
-    Program, StepKind,
+    Program, StepKind, TensorId,
 };
 use serde_json::json;
 
@@ -54,6 +54,11 @@ pub trait Family: Send + Sync + 'static {
     /// `params` whose bootstrap accepts values up to `range`, if the family takes a range.
     fn params_for_bootstrap_range(&self, _params: &str, _range: f64) -> Option<String> {
         None
+    }
+    /// `params` with each other bootstrap shape the family offers (see
+    /// [`Scheme::bootstrap_alternatives`]); empty if it offers none.
+    fn bootstrap_alternatives(&self, _params: &str) -> Vec<String> {
+        Vec::new()
     }
 }
 
@@ -131,6 +136,23 @@ where
         let ranged = S::with_bootstrap_range(&self.params(params).ok()?, range)?;
         serde_json::to_string(&ranged).ok()
     }
+    fn bootstrap_alternatives(&self, params: &str) -> Vec<String> {
+        // Each shape merged into the user's own JSON (so that what they left to the planner
+        // stays left to it).
+        let base = if params.trim().is_empty() { Ok(json!({})) } else { serde_json::from_str(params) };
+        let Ok(base) = base else { return Vec::new() };
+        S::bootstrap_alternatives()
+            .into_iter()
+            .filter_map(|shape| {
+                let mut v: serde_json::Value = base.clone();
+                let b = v.as_object_mut()?.entry("bootstrap").or_insert(json!({}));
+                for (k, x) in shape.as_object()? {
+                    b.as_object_mut()?.insert(k.clone(), x.clone());
+                }
+                Some(v.to_string())
+            })
+            .collect()
+    }
 }
 
 impl Family for Arc<Plugin> {
@@ -184,9 +206,124 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
         if let Some(a) = options.activation.filter(|a| *a != "poly") {
             return Err(RuntimeError::ActivationMode(a.to_string()));
         }
-        let user_levels = mentions_levels(params);
         let requested = params;
-        let mut params = params.to_string();
+        let mut programs = Programs::new(model);
+        let (mut params, mut caps, mut p, precision) = self.choose(&mut programs, requested)?;
+        let mut shapes = Vec::new();
+        // Other bootstrap trade-offs of the family (more levels left by a dearer bootstrap, or
+        // fewer by a cheaper one), each planned in full; the cheapest by the backend's cost
+        // model is kept, unless the user fixed the bootstrap's shape.
+        if p.cost.bootstraps > 0
+            && !["cts_levels", "cts_bits", "cos_degree"].iter().any(|k| mentions_bootstrap(requested, k))
+        {
+            let alternatives = self.0.bootstrap_alternatives(requested);
+            if !alternatives.is_empty() {
+                shapes.push(BootstrapShape::of(&params, &caps, &p));
+            }
+            for alternative in alternatives {
+                let Ok((alt_params, alt_caps, alt_plan, _)) = self.choose(&mut programs, &alternative) else {
+                    continue;
+                };
+                shapes.push(BootstrapShape::of(&alt_params, &alt_caps, &alt_plan));
+                let (Some(units), Some(alt_units)) = (p.cost.estimated_units, alt_plan.cost.estimated_units) else {
+                    continue;
+                };
+                if alt_units < units {
+                    (params, caps, p) = (alt_params, alt_caps, alt_plan);
+                }
+            }
+        }
+        // Bootstrap range from calibration images, unless the user set one: the largest value
+        // any bootstrapped tensor takes, with a margin.
+        let mut ranges = BootstrapRanges::default();
+        let mut calibrated = None;
+        if p.cost.bootstraps > 0 && !user_range(requested) {
+            if let Some(calibration) = Calibration::measure(model, options.calibration, options.data)? {
+                ranges = calibration.bootstrap_ranges(&p);
+                calibrated = Some(calibration);
+                if let Some(range) = ranges.range {
+                    if caps.bootstrap_range != Some(range) {
+                        if let Some(ranged) = self.0.params_for_bootstrap_range(&params, range) {
+                            let ranged_caps = self.0.capabilities(&ranged)?;
+                            let ranged_plan = plan(programs.get(ranged_caps.slots)?, &ranged_caps)?;
+                            // Kept only if the plan keeps its bootstraps (a larger q_0 may
+                            // cost a level).
+                            if ranged_plan.cost.bootstraps <= p.cost.bootstraps {
+                                (params, p) = (ranged, ranged_plan);
+                            } else {
+                                ranges.range = None;
+                            }
+                        } else {
+                            ranges.range = None;
+                        }
+                    }
+                }
+            }
+        }
+        let mut p = match options.max_rotation_keys {
+            Some(k) => with_key_budget(p, k)?,
+            None => p,
+        };
+        // Each bootstrap's own range (its tensor's calibrated largest value with the margin),
+        // on the plan finally kept: a backend can turn the headroom below the parameters'
+        // range into precision.
+        if let Some(calibration) = &calibrated {
+            let set = ranges.range;
+            ranges = calibration.bootstrap_ranges(&p);
+            ranges.range = set;
+            p.bootstrap_ranges = ranges.by_output.clone();
+        }
+        Ok(Box::new(CkksModel {
+            family: self.0.clone(),
+            params,
+            plan: Arc::new(p),
+            model: model.graph().name.clone(),
+            precision,
+            ranges,
+            shapes,
+        }))
+    }
+}
+
+/// A bootstrap shape the planner weighed: its parameters, the levels it leaves, and the plan
+/// it gave.
+#[derive(Clone, Debug)]
+struct BootstrapShape {
+    /// `cts_levels`, `cts_bits`, `cos_degree` of the parameters' `bootstrap` object.
+    shape: serde_json::Value,
+    /// Computation levels between bootstraps.
+    levels: usize,
+    bootstraps: usize,
+    units: Option<f64>,
+    seconds: Option<f64>,
+}
+
+impl BootstrapShape {
+    fn of(params: &str, caps: &Capabilities, p: &Plan) -> Self {
+        let b = serde_json::from_str::<serde_json::Value>(params).ok().and_then(|v| v.get("bootstrap").cloned());
+        let field = |k: &str| b.as_ref().and_then(|b| b.get(k).cloned()).unwrap_or(serde_json::Value::Null);
+        BootstrapShape {
+            shape: json!({"cts_levels": field("cts_levels"), "cts_bits": field("cts_bits"), "cos_degree": field("cos_degree")}),
+            levels: caps.max_level,
+            bootstraps: p.cost.bootstraps,
+            units: p.cost.estimated_units,
+            seconds: p.cost.estimated_seconds,
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({"shape": self.shape, "levels": self.levels, "bootstraps": self.bootstraps,
+               "estimated_units": self.units, "estimated_seconds": self.seconds})
+    }
+}
+
+impl<F: Family> CkksBackend<F> {
+    /// Parameters, capabilities, plan and estimated precision for the `requested` parameters:
+    /// levels sized to the model (leveled) or to what fits between bootstraps, a tower-reuse
+    /// chain where it applies, and the fewest slots that cost no more.
+    fn choose(&self, programs: &mut Programs, requested: &str) -> Result<(String, Capabilities, Plan, Precision)> {
+        let user_levels = mentions_levels(requested);
+        let mut params = requested.to_string();
         let mut caps = match self.0.capabilities(&params) {
             Ok(c) => c,
             // Levels left to the backend: the default count may not fit (under bootstrapping's
@@ -207,7 +344,6 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
         };
         // Compiling ResNet-20 takes seconds and the choices below try several parameter sets
         // that often share a slot count: each slot count is compiled once.
-        let mut programs = Programs::new(model);
         let mut program = programs.get(caps.slots)?;
         // A backend that sizes its own parameters gets exactly the levels the model needs
         // (leveled), or as many as fit between bootstraps, unless the user fixed them.
@@ -224,7 +360,7 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
         // backend builds such chains. The program is recompiled for the ring the backend
         // picks; the chain is kept only if its plan leaves squares unrescaled as proposed.
         let towered = if !caps.can_bootstrap && !user_levels && !mentions(requested, "level_bits") {
-            self.towered(&mut programs, requested, &caps)?
+            self.towered(programs, requested, &caps)?
         } else {
             None
         };
@@ -237,9 +373,8 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
             }
             None => plan(program, &caps)?,
         };
-        // A backend that bootstraps sparse slots more cheaply gets the fewest slots that keep
-        // the plan's bootstraps and key switches (the layouts still fit), unless the user
-        // fixed the slot count.
+        // A backend that bootstraps sparse slots more cheaply gets the fewest slots whose plan
+        // costs no more (the layouts still fit), unless the user fixed the slot count.
         if caps.can_bootstrap && !mentions(requested, "slots") {
             while let Some(sparse) = self.0.params_for_slots(&params, caps.slots / 2) {
                 let Ok(sparse_caps) = self.0.capabilities(&sparse) else { break };
@@ -247,55 +382,24 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
                 else {
                     break;
                 };
-                if sparse_plan.cost.bootstraps > p.cost.bootstraps
-                    || sparse_plan.cost.key_switches > p.cost.key_switches
-                {
+                // By the backend's cost model when it has one (a sparse bootstrap is cheaper,
+                // but a layout may need more ciphertexts), else by the counts.
+                let keep = match (sparse_plan.cost.estimated_units, p.cost.estimated_units) {
+                    (Some(sparse_units), Some(units)) => sparse_units <= units,
+                    _ => {
+                        sparse_plan.cost.bootstraps <= p.cost.bootstraps
+                            && sparse_plan.cost.key_switches <= p.cost.key_switches
+                    }
+                };
+                if !keep {
                     break;
                 }
                 (params, caps, p) = (sparse, sparse_caps, sparse_plan);
             }
         }
-        // Bootstrap range from calibration images, unless the user set one: the largest value
-        // any bootstrapped tensor takes, with a margin.
-        let mut ranges = BootstrapRanges::default();
-        if p.cost.bootstraps > 0 && !mentions(requested, "range") {
-            if let Some(calibration) = Calibration::measure(model, options.calibration, options.data)? {
-                ranges = calibration.bootstrap_ranges(&p);
-                if let Some(range) = ranges.range {
-                    if caps.bootstrap_range != Some(range) {
-                        if let Some(ranged) = self.0.params_for_bootstrap_range(&params, range) {
-                            let ranged_caps = self.0.capabilities(&ranged)?;
-                            let ranged_plan = plan(programs.get(ranged_caps.slots)?, &ranged_caps)?;
-                            // Kept only if the plan keeps its bootstraps (a larger q_0 may
-                            // cost a level).
-                            if ranged_plan.cost.bootstraps <= p.cost.bootstraps {
-                                (params, p) = (ranged, ranged_plan);
-                            } else {
-                                ranges.range = None;
-                            }
-                        } else {
-                            ranges.range = None;
-                        }
-                    }
-                }
-            }
-        }
-        let p = match options.max_rotation_keys {
-            Some(k) => with_key_budget(p, k)?,
-            None => p,
-        };
-        Ok(Box::new(CkksModel {
-            family: self.0.clone(),
-            params,
-            plan: Arc::new(p),
-            model: model.graph().name.clone(),
-            precision,
-            ranges,
-        }))
+        Ok((params, caps, p, precision))
     }
-}
 
-impl<F: Family> CkksBackend<F> {
     /// Parameters, capabilities and plan with a tower-reuse chain for `model`, when the family
     /// builds one and the model has squares that can share a prime; with the output precision
     /// the chain leaves ([`simulated_output_bits`]). Unless the user named the ring (or the
@@ -512,6 +616,7 @@ impl Calibration {
     /// counts as the largest value of any node.
     fn bootstrap_ranges(&self, p: &Plan) -> BootstrapRanges {
         let any = self.node_max.values().fold(0f64, |m, &x| m.max(x));
+        let mut by_output = BTreeMap::new();
         let per_bootstrap: Vec<(String, f64)> = p
             .program
             .steps
@@ -520,6 +625,9 @@ impl Calibration {
                 StepKind::Bootstrap { input } => {
                     let name = p.program.tensors[input].name.trim_end_matches("@bootstrap").to_string();
                     let m = self.node_max.get(&name).copied().unwrap_or(any);
+                    if m > 0.0 {
+                        by_output.insert(s.output, m * RANGE_MARGIN);
+                    }
                     Some((name, m))
                 }
                 _ => None,
@@ -527,7 +635,7 @@ impl Calibration {
             .collect();
         let largest = per_bootstrap.iter().fold(0f64, |m, (_, x)| m.max(*x));
         let range = (largest > 0.0).then_some(largest * RANGE_MARGIN);
-        BootstrapRanges { source: Some((self.file.clone(), self.images)), per_bootstrap, range }
+        BootstrapRanges { source: Some((self.file.clone(), self.images)), per_bootstrap, range, by_output }
     }
 }
 
@@ -540,6 +648,8 @@ struct BootstrapRanges {
     per_bootstrap: Vec<(String, f64)>,
     /// The range set from them (None: the parameters' own range was kept).
     range: Option<f64>,
+    /// Each bootstrap's own range (largest value × margin), by its step's output tensor.
+    by_output: BTreeMap<TensorId, f64>,
 }
 
 impl BootstrapRanges {
@@ -550,9 +660,13 @@ impl BootstrapRanges {
                 "bootstrap range {set}: not calibrated (set by the parameters, or no data_batch_1 beside --data and no --calibration); values beyond it lose precision"
             ),
             Some((file, n)) => {
-                let each: Vec<String> = self.per_bootstrap.iter().map(|(t, m)| format!("{t} {m:.2}")).collect();
+                let each: Vec<String> = self
+                    .per_bootstrap
+                    .iter()
+                    .map(|(t, m)| format!("{t} {m:.2} (runs within {:.2})", m * RANGE_MARGIN))
+                    .collect();
                 format!(
-                    "bootstrap range {set}{}: largest |value| on {n} calibration images of {} × {RANGE_MARGIN} margin; per bootstrap: {}",
+                    "bootstrap range {set}{}: largest |value| on {n} calibration images of {} × {RANGE_MARGIN} margin; each bootstrap runs within its own tensor's range (a backend may turn the headroom into precision): {}",
                     if self.range.is_none() { " (kept: the calibrated one did not fit)" } else { "" },
                     file.display(),
                     each.join(", ")
@@ -568,7 +682,7 @@ impl BootstrapRanges {
             "file": self.source.as_ref().map(|(f, _)| f.clone()),
             "images": self.source.as_ref().map(|(_, n)| *n),
             "margin": RANGE_MARGIN,
-            "per_bootstrap": self.per_bootstrap.iter().map(|(t, m)| json!({"tensor": t, "largest_abs": m})).collect::<Vec<_>>(),
+            "per_bootstrap": self.per_bootstrap.iter().map(|(t, m)| json!({"tensor": t, "largest_abs": m, "range": m * RANGE_MARGIN})).collect::<Vec<_>>(),
         })
     }
 }
@@ -604,6 +718,9 @@ struct CkksModel<F: Family> {
     precision: Precision,
     /// Calibrated bootstrap ranges (empty when the plan does not bootstrap or none were measured).
     ranges: BootstrapRanges,
+    /// The bootstrap shapes weighed (empty when the family offers one, or the user fixed it),
+    /// the first the family's default.
+    shapes: Vec<BootstrapShape>,
 }
 
 impl<F: Family> CompiledModel for CkksModel<F> {
@@ -638,6 +755,17 @@ impl<F: Family> CompiledModel for CkksModel<F> {
             c.key_bytes_estimate as f64 / (1u64 << 30) as f64
         ));
         lines.push(chain_summary(&p.capabilities, p.lazy_squares));
+        if let (Some(units), Some(model)) = (c.estimated_units, &p.capabilities.costs) {
+            let boot = c.bootstrap_units.unwrap_or(0.0);
+            lines.push(format!(
+                "estimated work {units:.0} units, {:.0} % of it in bootstraps ({:.0} units each){}; {}",
+                100.0 * boot / units.max(1e-9),
+                model.bootstrap,
+                c.estimated_seconds
+                    .map_or(String::new(), |s| format!(", ≈ {s:.0} s per image on one thread of this machine")),
+                model.basis
+            ));
+        }
         if let Some(bits) = self.precision.bits {
             let set_aside: Vec<String> =
                 self.precision.smaller.iter().map(|(n, b)| format!("N = 2^{n} would leave {b:.1} bits")).collect();
@@ -650,10 +778,28 @@ impl<F: Family> CompiledModel for CkksModel<F> {
         if p.cost.bootstraps > 0 {
             lines.push(self.ranges.describe(p.capabilities.bootstrap_range));
         }
+        if !self.shapes.is_empty() {
+            let each: Vec<String> = self
+                .shapes
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} → {} levels, {} bootstraps, {:.0} units{}",
+                        s.shape,
+                        s.levels,
+                        s.bootstraps,
+                        s.units.unwrap_or(f64::NAN),
+                        s.seconds.map_or(String::new(), |t| format!(" (≈ {t:.0} s)"))
+                    )
+                })
+                .collect();
+            lines.push(format!("bootstrap shapes weighed (the cheapest kept): {}", each.join("; ")));
+        }
         PlanReport {
             json: json!({"model": self.model, "backend": self.backend(), "capabilities": p.capabilities, "cost": p.cost,
                          "estimated_output_bits": self.precision.bits,
                          "bootstrap_calibration": self.ranges.json(p.capabilities.bootstrap_range),
+                         "bootstrap_shapes": self.shapes.iter().map(BootstrapShape::json).collect::<Vec<_>>(),
                          "smaller_rings_set_aside": self.precision.smaller.iter().map(|(n, b)| json!({"log_ring_dimension": n, "estimated_output_bits": b})).collect::<Vec<_>>(),
                          "lazy_squares": p.lazy_squares, "smallest_secure_ring": p.capabilities.log_qp.and_then(smallest_secure_ring),
                          "rotation_keys": p.rotation_keys, "rotation_levels": p.rotation_levels, "steps": p.steps}),
@@ -813,4 +959,17 @@ fn mentions_levels(params: &str) -> bool {
 /// Whether the JSON object `params` sets `key`.
 fn mentions(params: &str, key: &str) -> bool {
     serde_json::from_str::<serde_json::Value>(params).ok().is_some_and(|v| v.get(key).is_some())
+}
+
+/// Whether the JSON object `params` sets `key` of its `bootstrap` object.
+fn mentions_bootstrap(params: &str, key: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(params)
+        .ok()
+        .is_some_and(|v| v.get("bootstrap").and_then(|b| b.get(key)).is_some())
+}
+
+/// Whether the user set the bootstrap range (`ckks`: `bootstrap.range`; plugins such as
+/// `openfhe`: `bootstrap_range`).
+fn user_range(params: &str) -> bool {
+    mentions_bootstrap(params, "range") || mentions(params, "bootstrap_range")
 }

@@ -96,6 +96,7 @@ impl TemplateParams {
             precision_bits: 52.0,
             security_bits: None,
             log_qp: None,
+            costs: None,
         })
     }
 }
