@@ -353,7 +353,7 @@ impl CkksServer {
     }
 
     /// The key of normalised step `s` (present), if it serves `level`.
-    fn rotation(&self, s: i64, level: usize) -> BResult<&RotationKey> {
+    pub(crate) fn rotation(&self, s: i64, level: usize) -> BResult<&RotationKey> {
         let rk = self.keys.rotations.get(&s).ok_or(BackendError::MissingRotationKey(s))?;
         if level > rk.key.max_level {
             return Err(BackendError::OutOfRange {

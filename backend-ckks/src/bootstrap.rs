@@ -5,8 +5,9 @@
 //!    chain, and it is switched back to the dense secret: it now decrypts to Δ·μ + q_0·I, I an
 //!    integer polynomial with |I| ≤ K (a sum of h + 1 rounding terms per coefficient).
 //! 2. **CoeffsToSlots**: the inverse special FFT (from [`crate::dft`], `cts_levels` merged maps
-//!    evaluated baby-step giant-step with hoisted baby rotations and one ModDown for the giant
-//!    steps) puts the coefficients y = Δμ/q_0 + I, scaled into [−1, 1], into the slots (real and
+//!    evaluated baby-step giant-step with double hoisting: baby rotations share one
+//!    decomposition and stay in Q·P, each giant step divides one part by P, one ModDown in
+//!    all) puts the coefficients y = Δμ/q_0 + I, scaled into [−1, 1], into the slots (real and
 //!    imaginary halves split with one conjugation; multiplying by X^(N/2) multiplies slots by i).
 //! 3. **EvalMod**: sin(2πy)/(2π) ≈ Δμ/q_0 removes I: a Chebyshev interpolant of
 //!    cos(2π(y − ¼)/2^r), then r double angles cos 2θ = 2cos²θ − 1.
@@ -26,13 +27,15 @@ use crate::backend::CkksServer;
 use crate::context::Context;
 use crate::dft::{coeff_to_slot_stages, merge, slot_to_coeff_stages, Complex, SlotTransform};
 use crate::encoding::Encoder;
-use crate::eval::Ciphertext;
+use crate::eval::{Ciphertext, ExtParts};
 use crate::params::BootstrapParams;
 
-/// Cost of a hoisted baby rotation relative to a giant one: the baby shares its ModUp and pays
-/// a key product and ModDown; a giant pays a ModUp of every digit. Measured at N = 2^16,
-/// 0.35 (15 babies, 3 giants) was slower than 0.5 (7 and 7): the extra babies cost memory traffic.
-const BABY_WEIGHT: f64 = 0.5;
+/// Cost of a baby rotation relative to a giant one. With double hoisting (see
+/// `CkksServer::apply_transform`) a baby pays only its key product, a giant a ModUp of every
+/// digit, a key product and half a ModDown: about a fifth at N = 2^16 by `cost.rs`. Measured at
+/// N = 2^16, 16,384 slots, one thread: 0.25 (55 rotation keys) 11.32–11.47 s per bootstrap
+/// against 12.14–12.72 s at 0.5 (50 keys); before double hoisting 0.35 was slower than 0.5.
+const BABY_WEIGHT: f64 = 0.25;
 
 /// One giant step: its rotation and the (baby index, diagonal) terms summed before it.
 pub type GiantStep<D> = (i64, Vec<(usize, D)>);
@@ -307,7 +310,7 @@ impl EncodedTransform {
                     .map(|(j, d)| {
                         let re: Vec<f64> = d.iter().map(|c| c.re * values_factor).collect();
                         let im: Vec<f64> = d.iter().map(|c| c.im * values_factor).collect();
-                        Ok((*j, ctx.encode_complex_with(encoder, &re, &im, plan.level, scale)?))
+                        Ok((*j, ctx.encode_complex_with(encoder, (&re, &im), plan.level, scale, true)?))
                     })
                     .collect::<BResult<Vec<_>>>()?;
                 Ok((key(*g), encoded))
@@ -424,9 +427,12 @@ fn eval_mod_output_scale(ctx: &Context, plan: &BootPlan, eval_scale: f64) -> f64
 }
 
 impl CkksServer {
-    /// Applies an encoded map: hoisted baby rotations, one fused product per giant step,
-    /// the giant rotations summed with one ModDown, one rescale. `pt_scale` is the scale the
-    /// diagonals count at (their encoding scale, or Δ times it for the last SlotsToCoeffs map).
+    /// Applies an encoded map with **double hoisting**: the baby rotations share one
+    /// decomposition and stay in the key-switching basis Q·P without ModDown; each giant
+    /// step's diagonal products are summed there (plaintexts encoded over Q·P), only its c1 is
+    /// divided by P to be decomposed for the giant rotation, whose result stays in Q·P too;
+    /// one ModDown of the total, one rescale. `pt_scale` is the scale the diagonals count at
+    /// (their encoding scale, or Δ times it for the last SlotsToCoeffs map).
     fn apply_transform(&self, ct: &Ciphertext, t: &EncodedTransform, pt_scale: f64) -> BResult<Ciphertext> {
         if ct.level() != t.level {
             return Err(BackendError::OutOfRange {
@@ -434,20 +440,29 @@ impl CkksServer {
                 detail: format!("a linear map for level {} met a ciphertext at level {}", t.level, ct.level()),
             });
         }
-        let babies = self.rotate_many_keyed(ct, &t.babies)?;
-        let meta = CtMeta::new(t.level, ct.meta.scale * pt_scale);
-        let inner: Vec<(Ciphertext, i64)> = t
-            .giants
-            .iter()
-            .map(|(g, terms)| {
-                let pairs: Vec<(&Ciphertext, &[u64])> =
-                    terms.iter().map(|(j, p)| (&babies[*j], p.as_slice())).collect();
-                (self.make(self.ctx.mul_plain_sum(&pairs), meta), *g)
+        let l = t.level;
+        let ctx = &self.ctx;
+        let key = |s: i64| -> BResult<Option<(&crate::keys::SwitchKey, u64)>> {
+            Ok(if s == 0 {
+                None
+            } else {
+                let rk = self.rotation(s, l)?;
+                Some((&rk.key, rk.galois))
             })
-            .collect();
+        };
+        let baby_keys = t.babies.iter().map(|&s| key(s)).collect::<BResult<Vec<_>>>()?;
+        let giant_keys = t.giants.iter().map(|(g, _)| key(*g)).collect::<BResult<Vec<_>>>()?;
+        let babies = ctx.hoisted_rotations_ext(&ct.c0, &ct.c1, &baby_keys, l);
+        let len = ctx.ext_basis(l).len() * ctx.n();
+        let (mut acc0, mut acc1) = (vec![0u64; len], vec![0u64; len]);
+        for ((_, terms), gk) in t.giants.iter().zip(giant_keys) {
+            let pairs: Vec<(&ExtParts, &[u64])> = terms.iter().map(|(j, p)| (&babies[*j], p.as_slice())).collect();
+            let inner = ctx.mul_plain_sum_ext(&pairs, l);
+            ctx.giant_step_into((&mut acc0, &mut acc1), inner, gk, l);
+        }
         drop(babies);
-        let refs: Vec<(&Ciphertext, i64)> = inner.iter().map(|(c, g)| (c, *g)).collect();
-        self.rescale(&self.rotate_sum_keyed(&refs)?)
+        let (c0, c1) = rayon::join(|| ctx.mod_down(acc0, l), || ctx.mod_down(acc1, l));
+        self.rescale(&self.make((c0, c1), CtMeta::new(l, ct.meta.scale * pt_scale)))
     }
 
     /// `ct` at `level` and `scale`: dropped, or multiplied by 1 at the scale that makes the
@@ -841,7 +856,8 @@ mod plan_tests {
     use crate::params::CkksParams;
 
     /// The production plan: 4 + 3 maps of 16/31/31/15 and 63/63/32 diagonals, 22 rotation
-    /// steps shared by the two transforms, 48 keys, each at the highest level it serves.
+    /// steps shared by the two transforms, 60 keys (more babies than giants: double hoisting
+    /// makes a baby about a fifth of a giant), each at the highest level it serves.
     #[test]
     fn production_plan_shares_rotation_keys_between_its_two_transforms() {
         let p = CkksParams {
@@ -861,9 +877,9 @@ mod plan_tests {
         assert_eq!(diags(&plan.stc), [63, 63, 32]);
         let cts: BTreeSet<i64> = plan.cts.iter().flat_map(|t| t.steps()).collect();
         let stc: BTreeSet<i64> = plan.stc.iter().flat_map(|t| t.steps()).collect();
-        assert_eq!((cts.len(), stc.len(), cts.intersection(&stc).count()), (32, 38, 22));
+        assert_eq!((cts.len(), stc.len(), cts.intersection(&stc).count()), (36, 46, 22));
         let keys = plan.rotations();
-        assert_eq!(keys.len(), 48);
+        assert_eq!(keys.len(), 60);
         assert!(keys.values().all(|&l| l <= plan.top && l > plan.stc_level - plan.params.stc_levels));
         assert_eq!(plan.out_level, 8);
     }

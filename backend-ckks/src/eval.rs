@@ -63,6 +63,10 @@ impl Ciphertext {
     }
 }
 
+/// The two parts of a ciphertext over the key-switching basis q_0 … q_level, P, scaled by P
+/// (what a key product leaves before ModDown; see [`Context::hoisted_rotations_ext`]).
+pub type ExtParts = (Vec<u64>, Vec<u64>);
+
 /// Coefficients per block of the key inner product: two accumulators of 8 KiB stay in L1.
 pub const KEY_BLOCK: usize = 1024;
 
@@ -70,6 +74,17 @@ pub const KEY_BLOCK: usize = 1024;
 pub(crate) fn add_into(ctx: &Context, a: &mut [u64], b: &[u64]) {
     let n = ctx.n();
     a.par_chunks_mut(n).zip(b.par_chunks(n)).enumerate().for_each(|(i, (x, y))| {
+        let m = ctx.q(i);
+        for (u, &v) in x.iter_mut().zip(y) {
+            *u = m.add(*u, v);
+        }
+    });
+}
+
+/// `a += b` limb-wise, limb k of both being prime `basis[k]`.
+fn add_into_basis(ctx: &Context, a: &mut [u64], b: &[u64], basis: &[usize]) {
+    let n = ctx.n();
+    a.par_chunks_mut(n).zip(b.par_chunks(n)).zip(basis.par_iter()).for_each(|((x, y), &i)| {
         let m = ctx.q(i);
         for (u, &v) in x.iter_mut().zip(y) {
             *u = m.add(*u, v);
@@ -155,20 +170,23 @@ impl Context {
 
     /// Encodes complex slot values (real parts `re`, imaginary parts `im`) at `level` and `scale`.
     pub fn encode_complex(&self, re: &[f64], im: &[f64], level: usize, scale: f64) -> BResult<Vec<u64>> {
-        self.encode_complex_with(&self.encoder, re, im, level, scale)
+        self.encode_complex_with(&self.encoder, (re, im), level, scale, false)
     }
 
     /// [`Context::encode_complex`] with another slot count's encoder (bootstrapping's linear
-    /// maps act on 2n slots when the parameters' n slots are sparse).
+    /// maps act on 2n slots when the parameters' n slots are sparse), over q_0 … q_level or,
+    /// `extended`, over the key-switching basis q_0 … q_level, P (for products with ciphertexts
+    /// in that basis: [`Context::mul_plain_sum_ext`]).
     pub fn encode_complex_with(
         &self,
         encoder: &Encoder,
-        re: &[f64],
-        im: &[f64],
+        (re, im): (&[f64], &[f64]),
         level: usize,
         scale: f64,
+        extended: bool,
     ) -> BResult<Vec<u64>> {
-        self.encode_from_coeffs_gap(&encoder.encode_complex_coeffs(re, im, scale), level, encoder.gap)
+        let basis = if extended { self.ext_basis(level) } else { self.ring.q_basis(level) };
+        self.encode_in_basis(&encoder.encode_complex_coeffs(re, im, scale), level, encoder.gap, &basis)
     }
 
     /// Rounds the scaled coefficients of Y^0 … Y^(2n−1) and transforms them at `level`.
@@ -178,11 +196,17 @@ impl Context {
 
     /// [`Context::encode_from_coeffs`] for Y = X^gap.
     fn encode_from_coeffs_gap(&self, coeffs: &[f64], level: usize, gap: usize) -> BResult<Vec<u64>> {
+        self.encode_in_basis(coeffs, level, gap, &self.ring.q_basis(level))
+    }
+
+    /// Rounds the coefficients (of Y = X^gap) and writes them over the primes `basis`, NTT
+    /// domain; they must fit Q_level.
+    fn encode_in_basis(&self, coeffs: &[f64], level: usize, gap: usize, basis: &[usize]) -> BResult<Vec<u64>> {
         let n = self.n();
         let max = coeffs.iter().fold(0.0f64, |m, c| m.max(c.abs()));
         let log_q = self.log_q(level);
         round_i128("encode", max, level, log_q)?;
-        let mut out = vec![0u64; (level + 1) * n];
+        let mut out = vec![0u64; basis.len() * n];
         // The common case, |coefficients| < 2^52: exact in f64 and i64, reduced with a
         // floating-point quotient. Wider ones (products of scales) go through 128-bit integers.
         let narrow = max < (1u64 << 52) as f64;
@@ -195,7 +219,7 @@ impl Context {
             coeffs.iter().map(|c| c.round()).collect()
         };
         let wide: Vec<i128> = if narrow { Vec::new() } else { rounded.iter().map(|&c| c as i128).collect() };
-        out.par_chunks_mut(n).enumerate().for_each(|(i, limb)| {
+        out.par_chunks_mut(n).zip(basis.par_iter()).for_each(|(limb, &i)| {
             let m = self.q(i);
             if narrow && gap == 1 {
                 crate::simd::reduce_integers(limb, &rounded, m.q);
@@ -619,6 +643,107 @@ impl Context {
             rayon::join(|| add_into(self, &mut c0, &u0), || add_into(self, &mut c1, &u1));
         }
         (c0, c1)
+    }
+
+    /// `p` (NTT domain at `level`) times P, written over the key-switching basis q_0 … q_level,
+    /// P: the form a key product has before ModDown (its P limbs are zero).
+    pub fn times_p_ext(&self, p: &[u64], level: usize) -> Vec<u64> {
+        let n = self.n();
+        let k = self.chain.p.len();
+        let mut out = vec![0u64; (level + 1 + k) * n];
+        out[..(level + 1) * n].par_chunks_mut(n).zip(p.par_chunks(n)).enumerate().for_each(|(i, (o, x))| {
+            let m = self.q(i);
+            let (w, ws) = (self.p_mod[i], m.shoup(self.p_mod[i]));
+            for (u, &v) in o.iter_mut().zip(x) {
+                *u = m.mul_shoup(v, w, ws);
+            }
+        });
+        out
+    }
+
+    /// Rotations of (c0, c1) at `level` kept in the key-switching basis and scaled by P
+    /// (**double hoisting**, first half): one decomposition of c1 shared by all, each rotation
+    /// its key product and automorphism, no ModDown. `None` is the ciphertext itself (times P).
+    /// Products with plaintexts encoded over the same basis and sums stay exact in this form;
+    /// [`Context::giant_step_into`] and one final [`Context::mod_down`] finish the work.
+    pub fn hoisted_rotations_ext(
+        &self,
+        c0: &[u64],
+        c1: &[u64],
+        keys: &[Option<(&SwitchKey, u64)>],
+        level: usize,
+    ) -> Vec<ExtParts> {
+        let digits = if keys.iter().any(Option::is_some) { self.mod_up(c1, level) } else { Vec::new() };
+        let basis = self.ext_basis(level);
+        let c0p = self.times_p_ext(c0, level);
+        keys.iter()
+            .map(|key| match key {
+                None => (c0p.clone(), self.times_p_ext(c1, level)),
+                Some((key, g)) => {
+                    let (mut a0, a1) = self.key_inner(&digits, key, level);
+                    add_into_basis(self, &mut a0, &c0p, &basis);
+                    rayon::join(|| self.ring.automorphism_ntt(&a0, *g), || self.ring.automorphism_ntt(&a1, *g))
+                }
+            })
+            .collect()
+    }
+
+    /// Σ_t a_t ⊙ p_t for ciphertexts and plaintexts over the key-switching basis at `level`
+    /// (see [`Context::mul_plain_sum`]).
+    pub fn mul_plain_sum_ext(&self, terms: &[(&ExtParts, &[u64])], level: usize) -> (Vec<u64>, Vec<u64>) {
+        const BLOCK: usize = 2048;
+        let n = self.n();
+        let basis = self.ext_basis(level);
+        let len = basis.len() * n;
+        let mut c0 = vec![0u64; len];
+        let mut c1 = vec![0u64; len];
+        c0.par_chunks_mut(n).zip(c1.par_chunks_mut(n)).zip(basis.par_iter()).enumerate().for_each(
+            |(pos, ((o0, o1), &i))| {
+                for start in (0..n).step_by(BLOCK) {
+                    let r = pos * n + start..pos * n + (start + BLOCK).min(n);
+                    let (b0, b1) = (&mut o0[start..start + r.len()], &mut o1[start..start + r.len()]);
+                    for ((x0, x1), p) in terms {
+                        self.ring.mul_acc(b0, &x0[r.clone()], &p[r.clone()], i);
+                        self.ring.mul_acc(b1, &x1[r.clone()], &p[r.clone()], i);
+                    }
+                }
+            },
+        );
+        (c0, c1)
+    }
+
+    /// Adds σ_g(inner) to the accumulators (all over the key-switching basis at `level`, scaled
+    /// by P), `inner` being a giant step's sum of baby products (**double hoisting**, second
+    /// half): only its c1 is divided by P (it must be decomposed for the key switch); the key
+    /// product, c0 and the automorphism stay in the extended basis. `None`: added as it is.
+    pub fn giant_step_into(
+        &self,
+        acc: (&mut [u64], &mut [u64]),
+        inner: (Vec<u64>, Vec<u64>),
+        key: Option<(&SwitchKey, u64)>,
+        level: usize,
+    ) {
+        let basis = self.ext_basis(level);
+        let (acc0, acc1) = acc;
+        let (inner0, inner1) = inner;
+        match key {
+            None => {
+                rayon::join(
+                    || add_into_basis(self, acc0, &inner0, &basis),
+                    || add_into_basis(self, acc1, &inner1, &basis),
+                );
+            }
+            Some((key, g)) => {
+                let c1 = self.mod_down(inner1, level);
+                let (mut e0, e1) = self.key_inner(&self.mod_up(&c1, level), key, level);
+                add_into_basis(self, &mut e0, &inner0, &basis);
+                let perm = self.ring.galois_perm(g);
+                rayon::join(
+                    || add_permuted_into(self, acc0, &e0, &perm, &basis),
+                    || add_permuted_into(self, acc1, &e1, &perm, &basis),
+                );
+            }
+        }
     }
 
     /// ModRaise: the level-0 polynomial `p` (NTT domain) read as its centred integer
