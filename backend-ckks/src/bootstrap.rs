@@ -7,7 +7,7 @@
 //! 2. **CoeffsToSlots**: the inverse special FFT (from [`crate::dft`], `cts_levels` merged maps
 //!    evaluated baby-step giant-step with double hoisting: baby rotations share one
 //!    decomposition and stay in Q·P, each giant step divides one part by P, one ModDown in
-//!    all) puts the coefficients y = Δμ/q_0 + I, scaled into [−1, 1], into the slots (real and
+//!    all; SlotsToCoeffs, at low levels, single-hoisted) puts the coefficients y = Δμ/q_0 + I, scaled into [−1, 1], into the slots (real and
 //!    imaginary halves split with one conjugation; multiplying by X^(N/2) multiplies slots by i).
 //! 3. **EvalMod**: sin(2πy)/(2π) ≈ Δμ/q_0 removes I: a Chebyshev interpolant of
 //!    cos(2π(y − ¼)/2^r), then r double angles cos 2θ = 2cos²θ − 1.
@@ -30,12 +30,16 @@ use crate::encoding::Encoder;
 use crate::eval::{Ciphertext, ExtParts};
 use crate::params::BootstrapParams;
 
-/// Cost of a baby rotation relative to a giant one. With double hoisting (see
-/// `CkksServer::apply_transform`) a baby pays only its key product, a giant a ModUp of every
-/// digit, a key product and half a ModDown: about a fifth at N = 2^16 by `cost.rs`. Measured at
-/// N = 2^16, 16,384 slots, one thread: 0.25 (55 rotation keys) 11.32–11.47 s per bootstrap
-/// against 12.14–12.72 s at 0.5 (50 keys); before double hoisting 0.35 was slower than 0.5.
-const BABY_WEIGHT: f64 = 0.25;
+/// Cost of a baby rotation relative to a giant one in a double-hoisted map (see
+/// `CkksServer::apply_transform`): a baby pays only its key product, a giant a ModUp of every
+/// digit, a key product and half a ModDown, about a fifth at N = 2^16 by `cost.rs`. Measured
+/// at N = 2^16, 16,384 slots, one thread: 0.25 gave 11.32–11.47 s per bootstrap against
+/// 12.14–12.72 s at 0.5.
+const DOUBLE_HOISTED_BABY_WEIGHT: f64 = 0.25;
+
+/// The same for a single-hoisted map (a baby also pays its ModDown): 0.35 (15 babies, 3 giants)
+/// was slower than 0.5 (7 and 7) at N = 2^16, the extra babies costing memory traffic.
+const BABY_WEIGHT: f64 = 0.5;
 
 /// One giant step: its rotation and the (baby index, diagonal) terms summed before it.
 pub type GiantStep<D> = (i64, Vec<(usize, D)>);
@@ -52,13 +56,20 @@ pub struct TransformPlan {
     pub babies: Vec<i64>,
     /// Giant steps with their (baby index, pre-rotated diagonal) terms.
     pub giants: Vec<GiantStep<Vec<Complex>>>,
+    /// Double hoisting: babies kept in Q·P, diagonals encoded over Q·P (CoeffsToSlots, at the
+    /// top of the chain, where a ModDown is dearest). Otherwise each baby is divided by P and
+    /// the diagonals hold Q only (SlotsToCoeffs: low levels, where P's limbs would add half
+    /// again to the plaintexts for no measurable gain).
+    pub double_hoisted: bool,
 }
 
 impl TransformPlan {
     /// Splits `t` (times `factor`) into baby and giant steps: rotations by multiples of the
     /// offsets' common stride, the baby count chosen to minimise key-switching work (a hoisted
-    /// baby rotation counted as [`BABY_WEIGHT`] of a giant one).
-    pub fn new(t: &SlotTransform, level: usize, factor: f64) -> Self {
+    /// baby rotation counted as [`BABY_WEIGHT`] of a giant one, or
+    /// [`DOUBLE_HOISTED_BABY_WEIGHT`]).
+    pub fn new(t: &SlotTransform, level: usize, factor: f64, double_hoisted: bool) -> Self {
+        let weight = if double_hoisted { DOUBLE_HOISTED_BABY_WEIGHT } else { BABY_WEIGHT };
         let n = t.slots as i64;
         let signed = |r: usize| if r as i64 > n / 2 { r as i64 - n } else { r as i64 };
         let stride = t.diagonals.keys().map(|&r| signed(r).unsigned_abs()).filter(|&r| r != 0).fold(0u64, gcd).max(1);
@@ -75,8 +86,7 @@ impl TransformPlan {
         let cost = |b: i64| {
             let g = split(b);
             let babies: std::collections::BTreeSet<i64> = g.values().flatten().map(|(j, _)| *j).collect();
-            babies.iter().filter(|&&j| j != 0).count() as f64 * BABY_WEIGHT
-                + g.keys().filter(|&&s| s != 0).count() as f64
+            babies.iter().filter(|&&j| j != 0).count() as f64 * weight + g.keys().filter(|&&s| s != 0).count() as f64
         };
         let b = (0..8).map(|e| 1i64 << e).min_by(|&x, &y| cost(x).total_cmp(&cost(y))).expect("candidates");
         let split = split(b);
@@ -103,7 +113,7 @@ impl TransformPlan {
                 (g, terms)
             })
             .collect();
-        TransformPlan { slots: t.slots, level, babies, giants }
+        TransformPlan { slots: t.slots, level, babies, giants, double_hoisted }
     }
 
     /// The rotation steps it needs (normalised to 0..slots), none for 0.
@@ -206,9 +216,11 @@ impl BootPlan {
         let cts = cts_maps
             .iter()
             .enumerate()
-            .map(|(i, t)| TransformPlan::new(t, top - i, if i == 0 { 0.5 / half_width / trace_gain } else { 1.0 }))
+            .map(|(i, t)| {
+                TransformPlan::new(t, top - i, if i == 0 { 0.5 / half_width / trace_gain } else { 1.0 }, true)
+            })
             .collect();
-        let stc = stc_maps.iter().enumerate().map(|(i, t)| TransformPlan::new(t, stc_level - i, 1.0)).collect();
+        let stc = stc_maps.iter().enumerate().map(|(i, t)| TransformPlan::new(t, stc_level - i, 1.0, false)).collect();
         Ok(BootPlan {
             params,
             slots,
@@ -294,6 +306,8 @@ struct EncodedTransform {
     giants: Vec<GiantStep<Vec<u64>>>,
     /// Scale the diagonals were encoded at.
     scale: f64,
+    /// Whether the diagonals are over Q·P and the map runs double-hoisted.
+    double_hoisted: bool,
 }
 
 impl EncodedTransform {
@@ -310,14 +324,14 @@ impl EncodedTransform {
                     .map(|(j, d)| {
                         let re: Vec<f64> = d.iter().map(|c| c.re * values_factor).collect();
                         let im: Vec<f64> = d.iter().map(|c| c.im * values_factor).collect();
-                        Ok((*j, ctx.encode_complex_with(encoder, (&re, &im), plan.level, scale, true)?))
+                        Ok((*j, ctx.encode_complex_with(encoder, (&re, &im), plan.level, scale, plan.double_hoisted)?))
                     })
                     .collect::<BResult<Vec<_>>>()?;
                 Ok((key(*g), encoded))
             })
             .collect::<BResult<Vec<_>>>()?;
         let babies = plan.babies.iter().map(|&b| key(b)).collect();
-        Ok(EncodedTransform { level: plan.level, babies, giants, scale })
+        Ok(EncodedTransform { level: plan.level, babies, giants, scale, double_hoisted: plan.double_hoisted })
     }
 
     fn memory_bytes(&self) -> usize {
@@ -427,18 +441,36 @@ fn eval_mod_output_scale(ctx: &Context, plan: &BootPlan, eval_scale: f64) -> f64
 }
 
 impl CkksServer {
-    /// Applies an encoded map with **double hoisting**: the baby rotations share one
-    /// decomposition and stay in the key-switching basis Q·P without ModDown; each giant
-    /// step's diagonal products are summed there (plaintexts encoded over Q·P), only its c1 is
-    /// divided by P to be decomposed for the giant rotation, whose result stays in Q·P too;
-    /// one ModDown of the total, one rescale. `pt_scale` is the scale the diagonals count at
-    /// (their encoding scale, or Δ times it for the last SlotsToCoeffs map).
+    /// Applies an encoded map; `pt_scale` is the scale the diagonals count at (their encoding
+    /// scale, or Δ times it for the last SlotsToCoeffs map). Double-hoisted maps: the baby
+    /// rotations share one decomposition and stay in the key-switching basis Q·P without
+    /// ModDown; each giant step's diagonal products are summed there (plaintexts encoded over
+    /// Q·P), only its c1 is divided by P to be decomposed for the giant rotation, whose result
+    /// stays in Q·P too; one ModDown of the total. Otherwise: hoisted babies each divided by P,
+    /// one fused product per giant step, the giant rotations summed with one ModDown. Then one
+    /// rescale.
     fn apply_transform(&self, ct: &Ciphertext, t: &EncodedTransform, pt_scale: f64) -> BResult<Ciphertext> {
         if ct.level() != t.level {
             return Err(BackendError::OutOfRange {
                 op: "bootstrap",
                 detail: format!("a linear map for level {} met a ciphertext at level {}", t.level, ct.level()),
             });
+        }
+        let meta = CtMeta::new(t.level, ct.meta.scale * pt_scale);
+        if !t.double_hoisted {
+            let babies = self.rotate_many_keyed(ct, &t.babies)?;
+            let inner: Vec<(Ciphertext, i64)> = t
+                .giants
+                .iter()
+                .map(|(g, terms)| {
+                    let pairs: Vec<(&Ciphertext, &[u64])> =
+                        terms.iter().map(|(j, p)| (&babies[*j], p.as_slice())).collect();
+                    (self.make(self.ctx.mul_plain_sum(&pairs), meta), *g)
+                })
+                .collect();
+            drop(babies);
+            let refs: Vec<(&Ciphertext, i64)> = inner.iter().map(|(c, g)| (c, *g)).collect();
+            return self.rescale(&self.rotate_sum_keyed(&refs)?);
         }
         let l = t.level;
         let ctx = &self.ctx;
@@ -462,7 +494,7 @@ impl CkksServer {
         }
         drop(babies);
         let (c0, c1) = rayon::join(|| ctx.mod_down(acc0, l), || ctx.mod_down(acc1, l));
-        self.rescale(&self.make((c0, c1), CtMeta::new(l, ct.meta.scale * pt_scale)))
+        self.rescale(&self.make((c0, c1), meta))
     }
 
     /// `ct` at `level` and `scale`: dropped, or multiplied by 1 at the scale that makes the
@@ -856,8 +888,9 @@ mod plan_tests {
     use crate::params::CkksParams;
 
     /// The production plan: 4 + 3 maps of 16/31/31/15 and 63/63/32 diagonals, 22 rotation
-    /// steps shared by the two transforms, 60 keys (more babies than giants: double hoisting
-    /// makes a baby about a fifth of a giant), each at the highest level it serves.
+    /// steps shared by the two transforms, 50 keys (CoeffsToSlots, double-hoisted, has more
+    /// babies than giants: a baby costs about a fifth of a giant there), each at the highest
+    /// level it serves.
     #[test]
     fn production_plan_shares_rotation_keys_between_its_two_transforms() {
         let p = CkksParams {
@@ -877,9 +910,9 @@ mod plan_tests {
         assert_eq!(diags(&plan.stc), [63, 63, 32]);
         let cts: BTreeSet<i64> = plan.cts.iter().flat_map(|t| t.steps()).collect();
         let stc: BTreeSet<i64> = plan.stc.iter().flat_map(|t| t.steps()).collect();
-        assert_eq!((cts.len(), stc.len(), cts.intersection(&stc).count()), (36, 46, 22));
+        assert_eq!((cts.len(), stc.len(), cts.intersection(&stc).count()), (36, 38, 24));
         let keys = plan.rotations();
-        assert_eq!(keys.len(), 60);
+        assert_eq!(keys.len(), 50);
         assert!(keys.values().all(|&l| l <= plan.top && l > plan.stc_level - plan.params.stc_levels));
         assert_eq!(plan.out_level, 8);
     }

@@ -51,23 +51,25 @@ fn rescale_at(level: usize) -> f64 {
     2.0 * (1.0 + level as f64 * (1.0 + PASS))
 }
 
-/// Units of one linear map of a bootstrap, double-hoisted: baby rotations sharing one
+/// Units of one linear map of a bootstrap. Double-hoisted: baby rotations sharing one
 /// decomposition, each its key product only (no ModDown); the diagonal products over Q·P; per
 /// giant rotation the division of one part by P, a decomposition and a key product; one
-/// ModDown of both parts; one rescale.
+/// ModDown of both parts. Single-hoisted: each baby also its ModDown, products over Q, giant
+/// rotations a decomposition and key product each. Then one rescale.
 fn transform_units(ctx: &Context, t: &TransformPlan) -> f64 {
     let l = t.level;
     let s = switch_at(ctx, l);
     let babies = t.babies.iter().filter(|&&b| b != 0).count() as f64;
     let giants = t.giants.iter().filter(|(g, _)| *g != 0).count() as f64;
     let diagonals = t.giants.iter().map(|(_, terms)| terms.len()).sum::<usize>() as f64;
-    let ext = (l + 1 + ctx.chain.p.len()) as f64;
-    s.mod_up
-        + babies * s.inner
-        + diagonals * 2.0 * ext * PASS
-        + giants * (s.mod_down / 2.0 + s.mod_up + s.inner)
-        + s.mod_down
-        + rescale_at(l)
+    let nq = (l + 1) as f64;
+    let shared = s.mod_up + s.mod_down + rescale_at(l);
+    if t.double_hoisted {
+        let ext = nq + ctx.chain.p.len() as f64;
+        shared + babies * s.inner + diagonals * 2.0 * ext * PASS + giants * (s.mod_down / 2.0 + s.mod_up + s.inner)
+    } else {
+        shared + babies * (s.inner + s.mod_down) + diagonals * 2.0 * nq * PASS + giants * (s.mod_up + s.inner)
+    }
 }
 
 /// Units of one EvalMod: the Chebyshev powers and their baby-step giant-step products, the
