@@ -1,6 +1,6 @@
 //! Measures one bootstrap: `cargo run --release -p backend-ckks --example bootstrap -- [log_n] [range]`
 //! (environment: SLOTS for sparse slots, FMB, LOGSCALE, LEVELS, DIGITS, DEG, DA, K, EMB, CTSB,
-//! STCB, CTSL, STCL for the parameters, REPEAT for more bootstraps of the same input, CONST=1 for the same value in every slot).
+//! STCB, CTSL, STCL, DH=1 (double hoisting) for the parameters, REPEAT for more bootstraps of the same input, CONST=1 for the same value in every slot).
 use std::time::Instant;
 
 use backend_ckks::params::BootstrapParams;
@@ -23,6 +23,7 @@ fn main() {
         eval_mod_bits: env("EMB", d.eval_mod_bits),
         cts_levels: env("CTSL", d.cts_levels as u32) as usize,
         stc_levels: env("STCL", d.stc_levels as u32) as usize,
+        double_hoisting: env("DH", 0) == 1,
         ..d
     };
     let mut params = CkksParams {

@@ -5,9 +5,9 @@
 //!    chain, and it is switched back to the dense secret: it now decrypts to Δ·μ + q_0·I, I an
 //!    integer polynomial with |I| ≤ K (a sum of h + 1 rounding terms per coefficient).
 //! 2. **CoeffsToSlots**: the inverse special FFT (from [`crate::dft`], `cts_levels` merged maps
-//!    evaluated baby-step giant-step with double hoisting: baby rotations share one
-//!    decomposition and stay in Q·P, each giant step divides one part by P, one ModDown in
-//!    all; SlotsToCoeffs, at low levels, single-hoisted) puts the coefficients y = Δμ/q_0 + I, scaled into [−1, 1], into the slots (real and
+//!    evaluated baby-step giant-step: hoisted baby rotations, giant steps summed with one
+//!    ModDown; with `double_hoisting` the babies stay in Q·P, each giant step divides one part
+//!    by P, one ModDown in all) puts the coefficients y = Δμ/q_0 + I, scaled into [−1, 1], into the slots (real and
 //!    imaginary halves split with one conjugation; multiplying by X^(N/2) multiplies slots by i).
 //! 3. **EvalMod**: sin(2πy)/(2π) ≈ Δμ/q_0 removes I: a Chebyshev interpolant of
 //!    cos(2π(y − ¼)/2^r), then r double angles cos 2θ = 2cos²θ − 1.
@@ -56,10 +56,11 @@ pub struct TransformPlan {
     pub babies: Vec<i64>,
     /// Giant steps with their (baby index, pre-rotated diagonal) terms.
     pub giants: Vec<GiantStep<Vec<Complex>>>,
-    /// Double hoisting: babies kept in Q·P, diagonals encoded over Q·P (CoeffsToSlots, at the
-    /// top of the chain, where a ModDown is dearest). Otherwise each baby is divided by P and
-    /// the diagonals hold Q only (SlotsToCoeffs: low levels, where P's limbs would add half
-    /// again to the plaintexts for no measurable gain).
+    /// Double hoisting: babies kept in Q·P, diagonals encoded over Q·P (CoeffsToSlots with
+    /// [`BootstrapParams::double_hoisting`]: the top of the chain, where a ModDown is dearest).
+    /// Otherwise each baby is divided by P and the diagonals hold Q only (always for
+    /// SlotsToCoeffs: low levels, where P's limbs would add half again to the plaintexts for no
+    /// measurable gain).
     pub double_hoisted: bool,
 }
 
@@ -217,7 +218,8 @@ impl BootPlan {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                TransformPlan::new(t, top - i, if i == 0 { 0.5 / half_width / trace_gain } else { 1.0 }, true)
+                let factor = if i == 0 { 0.5 / half_width / trace_gain } else { 1.0 };
+                TransformPlan::new(t, top - i, factor, params.double_hoisting)
             })
             .collect();
         let stc = stc_maps.iter().enumerate().map(|(i, t)| TransformPlan::new(t, stc_level - i, 1.0, false)).collect();
@@ -747,9 +749,20 @@ mod tests {
     /// noise the stage bounds below are set to catch at N = 2^10).
     #[test]
     fn every_stage_of_a_bootstrap_holds_what_it_should() {
+        staged_bootstrap(false);
+    }
+
+    /// The same with CoeffsToSlots double-hoisted (babies in Q·P, plaintexts over Q·P).
+    #[test]
+    fn every_stage_of_a_double_hoisted_bootstrap_holds_what_it_should() {
+        staged_bootstrap(true);
+    }
+
+    fn staged_bootstrap(double_hoisting: bool) {
         let mut p = params(std::env::var("LOGN").ok().and_then(|v| v.parse().ok()).unwrap_or(10));
         if let Some(b) = p.bootstrap.as_mut() {
             b.cos_degree = 31;
+            b.double_hoisting = double_hoisting;
         }
         if let Ok(e) = std::env::var("FMB") {
             p.first_modulus_bits = e.parse().unwrap();
@@ -888,9 +901,8 @@ mod plan_tests {
     use crate::params::CkksParams;
 
     /// The production plan: 4 + 3 maps of 16/31/31/15 and 63/63/32 diagonals, 22 rotation
-    /// steps shared by the two transforms, 50 keys (CoeffsToSlots, double-hoisted, has more
-    /// babies than giants: a baby costs about a fifth of a giant there), each at the highest
-    /// level it serves.
+    /// steps shared by the two transforms, 48 keys, each at the highest level it serves; with
+    /// double hoisting 50.
     #[test]
     fn production_plan_shares_rotation_keys_between_its_two_transforms() {
         let p = CkksParams {
@@ -910,9 +922,19 @@ mod plan_tests {
         assert_eq!(diags(&plan.stc), [63, 63, 32]);
         let cts: BTreeSet<i64> = plan.cts.iter().flat_map(|t| t.steps()).collect();
         let stc: BTreeSet<i64> = plan.stc.iter().flat_map(|t| t.steps()).collect();
-        assert_eq!((cts.len(), stc.len(), cts.intersection(&stc).count()), (36, 38, 24));
+        assert_eq!((cts.len(), stc.len(), cts.intersection(&stc).count()), (32, 38, 22));
         let keys = plan.rotations();
-        assert_eq!(keys.len(), 50);
+        assert_eq!(keys.len(), 48);
+        assert!(plan.cts.iter().chain(&plan.stc).all(|t| !t.double_hoisted));
+        // Double-hoisted CoeffsToSlots: more babies (a baby costs about a fifth of a giant
+        // there), 4 more steps, 2 more keys with full slots.
+        let mut dh = p.clone();
+        dh.bootstrap.as_mut().unwrap().double_hoisting = true;
+        let plan_dh = BootPlan::new(&Context::new(&dh).unwrap()).unwrap();
+        let cts_dh: BTreeSet<i64> = plan_dh.cts.iter().flat_map(|t| t.steps()).collect();
+        assert_eq!(cts_dh.len(), 36);
+        assert_eq!(plan_dh.rotations().len(), 50);
+        assert!(plan_dh.cts.iter().all(|t| t.double_hoisted) && plan_dh.stc.iter().all(|t| !t.double_hoisted));
         assert!(keys.values().all(|&l| l <= plan.top && l > plan.stc_level - plan.params.stc_levels));
         assert_eq!(plan.out_level, 8);
     }
