@@ -82,8 +82,8 @@ pub struct BootstrapParams {
     /// encoded over Q·P) with about twice the baby steps: 0.5–1 s less per bootstrap at
     /// N = 2^16 (16,384 slots, one thread: 11.3–11.6 s against 12.1–12.5 s measured the same
     /// day), for 5 more rotation keys at the top of the chain and P's limbs in its plaintexts
-    /// (+1.0 GiB of keys and +0.6 GiB of plaintexts in the bootstrap example; the degree-4
-    /// ResNet-20 peaked at 16.4 GiB with it, 14.1–14.4 GiB without). Off by default: memory.
+    /// (+1.0 GiB of keys and +0.2 GiB of plaintexts in the bootstrap example; the degree-4
+    /// ResNet-20 peaked at 15.78 GiB with it, 14.34 GiB without). Off by default: memory.
     pub double_hoisting: bool,
 }
 
