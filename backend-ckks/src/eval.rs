@@ -392,21 +392,31 @@ impl Context {
     /// limb: blocks of coefficients accumulate every term while in cache, and the result is
     /// written once (no product or partial sum is materialised).
     pub fn mul_plain_sum(&self, terms: &[(&Ciphertext, &[u64])]) -> (Vec<u64>, Vec<u64>) {
+        let parts: Vec<(&[u64], &[u64], &[u64])> =
+            terms.iter().map(|(ct, p)| (ct.c0.as_slice(), ct.c1.as_slice(), *p)).collect();
+        self.plain_sum_over(&parts, &self.ring.q_basis(terms[0].0.level()))
+    }
+
+    /// The blocked loop of [`Context::mul_plain_sum`] over parts (c0, c1, plaintext) whose
+    /// limb k is prime `basis[k]`.
+    fn plain_sum_over(&self, terms: &[(&[u64], &[u64], &[u64])], basis: &[usize]) -> (Vec<u64>, Vec<u64>) {
         const BLOCK: usize = 2048;
         let n = self.n();
-        let len = terms[0].0.c0.len();
+        let len = basis.len() * n;
         let mut c0 = vec![0u64; len];
         let mut c1 = vec![0u64; len];
-        c0.par_chunks_mut(n).zip(c1.par_chunks_mut(n)).enumerate().for_each(|(i, (o0, o1))| {
-            for start in (0..n).step_by(BLOCK) {
-                let r = i * n + start..i * n + (start + BLOCK).min(n);
-                let (b0, b1) = (&mut o0[start..start + r.len()], &mut o1[start..start + r.len()]);
-                for (ct, p) in terms {
-                    self.ring.mul_acc(b0, &ct.c0[r.clone()], &p[r.clone()], i);
-                    self.ring.mul_acc(b1, &ct.c1[r.clone()], &p[r.clone()], i);
+        c0.par_chunks_mut(n).zip(c1.par_chunks_mut(n)).zip(basis.par_iter()).enumerate().for_each(
+            |(pos, ((o0, o1), &i))| {
+                for start in (0..n).step_by(BLOCK) {
+                    let r = pos * n + start..pos * n + (start + BLOCK).min(n);
+                    let (b0, b1) = (&mut o0[start..start + r.len()], &mut o1[start..start + r.len()]);
+                    for (x0, x1, p) in terms {
+                        self.ring.mul_acc(b0, &x0[r.clone()], &p[r.clone()], i);
+                        self.ring.mul_acc(b1, &x1[r.clone()], &p[r.clone()], i);
+                    }
                 }
-            }
-        });
+            },
+        );
         (c0, c1)
     }
 
@@ -691,25 +701,9 @@ impl Context {
     /// Σ_t a_t ⊙ p_t for ciphertexts and plaintexts over the key-switching basis at `level`
     /// (see [`Context::mul_plain_sum`]).
     pub fn mul_plain_sum_ext(&self, terms: &[(&ExtParts, &[u64])], level: usize) -> (Vec<u64>, Vec<u64>) {
-        const BLOCK: usize = 2048;
-        let n = self.n();
-        let basis = self.ext_basis(level);
-        let len = basis.len() * n;
-        let mut c0 = vec![0u64; len];
-        let mut c1 = vec![0u64; len];
-        c0.par_chunks_mut(n).zip(c1.par_chunks_mut(n)).zip(basis.par_iter()).enumerate().for_each(
-            |(pos, ((o0, o1), &i))| {
-                for start in (0..n).step_by(BLOCK) {
-                    let r = pos * n + start..pos * n + (start + BLOCK).min(n);
-                    let (b0, b1) = (&mut o0[start..start + r.len()], &mut o1[start..start + r.len()]);
-                    for ((x0, x1), p) in terms {
-                        self.ring.mul_acc(b0, &x0[r.clone()], &p[r.clone()], i);
-                        self.ring.mul_acc(b1, &x1[r.clone()], &p[r.clone()], i);
-                    }
-                }
-            },
-        );
-        (c0, c1)
+        let parts: Vec<(&[u64], &[u64], &[u64])> =
+            terms.iter().map(|((c0, c1), p)| (c0.as_slice(), c1.as_slice(), *p)).collect();
+        self.plain_sum_over(&parts, &self.ext_basis(level))
     }
 
     /// Adds σ_g(inner) to the accumulators (all over the key-switching basis at `level`, scaled
