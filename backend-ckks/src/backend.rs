@@ -406,6 +406,113 @@ impl CkksServer {
         Ok(self.make(self.ctx.rotate_sum(&parts, l), a.meta))
     }
 
+    /// `a` at `level`: itself if it is there already (no copy), else its lower limbs.
+    pub(crate) fn at_level<'a>(&self, a: &'a Ciphertext, level: usize) -> BResult<std::borrow::Cow<'a, Ciphertext>> {
+        Ok(if a.level() == level {
+            std::borrow::Cow::Borrowed(a)
+        } else {
+            std::borrow::Cow::Owned(self.drop_to_level(a, level)?)
+        })
+    }
+
+    /// [`Backend::rescale`] reusing a's buffers (no copy).
+    pub(crate) fn rescale_owned(&self, mut a: Ciphertext) -> BResult<Ciphertext> {
+        self.check("rescale", &a)?;
+        let l = a.level();
+        a.meta = a.meta.rescale(self.modulus(l))?;
+        let (c0, c1) = (&mut a.c0, &mut a.c1);
+        rayon::join(|| self.ctx.rescale_in_place(c0, l), || self.ctx.rescale_in_place(c1, l));
+        Ok(a)
+    }
+
+    /// Σ_i a_i·b_i with one relinearisation (every product at one level and one scale).
+    pub(crate) fn mul_sum(&self, pairs: &[(&Ciphertext, &Ciphertext)]) -> BResult<Ciphertext> {
+        let Some(((a, b), rest)) = pairs.split_first() else {
+            return Err(BackendError::OutOfRange { op: "mul_sum", detail: "no products".into() });
+        };
+        let mut meta = None;
+        for (x, y) in pairs {
+            self.check("mul", x)?;
+            self.check("mul", y)?;
+            let m = x.meta.mul("mul", y.meta)?;
+            meta = Some(match meta {
+                None => m,
+                Some(first) => CtMeta::add(first, "mul_sum", m)?,
+            });
+        }
+        let meta = meta.expect("at least one product");
+        let key = self.keys.relin.as_ref().ok_or(BackendError::Unsupported {
+            backend: "ckks".into(),
+            what: "multiply ciphertexts without a relinearisation key",
+        })?;
+        let d = if rest.is_empty() { self.ctx.tensor(a, b) } else { self.ctx.tensor_sum(pairs) };
+        Ok(self.make(self.ctx.relinearise(d, key, a.level()), meta))
+    }
+
+    /// `a −= b` in place (same level and scale).
+    pub(crate) fn sub_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> BResult<()> {
+        self.check("sub", a)?;
+        self.check("sub", b)?;
+        a.meta = a.meta.add("sub", b.meta)?;
+        self.ctx.sub_assign(&mut a.c0, &b.c0);
+        self.ctx.sub_assign(&mut a.c1, &b.c1);
+        Ok(())
+    }
+
+    /// `a += b` in place (same level and scale).
+    pub(crate) fn add_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> BResult<()> {
+        self.check("add", a)?;
+        self.check("add", b)?;
+        a.meta = a.meta.add("add", b.meta)?;
+        self.ctx.add_assign(&mut a.c0, &b.c0);
+        self.ctx.add_assign(&mut a.c1, &b.c1);
+        Ok(())
+    }
+
+    /// `a += c` in place for a constant c at a's scale.
+    pub(crate) fn add_scalar_assign(&self, a: &mut Ciphertext, c: f64) -> BResult<()> {
+        self.check("add_scalar", a)?;
+        a.meta = a.meta.add_scalar(c)?;
+        let k = self.ctx.constant("add_scalar", c, a.meta.scale, a.level())?;
+        self.ctx.add_const_assign(&mut a.c0, k);
+        Ok(())
+    }
+
+    /// c · a read at `level` (a's limbs above it ignored), c encoded at `scale`, added to `acc`
+    /// (same level and resulting scale) in one pass, or made a new ciphertext when `acc` is
+    /// `None`.
+    pub(crate) fn mul_scalar_add_at(
+        &self,
+        acc: Option<Ciphertext>,
+        a: &Ciphertext,
+        level: usize,
+        c: f64,
+        scale: f64,
+    ) -> BResult<Ciphertext> {
+        self.check("mul_scalar", a)?;
+        let meta = a.meta.drop_to(level)?.mul_scalar(c, scale)?;
+        let k = self.ctx.constant("mul_scalar", c, scale, level)?;
+        let len = (level + 1) * self.ctx.n();
+        match acc {
+            None => {
+                let (mut c0, mut c1) = (a.c0[..len].to_vec(), a.c1[..len].to_vec());
+                self.ctx.mul_const_assign(&mut c0, k);
+                self.ctx.mul_const_assign(&mut c1, k);
+                Ok(self.make((c0, c1), meta))
+            }
+            Some(mut acc) => {
+                self.check("mul_scalar", &acc)?;
+                acc.meta = acc.meta.add("mul_scalar", meta)?;
+                let (a0, a1) = (&mut acc.c0, &mut acc.c1);
+                rayon::join(
+                    || self.ctx.mul_const_add_assign(a0, &a.c0, k),
+                    || self.ctx.mul_const_add_assign(a1, &a.c1, k),
+                );
+                Ok(acc)
+            }
+        }
+    }
+
     pub(crate) fn make(&self, (c0, c1): (Vec<u64>, Vec<u64>), meta: CtMeta) -> Ciphertext {
         Ciphertext { c0, c1, meta, key_id: self.keys.key_id, seed: None }
     }
@@ -738,6 +845,53 @@ mod tests {
         assert!(sk.coeffs.iter().any(|&c| c != 0) && sk.ntt.iter().any(|&r| r != 0));
         sk.wipe(); // what `Drop` does
         assert!(sk.coeffs.iter().all(|&c| c == 0) && sk.ntt.iter().all(|&r| r == 0));
+    }
+
+    #[test]
+    fn summed_products_and_in_place_steps_decrypt_like_their_separate_forms() {
+        let p = CkksParams { log_ring_dimension: 10, levels: 4, insecure_test_only: true, ..CkksParams::default() };
+        let client = CkksScheme::keygen(&p, &KeyRequest::default()).unwrap();
+        let server = client.local_server().unwrap().unwrap();
+        let slots = client.capabilities().slots;
+        let scale = client.capabilities().default_scale();
+        // Random values of an odd length (the rest of the slots zero).
+        let len = slots - 37;
+        let vals = |seed: u64| -> Vec<f64> {
+            (0..len).map(|i| (((i as u64 * 7919 + seed * 104_729) % 2001) as f64 / 1000.0) - 1.0).collect()
+        };
+        let (va, vb, vc, vd) = (vals(1), vals(2), vals(3), vals(4));
+        let enc = |v: &[f64]| client.encrypt(&client.encode(v, 4, scale).unwrap()).unwrap();
+        let (a, b, c, d) = (enc(&va), enc(&vb), enc(&vc), enc(&vd));
+        let dec = |ct: &Ciphertext| client.decode(&client.decrypt(ct).unwrap()).unwrap();
+        let max_err = |got: &[f64], want: &dyn Fn(usize) -> f64| -> f64 {
+            (0..len).map(|i| (got[i] - want(i)).abs()).fold(0.0, f64::max)
+        };
+        // a·b + c·d with one relinearisation, against the exact values and the separate form.
+        let summed = server.rescale_owned(server.mul_sum(&[(&a, &b), (&c, &d)]).unwrap()).unwrap();
+        let separate =
+            server.rescale(&server.add(&server.mul(&a, &b).unwrap(), &server.mul(&c, &d).unwrap()).unwrap()).unwrap();
+        let exact = |i: usize| va[i] * vb[i] + vc[i] * vd[i];
+        let (e_sum, e_sep) = (max_err(&dec(&summed), &exact), max_err(&dec(&separate), &exact));
+        eprintln!("a·b + c·d: summed {e_sum:.2e}, separate {e_sep:.2e}");
+        assert!(e_sum < 1e-6 && e_sep < 1e-6);
+        // a·b − c and + 0.25 in place; k·a + k'·b read at a lower level.
+        let mut p2 = server.rescale_owned(server.mul(&a, &b).unwrap()).unwrap();
+        assert!(max_err(&dec(&p2), &|i| va[i] * vb[i]) < 1e-6);
+        let c3 = server.drop_to_level(&c, 3).unwrap();
+        let c3 = Ciphertext { meta: CtMeta { scale: p2.meta.scale, ..c3.meta }, ..c3 };
+        server.sub_assign(&mut p2, &c3).unwrap();
+        server.add_scalar_assign(&mut p2, 0.25).unwrap();
+        // c3's scale was relabelled: its values read as c·Δ/Δ' with Δ' the product's scale.
+        let ratio = scale / p2.meta.scale;
+        assert!(max_err(&dec(&p2), &|i| va[i] * vb[i] - vc[i] * ratio + 0.25) < 1e-6);
+        let lin = server.mul_scalar_add_at(None, &a, 2, 0.5, scale).unwrap();
+        let lin = server.mul_scalar_add_at(Some(lin), &b, 2, -1.5, scale).unwrap();
+        assert_eq!(lin.level(), 2);
+        let lin = server.rescale_owned(lin).unwrap();
+        assert!(max_err(&dec(&lin), &|i| 0.5 * va[i] - 1.5 * vb[i]) < 1e-6);
+        // Mismatched levels or scales are refused, not computed.
+        assert!(server.mul_sum(&[(&a, &b), (&c3, &c3)]).is_err());
+        assert!(server.mul_sum(&[]).is_err());
     }
 
     fn cost(p: &CkksParams) -> (usize, crate::params::Chain) {

@@ -17,6 +17,7 @@
 //! Scales are exact throughout: every plaintext and constant is encoded at the scale that puts
 //! its product at the intended scale after the rescale, so additions need no correction.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use rayon::prelude::*;
@@ -460,19 +461,30 @@ impl CkksServer {
         }
         let meta = CtMeta::new(t.level, ct.meta.scale * pt_scale);
         if !t.double_hoisted {
-            let babies = self.rotate_many_keyed(ct, &t.babies)?;
+            // The baby of step 0 is `ct` itself (not a copy).
+            let steps: Vec<i64> = t.babies.iter().copied().filter(|&s| s != 0).collect();
+            let rotated = self.rotate_many_keyed(ct, &steps)?;
+            let mut next = rotated.iter();
+            let babies: Vec<&Ciphertext> = t
+                .babies
+                .iter()
+                .map(|&s| if s == 0 { ct } else { next.next().expect("one rotation per nonzero step") })
+                .collect();
             let inner: Vec<(Ciphertext, i64)> = t
                 .giants
                 .iter()
                 .map(|(g, terms)| {
                     let pairs: Vec<(&Ciphertext, &[u64])> =
-                        terms.iter().map(|(j, p)| (&babies[*j], p.as_slice())).collect();
+                        terms.iter().map(|(j, p)| (babies[*j], p.as_slice())).collect();
                     (self.make(self.ctx.mul_plain_sum(&pairs), meta), *g)
                 })
                 .collect();
             drop(babies);
+            drop(rotated);
             let refs: Vec<(&Ciphertext, i64)> = inner.iter().map(|(c, g)| (c, *g)).collect();
-            return self.rescale(&self.rotate_sum_keyed(&refs)?);
+            let sum = self.rotate_sum_keyed(&refs)?;
+            drop(inner);
+            return self.rescale_owned(sum);
         }
         let l = t.level;
         let ctx = &self.ctx;
@@ -496,15 +508,15 @@ impl CkksServer {
         }
         drop(babies);
         let (c0, c1) = rayon::join(|| ctx.mod_down(acc0, l), || ctx.mod_down(acc1, l));
-        self.rescale(&self.make((c0, c1), meta))
+        self.rescale_owned(self.make((c0, c1), meta))
     }
 
     /// `ct` at `level` and `scale`: dropped, or multiplied by 1 at the scale that makes the
     /// rescale land on `scale` (one level) when its scale differs.
-    fn adjust(&self, ct: &Ciphertext, level: usize, scale: f64) -> BResult<Ciphertext> {
+    fn adjust<'a>(&self, ct: &'a Ciphertext, level: usize, scale: f64) -> BResult<Cow<'a, Ciphertext>> {
         let same = (ct.meta.scale / scale - 1.0).abs() < 1e-12;
         if same && ct.level() >= level {
-            return self.drop_to_level(ct, level);
+            return self.at_level(ct, level);
         }
         if ct.level() <= level {
             return Err(BackendError::OutOfRange {
@@ -512,26 +524,36 @@ impl CkksServer {
                 detail: format!("cannot bring a ciphertext at level {} to level {level} at another scale", ct.level()),
             });
         }
-        // Dropped first: the product and rescale then run on level + 2 limbs.
-        let ct = self.drop_to_level(ct, level + 1)?;
+        // Read at level + 1: the product and rescale then run on level + 2 limbs.
         let k = scale * self.modulus(level + 1) / ct.meta.scale;
-        self.rescale(&self.mul_scalar(&ct, 1.0, k)?)
+        let ct = self.mul_scalar_add_at(None, ct, level + 1, 1.0, k)?;
+        Ok(Cow::Owned(self.rescale_owned(ct)?))
     }
 
     /// 2·a·b − c (Chebyshev recurrences), with c (or the constant `-c_const`) brought to the
-    /// product's level and scale.
+    /// product's level and scale. Works in place on the product (no copies).
     fn cheb_step(&self, a: &Ciphertext, b: &Ciphertext, c: Option<&Ciphertext>) -> BResult<Ciphertext> {
         let l = a.level().min(b.level());
-        let (a, b) = (self.drop_to_level(a, l)?, self.drop_to_level(b, l)?);
-        let p = self.rescale(&self.mul_integer(&self.mul(&a, &b)?, 2)?)?;
+        let (a, b) = (self.at_level(a, l)?, self.at_level(b, l)?);
+        // 2·a·b before the rescale (after it, the rescale's rounding error would be doubled
+        // too: 0.5 bit of bootstrap precision measured).
+        let mut p = self.mul(&a, &b)?;
+        self.ctx.mul_const_assign(&mut p.c0, 2);
+        self.ctx.mul_const_assign(&mut p.c1, 2);
+        let mut p = self.rescale_owned(p)?;
         match c {
-            Some(c) => self.sub(&p, &self.adjust(c, p.level(), p.meta.scale)?),
-            None => self.add_scalar(&p, -1.0),
+            Some(c) => {
+                let c = self.adjust(c, p.level(), p.meta.scale)?;
+                self.sub_assign(&mut p, &c)?;
+            }
+            None => self.add_scalar_assign(&mut p, -1.0)?,
         }
+        Ok(p)
     }
 
     /// Σ c_k T_k(t) at exactly `level` and `scale` (baby-step giant-step in the Chebyshev basis:
-    /// p = r + T_m·q with deg r < m).
+    /// p = r + T_m·q with deg r < m). The giant products that land on this level (T_m·q here,
+    /// and those of r's own split) are summed before **one** relinearisation and rescale.
     fn cheb_eval(
         &self,
         c: &[f64],
@@ -540,51 +562,75 @@ impl CkksServer {
         level: usize,
         scale: f64,
     ) -> BResult<Ciphertext> {
+        let mut products = Vec::new();
+        let mut acc = self.cheb_terms(c, powers, babies, level, scale, &mut products)?;
+        if !products.is_empty() {
+            let pairs: Vec<(&Ciphertext, &Ciphertext)> = products.iter().map(|(t, q)| (t.as_ref(), q)).collect();
+            let prod = self.rescale_owned(self.mul_sum(&pairs)?)?;
+            let prod = CkksServer::with_scale(prod, acc.meta.scale)?;
+            self.add_assign(&mut acc, &prod)?;
+        }
+        Ok(acc)
+    }
+
+    /// [`CkksServer::cheb_eval`] without its giant products: returns the linear part at `level`
+    /// and `scale` and pushes the pairs (T_m, q(t)) at level + 1 whose products, rescaled, land
+    /// there too.
+    fn cheb_terms<'p>(
+        &self,
+        c: &[f64],
+        powers: &'p BTreeMap<usize, Ciphertext>,
+        babies: usize,
+        level: usize,
+        scale: f64,
+        products: &mut Vec<(Cow<'p, Ciphertext>, Ciphertext)>,
+    ) -> BResult<Ciphertext> {
         if c.len() <= babies {
-            // Σ c_k T_k with every power first dropped to level + 1, each multiplied by its
-            // coefficient at the scale that makes the one rescale land on `scale`.
+            // Σ c_k T_k, every power read at level + 1 and multiplied by its coefficient at the
+            // scale that makes the one rescale land on `scale`, accumulated in one pass each.
             let target = scale * self.modulus(level + 1);
             let mut acc: Option<Ciphertext> = None;
             for (k, &ck) in c.iter().enumerate().skip(1) {
                 if ck.abs() <= 1e-30 {
                     continue;
                 }
-                let tk = self.drop_to_level(&powers[&k], level + 1)?;
-                let term = self.mul_scalar(&tk, ck, target / tk.meta.scale)?;
-                acc = Some(match acc {
-                    Some(a) => self.add(&a, &term)?,
-                    None => term,
-                });
+                let tk = &powers[&k];
+                acc = Some(self.mul_scalar_add_at(acc, tk, level + 1, ck, target / tk.meta.scale)?);
             }
-            let acc = match acc {
-                Some(a) => self.rescale(&a)?,
-                None => self.adjust(&self.mul_scalar(&powers[&1], 0.0, 1.0)?, level, scale)?,
+            let mut acc = match acc {
+                Some(a) => self.rescale_owned(a)?,
+                None => self.adjust(&self.mul_scalar(&powers[&1], 0.0, 1.0)?, level, scale)?.into_owned(),
             };
-            return self.add_scalar(&CkksServer::with_scale(acc, scale)?, c[0]);
+            acc.meta.scale = CkksServer::with_scale_checked(acc.meta.scale, scale)?;
+            self.add_scalar_assign(&mut acc, c[0])?;
+            return Ok(acc);
         }
         let m = *powers.keys().filter(|&&k| k >= babies && k < c.len()).max().expect("a giant power");
         // p = r + T_m·q: q_0 = c_m, q_j = 2c_{m+j}; r_k = c_k − c_{2m−k}.
         let q: Vec<f64> = (m..c.len()).map(|k| if k == m { c[m] } else { 2.0 * c[k] }).collect();
         let r: Vec<f64> =
             (0..m).map(|k| if k == 0 || 2 * m - k >= c.len() { c[k] } else { c[k] - c[2 * m - k] }).collect();
-        let tm = self.drop_to_level(&powers[&m], level + 1)?;
+        let tm = self.at_level(&powers[&m], level + 1)?;
         let qv = self.cheb_eval(&q, powers, babies, level + 1, scale * self.modulus(level + 1) / tm.meta.scale)?;
-        let prod = self.rescale(&self.mul(&tm, &qv)?)?;
-        let rv = self.cheb_eval(&r, powers, babies, level, scale)?;
-        let prod = CkksServer::with_scale(prod, rv.meta.scale)?;
-        self.add(&rv, &prod)
+        products.push((tm, qv));
+        self.cheb_terms(&r, powers, babies, level, scale, products)
     }
 
     /// Replaces a scale that equals `scale` up to rounding by exactly `scale`.
     fn with_scale(mut ct: Ciphertext, scale: f64) -> BResult<Ciphertext> {
-        if (ct.meta.scale / scale - 1.0).abs() > 1e-12 {
+        ct.meta.scale = CkksServer::with_scale_checked(ct.meta.scale, scale)?;
+        Ok(ct)
+    }
+
+    /// `planned` if `actual` equals it up to rounding, else an error.
+    fn with_scale_checked(actual: f64, planned: f64) -> BResult<f64> {
+        if (actual / planned - 1.0).abs() > 1e-12 {
             return Err(BackendError::OutOfRange {
                 op: "bootstrap",
-                detail: format!("scale 2^{:.3} where 2^{:.3} was planned", ct.meta.scale.log2(), scale.log2()),
+                detail: format!("scale 2^{:.3} where 2^{:.3} was planned", actual.log2(), planned.log2()),
             });
         }
-        ct.meta.scale = scale;
-        Ok(ct)
+        Ok(planned)
     }
 
     /// EvalMod on one real-valued ciphertext t = (y − ¼)/B: sin(2πy) at the planned scale.
@@ -616,12 +662,13 @@ impl CkksServer {
             c = self.cheb_step(&c, &c, None)?;
         }
         if plan.params.arcsine {
-            // arcsin(s) ≈ s·(1 + s²/6): s²/6 is s times s read at 6× its scale (a free relabel).
-            let mut sixth = c.clone();
-            sixth.meta.scale *= 6.0;
-            let u = self.add_scalar(&self.rescale(&self.mul(&c, &sixth)?)?, 1.0)?;
-            let s = self.drop_to_level(&c, u.level())?;
-            c = self.rescale(&self.mul(&s, &u)?)?;
+            // arcsin(s) ≈ s·(1 + s²/6): s²/6 is s² read at 6× its scale (a free relabel).
+            let mut sq = self.mul(&c, &c)?;
+            sq.meta.scale *= 6.0;
+            let mut u = self.rescale_owned(sq)?;
+            self.add_scalar_assign(&mut u, 1.0)?;
+            let s = self.at_level(&c, u.level())?;
+            c = self.rescale_owned(self.mul(&s, &u)?)?;
         }
         Ok(c)
     }
@@ -655,7 +702,7 @@ impl CkksServer {
         // Sparse slots: the trace to the subring of Y = X^(N/2n) drops the other coefficients.
         for &s in &plan.subsum {
             let r = self.rotate_many_keyed(&raised, &[s])?.pop().expect("one rotation");
-            raised = self.add(&raised, &r)?;
+            self.add_assign(&mut raised, &r)?;
         }
         timer.lap("ModRaise");
         // CoeffsToSlots.
@@ -668,8 +715,11 @@ impl CkksServer {
         let z = if plan.sparse {
             // w = [v | −i·v]: w + conj(w) holds the real parts in slots 0..n and the
             // imaginary ones in n..2n; one EvalMod for both.
-            let z = self.add(&w, &self.conjugate(&w)?)?;
-            let s = self.eval_mod(&self.add_scalar(&z, -0.25 / plan.half_width)?, boot)?;
+            let mut z = self.conjugate(&w)?;
+            self.add_assign(&mut z, &w)?;
+            drop(w);
+            self.add_scalar_assign(&mut z, -0.25 / plan.half_width)?;
+            let s = self.eval_mod(&z, boot)?;
             timer.lap("conjugate + EvalMod");
             s
         } else {

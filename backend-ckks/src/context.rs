@@ -33,6 +33,9 @@ pub struct Context {
     pub p_inv: Vec<(u64, u64)>,
     /// P mod q_i.
     pub p_mod: Vec<u64>,
+    /// Buffers of finished key-switching decompositions, overwritten by the next
+    /// [`Context::mod_up`] instead of being freed and allocated (and zeroed) again.
+    pub(crate) digit_buffers: std::sync::Mutex<Vec<Vec<u64>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -78,7 +81,17 @@ impl Context {
                 (inv, qm[i].shoup(inv))
             })
             .collect();
-        Ok(Context { params: params.clone(), chain, ring, encoder, digest, rescale_inv, p_inv, p_mod })
+        Ok(Context {
+            params: params.clone(),
+            chain,
+            ring,
+            encoder,
+            digest,
+            rescale_inv,
+            p_inv,
+            p_mod,
+            digit_buffers: std::sync::Mutex::new(Vec::new()),
+        })
     }
 
     /// N.

@@ -67,6 +67,36 @@ impl Ciphertext {
 /// (what a key product leaves before ModDown; see [`Context::hoisted_rotations_ext`]).
 pub type ExtParts = (Vec<u64>, Vec<u64>);
 
+/// Decomposition buffers a context keeps for reuse (two decompositions of up to four digits
+/// may be in flight at once, e.g. under `rayon::join`).
+const KEPT_DIGIT_BUFFERS: usize = 8;
+
+/// A key-switching decomposition (see [`Context::mod_up`]): one polynomial per digit over
+/// q_0 … q_level and P. When dropped, its buffers go back to the context, whose next
+/// decomposition overwrites them (no allocation, no zeroing).
+pub struct Digits<'a> {
+    parts: Vec<Vec<u64>>,
+    ctx: &'a Context,
+}
+
+impl std::ops::Deref for Digits<'_> {
+    type Target = [Vec<u64>];
+    fn deref(&self) -> &[Vec<u64>] {
+        &self.parts
+    }
+}
+
+impl Drop for Digits<'_> {
+    fn drop(&mut self) {
+        let mut kept = self.ctx.digit_buffers.lock().unwrap_or_else(|p| p.into_inner());
+        for part in self.parts.drain(..) {
+            if kept.len() < KEPT_DIGIT_BUFFERS {
+                kept.push(part);
+            }
+        }
+    }
+}
+
 /// Coefficients per block of the key inner product: two accumulators of 8 KiB stay in L1.
 pub const KEY_BLOCK: usize = 1024;
 
@@ -422,15 +452,8 @@ impl Context {
 
     /// a + k for an integer k (added to every slot).
     pub fn add_const(&self, a: &Ciphertext, k: i128) -> Vec<u64> {
-        let n = self.n();
         let mut c0 = a.c0.clone();
-        c0.par_chunks_mut(n).enumerate().for_each(|(i, x)| {
-            let m = self.q(i);
-            let w = m.from_i128(k);
-            for u in x.iter_mut() {
-                *u = m.add(*u, w);
-            }
-        });
+        self.add_const_assign(&mut c0, k);
         c0
     }
 
@@ -450,11 +473,34 @@ impl Context {
     /// Divides one polynomial at `level` by q_level (rounding), giving `level − 1`.
     pub fn rescale_poly(&self, p: &[u64], level: usize) -> Vec<u64> {
         let n = self.n();
+        let last = self.rescale_last_limb(p, level);
+        let mut out = p[..level * n].to_vec();
+        self.rescale_limbs(&mut out, &last, level);
+        out
+    }
+
+    /// [`Context::rescale_poly`] in place: `p` keeps its buffer (no copy), shortened by one
+    /// limb.
+    pub fn rescale_in_place(&self, p: &mut Vec<u64>, level: usize) {
+        let last = self.rescale_last_limb(p, level);
+        p.truncate(level * self.n());
+        self.rescale_limbs(p, &last, level);
+    }
+
+    /// Limb q_level of `p`, coefficient domain.
+    fn rescale_last_limb(&self, p: &[u64], level: usize) -> Vec<u64> {
+        let n = self.n();
         let mut last = p[level * n..(level + 1) * n].to_vec();
         self.ring.intt(&mut last, level);
+        last
+    }
+
+    /// limbs ← (limbs − [last]) / q_level for limbs q_0 … q_(level−1), `last` being limb
+    /// q_level in the coefficient domain.
+    fn rescale_limbs(&self, limbs: &mut [u64], last: &[u64], level: usize) {
+        let n = self.n();
         let ql = *self.q(level);
-        let mut out = p[..level * n].to_vec();
-        out.par_chunks_mut(n).enumerate().for_each(|(i, limb)| {
+        limbs.par_chunks_mut(n).enumerate().for_each(|(i, limb)| {
             let m = self.q(i);
             // Centred residues of q_ℓ's limb modulo q_i: x or x − q_ℓ, reduced branch-free.
             let one = m.shoup(1);
@@ -477,7 +523,46 @@ impl Context {
                 *u = m.mul_shoup(m.sub(*u, v), w, ws);
             }
         });
-        out
+    }
+
+    /// `a += b` limb-wise over a's limbs (b may have more).
+    pub fn add_assign(&self, a: &mut [u64], b: &[u64]) {
+        add_into(self, a, &b[..a.len()]);
+    }
+
+    /// `a −= b` limb-wise over a's limbs (b may have more).
+    pub fn sub_assign(&self, a: &mut [u64], b: &[u64]) {
+        sub_into(self, a, &b[..a.len()]);
+    }
+
+    /// `a *= k` limb-wise for a signed integer k.
+    pub fn mul_const_assign(&self, a: &mut [u64], k: i128) {
+        mul_const(self, a, k);
+    }
+
+    /// `a += k` limb-wise for a signed integer k (on c0, this adds k to every slot).
+    pub fn add_const_assign(&self, a: &mut [u64], k: i128) {
+        let n = self.n();
+        a.par_chunks_mut(n).enumerate().for_each(|(i, x)| {
+            let m = self.q(i);
+            let w = m.from_i128(k);
+            for u in x.iter_mut() {
+                *u = m.add(*u, w);
+            }
+        });
+    }
+
+    /// `acc += k · a` limb-wise over acc's limbs (a may have more), in one pass.
+    pub fn mul_const_add_assign(&self, acc: &mut [u64], a: &[u64], k: i128) {
+        let n = self.n();
+        acc.par_chunks_mut(n).zip(a.par_chunks(n)).enumerate().for_each(|(i, (x, y))| {
+            let m = self.q(i);
+            let w = m.from_i128(k);
+            let ws = m.shoup(w);
+            for (u, &v) in x.iter_mut().zip(y) {
+                *u = m.add(*u, m.mul_shoup(v, w, ws));
+            }
+        });
     }
 
     /// Keeps limbs q_0 … q_level.
@@ -487,7 +572,7 @@ impl Context {
 
     /// The key-switching decomposition of `d` (NTT domain at `level`): for each digit, d's
     /// residues on the digit's primes extended to q_0 … q_level and P, NTT domain.
-    pub fn mod_up(&self, d: &[u64], level: usize) -> Vec<Vec<u64>> {
+    pub fn mod_up(&self, d: &[u64], level: usize) -> Digits<'_> {
         let n = self.n();
         let nq = level + 1;
         let k = self.chain.p.len();
@@ -495,7 +580,8 @@ impl Context {
         let mut coeff = d.to_vec();
         let qb: Vec<usize> = (0..nq).collect();
         self.ring.intt_all(&mut coeff, &qb);
-        self.digits_at(level)
+        let parts: Vec<Vec<u64>> = self
+            .digits_at(level)
             .iter()
             .map(|group| {
                 let lo = group[0];
@@ -504,7 +590,8 @@ impl Context {
                 // smallest it can be, which keeps the key-switching noise d·e/P small. Each
                 // limb is converted, then transformed while in cache, in place.
                 let conversion = self.ring.conversion(&coeff[lo * n..hi * n], group, true);
-                let mut out = vec![0u64; (nq + k) * n];
+                // Every limb is written below, so a kept buffer's old contents do no harm.
+                let mut out = self.digit_buffer((nq + k) * n);
                 out.par_chunks_mut(n).zip(basis.par_iter()).for_each(|(dst, &i)| {
                     if (lo..hi).contains(&i) {
                         dst.copy_from_slice(&d[i * n..(i + 1) * n]);
@@ -515,7 +602,21 @@ impl Context {
                 });
                 out
             })
-            .collect()
+            .collect();
+        Digits { parts, ctx: self }
+    }
+
+    /// A buffer of `len` words for a decomposition: a kept one (contents arbitrary) if any,
+    /// else a new one.
+    fn digit_buffer(&self, len: usize) -> Vec<u64> {
+        let kept = self.digit_buffers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match kept {
+            Some(mut buf) => {
+                buf.resize(len, 0);
+                buf
+            }
+            None => vec![0u64; len],
+        }
     }
 
     /// Σ_j digit_j ⊙ key_j over q_0 … q_level and P (both parts of the key).
@@ -596,6 +697,20 @@ impl Context {
         let mut d1 = mul_poly(self, &a.c0, &b.c1);
         mul_acc_poly(self, &mut d1, &a.c1, &b.c0);
         let d2 = mul_poly(self, &a.c1, &b.c1);
+        (d0, d1, d2)
+    }
+
+    /// Σ_i a_i ⊗ b_i: the tensor products of pairs of ciphertexts (each pair at one level, all
+    /// at the same level) summed before one relinearisation.
+    pub fn tensor_sum(&self, pairs: &[(&Ciphertext, &Ciphertext)]) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
+        let len = pairs.first().map_or(0, |(a, _)| a.c0.len());
+        let (mut d0, mut d1, mut d2) = (vec![0u64; len], vec![0u64; len], vec![0u64; len]);
+        for (a, b) in pairs {
+            mul_acc_poly(self, &mut d0, &a.c0, &b.c0);
+            mul_acc_poly(self, &mut d1, &a.c0, &b.c1);
+            mul_acc_poly(self, &mut d1, &a.c1, &b.c0);
+            mul_acc_poly(self, &mut d2, &a.c1, &b.c1);
+        }
         (d0, d1, d2)
     }
 
@@ -683,14 +798,15 @@ impl Context {
         keys: &[Option<(&SwitchKey, u64)>],
         level: usize,
     ) -> Vec<ExtParts> {
-        let digits = if keys.iter().any(Option::is_some) { self.mod_up(c1, level) } else { Vec::new() };
+        let digits = keys.iter().any(Option::is_some).then(|| self.mod_up(c1, level));
         let basis = self.ext_basis(level);
         let c0p = self.times_p_ext(c0, level);
         keys.iter()
             .map(|key| match key {
                 None => (c0p.clone(), self.times_p_ext(c1, level)),
                 Some((key, g)) => {
-                    let (mut a0, a1) = self.key_inner(&digits, key, level);
+                    let digits = digits.as_ref().expect("decomposed when a key is given");
+                    let (mut a0, a1) = self.key_inner(digits, key, level);
                     add_into_basis(self, &mut a0, &c0p, &basis);
                     rayon::join(|| self.ring.automorphism_ntt(&a0, *g), || self.ring.automorphism_ntt(&a1, *g))
                 }
@@ -775,5 +891,63 @@ impl Context {
         let (mut u0, u1) = u;
         add_into(self, &mut u0, c0);
         rayon::join(|| self.ring.automorphism_ntt(&u0, g), || self.ring.automorphism_ntt(&u1, g))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::CkksParams;
+    use rand::{Rng, SeedableRng};
+
+    /// A random polynomial over q_0 … q_level (NTT domain: any residues will do).
+    fn random_poly(ctx: &Context, level: usize, seed: u64) -> Vec<u64> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = ctx.n();
+        (0..(level + 1) * n).map(|j| rng.gen_range(0..ctx.q(j / n).q)).collect()
+    }
+
+    #[test]
+    fn in_place_rescales_and_sums_equal_their_copying_forms() {
+        let ctx = Context::new(&CkksParams::insecure_for_tests(7, 5, 30)).unwrap();
+        let top = ctx.max_level();
+        let p = random_poly(&ctx, top, 1);
+        let want = ctx.rescale_poly(&p, top);
+        let mut got = p.clone();
+        ctx.rescale_in_place(&mut got, top);
+        assert_eq!(got, want);
+        // acc += k·a over acc's limbs, a having more.
+        let a = random_poly(&ctx, top, 2);
+        let acc = random_poly(&ctx, top - 2, 3);
+        for k in [-7i128, 3, 1 << 70] {
+            let mut fused = acc.clone();
+            ctx.mul_const_add_assign(&mut fused, &a, k);
+            let mut ka = a[..acc.len()].to_vec();
+            ctx.mul_const_assign(&mut ka, k);
+            let mut want = acc.clone();
+            ctx.add_assign(&mut want, &ka);
+            assert_eq!(fused, want, "k = {k}");
+        }
+    }
+
+    #[test]
+    fn a_decomposition_in_reused_buffers_equals_a_fresh_one() {
+        let ctx = Context::new(&CkksParams::insecure_for_tests(7, 6, 30)).unwrap();
+        let top = ctx.max_level();
+        let (high, low) = (random_poly(&ctx, top, 4), random_poly(&ctx, top - 3, 5));
+        let fresh_high: Vec<Vec<u64>> = ctx.mod_up(&high, top).to_vec();
+        ctx.digit_buffers.lock().unwrap().clear();
+        let fresh_low: Vec<Vec<u64>> = ctx.mod_up(&low, top - 3).to_vec();
+        ctx.digit_buffers.lock().unwrap().iter_mut().for_each(|b| b.fill(u64::MAX));
+        // Dropped decompositions left buffers behind; the next ones reuse them, shorter and
+        // longer than before, and must not see their old contents.
+        assert!(!ctx.digit_buffers.lock().unwrap().is_empty());
+        let reused_high = ctx.mod_up(&high, top);
+        assert_eq!(&reused_high[..], &fresh_high[..]);
+        drop(reused_high);
+        let reused_low = ctx.mod_up(&low, top - 3);
+        assert_eq!(&reused_low[..], &fresh_low[..]);
+        drop(reused_low);
+        assert!(ctx.digit_buffers.lock().unwrap().len() <= KEPT_DIGIT_BUFFERS);
     }
 }

@@ -114,12 +114,15 @@ impl Ring {
     /// Applies X → X^g to every limb of an NTT-domain polynomial.
     pub fn automorphism_ntt(&self, src: &[u64], g: u64) -> Vec<u64> {
         let perm = self.galois_perm(g);
-        let mut out = vec![0u64; src.len()];
-        out.par_chunks_mut(self.n).zip(src.par_chunks(self.n)).for_each(|(o, s)| {
-            for (x, &p) in o.iter_mut().zip(perm.iter()) {
-                *x = s[p as usize];
-            }
-        });
+        // Collected straight into the new vector (an indexed parallel iterator writes every
+        // entry once; nothing is zeroed first).
+        let n = self.n;
+        let mut out = Vec::with_capacity(src.len());
+        (0..src.len())
+            .into_par_iter()
+            .with_min_len(n)
+            .map(|j| src[(j & !(n - 1)) + perm[j & (n - 1)] as usize])
+            .collect_into_vec(&mut out);
         out
     }
 
