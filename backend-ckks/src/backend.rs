@@ -430,42 +430,43 @@ impl CkksServer {
         let Some(((a, b), rest)) = pairs.split_first() else {
             return Err(BackendError::OutOfRange { op: "mul_sum", detail: "no products".into() });
         };
-        let mut meta = None;
-        for (x, y) in pairs {
+        self.check("mul", a)?;
+        self.check("mul", b)?;
+        let meta = a.meta.mul("mul", b.meta)?;
+        for (x, y) in rest {
             self.check("mul", x)?;
             self.check("mul", y)?;
-            let m = x.meta.mul("mul", y.meta)?;
-            meta = Some(match meta {
-                None => m,
-                Some(first) => CtMeta::add(first, "mul_sum", m)?,
-            });
+            meta.add("mul_sum", x.meta.mul("mul", y.meta)?)?;
         }
-        let meta = meta.expect("at least one product");
         let key = self.keys.relin.as_ref().ok_or(BackendError::Unsupported {
             backend: "ckks".into(),
             what: "multiply ciphertexts without a relinearisation key",
         })?;
-        let d = if rest.is_empty() { self.ctx.tensor(a, b) } else { self.ctx.tensor_sum(pairs) };
-        Ok(self.make(self.ctx.relinearise(d, key, a.level()), meta))
+        Ok(self.make(self.ctx.relinearise(self.ctx.tensor_sum(pairs), key, a.level()), meta))
     }
 
     /// `a −= b` in place (same level and scale).
     pub(crate) fn sub_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> BResult<()> {
-        self.check("sub", a)?;
-        self.check("sub", b)?;
-        a.meta = a.meta.add("sub", b.meta)?;
-        self.ctx.sub_assign(&mut a.c0, &b.c0);
-        self.ctx.sub_assign(&mut a.c1, &b.c1);
-        Ok(())
+        self.combine_assign("sub", a, b, true)
     }
 
     /// `a += b` in place (same level and scale).
     pub(crate) fn add_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> BResult<()> {
-        self.check("add", a)?;
-        self.check("add", b)?;
-        a.meta = a.meta.add("add", b.meta)?;
-        self.ctx.add_assign(&mut a.c0, &b.c0);
-        self.ctx.add_assign(&mut a.c1, &b.c1);
+        self.combine_assign("add", a, b, false)
+    }
+
+    /// `a ± b` in place, after the same checks as [`Backend::add`].
+    fn combine_assign(&self, op: &'static str, a: &mut Ciphertext, b: &Ciphertext, subtract: bool) -> BResult<()> {
+        self.check(op, a)?;
+        self.check(op, b)?;
+        a.meta = a.meta.add(op, b.meta)?;
+        for (x, y) in [(&mut a.c0, &b.c0), (&mut a.c1, &b.c1)] {
+            if subtract {
+                self.ctx.sub_assign(x, y);
+            } else {
+                self.ctx.add_assign(x, y);
+            }
+        }
         Ok(())
     }
 
@@ -609,15 +610,7 @@ impl Backend for CkksServer {
         Ok(self.make(self.ctx.mul_const(a, k as i128), a.meta))
     }
     fn mul(&self, a: &Ciphertext, b: &Ciphertext) -> BResult<Ciphertext> {
-        self.check("mul", a)?;
-        self.check("mul", b)?;
-        let meta = a.meta.mul("mul", b.meta)?;
-        let key = self.keys.relin.as_ref().ok_or(BackendError::Unsupported {
-            backend: "ckks".into(),
-            what: "multiply ciphertexts without a relinearisation key",
-        })?;
-        let d = self.ctx.tensor(a, b);
-        Ok(self.make(self.ctx.relinearise(d, key, a.level()), meta))
+        self.mul_sum(&[(a, b)])
     }
     fn rescale(&self, a: &Ciphertext) -> BResult<Ciphertext> {
         self.check("rescale", a)?;

@@ -691,15 +691,6 @@ impl Context {
         (u0, u1)
     }
 
-    /// The tensor product (d0, d1, d2) of two ciphertexts at the same level.
-    pub fn tensor(&self, a: &Ciphertext, b: &Ciphertext) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
-        let d0 = mul_poly(self, &a.c0, &b.c0);
-        let mut d1 = mul_poly(self, &a.c0, &b.c1);
-        mul_acc_poly(self, &mut d1, &a.c1, &b.c0);
-        let d2 = mul_poly(self, &a.c1, &b.c1);
-        (d0, d1, d2)
-    }
-
     /// Σ_i a_i ⊗ b_i: the tensor products of pairs of ciphertexts (each pair at one level, all
     /// at the same level) summed before one relinearisation.
     pub fn tensor_sum(&self, pairs: &[(&Ciphertext, &Ciphertext)]) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
