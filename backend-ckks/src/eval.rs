@@ -11,6 +11,7 @@ use peregrine_backend::{BResult, BackendError, CtMeta};
 use crate::context::{gaussian, ternary, Context};
 use crate::encoding::Encoder;
 use crate::keys::{SecretKey, SwitchKey};
+use crate::simd::LimbOp;
 
 /// A ciphertext (c0, c1) at some level: limbs q_0 … q_level of N residues each, NTT domain.
 #[derive(Clone)]
@@ -170,11 +171,7 @@ fn mul_const(ctx: &Context, a: &mut [u64], k: i128) {
     let n = ctx.n();
     a.par_chunks_mut(n).enumerate().for_each(|(i, x)| {
         let m = ctx.q(i);
-        let w = m.from_i128(k);
-        let ws = m.shoup(w);
-        for u in x.iter_mut() {
-            *u = m.mul_shoup(*u, w, ws);
-        }
+        crate::simd::shoup_limb(x, &[], m.from_i128(k), m, LimbOp::Mul);
     });
 }
 
@@ -439,11 +436,12 @@ impl Context {
             |(pos, ((o0, o1), &i))| {
                 for start in (0..n).step_by(BLOCK) {
                     let r = pos * n + start..pos * n + (start + BLOCK).min(n);
-                    let (b0, b1) = (&mut o0[start..start + r.len()], &mut o1[start..start + r.len()]);
-                    for (x0, x1, p) in terms {
-                        self.ring.mul_acc(b0, &x0[r.clone()], &p[r.clone()], i);
-                        self.ring.mul_acc(b1, &x1[r.clone()], &p[r.clone()], i);
-                    }
+                    let pairs0: Vec<(&[u64], &[u64])> =
+                        terms.iter().map(|(x0, _, p)| (&x0[r.clone()], &p[r.clone()])).collect();
+                    let pairs1: Vec<(&[u64], &[u64])> =
+                        terms.iter().map(|(_, x1, p)| (&x1[r.clone()], &p[r.clone()])).collect();
+                    self.ring.dot(&mut o0[start..start + r.len()], &pairs0, i, false);
+                    self.ring.dot(&mut o1[start..start + r.len()], &pairs1, i, false);
                 }
             },
         );
@@ -502,26 +500,11 @@ impl Context {
         let ql = *self.q(level);
         limbs.par_chunks_mut(n).enumerate().for_each(|(i, limb)| {
             let m = self.q(i);
-            // Centred residues of q_ℓ's limb modulo q_i: x or x − q_ℓ, reduced branch-free.
-            let one = m.shoup(1);
-            let ql_mod = m.reduce(ql.q);
-            let half = ql.q / 2;
-            let mut t: Vec<u64> = last
-                .iter()
-                .map(|&x| {
-                    let r = m.reduce_shoup(x, one);
-                    if x > half {
-                        m.sub(r, ql_mod)
-                    } else {
-                        r
-                    }
-                })
-                .collect();
+            // Centred residues of q_ℓ's limb modulo q_i: x or x − q_ℓ.
+            let mut t = vec![0u64; n];
+            crate::simd::centred_residues(&mut t, last, ql.q, m);
             self.ring.ntt(&mut t, i);
-            let (w, ws) = self.rescale_inv[level][i];
-            for (u, &v) in limb.iter_mut().zip(&t) {
-                *u = m.mul_shoup(m.sub(*u, v), w, ws);
-            }
+            crate::simd::shoup_limb(limb, &t, self.rescale_inv[level][i].0, m, LimbOp::SubMul);
         });
     }
 
@@ -557,11 +540,7 @@ impl Context {
         let n = self.n();
         acc.par_chunks_mut(n).zip(a.par_chunks(n)).enumerate().for_each(|(i, (x, y))| {
             let m = self.q(i);
-            let w = m.from_i128(k);
-            let ws = m.shoup(w);
-            for (u, &v) in x.iter_mut().zip(y) {
-                *u = m.add(*u, m.mul_shoup(v, w, ws));
-            }
+            crate::simd::shoup_limb(x, y, m.from_i128(k), m, LimbOp::MulAdd);
         });
     }
 
@@ -635,14 +614,13 @@ impl Context {
                 let kp = key.position(self, i);
                 for start in (0..n).step_by(KEY_BLOCK) {
                     let end = (start + KEY_BLOCK).min(n);
-                    let (b0, b1) = (&mut a0[start..end], &mut a1[start..end]);
-                    for (j, digit) in digits.iter().enumerate() {
-                        let d = &digit[pos * n + start..pos * n + end];
-                        let kb = &key.b[j][kp * n + start..kp * n + end];
-                        let ka = &key.a[j][kp * n + start..kp * n + end];
-                        self.ring.mul_acc(b0, d, kb, i);
-                        self.ring.mul_acc(b1, d, ka, i);
-                    }
+                    let (d, k) = (pos * n + start..pos * n + end, kp * n + start..kp * n + end);
+                    let pairs_b: Vec<(&[u64], &[u64])> =
+                        digits.iter().zip(&key.b).map(|(x, y)| (&x[d.clone()], &y[k.clone()])).collect();
+                    let pairs_a: Vec<(&[u64], &[u64])> =
+                        digits.iter().zip(&key.a).map(|(x, y)| (&x[d.clone()], &y[k.clone()])).collect();
+                    self.ring.dot(&mut a0[start..end], &pairs_b, i, false);
+                    self.ring.dot(&mut a1[start..end], &pairs_a, i, false);
                 }
             },
         );
@@ -666,11 +644,7 @@ impl Context {
             |c, (i, o)| {
                 conversion.limb_into(i, c);
                 self.ring.ntt(c, i);
-                let m = self.q(i);
-                let (w, ws) = self.p_inv[i];
-                for (u, &v) in o.iter_mut().zip(c.iter()) {
-                    *u = m.mul_shoup(m.sub(*u, v), w, ws);
-                }
+                crate::simd::shoup_limb(o, c, self.p_inv[i].0, self.q(i), LimbOp::SubMul);
             },
         );
         acc.truncate(nq * n);
@@ -695,13 +669,28 @@ impl Context {
     /// at the same level) summed before one relinearisation.
     pub fn tensor_sum(&self, pairs: &[(&Ciphertext, &Ciphertext)]) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
         let len = pairs.first().map_or(0, |(a, _)| a.c0.len());
+        let n = self.n();
         let (mut d0, mut d1, mut d2) = (vec![0u64; len], vec![0u64; len], vec![0u64; len]);
-        for (a, b) in pairs {
-            mul_acc_poly(self, &mut d0, &a.c0, &b.c0);
-            mul_acc_poly(self, &mut d1, &a.c0, &b.c1);
-            mul_acc_poly(self, &mut d1, &a.c1, &b.c0);
-            mul_acc_poly(self, &mut d2, &a.c1, &b.c1);
-        }
+        d0.par_chunks_mut(n).zip(d1.par_chunks_mut(n)).zip(d2.par_chunks_mut(n)).enumerate().for_each(
+            |(i, ((o0, o1), o2))| {
+                let same: Vec<(&[u64], &[u64])> =
+                    pairs.iter().map(|(a, b)| (&a.c0[i * n..(i + 1) * n], &b.c0[i * n..(i + 1) * n])).collect();
+                self.ring.dot(o0, &same, i, false);
+                let cross: Vec<(&[u64], &[u64])> = pairs
+                    .iter()
+                    .flat_map(|(a, b)| {
+                        [
+                            (&a.c0[i * n..(i + 1) * n], &b.c1[i * n..(i + 1) * n]),
+                            (&a.c1[i * n..(i + 1) * n], &b.c0[i * n..(i + 1) * n]),
+                        ]
+                    })
+                    .collect();
+                self.ring.dot(o1, &cross, i, false);
+                let last: Vec<(&[u64], &[u64])> =
+                    pairs.iter().map(|(a, b)| (&a.c1[i * n..(i + 1) * n], &b.c1[i * n..(i + 1) * n])).collect();
+                self.ring.dot(o2, &last, i, false);
+            },
+        );
         (d0, d1, d2)
     }
 
@@ -768,11 +757,8 @@ impl Context {
         let k = self.chain.p.len();
         let mut out = vec![0u64; (level + 1 + k) * n];
         out[..(level + 1) * n].par_chunks_mut(n).zip(p.par_chunks(n)).enumerate().for_each(|(i, (o, x))| {
-            let m = self.q(i);
-            let (w, ws) = (self.p_mod[i], m.shoup(self.p_mod[i]));
-            for (u, &v) in o.iter_mut().zip(x) {
-                *u = m.mul_shoup(v, w, ws);
-            }
+            o.copy_from_slice(x);
+            crate::simd::shoup_limb(o, &[], self.p_mod[i], self.q(i), LimbOp::Mul);
         });
         out
     }

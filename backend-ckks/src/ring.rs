@@ -98,6 +98,21 @@ impl Ring {
         self.plans[i].mul_accumulate(acc, a, b);
     }
 
+    /// `out (+)= Σ_k a_k · b_k` limb-wise (NTT domain) modulo prime `i` (`add`: onto `out`):
+    /// the products are summed lazily and reduced once per coefficient where a vector kernel
+    /// fits ([`crate::simd::dot`]), else accumulated pair by pair.
+    pub fn dot(&self, out: &mut [u64], pairs: &[(&[u64], &[u64])], i: usize, add: bool) {
+        if crate::simd::dot(out, pairs, &self.moduli[i], add) {
+            return;
+        }
+        if !add {
+            out.iter_mut().for_each(|o| *o = 0);
+        }
+        for (a, b) in pairs {
+            self.plans[i].mul_accumulate(out, &a[..out.len()], &b[..out.len()]);
+        }
+    }
+
     /// The NTT-domain permutation of the automorphism X → X^g (g odd): `out[j] = in[perm[j]]`.
     pub fn galois_perm(&self, g: u64) -> Arc<Vec<u32>> {
         let two_n = 2 * self.n as u64;
