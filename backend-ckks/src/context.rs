@@ -27,10 +27,10 @@ pub struct Context {
     pub encoder: Encoder,
     /// BLAKE3 digest of the parameter set: keys and ciphertexts carry it.
     pub digest: [u8; 32],
-    /// `rescale_inv[l][i]` = q_l^{-1} mod q_i (i < l) with its Shoup companion.
-    pub rescale_inv: Vec<Vec<(u64, u64)>>,
-    /// P^{-1} mod q_i with its Shoup companion.
-    pub p_inv: Vec<(u64, u64)>,
+    /// `rescale_inv[l][i]` = q_l^{-1} mod q_i (i < l).
+    pub rescale_inv: Vec<Vec<u64>>,
+    /// P^{-1} mod q_i.
+    pub p_inv: Vec<u64>,
     /// P mod q_i.
     pub p_mod: Vec<u64>,
     /// Buffers of finished key-switching decompositions, overwritten by the next
@@ -61,26 +61,11 @@ impl Context {
         }
         let digest = *h.finalize().as_bytes();
         let qm = &ring.moduli;
-        let rescale_inv = (0..chain.q.len())
-            .map(|l| {
-                (0..l)
-                    .map(|i| {
-                        let inv = qm[i].inv(chain.q[l] % qm[i].q);
-                        (inv, qm[i].shoup(inv))
-                    })
-                    .collect()
-            })
-            .collect();
+        let rescale_inv =
+            (0..chain.q.len()).map(|l| (0..l).map(|i| qm[i].inv(chain.q[l] % qm[i].q)).collect()).collect();
         let p_mod: Vec<u64> =
             (0..chain.q.len()).map(|i| chain.p.iter().fold(1u64, |a, &p| qm[i].mul(a, p % qm[i].q))).collect();
-        let p_inv = p_mod
-            .iter()
-            .enumerate()
-            .map(|(i, &pm)| {
-                let inv = qm[i].inv(pm);
-                (inv, qm[i].shoup(inv))
-            })
-            .collect();
+        let p_inv = p_mod.iter().enumerate().map(|(i, &pm)| qm[i].inv(pm)).collect();
         Ok(Context {
             params: params.clone(),
             chain,

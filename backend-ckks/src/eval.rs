@@ -504,7 +504,7 @@ impl Context {
             let mut t = vec![0u64; n];
             crate::simd::centred_residues(&mut t, last, ql.q, m);
             self.ring.ntt(&mut t, i);
-            crate::simd::shoup_limb(limb, &t, self.rescale_inv[level][i].0, m, LimbOp::SubMul);
+            crate::simd::shoup_limb(limb, &t, self.rescale_inv[level][i], m, LimbOp::SubMul);
         });
     }
 
@@ -644,7 +644,7 @@ impl Context {
             |c, (i, o)| {
                 conversion.limb_into(i, c);
                 self.ring.ntt(c, i);
-                crate::simd::shoup_limb(o, c, self.p_inv[i].0, self.q(i), LimbOp::SubMul);
+                crate::simd::shoup_limb(o, c, self.p_inv[i], self.q(i), LimbOp::SubMul);
             },
         );
         acc.truncate(nq * n);
