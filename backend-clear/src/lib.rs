@@ -489,7 +489,12 @@ impl Scheme for ClearScheme {
         if widest == 0 || params.bootstrap.is_some() {
             return None;
         }
-        let log_scale = params.log_scale.min(if widest >= 2 { 32 } else { 60 });
+        // The largest scale (from 2^32 for two-product levels) whose primes stay within 60 bits
+        // once each level's plaintexts have the bits they need.
+        let top = params.log_scale.min(if widest >= 2 { 32 } else { 60 });
+        let log_scale = (10..=top)
+            .rev()
+            .find(|&s| request.level_bits(s, ChainRequest::plaintext_bits(s)).iter().all(|&b| b <= 60))?;
         Some(ClearParams {
             log_scale,
             levels: request.level_factors.len(),

@@ -37,13 +37,31 @@ pub struct ChainRequest {
     /// ring leaves too little precision (a larger ring allows a larger Δ).
     #[serde(default)]
     pub min_log_ring: u32,
+    /// Smallest plaintext scale (bits) the products rescaled at each level need, q_1 … q_L
+    /// (missing or 0: no requirement). Encoding rounds a plaintext's coefficients to integers;
+    /// a layer whose diagonals are sparse and small (a classifier after global pooling) has
+    /// coefficients far below 1 at the default scale, and rounding drops its weights.
+    #[serde(default)]
+    pub min_plaintext_bits: Vec<u32>,
 }
 
 impl ChainRequest {
     /// Bits of each prime q_1 … q_L for scale 2^log_scale when two-product levels use
-    /// plaintexts at 2^pt_bits: log_scale for a factor of 1, log_scale + pt_bits for 2.
+    /// plaintexts at 2^pt_bits: log_scale for a factor of 1 (its plaintexts are at q_ℓ),
+    /// log_scale + pt_bits for 2 — each raised to the level's [`Self::min_plaintext_bits`].
     pub fn level_bits(&self, log_scale: u32, pt_bits: u32) -> Vec<u32> {
-        self.level_factors.iter().map(|&f| if f >= 2 { log_scale + pt_bits } else { log_scale }).collect()
+        self.level_factors
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| {
+                let need = self.min_plaintext_bits.get(i).copied().unwrap_or(0);
+                if f >= 2 {
+                    log_scale + pt_bits.max(need)
+                } else {
+                    log_scale.max(need)
+                }
+            })
+            .collect()
     }
 
     /// The plaintext scale (bits) for tower-reuse products at scale 2^log_scale: 4 bits below

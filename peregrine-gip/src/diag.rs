@@ -77,6 +77,11 @@ impl SparseDiagonal {
         self.values.len() * self.repeats as usize
     }
 
+    /// Σ coefficient² over all slots (repetitions included).
+    pub fn norm_squared(&self) -> f64 {
+        self.values.iter().map(|v| v * v).sum::<f64>() * self.repeats as f64
+    }
+
     /// Whether it has no coefficient.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()

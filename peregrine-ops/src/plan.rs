@@ -948,5 +948,45 @@ pub fn propose_chain(program: &Program, caps: &Capabilities) -> Option<ChainRequ
             ((s / log_delta).round() as u32).max(1)
         })
         .collect();
-    Some(ChainRequest { level_factors, keep_ring: false, min_log_ring: 0 })
+    // Each level's prime must also leave the plaintexts rescaled there enough bits.
+    let mut need: BTreeMap<usize, u32> = BTreeMap::new();
+    for s in &p.program.steps {
+        if let StepKind::Linear { plan: dp, .. } = &s.kind {
+            if dp.consumes_level() {
+                let bits = plaintext_bits_needed(dp, p.program.slots);
+                let e = need.entry(p.levels[s.output] + 1).or_default();
+                *e = (*e).max(bits);
+            }
+        }
+    }
+    let min_plaintext_bits = (bottom + 1..=ROOM).map(|l| need.get(&l).copied().unwrap_or(0)).collect();
+    Some(ChainRequest { level_factors, keep_ring: false, min_log_ring: 0, min_plaintext_bits })
+}
+
+/// Root mean square a plaintext's coefficients must reach, in units of the integer they are
+/// rounded to: rounding then moves a diagonal by about 0.29 / 4 ≈ 7 % of itself at most, an
+/// error the sum over many diagonals averages down. Below ~1 rounding is no longer noise:
+/// most coefficients round to 0 and the weights vanish (the degree-2 ResNet-20 at N = 2^15
+/// lost its classifier that way: max |Δlogit| 3–12 on `ckks`, 0.1–0.4 with this rule; 2 and
+/// 4 measured alike, 18.5 costs a bit of Δ at that ring).
+pub const MIN_COEFFICIENT_RMS: f64 = 4.0;
+
+/// Bits of plaintext scale that keep `plan`'s diagonals through encoding: a diagonal d of
+/// `slots` slots encodes to coefficients of rms Δ_pt·‖d‖₂/(√2·slots), which must reach
+/// [`MIN_COEFFICIENT_RMS`]. Diagonals below 1/8 of the step's largest norm carry too little
+/// of the map to size the prime for.
+pub fn plaintext_bits_needed(plan: &peregrine_gip::DiagonalPlan, slots: usize) -> u32 {
+    let norms: Vec<f64> = plan
+        .outputs
+        .iter()
+        .flat_map(|o| o.giants.iter().flat_map(|g| g.terms.iter().map(|t| t.diag.norm_squared().sqrt())))
+        .filter(|n| *n > 0.0)
+        .collect();
+    let largest = norms.iter().copied().fold(0.0, f64::max);
+    norms
+        .iter()
+        .filter(|&&n| n >= largest / 8.0)
+        .map(|&n| (MIN_COEFFICIENT_RMS * std::f64::consts::SQRT_2 * slots as f64 / n).log2().ceil().max(0.0) as u32)
+        .max()
+        .unwrap_or(0)
 }

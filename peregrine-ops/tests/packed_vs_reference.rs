@@ -414,6 +414,41 @@ fn tower_reuse_chain_shares_primes_and_matches_the_reference() {
     assert!(e < 1e-3, "noisy tower run error {e:e}");
 }
 
+/// A classifier with small weights after global pooling has sparse, small diagonals: the
+/// chain widens the prime that rescales it so that encoding keeps them (coefficient rms ≥
+/// [`plan::MIN_COEFFICIENT_RMS`]), only that prime, and the run on that chain still matches.
+#[test]
+fn the_chain_widens_the_prime_of_sparse_small_plaintexts() {
+    let (model, x, _) = two_quadratic_residual();
+    let (graph, mut weights) = model.into_parts();
+    weights.get_mut("fc.w").unwrap().mapv_inplace(|v| v * 0.01);
+    let small = Model::new(graph, weights).unwrap();
+    let want = reference_output(&small, &x);
+    let uniform_params = params(12, 10);
+    let caps = ClearScheme::capabilities(&uniform_params).unwrap();
+    let program = compile(&small, caps.slots).unwrap();
+    let request = propose_chain(&program, &caps).expect("squares can share primes");
+    assert_eq!(request.level_factors, vec![2, 2, 1]);
+    // fc's diagonals: their norms ask for more than the default plaintext bits.
+    let fc = program.steps.iter().rev().find_map(|s| match &s.kind {
+        StepKind::Linear { plan, .. } => Some(plan),
+        _ => None,
+    });
+    let need = plan::plaintext_bits_needed(fc.unwrap(), caps.slots);
+    assert_eq!(request.min_plaintext_bits[0], need);
+    let towered = ClearScheme::with_chain(&ClearParams { log_scale: 30, ..uniform_params.clone() }, &request).unwrap();
+    // Only the classifier's prime widens (the scale gives way where it would pass 60 bits).
+    let d = towered.log_scale;
+    let pt = peregrine_backend::ChainRequest::plaintext_bits(d);
+    assert!(need > pt && d + need <= 60, "need {need}, Δ = 2^{d}");
+    assert_eq!(towered.level_bits, vec![d + need, d + pt, d]);
+    let (got, plan, _) = run_packed(&small, &towered, &x);
+    assert_eq!(plan.lazy_squares, 2);
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let err = max_abs_diff(&got, &want);
+    assert!(err < 1e-6 * scale.max(1e-3), "max error {err:e} against outputs up to {scale:e}");
+}
+
 /// A model without squares (degree-4 polynomials) gets no tower chain: a uniform one is as short.
 #[test]
 fn no_tower_chain_without_squares() {

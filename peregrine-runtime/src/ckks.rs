@@ -373,6 +373,23 @@ impl<F: Family> CkksBackend<F> {
             }
             None => plan(program, &caps)?,
         };
+        // A ring the user named is kept or refused, never silently replaced.
+        if let Some(n) = named_ring(requested) {
+            if caps.ring_dimension != n {
+                // What the planner would choose without the named ring (tower reuse included).
+                let mut free: serde_json::Value = serde_json::from_str(requested).unwrap_or_default();
+                if let Some(m) = free.as_object_mut() {
+                    m.remove("log_ring_dimension");
+                }
+                let (_, c, q, _) = self.choose(programs, &free.to_string())?;
+                return Err(RuntimeError::RingTooSmall {
+                    named_log: n.trailing_zeros(),
+                    needed_log: c.ring_dimension.trailing_zeros(),
+                    levels: q.cost.levels_consumed,
+                    log_qp: c.log_qp.unwrap_or(f64::NAN),
+                });
+            }
+        }
         // A backend that bootstraps sparse slots more cheaply gets the fewest slots whose plan
         // costs no more (the layouts still fit), unless the user fixed the slot count.
         if caps.can_bootstrap && !mentions(requested, "slots") {

@@ -114,6 +114,18 @@ pub enum RuntimeError {
     /// A comparison asked for wrongly.
     #[error(transparent)]
     Compare(#[from] crate::compare::CompareError),
+    /// The ring the user named cannot hold the model's levels at 128-bit security.
+    #[error("the model needs {levels} levels (log2(Q·P) = {log_qp:.1} with the shortest chain found), more than the ring the parameters name, N = 2^{named_log}, holds at 128-bit security; the smallest ring that does is N = 2^{needed_log} (leave out log_ring_dimension to let the planner choose it)")]
+    RingTooSmall {
+        /// log2 of the ring the parameters name.
+        named_log: u32,
+        /// log2 of the smallest ring that holds the levels.
+        needed_log: u32,
+        /// Levels the plan needs.
+        levels: usize,
+        /// log2(Q·P) of the parameters that hold them.
+        log_qp: f64,
+    },
 }
 
 impl RuntimeError {
