@@ -344,6 +344,40 @@ pub fn convert(c: &ConvertArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Options of `peregrine ensemble`.
+#[derive(clap::Args)]
+pub struct EnsembleArgs {
+    /// Member model files (two or more, one architecture).
+    #[arg(long, num_args = 2.., required = true)]
+    models: Vec<PathBuf>,
+    /// Output model file.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+pub fn ensemble(a: &EnsembleArgs, json: bool) -> Result<()> {
+    let members = a
+        .models
+        .iter()
+        .map(|p| load_model(p).with_context(|| format!("member {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let out = peregrine_model::ensemble::widen_ensemble(&members)?;
+    save_model(&out, &a.output)?;
+    let params = out.parameter_count();
+    if json {
+        println!("{}", json!({"model": a.output, "name": out.graph().name, "members": a.models, "parameters": params}));
+    } else {
+        println!(
+            "wrote {} ({}): the mean of {} members, {} parameters (channels side by side, later layers grouped by member)",
+            a.output.display(),
+            out.graph().name,
+            members.len(),
+            params
+        );
+    }
+    Ok(())
+}
+
 pub fn backends(dirs: Vec<PathBuf>, json: bool) -> Result<()> {
     let listing = Registry::new(dirs).listing();
     if json {

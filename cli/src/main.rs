@@ -104,6 +104,10 @@ enum Command {
     Convert(commands::ConvertArgs),
     /// Single-stage fine-tuning: PolyAct-RN polynomial activations, trained in one run.
     Finetune(finetune::FinetuneArgs),
+    /// Combine models of one architecture into one model that outputs the mean of theirs: the
+    /// members' channels side by side, later layers grouped by member, so an encrypted run
+    /// evaluates all of them in the same ciphertexts.
+    Ensemble(commands::EnsembleArgs),
     /// Plan encrypted execution: layouts, levels, bootstraps, rotation keys and cost (CKKS
     /// backends), or the quantised stages (tfhe, which calibrates on `"calibration"` in --params).
     Plan {
@@ -295,6 +299,7 @@ fn main() -> ExitCode {
         Command::Backends { plugin_dirs } => commands::backends(plugin_dirs, json),
         Command::Convert(args) => commands::convert(&args, json),
         Command::Finetune(args) => finetune::finetune(args, json),
+        Command::Ensemble(args) => commands::ensemble(&args, json),
         Command::Plan { target } => fhe::plan(target.target(), json),
         Command::Run { target, data, image, limit, trace, activation } => {
             fhe::run(target.target(), fhe::RunArgs { data, image, limit, trace, activation }, json)

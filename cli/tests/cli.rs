@@ -131,3 +131,43 @@ fn import_onnx_writes_a_model_and_refuses_an_unsupported_operator_by_name_writin
     assert!(!o.status.success() && err.contains("garbage.onnx") && !err.contains("panicked"), "{err}");
     assert!(!refused.exists());
 }
+
+#[test]
+fn ensemble_widens_members_into_one_model_and_refuses_mismatched_ones_writing_nothing() {
+    let model = import_resnet20();
+    let out = tmp("r20-ensemble2.safetensors");
+    let v = json(
+        bin().args(["ensemble", "--json", "--models"]).arg(&model).arg(&model).arg("-o").arg(&out).output().unwrap(),
+    );
+    // Two members, one averaged classifier bias, the shortcuts as grouped 1×1 convolutions.
+    assert_eq!(v["parameters"], 2 * 271_098 - 10 + 2 * (32 * 16 + 64 * 32));
+    // Two equal members: the ensemble's predictions are the member's.
+    let eval = |m: &PathBuf| {
+        json(
+            bin()
+                .args(["eval", "--model"])
+                .arg(m)
+                .arg("--data")
+                .arg(shared("data/cifar10/test_batch.bin.gz"))
+                .args(["--limit", "24", "--json"])
+                .output()
+                .unwrap(),
+        )["accuracy"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(eval(&out), eval(&model));
+    // Another architecture: refused by name, nothing written.
+    let onnx = tmp("ensemble-tiny.onnx");
+    std::fs::write(&onnx, tiny_onnx("Relu")).unwrap();
+    let tiny = tmp("ensemble-tiny.safetensors");
+    ok(bin().args(["import", "onnx"]).arg(&onnx).arg("-o").arg(&tiny).output().unwrap());
+    let bad = tmp("ensemble-bad.safetensors");
+    let o = bin().args(["ensemble", "--models"]).arg(&model).arg(&tiny).arg("-o").arg(&bad).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("member 2"), "{e}");
+    assert!(!bad.exists());
+    // One member is not an ensemble.
+    let o = bin().args(["ensemble", "--models"]).arg(&model).arg("-o").arg(&bad).output().unwrap();
+    assert!(!o.status.success() && !bad.exists());
+}

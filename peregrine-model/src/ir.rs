@@ -49,6 +49,22 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// A 1×1 convolution (no padding, no dilation, no bias) with the given stride and groups:
+    /// channel selections, shifts and averages written as convolutions.
+    pub fn pointwise(cin: usize, cout: usize, stride: usize, groups: usize, weight: String) -> Self {
+        Conv2d {
+            in_channels: cin,
+            out_channels: cout,
+            kernel: [1, 1],
+            stride: [stride, stride],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups,
+            weight,
+            bias: None,
+        }
+    }
+
     /// A 3×3 convolution with padding 1, the given stride, no dilation and one group.
     pub fn square3(cin: usize, cout: usize, stride: usize, weight: &str, bias: Option<&str>) -> Self {
         Conv2d {

@@ -5,7 +5,8 @@
 //! - [`import`]: builders for pretrained networks (CIFAR ResNets) and a small trainable CNN;
 //!   [`onnx`]: ONNX models;
 //! - [`reference`]: the cleartext reference executor (f32/f64);
-//! - [`transform`]: the calibrated least-squares conversion to polynomial activations.
+//! - [`transform`]: the calibrated least-squares conversion to polynomial activations;
+//!   [`ensemble`]: several members of one architecture as one wider model.
 //!
 //! It depends on no FHE and no training crate.
 //!
@@ -22,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+pub mod ensemble;
 pub mod error;
 pub mod format;
 pub mod import;

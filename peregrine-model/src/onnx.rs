@@ -675,17 +675,7 @@ impl Builder {
             w[[o, i, 0, 0]] = 1.0;
         }
         let weight = self.weight(&name, "select", w);
-        let conv = Conv2d {
-            in_channels: c,
-            out_channels: range.len(),
-            kernel: [1, 1],
-            stride: [1, 1],
-            padding: [0, 0],
-            dilation: [1, 1],
-            groups: 1,
-            weight,
-            bias: None,
-        };
+        let conv = Conv2d::pointwise(c, range.len(), 1, 1, weight);
         self.emit(&name, Op::Conv2d(conv), vec![x])
     }
 
