@@ -102,7 +102,10 @@ fn output_matching_settings_are_checked() {
 #[test]
 fn output_matching_refuses_a_teacher_with_another_output() {
     use peregrine_model::testkit::odd_mobile_model;
-    let dir = std::env::temp_dir().join(format!("peregrine-teacher-shape-{}", std::process::id()));
+    // A directory of its own (process, time): a stale or concurrent file of the same name
+    // must not stand in for the teacher written here.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let dir = std::env::temp_dir().join(format!("peregrine-teacher-shape-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let teacher = dir.join("teacher.safetensors");
     // Same input as the student, 7 outputs; the student below flattens a 3×19×23 input.
@@ -123,7 +126,12 @@ fn output_matching_refuses_a_teacher_with_another_output() {
         degree: None,
         ..FinetuneConfig::default()
     };
-    let e = peregrine_sft::train::Finetuner::new(&student, config).err().expect("refused").to_string();
+    let e = match peregrine_sft::train::Finetuner::new(&student, config) {
+        Ok(_) => {
+            panic!("a teacher with 7 outputs was accepted for a student with 1311 (teacher file {})", dir.display())
+        }
+        Err(e) => e.to_string(),
+    };
     assert!(e.contains("output matching needs the same output"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }

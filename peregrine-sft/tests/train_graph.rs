@@ -176,3 +176,58 @@ fn range_penalty_measures_inputs_beyond_the_running_range() {
     let p = train.forward(&big, Pass::Train).unwrap().range_penalty.to_scalar::<f32>().unwrap();
     assert!(p > 0.1, "penalty {p} for inputs far beyond the running range");
 }
+
+/// A model whose only node is the polynomial activation p(t) = t on `channels` channels: its
+/// output is its input, so what a training pass adds to it is the injected noise.
+fn identity_poly(channels: usize, shape: [usize; 2]) -> peregrine_model::ir::Model {
+    use peregrine_model::ir::*;
+    use peregrine_model::testkit::{graph, node, raw_input};
+    let mut w = Weights::new();
+    let coeffs: Vec<f32> = (0..channels).flat_map(|_| [0.0, 1.0]).collect();
+    w.insert("p.c".into(), ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[channels, 2]), coeffs).unwrap());
+    let act = Activation::Poly { coeffs: "p.c".into(), input_scale: None, approximates: None };
+    let g = graph(
+        "identity",
+        raw_input([channels, shape[0], shape[1]]),
+        vec![node("p", Op::Activation(act), &[INPUT])],
+        "p",
+    );
+    Model::new(g, w).unwrap()
+}
+
+#[test]
+fn activation_noise_is_added_in_training_passes_only_and_is_reproducible() {
+    use peregrine_sft::train::ActivationNoise;
+    use rand::SeedableRng;
+    let model = identity_poly(3, [19, 23]);
+    let mut r = rand::rngs::StdRng::seed_from_u64(5);
+    let x = odd_input(&mut r, 2);
+    let mut train = TrainModel::new(&model, Activations::Keep).unwrap();
+    let xt = peregrine_sft::train::to_channels_last(&x, train.device()).unwrap();
+    let clean: Vec<f32> = train.forward(&xt, Pass::Frozen).unwrap().logits.flatten_all().unwrap().to_vec1().unwrap();
+    let run = |train: &mut TrainModel, pass: Pass, seed: u64| -> Vec<f32> {
+        train.activation_noise = Some(ActivationNoise { std: 0.25, seed });
+        train.forward(&xt, pass).unwrap().logits.flatten_all().unwrap().to_vec1().unwrap()
+    };
+    let a = run(&mut train, Pass::Train, 1);
+    let b = run(&mut train, Pass::Train, 1);
+    let c = run(&mut train, Pass::Train, 2);
+    // Training passes also move the running ranges, which changes s·p(x/s) by rounding only.
+    let gap = |u: &[f32], v: &[f32]| u.iter().zip(v).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(gap(&a, &b) < 1e-5, "the same seed must draw the same noise (gap {})", gap(&a, &b));
+    assert!(gap(&a, &c) > 0.1, "another seed must draw other noise (gap {})", gap(&a, &c));
+    // The added values are N(0, 0.25²): mean near 0, standard deviation near 0.25.
+    let d: Vec<f64> = a.iter().zip(&clean).map(|(n, c)| (n - c) as f64).collect();
+    let n = d.len() as f64;
+    let mean = d.iter().sum::<f64>() / n;
+    let std = (d.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt();
+    assert!(
+        d.len() == 2 * 3 * 19 * 23 && mean.abs() < 0.02 && (std - 0.25).abs() < 0.02,
+        "mean {mean}, std {std} over {n}"
+    );
+    // Evaluation and calibration passes see the model as it is.
+    for pass in [Pass::Frozen, Pass::Calibrate] {
+        let g = gap(&run(&mut train, pass, 1), &clean);
+        assert!(g < 1e-5, "{pass:?} pass must not add noise (gap {g})");
+    }
+}

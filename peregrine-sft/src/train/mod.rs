@@ -16,8 +16,8 @@ pub use kernels::{
     PolyActGrad, Unfold, Window,
 };
 pub use model::{
-    candle_err, cross_entropy, predictions, to_channels_last, Activations, Forward, Pass, RangeState, Substitute,
-    TrainModel,
+    candle_err, cross_entropy, predictions, to_channels_last, ActivationNoise, Activations, Forward, Pass, RangeState,
+    Substitute, TrainModel,
 };
 pub use schedule::{Baseline, EpochSummary, Evaluator, Outcome, Progress, Schedule};
 pub use trainer::{

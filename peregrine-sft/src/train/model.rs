@@ -139,6 +139,31 @@ pub struct TrainModel {
     /// and shift still train): for small batches, and for the exact affine maps an importer
     /// writes as batch norms (a per-channel `Mul` after an activation cannot be folded).
     pub freeze_batch_norms: bool,
+    /// Gaussian noise added to every PolyAct-RN input in training passes (noise-aware
+    /// fine-tuning): the error an encrypted run adds at each rescale, so the network learns
+    /// to keep its decisions under it. `None`: no noise.
+    pub activation_noise: Option<ActivationNoise>,
+}
+
+/// Noise-aware training: an absolute standard deviation (in the activation's input units) and
+/// the seed of this pass's draws (the trainer derives one per step, so a resumed run draws
+/// the same noise as an uninterrupted one).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ActivationNoise {
+    /// Standard deviation added to every activation input.
+    pub std: f32,
+    /// Seed of the pass's draws (each activation node draws from its own stream).
+    pub seed: u64,
+}
+
+/// `x + std·N(0, 1)`, drawn from a generator seeded by `seed` (reproducible).
+fn add_noise(x: &Tensor, std: f32, seed: u64) -> candle_core::Result<Tensor> {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let normal = rand_distr::Normal::new(0f32, std).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let draws: Vec<f32> = (0..x.elem_count()).map(|_| normal.sample(&mut rng)).collect();
+    x + Tensor::from_vec(draws, x.dims(), x.device())?
 }
 
 fn to_tensor(a: &ArrayD<f32>, device: &Device) -> Result<Tensor> {
@@ -259,6 +284,7 @@ impl TrainModel {
             track_penalty: false,
             collect_features: false,
             freeze_batch_norms: false,
+            activation_noise: None,
         })
     }
 
@@ -311,7 +337,7 @@ impl TrainModel {
         let mut penalty = Tensor::zeros((), DType::F32, &self.device)?;
         let mut features = HashMap::new();
         let nodes = self.graph.nodes.clone();
-        for node in &nodes {
+        for (index, node) in nodes.iter().enumerate() {
             let ins: Vec<&Tensor> = node.inputs.iter().map(|n| &values[n]).collect();
             let x = ins[0];
             let y = match &node.op {
@@ -406,6 +432,17 @@ impl TrainModel {
                 }
                 Op::Activation(act) => match self.ranges.get_mut(&node.name) {
                     Some(state) => {
+                        // Noise first: the ranges then cover what an encrypted run feeds the
+                        // polynomial (a nearly dead channel's range widens to the noise).
+                        let noisy;
+                        let x = match (self.activation_noise, pass) {
+                            (Some(n), Pass::Train) if n.std > 0.0 => {
+                                let stream = n.seed ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+                                noisy = add_noise(x, n.std, stream)?;
+                                &noisy
+                            }
+                            _ => x,
+                        };
                         let c = state.channels();
                         let mut scales = state.scales();
                         if pass != Pass::Frozen {
