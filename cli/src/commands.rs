@@ -378,6 +378,48 @@ pub fn ensemble(a: &EnsembleArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Options of `peregrine cluster`.
+#[derive(clap::Args)]
+pub struct ClusterArgs {
+    /// Model file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Values per layer.
+    #[arg(long)]
+    clusters: usize,
+    /// Output model file.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+pub fn cluster(a: &ClusterArgs, json: bool) -> Result<()> {
+    let m = load_model(&a.model)?;
+    let (out, report) = peregrine_model::cluster::cluster_weights(&m, a.clusters)?;
+    save_model(&out, &a.output)?;
+    let total: usize = report.iter().map(|r| r.weights).sum();
+    let worst = report.iter().map(|r| r.relative_rms_change).fold(0.0, f64::max);
+    if json {
+        let layers: Vec<_> = report
+            .iter()
+            .map(|r| {
+                json!({"tensor": r.name, "weights": r.weights, "distinct_before": r.distinct_before,
+                            "distinct_after": r.distinct_after, "max_change": r.max_change,
+                            "relative_rms_change": r.relative_rms_change})
+            })
+            .collect();
+        println!("{}", json!({"model": a.output, "clusters": a.clusters, "layers": layers}));
+    } else {
+        println!(
+            "wrote {}: {} weight tensors ({total} weights) clustered to at most {} values each; largest relative rms change {:.2e}",
+            a.output.display(),
+            report.len(),
+            a.clusters,
+            worst
+        );
+    }
+    Ok(())
+}
+
 pub fn backends(dirs: Vec<PathBuf>, json: bool) -> Result<()> {
     let listing = Registry::new(dirs).listing();
     if json {

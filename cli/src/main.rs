@@ -108,6 +108,9 @@ enum Command {
     /// members' channels side by side, later layers grouped by member, so an encrypted run
     /// evaluates all of them in the same ciphertexts.
     Ensemble(commands::EnsembleArgs),
+    /// Cluster every convolution's and fully connected layer's weights to at most k values
+    /// (one-dimensional k-means per layer); evaluate the result to see what it costs.
+    Cluster(commands::ClusterArgs),
     /// Plan encrypted execution: layouts, levels, bootstraps, rotation keys and cost (CKKS
     /// backends), or the quantised stages (tfhe, which calibrates on `"calibration"` in --params).
     Plan {
@@ -300,6 +303,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => commands::convert(&args, json),
         Command::Finetune(args) => finetune::finetune(args, json),
         Command::Ensemble(args) => commands::ensemble(&args, json),
+        Command::Cluster(args) => commands::cluster(&args, json),
         Command::Plan { target } => fhe::plan(target.target(), json),
         Command::Run { target, data, image, limit, trace, activation } => {
             fhe::run(target.target(), fhe::RunArgs { data, image, limit, trace, activation }, json)

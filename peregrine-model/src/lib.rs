@@ -6,7 +6,8 @@
 //!   [`onnx`]: ONNX models;
 //! - [`reference`]: the cleartext reference executor (f32/f64);
 //! - [`transform`]: the calibrated least-squares conversion to polynomial activations;
-//!   [`ensemble`]: several members of one architecture as one wider model.
+//!   [`ensemble`]: several members of one architecture as one wider model; [`cluster`]:
+//!   k-means weight clustering.
 //!
 //! It depends on no FHE and no training crate.
 //!
@@ -23,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod ensemble;
 pub mod error;
 pub mod format;
