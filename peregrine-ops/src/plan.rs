@@ -983,10 +983,10 @@ pub fn plaintext_bits_needed(plan: &peregrine_gip::DiagonalPlan, slots: usize) -
         .filter(|n| *n > 0.0)
         .collect();
     let largest = norms.iter().copied().fold(0.0, f64::max);
-    norms
-        .iter()
-        .filter(|&&n| n >= largest / 8.0)
-        .map(|&n| (MIN_COEFFICIENT_RMS * std::f64::consts::SQRT_2 * slots as f64 / n).log2().ceil().max(0.0) as u32)
-        .max()
-        .unwrap_or(0)
+    // The smallest diagonal that counts sets the scale.
+    let smallest = norms.iter().copied().filter(|&n| n >= largest / 8.0).fold(f64::INFINITY, f64::min);
+    if !smallest.is_finite() {
+        return 0;
+    }
+    (MIN_COEFFICIENT_RMS * std::f64::consts::SQRT_2 * slots as f64 / smallest).log2().ceil().max(0.0) as u32
 }

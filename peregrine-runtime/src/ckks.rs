@@ -381,7 +381,12 @@ impl<F: Family> CkksBackend<F> {
                 if let Some(m) = free.as_object_mut() {
                     m.remove("log_ring_dimension");
                 }
-                let (_, c, q, _) = self.choose(programs, &free.to_string())?;
+                let chosen = self.choose(programs, &free.to_string())?;
+                if chosen.1.ring_dimension == n {
+                    // The named ring holds the model after all (by another chain): use it.
+                    return Ok(chosen);
+                }
+                let (_, c, q, _) = chosen;
                 return Err(RuntimeError::RingTooSmall {
                     named_log: n.trailing_zeros(),
                     needed_log: c.ring_dimension.trailing_zeros(),
