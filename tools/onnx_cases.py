@@ -183,9 +183,18 @@ def cases(seed):
     y = c.op("Reshape", [y, c.op("Concat", [n, c.cint([-1])], axis=0)])
     out.append((c, y, None, {}))
 
-    c = Case("refused_asymmetric_pad", rng, [1, 2, 5, 5])
-    y = c.op("Pad", ["image", c.cint([0, 0, 0, 0, 0, 0, 1, 1])])
-    out.append((c, y, "Pad", {}))
+    # Asymmetric padding (TensorFlow exports): a lopsided Pad, a Conv with four different pads,
+    # SAME_UPPER at stride 2 on an even size (the extra row after) and SAME_LOWER (before).
+    c = Case("asymmetric_padding", rng, [1, 3, 12, 9])
+    p = c.op("Pad", ["image", c.cint([0, 0, 0, 2, 0, 0, 1, 0])])
+    y = c.op("Conv", [p, c.w(4, 3, 3, 3), c.w(4)], pads=[0, 1, 2, 3])
+    y = c.op("Conv", [c.op("Relu", [y]), c.w(5, 4, 3, 3)], auto_pad="SAME_UPPER", strides=[2, 2])
+    y = c.op("Conv", [y, c.w(5, 1, 2, 4)], auto_pad="SAME_LOWER", group=5)
+    out.append((c, y, None, {}))
+
+    c = Case("refused_asymmetric_pool", rng, [1, 2, 6, 6])
+    y = c.op("AveragePool", ["image"], kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1], count_include_pad=1)
+    out.append((c, y, "AveragePool", {}))
 
     c = Case("refused_softmax", rng, [1, 3, 5, 5])
     r = c.op("Relu", ["image"])

@@ -13,6 +13,7 @@ use peregrine_runtime::eval::accuracy;
 use peregrine_runtime::Registry;
 use serde_json::json;
 
+use crate::outputs::{self, OutputArgs};
 use crate::Precision;
 
 /// A progress bar on stderr (hidden when `quiet`).
@@ -69,12 +70,14 @@ pub struct OnnxArgs {
     pub graph_output: Vec<String>,
     /// `--classes`.
     pub classes: Vec<String>,
+    /// `--bgr`.
+    pub bgr: bool,
 }
 
 pub fn import_onnx(path: &Path, args: OnnxArgs, output: &Path, json: bool) -> Result<()> {
     use peregrine_model::ir::Preprocess;
     use peregrine_model::onnx::{import_onnx, OnnxOptions};
-    let OnnxArgs { input_shape, mean, std, graph_output, classes } = args;
+    let OnnxArgs { input_shape, mean, std, graph_output, classes, bgr } = args;
     let preprocess = match (mean, std) {
         (None, None) => None,
         (mean, std) => {
@@ -83,7 +86,9 @@ pub fn import_onnx(path: &Path, args: OnnxArgs, output: &Path, json: bool) -> Re
         }
     };
     let options = OnnxOptions { input_shape, preprocess, classes, outputs: graph_output };
-    write_imported(&import_onnx(path, &options)?, output, json)
+    let model = import_onnx(path, &options)?;
+    let model = if bgr { peregrine_model::transform::reverse_input_channels(&model)? } else { model };
+    write_imported(&model, output, json)
 }
 
 fn write_imported(model: &Model, output: &Path, json: bool) -> Result<()> {
@@ -149,106 +154,31 @@ pub struct PredictArgs {
     /// How many top classes to print.
     #[arg(long, default_value_t = 3)]
     top: usize,
-    /// Decode the output as YOLOv8 heads with this many classes (a detector imported with
-    /// `--graph-output` naming its heads, finest first); boxes after non-maximum suppression.
-    #[arg(long, value_name = "CLASSES")]
-    yolo_classes: Option<usize>,
-    /// Smallest class probability of a detection.
-    #[arg(long, default_value_t = 0.25)]
-    score: f32,
-    /// Largest overlap (IoU) of two kept boxes of one class.
-    #[arg(long, default_value_t = 0.45)]
-    iou: f32,
-    /// Class names of the detections.
-    #[arg(long, value_delimiter = ',')]
-    labels: Vec<String>,
-    /// Treat the output as a probability map and mask the pixels above this threshold.
-    #[arg(long, value_name = "THRESHOLD")]
-    mask: Option<f32>,
-    /// Write the photo with the boxes or the mask drawn on it to this PNG.
-    #[arg(long, value_name = "PNG")]
-    annotate: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 pub fn predict(a: &PredictArgs, json: bool) -> Result<()> {
-    use peregrine_data::vision;
     let model = load_model(&a.model)?;
     let input = &model.graph().input;
     let x = preprocess::<f32>(&load_image(&a.image, input)?, 1, input)?;
     let logits: Vec<f32> = Reference::<f32>::new(&model).run(&x)?.iter().copied().collect();
-    let [ih, iw] = [input.shape[1], input.shape[2]];
-    let photo = || -> Result<(vision::RgbImage, [f32; 2])> {
-        let p = peregrine_data::load_rgb(&a.image)?;
-        let scale = [p.width() as f32 / iw as f32, p.height() as f32 / ih as f32];
-        Ok((p, scale))
-    };
-    let save = |img: &vision::RgbImage, path: &Path| -> Result<()> { Ok(vision::save_png(img, path)?) };
-    if let Some(classes) = a.yolo_classes {
-        let channels = 4 * 16 + classes;
-        let heads = vision::split_heads(&logits, model.output_shape(), channels, [ih, iw])?;
-        let found = vision::non_max_suppression(vision::decode_yolov8(&heads, classes, 16, a.score)?, a.iou);
-        let name = |c: usize| a.labels.get(c).cloned().unwrap_or_else(|| format!("class {c}"));
-        if let Some(out) = &a.annotate {
-            let (mut img, scale) = photo()?;
-            vision::draw_detections(&mut img, &found, scale);
-            save(&img, out)?;
-        }
-        if json {
-            let list: Vec<_> = found
-                .iter()
-                .map(|d| json!({"class": d.class, "name": name(d.class), "score": d.score, "box": d.bbox}))
-                .collect();
-            println!("{}", json!({"image": a.image, "detections": list, "annotated": a.annotate}));
-        } else {
-            println!("{} detections ({} heads, boxes in {iw}×{ih} input pixels)", found.len(), heads.len());
-            for d in &found {
-                let b = d.bbox.map(|v| v.round());
-                println!("  {:<24} {:.3}  [{}, {}, {}, {}]", name(d.class), d.score, b[0], b[1], b[2], b[3]);
-            }
-            if let Some(out) = &a.annotate {
-                println!("wrote {}", out.display());
-            }
-        }
-        return Ok(());
+    let decoded = outputs::decode(&model, &logits, &a.output)?;
+    if let Some(out) = &a.output.annotate {
+        outputs::annotate(&model, &a.image, &decoded, &a.output, out, "")?;
     }
-    if let Some(threshold) = a.mask {
-        let s = model.output_shape();
-        let (h, w) = match s.as_slice() {
-            [1, h, w] => (*h, *w),
-            other => anyhow::bail!("--mask needs a one-channel [1, H, W] output, the model gives {other:?}"),
-        };
-        let inside = logits.iter().filter(|p| **p > threshold).count();
-        if let Some(out) = &a.annotate {
-            let (mut img, _) = photo()?;
-            vision::overlay_mask(&mut img, &logits, h, w, threshold);
-            save(&img, out)?;
-        }
-        if json {
-            println!(
-                "{}",
-                json!({"image": a.image, "mask_pixels": inside, "pixels": h * w, "threshold": threshold, "annotated": a.annotate})
-            );
-        } else {
-            println!("mask: {inside} of {} pixels above {threshold} ({h}×{w})", h * w);
-            if let Some(out) = &a.annotate {
-                println!("wrote {}", out.display());
-            }
-        }
-        return Ok(());
-    }
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]));
-    let name = |i: usize| model.graph().classes.get(i).cloned().unwrap_or_else(|| format!("class {i}"));
     if json {
-        let tops: Vec<_> =
-            order.iter().take(a.top).map(|&i| json!({"class": i, "name": name(i), "logit": logits[i]})).collect();
-        println!(
-            "{}",
-            json!({"image": a.image, "prediction": order[0], "name": name(order[0]), "top": tops, "logits": logits})
-        );
+        let mut v = outputs::to_json(&model, &decoded, &a.output, a.top);
+        v["image"] = json!(a.image);
+        v["annotated"] = json!(a.output.annotate);
+        if matches!(decoded, outputs::Decoded::Classes(_)) {
+            v["logits"] = json!(logits);
+        }
+        println!("{v}");
     } else {
-        for &i in order.iter().take(a.top.max(1)) {
-            println!("{:>3} {:<12} {:>9.4}", i, name(i), logits[i]);
+        outputs::print(&model, &decoded, &a.output, a.top);
+        if let Some(out) = &a.output.annotate {
+            println!("wrote {}", out.display());
         }
     }
     Ok(())

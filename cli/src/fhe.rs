@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use indicatif::ProgressBar;
 use peregrine_data::{load_cifar10, preprocessed_rows};
+use peregrine_model::reference::Reference;
 use peregrine_runtime::compare::{compare as compare_backends, CompareArgs, CompareReport};
 use peregrine_runtime::engine::StepEvent;
 use peregrine_runtime::run::{run as run_loop, ImageReport, Inputs, Observer, RunReport};
@@ -14,6 +15,7 @@ use peregrine_runtime::{Prepared, Target};
 use serde_json::json;
 
 use crate::commands::{log_item, progress, size};
+use crate::outputs::{self, OutputArgs};
 
 /// The images of `run`: the first `limit` of a CIFAR-10 batch, or one image file.
 pub fn inputs(
@@ -85,13 +87,22 @@ pub struct RunArgs {
     pub limit: usize,
     pub trace: bool,
     pub activation: Option<String>,
+    pub output: OutputArgs,
 }
 
 pub fn run(target: Target, a: RunArgs, json: bool) -> Result<()> {
     if a.data.is_some() == a.image.is_some() {
         bail!("give exactly one of --data or --image");
     }
+    if a.output.wanted() && a.image.is_none() {
+        bail!("--annotate, --yolo-classes and --mask read the output of one photo: give --image");
+    }
     let Prepared { model, compiled, seconds } = target.prepare(a.activation.as_deref(), a.data.as_deref())?;
+    if a.output.wanted() {
+        // Refuse an output the model cannot give before the (long) encrypted run, not after.
+        let size: usize = model.output_shape().iter().product();
+        outputs::decode(&model, &vec![0.0; size], &a.output)?;
+    }
     let plan = compiled.describe();
     let inputs = inputs(&model, a.data.as_deref(), a.image.as_deref(), a.limit)?;
     if let Some(probe) = inputs.images.first().and_then(|x| compiled.probe(x)) {
@@ -107,12 +118,62 @@ pub fn run(target: Target, a: RunArgs, json: bool) -> Result<()> {
     };
     let report = run_loop(&model, compiled.as_ref(), &inputs, a.trace, seconds, &mut observer)?;
     observer.bar.finish_and_clear();
+    let client = match (&a.image, a.output.wanted()) {
+        (Some(image), true) => Some(client_output(&model, &report, &inputs, image, &a.output, &target.backend)?),
+        _ => None,
+    };
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if let Some((decoded, agreement)) = &client {
+            v["client_output"] = json!({
+                "decrypted": outputs::to_json(&model, decoded, &a.output, 3),
+                "agreement": {"what": agreement.what, "agree": agreement.agree, "of": agreement.of, "summary": agreement.summary},
+                "annotated": a.output.annotate,
+            });
+        }
+        println!("{v}");
     } else {
         print_run(&report);
+        if let Some((decoded, agreement)) = &client {
+            println!("decrypted output, decoded on the client side:");
+            outputs::print(&model, decoded, &a.output, 3);
+            println!("against the cleartext model: {}", agreement.summary);
+            if let Some(out) = &a.output.annotate {
+                println!("wrote {}", out.display());
+            }
+        }
     }
     Ok(())
+}
+
+/// Decodes the decrypted output of the one photo of a run (detections, mask or classes),
+/// compares it with the cleartext model's decoding, and draws it when asked.
+fn client_output(
+    model: &peregrine_model::Model,
+    report: &RunReport,
+    inputs: &Inputs,
+    image: &Path,
+    a: &OutputArgs,
+    backend: &str,
+) -> Result<(outputs::Decoded, outputs::Agreement)> {
+    let first = report.images.first().ok_or_else(|| anyhow::anyhow!("the run has no image"))?;
+    let Some(decrypted) = &first.decrypted else {
+        bail!(
+            "the encrypted run failed ({}); there is no output to decode",
+            first.error.as_deref().unwrap_or("no reason given")
+        );
+    };
+    let decrypted: Vec<f32> = decrypted.iter().map(|v| *v as f32).collect();
+    let shape = &model.graph().input.shape;
+    let x =
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, shape[0], shape[1], shape[2]]), inputs.images[0].clone())?;
+    let want: Vec<f32> = Reference::<f64>::new(model).run(&x)?.iter().map(|v| *v as f32).collect();
+    let decoded = outputs::decode(model, &decrypted, a)?;
+    let agreement = outputs::agreement(&decoded, &outputs::decode(model, &want, a)?, 0.9);
+    if let Some(out) = &a.annotate {
+        outputs::annotate(model, image, &decoded, a, out, &format!("decrypted, {backend}"))?;
+    }
+    Ok((decoded, agreement))
 }
 
 fn print_run(r: &RunReport) {

@@ -82,6 +82,12 @@ pub struct FinetuneArgs {
     /// degree-2 ResNet-20 at N = 2^15, Δ = 2^22: about 0.002; 0.01 leaves a margin)
     #[arg(long, default_value_t = 0.0)]
     pub activation_noise: f64,
+    /// Weight clustering applied in fine-tuning: every convolution's and fully connected
+    /// layer's weights take at most K values (k-means per layer) forward and in the exported
+    /// model, the float weights training underneath. Needs a model without batch norms (one
+    /// `finetune` exported); `peregrine cluster` does the same without training.
+    #[arg(long, value_name = "K")]
+    pub clusters: Option<usize>,
     /// Unaugmented training batches that calibrate the ranges first.
     #[arg(long, default_value_t = 20)]
     pub calibration_batches: usize,
@@ -166,6 +172,7 @@ fn start(a: &FinetuneArgs) -> Result<Finetuner> {
         clip_grad_norm: a.clip_grad_norm.unwrap_or(if photos { 1.0 } else { 0.0 }),
         quantise_for: a.tfhe.as_deref().map(qat::target),
         activation_noise: a.activation_noise,
+        weight_clusters: a.clusters,
     };
     Ok(Finetuner::new(&model, config)?)
 }

@@ -8,6 +8,7 @@
 mod commands;
 mod fhe;
 mod finetune;
+mod outputs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -137,6 +138,9 @@ enum Command {
         /// (the model's polynomials); CKKS backends always evaluate the polynomials.
         #[arg(long)]
         activation: Option<String>,
+        /// What to read from the decrypted output of --image, and where to draw it.
+        #[command(flatten)]
+        output: outputs::OutputArgs,
     },
     /// The TFHE backend's quantised cleartext simulation over many images (no encryption): its
     /// accuracy for a precision and activation mode, to choose them before an encrypted run.
@@ -260,6 +264,11 @@ enum ImportCmd {
         /// Class names, one per output value.
         #[arg(long, value_delimiter = ',')]
         classes: Option<Vec<String>>,
+        /// The network takes BGR images (as OpenCV loads them): the imported model takes RGB
+        /// ones, its first layers' input channels and --mean/--std (given in the network's
+        /// BGR order) reversed.
+        #[arg(long)]
+        bgr: bool,
         /// Output model file.
         #[arg(short, long)]
         output: PathBuf,
@@ -286,9 +295,11 @@ fn main() -> ExitCode {
         Command::Import { what: ImportCmd::Resnet { depth, weights, output } } => {
             commands::import_resnet(depth, &weights, &output, json)
         }
-        Command::Import { what: ImportCmd::Onnx { model, input_shape, mean, std, graph_output, classes, output } } => {
+        Command::Import {
+            what: ImportCmd::Onnx { model, input_shape, mean, std, graph_output, classes, bgr, output },
+        } => {
             let options =
-                commands::OnnxArgs { input_shape, mean, std, graph_output, classes: classes.unwrap_or_default() };
+                commands::OnnxArgs { input_shape, mean, std, graph_output, classes: classes.unwrap_or_default(), bgr };
             commands::import_onnx(&model, options, &output, json)
         }
         Command::Import { what: ImportCmd::SmallCnn { widths, seed, output } } => {
@@ -305,8 +316,8 @@ fn main() -> ExitCode {
         Command::Ensemble(args) => commands::ensemble(&args, json),
         Command::Cluster(args) => commands::cluster(&args, json),
         Command::Plan { target } => fhe::plan(target.target(), json),
-        Command::Run { target, data, image, limit, trace, activation } => {
-            fhe::run(target.target(), fhe::RunArgs { data, image, limit, trace, activation }, json)
+        Command::Run { target, data, image, limit, trace, activation, output } => {
+            fhe::run(target.target(), fhe::RunArgs { data, image, limit, trace, activation, output }, json)
         }
         Command::Simulate { model, params, activation, data, limit } => {
             fhe::simulate(&model, &params, activation.as_deref(), &data, limit, json)

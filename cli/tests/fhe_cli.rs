@@ -136,6 +136,106 @@ fn plan_reports_cost_and_run_agrees_with_the_reference() {
     assert_eq!(one["summary"]["agree"], 1);
 }
 
+/// A segmenter-shaped model: 3×13×11 photo → 3×3 convolution → degree-2 polynomial → a
+/// one-channel 13×11 map (taken as it is: no resizing, no normalisation).
+fn tiny_map_model(tag: &str) -> PathBuf {
+    use peregrine_model::ir::{Graph, INPUT};
+    use peregrine_model::testkit::{conv, graph, node, poly, raw_input, sawtooth};
+    use peregrine_model::Model;
+    let mut w = peregrine_model::ir::Weights::new();
+    let arr = |shape: &[usize], v: Vec<f32>| ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), v).unwrap();
+    w.insert("c.w".into(), arr(&[1, 3, 3, 3], sawtooth(27, 0.3)));
+    w.insert("c.b".into(), arr(&[1], vec![-0.4]));
+    w.insert("p.c".into(), arr(&[1, 3], vec![0.05, 1.0, 0.2]));
+    let nodes = vec![
+        node("c", conv(3, 1, 3, 1, 1, 1, 1, "c.w", Some("c.b")), &[INPUT]),
+        node("p", poly("p.c", None, None), &["c"]),
+    ];
+    let g: Graph = graph("map", raw_input([3, 13, 11]), nodes, "p");
+    let p = tmp(&format!("map-{tag}.safetensors"));
+    save_model(&Model::new(g, w).unwrap(), &p).unwrap();
+    p
+}
+
+#[test]
+fn run_decodes_draws_and_checks_the_decrypted_output_of_a_photo() {
+    // A classifier: the caption is drawn, the top-1 compared with the cleartext model's.
+    let model = small_model("annotate");
+    let png = tmp("annotate-in.png");
+    image::RgbImage::from_fn(201, 120, |x, y| image::Rgb([(x % 251) as u8, (y * 2) as u8, 77])).save(&png).unwrap();
+    let out = tmp("annotate-out.png");
+    let _ = std::fs::remove_file(&out);
+    let run = json(
+        bin()
+            .args(["run", "--backend", "clear", "--params", PARAMS, "--json", "--model"])
+            .arg(&model)
+            .arg("--image")
+            .arg(&png)
+            .arg("--annotate")
+            .arg(&out)
+            .output()
+            .unwrap(),
+    );
+    let client = &run["client_output"];
+    assert_eq!(client["agreement"]["what"], "top-1", "{run}");
+    assert_eq!(client["agreement"]["agree"], 1, "{run}");
+    assert_eq!(client["decrypted"]["prediction"], run["images"][0]["packed_prediction"], "{run}");
+    let drawn = image::open(&out).unwrap().to_rgb8();
+    assert_eq!(drawn.dimensions(), (201, 120), "drawn on the photo at its own size");
+    assert_eq!(drawn.get_pixel(0, 0).0, [0, 0, 0], "the caption's box starts at the corner");
+    let white = (0..9).flat_map(|y| (0..60).map(move |x| (x, y))).filter(|&(x, y)| drawn.get_pixel(x, y).0 == [255; 3]);
+    assert!(white.count() > 20, "the caption's letters are drawn");
+    assert_eq!(drawn.get_pixel(150, 100).0, image::open(&png).unwrap().to_rgb8().get_pixel(150, 100).0);
+
+    // A one-channel map: the decrypted mask agrees pixel for pixel and is drawn in red.
+    let map = tiny_map_model("annotate");
+    let photo = tmp("annotate-map.png");
+    image::RgbImage::from_fn(11, 13, |x, y| image::Rgb([(x * 23) as u8, (y * 19) as u8, ((x * y) % 7 * 30) as u8]))
+        .save(&photo)
+        .unwrap();
+    let mask_png = tmp("annotate-mask.png");
+    let run = json(
+        bin()
+            .args(["run", "--backend", "clear", "--params", PARAMS, "--json", "--mask=-0.4", "--model"])
+            .arg(&map)
+            .arg("--image")
+            .arg(&photo)
+            .arg("--annotate")
+            .arg(&mask_png)
+            .output()
+            .unwrap(),
+    );
+    let client = &run["client_output"];
+    assert_eq!(client["agreement"]["what"], "mask", "{run}");
+    assert_eq!(client["agreement"]["agree"], 143, "{run}");
+    let inside = client["decrypted"]["mask_pixels"].as_u64().unwrap();
+    assert!(inside > 0 && inside < 143, "a mask with both sides ({inside})");
+    let before = image::open(&photo).unwrap().to_rgb8();
+    let after = image::open(&mask_png).unwrap().to_rgb8();
+    let changed = before.pixels().zip(after.pixels()).filter(|(a, b)| a != b).count() as u64;
+    assert!(changed <= inside && changed + 3 >= inside, "{changed} pixels redrawn for {inside} masked");
+
+    // Refusals, before any encryption.
+    let e = bin()
+        .args(["run", "--backend", "clear", "--params", PARAMS, "--annotate", "x.png", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(shared("data/cifar10/test_batch.bin.gz"))
+        .output()
+        .unwrap();
+    assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("give --image"));
+    let e = bin()
+        .args(["run", "--backend", "clear", "--params", PARAMS, "--mask", "0.5", "--model"])
+        .arg(&model)
+        .arg("--image")
+        .arg(&png)
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&e.stderr);
+    assert!(!e.status.success() && msg.contains("one-channel [1, H, W] output") && msg.contains("[10]"), "{msg}");
+    assert!(!msg.contains("predicted"), "refused before the run: {msg}");
+}
+
 #[test]
 fn plan_errors_are_clear() {
     let model = small_model("errors");

@@ -15,6 +15,7 @@ use peregrine_model::ir::InputSpec;
 use peregrine_model::reference::Real;
 use thiserror::Error;
 
+pub mod font;
 pub mod photos;
 pub mod vision;
 

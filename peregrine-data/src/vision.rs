@@ -11,7 +11,7 @@ use image::Rgb;
 /// An 8-bit RGB image (the `image` crate's).
 pub use image::RgbImage;
 
-use crate::{DataError, Result};
+use crate::{font, DataError, Result};
 
 /// Writes `image` as a PNG file.
 pub fn save_png(image: &RgbImage, path: &std::path::Path) -> Result<()> {
@@ -162,10 +162,12 @@ fn colour(class: usize) -> Rgb<u8> {
     Rgb(PALETTE[class % PALETTE.len()])
 }
 
-/// Draws each detection's box (3 pixels wide, one colour per class) on `image`, whose size is
-/// the model input's scaled by `scale` (`[sx, sy]`).
-pub fn draw_detections(image: &mut RgbImage, detections: &[Detection], scale: [f32; 2]) {
+/// Draws each detection's box (3 pixels wide, one colour per class) and its label — the
+/// class name from `names` (or `class k`) and its score — on `image`, whose size is the model
+/// input's scaled by `scale` (`[sx, sy]`).
+pub fn draw_detections(image: &mut RgbImage, detections: &[Detection], scale: [f32; 2], names: &[String]) {
     let (w, h) = (image.width() as i64, image.height() as i64);
+    let text_scale = label_scale(image);
     for d in detections {
         let c = colour(d.class);
         let [x1, y1, x2, y2] = [d.bbox[0] * scale[0], d.bbox[1] * scale[1], d.bbox[2] * scale[0], d.bbox[3] * scale[1]]
@@ -186,7 +188,72 @@ pub fn draw_detections(image: &mut RgbImage, detections: &[Detection], scale: [f
                 }
             }
         }
+        let name = names.get(d.class).cloned().unwrap_or_else(|| format!("class {}", d.class));
+        let label = format!("{name} {:.2}", d.score);
+        let label_height = ((font::HEIGHT + 2) as u32 * text_scale) as i64;
+        // Above the box, or inside its top edge when the box touches the image's top.
+        let y = if y1 >= label_height { y1 - label_height } else { y1.max(0) };
+        draw_text(image, x1.max(0), y, &label, text_scale, Rgb([255, 255, 255]), c);
     }
+}
+
+/// Font scale for labels on `image`: one font pixel per 160 image pixels of its larger side,
+/// at least 1.
+pub fn label_scale(image: &RgbImage) -> u32 {
+    (image.width().max(image.height()) / 160).max(1)
+}
+
+/// Draws `text` in the built-in 5×7 font with the top-left corner of its background box at
+/// `(x, y)`: each font pixel is a `scale`×`scale` square of `foreground` on a box of
+/// `background` one font pixel wider on every side. Clipped to the image; returns the box's
+/// width and height in pixels.
+pub fn draw_text(
+    image: &mut RgbImage,
+    x: i64,
+    y: i64,
+    text: &str,
+    scale: u32,
+    foreground: Rgb<u8>,
+    background: Rgb<u8>,
+) -> (u32, u32) {
+    let s = scale.max(1) as i64;
+    let chars: Vec<char> = text.chars().collect();
+    let box_w = ((chars.len() * (font::WIDTH + 1) + 1) as i64) * s;
+    let box_h = (font::HEIGHT as i64 + 2) * s;
+    let (w, h) = (image.width() as i64, image.height() as i64);
+    let mut put = |px: i64, py: i64, c: Rgb<u8>| {
+        if (0..w).contains(&px) && (0..h).contains(&py) {
+            image.put_pixel(px as u32, py as u32, c);
+        }
+    };
+    for py in y..y + box_h {
+        for px in x..x + box_w {
+            put(px, py, background);
+        }
+    }
+    for (k, ch) in chars.iter().enumerate() {
+        let left = x + ((k * (font::WIDTH + 1) + 1) as i64) * s;
+        for (row, bits) in font::glyph(*ch).iter().enumerate() {
+            for col in 0..font::WIDTH {
+                if bits >> (font::WIDTH - 1 - col) & 1 == 1 {
+                    let (gx, gy) = (left + col as i64 * s, y + (row as i64 + 1) * s);
+                    for dy in 0..s {
+                        for dx in 0..s {
+                            put(gx + dx, gy + dy, foreground);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (box_w as u32, box_h as u32)
+}
+
+/// Writes `caption` (e.g. a classification result) in white on black at the image's top-left
+/// corner, at [`label_scale`].
+pub fn draw_caption(image: &mut RgbImage, caption: &str) {
+    let s = label_scale(image);
+    draw_text(image, 0, 0, caption, s, Rgb([255, 255, 255]), Rgb([0, 0, 0]));
 }
 
 /// Blends a red mask over `image` where the `height × width` probability map exceeds

@@ -84,6 +84,51 @@ fn masks_and_boxes_are_drawn_on_the_photo() {
     assert_eq!(img.get_pixel(7, 0).0, [177, 50, 50]);
     assert_eq!(img.get_pixel(0, 0).0, [100, 100, 100]);
     let d = Detection { class: 0, score: 0.9, bbox: [1.0, 1.0, 3.0, 2.0] };
-    draw_detections(&mut img, &[d], [2.0, 2.0]); // model input half the photo's size
+    draw_detections(&mut img, &[d], [2.0, 2.0], &[]); // model input half the photo's size
     assert_ne!(img.get_pixel(2, 2).0, [100, 100, 100], "the box's corner is drawn");
+}
+
+#[test]
+fn text_is_drawn_glyph_by_glyph_on_its_box_and_clipped() {
+    use peregrine_data::font;
+    use peregrine_data::vision::draw_text;
+    let grey = image::Rgb([100, 100, 100]);
+    let (fg, bg) = (image::Rgb([255, 255, 255]), image::Rgb([0, 0, 0]));
+    let mut img = RgbImage::from_pixel(40, 30, grey);
+    // "1" at scale 2 from (3, 4): a box of (1 + 6) × 2 by (7 + 2) × 2 pixels.
+    assert_eq!(draw_text(&mut img, 3, 4, "1", 2, fg, bg), (14, 18));
+    let rows = font::glyph('1');
+    for (row, bits) in rows.iter().enumerate() {
+        for col in 0..font::WIDTH {
+            let on = bits >> (font::WIDTH - 1 - col) & 1 == 1;
+            // Every pixel of the font pixel's 2×2 square.
+            for (dx, dy) in [(0, 0), (1, 1)] {
+                let (x, y) = (3 + 2 + 2 * col as u32 + dx, 4 + 2 + 2 * row as u32 + dy);
+                assert_eq!(*img.get_pixel(x, y), if on { fg } else { bg }, "row {row} column {col}");
+            }
+        }
+    }
+    assert_eq!(*img.get_pixel(3 + 14, 4), grey, "nothing right of the box");
+    assert_eq!(*img.get_pixel(3, 4 + 18), grey, "nothing below the box");
+    // Lower case is drawn in capitals; what the font lacks as '?'; text past the edge is clipped.
+    assert_eq!(font::glyph('a'), font::glyph('A'));
+    assert_eq!(font::glyph('é'), font::glyph('?'));
+    assert_ne!(font::glyph('0'), font::glyph('O'));
+    draw_text(&mut img, 30, 25, "WIDE TEXT", 3, fg, bg);
+    assert_eq!(*img.get_pixel(39, 29), bg);
+}
+
+#[test]
+fn detections_carry_their_label_above_the_box() {
+    let grey = image::Rgb([100, 100, 100]);
+    let mut img = RgbImage::from_pixel(120, 80, grey);
+    let d = Detection { class: 1, score: 0.87, bbox: [20.0, 40.0, 60.0, 70.0] };
+    draw_detections(&mut img, &[d], [1.0, 1.0], &["cat".into(), "dog".into()]);
+    // The label box (9 pixels high at scale 1) sits on the box's top edge, in the class colour,
+    // with white letters.
+    let label: Vec<_> =
+        (31..40).flat_map(|y| (20..90).map(move |x| (x, y))).map(|(x, y)| *img.get_pixel(x, y)).collect();
+    assert!(label.iter().filter(|p| p.0 == [255, 255, 255]).count() > 30, "the letters of 'DOG 0.87'");
+    assert_eq!(*img.get_pixel(20, 31), *img.get_pixel(20, 40), "label box in the class colour");
+    assert_eq!(*img.get_pixel(20, 30), grey);
 }

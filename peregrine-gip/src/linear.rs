@@ -40,14 +40,23 @@ pub struct Window {
     pub kernel: [usize; 2],
     /// Stride (sh, sw).
     pub stride: [usize; 2],
-    /// Padding (ph, pw).
+    /// Padding (ph, pw) before the first row and column.
     pub padding: [usize; 2],
+    /// Padding (ph, pw) after the last row and column (equal to `padding` unless asymmetric).
+    pub padding_end: [usize; 2],
     /// Dilation (dh, dw).
     pub dilation: [usize; 2],
 }
 
-fn out_size(i: usize, k: usize, s: usize, p: usize, d: usize) -> usize {
-    (i + 2 * p - d * (k - 1) - 1) / s + 1
+fn out_size(i: usize, k: usize, s: usize, p: [usize; 2], d: usize) -> usize {
+    (i + p[0] + p[1] - d * (k - 1) - 1) / s + 1
+}
+
+impl Window {
+    /// A window with the same padding on both sides.
+    pub fn symmetric(kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], dilation: [usize; 2]) -> Self {
+        Window { kernel, stride, padding, padding_end: padding, dilation }
+    }
 }
 
 impl LinearMap {
@@ -92,8 +101,8 @@ impl LinearMap {
         bias: Option<&[f64]>,
     ) -> Self {
         let [kh, kw] = win.kernel;
-        let ho = out_size(h, kh, win.stride[0], win.padding[0], win.dilation[0]);
-        let wo = out_size(w, kw, win.stride[1], win.padding[1], win.dilation[1]);
+        let ho = out_size(h, kh, win.stride[0], [win.padding[0], win.padding_end[0]], win.dilation[0]);
+        let wo = out_size(w, kw, win.stride[1], [win.padding[1], win.padding_end[1]], win.dilation[1]);
         let (cg, og) = (cin / groups, cout / groups);
         let mut entries = Vec::new();
         for o in 0..cout {

@@ -26,7 +26,7 @@ fn f64s(model: &Model, name: &str) -> Vec<f64> {
 }
 
 fn window(kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], dilation: [usize; 2]) -> Window {
-    Window { kernel, stride, padding, dilation }
+    Window::symmetric(kernel, stride, padding, dilation)
 }
 
 /// `(c, h, w)` of a shape (`[F]` is `F × 1 × 1`).
@@ -53,7 +53,7 @@ pub fn node_map(model: &Model, i: usize) -> Result<Option<LinearMap>, NotLinear>
     let bias = |b: &Option<String>| b.as_ref().map(|b| f64s(m, b));
     Ok(Some(match &node.op {
         Op::Conv2d(p) => {
-            let w = window(p.kernel, p.stride, p.padding, p.dilation);
+            let w = Window { padding_end: p.padding_after(), ..window(p.kernel, p.stride, p.padding, p.dilation) };
             LinearMap::conv2d(ci, hi, wi, p.out_channels, w, p.groups, &f64s(m, &p.weight), bias(&p.bias).as_deref())
         }
         Op::ConvTranspose2d(p) => {

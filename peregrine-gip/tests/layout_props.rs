@@ -95,7 +95,7 @@ fn diagonal_schedules_equal_the_dense_maps() {
     let mut r = StdRng::seed_from_u64(11);
     let slots = 1 << 10;
     // conv 3×37×53 → 4, stride 2, pad 1, with bias.
-    let win = Window { kernel: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1] };
+    let win = Window { kernel: [3, 3], stride: [2, 2], padding: [1, 1], padding_end: [1, 1], dilation: [1, 1] };
     let w = rand_vec(&mut r, 4 * 3 * 9);
     let b = rand_vec(&mut r, 4);
     let conv = LinearMap::conv2d(3, 37, 53, 4, win, 1, &w, Some(&b));
@@ -110,7 +110,7 @@ fn diagonal_schedules_equal_the_dense_maps() {
         19,
         27,
         4,
-        Window { kernel: [5, 5], stride: [1, 1], padding: [4, 4], dilation: [2, 2] },
+        Window { kernel: [5, 5], stride: [1, 1], padding: [4, 4], padding_end: [4, 4], dilation: [2, 2] },
         4,
         &rand_vec(&mut r, 4 * 25),
         None,
@@ -125,8 +125,12 @@ fn diagonal_schedules_equal_the_dense_maps() {
     let cat = LinearMap::concat(&[4 * 38 * 54, 2 * 38 * 54]);
     check_plan(&cat, &[&gu.layout(), &a.layout()], &gu.with_channels(6).layout(), &mut r, "concat");
     // Pooling, global pooling + linear composed, option-A shortcut, transposed conv.
-    let pool =
-        LinearMap::avg_pool(4, 19, 27, Window { kernel: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1] });
+    let pool = LinearMap::avg_pool(
+        4,
+        19,
+        27,
+        Window { kernel: [3, 3], stride: [2, 2], padding: [1, 1], padding_end: [1, 1], dilation: [1, 1] },
+    );
     check_plan(&pool, &[&go.layout()], &go.strided(4, 10, 14, 2).layout(), &mut r, "avgpool");
     let gap = LinearMap::global_avg_pool(4, 19, 27);
     let fc = LinearMap::fully_connected(4, 7, &rand_vec(&mut r, 28), Some(&rand_vec(&mut r, 7)));
@@ -141,7 +145,7 @@ fn diagonal_schedules_equal_the_dense_maps() {
         3,
         38,
         54,
-        Window { kernel: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1] },
+        Window { kernel: [3, 3], stride: [2, 2], padding: [1, 1], padding_end: [1, 1], dilation: [1, 1] },
         1,
         &rand_vec(&mut r, 4 * 3 * 9),
         Some(&[0.1, 0.2, 0.3]),
@@ -153,7 +157,13 @@ fn diagonal_schedules_equal_the_dense_maps() {
 fn replicated_layouts_give_the_same_maps_from_fewer_diagonals() {
     let mut r = StdRng::seed_from_u64(23);
     let slots = 1 << 12;
-    let win = |k: usize, s: usize| Window { kernel: [k, k], stride: [s, s], padding: [k / 2, k / 2], dilation: [1, 1] };
+    let win = |k: usize, s: usize| Window {
+        kernel: [k, k],
+        stride: [s, s],
+        padding: [k / 2, k / 2],
+        padding_end: [k / 2, k / 2],
+        dilation: [1, 1],
+    };
     // 5×13×11 → 6 (3×3, stride 1), then → 7 (3×3, stride 2), then global pooling + FC (odd sizes).
     let conv1 = LinearMap::conv2d(5, 13, 11, 6, win(3, 1), 1, &rand_vec(&mut r, 6 * 5 * 9), Some(&rand_vec(&mut r, 6)));
     let conv2 = LinearMap::conv2d(6, 13, 11, 7, win(3, 2), 1, &rand_vec(&mut r, 7 * 6 * 9), None);
@@ -219,7 +229,7 @@ fn identity_placements_pass_through_without_rotations() {
 #[test]
 fn composition_matches_sequential_application() {
     let mut r = StdRng::seed_from_u64(5);
-    let win = Window { kernel: [3, 3], stride: [1, 1], padding: [1, 1], dilation: [1, 1] };
+    let win = Window { kernel: [3, 3], stride: [1, 1], padding: [1, 1], padding_end: [1, 1], dilation: [1, 1] };
     let conv = LinearMap::conv2d(3, 7, 5, 4, win, 1, &rand_vec(&mut r, 108), Some(&rand_vec(&mut r, 4)));
     let bn = LinearMap::affine(4, 35, &rand_vec(&mut r, 4), &rand_vec(&mut r, 4));
     let both = bn.after(&conv);

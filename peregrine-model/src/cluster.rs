@@ -5,7 +5,7 @@
 //! accuracy it costs is measured with `peregrine eval` on the result.
 
 use crate::error::{ModelError, Result};
-use crate::ir::{Model, Op};
+use crate::ir::{Graph, Model, Op};
 
 /// What clustering did to one weight tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,17 +44,53 @@ pub fn kmeans_1d(values: &[f32], k: usize) -> Vec<f32> {
     let (lo, hi) = (all[0], all[n - 1]);
     let linear: Vec<f64> = (0..k).map(|i| lo + (hi - lo) * (i as f64 + 0.5) / k as f64).collect();
     let quantiles: Vec<f64> = (0..k).map(|i| all[((2 * i + 1) * n / (2 * k)).min(n - 1)]).collect();
-    let (a, ea) = lloyd(&all, linear);
-    let (b, eb) = lloyd(&all, quantiles);
+    let (a, ea) = lloyd(&all, linear, 300);
+    let (b, eb) = lloyd(&all, quantiles, 300);
     let mut out: Vec<f32> = if ea <= eb { a } else { b }.into_iter().map(|c| c as f32).collect();
     out.sort_by(f32::total_cmp);
     out.dedup();
     out
 }
 
-/// Lloyd's iterations on sorted `all` from `centres` (sorted): the final centres and their
-/// squared error.
-fn lloyd(all: &[f64], mut centres: Vec<f64>) -> (Vec<f64>, f64) {
+/// At most `rounds` of Lloyd's iterations on `values` from `centres` (a warm start, e.g. the
+/// previous step's centres while training moves the weights), sorted on return; centres left
+/// without a value are dropped.
+pub fn refine_1d(values: &[f32], centres: &[f32], rounds: usize) -> Vec<f32> {
+    let mut all: Vec<f64> = values.iter().filter(|v| v.is_finite()).map(|&v| v as f64).collect();
+    all.sort_by(f64::total_cmp);
+    let mut start: Vec<f64> = centres.iter().filter(|c| c.is_finite()).map(|&c| c as f64).collect();
+    start.sort_by(f64::total_cmp);
+    start.dedup();
+    if all.is_empty() || start.is_empty() {
+        return Vec::new();
+    }
+    let (out, _) = lloyd(&all, start, rounds);
+    let mut out: Vec<f32> = out.into_iter().map(|c| c as f32).collect();
+    out.dedup();
+    out
+}
+
+/// The centre nearest to `v` among sorted `centres` (ties go to the smaller; `v` itself when
+/// there are none).
+pub fn nearest_centre(centres: &[f32], v: f32) -> f32 {
+    let i = centres.partition_point(|&c| c < v);
+    match (i.checked_sub(1).map(|j| centres[j]), centres.get(i).copied()) {
+        (Some(a), Some(b)) => {
+            if v - a <= b - v {
+                a
+            } else {
+                b
+            }
+        }
+        (Some(a), None) => a,
+        (None, Some(b)) => b,
+        (None, None) => v,
+    }
+}
+
+/// At most `rounds` of Lloyd's iterations on sorted `all` from `centres` (sorted): the final
+/// centres and their squared error.
+fn lloyd(all: &[f64], mut centres: Vec<f64>, rounds: usize) -> (Vec<f64>, f64) {
     let k = centres.len();
     // Assigns the sorted values to the centres (split at the midpoints): per-centre sums,
     // counts and the total squared error.
@@ -71,7 +107,7 @@ fn lloyd(all: &[f64], mut centres: Vec<f64>) -> (Vec<f64>, f64) {
         }
         (sums, counts, err)
     };
-    for _ in 0..300 {
+    for _ in 0..rounds {
         let (sums, counts, _) = assign(&centres);
         let next: Vec<f64> =
             (0..k).map(|i| if counts[i] > 0 { sums[i] / counts[i] as f64 } else { centres[i] }).collect();
@@ -85,6 +121,24 @@ fn lloyd(all: &[f64], mut centres: Vec<f64>) -> (Vec<f64>, f64) {
     (centres.into_iter().zip(counts).filter(|(_, n)| *n > 0).map(|(c, _)| c).collect(), err)
 }
 
+/// The weight tensors clustering applies to: every convolution's, transposed convolution's and
+/// fully connected layer's (each once, in graph order).
+pub fn clusterable_weights(graph: &Graph) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for node in &graph.nodes {
+        let name = match &node.op {
+            Op::Conv2d(c) => &c.weight,
+            Op::ConvTranspose2d(c) => &c.weight,
+            Op::Linear(l) => &l.weight,
+            _ => continue,
+        };
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
 /// `model` with every convolution's, transposed convolution's and fully connected layer's
 /// weights clustered to at most `k` values per tensor, and what changed.
 pub fn cluster_weights(model: &Model, k: usize) -> Result<(Model, Vec<ClusteredTensor>)> {
@@ -93,34 +147,11 @@ pub fn cluster_weights(model: &Model, k: usize) -> Result<(Model, Vec<ClusteredT
     }
     let (graph, mut weights) = model.clone().into_parts();
     let mut report = Vec::new();
-    for node in &graph.nodes {
-        let name = match &node.op {
-            Op::Conv2d(c) => &c.weight,
-            Op::ConvTranspose2d(c) => &c.weight,
-            Op::Linear(l) => &l.weight,
-            _ => continue,
-        };
-        if report.iter().any(|r: &ClusteredTensor| &r.name == name) {
-            continue;
-        }
+    for name in &clusterable_weights(&graph) {
         let w = weights.get_mut(name).expect("a validated model has its weights");
         let values: Vec<f32> = w.iter().copied().collect();
         let centres = kmeans_1d(&values, k);
-        let nearest = |v: f32| -> f32 {
-            let i = centres.partition_point(|&c| c < v);
-            match (i.checked_sub(1).map(|j| centres[j]), centres.get(i).copied()) {
-                (Some(a), Some(b)) => {
-                    if v - a <= b - v {
-                        a
-                    } else {
-                        b
-                    }
-                }
-                (Some(a), None) => a,
-                (None, Some(b)) => b,
-                (None, None) => v,
-            }
-        };
+        let nearest = |v: f32| nearest_centre(&centres, v);
         let distinct = |v: &[f32]| {
             let mut s = v.to_vec();
             s.sort_by(f32::total_cmp);

@@ -32,9 +32,14 @@ pub struct Conv2d {
     /// Stride `[sh, sw]`.
     #[serde(default = "ones")]
     pub stride: [usize; 2],
-    /// Zero padding `[ph, pw]` on each side.
+    /// Zero padding `[ph, pw]` before the first row and column (and after the last ones too,
+    /// unless `padding_end` says otherwise).
     #[serde(default)]
     pub padding: [usize; 2],
+    /// Zero padding `[ph, pw]` after the last row and column when it differs from `padding`
+    /// (asymmetric padding, e.g. TensorFlow's SAME at stride 2); `None`: the same as `padding`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub padding_end: Option<[usize; 2]>,
     /// Dilation `[dh, dw]`.
     #[serde(default = "ones")]
     pub dilation: [usize; 2],
@@ -49,6 +54,11 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// Zero padding after the last row and column (`padding_end`, else `padding`).
+    pub fn padding_after(&self) -> [usize; 2] {
+        self.padding_end.unwrap_or(self.padding)
+    }
+
     /// A 1×1 convolution (no padding, no dilation, no bias) with the given stride and groups:
     /// channel selections, shifts and averages written as convolutions.
     pub fn pointwise(cin: usize, cout: usize, stride: usize, groups: usize, weight: String) -> Self {
@@ -58,6 +68,7 @@ impl Conv2d {
             kernel: [1, 1],
             stride: [stride, stride],
             padding: [0, 0],
+            padding_end: None,
             dilation: [1, 1],
             groups,
             weight,
@@ -73,6 +84,7 @@ impl Conv2d {
             kernel: [3, 3],
             stride: [stride, stride],
             padding: [1, 1],
+            padding_end: None,
             dilation: [1, 1],
             groups: 1,
             weight: weight.into(),
@@ -733,11 +745,22 @@ fn positive(name: &str, v: &[usize]) -> Result<()> {
 
 /// Output size of a sliding window along one axis, or an error if the window does not fit.
 pub fn window_out(input: usize, kernel: usize, stride: usize, pad: usize, dilation: usize) -> Result<usize> {
+    window_out_padded(input, kernel, stride, [pad, pad], dilation)
+}
+
+/// [`window_out`] with padding `[before, after]` that may differ.
+pub fn window_out_padded(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    pad: [usize; 2],
+    dilation: usize,
+) -> Result<usize> {
     let span = dilation * (kernel - 1) + 1;
-    let padded = input + 2 * pad;
+    let padded = input + pad[0] + pad[1];
     if padded < span {
         return Err(ModelError::Shape(format!(
-            "window of extent {span} does not fit input of size {input} with padding {pad}"
+            "window of extent {span} does not fit input of size {input} with padding {pad:?}"
         )));
     }
     Ok((padded - span) / stride + 1)
@@ -769,8 +792,9 @@ pub(crate) fn infer_shape(node: &Node, ins: &[&Shape], weights: &Weights) -> Res
             if let Some(b) = &c.bias {
                 expect_weight(weights, b, "bias", &[c.out_channels])?;
             }
-            let ho = window_out(h, c.kernel[0], c.stride[0], c.padding[0], c.dilation[0])?;
-            let wo = window_out(w, c.kernel[1], c.stride[1], c.padding[1], c.dilation[1])?;
+            let end = c.padding_after();
+            let ho = window_out_padded(h, c.kernel[0], c.stride[0], [c.padding[0], end[0]], c.dilation[0])?;
+            let wo = window_out_padded(w, c.kernel[1], c.stride[1], [c.padding[1], end[1]], c.dilation[1])?;
             Ok(vec![c.out_channels, ho, wo])
         }
         Op::ConvTranspose2d(c) => {

@@ -5,7 +5,7 @@
 //!
 //! | ONNX | IR |
 //! |---|---|
-//! | Conv (stride, symmetric or SAME padding, dilation, groups), ConvTranspose | `conv2d`, `conv_transpose2d` |
+//! | Conv (stride, padding — asymmetric and SAME too —, dilation, groups), ConvTranspose (symmetric padding) | `conv2d`, `conv_transpose2d` |
 //! | BatchNormalization | `batch_norm` |
 //! | Relu, LeakyRelu, Sigmoid, HardSigmoid, HardSwish, Clip (finite bounds; `[0, ∞)` is ReLU) | `relu`, `leaky_relu`, `sigmoid`, `hard_sigmoid`, `hard_swish`, `clip` |
 //! | `x · Sigmoid(x)`; `x · clip(x + 3, 0, 6) / 6` and `x · HardSigmoid(x)` (α = 1/6, β = 1/2) | `silu`; `hard_swish` |
@@ -15,7 +15,7 @@
 //! | Add, Sub, Mul, Div by a scalar or per-channel constant | an affine `batch_norm` (maps) or a diagonal `linear` (vectors) |
 //! | Concat on channels, Resize / Upsample (nearest, integer factor) | `concat`, `upsample` |
 //! | Split and Slice on channels | 1×1 `conv2d` selecting the channels (fused by the packed compiler) |
-//! | Pad with zeros, the same on both sides of H and of W | depthwise 1×1 identity `conv2d` with that padding |
+//! | Pad with zeros on H and W (any amount before and after) | depthwise 1×1 identity `conv2d` with that padding |
 //! | Flatten, Reshape to `[N, -1]` | `flatten` |
 //! | Identity, Dropout, Constant; Shape, Gather, Slice, Unsqueeze, Squeeze, Concat, Cast, Add/Sub/Mul/Div on constants | folded |
 //!
@@ -169,6 +169,24 @@ pub fn import_onnx_bytes(bytes: &[u8], options: &OnnxOptions) -> Result<Model> {
         classes: options.classes.clone(),
     };
     Model::new(graph, weights)
+}
+
+/// The padding of each axis when it is the same before and after (transposed convolutions and
+/// pooling take no other).
+fn symmetric(pads: [[usize; 2]; 2]) -> Result<[usize; 2]> {
+    match pads {
+        [[t, b], [l, r]] if t == b && l == r => Ok([t, l]),
+        _ => Err(unsupported(format!(
+            "padding {:?} before and {:?} after (asymmetric padding is supported for Conv and Pad only)",
+            [pads[0][0], pads[1][0]],
+            [pads[0][1], pads[1][1]]
+        ))),
+    }
+}
+
+/// `(padding, padding_end)` of a convolution from the padding before and after each axis.
+fn padding_pair(before: [usize; 2], after: [usize; 2]) -> ([usize; 2], Option<[usize; 2]>) {
+    (before, (after != before).then_some(after))
 }
 
 fn prefix(e: ModelError, node: &NodeProto) -> ModelError {
@@ -746,7 +764,7 @@ impl Builder {
         self.select_channels(base, x, range)
     }
 
-    /// Pad with zeros, the same on both sides of H and of W: a depthwise 1×1 identity
+    /// Pad with zeros on H and W, any amount before and after: a depthwise 1×1 identity
     /// convolution with that padding (linear, fused by the packed compiler).
     fn pad(&mut self, node: &NodeProto, base: &str) -> Result<String> {
         let x = self.tensor_in(node, 0)?;
@@ -768,11 +786,13 @@ impl Builder {
         if node.input.get(3).is_some_and(|a| !a.is_empty()) {
             return Err(unsupported("Pad with an axes input"));
         }
-        let (ph, pw) = match pads.as_slice() {
-            [0, 0, t, l, 0, 0, b, r] if t == b && l == r && *t >= 0 && *l >= 0 => (*t as usize, *l as usize),
+        let (padding, padding_end) = match pads.as_slice() {
+            [0, 0, t, l, 0, 0, b, r] if [t, l, b, r].iter().all(|v| **v >= 0) => {
+                padding_pair([*t as usize, *l as usize], [*b as usize, *r as usize])
+            }
             _ => {
                 return Err(unsupported(format!(
-                    "pads {pads:?} (zero padding the same on both sides of H and of W is supported)"
+                    "pads {pads:?} (non-negative zero padding of H and W only is supported)"
                 )))
             }
         };
@@ -783,7 +803,8 @@ impl Builder {
             out_channels: c,
             kernel: [1, 1],
             stride: [1, 1],
-            padding: [ph, pw],
+            padding,
+            padding_end,
             dilation: [1, 1],
             groups: c,
             weight,
@@ -917,6 +938,7 @@ impl Builder {
         Ok(self.optional_const(node, i)?.map(|c| c.iter().map(|&v| v as i64).collect()))
     }
 
+    /// Padding `[before, after]` of each spatial axis (`[[top, bottom], [left, right]]`).
     fn pads(
         &self,
         node: &NodeProto,
@@ -924,17 +946,19 @@ impl Builder {
         kernel: [usize; 2],
         stride: [usize; 2],
         dilation: [usize; 2],
-    ) -> Result<[usize; 2]> {
+    ) -> Result<[[usize; 2]; 2]> {
         let auto = attr_s(node, "auto_pad", "NOTSET");
         match auto.as_str() {
             "NOTSET" => {
                 let p = attr_ints(node, "pads").unwrap_or(vec![0; 4]);
                 match p.as_slice() {
-                    [t, l, b, r] if t == b && l == r && *t >= 0 && *l >= 0 => Ok([*t as usize, *l as usize]),
-                    _ => Err(unsupported(format!("padding {p:?} (symmetric padding is supported)"))),
+                    [t, l, b, r] if [t, l, b, r].iter().all(|v| **v >= 0) => {
+                        Ok([[*t as usize, *b as usize], [*l as usize, *r as usize]])
+                    }
+                    _ => Err(unsupported(format!("padding {p:?} (four non-negative values are supported)"))),
                 }
             }
-            "VALID" => Ok([0, 0]),
+            "VALID" => Ok([[0, 0], [0, 0]]),
             "SAME_UPPER" | "SAME_LOWER" => {
                 if [kernel, stride, dilation].iter().flatten().any(|&v| v == 0) {
                     return Err(ModelError::InvalidGraph(format!(
@@ -942,15 +966,14 @@ impl Builder {
                     )));
                 }
                 let s = self.shape_of(x);
-                let mut out = [0; 2];
+                let mut out = [[0; 2]; 2];
                 for a in 0..2 {
                     let i = s[1 + a];
                     let o = i.div_ceil(stride[a]);
                     let total = ((o - 1) * stride[a] + dilation[a] * (kernel[a] - 1) + 1).saturating_sub(i);
-                    if total % 2 != 0 {
-                        return Err(unsupported(format!("{auto} padding that is uneven ({total} in all on axis {a})")));
-                    }
-                    out[a] = total / 2;
+                    // An odd total puts the extra row after (SAME_UPPER) or before (SAME_LOWER).
+                    let small = total / 2;
+                    out[a] = if auto == "SAME_UPPER" { [small, total - small] } else { [total - small, small] };
                 }
                 Ok(out)
             }
@@ -970,7 +993,8 @@ impl Builder {
         let stride = pair(&attr_ints(node, "strides").unwrap_or(vec![1, 1]), "strides")?;
         let dilation = pair(&attr_ints(node, "dilations").unwrap_or(vec![1, 1]), "dilations")?;
         let groups = attr_i(node, "group", 1).max(1) as usize;
-        let padding = self.pads(node, &x, kernel, stride, dilation)?;
+        let [[top, bottom], [left, right]] = self.pads(node, &x, kernel, stride, dilation)?;
+        let (padding, padding_end) = padding_pair([top, left], [bottom, right]);
         let in_channels = self.shape_of(&x)[0];
         let weight = self.weight(base, "weight", w);
         let bias = bias
@@ -983,6 +1007,7 @@ impl Builder {
             kernel,
             stride,
             padding,
+            padding_end,
             dilation,
             groups,
             weight,
@@ -1010,7 +1035,7 @@ impl Builder {
         let stride = pair(&attr_ints(node, "strides").unwrap_or(vec![1, 1]), "strides")?;
         let dilation = pair(&attr_ints(node, "dilations").unwrap_or(vec![1, 1]), "dilations")?;
         let output_padding = pair(&attr_ints(node, "output_padding").unwrap_or(vec![0, 0]), "output_padding")?;
-        let padding = self.pads(node, &x, kernel, stride, dilation)?;
+        let padding = symmetric(self.pads(node, &x, kernel, stride, dilation)?)?;
         let out_channels = s[1] * groups;
         let weight = self.weight(base, "weight", w);
         let bias = bias
@@ -1045,7 +1070,7 @@ impl Builder {
         if node.output.len() > 1 && !node.output[1].is_empty() {
             return Err(unsupported("MaxPool indices output"));
         }
-        let padding = self.pads(node, &x, kernel, stride, [1, 1])?;
+        let padding = symmetric(self.pads(node, &x, kernel, stride, [1, 1])?)?;
         if !max && padding != [0, 0] && attr_i(node, "count_include_pad", 0) == 0 {
             return Err(unsupported("average pooling with padding left out of the divisor (count_include_pad = 0)"));
         }

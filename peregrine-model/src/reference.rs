@@ -392,8 +392,11 @@ pub(crate) fn conv2d<T: Real>(
 ) -> Array4<T> {
     let (n, c, h, wd) = x.dim();
     let [kh, kw] = p.kernel;
-    let ho = crate::ir::window_out(h, kh, p.stride[0], p.padding[0], p.dilation[0]).expect("validated");
-    let wo = crate::ir::window_out(wd, kw, p.stride[1], p.padding[1], p.dilation[1]).expect("validated");
+    let end = p.padding_after();
+    let ho =
+        crate::ir::window_out_padded(h, kh, p.stride[0], [p.padding[0], end[0]], p.dilation[0]).expect("validated");
+    let wo =
+        crate::ir::window_out_padded(wd, kw, p.stride[1], [p.padding[1], end[1]], p.dilation[1]).expect("validated");
     let cg = c / p.groups;
     let og = p.out_channels / p.groups;
     let hw = ho * wo;

@@ -81,6 +81,7 @@ pub fn conv(
         kernel: [k, k],
         stride: [stride, stride],
         padding: [pad, pad],
+        padding_end: None,
         dilation: [dil, dil],
         groups,
         weight: w.into(),

@@ -178,3 +178,43 @@ pub fn convert(model: &Model, degree: usize, inputs: &ArrayD<f32>, margin: f64) 
 fn relu_only(op: &Op) -> Option<Approximated> {
     Approximated::of(op).filter(|a| *a == Approximated::Relu)
 }
+
+/// The same model taking its input channels in reverse order (a network trained on BGR images
+/// made to take RGB ones, or the other way round): the normalisation's means and standard
+/// deviations are reversed, and so are the input channels of every layer that reads the input.
+/// Those layers must be convolutions (plain or transposed) of one group; anything else reading
+/// the input is refused by name, and so is an input that is not 3 channels.
+pub fn reverse_input_channels(model: &Model) -> Result<Model> {
+    let (mut graph, mut weights) = model.clone().into_parts();
+    let c = graph.input.shape[0];
+    if c != 3 {
+        return Err(ModelError::Unsupported(format!(
+            "reversing the channel order (BGR ↔ RGB) needs a 3-channel input, the model takes {c}"
+        )));
+    }
+    graph.input.preprocess.mean.reverse();
+    graph.input.preprocess.std.reverse();
+    let mut reversed = Vec::new();
+    for n in graph.nodes.iter().filter(|n| n.inputs.iter().any(|i| i == INPUT)) {
+        let (weight, axis) = match &n.op {
+            Op::Conv2d(p) if p.groups == 1 => (&p.weight, 1),
+            Op::ConvTranspose2d(p) if p.groups == 1 => (&p.weight, 0),
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "cannot reverse the input's channel order: node '{}' ({}) reads the input; only convolutions of one group can take the order over",
+                    n.name,
+                    other.kind()
+                )))
+            }
+        };
+        let entry = (weight.clone(), axis);
+        if !reversed.contains(&entry) {
+            reversed.push(entry);
+        }
+    }
+    for (name, axis) in reversed {
+        let w = weights.get_mut(&name).ok_or_else(|| ModelError::Weight(format!("tensor '{name}' is missing")))?;
+        w.invert_axis(ndarray::Axis(axis));
+    }
+    Model::new(graph, weights)
+}

@@ -63,21 +63,25 @@ fn x4(r: &mut rand::rngs::StdRng, n: usize, s: [usize; 3]) -> ArrayD<f32> {
 #[test]
 fn conv2d_matches_naive_on_odd_shapes() {
     let mut r = rng(21);
-    // (in, out, kernel, stride, pad, dilation, groups, input HxW)
+    // (in, out, kernel, stride, pad, pad after if different, dilation, groups, input HxW)
     let cases = [
-        (3, 5, [3, 3], [1, 1], [1, 1], [1, 1], 1, [13, 7]),
-        (3, 4, [5, 3], [2, 3], [2, 0], [1, 1], 1, [17, 11]),
-        (6, 6, [3, 3], [1, 2], [2, 1], [2, 1], 6, [9, 13]), // depthwise, dilated
-        (6, 9, [1, 3], [3, 1], [0, 1], [1, 2], 3, [11, 5]), // grouped
-        (2, 3, [7, 7], [1, 1], [3, 3], [1, 1], 1, [5, 3]),  // kernel larger than input
+        (3, 5, [3, 3], [1, 1], [1, 1], None, [1, 1], 1, [13, 7]),
+        (3, 4, [5, 3], [2, 3], [2, 0], None, [1, 1], 1, [17, 11]),
+        (6, 6, [3, 3], [1, 2], [2, 1], None, [2, 1], 6, [9, 13]), // depthwise, dilated
+        (6, 9, [1, 3], [3, 1], [0, 1], None, [1, 2], 3, [11, 5]), // grouped
+        (2, 3, [7, 7], [1, 1], [3, 3], None, [1, 1], 1, [5, 3]),  // kernel larger than input
+        (3, 4, [3, 3], [2, 2], [0, 0], Some([1, 1]), [1, 1], 1, [13, 8]), // TF SAME at stride 2
+        (4, 4, [3, 2], [1, 3], [2, 0], Some([0, 3]), [1, 1], 4, [7, 11]), // depthwise, lopsided
+        (2, 5, [1, 1], [1, 1], [1, 2], Some([3, 0]), [1, 1], 1, [5, 6]), // a Pad as a 1×1 conv
     ];
-    for (k, &(cin, cout, kern, stride, pad, dil, groups, hw)) in cases.iter().enumerate() {
+    for (k, &(cin, cout, kern, stride, pad, pad_end, dil, groups, hw)) in cases.iter().enumerate() {
         let p = Conv2d {
             in_channels: cin,
             out_channels: cout,
             kernel: kern,
             stride,
             padding: pad,
+            padding_end: pad_end,
             dilation: dil,
             groups,
             weight: "w".into(),
@@ -87,6 +91,9 @@ fn conv2d_matches_naive_on_odd_shapes() {
         w.insert("w".into(), rand_tensor(&mut r, &[cout, cin / groups, kern[0], kern[1]]));
         w.insert("b".into(), rand_tensor(&mut r, &[cout]));
         let m = single([cin, hw[0], hw[1]], Op::Conv2d(p.clone()), w.clone());
+        let after = pad_end.unwrap_or(pad);
+        let size = |a: usize| (hw[a] + pad[a] + after[a] - dil[a] * (kern[a] - 1) - 1) / stride[a] + 1;
+        assert_eq!(m.output_shape(), &[cout, size(0), size(1)], "conv case {k}: output size");
         let x = x4(&mut r, 3, [cin, hw[0], hw[1]]);
         let (y32, y64) = run1(&m, &x);
         let want = naive_conv(

@@ -495,3 +495,46 @@ fn products_of_two_tensors_match_the_reference_packed_and_split() {
     let max_err = max_abs_diff(&got, &want);
     assert!(max_err > 0.0 && max_err < 1e-4, "max error with noise {max_err:e}");
 }
+
+#[test]
+fn asymmetric_padding_matches_the_reference() {
+    // 3×23×18 → conv 3×3 s2 (padding 0 before, 1 after: TensorFlow's SAME) → poly → depthwise
+    // 2×3 (padding [1, 0] before, [0, 2] after) → GAP → linear; 2^11 slots (one block) and 2^9
+    // (the input split over several ciphertexts).
+    let mut r = StdRng::seed_from_u64(31);
+    let mut w = Weights::new();
+    w.insert("c1.w".into(), uniform(&mut r, &[4, 3, 3, 3], -0.4, 0.4));
+    w.insert("dw.w".into(), uniform(&mut r, &[4, 1, 2, 3], -0.5, 0.5));
+    w.insert("fc.w".into(), uniform(&mut r, &[5, 4], -0.5, 0.5));
+    let p1 = random_poly("p1", 4, &mut w, &mut r, false);
+    let asym = |op: Op, end: [usize; 2]| match op {
+        Op::Conv2d(c) => Op::Conv2d(Conv2d { padding_end: Some(end), ..c }),
+        other => other,
+    };
+    let mut dw = conv(4, 4, 1, 1, 0, 1, 4, "dw.w", None);
+    if let Op::Conv2d(c) = &mut dw {
+        c.kernel = [2, 3];
+        c.padding = [1, 0];
+        c.padding_end = Some([0, 2]);
+    }
+    let nodes = vec![
+        node("c1", asym(conv(3, 4, 3, 2, 0, 1, 1, "c1.w", None), [1, 1]), &[INPUT]),
+        node("p1", p1, &["c1"]),
+        node("dw", dw, &["p1"]),
+        node("gap", Op::GlobalAvgPool, &["dw"]),
+        node("flat", Op::Flatten, &["gap"]),
+        node("fc", linear(4, 5, "fc.w", None), &["flat"]),
+    ];
+    let model = Model::new(graph("asym", raw_input([3, 23, 18]), nodes, "fc"), w).unwrap();
+    // (23 + 0 + 1 − 3) / 2 + 1 = 11 rows, (18 + 1 − 3) / 2 + 1 = 9 columns; then 11 + 1 − 2 + 1 = 11
+    // and 9 + 2 − 3 + 1 = 9.
+    assert_eq!(model.shape(0), &[4, 11, 9]);
+    assert_eq!(model.shape(2), &[4, 11, 9]);
+    let x = rand_input(&mut r, 3 * 23 * 18);
+    let want = reference_output(&model, &x);
+    for log_n in [12, 10] {
+        let (got, _, errs) = run_packed(&model, &params(log_n, 12), &x);
+        let max_err = max_abs_diff(&got, &want);
+        assert!(max_err < 1e-6, "slots 2^{}: max error {max_err:e}; per step {errs:?}", log_n - 1);
+    }
+}

@@ -65,6 +65,10 @@ pub struct ImageReport {
     /// Bootstraps performed, for backends that count them per image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstraps: Option<usize>,
+    /// The decrypted output (client side), for decoding it further — detections, masks, an
+    /// annotated photo; not serialised.
+    #[serde(skip)]
+    pub decrypted: Option<Vec<f64>>,
 }
 
 /// An encrypted result against the backend's exact simulation of it.
@@ -273,6 +277,7 @@ pub fn run(
             error: None,
             simulation: None,
             bootstraps: None,
+            decrypted: None,
         };
         match result {
             Ok((got, stats)) => {
@@ -288,6 +293,7 @@ pub fn run(
                 report.max_abs_logit_error = Some(max_abs_diff(&got.logits, &want));
                 report.bootstraps = stats.bootstraps;
                 report.simulation = simulated.as_ref().map(|sim| simulation_check(sim, Some(&got)));
+                report.decrypted = Some(got.logits);
             }
             Err(e) => {
                 let finite = want.iter().all(|v| v.is_finite());

@@ -97,3 +97,56 @@ fn fine_tuning_beats_the_zero_epoch_conversion() {
         .iter()
         .all(|n| !matches!(n.op, Op::Activation(Activation::Relu) | Op::MaxPool(_) | Op::BatchNorm(_))));
 }
+
+/// Distinct values of every clusterable weight tensor of `model`.
+fn distinct_weights(model: &Model) -> Vec<(String, usize)> {
+    peregrine_model::cluster::clusterable_weights(model.graph())
+        .into_iter()
+        .map(|name| {
+            let mut v: Vec<f32> = model.weight(&name).iter().copied().collect();
+            v.sort_by(f32::total_cmp);
+            v.dedup();
+            (name, v.len())
+        })
+        .collect()
+}
+
+#[test]
+fn clustering_applied_in_fine_tuning_recovers_what_clustering_alone_loses() {
+    let train = load_cifar10(shared().join("data/cifar10/data_batch_1.bin.gz"), Some(800)).unwrap();
+    let test = load_cifar10(shared().join("data/cifar10/test_batch.bin.gz"), Some(1000)).unwrap();
+    let cfg =
+        FinetuneConfig { degree: None, epochs: 6, batch: 32, lr: 0.05, augment: false, ..FinetuneConfig::default() };
+    let mut run = Finetuner::new(&tiny_cnn(), cfg.clone()).unwrap();
+    for _ in 0..6 {
+        run.train_epoch(&train, |_| {}).unwrap();
+    }
+    let trained = run.export().unwrap(); // batch norms folded
+    let acc = evaluate(&trained, &test).unwrap();
+    let k = 3;
+    let (posthoc, _) = peregrine_model::cluster::cluster_weights(&trained, k).unwrap();
+    let posthoc_acc = evaluate(&posthoc, &test).unwrap();
+
+    let clustered_cfg = FinetuneConfig { epochs: 3, lr: 0.01, weight_clusters: Some(k), ..cfg.clone() };
+    let mut ft = Finetuner::new(&trained, clustered_cfg).unwrap();
+    let mut train_acc = Vec::new();
+    for _ in 0..3 {
+        train_acc.push(ft.train_epoch(&train, |_| {}).unwrap().accuracy);
+    }
+    let model = ft.export().unwrap();
+    for (name, n) in distinct_weights(&model) {
+        assert!(n <= k, "{name} holds {n} distinct values after clustered fine-tuning");
+    }
+    let ft_acc = evaluate(&model, &test).unwrap();
+    eprintln!(
+        "tiny CNN, 1000 test images: trained {acc:.3}; {k} values per layer: clustered alone {posthoc_acc:.3}, clustered in fine-tuning {ft_acc:.3} (training accuracy per epoch {train_acc:?})"
+    );
+    assert!(posthoc_acc < acc - 0.02, "{k} values should cost accuracy without training: {acc} -> {posthoc_acc}");
+    assert!(ft_acc > posthoc_acc + 0.02, "fine-tuning with clustering did not recover: {posthoc_acc} -> {ft_acc}");
+
+    // Batch norms (folded afterwards, which would scale the clusters) and k < 2: refused by name.
+    let e = Finetuner::new(&tiny_cnn(), FinetuneConfig { weight_clusters: Some(4), ..cfg.clone() }).err().unwrap();
+    assert!(e.to_string().contains("batch norm 'bn1'"), "{e}");
+    let e = Finetuner::new(&trained, FinetuneConfig { weight_clusters: Some(1), ..cfg }).err().unwrap();
+    assert!(e.to_string().contains("at least 2 values"), "{e}");
+}

@@ -45,6 +45,24 @@ fn odd_input(r: &mut rand::rngs::StdRng, n: usize) -> ndarray::ArrayD<f32> {
     .unwrap()
 }
 
+/// Calibrates the training graph of `model` on `xr`, runs it frozen, and checks its output
+/// against the reference executor on its export; returns the export.
+fn training_graph_matches_its_export(
+    model: &peregrine_model::Model,
+    act: Activations,
+    xr: &ndarray::ArrayD<f32>,
+) -> peregrine_model::Model {
+    let mut train = TrainModel::new(model, act).unwrap();
+    let x = peregrine_sft::train::to_channels_last(xr, train.device()).unwrap();
+    train.forward(&x, Pass::Calibrate).unwrap();
+    let got: Vec<f32> = train.forward(&x, Pass::Frozen).unwrap().logits.flatten_all().unwrap().to_vec1().unwrap();
+    let exported = train.export("").unwrap();
+    let want: Vec<f32> = Reference::<f32>::new(&exported).run(xr).unwrap().iter().copied().collect();
+    let d = max_abs_diff(&got, &want);
+    assert!(d < 1e-4, "{act:?}: training graph vs reference on the export differ by {d}");
+    exported
+}
+
 #[test]
 fn every_operation_matches_the_reference_on_odd_shapes() {
     use rand::SeedableRng;
@@ -229,5 +247,34 @@ fn activation_noise_is_added_in_training_passes_only_and_is_reproducible() {
     for pass in [Pass::Frozen, Pass::Calibrate] {
         let g = gap(&run(&mut train, pass, 1), &clean);
         assert!(g < 1e-5, "{pass:?} pass must not add noise (gap {g})");
+    }
+}
+
+#[test]
+fn asymmetric_padding_trains_the_graph_the_reference_runs() {
+    use peregrine_model::ir::{Conv2d, Op, Weights, INPUT};
+    use peregrine_model::testkit::{conv, graph, linear, node, raw_input, rng, uniform};
+    use rand::SeedableRng;
+    let mut r = rng(41);
+    let mut w = Weights::new();
+    w.insert("c.w".into(), uniform(&mut r, &[5, 3, 3, 3], -0.4, 0.4));
+    w.insert("c.b".into(), uniform(&mut r, &[5], -0.1, 0.1));
+    w.insert("fc.w".into(), uniform(&mut r, &[4, 5], -0.5, 0.5));
+    let Op::Conv2d(c) = conv(3, 5, 3, 2, 0, 1, 1, "c.w", Some("c.b")) else { unreachable!() };
+    let c = Conv2d { padding: [0, 2], padding_end: Some([1, 0]), ..c };
+    let nodes = vec![
+        node("c", Op::Conv2d(c), &[INPUT]),
+        node("act", Op::Activation(peregrine_model::ir::Activation::Relu), &["c"]),
+        node("gap", Op::GlobalAvgPool, &["act"]),
+        node("flat", Op::Flatten, &["gap"]),
+        node("fc", linear(5, 4, "fc.w", None), &["flat"]),
+    ];
+    let model = peregrine_model::Model::new(graph("asym", raw_input([3, 19, 23]), nodes, "fc"), w).unwrap();
+    // (19 + 0 + 1 − 3) / 2 + 1 = 9 rows, (23 + 2 + 0 − 3) / 2 + 1 = 12 columns.
+    assert_eq!(model.shape(0), &[5, 9, 12]);
+    let mut rr = rand::rngs::StdRng::seed_from_u64(42);
+    let xr = odd_input(&mut rr, 2);
+    for act in [Activations::Keep, Activations::Hermite { degree: 2, bound: 2.0 }] {
+        training_graph_matches_its_export(&model, act, &xr);
     }
 }

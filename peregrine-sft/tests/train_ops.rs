@@ -26,6 +26,7 @@ fn windows() -> Vec<Window> {
         kernel,
         stride,
         padding,
+        padding_end: padding,
         dilation,
     };
     vec![

@@ -26,8 +26,10 @@ pub struct Window {
     pub kernel: [usize; 2],
     /// Stride.
     pub stride: [usize; 2],
-    /// Zero padding on each side.
+    /// Zero padding before the first row and column.
     pub padding: [usize; 2],
+    /// Zero padding after the last row and column.
+    pub padding_end: [usize; 2],
     /// Dilation.
     pub dilation: [usize; 2],
 }
@@ -41,14 +43,24 @@ impl Window {
         padding: [usize; 2],
     ) -> Self {
         let (batch, h, w, channels) = dims;
-        Window { batch, input: [h, w], channels, groups: 1, kernel, stride, padding, dilation: [1, 1] }
+        Window {
+            batch,
+            input: [h, w],
+            channels,
+            groups: 1,
+            kernel,
+            stride,
+            padding,
+            padding_end: padding,
+            dilation: [1, 1],
+        }
     }
 
     /// Output height and width.
     pub fn output(&self) -> [usize; 2] {
         let o = |i: usize| {
             let span = self.dilation[i] * (self.kernel[i] - 1) + 1;
-            (self.input[i] + 2 * self.padding[i]).saturating_sub(span) / self.stride[i] + 1
+            (self.input[i] + self.padding[i] + self.padding_end[i]).saturating_sub(span) / self.stride[i] + 1
         };
         [o(0), o(1)]
     }

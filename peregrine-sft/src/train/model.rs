@@ -143,7 +143,19 @@ pub struct TrainModel {
     /// fine-tuning): the error an encrypted run adds at each rescale, so the network learns
     /// to keep its decisions under it. `None`: no noise.
     pub activation_noise: Option<ActivationNoise>,
+    /// Weight clustering during training: every convolution's and fully connected layer's
+    /// weights take at most this many values forward (1-D k-means per tensor, refined every
+    /// pass from the previous pass's centres) while gradients update the float weights (a
+    /// straight-through estimator). `None`: no clustering.
+    pub weight_clusters: Option<usize>,
+    /// Current k-means centres per clustered weight tensor.
+    centres: BTreeMap<String, Vec<f32>>,
+    /// This pass's clustered weights (straight-through), by weight name.
+    clustered: HashMap<String, Tensor>,
 }
+
+/// Lloyd rounds per pass when clustering warm-starts from the previous pass's centres.
+const CLUSTER_ROUNDS_PER_PASS: usize = 5;
 
 /// Noise-aware training: an absolute standard deviation (in the activation's input units) and
 /// the seed of this pass's draws (the trainer derives one per step, so a resumed run draws
@@ -285,7 +297,53 @@ impl TrainModel {
             collect_features: false,
             freeze_batch_norms: false,
             activation_noise: None,
+            weight_clusters: None,
+            centres: BTreeMap::new(),
+            clustered: HashMap::new(),
         })
+    }
+
+    /// The centres of weight tensor `name` for `values`: the previous pass's refined by a few
+    /// Lloyd rounds, or a fresh k-means the first time.
+    fn cluster_centres(&self, name: &str, values: &[f32], k: usize) -> Vec<f32> {
+        use peregrine_model::cluster::{kmeans_1d, refine_1d};
+        match self.centres.get(name) {
+            Some(c) => refine_1d(values, c, CLUSTER_ROUNDS_PER_PASS),
+            None => kmeans_1d(values, k),
+        }
+    }
+
+    /// Recomputes the clustered weights of this pass (nothing without clustering).
+    fn refresh_clusters(&mut self) -> candle_core::Result<()> {
+        self.clustered.clear();
+        let Some(k) = self.weight_clusters else { return Ok(()) };
+        for name in peregrine_model::cluster::clusterable_weights(&self.graph) {
+            let w = self.params[&name].as_tensor().clone();
+            let values = w.flatten_all()?.to_vec1::<f32>()?;
+            let centres = self.cluster_centres(&name, &values, k);
+            let q: Vec<f32> = values.iter().map(|&v| peregrine_model::cluster::nearest_centre(&centres, v)).collect();
+            let q = Tensor::from_vec(q, w.dims(), &self.device)?;
+            let effective = (&w + (q - &w)?.detach())?;
+            self.centres.insert(name.clone(), centres);
+            self.clustered.insert(name, effective);
+        }
+        Ok(())
+    }
+
+    /// `model` (this one exported, batch norms folded) with every clustered weight tensor's
+    /// values replaced by the nearest of its centres — refined once more on the final weights,
+    /// so the file holds at most `weight_clusters` values per tensor. Unchanged without
+    /// clustering.
+    pub fn apply_clusters(&self, model: Model) -> Result<Model> {
+        let Some(k) = self.weight_clusters else { return Ok(model) };
+        let (graph, mut weights) = model.into_parts();
+        for name in peregrine_model::cluster::clusterable_weights(&graph) {
+            let Some(w) = weights.get_mut(&name) else { continue };
+            let values: Vec<f32> = w.iter().copied().collect();
+            let centres = self.cluster_centres(&name, &values, k);
+            w.mapv_inplace(|v| peregrine_model::cluster::nearest_centre(&centres, v));
+        }
+        Ok(Model::new(graph, weights)?)
     }
 
     /// The candle device (CPU).
@@ -309,7 +367,7 @@ impl TrainModel {
     }
 
     fn param(&self, name: &str) -> &Tensor {
-        self.params[name].as_tensor()
+        self.clustered.get(name).unwrap_or_else(|| self.params[name].as_tensor())
     }
 
     /// Runs a batch `[B, H, W, C]` (channels-last, preprocessed) through the graph.
@@ -332,6 +390,7 @@ impl TrainModel {
         substitute: Option<&Substitute>,
     ) -> candle_core::Result<Forward> {
         let batch = x.dims()[0];
+        self.refresh_clusters()?;
         let mut values: HashMap<String, Tensor> = HashMap::new();
         values.insert(INPUT.to_string(), x.clone());
         let mut penalty = Tensor::zeros((), DType::F32, &self.device)?;
@@ -351,6 +410,7 @@ impl TrainModel {
                         kernel: c.kernel,
                         stride: c.stride,
                         padding: c.padding,
+                        padding_end: c.padding_after(),
                         dilation: c.dilation,
                     };
                     let [oh, ow] = win.output();
@@ -375,6 +435,7 @@ impl TrainModel {
                         kernel: c.kernel,
                         stride: c.stride,
                         padding: c.padding,
+                        padding_end: c.padding,
                         dilation: c.dilation,
                     };
                     if win.output() != [d.1, d.2] {

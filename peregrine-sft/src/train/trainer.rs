@@ -81,6 +81,12 @@ pub struct FinetuneConfig {
     /// 2^(12.9 − log2 Δ) at each rescale at N = 2^15); 0 trains without noise.
     #[serde(default)]
     pub activation_noise: f64,
+    /// Weight clustering applied in fine-tuning: every convolution's and fully connected
+    /// layer's weights take at most this many values (k-means per tensor) in every forward
+    /// pass and in the exported model, the float weights training underneath (a
+    /// straight-through estimator). Needs a model without batch norms (an exported one).
+    #[serde(default)]
+    pub weight_clusters: Option<usize>,
 }
 
 /// Computes what the quantised network makes of a batch: called every step of
@@ -116,6 +122,7 @@ impl Default for FinetuneConfig {
             clip_grad_norm: 0.0,
             quantise_for: None,
             activation_noise: 0.0,
+            weight_clusters: None,
         }
     }
 }
@@ -169,6 +176,11 @@ impl FinetuneConfig {
         }
         if !(self.activation_noise >= 0.0 && self.activation_noise.is_finite()) {
             return bad(format!("the activation noise must be a non-negative number, got {}", self.activation_noise));
+        }
+        if let Some(k) = self.weight_clusters {
+            if k < 2 {
+                return bad(format!("weight clustering needs at least 2 values per layer, got {k}"));
+            }
         }
         if self.feature_weight > 0.0 && !self.match_outputs {
             return bad("a feature weight applies to output matching only".into());
@@ -316,7 +328,17 @@ impl Finetuner {
         let input = model.graph().input.clone();
         let name = model.graph().name.clone();
         let output_shape = model.output_shape().clone();
+        if config.weight_clusters.is_some() {
+            if let Some(bn) = model.graph().nodes.iter().find(|n| matches!(n.op, peregrine_model::ir::Op::BatchNorm(_)))
+            {
+                return Err(SftError::Unsupported(format!(
+                    "weight clustering trains the weights the exported model multiplies by, but batch norm '{}' would be folded into them afterwards (scaling every cluster per channel): start from a model with its batch norms folded, e.g. one `peregrine finetune` exported",
+                    bn.name
+                )));
+            }
+        }
         let mut model = TrainModel::new(model, config.activations())?;
+        model.weight_clusters = config.weight_clusters;
         model.track_penalty = config.range_penalty > 0.0;
         model.collect_features = config.match_outputs && config.feature_weight > 0.0;
         // Output matching trains on a few photos per batch: no batch statistics.
@@ -606,7 +628,7 @@ impl Finetuner {
 
     /// The FHE-ready model (ranges frozen into per-channel polynomial coefficients).
     pub fn export(&self) -> Result<Model> {
-        crate::convert::fold_batch_norms(&self.export_unfolded()?)
+        self.model.apply_clusters(crate::convert::fold_batch_norms(&self.export_unfolded()?)?)
     }
 
     /// The model with batch norms unfolded (what checkpoints store).

@@ -1,0 +1,249 @@
+//! Client-side outputs of one photo, shared by `predict` (cleartext) and `run --image`
+//! (decrypted): the top classes, YOLOv8 detections after non-maximum suppression, or a
+//! segmentation mask — printed, compared between the decrypted and the cleartext output, and
+//! drawn on the photo (`--annotate`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use peregrine_data::vision::{self, Detection, RgbImage};
+use peregrine_model::Model;
+use serde_json::{json, Value};
+
+/// How to read and draw a model's output.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct OutputArgs {
+    /// Decode the output as YOLOv8 heads with this many classes (a detector imported with
+    /// `--graph-output` naming its heads, finest first); boxes after non-maximum suppression.
+    #[arg(long, value_name = "CLASSES")]
+    pub yolo_classes: Option<usize>,
+    /// Smallest class probability of a detection.
+    #[arg(long, default_value_t = 0.25)]
+    pub score: f32,
+    /// Largest overlap (IoU) of two kept boxes of one class.
+    #[arg(long, default_value_t = 0.45)]
+    pub iou: f32,
+    /// Class names of the detections.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Treat the output as a probability map and mask the pixels above this threshold.
+    #[arg(long, value_name = "THRESHOLD")]
+    pub mask: Option<f32>,
+    /// Write the photo with the result drawn on it to this PNG: boxes with labels, the mask in
+    /// red, or the predicted class as a caption.
+    #[arg(long, value_name = "PNG")]
+    pub annotate: Option<PathBuf>,
+}
+
+impl OutputArgs {
+    /// Whether anything beyond the logits was asked for.
+    pub fn wanted(&self) -> bool {
+        self.yolo_classes.is_some() || self.mask.is_some() || self.annotate.is_some()
+    }
+}
+
+/// A decoded output.
+#[derive(Clone, Debug)]
+pub enum Decoded {
+    /// Class indices, best first, with their logits.
+    Classes(Vec<(usize, f32)>),
+    /// Detections after non-maximum suppression, in model-input pixels.
+    Detections(Vec<Detection>),
+    /// A probability map `height × width` thresholded at `threshold`.
+    Mask { probability: Vec<f32>, height: usize, width: usize, threshold: f32 },
+}
+
+impl Decoded {
+    /// Pixels of a mask above its threshold (0 for other outputs).
+    pub fn mask_pixels(&self) -> usize {
+        match self {
+            Decoded::Mask { probability, threshold, .. } => probability.iter().filter(|p| *p > threshold).count(),
+            _ => 0,
+        }
+    }
+}
+
+/// Decodes `output` (the model's whole output, flattened) as `a` asks.
+pub fn decode(model: &Model, output: &[f32], a: &OutputArgs) -> Result<Decoded> {
+    let input = &model.graph().input;
+    let [ih, iw] = [input.shape[1], input.shape[2]];
+    if a.yolo_classes.is_some() && a.mask.is_some() {
+        bail!("give at most one of --yolo-classes and --mask");
+    }
+    if let Some(classes) = a.yolo_classes {
+        let heads = vision::split_heads(output, model.output_shape(), 4 * 16 + classes, [ih, iw])?;
+        let found = vision::non_max_suppression(vision::decode_yolov8(&heads, classes, 16, a.score)?, a.iou);
+        return Ok(Decoded::Detections(found));
+    }
+    if let Some(threshold) = a.mask {
+        return match model.output_shape().as_slice() {
+            [1, h, w] => Ok(Decoded::Mask { probability: output.to_vec(), height: *h, width: *w, threshold }),
+            other => bail!("--mask needs a one-channel [1, H, W] output, the model gives {other:?}"),
+        };
+    }
+    let mut order: Vec<(usize, f32)> = output.iter().copied().enumerate().collect();
+    order.sort_by(|x, y| y.1.total_cmp(&x.1));
+    Ok(Decoded::Classes(order))
+}
+
+/// Name of class `c`: from `--labels`, else the model's class names, else `class c`.
+pub fn class_name(model: &Model, a: &OutputArgs, c: usize) -> String {
+    a.labels.get(c).or_else(|| model.graph().classes.get(c)).cloned().unwrap_or_else(|| format!("class {c}"))
+}
+
+/// Draws `decoded` on the photo at `image` (at its own size) and writes it to `out`; `note`
+/// is appended to a classification caption (e.g. "encrypted").
+pub fn annotate(model: &Model, image: &Path, decoded: &Decoded, a: &OutputArgs, out: &Path, note: &str) -> Result<()> {
+    let mut photo: RgbImage = peregrine_data::load_rgb(image)?;
+    let input = &model.graph().input;
+    let scale = [photo.width() as f32 / input.shape[2] as f32, photo.height() as f32 / input.shape[1] as f32];
+    match decoded {
+        Decoded::Detections(found) => {
+            let names: Vec<String> = (0..a.yolo_classes.unwrap_or(0)).map(|c| class_name(model, a, c)).collect();
+            vision::draw_detections(&mut photo, found, scale, &names);
+        }
+        Decoded::Mask { probability, height, width, threshold } => {
+            vision::overlay_mask(&mut photo, probability, *height, *width, *threshold);
+        }
+        Decoded::Classes(order) => {
+            let (c, logit) = order.first().copied().unwrap_or((0, f32::NAN));
+            let note = if note.is_empty() { String::new() } else { format!(" ({note})") };
+            vision::draw_caption(&mut photo, &format!("{} {logit:.2}{note}", class_name(model, a, c)));
+        }
+    }
+    Ok(vision::save_png(&photo, out)?)
+}
+
+/// The decoded output as JSON.
+pub fn to_json(model: &Model, decoded: &Decoded, a: &OutputArgs, top: usize) -> Value {
+    match decoded {
+        Decoded::Classes(order) => {
+            let tops: Vec<_> = order
+                .iter()
+                .take(top.max(1))
+                .map(|&(i, l)| json!({"class": i, "name": class_name(model, a, i), "logit": l}))
+                .collect();
+            let first = order.first().map(|p| p.0);
+            json!({"prediction": first, "name": first.map(|c| class_name(model, a, c)), "top": tops})
+        }
+        Decoded::Detections(found) => {
+            let list: Vec<_> = found
+                .iter()
+                .map(|d| json!({"class": d.class, "name": class_name(model, a, d.class), "score": d.score, "box": d.bbox}))
+                .collect();
+            json!({"detections": list})
+        }
+        Decoded::Mask { height, width, threshold, .. } => {
+            json!({"mask_pixels": decoded.mask_pixels(), "pixels": height * width, "threshold": threshold})
+        }
+    }
+}
+
+/// Prints the decoded output as text lines.
+pub fn print(model: &Model, decoded: &Decoded, a: &OutputArgs, top: usize) {
+    let input = &model.graph().input;
+    match decoded {
+        Decoded::Classes(order) => {
+            for &(i, l) in order.iter().take(top.max(1)) {
+                println!("{:>3} {:<12} {:>9.4}", i, class_name(model, a, i), l);
+            }
+        }
+        Decoded::Detections(found) => {
+            println!("{} detections (boxes in {}×{} input pixels)", found.len(), input.shape[2], input.shape[1]);
+            for d in found {
+                let b = d.bbox.map(|v| v.round());
+                println!(
+                    "  {:<24} {:.3}  [{}, {}, {}, {}]",
+                    class_name(model, a, d.class),
+                    d.score,
+                    b[0],
+                    b[1],
+                    b[2],
+                    b[3]
+                );
+            }
+        }
+        Decoded::Mask { height, width, threshold, .. } => {
+            println!(
+                "mask: {} of {} pixels above {threshold} ({height}×{width})",
+                decoded.mask_pixels(),
+                height * width
+            );
+        }
+    }
+}
+
+/// How a decrypted output's decoding agrees with the cleartext model's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Agreement {
+    /// What is compared (`top-1`, `boxes`, `mask`).
+    pub what: &'static str,
+    /// Items that agree.
+    pub agree: usize,
+    /// Items compared.
+    pub of: usize,
+    /// One line for people.
+    pub summary: String,
+}
+
+/// Compares the decrypted output's decoding with the cleartext one's: the top-1 class; each
+/// reference box matched to a decrypted box of its class with IoU ≥ `min_iou`; mask pixels
+/// on the same side of the threshold.
+pub fn agreement(decrypted: &Decoded, reference: &Decoded, min_iou: f32) -> Agreement {
+    match (decrypted, reference) {
+        (Decoded::Classes(a), Decoded::Classes(b)) => {
+            let same = a.first().map(|p| p.0) == b.first().map(|p| p.0);
+            Agreement {
+                what: "top-1",
+                agree: same as usize,
+                of: 1,
+                summary: format!("top-1 {} the cleartext model's", if same { "equals" } else { "DIFFERS FROM" }),
+            }
+        }
+        (Decoded::Detections(got), Decoded::Detections(want)) => {
+            let mut used = vec![false; got.len()];
+            let mut matched = 0;
+            let mut worst = 1.0f32;
+            for w in want {
+                let best = got
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, g)| !used[*k] && g.class == w.class)
+                    .map(|(k, g)| (k, vision::iou(&g.bbox, &w.bbox)))
+                    .max_by(|x, y| x.1.total_cmp(&y.1));
+                if let Some((k, iou)) = best.filter(|b| b.1 >= min_iou) {
+                    used[k] = true;
+                    matched += 1;
+                    worst = worst.min(iou);
+                }
+            }
+            let extra = got.len() - matched;
+            Agreement {
+                what: "boxes",
+                agree: matched,
+                of: want.len(),
+                summary: format!(
+                    "{matched} of {} cleartext boxes found (same class, IoU ≥ {min_iou}; smallest IoU {}), {extra} other decrypted boxes",
+                    want.len(),
+                    if matched > 0 { format!("{worst:.3}") } else { "-".into() }
+                ),
+            }
+        }
+        (Decoded::Mask { probability: p, threshold, .. }, Decoded::Mask { probability: q, .. }) => {
+            let same = p.iter().zip(q).filter(|(x, y)| (*x > threshold) == (*y > threshold)).count();
+            Agreement {
+                what: "mask",
+                agree: same,
+                of: q.len(),
+                summary: format!(
+                    "mask pixels agree on {same} of {} ({:.4} %); {} decrypted and {} cleartext pixels above {threshold}",
+                    q.len(),
+                    100.0 * same as f64 / q.len().max(1) as f64,
+                    decrypted.mask_pixels(),
+                    reference.mask_pixels()
+                ),
+            }
+        }
+        _ => Agreement { what: "nothing", agree: 0, of: 0, summary: "the two outputs were decoded differently".into() },
+    }
+}
