@@ -150,3 +150,24 @@ fn clustering_applied_in_fine_tuning_recovers_what_clustering_alone_loses() {
     let e = Finetuner::new(&trained, FinetuneConfig { weight_clusters: Some(1), ..cfg }).err().unwrap();
     assert!(e.to_string().contains("at least 2 values"), "{e}");
 }
+
+#[test]
+fn a_polynomial_model_fine_tuned_further_keeps_its_ranges_unless_asked_to_recalibrate() {
+    use peregrine_model::reference::Reference;
+    let images = load_cifar10(shared().join("data/cifar10/data_batch_1.bin.gz"), Some(128)).unwrap();
+    let model = peregrine_model::testkit::tiny_poly_cnn(3);
+    let x = peregrine_data::preprocess::<f32>(&images.pixels[..3 * 32 * 32 * 4], 4, &model.graph().input).unwrap();
+    let want = Reference::<f32>::new(&model).run(&x).unwrap();
+    let exported_after = |batches: usize| {
+        let cfg =
+            FinetuneConfig { degree: Some(4), epochs: 0, calibration_batches: batches, ..FinetuneConfig::default() };
+        let mut run = Finetuner::new(&model, cfg).unwrap();
+        run.calibrate(&images).unwrap();
+        let got = Reference::<f32>::new(&run.export().unwrap()).run(&x).unwrap();
+        got.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max)
+    };
+    let kept = exported_after(0);
+    let recalibrated = exported_after(2);
+    assert!(kept < 1e-5, "0 calibration batches changed the model by {kept}");
+    assert!(recalibrated > 1e-3, "recalibrating should move the ranges ({recalibrated})");
+}

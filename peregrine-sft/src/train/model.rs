@@ -631,7 +631,13 @@ impl TrainModel {
         &self.graph.input
     }
 
-    /// Whether the graph has batch-norm nodes.
+    /// Whether every activation already has its ranges (a model whose activations are
+    /// polynomials with stored input scales): nothing needs calibrating.
+    pub fn has_all_ranges(&self) -> bool {
+        self.ranges.values().all(|r| r.range.iter().all(Option::is_some))
+    }
+
+    /// Whether the graph has a batch norm.
     pub fn has_batch_norm(&self) -> bool {
         self.graph.nodes.iter().any(|n| matches!(n.op, Op::BatchNorm(_)))
     }

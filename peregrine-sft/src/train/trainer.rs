@@ -443,9 +443,14 @@ impl Finetuner {
     }
 
     /// Observes the ranges over the first `calibration_batches` batches of `images`, without
-    /// augmentation and without changing any weight.
+    /// augmentation and without changing any weight. With 0 batches nothing is observed when
+    /// every activation already has its ranges (a polynomial model fine-tuned further keeps
+    /// the function it was exported with); otherwise at least one batch is.
     pub fn calibrate(&mut self, images: &LabeledImages) -> Result<()> {
         let b = self.config.batch;
+        if self.config.calibration_batches == 0 && self.model.has_all_ranges() {
+            return Ok(());
+        }
         let batches = self.config.calibration_batches.max(1).min(images.len().div_ceil(b));
         for k in 0..batches {
             let idx: Vec<usize> = (k * b..((k + 1) * b).min(images.len())).collect();
