@@ -49,8 +49,17 @@ pub enum Decoded {
     Classes(Vec<(usize, f32)>),
     /// Detections after non-maximum suppression, in model-input pixels.
     Detections(Vec<Detection>),
-    /// A probability map `height × width` thresholded at `threshold`.
-    Mask { probability: Vec<f32>, height: usize, width: usize, threshold: f32 },
+    /// A probability map thresholded into a mask.
+    Mask {
+        /// The map, row-major.
+        probability: Vec<f32>,
+        /// Its height.
+        height: usize,
+        /// Its width.
+        width: usize,
+        /// Pixels above it are in the mask.
+        threshold: f32,
+    },
 }
 
 impl Decoded {
