@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use indicatif::ProgressBar;
 use peregrine_data::{load_cifar10, preprocessed_rows};
-use peregrine_model::reference::Reference;
 use peregrine_runtime::compare::{compare as compare_backends, CompareArgs, CompareReport};
 use peregrine_runtime::engine::StepEvent;
 use peregrine_runtime::run::{run as run_loop, ImageReport, Inputs, Observer, RunReport};
@@ -119,7 +118,7 @@ pub fn run(target: Target, a: RunArgs, json: bool) -> Result<()> {
     let report = run_loop(&model, compiled.as_ref(), &inputs, a.trace, seconds, &mut observer)?;
     observer.bar.finish_and_clear();
     let client = match (&a.image, a.output.wanted()) {
-        (Some(image), true) => Some(client_output(&model, &report, &inputs, image, &a.output, &target.backend)?),
+        (Some(image), true) => Some(client_output(&model, &report, image, &a.output, &target.backend)?),
         _ => None,
     };
     if json {
@@ -151,7 +150,6 @@ pub fn run(target: Target, a: RunArgs, json: bool) -> Result<()> {
 fn client_output(
     model: &peregrine_model::Model,
     report: &RunReport,
-    inputs: &Inputs,
     image: &Path,
     a: &OutputArgs,
     backend: &str,
@@ -164,10 +162,7 @@ fn client_output(
         );
     };
     let decrypted: Vec<f32> = decrypted.iter().map(|v| *v as f32).collect();
-    let shape = &model.graph().input.shape;
-    let x =
-        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, shape[0], shape[1], shape[2]]), inputs.images[0].clone())?;
-    let want: Vec<f32> = Reference::<f64>::new(model).run(&x)?.iter().map(|v| *v as f32).collect();
+    let want: Vec<f32> = first.reference.iter().map(|v| *v as f32).collect();
     let decoded = outputs::decode(model, &decrypted, a)?;
     let agreement = outputs::agreement(&decoded, &outputs::decode(model, &want, a)?, 0.9);
     if let Some(out) = &a.annotate {

@@ -69,6 +69,9 @@ pub struct ImageReport {
     /// annotated photo; not serialised.
     #[serde(skip)]
     pub decrypted: Option<Vec<f64>>,
+    /// The cleartext reference's output, for comparing decodings; not serialised.
+    #[serde(skip)]
+    pub reference: Vec<f64>,
 }
 
 /// An encrypted result against the backend's exact simulation of it.
@@ -278,6 +281,7 @@ pub fn run(
             simulation: None,
             bootstraps: None,
             decrypted: None,
+            reference: Vec::new(),
         };
         match result {
             Ok((got, stats)) => {
@@ -294,6 +298,7 @@ pub fn run(
                 report.bootstraps = stats.bootstraps;
                 report.simulation = simulated.as_ref().map(|sim| simulation_check(sim, Some(&got)));
                 report.decrypted = Some(got.logits);
+                report.reference = want;
             }
             Err(e) => {
                 let finite = want.iter().all(|v| v.is_finite());
