@@ -38,18 +38,40 @@ pub struct Term {
     pub diag: SparseDiagonal,
 }
 
-/// A sparse diagonal held compactly: the coefficients of its first `period` slots as runs of
-/// consecutive slots, repeated `repeats` times at that period (diagonals of maps writing a
-/// replicated layout repeat), so 8 bytes per stored coefficient plus 8 per run.
+/// Longest template a block of a [`SparseDiagonal`] repeats (interleaved layouts cycle
+/// through their sub-channels' slots and weights with the packing factor as period).
+const MAX_TEMPLATE: usize = 64;
+
+/// A block repeats a template of `period` `(slot offset, value)` entries every `span` slots:
+/// its entry j sits at `first + (j / period)·span + offsets[j mod period]` and holds
+/// `values[j mod period]` (the template being entries `start..start + period` of its
+/// [`SparseDiagonal`]'s `offsets` and `values`), for `j < count`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+struct Block {
+    first: u32,
+    span: u32,
+    count: u32,
+    start: u32,
+    period: u32,
+}
+
+/// A sparse diagonal held compactly. A convolution's diagonal holds each weight over a
+/// channel's spatial positions, interleaved with the other sub-channels' slots and weights,
+/// so it is stored as blocks, each repeating a short template of `(slot offset, value)`
+/// entries at a fixed span (20 bytes a block plus 12 per template entry, whatever the block's
+/// length); its first `period` slots, repeated `repeats` times at that period (diagonals of
+/// maps writing a replicated layout repeat).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SparseDiagonal {
-    /// `(first slot, length)` of each run of consecutive slots, in increasing order.
-    runs: Vec<(u32, u32)>,
-    /// Coefficients, run after run.
+    /// Blocks in increasing slot order.
+    blocks: Vec<Block>,
+    /// The blocks' template slot offsets, one template after another.
+    offsets: Vec<u32>,
+    /// The blocks' template values, one template after another.
     values: Vec<f64>,
     /// Slots between repetitions.
     period: u32,
-    /// Number of repetitions (1: the runs are the whole diagonal).
+    /// Number of repetitions (1: the blocks are the whole diagonal).
     repeats: u32,
 }
 
@@ -58,54 +80,94 @@ impl SparseDiagonal {
     /// `repeats` times at `period`.
     pub fn from_entries(mut entries: Vec<(u32, f64)>, period: u32, repeats: u32) -> Self {
         entries.sort_unstable_by_key(|e| e.0);
-        let mut runs: Vec<(u32, u32)> = Vec::new();
-        let mut values = Vec::with_capacity(entries.len());
-        for (slot, w) in entries {
-            debug_assert!(slot < period || repeats == 1);
-            match runs.last_mut() {
-                Some((first, len)) if *first + *len == slot => *len += 1,
-                _ => runs.push((slot, 1)),
+        debug_assert!(entries.last().is_none_or(|e| e.0 < period || repeats == 1));
+        let same = |a: f64, b: f64| a.to_bits() == b.to_bits();
+        let (mut blocks, mut offsets, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        let mut i = 0;
+        while i < entries.len() {
+            // The shortest template repeated at least four times, else the one that covers
+            // the most entries.
+            let mut best = (1, 1, 0);
+            for p in 1..=MAX_TEMPLATE {
+                if i + p >= entries.len() {
+                    break;
+                }
+                let span = entries[i + p].0 - entries[i].0;
+                let mut m = i + p;
+                while m < entries.len()
+                    && entries[m].0 - entries[m - p].0 == span
+                    && same(entries[m].1, entries[m - p].1)
+                {
+                    m += 1;
+                }
+                if m - i > best.1 {
+                    best = (p, m - i, span);
+                }
+                if m - i >= 4 * p {
+                    break;
+                }
             }
-            values.push(w);
+            let (p, count, span) = best;
+            let p = p.min(count);
+            blocks.push(Block {
+                first: entries[i].0,
+                span,
+                count: count as u32,
+                start: values.len() as u32,
+                period: p as u32,
+            });
+            offsets.extend(entries[i..i + p].iter().map(|e| e.0 - entries[i].0));
+            values.extend(entries[i..i + p].iter().map(|e| e.1));
+            i += count;
         }
-        runs.shrink_to_fit();
-        SparseDiagonal { runs, values, period, repeats: repeats.max(1) }
+        blocks.shrink_to_fit();
+        offsets.shrink_to_fit();
+        values.shrink_to_fit();
+        SparseDiagonal { blocks, offsets, values, period, repeats: repeats.max(1) }
     }
 
     /// Number of coefficients (repetitions included).
     pub fn len(&self) -> usize {
-        self.values.len() * self.repeats as usize
+        self.blocks.iter().map(|b| b.count as usize).sum::<usize>() * self.repeats as usize
+    }
+
+    /// Bytes it holds (its blocks and patterns).
+    pub fn stored_bytes(&self) -> usize {
+        self.blocks.len() * std::mem::size_of::<Block>() + self.values.len() * 12
     }
 
     /// Σ coefficient² over all slots (repetitions included).
     pub fn norm_squared(&self) -> f64 {
-        self.values.iter().map(|v| v * v).sum::<f64>() * self.repeats as f64
+        self.block_entries(0).map(|(_, v)| v * v).sum::<f64>() * self.repeats as f64
     }
 
     /// Whether it has no coefficient.
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.blocks.is_empty()
+    }
+
+    /// The `(slot, coefficient)` pairs of the first period, shifted by `offset` slots.
+    fn block_entries(&self, offset: u32) -> impl Iterator<Item = (u32, f64)> + '_ {
+        self.blocks.iter().flat_map(move |b| {
+            let template = b.start as usize..(b.start + b.period) as usize;
+            let (offsets, values) = (&self.offsets[template.clone()], &self.values[template]);
+            (0..b.count).map(move |j| {
+                let k = (j % b.period) as usize;
+                (offset + b.first + (j / b.period) * b.span + offsets[k], values[k])
+            })
+        })
     }
 
     /// `(slot, coefficient)` pairs in increasing slot order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, f64)> + '_ {
-        (0..self.repeats).flat_map(move |k| {
-            self.runs
-                .iter()
-                .flat_map(|&(first, len)| first..first + len)
-                .zip(self.values.iter().copied())
-                .map(move |(s, w)| (s + k * self.period, w))
-        })
+        (0..self.repeats).flat_map(move |k| self.block_entries(k * self.period))
     }
 
     /// The diagonal as a dense vector of `slots` values.
     pub fn to_dense(&self, slots: usize) -> Vec<f64> {
         let mut v = vec![0.0; slots];
-        let mut k = 0;
-        for &(first, len) in &self.runs {
-            let (first, len) = (first as usize, len as usize);
-            v[first..first + len].copy_from_slice(&self.values[k..k + len]);
-            k += len;
+        for (s, w) in self.block_entries(0) {
+            v[s as usize] = w;
         }
         let period = self.period as usize;
         for r in 1..self.repeats as usize {
@@ -326,6 +388,15 @@ impl DiagonalPlan {
         Ok(DiagonalPlan { slots, baby_step: n1, babies, outputs })
     }
 
+    /// Bytes its diagonals take in their compact form.
+    pub fn diagonal_bytes(&self) -> usize {
+        self.outputs
+            .iter()
+            .flat_map(|o| o.giants.iter().flat_map(|g| g.terms.iter()))
+            .map(|t| t.diag.stored_bytes())
+            .sum()
+    }
+
     /// The period of each input layout and of the output layout (checked: powers of two
     /// dividing the slot count, every position below its period).
     fn periods(inputs: &[&Layout], output: &Layout) -> Result<(Vec<usize>, usize), LayoutError> {
@@ -439,5 +510,45 @@ mod tests {
         assert_eq!(listed.len(), 12);
         assert_eq!(listed[3], (8, 1.0));
         assert_eq!(listed[11], (29, 2.0));
+    }
+
+    /// Diagonals of interleaved layouts (values cycling with a period, evenly spaced slots,
+    /// gaps, patterns that change midway) are stored as a few blocks and read back exactly.
+    #[test]
+    fn sparse_diagonal_stores_periodic_values_as_blocks() {
+        // Period 3 over 0..30, then constant 2.0 at stride 4 from 31, then a lone slot.
+        let mut e: Vec<(u32, f64)> = (0..30).map(|s| (s, [0.5, -1.0, 0.25][s as usize % 3])).collect();
+        e.extend((0..9).map(|j| (31 + 4 * j, 2.0)));
+        e.push((70, -7.0));
+        let d = SparseDiagonal::from_entries(e.iter().rev().copied().collect(), 128, 2);
+        assert_eq!(d.len(), 2 * e.len());
+        assert_eq!(d.iter().take(e.len()).collect::<Vec<_>>(), e);
+        assert_eq!(d.iter().skip(e.len()).map(|(s, v)| (s - 128, v)).collect::<Vec<_>>(), e);
+        assert_eq!(d.stored_bytes(), 3 * 20 + (3 + 1 + 1) * 12, "three blocks, five template entries");
+        let dense = d.to_dense(256);
+        for &(s, v) in &e {
+            assert_eq!((dense[s as usize], dense[s as usize + 128]), (v, v));
+        }
+        assert_eq!(dense.iter().filter(|v| **v != 0.0).count(), 2 * e.len());
+        let want: f64 = e.iter().map(|x| x.1 * x.1).sum::<f64>() * 2.0;
+        assert!((d.norm_squared() - want).abs() < 1e-12);
+        // Random values: every entry kept, no pattern invented.
+        let mut x = 12345u64;
+        let r: Vec<(u32, f64)> = (0..500u32)
+            .filter(|s| s % 7 != 3)
+            .map(|s| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (s, ((x >> 40) % 5) as f64 - 2.0)
+            })
+            .collect();
+        let d = SparseDiagonal::from_entries(r.clone(), 512, 1);
+        assert_eq!(d.iter().collect::<Vec<_>>(), r);
+        // Slots 0, 1, 4, 5, 8, 9, … with two alternating values: one block of a two-entry
+        // template, then a changed value starts another.
+        let mut e: Vec<(u32, f64)> = (0..40).map(|j| (4 * (j / 2) + j % 2, [1.0, -3.0][j as usize % 2])).collect();
+        e.extend((0..12).map(|j| (80 + 4 * (j / 2) + j % 2, [1.0, 5.0][j as usize % 2])));
+        let d = SparseDiagonal::from_entries(e.clone(), 128, 1);
+        assert_eq!(d.iter().collect::<Vec<_>>(), e);
+        assert_eq!(d.stored_bytes(), 2 * 20 + 4 * 12);
     }
 }

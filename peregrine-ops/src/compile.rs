@@ -1,6 +1,7 @@
 //! Compilation of a model graph into packed homomorphic steps.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use peregrine_gip::{lower, DiagonalPlan, Gip, Layout, LinearMap};
 use peregrine_model::ir::{Activation, Model, Op, INPUT};
@@ -34,8 +35,8 @@ pub enum StepKind {
     Linear {
         /// Input tensors.
         inputs: Vec<TensorId>,
-        /// The schedule.
-        plan: DiagonalPlan,
+        /// The schedule (shared: plans and program copies hold the diagonals once).
+        plan: Arc<DiagonalPlan>,
         /// 1 normally. d ≥ 2 when the output feeds a [`StepKind::Square`] (d = 2) or a
         /// [`StepKind::Folded`] of degree d: the output is then produced at the scale s for which
         /// its d-th power, built by repeated squaring and rescaling, lands exactly on Δ.
@@ -458,7 +459,7 @@ impl Compiler<'_> {
             self.steps.push(Step {
                 name: step,
                 nodes: p.nodes,
-                kind: StepKind::Linear { inputs: p.inputs, plan, power: 1 },
+                kind: StepKind::Linear { inputs: p.inputs, plan: Arc::new(plan), power: 1 },
                 output: t,
             });
             t
@@ -612,7 +613,7 @@ impl Compiler<'_> {
         self.steps.push(Step {
             name: name.clone(),
             nodes: vec![],
-            kind: StepKind::Linear { inputs: vec![t], plan, power: 1 },
+            kind: StepKind::Linear { inputs: vec![t], plan: Arc::new(plan), power: 1 },
             output: out,
         });
         Ok(out)
@@ -684,7 +685,7 @@ impl Compiler<'_> {
                     self.steps.push(Step {
                         name: name.clone(),
                         nodes: p.nodes,
-                        kind: StepKind::Linear { inputs: p.inputs, plan, power: p.power },
+                        kind: StepKind::Linear { inputs: p.inputs, plan: Arc::new(plan), power: p.power },
                         output: t,
                     });
                     t
@@ -697,7 +698,7 @@ impl Compiler<'_> {
                     self.steps.push(Step {
                         name: name.clone(),
                         nodes: p.nodes,
-                        kind: StepKind::Linear { inputs: p.inputs, plan, power: p.power },
+                        kind: StepKind::Linear { inputs: p.inputs, plan: Arc::new(plan), power: p.power },
                         output: t,
                     });
                     t

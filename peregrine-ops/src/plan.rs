@@ -31,6 +31,9 @@ pub struct Cost {
     pub rotation_keys: usize,
     /// Estimated evaluation-key memory in bytes (hybrid key switching, dnum 3, at full level).
     pub key_bytes_estimate: u64,
+    /// Bytes the program's plaintext diagonals take in their compact form (each is expanded to
+    /// one plaintext only while its product runs).
+    pub diagonal_bytes: u64,
     /// Estimated work of one inference in the backend's cost units (see
     /// [`peregrine_backend::OpCosts`]; `None` when the backend reports no cost model).
     pub estimated_units: Option<f64>,
@@ -598,6 +601,7 @@ fn account(program: &Program, levels: &[usize], caps: &Capabilities) -> Accounti
             StepKind::Linear { plan, .. } => {
                 rot = plan.rotation_count();
                 ptm = plan.plaintext_mults();
+                cost.diagonal_bytes += plan.diagonal_bytes() as u64;
                 for b in plan.babies.values().flatten() {
                     used(*b, 1);
                 }

@@ -538,3 +538,34 @@ fn asymmetric_padding_matches_the_reference() {
         assert!(max_err < 1e-6, "slots 2^{}: max error {max_err:e}; per step {errs:?}", log_n - 1);
     }
 }
+
+/// A convolution's diagonals repeat each weight over a channel's positions: the program keeps
+/// them as short repeated templates, under 1 byte per coefficient (8 and more before), and the
+/// packed run still matches the reference.
+#[test]
+fn program_diagonals_are_stored_compactly_and_stay_exact() {
+    let model = peregrine_model::testkit::tiny_poly_cnn_sized(5, 8, 1);
+    let p = params(14, 8);
+    let caps = ClearScheme::capabilities(&p).unwrap();
+    let program = compile(&model, caps.slots).unwrap();
+    let coefficients: usize = program
+        .steps
+        .iter()
+        .filter_map(|s| match &s.kind {
+            StepKind::Linear { plan, .. } => Some(plan),
+            _ => None,
+        })
+        .flat_map(|d| d.outputs.iter().flat_map(|o| o.giants.iter().flat_map(|g| g.terms.iter())))
+        .map(|t| t.diag.len())
+        .sum();
+    let planned = plan(program, &caps).unwrap();
+    let bytes = planned.cost.diagonal_bytes as usize;
+    assert!(coefficients > 50_000, "{coefficients} coefficients");
+    assert!(bytes > 0 && bytes < coefficients, "{bytes} bytes for {coefficients} coefficients");
+    let x = rand_input(&mut StdRng::seed_from_u64(3), 3 * 32 * 32);
+    let (out, _, _) = run_packed(&model, &p, &x);
+    let want = reference_output(&model, &x);
+    let err = max_abs_diff(&out, &want);
+    assert!(err < 1e-6, "max |packed − reference| = {err}");
+    eprintln!("{coefficients} coefficients in {bytes} bytes; max error {err:.1e}");
+}

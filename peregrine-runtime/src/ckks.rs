@@ -800,11 +800,12 @@ impl<F: Family> CompiledModel for CkksModel<F> {
             c.rotations, c.ct_ct_mults, c.key_switches, c.ct_pt_mults, c.rescales, c.bootstraps
         ));
         lines.push(format!(
-            "levels consumed {}, peak {} live ciphertexts, {} rotation keys (≈ {:.2} GiB of evaluation keys at full level)",
+            "levels consumed {}, peak {} live ciphertexts, {} rotation keys (≈ {:.2} GiB of evaluation keys at full level), {:.1} MiB of plaintext diagonals",
             c.levels_consumed,
             c.peak_live_ciphertexts,
             c.rotation_keys,
-            c.key_bytes_estimate as f64 / (1u64 << 30) as f64
+            c.key_bytes_estimate as f64 / (1u64 << 30) as f64,
+            c.diagonal_bytes as f64 / (1u64 << 20) as f64
         ));
         lines.push(chain_summary(&p.capabilities, p.lazy_squares));
         if let (Some(units), Some(model)) = (c.estimated_units, &p.capabilities.costs) {
