@@ -131,7 +131,7 @@ impl SparseDiagonal {
         self.blocks.iter().map(|b| b.count as usize).sum::<usize>() * self.repeats as usize
     }
 
-    /// Bytes it holds (its blocks and patterns).
+    /// Bytes it holds (its blocks and templates).
     pub fn stored_bytes(&self) -> usize {
         self.blocks.len() * std::mem::size_of::<Block>() + self.values.len() * 12
     }
@@ -166,8 +166,19 @@ impl SparseDiagonal {
     /// The diagonal as a dense vector of `slots` values.
     pub fn to_dense(&self, slots: usize) -> Vec<f64> {
         let mut v = vec![0.0; slots];
-        for (s, w) in self.block_entries(0) {
-            v[s as usize] = w;
+        // Template entry by template entry: no division per coefficient (this runs for every
+        // product of every inference).
+        for b in &self.blocks {
+            let (period, span) = (b.period as usize, b.span as usize);
+            let reps = (b.count as usize).div_ceil(period);
+            for k in 0..period {
+                let at = b.first as usize + self.offsets[b.start as usize + k] as usize;
+                let w = self.values[b.start as usize + k];
+                let n = reps - usize::from(k >= (b.count as usize) - (reps - 1) * period);
+                for r in 0..n {
+                    v[at + r * span] = w;
+                }
+            }
         }
         let period = self.period as usize;
         for r in 1..self.repeats as usize {
@@ -543,6 +554,9 @@ mod tests {
             .collect();
         let d = SparseDiagonal::from_entries(r.clone(), 512, 1);
         assert_eq!(d.iter().collect::<Vec<_>>(), r);
+        let mut want = vec![0.0; 512];
+        r.iter().for_each(|&(s, v)| want[s as usize] = v);
+        assert_eq!(d.to_dense(512), want, "blocks whose last repetition is partial");
         // Slots 0, 1, 4, 5, 8, 9, … with two alternating values: one block of a two-entry
         // template, then a changed value starts another.
         let mut e: Vec<(u32, f64)> = (0..40).map(|j| (4 * (j / 2) + j % 2, [1.0, -3.0][j as usize % 2])).collect();
@@ -550,5 +564,8 @@ mod tests {
         let d = SparseDiagonal::from_entries(e.clone(), 128, 1);
         assert_eq!(d.iter().collect::<Vec<_>>(), e);
         assert_eq!(d.stored_bytes(), 2 * 20 + 4 * 12);
+        let mut want = vec![0.0; 128];
+        e.iter().for_each(|&(s, v)| want[s as usize] = v);
+        assert_eq!(d.to_dense(128), want);
     }
 }
