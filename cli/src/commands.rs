@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use peregrine_data::{load_cifar10, load_image, preprocess};
 use peregrine_model::import::{import_cifar_resnet, small_cnn};
@@ -154,6 +154,11 @@ pub struct PredictArgs {
     /// How many top classes to print.
     #[arg(long, default_value_t = 3)]
     top: usize,
+    /// The original model of a converted one (same input and output shapes): run it on the same
+    /// image and report the agreement, decoded as for `--model` (top-1, boxes matched at IoU
+    /// ≥ 0.9, or mask pixels and mask IoU).
+    #[arg(long, value_name = "MODEL")]
+    against: Option<PathBuf>,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -164,6 +169,10 @@ pub fn predict(a: &PredictArgs, json: bool) -> Result<()> {
     let x = preprocess::<f32>(&load_image(&a.image, input)?, 1, input)?;
     let logits: Vec<f32> = Reference::<f32>::new(&model).run(&x)?.iter().copied().collect();
     let decoded = outputs::decode(&model, &logits, &a.output)?;
+    let agreement = match &a.against {
+        Some(path) => Some(against(&model, path, &x, logits.len(), &decoded, &a.output)?),
+        None => None,
+    };
     if let Some(out) = &a.output.annotate {
         outputs::annotate(&model, &a.image, &decoded, &a.output, out, "")?;
     }
@@ -174,14 +183,55 @@ pub fn predict(a: &PredictArgs, json: bool) -> Result<()> {
         if matches!(decoded, outputs::Decoded::Classes(_)) {
             v["logits"] = json!(logits);
         }
+        if let Some(g) = &agreement {
+            v["against"] =
+                json!({"model": a.against, "what": g.what, "agree": g.agree, "of": g.of, "summary": g.summary});
+        }
         println!("{v}");
     } else {
         outputs::print(&model, &decoded, &a.output, a.top);
+        if let Some(g) = &agreement {
+            println!("against {}: {}", a.against.as_ref().expect("compared").display(), g.summary);
+        }
         if let Some(out) = &a.output.annotate {
             println!("wrote {}", out.display());
         }
     }
     Ok(())
+}
+
+/// Runs the original model at `path` on the same preprocessed image `x` and compares its
+/// decoding with the converted model's.
+fn against(
+    model: &peregrine_model::Model,
+    path: &Path,
+    x: &ndarray::ArrayD<f32>,
+    outputs: usize,
+    decoded: &outputs::Decoded,
+    a: &OutputArgs,
+) -> Result<outputs::Agreement> {
+    let original = load_model(path)?;
+    let (gi, oi) = (&model.graph().input, &original.graph().input);
+    if gi.shape != oi.shape || gi.preprocess != oi.preprocess {
+        bail!(
+            "--against {}: its input ({:?}, {:?}) differs from the model's input ({:?}, {:?}); compare models that read the image alike",
+            path.display(),
+            oi.shape,
+            oi.preprocess,
+            gi.shape,
+            gi.preprocess
+        );
+    }
+    let y: Vec<f32> = Reference::<f32>::new(&original).run(x)?.iter().copied().collect();
+    if y.len() != outputs {
+        bail!(
+            "--against {}: it has {} outputs, the model {outputs}; compare a model with its own original",
+            path.display(),
+            y.len()
+        );
+    }
+    let reference = outputs::decode(&original, &y, a)?;
+    Ok(outputs::agreement(decoded, &reference, 0.9, outputs::Sides { ours: "converted", theirs: "original" }))
 }
 
 pub fn info(model_path: &Path, json: bool) -> Result<()> {

@@ -164,7 +164,12 @@ fn client_output(
     let decrypted: Vec<f32> = decrypted.iter().map(|v| *v as f32).collect();
     let want: Vec<f32> = first.reference.iter().map(|v| *v as f32).collect();
     let decoded = outputs::decode(model, &decrypted, a)?;
-    let agreement = outputs::agreement(&decoded, &outputs::decode(model, &want, a)?, 0.9);
+    let agreement = outputs::agreement(
+        &decoded,
+        &outputs::decode(model, &want, a)?,
+        0.9,
+        outputs::Sides { ours: "decrypted", theirs: "cleartext" },
+    );
     if let Some(out) = &a.annotate {
         outputs::annotate(model, image, &decoded, a, out, &format!("decrypted, {backend}"))?;
     }

@@ -179,7 +179,6 @@ fn start(a: &FinetuneArgs) -> Result<Finetuner> {
     Ok(Finetuner::new(&model, config)?)
 }
 
-/// Training crops of `--images` and, with `--eval-images`, the held-out photos labelled by the
 /// Whether every activation of `model` is a polynomial with stored input scales (its ranges).
 fn has_ranges(model: &peregrine_model::Model) -> bool {
     use peregrine_model::ir::{Activation, Op};
@@ -190,6 +189,7 @@ fn has_ranges(model: &peregrine_model::Model) -> bool {
     })
 }
 
+/// Training crops of `--images` and, with `--eval-images`, the held-out photos labelled by the
 /// teacher's own top class (so that the reported accuracy is the agreement with it).
 fn photo_sets(
     a: &FinetuneArgs,
@@ -229,8 +229,30 @@ fn photo_sets(
             eval.display(),
             top * 100.0
         );
+        // Agreement means little where the teacher itself hardly prefers one class (natural
+        // photos shown to a document-orientation network): say how sure it is.
+        let (median, sure) = teacher_confidence(&y.iter().copied().collect::<Vec<f32>>(), classes);
+        eprintln!(
+            "the teacher's top class has a median probability of {median:.2} (softmax of its outputs); at least 0.9 on {sure} of {count}"
+        );
     }
     Ok((train, Some(LabeledImages { labels, ..held })))
+}
+
+/// The median over rows of the largest softmax probability of `y` (rows of `classes` outputs),
+/// and the number of rows where it is at least 0.9.
+fn teacher_confidence(y: &[f32], classes: usize) -> (f64, usize) {
+    let mut top: Vec<f64> = y
+        .chunks(classes.max(1))
+        .map(|row| {
+            let m = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let sum: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+            1.0 / sum
+        })
+        .collect();
+    top.sort_by(f64::total_cmp);
+    let median = if top.is_empty() { f64::NAN } else { top[top.len() / 2] };
+    (median, top.iter().filter(|&&p| p >= 0.9).count())
 }
 
 /// The test figure of `--images` runs.
@@ -243,6 +265,9 @@ struct Bars {
     test_images: usize,
     /// What the test figure is: "test accuracy", or the agreement with the teacher.
     metric: &'static str,
+    /// Whether the training steps' top-1 figure means anything (not for a map or detector
+    /// heads distilled on photos: their loss is the figure).
+    top1: bool,
 }
 
 impl Progress for Bars {
@@ -267,7 +292,11 @@ impl Progress for Bars {
     }
     fn step(&mut self, s: &StepReport) {
         let acc = if self.metric == AGREEMENT { "agree" } else { "acc" };
-        let line = format!("loss {:.4} {acc} {:.2} % lr {:.2e}", s.loss, s.accuracy * 100.0, s.lr);
+        let line = if self.top1 {
+            format!("loss {:.4} {acc} {:.2} % lr {:.2e}", s.loss, s.accuracy * 100.0, s.lr)
+        } else {
+            format!("loss {:.4} lr {:.2e}", s.loss, s.lr)
+        };
         if self.bar.is_hidden() && !self.quiet && (s.step % 50 == 0 || s.step == s.steps) {
             // Not a terminal (a log file): one line every 50 steps instead of a bar.
             eprintln!("epoch {} step {}/{}: {line}", s.epoch + 1, s.step, s.steps);
@@ -280,12 +309,16 @@ impl Progress for Bars {
         if !self.quiet {
             let pct =
                 |label: &str, v: Option<f64>| v.map(|v| format!(", {label} {:.2} %", v * 100.0)).unwrap_or_default();
+            let train = if self.top1 {
+                let what = if self.metric == AGREEMENT { "agreement" } else { "acc" };
+                format!(", train {what} {:.2} %", e.train_accuracy * 100.0)
+            } else {
+                String::new()
+            };
             eprintln!(
-                "epoch {}/{total}: train loss {:.4}, train {} {:.2} %, {:.0} s{}{}; checkpoint {}",
+                "epoch {}/{total}: train loss {:.4}{train}, {:.0} s{}{}; checkpoint {}",
                 e.epoch,
                 e.train_loss,
-                if self.metric == AGREEMENT { "agreement" } else { "acc" },
-                e.train_accuracy * 100.0,
                 e.seconds,
                 pct(self.metric, e.test_accuracy),
                 pct("quantised simulation", e.simulated_test_accuracy),
@@ -336,8 +369,14 @@ pub fn finetune(a: FinetuneArgs, json: bool) -> Result<()> {
         stop_after: a.stop_after,
     };
     let metric = if a.images.is_some() { AGREEMENT } else { "test acc" };
-    let mut bars =
-        Bars { bar: ProgressBar::hidden(), quiet: json, test_images: test.as_ref().map_or(0, |t| t.len()), metric };
+    let top1 = a.images.is_none() || run.model.output_len() <= 256;
+    let mut bars = Bars {
+        bar: ProgressBar::hidden(),
+        quiet: json,
+        test_images: test.as_ref().map_or(0, |t| t.len()),
+        metric,
+        top1,
+    };
     let out = run.run_schedule(&schedule, &mut bars)?;
     let total = run.config().epochs;
     if run.epochs_done() < total && !json {
@@ -358,4 +397,20 @@ pub fn finetune(a: FinetuneArgs, json: bool) -> Result<()> {
         println!("wrote {} ({name}){acc}", a.output.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::teacher_confidence;
+
+    #[test]
+    fn teacher_confidence_is_the_softmax_top_probability() {
+        // Rows: uniform (0.25), one class far ahead (≈ 1), two tied ahead (≈ 0.5).
+        let y = [0.0, 0.0, 0.0, 0.0, 10.0, 0.0, 0.0, 0.0, 5.0, 5.0, -5.0, -5.0];
+        let (median, sure) = teacher_confidence(&y, 4);
+        assert!((median - 0.5).abs() < 1e-3, "median {median}");
+        assert_eq!(sure, 1);
+        let (median, sure) = teacher_confidence(&y[..4], 4);
+        assert!((median - 0.25).abs() < 1e-12 && sure == 0);
+    }
 }

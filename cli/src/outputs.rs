@@ -195,10 +195,23 @@ pub struct Agreement {
     pub summary: String,
 }
 
-/// Compares the decrypted output's decoding with the cleartext one's: the top-1 class; each
-/// reference box matched to a decrypted box of its class with IoU ≥ `min_iou`; mask pixels
-/// on the same side of the threshold.
-pub fn agreement(decrypted: &Decoded, reference: &Decoded, min_iou: f32) -> Agreement {
+/// Whose outputs [`agreement`] compares, as its summary names them: the decrypted output
+/// against the cleartext model's (`run --image`), or a converted model's against its original
+/// (`predict --against`).
+#[derive(Clone, Copy, Debug)]
+pub struct Sides {
+    /// The output checked ("decrypted", "converted").
+    pub ours: &'static str,
+    /// The output it should equal ("cleartext", "original").
+    pub theirs: &'static str,
+}
+
+/// Compares one output's decoding with a reference one's: the top-1 class; each reference box
+/// matched to a box of its class with IoU ≥ `min_iou`; mask pixels on the same side of the
+/// threshold, and the two masks' intersection over union (pixel agreement alone says little
+/// when the mask is a small part of the image).
+pub fn agreement(decrypted: &Decoded, reference: &Decoded, min_iou: f32, sides: Sides) -> Agreement {
+    let Sides { ours, theirs } = sides;
     match (decrypted, reference) {
         (Decoded::Classes(a), Decoded::Classes(b)) => {
             let same = a.first().map(|p| p.0) == b.first().map(|p| p.0);
@@ -206,7 +219,7 @@ pub fn agreement(decrypted: &Decoded, reference: &Decoded, min_iou: f32) -> Agre
                 what: "top-1",
                 agree: same as usize,
                 of: 1,
-                summary: format!("top-1 {} the cleartext model's", if same { "equals" } else { "DIFFERS FROM" }),
+                summary: format!("top-1 {} the {theirs} model's", if same { "equals" } else { "DIFFERS FROM" }),
             }
         }
         (Decoded::Detections(got), Decoded::Detections(want)) => {
@@ -232,7 +245,7 @@ pub fn agreement(decrypted: &Decoded, reference: &Decoded, min_iou: f32) -> Agre
                 agree: matched,
                 of: want.len(),
                 summary: format!(
-                    "{matched} of {} cleartext boxes found (same class, IoU ≥ {min_iou}; smallest IoU {}), {extra} other decrypted boxes",
+                    "{matched} of {} {theirs} boxes found (same class, IoU ≥ {min_iou}; smallest IoU {}), {extra} other {ours} boxes",
                     want.len(),
                     if matched > 0 { format!("{worst:.3}") } else { "-".into() }
                 ),
@@ -240,12 +253,15 @@ pub fn agreement(decrypted: &Decoded, reference: &Decoded, min_iou: f32) -> Agre
         }
         (Decoded::Mask { probability: p, threshold, .. }, Decoded::Mask { probability: q, .. }) => {
             let same = p.iter().zip(q).filter(|(x, y)| (*x > threshold) == (*y > threshold)).count();
+            let both = p.iter().zip(q).filter(|(x, y)| *x > threshold && *y > threshold).count();
+            let either = p.iter().zip(q).filter(|(x, y)| *x > threshold || *y > threshold).count();
+            let iou = if either == 0 { "-".to_string() } else { format!("{:.3}", both as f64 / either as f64) };
             Agreement {
                 what: "mask",
                 agree: same,
                 of: q.len(),
                 summary: format!(
-                    "mask pixels agree on {same} of {} ({:.4} %); {} decrypted and {} cleartext pixels above {threshold}",
+                    "mask pixels agree on {same} of {} ({:.4} %), mask IoU {iou}; {} {ours} and {} {theirs} pixels above {threshold}",
                     q.len(),
                     100.0 * same as f64 / q.len().max(1) as f64,
                     decrypted.mask_pixels(),
@@ -254,5 +270,28 @@ pub fn agreement(decrypted: &Decoded, reference: &Decoded, min_iou: f32) -> Agre
             }
         }
         _ => Agreement { what: "nothing", agree: 0, of: 0, summary: "the two outputs were decoded differently".into() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{agreement, Decoded, Sides};
+
+    #[test]
+    fn mask_agreement_counts_pixels_and_intersection_over_union() {
+        let mask = |p: Vec<f32>| Decoded::Mask { probability: p, height: 1, width: 5, threshold: 0.5 };
+        let sides = Sides { ours: "converted", theirs: "original" };
+        // Masks {0, 1, 4} and {0, 2, 4}: 3 of 5 pixels on the same side, IoU 2 / 4.
+        let g = agreement(&mask(vec![0.9, 0.8, 0.1, 0.2, 0.7]), &mask(vec![0.6, 0.3, 0.9, 0.0, 1.0]), 0.9, sides);
+        assert_eq!((g.what, g.agree, g.of), ("mask", 3, 5));
+        assert!(
+            g.summary.contains("mask IoU 0.500") && g.summary.contains("3 converted and 3 original"),
+            "{}",
+            g.summary
+        );
+        // Two empty masks agree everywhere and have no IoU.
+        let g = agreement(&mask(vec![0.0; 5]), &mask(vec![0.1; 5]), 0.9, sides);
+        assert_eq!(g.agree, 5);
+        assert!(g.summary.contains("mask IoU -"), "{}", g.summary);
     }
 }

@@ -139,13 +139,18 @@ fn plan_reports_cost_and_run_agrees_with_the_reference() {
 /// A segmenter-shaped model: 3×13×11 photo → 3×3 convolution → degree-2 polynomial → a
 /// one-channel 13×11 map (taken as it is: no resizing, no normalisation).
 fn tiny_map_model(tag: &str) -> PathBuf {
+    tiny_map_model_biased(tag, -0.4)
+}
+
+/// [`tiny_map_model`] with another bias before its polynomial.
+fn tiny_map_model_biased(tag: &str, bias: f32) -> PathBuf {
     use peregrine_model::ir::{Graph, INPUT};
     use peregrine_model::testkit::{conv, graph, node, poly, raw_input, sawtooth};
     use peregrine_model::Model;
     let mut w = peregrine_model::ir::Weights::new();
     let arr = |shape: &[usize], v: Vec<f32>| ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), v).unwrap();
     w.insert("c.w".into(), arr(&[1, 3, 3, 3], sawtooth(27, 0.3)));
-    w.insert("c.b".into(), arr(&[1], vec![-0.4]));
+    w.insert("c.b".into(), arr(&[1], vec![bias]));
     w.insert("p.c".into(), arr(&[1, 3], vec![0.05, 1.0, 0.2]));
     let nodes = vec![
         node("c", conv(3, 1, 3, 1, 1, 1, 1, "c.w", Some("c.b")), &[INPUT]),
@@ -155,6 +160,63 @@ fn tiny_map_model(tag: &str) -> PathBuf {
     let p = tmp(&format!("map-{tag}.safetensors"));
     save_model(&Model::new(g, w).unwrap(), &p).unwrap();
     p
+}
+
+#[test]
+fn predict_against_reports_a_converted_models_agreement_with_its_original() {
+    let photo = tmp("against-map.png");
+    image::RgbImage::from_fn(11, 13, |x, y| image::Rgb([(x * 23) as u8, (y * 19) as u8, ((x * y) % 7 * 30) as u8]))
+        .save(&photo)
+        .unwrap();
+    let predict = |model: &Path, against: &Path, extra: &[&str]| {
+        bin()
+            .args(["predict", "--json", "--model"])
+            .arg(model)
+            .arg("--against")
+            .arg(against)
+            .arg("--image")
+            .arg(&photo)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // A map against itself: every pixel agrees, the masks coincide.
+    let map = tiny_map_model_biased("against-a", -0.4);
+    let same = json(predict(&map, &map, &["--mask=-0.4"]));
+    assert_eq!(same["against"]["what"], "mask", "{same}");
+    assert_eq!(same["against"]["agree"], 143, "{same}");
+    assert!(same["against"]["summary"].as_str().unwrap().contains("mask IoU 1.000"), "{same}");
+    // Another bias moves some pixels across the threshold: the agreement counts exactly the
+    // pixels on the same side in both, and the IoU is below 1.
+    let moved = tiny_map_model_biased("against-b", -0.1);
+    let other = json(predict(&moved, &map, &["--mask=-0.4"]));
+    let (m1, m2) = (same["mask_pixels"].as_u64().unwrap(), other["mask_pixels"].as_u64().unwrap());
+    let agree = other["against"]["agree"].as_u64().unwrap();
+    assert!(m1 != m2, "the bias changes the mask ({m1} pixels)");
+    assert!(agree < 143 && agree + m1.abs_diff(m2) <= 143 && agree >= 143 - (m1 + m2).min(143), "{other}");
+    assert!(!other["against"]["summary"].as_str().unwrap().contains("mask IoU 1.000"), "{other}");
+    // A classifier against itself: top-1 equal.
+    let model = small_model("against");
+    let png = tmp("against-in.png");
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, 90])).save(&png).unwrap();
+    let c = json(
+        bin()
+            .args(["predict", "--json", "--model"])
+            .arg(&model)
+            .arg("--against")
+            .arg(&model)
+            .arg("--image")
+            .arg(&png)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(c["against"]["what"], "top-1", "{c}");
+    assert_eq!(c["against"]["agree"], 1, "{c}");
+    // Models that read the image differently are refused by name.
+    let out = predict(&model, &map, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--against") && err.contains("differs from the model's input"), "{err}");
 }
 
 #[test]

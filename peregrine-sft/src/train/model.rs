@@ -631,6 +631,11 @@ impl TrainModel {
         &self.graph.input
     }
 
+    /// Number of values the model outputs (logits, or a map's pixels).
+    pub fn output_len(&self) -> usize {
+        self.shapes[self.index(&self.graph.output)].iter().product()
+    }
+
     /// Whether every activation already has its ranges (a model whose activations are
     /// polynomials with stored input scales): nothing needs calibrating.
     pub fn has_all_ranges(&self) -> bool {
