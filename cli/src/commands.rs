@@ -206,7 +206,7 @@ fn against(
     model: &peregrine_model::Model,
     path: &Path,
     x: &ndarray::ArrayD<f32>,
-    outputs: usize,
+    output_len: usize,
     decoded: &outputs::Decoded,
     a: &OutputArgs,
 ) -> Result<outputs::Agreement> {
@@ -223,9 +223,9 @@ fn against(
         );
     }
     let y: Vec<f32> = Reference::<f32>::new(&original).run(x)?.iter().copied().collect();
-    if y.len() != outputs {
+    if y.len() != output_len {
         bail!(
-            "--against {}: it has {} outputs, the model {outputs}; compare a model with its own original",
+            "--against {}: it has {} outputs, the model {output_len}; compare a model with its own original",
             path.display(),
             y.len()
         );
