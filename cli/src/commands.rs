@@ -9,7 +9,7 @@ use peregrine_data::{load_cifar10, load_image, preprocess};
 use peregrine_model::import::{import_cifar_resnet, small_cnn};
 use peregrine_model::reference::Reference;
 use peregrine_model::{load_model, save_model, Model};
-use peregrine_runtime::eval::accuracy;
+use peregrine_runtime::eval::accuracy_and_outputs;
 use peregrine_runtime::Registry;
 use serde_json::json;
 
@@ -108,24 +108,29 @@ pub fn eval(
     limit: Option<usize>,
     batch: usize,
     precision: Precision,
+    outputs_csv: Option<&Path>,
     json: bool,
 ) -> Result<()> {
     let start = std::time::Instant::now();
     let model = load_model(model_path)?;
     let images = load_cifar10(data, limit)?;
     let pb = progress(images.len() as u64, json, "eval");
-    let (a, ty) = match precision {
-        Precision::F32 => (accuracy::<f32>(&model, &images, batch, |n| pb.inc(n as u64))?, "f32"),
-        Precision::F64 => (accuracy::<f64>(&model, &images, batch, |n| pb.inc(n as u64))?, "f64"),
+    let tick = |n: usize| pb.inc(n as u64);
+    let ((a, rows), ty) = match precision {
+        Precision::F32 => (accuracy_and_outputs::<f32>(&model, &images, batch, tick)?, "f32"),
+        Precision::F64 => (accuracy_and_outputs::<f64>(&model, &images, batch, tick)?, "f64"),
     };
     pb.finish_and_clear();
+    if let Some(path) = outputs_csv {
+        write_outputs_csv(path, &images.labels, &rows)?;
+    }
     let (total_s, threads) = (start.elapsed().as_secs_f64(), rayon::current_num_threads());
     let acc = a.correct as f64 / a.images as f64;
     if json {
         println!(
             "{}",
             json!({"model": model_path, "data": data, "images": a.images, "correct": a.correct, "accuracy": acc,
-                   "non_finite_outputs": a.non_finite, "precision": ty, "threads": threads,
+                   "non_finite_outputs": a.non_finite, "precision": ty, "threads": threads, "outputs": outputs_csv,
                    "inference_seconds": a.seconds, "total_seconds": total_s})
         );
         return Ok(());
@@ -139,7 +144,39 @@ pub fn eval(
         a.images,
         a.seconds
     );
+    if let Some(path) = outputs_csv {
+        println!("wrote every image's outputs to {}", path.display());
+    }
     Ok(())
+}
+
+/// Writes `eval --outputs`: one row per image — index, label, top-1 prediction (empty when an
+/// output is not finite), then the outputs.
+fn write_outputs_csv(path: &Path, labels: &[u8], rows: &[Vec<f64>]) -> Result<()> {
+    use std::fmt::Write as _;
+    let width = rows.first().map_or(0, Vec::len);
+    let mut text = String::from("image,label,prediction");
+    for j in 0..width {
+        write!(text, ",output{j}").expect("writing to a String");
+    }
+    text.push('\n');
+    for (i, (row, label)) in rows.iter().zip(labels).enumerate() {
+        let prediction = if row.iter().all(|v| v.is_finite()) {
+            row.iter()
+                .enumerate()
+                .fold((0, f64::NEG_INFINITY), |b, (j, &v)| if v > b.1 { (j, v) } else { b })
+                .0
+                .to_string()
+        } else {
+            String::new()
+        };
+        write!(text, "{i},{label},{prediction}").expect("writing to a String");
+        for v in row {
+            write!(text, ",{v}").expect("writing to a String");
+        }
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// `peregrine predict`.
@@ -330,6 +367,11 @@ pub struct EnsembleArgs {
     /// Member model files (two or more, one architecture).
     #[arg(long, num_args = 2.., required = true)]
     models: Vec<PathBuf>,
+    /// Weight of each member's outputs, one per member, normalised to sum 1 (default: equal);
+    /// e.g. to let a better member count more, or to even out members whose logits differ in
+    /// scale. Linear, so free in an encrypted run.
+    #[arg(long, num_args = 2.., allow_negative_numbers = true)]
+    weights: Option<Vec<f32>>,
     /// Output model file.
     #[arg(short, long)]
     output: PathBuf,
@@ -341,14 +383,31 @@ pub fn ensemble(a: &EnsembleArgs, json: bool) -> Result<()> {
         .iter()
         .map(|p| load_model(p).with_context(|| format!("member {}", p.display())))
         .collect::<Result<Vec<_>>>()?;
-    let out = peregrine_model::ensemble::widen_ensemble(&members)?;
+    let share = match &a.weights {
+        None => vec![1.0 / members.len() as f32; members.len()],
+        Some(w) => {
+            if w.len() != members.len() {
+                bail!("--weights gives {} weights for {} members", w.len(), members.len());
+            }
+            let sum: f32 = w.iter().sum();
+            if w.iter().any(|v| !v.is_finite() || *v < 0.0) || sum <= 0.0 {
+                bail!("--weights must be non-negative numbers with a positive sum, got {w:?}");
+            }
+            w.iter().map(|v| v / sum).collect()
+        }
+    };
+    let out = peregrine_model::ensemble::widen_weighted_ensemble(&members, &share)?;
     save_model(&out, &a.output)?;
     let params = out.parameter_count();
     if json {
-        println!("{}", json!({"model": a.output, "name": out.graph().name, "members": a.models, "parameters": params}));
-    } else {
         println!(
-            "wrote {} ({}): the mean of {} members, {} parameters (channels side by side, later layers grouped by member)",
+            "{}",
+            json!({"model": a.output, "name": out.graph().name, "members": a.models, "weights": share, "parameters": params})
+        );
+    } else {
+        let how = if a.weights.is_some() { format!("weights {share:?}") } else { "the mean".into() };
+        println!(
+            "wrote {} ({}): {how} of {} members, {} parameters (channels side by side, later layers grouped by member)",
             a.output.display(),
             out.graph().name,
             members.len(),

@@ -90,6 +90,11 @@ enum Command {
         /// Scalar type.
         #[arg(long, value_enum, default_value_t = Precision::F32)]
         precision: Precision,
+        /// Also write every image's outputs to this CSV file (image, label, prediction, then
+        /// the outputs; a non-finite output is written as NaN or inf), to compare models image
+        /// by image — e.g. whether ensemble members err on the same images.
+        #[arg(long, value_name = "CSV")]
+        outputs: Option<PathBuf>,
     },
     /// Run a model on one PNG or JPEG image (resized to the model input if the model allows
     /// it): the top classes, or detections (`--yolo-classes`) or a mask (`--mask`), optionally
@@ -305,8 +310,8 @@ fn main() -> ExitCode {
         Command::Import { what: ImportCmd::SmallCnn { widths, seed, output } } => {
             commands::import_small_cnn(&widths, seed, &output, json)
         }
-        Command::Eval { model, data, limit, batch, precision } => {
-            commands::eval(&model, &data, limit, batch, precision, json)
+        Command::Eval { model, data, limit, batch, precision, outputs } => {
+            commands::eval(&model, &data, limit, batch, precision, outputs.as_deref(), json)
         }
         Command::Predict(args) => commands::predict(&args, json),
         Command::Info { model } => commands::info(&model, json),

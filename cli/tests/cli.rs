@@ -157,6 +157,69 @@ fn ensemble_widens_members_into_one_model_and_refuses_mismatched_ones_writing_no
             .unwrap()
     };
     assert_eq!(eval(&out), eval(&model));
+    // Weights: member 2 at weight 0 leaves member 1 exactly, image by image (`eval --outputs`).
+    let committed = |name: &str| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models").join(name);
+    let (sft, sft_e5) = (committed("resnet20-sft2.safetensors"), committed("resnet20-sft2-e5.safetensors"));
+    let first = tmp("r20-ensemble-first.safetensors");
+    let v = json(
+        bin()
+            .args(["ensemble", "--json", "--models"])
+            .arg(&sft)
+            .arg(&sft_e5)
+            .args(["--weights", "3", "0", "-o"])
+            .arg(&first)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["weights"], serde_json::json!([1.0, 0.0]));
+    let rows = |m: &PathBuf, name: &str| -> Vec<Vec<String>> {
+        let csv = tmp(name);
+        let v = json(
+            bin()
+                .args(["eval", "--json", "--limit", "24", "--model"])
+                .arg(m)
+                .arg("--data")
+                .arg(shared("data/cifar10/test_batch.bin.gz"))
+                .arg("--outputs")
+                .arg(&csv)
+                .output()
+                .unwrap(),
+        );
+        let text = std::fs::read_to_string(&csv).unwrap();
+        let rows: Vec<Vec<String>> = text.lines().map(|l| l.split(',').map(String::from).collect()).collect();
+        assert_eq!(rows[0][..4], ["image", "label", "prediction", "output0"]);
+        assert_eq!(rows.len(), 25, "a header and 24 images");
+        // The CSV's predictions give the accuracy eval reports.
+        let right = rows[1..].iter().filter(|r| r[1] == r[2]).count();
+        assert_eq!(right as u64, v["correct"].as_u64().unwrap());
+        rows[1..].to_vec()
+    };
+    let (a, b) = (rows(&sft, "member1.csv"), rows(&first, "first-only.csv"));
+    for (ra, rb) in a.iter().zip(&b) {
+        assert_eq!(ra[..3], rb[..3], "same image, label and prediction");
+        for (x, y) in ra[3..].iter().zip(&rb[3..]) {
+            let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+            assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "output {x} against {y}");
+        }
+    }
+    let mixed = rows(&out, "mixed.csv");
+    assert_eq!(mixed.len(), 24);
+    // Weights that do not fit: refused, nothing written.
+    for w in [&["1", "2", "3"][..], &["-1", "2"]] {
+        let bad = tmp("ensemble-badweights.safetensors");
+        let o = bin()
+            .args(["ensemble", "--models"])
+            .arg(&sft)
+            .arg(&sft_e5)
+            .arg("--weights")
+            .args(w)
+            .arg("-o")
+            .arg(&bad)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains("--weights") && !bad.exists(), "{w:?}: {e}");
+    }
     // Another architecture: refused by name, nothing written.
     let onnx = tmp("ensemble-tiny.onnx");
     std::fs::write(&onnx, tiny_onnx("Relu")).unwrap();

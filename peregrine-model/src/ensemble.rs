@@ -35,6 +35,26 @@ enum Form {
 /// connected layers and ResNet option-A shortcuts (rewritten as grouped 1×1 convolutions);
 /// channel concatenation is refused by name (the member blocks would interleave).
 pub fn widen_ensemble(members: &[Model]) -> Result<Model> {
+    let uniform = vec![1.0 / members.len().max(1) as f32; members.len()];
+    widen_weighted_ensemble(members, &uniform)
+}
+
+/// [`widen_ensemble`] with the output a weighted sum of the members' outputs: member `m`'s
+/// output counts `share[m]` (finite, not all zero; a sum of 1 keeps the outputs' scale — the
+/// CLI normalises). Still linear, so an encrypted run pays nothing for the weights.
+pub fn widen_weighted_ensemble(members: &[Model], share: &[f32]) -> Result<Model> {
+    if share.len() != members.len() {
+        return Err(ModelError::Unsupported(format!(
+            "an ensemble of {} members got {} weights",
+            members.len(),
+            share.len()
+        )));
+    }
+    if share.iter().any(|w| !w.is_finite()) || share.iter().all(|w| *w == 0.0) {
+        return Err(ModelError::Unsupported(format!(
+            "ensemble weights must be finite and not all zero, got {share:?}"
+        )));
+    }
     let Some(first) = members.first() else {
         return Err(ModelError::Unsupported("an ensemble needs at least two members, got none".into()));
     };
@@ -176,12 +196,21 @@ pub fn widen_ensemble(members: &[Model]) -> Result<Model> {
                     return Err(unsupported(node, "reads the input (flatten a feature map first)"));
                 }
                 if is_output {
-                    // The mean of the members' outputs: [W_1 … W_K] / K, mean bias.
-                    let w = stack(&l.weight, 1)? / k as f32;
+                    // The weighted mean of the members' outputs: [s_1·W_1 … s_K·W_K], Σ s_m·b_m.
+                    let mut w = stack(&l.weight, 1)?;
+                    for (m, s) in share.iter().enumerate() {
+                        let cols = m * l.in_features..(m + 1) * l.in_features;
+                        w.slice_axis_mut(Axis(1), cols.into()).mapv_inplace(|v| v * s);
+                    }
                     weights.insert(l.weight.clone(), w);
                     if let Some(b) = &l.bias {
-                        let mean = members.iter().map(|m| m.weights()[b].clone()).reduce(|a, b| a + b).expect("k >= 2");
-                        weights.insert(b.clone(), mean / k as f32);
+                        let mean = members
+                            .iter()
+                            .zip(share)
+                            .map(|(m, s)| m.weights()[b].mapv(|v| v * s))
+                            .reduce(|a, b| a + b)
+                            .expect("k >= 2");
+                        weights.insert(b.clone(), mean);
                     }
                     out.op = Op::Linear(Linear { in_features: k * l.in_features, ..l.clone() });
                 } else {
@@ -226,7 +255,7 @@ pub fn widen_ensemble(members: &[Model]) -> Result<Model> {
                 let mut w = ArrayD::zeros(IxDyn(&[*f, k * f]));
                 for m in 0..k {
                     for i in 0..*f {
-                        w[[i, m * f + i]] = 1.0 / k as f32;
+                        w[[i, m * f + i]] = share[m];
                     }
                 }
                 weights.insert(weight.clone(), w);
@@ -236,7 +265,7 @@ pub fn widen_ensemble(members: &[Model]) -> Result<Model> {
                 let mut w = ArrayD::zeros(IxDyn(&[*c, k * c, 1, 1]));
                 for m in 0..k {
                     for i in 0..*c {
-                        w[[i, m * c + i, 0, 0]] = 1.0 / k as f32;
+                        w[[i, m * c + i, 0, 0]] = share[m];
                     }
                 }
                 weights.insert(weight.clone(), w);

@@ -1,7 +1,7 @@
 //! An ensemble widened into one model computes the mean of its members' outputs.
 
 use ndarray::ArrayD;
-use peregrine_model::ensemble::widen_ensemble;
+use peregrine_model::ensemble::{widen_ensemble, widen_weighted_ensemble};
 use peregrine_model::ir::*;
 use peregrine_model::reference::Reference;
 use peregrine_model::testkit::*;
@@ -9,6 +9,12 @@ use peregrine_model::testkit::*;
 /// The largest |ensemble − mean of the members| over `batch` random inputs, and the largest
 /// |mean| (the scale the difference is judged against).
 fn mean_error(members: &[Model], ensemble: &Model, batch: usize, seed: u64) -> (f64, f64) {
+    let equal = vec![1.0 / members.len() as f64; members.len()];
+    weighted_error(members, &equal, ensemble, batch, seed)
+}
+
+/// [`mean_error`] against the members' outputs weighted by `share`.
+fn weighted_error(members: &[Model], share: &[f64], ensemble: &Model, batch: usize, seed: u64) -> (f64, f64) {
     let shape = &members[0].graph().input.shape;
     let mut dims = vec![batch];
     dims.extend(shape);
@@ -16,7 +22,7 @@ fn mean_error(members: &[Model], ensemble: &Model, batch: usize, seed: u64) -> (
     let got = Reference::<f64>::new(ensemble).run(&x.mapv(f64::from)).expect("the ensemble runs");
     let outs: Vec<ArrayD<f64>> =
         members.iter().map(|m| Reference::<f64>::new(m).run(&x.mapv(f64::from)).expect("a member runs")).collect();
-    let mean: ArrayD<f64> = outs.iter().fold(ArrayD::zeros(outs[0].raw_dim()), |a, b| a + b) / members.len() as f64;
+    let mean: ArrayD<f64> = outs.iter().zip(share).fold(ArrayD::zeros(outs[0].raw_dim()), |a, (b, s)| a + b * *s);
     assert_eq!(got.shape(), mean.shape(), "the ensemble's output has the members' shape");
     let err = got.iter().zip(&mean).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     let mag = mean.iter().map(|v| v.abs()).fold(0.0, f64::max);
@@ -80,6 +86,27 @@ fn a_widened_ensemble_computes_the_mean_of_its_members() {
         let short = nodes.iter().find(|n| n.name == "short").unwrap();
         assert!(matches!(&short.op, Op::Conv2d(c) if c.groups == k as usize && c.stride == [2, 2]));
         assert_eq!(ensemble.output_shape(), members[0].output_shape());
+    }
+}
+
+#[test]
+fn a_weighted_ensemble_computes_the_weighted_sum_and_refuses_bad_weights() {
+    let members: Vec<Model> = (0..3).map(|i| odd_resnet(20 + i)).collect();
+    let share = [0.5f32, 0.3, 0.2];
+    let ensemble = widen_weighted_ensemble(&members, &share).expect("the ensemble widens");
+    let share64: Vec<f64> = share.iter().map(|s| f64::from(*s)).collect();
+    let (err, mag) = weighted_error(&members, &share64, &ensemble, 3, 9);
+    assert!(mag > 1e-3 && err <= 1e-6 * mag.max(1.0), "weighted: |Δ| {err:e} against outputs up to {mag:e}");
+    // A weight of zero leaves exactly the other members.
+    let only_first = widen_weighted_ensemble(&members[..2], &[1.0, 0.0]).unwrap();
+    let (err, mag) = weighted_error(&members[..2], &[1.0, 0.0], &only_first, 2, 4);
+    assert!(mag > 1e-3 && err <= 1e-6 * mag.max(1.0), "one member: |Δ| {err:e} against {mag:e}");
+    // Wrong counts, non-finite or all-zero weights: refused by what is wrong.
+    for (bad, why) in
+        [(vec![0.5f32, 0.5], "got 2 weights"), (vec![1.0, f32::NAN, 0.0], "finite"), (vec![0.0; 3], "not all zero")]
+    {
+        let e = widen_weighted_ensemble(&members, &bad).unwrap_err().to_string();
+        assert!(e.contains(why), "{bad:?}: {e}");
     }
 }
 

@@ -7,7 +7,7 @@ use peregrine_backend::{power_basis, BResult, Backend, Client};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::compile::{Step, StepKind, TensorId};
+use crate::compile::{Program, Step, StepKind, TensorId};
 use crate::plan::Plan;
 use crate::OpsError;
 
@@ -179,15 +179,28 @@ pub fn execute<B: Backend>(
     values[0] = Some(input);
     let mut timings = Vec::with_capacity(prog.steps.len());
     let delta = plan.capabilities.default_scale();
+    let operands = product_operands(prog);
     for (i, step) in prog.steps.iter().enumerate() {
         let t0 = Instant::now();
         let level = plan.levels[step.output];
         let wrap = |e| OpsError::Backend { step: step.name.clone(), cause: e };
+        // The second operand of a product comes out at the scale that lands the product on Δ
+        // exactly (Δ_x · s / q = Δ): a prime is never exactly Δ, and a product at Δ·(Δ/q) could
+        // not be added to a tensor at Δ afterwards.
+        let operand_scale = operands.get(&step.output).and_then(|&(x, product)| {
+            let x = values[x].as_deref()?.first()?;
+            Some(backend.modulus(plan.levels[product] + 1) * delta / backend.scale(x))
+        });
         let out = match &step.kind {
             StepKind::Linear { inputs, plan: dp, power } => {
                 let ins: Vec<&[B::Ciphertext]> =
                     inputs.iter().map(|t| values[*t].as_deref().expect("computed")).collect();
-                let target = if *power > 1 { power_input_scale(backend, level, *power, delta) } else { delta };
+                let every_output_rescaled = dp.outputs.iter().all(|o| !o.giants.is_empty());
+                let target = match operand_scale {
+                    _ if *power > 1 => power_input_scale(backend, level, *power, delta),
+                    Some(s) if every_output_rescaled => s,
+                    _ => delta,
+                };
                 linear(backend, dp, &ins, level, target, &plan.rotation_paths).map_err(wrap)?
             }
             StepKind::Square { input, lazy, negate, offset } => {
@@ -215,13 +228,27 @@ pub fn execute<B: Backend>(
                 a.par_iter()
                     .zip(b.par_iter())
                     .map(|(x, y)| {
-                        // Both at the lower of the two levels, then multiply and rescale.
+                        // Both at the lower of the two levels, then multiply and rescale. An
+                        // operand above that level spends one of its spare levels on landing
+                        // the product on Δ exactly (times 1 at the right scale) when its
+                        // producer could not (a bootstrapped gate, a map times a map).
                         let l = backend.level(x).min(backend.level(y));
-                        let p = match (backend.level(x) > l, backend.level(y) > l) {
-                            (true, _) => backend.mul(&backend.drop_to_level(x, l)?, y)?,
-                            (_, true) => backend.mul(x, &backend.drop_to_level(y, l)?)?,
-                            _ => backend.mul(x, y)?,
+                        let q = backend.modulus(l);
+                        let off = (backend.scale(x) * backend.scale(y) / q / delta - 1.0).abs() > 1e-12;
+                        let at_l = |u: &B::Ciphertext, v: &B::Ciphertext| -> BResult<Option<B::Ciphertext>> {
+                            if backend.level(u) == l {
+                                return Ok(None);
+                            }
+                            if !off {
+                                return backend.drop_to_level(u, l).map(Some);
+                            }
+                            let want = q * delta / backend.scale(v);
+                            let u = backend.drop_to_level(u, l + 1)?;
+                            let s = want * backend.modulus(l + 1) / backend.scale(&u);
+                            backend.rescale(&backend.mul_scalar(&u, 1.0, s)?).map(Some)
                         };
+                        let (xl, yl) = (at_l(x, y)?, at_l(y, x)?);
+                        let p = backend.mul(xl.as_ref().unwrap_or(x), yl.as_ref().unwrap_or(y))?;
                         backend.rescale(&p)
                     })
                     .collect::<BResult<Vec<_>>>()
@@ -229,9 +256,10 @@ pub fn execute<B: Backend>(
             }
             StepKind::Poly { input, degree, coeffs } => {
                 let x = values[*input].as_deref().expect("computed");
+                let target = operand_scale.unwrap_or(delta);
                 x.par_iter()
                     .zip(coeffs.par_iter())
-                    .map(|(ct, c)| poly(backend, ct, *degree, c, delta, prog.slots))
+                    .map(|(ct, c)| poly(backend, ct, *degree, c, target, prog.slots))
                     .collect::<BResult<Vec<_>>>()
                     .map_err(wrap)?
             }
@@ -283,6 +311,26 @@ pub fn execute<B: Backend>(
         }
     }
     Ok((values[prog.output].take().expect("output computed"), timings))
+}
+
+/// The second operands of products (`tensor → (first operand, product's output)`), each used by
+/// that product alone and not its own square.
+fn product_operands(prog: &Program) -> HashMap<TensorId, (TensorId, TensorId)> {
+    let mut uses: HashMap<TensorId, usize> = HashMap::new();
+    for s in &prog.steps {
+        for t in s.inputs() {
+            *uses.entry(t).or_default() += 1;
+        }
+    }
+    prog.steps
+        .iter()
+        .filter_map(|s| match &s.kind {
+            &StepKind::Product { inputs: [x, g] } if x != g && uses[&g] == 1 && g != prog.output => {
+                Some((g, (x, s.output)))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 fn linear<B: Backend>(

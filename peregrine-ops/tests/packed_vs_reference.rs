@@ -569,3 +569,67 @@ fn program_diagonals_are_stored_compactly_and_stay_exact() {
     assert!(err < 1e-6, "max |packed − reference| = {err}");
     eprintln!("{coefficients} coefficients in {bytes} bytes; max error {err:.1e}");
 }
+
+/// DBNet's residual squeeze-and-excitation block, `x + x·gate(x)`: the product of two
+/// ciphertexts at Δ is rescaled by a prime that is not exactly Δ, so unless the gate is produced
+/// at the scale that lands the product on Δ, the residual add meets two scales (the twenty-first
+/// session's encrypted DBNet failed there on `ckks`). Odd sizes, NTT-friendly primes (scale drift
+/// modelled), with and without CKKS-sized noise.
+#[test]
+fn a_residual_gate_adds_the_product_to_its_map_at_one_scale() {
+    use peregrine_model::transform::{calibrate_ranges, polynomialize};
+    let mut r = StdRng::seed_from_u64(41);
+    let mut w = Weights::new();
+    w.insert("c1.w".into(), uniform(&mut r, &[5, 3, 3, 3], -0.5, 0.5));
+    w.insert("se1.w".into(), uniform(&mut r, &[3, 5, 1, 1], -0.8, 0.8));
+    w.insert("se1.b".into(), uniform(&mut r, &[3], 0.0, 0.5));
+    w.insert("se2.w".into(), uniform(&mut r, &[5, 3, 1, 1], -0.8, 0.8));
+    w.insert("se2.b".into(), uniform(&mut r, &[5], -0.2, 0.2));
+    w.insert("c2.w".into(), uniform(&mut r, &[4, 5, 3, 3], -0.4, 0.4));
+    w.insert("c3.w".into(), uniform(&mut r, &[4, 5, 1, 1], -0.4, 0.4));
+    w.insert("side.w".into(), uniform(&mut r, &[5, 3, 3, 3], -0.4, 0.4));
+    w.insert("fc.w".into(), uniform(&mut r, &[3, 4], -0.5, 0.5));
+    let nodes = vec![
+        node("c1", conv(3, 5, 3, 1, 1, 1, 1, "c1.w", None), &[INPUT]), // 5×17×13
+        node("gap", Op::GlobalAvgPool, &["c1"]),
+        node("se1", conv(5, 3, 1, 1, 0, 1, 1, "se1.w", Some("se1.b")), &["gap"]),
+        node("relu", Op::Activation(Activation::Relu), &["se1"]),
+        node("se2", conv(3, 5, 1, 1, 0, 1, 1, "se2.w", Some("se2.b")), &["relu"]),
+        node("gate", Op::Activation(Activation::HardSigmoid { alpha: 0.2, beta: 0.5 }), &["se2"]),
+        node("excite", Op::Mul, &["c1", "gate"]),
+        node("residual", Op::Add, &["c1", "excite"]),
+        // A map times a map that is used twice (its producer cannot aim the product at Δ, so
+        // the operand above the product's level does), added to the residual and to itself.
+        node("side", conv(3, 5, 3, 1, 1, 1, 1, "side.w", None), &[INPUT]),
+        node("a3", Op::Activation(Activation::Sigmoid), &["side"]),
+        node("mix", Op::Mul, &["residual", "a3"]),
+        node("res2", Op::Add, &["residual", "mix"]),
+        node("extra", Op::Add, &["res2", "a3"]),
+        // Two consumers (as in DBNet's neck): the sum is materialised by itself, no product in it.
+        node("c2", conv(5, 4, 3, 2, 1, 1, 1, "c2.w", None), &["extra"]), // 4×9×7
+        node("c3", conv(5, 4, 1, 2, 0, 1, 1, "c3.w", None), &["extra"]),
+        node("both", Op::Add, &["c2", "c3"]),
+        node("pool", Op::GlobalAvgPool, &["both"]),
+        node("flat", Op::Flatten, &["pool"]),
+        node("fc", linear(4, 3, "fc.w", None), &["flat"]),
+    ];
+    let model = Model::new(graph("rse", raw_input([3, 17, 13]), nodes, "fc"), w).unwrap();
+    let values: Vec<f32> = rand_input(&mut r, 4 * 3 * 17 * 13).iter().map(|v| *v as f32).collect();
+    let calib = ArrayD::from_shape_vec(IxDyn(&[4, 3, 17, 13]), values).unwrap();
+    let ranges = calibrate_ranges(&model, &calib).unwrap();
+    let model = polynomialize(&model, 4, &ranges, 1.1, 4.0).unwrap();
+    let x = rand_input(&mut r, 3 * 17 * 13);
+    let want = reference_output(&model, &x);
+    for log_scale in [40u32, 33] {
+        let p = ClearParams { log_scale, ..params(12, 40) };
+        let (got, _, errs) = run_packed(&model, &p, &x);
+        let max_err = max_abs_diff(&got, &want);
+        assert!(max_err < 1e-5, "Δ = 2^{log_scale}: max error {max_err:e}; per step {errs:?}");
+        let p = ClearParams { noise: Some(NoiseModel::ckks(1 << 12)), ..p };
+        let (got, _, errs) = run_packed(&model, &p, &x);
+        let max_err = max_abs_diff(&got, &want);
+        // Noise grows as 1/Δ (the sigmoid's narrow range amplifies it most): 1e-3 at 2^40.
+        let bound = 1e-3 * f64::from(40 - log_scale).exp2();
+        assert!(max_err > 0.0 && max_err < bound, "Δ = 2^{log_scale} with noise: max error {max_err:e}; {errs:?}");
+    }
+}

@@ -243,19 +243,21 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
                 calibrated = Some(calibration);
                 if let Some(range) = ranges.range {
                     if caps.bootstrap_range != Some(range) {
-                        if let Some(ranged) = self.0.params_for_bootstrap_range(&params, range) {
-                            let ranged_caps = self.0.capabilities(&ranged)?;
-                            let ranged_plan = plan(programs.get(ranged_caps.slots)?, &ranged_caps)?;
-                            // Kept only if the plan keeps its bootstraps (a larger q_0 may
-                            // cost a level).
-                            if ranged_plan.cost.bootstraps <= p.cost.bootstraps {
-                                (params, p) = (ranged, ranged_plan);
-                            } else {
-                                ranges.range = None;
-                            }
-                        } else {
-                            ranges.range = None;
-                        }
+                        let Some(ranged) = self.0.params_for_bootstrap_range(&params, range) else {
+                            return Err(RuntimeError::BootstrapRange {
+                                range,
+                                calibration: ranges
+                                    .source
+                                    .as_ref()
+                                    .map(|(f, _)| f.display().to_string())
+                                    .unwrap_or_default(),
+                            });
+                        };
+                        // Taken even when a larger q_0 costs a level and so more bootstraps: a
+                        // bootstrap whose input leaves its range returns garbage, silently.
+                        let ranged_caps = self.0.capabilities(&ranged)?;
+                        let ranged_plan = plan(programs.get(ranged_caps.slots)?, &ranged_caps)?;
+                        (params, p) = (ranged, ranged_plan);
                     }
                 }
             }

@@ -114,6 +114,14 @@ pub enum RuntimeError {
     /// A comparison asked for wrongly.
     #[error(transparent)]
     Compare(#[from] crate::compare::CompareError),
+    /// Calibrated values need a bootstrap range the backend cannot build with these parameters.
+    #[error("the bootstrapped tensors reach {range:.2} (calibrated on {calibration}, with the margin), more than any bootstrap these parameters can build; an encrypted run would return garbage. Use a larger ring or modulus, or scale the network's values down")]
+    BootstrapRange {
+        /// The range needed.
+        range: f64,
+        /// The calibration images.
+        calibration: String,
+    },
     /// The ring the user named cannot hold the model's levels at 128-bit security.
     #[error("the model needs {levels} levels (log2(Q·P) = {log_qp:.1} with the shortest chain found), more than the ring the parameters name, N = 2^{named_log}, holds at 128-bit security; the smallest ring that does is N = 2^{needed_log} (leave out log_ring_dimension to let the planner choose it)")]
     RingTooSmall {
