@@ -69,8 +69,14 @@ impl NoiseModel {
 pub struct ClearBootstrap {
     /// Level of a bootstrapped ciphertext.
     pub output_level: usize,
-    /// Largest |value| accepted as input.
+    /// Largest |value| accepted as input (default 1; the runtime sets it from calibration
+    /// when it is left out, as for `ckks`).
+    #[serde(default = "unit_range")]
     pub range: f64,
+}
+
+fn unit_range() -> f64 {
+    1.0
 }
 
 /// Parameters of the `clear` backend.
@@ -481,6 +487,14 @@ impl Scheme for ClearScheme {
         Ok(ClearClient { ctx: Context::new(params.clone(), key_id, request.rotations.clone(), request.bootstrap)? })
     }
 
+    /// The reference backend's bootstrap costs no modulus: any positive finite range is
+    /// taken as it is.
+    fn with_bootstrap_range(params: &ClearParams, range: f64) -> Option<ClearParams> {
+        let b = params.bootstrap.as_ref()?;
+        (range.is_finite() && range > 0.0)
+            .then(|| ClearParams { bootstrap: Some(ClearBootstrap { range, ..b.clone() }), ..params.clone() })
+    }
+
     fn with_chain(params: &ClearParams, request: &ChainRequest) -> Option<ClearParams> {
         // The chain as asked at the given scale (two-product moduli Δ times a plaintext scale
         // 2^4 below it, at most 60 bits), q_0 12 bits above Δ: the reference backend has no
@@ -711,31 +725,56 @@ impl Backend for ClearServer {
         Ok(ClearCiphertext { values, ..a.clone() })
     }
     fn bootstrap(&self, a: &ClearCiphertext) -> BResult<ClearCiphertext> {
-        self.ctx.same_key("bootstrap", a)?;
-        bootstrap_allowed(self.ctx.params.bootstrap.is_some(), self.ctx.bootstrap)?;
-        let Some(b) = &self.ctx.params.bootstrap else {
-            return Err(BackendError::BootstrapUnsupported);
-        };
-        let max = a.values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        if max > b.range {
+        self.bootstrap_gained(a, 1.0)
+    }
+    /// As `ckks`: an input known to stay within a range g times below the parameters' is
+    /// multiplied by the integer g before the bootstrap and divided after, so the bootstrap's
+    /// error (proportional to the range) is g times smaller.
+    fn bootstrap_within(&self, a: &ClearCiphertext, range: f64) -> BResult<ClearCiphertext> {
+        if !(range.is_finite() && range > 0.0) {
             return Err(BackendError::OutOfRange {
                 op: "bootstrap",
-                detail: format!("|value| up to {max:.4} exceeds the bootstrap range {}", b.range),
+                detail: format!("a bootstrap range must be positive and finite, got {range}"),
             });
         }
-        let scale = (self.ctx.params.log_scale as f64).exp2();
-        let mut values = a.values.clone();
-        if let Some(n) = &self.ctx.params.noise {
-            // Absolute error b.range · 2^-bits, expressed in the scaled domain.
-            self.ctx.noise(n.bootstrap_relative * b.range * scale, scale, &mut values);
-        }
-        self.ctx
-            .check("bootstrap", ClearCiphertext { values, meta: CtMeta::new(b.output_level, scale), key_id: a.key_id })
+        let full = self.ctx.params.bootstrap.as_ref().map_or(1.0, |b| b.range);
+        self.bootstrap_gained(a, (full / range).floor().clamp(1.0, MAX_RANGE_GAIN))
     }
     fn serialize_ciphertext(&self, ct: &ClearCiphertext) -> BResult<Vec<u8>> {
         Ok(self.ctx.serialize(ct))
     }
     fn deserialize_ciphertext(&self, bytes: &[u8]) -> BResult<ClearCiphertext> {
         self.ctx.deserialize(bytes)
+    }
+}
+
+/// The largest integer a bootstrap input is multiplied by for a small range (as `ckks`).
+const MAX_RANGE_GAIN: f64 = 65_536.0;
+
+impl ClearServer {
+    /// The bootstrap emulation with the input multiplied by `gain` first: values beyond the
+    /// parameters' range (after the gain) are refused, as a CKKS bootstrap would return
+    /// garbage for them; the noise is the bootstrap's error at the parameters' range over `gain`.
+    fn bootstrap_gained(&self, a: &ClearCiphertext, gain: f64) -> BResult<ClearCiphertext> {
+        self.ctx.same_key("bootstrap", a)?;
+        bootstrap_allowed(self.ctx.params.bootstrap.is_some(), self.ctx.bootstrap)?;
+        let Some(b) = &self.ctx.params.bootstrap else {
+            return Err(BackendError::BootstrapUnsupported);
+        };
+        let max = a.values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        if max * gain > b.range {
+            return Err(BackendError::OutOfRange {
+                op: "bootstrap",
+                detail: format!("|value| up to {max:.4} exceeds the bootstrap range {}", b.range / gain),
+            });
+        }
+        let scale = (self.ctx.params.log_scale as f64).exp2();
+        let mut values = a.values.clone();
+        if let Some(n) = &self.ctx.params.noise {
+            // Absolute error (range / gain) · 2^-bits, expressed in the scaled domain.
+            self.ctx.noise(n.bootstrap_relative * b.range / gain * scale, scale, &mut values);
+        }
+        self.ctx
+            .check("bootstrap", ClearCiphertext { values, meta: CtMeta::new(b.output_level, scale), key_id: a.key_id })
     }
 }

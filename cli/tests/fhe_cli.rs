@@ -682,12 +682,64 @@ fn ckks_calibrates_the_bootstrap_range_on_training_images() {
         let (own, m) = (b["range"].as_f64().unwrap(), b["largest_abs"].as_f64().unwrap());
         assert!((own - 1.25 * m).abs() < 1e-9 * own, "{b}");
     }
+    // The parameters' range covers the bootstraps without a level to spare; the others divide
+    // by an integer first when beyond it.
     let range = calibrated["capabilities"]["bootstrap_range"].as_f64().unwrap();
-    assert!((range - 1.25 * largest).abs() < 1e-9 * range, "range {range} for a largest value of {largest}");
+    let tight: Vec<f64> =
+        per.iter().filter(|b| b["spare_level"] == false).map(|b| b["largest_abs"].as_f64().unwrap()).collect();
+    let need = if tight.is_empty() {
+        per.iter().map(|b| b["largest_abs"].as_f64().unwrap()).fold(f64::INFINITY, f64::min)
+    } else {
+        tight.iter().copied().fold(0f64, f64::max)
+    };
+    assert!(need <= largest);
+    assert!((range - 1.25 * need).abs() < 1e-9 * range, "range {range} for a largest value of {need}: {cal}");
+    for b in per {
+        let own = b["range"].as_f64().unwrap();
+        let divisor = b["divisor"].as_i64().unwrap();
+        if own > range * (1.0 + 1e-9) {
+            assert_eq!(b["spare_level"], true, "{b}");
+            assert_eq!(divisor, (own / range).ceil() as i64, "{b}");
+        } else {
+            assert_eq!(divisor, 1, "{b}");
+        }
+    }
     let plain = plan(&[]);
     assert_eq!(plain["bootstrap_calibration"]["calibrated"], false, "{plain}");
     assert_eq!(plain["capabilities"]["bootstrap_range"], 1.0, "the parameters' own range (the default)");
     run_one_image_agrees(&model, params);
+}
+
+/// A calibrated range no parameters of the family can build (Δ = 2^52 leaves a 61-bit q_0 room
+/// for values up to 2; the small model's activation, times 8, reaches about 6.5) is refused by
+/// name, instead of run at a range the values leave (the run would return garbage without a
+/// word). The same model at Δ = 2^40 plans.
+#[test]
+fn ckks_refuses_a_calibrated_range_it_cannot_build() {
+    let (graph, mut weights) = tiny_poly_cnn(0).into_parts();
+    weights.get_mut("p.c").unwrap().mapv_inplace(|v| 8.0 * v);
+    let model = tmp("small-ckks-unbuildable-range.safetensors");
+    save_model(&peregrine_model::Model::new(graph, weights).unwrap(), &model).unwrap();
+    let at = |log_scale: u32| {
+        let params = format!(
+            r#"{{"log_ring_dimension": 13, "levels": 3, "log_scale": {log_scale}, "insecure_test_only": true, "bootstrap": {{}}}}"#
+        );
+        bin()
+            .args(["plan", "--backend", "ckks", "--params", &params, "--calibration"])
+            .arg(shared("data/cifar10/data_batch_1.bin.gz"))
+            .arg("--model")
+            .arg(&model)
+            .output()
+            .unwrap()
+    };
+    let fine = at(40);
+    assert!(fine.status.success(), "{}", String::from_utf8_lossy(&fine.stderr));
+    let out = at(52);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("more than any bootstrap these parameters can build"), "{err}");
+    assert!(err.contains("data_batch_1"), "names the calibration images: {err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 /// The committed degree-2 ResNet-20 plans leveled on `ckks` with tower reuse: every square

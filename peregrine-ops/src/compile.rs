@@ -361,8 +361,14 @@ impl Compiler<'_> {
             }
             Op::Activation(Activation::Poly { coeffs, input_scale, .. }) => {
                 let cm = m.weight(coeffs);
-                let (channels, terms) = (cm.shape()[0], cm.shape()[1]);
-                let a: Vec<f64> = cm.iter().map(|&v| v as f64).collect();
+                let (channels, full_terms) = (cm.shape()[0], cm.shape()[1]);
+                let full: Vec<f64> = cm.iter().map(|&v| v as f64).collect();
+                // Leading coefficients that no input in range can feel (an odd function's even
+                // terms, fitted as 1e-18) are dropped: folded, they would divide the others by
+                // their vanishing root.
+                let terms = effective_terms(&full, channels, full_terms);
+                let a: Vec<f64> =
+                    (0..channels).flat_map(|c| full[c * full_terms..c * full_terms + terms].to_vec()).collect();
                 let hw = hi * wi;
                 let scale = input_scale.as_ref().map(|s| f64s(m, s));
                 if let Some(v) = self.try_square(i, &a, channels, hw, scale.as_deref())? {
@@ -552,6 +558,11 @@ impl Compiler<'_> {
             return Ok(None);
         }
         let lead: Vec<f64> = (0..channels).map(|c| a[c * terms + d]).collect();
+        // x' = α·u carries the same absolute error as u but α times its magnitude: a small α
+        // loses log2(1/α) bits, more than the level the fold saves is worth.
+        if lead.iter().any(|v| v.abs().powf(1.0 / d as f64) < MIN_FOLD_ROOT) {
+            return Ok(None);
+        }
         let Some((j, positive)) = self.foldable(i, &lead) else { return Ok(None) };
         let input = &node.inputs[0];
         let sign = if positive { 1.0 } else { -1.0 };
@@ -709,4 +720,31 @@ impl Compiler<'_> {
             None => Err(OpsError::Absorbed(self.model.graph().nodes[j].name.clone())),
         }
     }
+}
+
+/// The smallest |c_d|^(1/d) for which a degree-d ≥ 3 activation is folded into its producer
+/// (see `try_folded`): the fold costs log2(1/root) bits of the activation's input, at most 6.
+pub const MIN_FOLD_ROOT: f64 = 1.0 / 64.0;
+
+/// Bound on a polynomial activation's normalised input |u| assumed when judging whether a
+/// leading coefficient matters (inputs are normalised to about [−1, 1]; 4 leaves a margin).
+const NORMALISED_INPUT_BOUND: f64 = 4.0;
+
+/// Terms (degree + 1) of per-channel polynomial coefficients `a` (`channels` rows of `terms`)
+/// once leading coefficients negligible in every channel are dropped: |c_k|·U^k below 2^-45
+/// of the largest |c_j|·U^j (U = [`NORMALISED_INPUT_BOUND`]); at least the constant term.
+pub fn effective_terms(a: &[f64], channels: usize, terms: usize) -> usize {
+    let negligible = |k: usize| {
+        (0..channels).all(|c| {
+            let row = &a[c * terms..(c + 1) * terms];
+            let size = |j: usize| row[j].abs() * NORMALISED_INPUT_BOUND.powi(j as i32);
+            let largest = (0..terms).map(size).fold(0f64, f64::max);
+            size(k) <= largest * (-45f64).exp2()
+        })
+    };
+    let mut t = terms;
+    while t > 1 && negligible(t - 1) {
+        t -= 1;
+    }
+    t
 }

@@ -283,12 +283,29 @@ pub fn execute<B: Backend>(
                 let x = values[*input].as_deref().expect("computed");
                 // A bootstrap starts from the lowest level: the levels above would be wasted.
                 let range = plan.bootstrap_ranges.get(&step.output).copied();
+                let divisor = x
+                    .first()
+                    .map_or(1, |ct| range_divisor(range, plan.capabilities.bootstrap_range, backend.level(ct)));
                 x.par_iter()
                     .map(|ct| {
-                        let low = backend.drop_to_level(ct, 0)?;
-                        match range {
-                            Some(r) => backend.bootstrap_within(&low, r),
-                            None => backend.bootstrap(&low),
+                        // A tensor beyond the parameters' range spends its spare level on a
+                        // division by an integer g, and is multiplied by g (exactly, no level)
+                        // after: its bootstrap error grows by g, as a range g times larger would.
+                        let low = if divisor > 1 {
+                            let one = backend.drop_to_level(ct, 1)?;
+                            let s = backend.modulus(1) * delta / backend.scale(&one);
+                            backend.rescale(&backend.mul_scalar(&one, 1.0 / divisor as f64, s)?)?
+                        } else {
+                            backend.drop_to_level(ct, 0)?
+                        };
+                        let y = match range {
+                            Some(r) => backend.bootstrap_within(&low, r / divisor as f64)?,
+                            None => backend.bootstrap(&low)?,
+                        };
+                        if divisor > 1 {
+                            backend.mul_integer(&y, divisor)
+                        } else {
+                            Ok(y)
                         }
                     })
                     .collect::<BResult<Vec<_>>>()
@@ -562,6 +579,16 @@ pub fn needed_powers(d: usize) -> std::collections::BTreeSet<usize> {
     }
     need(d, &mut set);
     set
+}
+
+/// The integer a bootstrap's input is divided by before it (and multiplied by after): 1 when
+/// its range is unknown or within the parameters' range `full`, or when the input has no level
+/// to spend on the division (`level` 0); else ⌈range / full⌉.
+pub fn range_divisor(range: Option<f64>, full: Option<f64>, level: usize) -> i64 {
+    match (range, full) {
+        (Some(r), Some(f)) if level >= 1 && f > 0.0 && r > f && (r / f).is_finite() => (r / f).ceil() as i64,
+        _ => 1,
+    }
 }
 
 /// Level reached by x^k and log2 of its scale for an input of scale 1 at `level`, when built by

@@ -370,7 +370,15 @@ fn plan_with(
             StepKind::Linear { power, .. } if *power > 1 => ceil_log2(*power),
             _ => 0,
         };
-        let need = step_needs(&step) + powered;
+        // A sum (global pooling's rotate-and-sum, before its 1/(H·W)) is only formed with a
+        // level to spare when bootstrapping: its consumer multiplies, so at level 0 it would be
+        // bootstrapped as a sum, H·W times beyond its mean's range; with a spare level a
+        // bootstrap divides it first (`exec::range_divisor`), and at level 0 the pooled input is
+        // bootstrapped instead.
+        let need = match step.kind {
+            StepKind::Reduce { .. } if caps.can_bootstrap => 1,
+            _ => step_needs(&step) + powered,
+        };
         // Rewire inputs to their latest versions.
         match &mut step.kind {
             StepKind::Linear { inputs, .. } => inputs.iter_mut().for_each(|t| *t = current[*t]),

@@ -213,7 +213,9 @@ fn bootstraps_move_to_the_ancestor_with_fewest_ciphertexts() {
     let p1 = random_poly("p1", 1, &mut w, &mut r, false);
     let p2 = random_poly("p2", 1, &mut w, &mut r, false);
     // A zero leading coefficient keeps p2 from being folded into the upsampling.
-    w.get_mut("p2.c").unwrap()[[0, 4]] = 0.0;
+    // A leading coefficient too small to fold (|c_4|^(1/4) < 1/64) but not negligible: p2 is
+    // evaluated unfolded, at degree 4 (an exact 0 would make it a foldable cubic).
+    w.get_mut("p2.c").unwrap()[[0, 4]] = 1e-9;
     let nodes =
         vec![node("p1", p1, &[INPUT]), node("up", Op::Upsample { factor: 3 }, &["p1"]), node("p2", p2, &["up"])];
     let graph = graph("boot", raw_input([1, 20, 20]), nodes, "p2");
@@ -239,7 +241,9 @@ fn with_a_cost_model_bootstraps_go_where_the_plan_is_cheapest() {
     let mut w = Weights::new();
     let p1 = random_poly("p1", 1, &mut w, &mut r, false);
     let p2 = random_poly("p2", 1, &mut w, &mut r, false);
-    w.get_mut("p2.c").unwrap()[[0, 4]] = 0.0;
+    // A leading coefficient too small to fold (|c_4|^(1/4) < 1/64) but not negligible: p2 is
+    // evaluated unfolded, at degree 4 (an exact 0 would make it a foldable cubic).
+    w.get_mut("p2.c").unwrap()[[0, 4]] = 1e-9;
     w.insert("c.w".into(), uniform(&mut r, &[1, 1, 9, 9], -0.3, 0.3));
     let nodes = vec![
         node("p1", p1, &[INPUT]),
@@ -631,5 +635,156 @@ fn a_residual_gate_adds_the_product_to_its_map_at_one_scale() {
         // Noise grows as 1/Δ (the sigmoid's narrow range amplifies it most): 1e-3 at 2^40.
         let bound = 1e-3 * f64::from(40 - log_scale).exp2();
         assert!(max_err > 0.0 && max_err < bound, "Δ = 2^{log_scale} with noise: max error {max_err:e}; {errs:?}");
+    }
+}
+
+/// A leading coefficient no input in range can feel (an odd function's x⁴ term fitted as 1e-18,
+/// as in DBNet's sigmoid) is dropped: the activation folds as degree 3. One that matters but
+/// whose root is small (|c_4|^(1/4) < 1/64: folding would cost more than six bits of its
+/// input) is evaluated unfolded. Both match the reference, with CKKS-sized noise too.
+#[test]
+fn negligible_or_tiny_leading_coefficients_do_not_fold_into_noise() {
+    for (lead, kind, degree) in [(1e-18f32, "poly-folded", 3usize), (1e-9, "poly", 4), (0.02, "poly-folded", 4)] {
+        let mut r = StdRng::seed_from_u64(61);
+        let mut q = [uniform(&mut r, &[4, 5], -0.3, 0.3), uniform(&mut r, &[4, 5], -0.3, 0.3)];
+        for c in q.iter_mut() {
+            for ch in 0..4 {
+                c[[ch, 3]] = -0.07 - 0.01 * ch as f32;
+                c[[ch, 4]] = lead;
+            }
+        }
+        let [q1, q2] = q;
+        let model = residual_poly_model(&mut r, q1, q2);
+        let x = rand_input(&mut r, 5 * 13 * 11);
+        let want = reference_output(&model, &x);
+        let (got, plan, _) = run_packed(&model, &params(12, 16), &x);
+        let kinds: Vec<&str> =
+            plan.program.steps.iter().filter(|s| s.name == "q1" || s.name == "q2").map(|s| s.kind_name()).collect();
+        assert_eq!(kinds, [kind, kind], "leading coefficient {lead:e}");
+        for s in plan.program.steps.iter().filter(|s| s.name == "q1" || s.name == "q2") {
+            let d = match &s.kind {
+                StepKind::Poly { degree, .. } | StepKind::Folded { degree, .. } => *degree,
+                other => panic!("unexpected step {other:?}"),
+            };
+            assert_eq!(d, degree, "leading coefficient {lead:e}: degree evaluated");
+        }
+        let mag = want.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+        let err = max_abs_diff(&got, &want);
+        assert!(err < 1e-6 * mag.max(1.0), "leading coefficient {lead:e}: max error {err:e}");
+        let noisy = ClearParams { noise: Some(NoiseModel::ckks(1 << 12)), ..params(12, 16) };
+        let (got, _, errs) = run_packed(&model, &noisy, &x);
+        let err = max_abs_diff(&got, &want);
+        assert!(err > 0.0 && err < 1e-4 * mag.max(1.0), "leading coefficient {lead:e}, noise: {err:e}; {errs:?}");
+    }
+    assert_eq!(exec_free_effective_terms(&[1.0, 0.5, 1e-18, 1e-19], 1, 4), 2);
+    assert_eq!(exec_free_effective_terms(&[1.0, 0.5, 1e-18, 1e-19, 1e-3], 1, 5), 5);
+    assert_eq!(exec_free_effective_terms(&[0.0, 0.0, 0.0], 1, 3), 1);
+}
+
+fn exec_free_effective_terms(a: &[f64], channels: usize, terms: usize) -> usize {
+    peregrine_ops::compile::effective_terms(a, channels, terms)
+}
+
+/// Global average pooling sums H·W values before its 1/(H·W), which the next linear map
+/// applies: a bootstrap of the sum would need a range H·W times its mean's (1,073 here). The
+/// planner forms a sum only with a level to spare, and a bootstrap whose tensor is beyond the
+/// parameters' range spends that level dividing by an integer first (and multiplies back,
+/// exactly, after). Ranges are measured as the runtime does (every slot of every bootstrapped
+/// tensor on `clear`); with them the run matches the reference at a parameters' range sized for
+/// the other bootstraps only, and without them it stops at the sum's bootstrap.
+#[test]
+fn a_pooled_sum_beyond_the_bootstrap_range_is_divided_before_it() {
+    use peregrine_model::transform::{calibrate_ranges, polynomialize};
+    let mut r = StdRng::seed_from_u64(71);
+    let mut w = Weights::new();
+    w.insert("c1.w".into(), uniform(&mut r, &[4, 3, 3, 3], -0.5, 0.5));
+    w.insert("c1.b".into(), uniform(&mut r, &[4], 0.5, 1.0));
+    w.insert("se.w".into(), uniform(&mut r, &[3, 4, 1, 1], -0.8, 0.8));
+    w.insert("se.b".into(), uniform(&mut r, &[3], -0.2, 0.2));
+    w.insert("fc.w".into(), uniform(&mut r, &[2, 3], -0.5, 0.5));
+    let nodes = vec![
+        node("c1", conv(3, 4, 3, 1, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]), // 4×37×29
+        node("a1", Op::Activation(Activation::Silu), &["c1"]),
+        node("gap", Op::GlobalAvgPool, &["a1"]),
+        node("se", conv(4, 3, 1, 1, 0, 1, 1, "se.w", Some("se.b")), &["gap"]),
+        node("a2", Op::Activation(Activation::Silu), &["se"]),
+        node("flat", Op::Flatten, &["a2"]),
+        node("fc", linear(3, 2, "fc.w", None), &["flat"]),
+    ];
+    let model = Model::new(graph("pooled", raw_input([3, 37, 29]), nodes, "fc"), w).unwrap();
+    let values: Vec<f32> = rand_input(&mut r, 4 * 3 * 37 * 29).iter().map(|v| *v as f32).collect();
+    let calib = ArrayD::from_shape_vec(IxDyn(&[4, 3, 37, 29]), values).unwrap();
+    let ranges = calibrate_ranges(&model, &calib).unwrap();
+    let model = polynomialize(&model, 4, &ranges, 1.1, 4.0).unwrap();
+    let x = rand_input(&mut r, 3 * 37 * 29);
+    let want = reference_output(&model, &x);
+    let with_range = |range: f64, noise: Option<NoiseModel>| ClearParams {
+        bootstrap: Some(ClearBootstrap { output_level: 4, range }),
+        noise,
+        ..params(13, 4)
+    };
+    let planned = |p: &ClearParams| {
+        let caps = ClearScheme::capabilities(p).unwrap();
+        plan(compile(&model, caps.slots).unwrap(), &caps).unwrap()
+    };
+    // With three levels the activation leaves the pooled map at level 0: the map is
+    // bootstrapped, not its sum.
+    let low = ClearParams { bootstrap: Some(ClearBootstrap { output_level: 3, range: 1e12 }), ..params(13, 3) };
+    let low_plan = planned(&low);
+    let names: Vec<&str> =
+        low_plan.program.steps.iter().filter(|s| s.kind_name() == "bootstrap").map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"bootstrap(a1)") && !names.iter().any(|n| n.contains("#sum")), "{names:?}");
+    // Every bootstrapped tensor's largest value, measured with a range nothing exceeds.
+    let wide = with_range(1e12, None);
+    let pl = planned(&wide);
+    let client = ClearScheme::keygen(&wide, &pl.key_request()).unwrap();
+    let server = ClearScheme::server(&client.evaluation_keys().unwrap()).unwrap();
+    let mut largest: HashMap<TensorId, f64> = HashMap::new();
+    execute(&pl, &server, encrypt_input(&client, &pl, &x).unwrap(), |_, t, cts| {
+        let m = cts.iter().flat_map(|c| client.decrypt_values(c).unwrap()).fold(0f64, |m, v| m.max(v.abs()));
+        largest.insert(t, m);
+    })
+    .unwrap();
+    let boots: Vec<(TensorId, TensorId)> = pl
+        .program
+        .steps
+        .iter()
+        .filter_map(|s| match s.kind {
+            StepKind::Bootstrap { input } => Some((input, s.output)),
+            _ => None,
+        })
+        .collect();
+    assert!(!boots.is_empty(), "the plan bootstraps");
+    for &(input, _) in &boots {
+        let name = &pl.program.tensors[input].name;
+        assert!(!(name.ends_with("#sum") && pl.levels[input] == 0), "{name} bootstrapped without a spare level");
+    }
+    let tight = boots.iter().filter(|(i, _)| pl.levels[*i] == 0).map(|(i, _)| largest[i]).fold(0f64, f64::max);
+    let range = 1.25 * tight.max(1.0);
+    let sum_boot = boots.iter().find(|(i, _)| pl.program.tensors[*i].name.ends_with("#sum"));
+    let &(sum, _) = sum_boot.expect("the pooled sum is bootstrapped (with a spare level)");
+    assert!(largest[&sum] > 8.0 * range, "the sum ({}) is far beyond the range {range}", largest[&sum]);
+    for noise in [None, Some(NoiseModel::ckks(1 << 13))] {
+        let p = with_range(range, noise.clone());
+        let mut pl = planned(&p);
+        assert_eq!(pl.program.steps.len(), boots.len() + compile(&model, pl.capabilities.slots).unwrap().steps.len());
+        for &(input, output) in &boots {
+            pl.bootstrap_ranges.insert(output, 1.25 * largest[&input]);
+        }
+        let divisor = peregrine_ops::exec::range_divisor(Some(1.25 * largest[&sum]), Some(range), pl.levels[sum]);
+        assert!(divisor > 8, "divisor {divisor}");
+        let client = ClearScheme::keygen(&p, &pl.key_request()).unwrap();
+        let server = ClearScheme::server(&client.evaluation_keys().unwrap()).unwrap();
+        let run = |pl: &Plan| {
+            execute(pl, &server, encrypt_input(&client, pl, &x).unwrap(), |_, _, _| {})
+                .map(|(out, _)| decrypt_output(&client, pl, &out).unwrap())
+        };
+        let got = run(&pl).unwrap();
+        let err = max_abs_diff(&got, &want);
+        let bound = if noise.is_some() { 1e-3 } else { 1e-6 };
+        assert!(err < bound, "noise {}: max error {err:e}", noise.is_some());
+        pl.bootstrap_ranges.clear();
+        let e = run(&pl).unwrap_err().to_string();
+        assert!(e.contains("bootstrap") && e.contains("exceeds the bootstrap range"), "{e}");
     }
 }

@@ -234,32 +234,52 @@ impl<F: Family> RuntimeBackend for CkksBackend<F> {
             }
         }
         // Bootstrap range from calibration images, unless the user set one: the largest value
-        // any bootstrapped tensor takes, with a margin.
+        // a bootstrap without a spare level meets, with a margin (the others divide by an
+        // integer first, see [`peregrine_ops::exec::range_divisor`]). Re-planned until the
+        // plan's bootstraps fit: a larger q_0 can cost a level, and so move bootstraps.
         let mut ranges = BootstrapRanges::default();
         let mut calibrated = None;
         if p.cost.bootstraps > 0 && !user_range(requested) {
-            if let Some(calibration) = Calibration::measure(model, options.calibration, options.data)? {
-                ranges = calibration.bootstrap_ranges(&p);
-                calibrated = Some(calibration);
-                if let Some(range) = ranges.range {
-                    if caps.bootstrap_range != Some(range) {
-                        let Some(ranged) = self.0.params_for_bootstrap_range(&params, range) else {
-                            return Err(RuntimeError::BootstrapRange {
-                                range,
-                                calibration: ranges
-                                    .source
-                                    .as_ref()
-                                    .map(|(f, _)| f.display().to_string())
-                                    .unwrap_or_default(),
-                            });
-                        };
-                        // Taken even when a larger q_0 costs a level and so more bootstraps: a
-                        // bootstrap whose input leaves its range returns garbage, silently.
-                        let ranged_caps = self.0.capabilities(&ranged)?;
-                        let ranged_plan = plan(programs.get(ranged_caps.slots)?, &ranged_caps)?;
-                        (params, p) = (ranged, ranged_plan);
+            if let Some(mut calibration) = Calibration::measure(model, options.calibration, options.data)? {
+                calibration.measure_packed(model, programs.get(caps.slots)?)?;
+                let mut grown = false;
+                for _ in 0..MAX_RANGE_REPLANS {
+                    ranges = calibration.bootstrap_ranges(&p);
+                    let Some(range) = ranges.range else { break };
+                    let fits = caps.bootstrap_range.is_some_and(|r| range <= r);
+                    // The first pass sets the calibrated range (smaller or larger than the
+                    // parameters'); later passes only grow it.
+                    if (grown && fits) || caps.bootstrap_range == Some(range) {
+                        break;
+                    }
+                    let range = if grown { range.max(caps.bootstrap_range.unwrap_or(0.0)) } else { range };
+                    let Some(ranged) = self.0.params_for_bootstrap_range(&params, range) else {
+                        return Err(RuntimeError::BootstrapRange {
+                            range,
+                            calibration: ranges
+                                .source
+                                .as_ref()
+                                .map(|(f, _)| f.display().to_string())
+                                .unwrap_or_default(),
+                        });
+                    };
+                    // Taken even when a larger q_0 costs a level and so more bootstraps: a
+                    // bootstrap whose input leaves its range returns garbage, silently.
+                    caps = self.0.capabilities(&ranged)?;
+                    p = plan(programs.get(caps.slots)?, &caps)?;
+                    params = ranged;
+                    grown = true;
+                }
+                let last = calibration.bootstrap_ranges(&p);
+                if let (Some(need), Some(have)) = (last.range, caps.bootstrap_range) {
+                    if need > have * (1.0 + 1e-9) {
+                        return Err(RuntimeError::BootstrapRange {
+                            range: need,
+                            calibration: calibration.file.display().to_string(),
+                        });
                     }
                 }
+                calibrated = Some(calibration);
             }
         }
         let mut p = match options.max_rotation_keys {
@@ -640,7 +660,40 @@ struct Calibration {
     images: usize,
     /// Largest |value| of each node's output, by node name.
     node_max: BTreeMap<String, f64>,
+    /// The first [`PACKED_CALIBRATION_IMAGES`] images, preprocessed (C-H-W).
+    inputs: Vec<Vec<f64>>,
+    /// Largest |value| in any slot of each tensor of the packed program (by tensor name), on
+    /// `inputs`: what a bootstrap of it meets, junk slots included — and the only measure of
+    /// tensors that are no node's output (a pooling's sum, an activation's scaled input).
+    packed_max: BTreeMap<String, f64>,
+    /// Images of `inputs` the packed program could not run (a value beyond every modulus).
+    packed_skipped: usize,
+    /// Calibration images left out because the model runs away on them ([`runaway_free`]).
+    runaway: usize,
 }
+
+/// How far above the median image an image's largest value may be before it counts as a
+/// runaway (a polynomial chain amplified beyond the ranges it was fitted on).
+pub const RUNAWAY_FACTOR: f64 = 100.0;
+
+/// The images (indices) on which the model does not run away: every node's values finite, and
+/// the image's largest value at most [`RUNAWAY_FACTOR`] times the median image's. Such an
+/// image's encrypted run fails whatever the ranges; calibrating on it would only size every
+/// bootstrap for values no working input reaches.
+fn runaway_free(per_node: &[(String, Vec<f64>)], images: usize) -> Vec<usize> {
+    let largest: Vec<f64> = (0..images).map(|i| per_node.iter().map(|(_, m)| m[i]).fold(0f64, f64::max)).collect();
+    let mut finite: Vec<f64> = largest.iter().copied().filter(|v| v.is_finite()).collect();
+    finite.sort_by(f64::total_cmp);
+    let Some(&median) = finite.get(finite.len() / 2) else { return Vec::new() };
+    (0..images).filter(|&i| largest[i].is_finite() && largest[i] <= median * RUNAWAY_FACTOR).collect()
+}
+
+/// Calibration images the packed program runs on (on `clear`, without noise) to measure the
+/// tensors that are no node's output.
+pub const PACKED_CALIBRATION_IMAGES: usize = 8;
+
+/// Times the range is re-planned when a larger q_0 moves bootstraps.
+const MAX_RANGE_REPLANS: usize = 4;
 
 impl Calibration {
     /// Runs the cleartext model on [`CALIBRATION_IMAGES`] images of `file`, else of
@@ -655,22 +708,104 @@ impl Calibration {
         let (pixels, count) = peregrine_data::calibration_pixels(&file, spec, CALIBRATION_IMAGES)?;
         let batch = peregrine_data::preprocess::<f64>(&pixels, count, spec)?;
         let nodes = &model.graph().nodes;
-        let mut node_max = BTreeMap::new();
+        let count = count.max(1);
+        // Each node's largest |value| per image.
+        let mut per_node: Vec<(String, Vec<f64>)> = Vec::new();
         peregrine_model::reference::Reference::<f64>::new(model).run_inspect(&batch, |i, v| {
-            let m = v.iter().fold(0f64, |m, x| m.max(x.abs()));
-            node_max.insert(nodes[i].name.clone(), m);
+            let each = v.len() / count;
+            let maxima = v
+                .iter()
+                .copied()
+                .collect::<Vec<f64>>()
+                .chunks(each.max(1))
+                .map(|c| c.iter().fold(0f64, |m, x| if x.is_nan() { f64::INFINITY } else { m.max(x.abs()) }))
+                .collect();
+            per_node.push((nodes[i].name.clone(), maxima));
         })?;
-        let input_max = batch.iter().fold(0f64, |m, x| m.max(x.abs()));
+        let per_image = batch.len() / count;
+        let flat: Vec<f64> = batch.iter().copied().collect();
+        let images: Vec<&[f64]> = flat.chunks(per_image.max(1)).collect();
+        let kept = runaway_free(&per_node, images.len());
+        let mut node_max = BTreeMap::new();
+        for (name, maxima) in &per_node {
+            let m = kept.iter().map(|&i| maxima[i]).fold(0f64, f64::max);
+            node_max.insert(name.clone(), m);
+        }
+        let input_max = kept.iter().flat_map(|&i| images[i].iter()).fold(0f64, |m, x| m.max(x.abs()));
         node_max.insert(peregrine_model::ir::INPUT.to_string(), input_max);
-        Ok(Some(Calibration { file, images: count, node_max }))
+        let inputs = kept.iter().take(PACKED_CALIBRATION_IMAGES).map(|&i| images[i].to_vec()).collect();
+        Ok(Some(Calibration {
+            file,
+            images: kept.len(),
+            runaway: images.len() - kept.len(),
+            node_max,
+            inputs,
+            packed_max: BTreeMap::new(),
+            packed_skipped: 0,
+        }))
     }
 
-    /// The largest value each bootstrap of `p` meets and the range that covers them all. A
-    /// bootstrapped tensor that is not a node's output (an intermediate of the packed program)
-    /// counts as the largest value of any node.
+    /// Runs `program` on the `clear` backend (no noise, bootstraps emulated without a range
+    /// check) on the first calibration images and records every tensor's largest |value| over
+    /// all its slots.
+    fn measure_packed(&mut self, model: &Model, program: Program) -> Result<()> {
+        use backend_clear::{ClearBootstrap, ClearParams, ClearScheme};
+        let params = ClearParams {
+            log_ring_dimension: program.slots.trailing_zeros() + 1,
+            levels: 60,
+            bootstrap: Some(ClearBootstrap { output_level: 60, range: f64::MAX }),
+            ..ClearParams::default()
+        };
+        let caps = ClearScheme::capabilities(&params)?;
+        let planned = plan(program, &caps)?;
+        let client = ClearScheme::keygen(&params, &planned.key_request())?;
+        let server = ClearScheme::server(&client.evaluation_keys()?)?;
+        let expected = model.graph().input.shape.iter().product::<usize>();
+        let mut packed_max = BTreeMap::new();
+        self.packed_skipped = 0;
+        for x in self.inputs.iter().filter(|x| x.len() == expected) {
+            let cts = encrypt_input(&client, &planned, x)?;
+            let mut err = None;
+            let mut seen: BTreeMap<String, f64> = BTreeMap::new();
+            let ran = execute(&planned, &server, cts, |step, t, out| {
+                if matches!(step.kind, StepKind::Bootstrap { .. }) || err.is_some() {
+                    return;
+                }
+                let mut m = 0f64;
+                for ct in out {
+                    match client.decrypt_values(ct) {
+                        Ok(v) => m = v.iter().fold(m, |m, x| m.max(x.abs())),
+                        Err(e) => err = Some(e),
+                    }
+                }
+                let e = seen.entry(planned.program.tensors[t].name.clone()).or_insert(0f64);
+                *e = e.max(m);
+            });
+            // An image the model runs away on (a polynomial chain beyond any modulus) says
+            // nothing of the ranges of images it works on: it is skipped, and counted.
+            if ran.is_err() || err.is_some() {
+                self.packed_skipped += 1;
+                continue;
+            }
+            for (k, v) in seen {
+                let e = packed_max.entry(k).or_insert(0f64);
+                *e = e.max(v);
+            }
+        }
+        self.packed_max = packed_max;
+        release_free_memory();
+        Ok(())
+    }
+
+    /// The largest value each bootstrap of `p` meets and the range the parameters must give:
+    /// the largest among bootstraps whose input has no level to spare (the others divide by an
+    /// integer first), or the smallest of all when every one has. A tensor's largest value is
+    /// the larger of its packed measure (all slots) and its node's, else the largest value of
+    /// any node.
     fn bootstrap_ranges(&self, p: &Plan) -> BootstrapRanges {
-        let any = self.node_max.values().fold(0f64, |m, &x| m.max(x));
+        let any = self.node_max.values().chain(self.packed_max.values()).fold(0f64, |m, &x| m.max(x));
         let mut by_output = BTreeMap::new();
+        let mut spare = Vec::new();
         let per_bootstrap: Vec<(String, f64)> = p
             .program
             .steps
@@ -678,18 +813,40 @@ impl Calibration {
             .filter_map(|s| match s.kind {
                 StepKind::Bootstrap { input } => {
                     let name = p.program.tensors[input].name.trim_end_matches("@bootstrap").to_string();
-                    let m = self.node_max.get(&name).copied().unwrap_or(any);
+                    let (node, packed) = (self.node_max.get(&name), self.packed_max.get(&name));
+                    let m = match (node, packed) {
+                        (None, None) => any,
+                        (a, b) => a.copied().unwrap_or(0.0).max(b.copied().unwrap_or(0.0)),
+                    };
                     if m > 0.0 {
                         by_output.insert(s.output, m * RANGE_MARGIN);
                     }
+                    spare.push(p.levels[input] >= 1);
                     Some((name, m))
                 }
                 _ => None,
             })
             .collect();
-        let largest = per_bootstrap.iter().fold(0f64, |m, (_, x)| m.max(*x));
+        let tight = per_bootstrap.iter().zip(&spare).filter(|(_, s)| !**s).fold(0f64, |m, ((_, x), _)| m.max(*x));
+        let smallest = per_bootstrap.iter().map(|(_, x)| *x).filter(|x| *x > 0.0).fold(f64::INFINITY, f64::min);
+        let largest = if tight > 0.0 {
+            tight
+        } else if smallest.is_finite() {
+            smallest
+        } else {
+            0.0
+        };
         let range = (largest > 0.0).then_some(largest * RANGE_MARGIN);
-        BootstrapRanges { source: Some((self.file.clone(), self.images)), per_bootstrap, range, by_output }
+        let packed = (self.inputs.len() - self.packed_skipped, self.packed_skipped);
+        BootstrapRanges {
+            source: Some((self.file.clone(), self.images)),
+            per_bootstrap,
+            spare,
+            packed,
+            runaway: self.runaway,
+            range,
+            by_output,
+        }
     }
 }
 
@@ -700,6 +857,12 @@ struct BootstrapRanges {
     source: Option<(PathBuf, usize)>,
     /// (bootstrapped tensor, largest |value| on the calibration images), in plan order.
     per_bootstrap: Vec<(String, f64)>,
+    /// Whether each bootstrap's input has a level to spare (to divide by an integer first).
+    spare: Vec<bool>,
+    /// Images the packed program was measured on, and those skipped (it ran away on them).
+    packed: (usize, usize),
+    /// Calibration images left out because the model runs away on them.
+    runaway: usize,
     /// The range set from them (None: the parameters' own range was kept).
     range: Option<f64>,
     /// Each bootstrap's own range (largest value × margin), by its step's output tensor.
@@ -708,6 +871,7 @@ struct BootstrapRanges {
 
 impl BootstrapRanges {
     fn describe(&self, set: Option<f64>) -> String {
+        let set_value = set;
         let set = set.map_or("none".to_string(), |r| format!("{r:.2}"));
         match &self.source {
             None => format!(
@@ -717,12 +881,22 @@ impl BootstrapRanges {
                 let each: Vec<String> = self
                     .per_bootstrap
                     .iter()
-                    .map(|(t, m)| format!("{t} {m:.2} (runs within {:.2})", m * RANGE_MARGIN))
+                    .zip(&self.spare)
+                    .map(|((t, m), spare)| {
+                        let r = m * RANGE_MARGIN;
+                        match peregrine_ops::exec::range_divisor(Some(r), set_value, usize::from(*spare)) {
+                            1 => format!("{t} {m:.2} (runs within {r:.2})"),
+                            g => format!("{t} {m:.2} (within {r:.2}: its spare level divides by {g} first)"),
+                        }
+                    })
                     .collect();
                 format!(
-                    "bootstrap range {set}{}: largest |value| on {n} calibration images of {} × {RANGE_MARGIN} margin; each bootstrap runs within its own tensor's range (a backend may turn the headroom into precision): {}",
-                    if self.range.is_none() { " (kept: the calibrated one did not fit)" } else { "" },
+                    "bootstrap range {set}{}: largest |value| on {n} calibration images of {}{} × {RANGE_MARGIN} margin (tensors of the packed program measured on {} of them{}); each bootstrap runs within its own tensor's range (a backend may turn the headroom into precision): {}",
+                    if self.range.is_none() { " (not calibrated: no bootstrapped value measured)" } else { "" },
                     file.display(),
+                    if self.runaway > 0 { format!(" ({} more left out: the model runs away on them)", self.runaway) } else { String::new() },
+                    self.packed.0,
+                    if self.packed.1 > 0 { format!(", {} skipped: the model ran beyond every modulus on them", self.packed.1) } else { String::new() },
                     each.join(", ")
                 )
             }
@@ -736,7 +910,9 @@ impl BootstrapRanges {
             "file": self.source.as_ref().map(|(f, _)| f.clone()),
             "images": self.source.as_ref().map(|(_, n)| *n),
             "margin": RANGE_MARGIN,
-            "per_bootstrap": self.per_bootstrap.iter().map(|(t, m)| json!({"tensor": t, "largest_abs": m, "range": m * RANGE_MARGIN})).collect::<Vec<_>>(),
+            "runaway_images": self.runaway,
+            "packed_images": self.packed.0,
+            "per_bootstrap": self.per_bootstrap.iter().zip(&self.spare).map(|((t, m), spare)| json!({"tensor": t, "largest_abs": m, "range": m * RANGE_MARGIN, "spare_level": spare, "divisor": peregrine_ops::exec::range_divisor(Some(m * RANGE_MARGIN), set, usize::from(*spare))})).collect::<Vec<_>>(),
         })
     }
 }
