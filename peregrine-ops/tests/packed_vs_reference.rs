@@ -676,13 +676,9 @@ fn negligible_or_tiny_leading_coefficients_do_not_fold_into_noise() {
         let err = max_abs_diff(&got, &want);
         assert!(err > 0.0 && err < 1e-4 * mag.max(1.0), "leading coefficient {lead:e}, noise: {err:e}; {errs:?}");
     }
-    assert_eq!(exec_free_effective_terms(&[1.0, 0.5, 1e-18, 1e-19], 1, 4), 2);
-    assert_eq!(exec_free_effective_terms(&[1.0, 0.5, 1e-18, 1e-19, 1e-3], 1, 5), 5);
-    assert_eq!(exec_free_effective_terms(&[0.0, 0.0, 0.0], 1, 3), 1);
-}
-
-fn exec_free_effective_terms(a: &[f64], channels: usize, terms: usize) -> usize {
-    peregrine_ops::compile::effective_terms(a, channels, terms)
+    assert_eq!(peregrine_ops::compile::effective_terms(&[1.0, 0.5, 1e-18, 1e-19], 1, 4), 2);
+    assert_eq!(peregrine_ops::compile::effective_terms(&[1.0, 0.5, 1e-18, 1e-19, 1e-3], 1, 5), 5);
+    assert_eq!(peregrine_ops::compile::effective_terms(&[0.0, 0.0, 0.0], 1, 3), 1);
 }
 
 /// Global average pooling sums H·W values before its 1/(H·W), which the next linear map
