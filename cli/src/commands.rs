@@ -284,7 +284,8 @@ pub fn info(model_path: &Path, json: bool) -> Result<()> {
         println!(
             "{}",
             json!({"name": g.name, "version": g.version, "input": g.input, "output": g.output,
-                   "classes": g.classes, "parameters": model.parameter_count(), "nodes": nodes})
+                   "classes": g.classes, "client_activation": g.client_activation,
+                   "parameters": model.parameter_count(), "nodes": nodes})
         );
         return Ok(());
     }
@@ -293,6 +294,9 @@ pub fn info(model_path: &Path, json: bool) -> Result<()> {
         println!("  {:<24} {:<22} {:?} <- {}", n.name, n.op.kind(), s, n.inputs.join(", "));
     }
     println!("output: {} {:?}", g.output, model.output_shape());
+    if let Some(a) = &g.client_activation {
+        println!("then, on the client after decryption: {a:?}");
+    }
     Ok(())
 }
 

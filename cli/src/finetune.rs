@@ -24,7 +24,9 @@ pub struct FinetuneArgs {
     /// Distil on photos instead (a directory of PNG/JPEG files, or one): no labels are needed,
     /// the original model (`--teacher`, default `--model` itself) is the target — its outputs
     /// (logits, detector heads or maps) and, with `--feature-weight`, every activation's
-    /// output. Training images are random crops, quarter turns and mirror images of them.
+    /// output. Training images are random crops, quarter turns and mirror images of them. A
+    /// final activation (a segmenter's sigmoid) is left to the client, exact; a map through a
+    /// sigmoid is matched by the Bernoulli KL divergence, which does not saturate.
     #[arg(long, conflicts_with_all = ["data", "tfhe"])]
     pub images: Option<PathBuf>,
     /// Crops drawn from `--images` per epoch [default: 2000].

@@ -72,8 +72,11 @@ impl Decoded {
     }
 }
 
-/// Decodes `output` (the model's whole output, flattened) as `a` asks.
+/// Decodes `output` (the model's whole output, flattened) as `a` asks, after the activation
+/// the client applies to it, if the model has one.
 pub fn decode(model: &Model, output: &[f32], a: &OutputArgs) -> Result<Decoded> {
+    let finished = model.finish_output(output);
+    let output = finished.as_slice();
     let input = &model.graph().input;
     let [ih, iw] = [input.shape[1], input.shape[2]];
     if a.yolo_classes.is_some() && a.mask.is_some() {
@@ -293,5 +296,17 @@ mod tests {
         let g = agreement(&mask(vec![0.0; 5]), &mask(vec![0.1; 5]), 0.9, sides);
         assert_eq!(g.agree, 5);
         assert!(g.summary.contains("mask IoU -"), "{}", g.summary);
+    }
+
+    #[test]
+    fn a_mask_is_read_after_the_clients_sigmoid() {
+        use peregrine_model::transform::client_output_activation;
+        let model = client_output_activation(&peregrine_model::testkit::tiny_segmenter(3, 10.0)).unwrap();
+        let a = super::OutputArgs { mask: Some(0.3), ..Default::default() };
+        // The program's output −0.5 everywhere: below 0.3 as it stands, sigmoid(−0.5) = 0.378 above.
+        let decoded = super::decode(&model, &vec![-0.5; 13 * 11], &a).unwrap();
+        assert_eq!(decoded.mask_pixels(), 13 * 11);
+        let Decoded::Mask { probability, .. } = decoded else { panic!("a mask was asked for") };
+        assert!((probability[0] - 0.377_540_67).abs() < 1e-6, "{}", probability[0]);
     }
 }

@@ -62,6 +62,12 @@ pub fn widen_weighted_ensemble(members: &[Model], share: &[f32]) -> Result<Model
         return Err(ModelError::Unsupported("an ensemble needs at least two members, got one".into()));
     }
     let g = first.graph();
+    if let Some(i) = members.iter().position(|m| m.client_activation().is_some()) {
+        return Err(ModelError::Unsupported(format!(
+            "ensemble member {} ends in an activation its client applies: the mean of the members' outputs before it is not the mean after it",
+            i + 1
+        )));
+    }
     for (i, m) in members.iter().enumerate().skip(1) {
         let h = m.graph();
         if h.input != g.input {
@@ -150,7 +156,17 @@ pub fn widen_weighted_ensemble(members: &[Model], share: &[f32]) -> Result<Model
                     return Err(unsupported(node, "applies a polynomial to the input itself"));
                 }
                 let channels = shapes[node.name.as_str()][0];
-                weights.insert(coeffs.clone(), stack_rows(members, coeffs, channels)?);
+                // Members of different degrees: a polynomial is the same polynomial with zero
+                // coefficients above its degree, so every member's rows are padded to the largest.
+                let terms = members.iter().map(|m| m.weights()[coeffs].shape().last().copied().unwrap_or(1)).max();
+                let padded: Vec<Model> = match terms {
+                    Some(t) if members.iter().any(|m| m.weights()[coeffs].shape().last() != Some(&t)) => {
+                        members.iter().map(|m| pad_terms(m, coeffs, t)).collect::<Result<_>>()?
+                    }
+                    _ => Vec::new(),
+                };
+                let source = if padded.is_empty() { members } else { &padded[..] };
+                weights.insert(coeffs.clone(), stack_rows(source, coeffs, channels)?);
                 if let Some(s) = input_scale {
                     weights.insert(s.clone(), stack_rows(members, s, channels)?);
                 }
@@ -281,6 +297,24 @@ pub fn widen_weighted_ensemble(members: &[Model], share: &[f32]) -> Result<Model
         output = name;
     }
     let graph = Graph { name: format!("{}-ensemble{k}", g.name), nodes, output, ..g.clone() };
+    Model::new(graph, weights)
+}
+
+/// `member` with the polynomial coefficients `name` (`(C, terms)`, ascending powers) padded
+/// with zeros to `terms` columns: the same polynomials, written at a higher degree.
+fn pad_terms(member: &Model, name: &str, terms: usize) -> Result<Model> {
+    let (graph, mut weights) = member.clone().into_parts();
+    let w = &weights[name];
+    let &[rows, have] = w.shape() else {
+        return Err(ModelError::Weight(format!("'{name}' has shape {:?}, not (channels, terms)", w.shape())));
+    };
+    let mut out = ArrayD::<f32>::zeros(IxDyn(&[rows, terms]));
+    for r in 0..rows {
+        for t in 0..have {
+            out[[r, t]] = w[[r, t]];
+        }
+    }
+    weights.insert(name.to_string(), out);
     Model::new(graph, weights)
 }
 

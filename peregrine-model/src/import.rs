@@ -108,6 +108,7 @@ fn cifar10_classifier(
         nodes,
         output: "linear".into(),
         classes: CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
+        client_activation: None,
     };
     Model::new(graph, weights)
 }

@@ -508,6 +508,13 @@ pub struct Graph {
     /// Class names, index = output position.
     #[serde(default)]
     pub classes: Vec<String>,
+    /// An elementwise activation the *client* applies to the decrypted output: the network's
+    /// last activation (e.g. a segmenter's sigmoid), moved out of the encrypted program by
+    /// [`crate::transform::client_output_activation`] because after decryption it is exact and
+    /// free, while a low-degree polynomial on the output's wide range loses the threshold a
+    /// mask or a score is read at. `None`: the output is used as computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_activation: Option<Activation>,
 }
 
 /// Weight tensors by name (f32, row-major).
@@ -568,6 +575,14 @@ impl Model {
                 return Err(ModelError::Weight(format!("tensor '{name}' contains NaN or infinity")));
             }
         }
+        if let Some(a) = &graph.client_activation {
+            a.validate()?;
+            if a.eval(0.0).is_none() {
+                return Err(ModelError::InvalidGraph(
+                    "the client-side output activation must be an exact activation, not a polynomial".into(),
+                ));
+            }
+        }
         if !graph.classes.is_empty() {
             let out = &shapes[index[graph.output.as_str()]];
             let n: usize = out.iter().product();
@@ -613,6 +628,19 @@ impl Model {
     /// Number of scalar parameters.
     pub fn parameter_count(&self) -> usize {
         self.weights.values().map(|w| w.len()).sum()
+    }
+    /// The activation the client applies to the decrypted output, if any
+    /// ([`Graph::client_activation`]).
+    pub fn client_activation(&self) -> Option<&Activation> {
+        self.graph.client_activation.as_ref()
+    }
+    /// `output` (the program's output, flattened) as the model defines it: with the
+    /// client-side activation applied, when there is one.
+    pub fn finish_output(&self, output: &[f32]) -> Vec<f32> {
+        match &self.graph.client_activation {
+            Some(a) => output.iter().map(|&x| a.eval(x as f64).expect("validated: exact") as f32).collect(),
+            None => output.to_vec(),
+        }
     }
     /// Takes the model apart into graph and weights.
     pub fn into_parts(self) -> (Graph, Weights) {

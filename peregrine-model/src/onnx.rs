@@ -167,6 +167,7 @@ pub fn import_onnx_bytes(bytes: &[u8], options: &OnnxOptions) -> Result<Model> {
         nodes,
         output,
         classes: options.classes.clone(),
+        client_activation: None,
     };
     Model::new(graph, weights)
 }

@@ -59,7 +59,15 @@ pub fn raw_input(shape: [usize; 3]) -> InputSpec {
 
 /// A graph without class names.
 pub fn graph(name: &str, input: InputSpec, nodes: Vec<Node>, output: &str) -> Graph {
-    Graph { version: FORMAT_VERSION, name: name.into(), input, nodes, output: output.into(), classes: vec![] }
+    Graph {
+        version: FORMAT_VERSION,
+        name: name.into(),
+        input,
+        nodes,
+        output: output.into(),
+        classes: vec![],
+        client_activation: None,
+    }
 }
 
 /// A square convolution: kernel `k`, stride, padding, dilation, groups.
@@ -406,6 +414,24 @@ pub fn odd_mobile_model(seed: u64) -> Model {
     ];
     let graph = graph("odd-mobile", raw_input([3, 19, 23]), nodes, "fc");
     Model::new(graph, w).expect("valid odd mobile model")
+}
+
+/// A tiny segmenter on a raw 3×13×11 input: conv → hard swish → conv to one channel with
+/// logits spread over about ±`spread` → sigmoid, the output (a probability map `[1, 13, 11]`).
+pub fn tiny_segmenter(seed: u64, spread: f32) -> Model {
+    let mut r = StdRng::seed_from_u64(seed);
+    let mut w = Weights::new();
+    w.insert("c1.w".into(), uniform(&mut r, &[5, 3, 3, 3], -0.5, 0.5));
+    w.insert("c1.b".into(), uniform(&mut r, &[5], -0.1, 0.1));
+    w.insert("c2.w".into(), uniform(&mut r, &[1, 5, 3, 3], -spread / 8.0, spread / 8.0));
+    w.insert("c2.b".into(), uniform(&mut r, &[1], -0.5, 0.5));
+    let nodes = vec![
+        node("c1", conv(3, 5, 3, 1, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]),
+        node("a1", Op::Activation(Activation::HardSwish), &["c1"]),
+        node("c2", conv(5, 1, 3, 1, 1, 1, 1, "c2.w", Some("c2.b")), &["a1"]),
+        node("prob", Op::Activation(Activation::Sigmoid), &["c2"]),
+    ];
+    Model::new(graph("tiny-segmenter", raw_input([3, 13, 11]), nodes, "prob"), w).expect("valid tiny segmenter")
 }
 
 // Models of the TFHE backend's tests (backend-tfhe).

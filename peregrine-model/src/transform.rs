@@ -167,10 +167,37 @@ pub fn polynomialize(
     Model::new(graph, weights)
 }
 
-/// Calibrates on `inputs` (`[N, C, H, W]`, preprocessed), then polynomializes.
+/// Calibrates on `inputs` (`[N, C, H, W]`, preprocessed), then polynomializes; a final
+/// activation goes to the client first ([`client_output_activation`]).
 pub fn convert(model: &Model, degree: usize, inputs: &ArrayD<f32>, margin: f64) -> Result<Model> {
-    let ranges = calibrate_ranges(model, inputs)?;
-    polynomialize(model, degree, &ranges, margin, 1.0)
+    let model = client_output_activation(model)?;
+    let ranges = calibrate_ranges(&model, inputs)?;
+    polynomialize(&model, degree, &ranges, margin, 1.0)
+}
+
+/// The same function with its last activation applied by the client: when the output node is
+/// an exact elementwise activation (a segmenter's sigmoid, a regressor's ReLU) that nothing
+/// else reads, it leaves the graph, its input becomes the output, and
+/// [`crate::ir::Graph::client_activation`] records it. An encrypted run then returns the values
+/// before it, and the client applies it exactly after decryption instead of the server
+/// evaluating a polynomial on the output's whole range. Any other model is returned as is.
+pub fn client_output_activation(model: &Model) -> Result<Model> {
+    let g = model.graph();
+    if g.client_activation.is_some() {
+        return Ok(model.clone());
+    }
+    let Some(node) = g.nodes.iter().find(|n| n.name == g.output) else { return Ok(model.clone()) };
+    let Op::Activation(a) = &node.op else { return Ok(model.clone()) };
+    let read_elsewhere = g.nodes.iter().any(|n| n.inputs.contains(&node.name));
+    if a.eval(0.0).is_none() || node.inputs[0] == INPUT || read_elsewhere {
+        return Ok(model.clone());
+    }
+    let (a, input, name) = (a.clone(), node.inputs[0].clone(), node.name.clone());
+    let (mut graph, weights) = model.clone().into_parts();
+    graph.nodes.retain(|n| n.name != name);
+    graph.output = input;
+    graph.client_activation = Some(a);
+    Model::new(graph, weights)
 }
 
 /// This conversion fits `f(x)` itself, which equals `r·f(x/r)` (the meaning of

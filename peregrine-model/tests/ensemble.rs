@@ -157,3 +157,33 @@ fn ensembles_that_cannot_be_widened_are_refused_by_name() {
     let e = widen_ensemble(&[every_op_model(1), every_op_model(2)]).unwrap_err().to_string();
     assert!(e.contains("'cat'") && e.contains("concat"), "{e}");
 }
+
+#[test]
+fn members_of_different_degrees_widen_with_their_polynomials_padded() {
+    // Member 2's polynomials raised by two degrees (random extra coefficients): a degree-2 and
+    // a degree-4 network of one architecture, which differ more than two of one degree.
+    let low = odd_resnet(31);
+    let (graph, mut w) = odd_resnet(32).into_parts();
+    let mut r = rng(33);
+    for node in &graph.nodes {
+        if let Op::Activation(Activation::Poly { coeffs, .. }) = &node.op {
+            let c = &w[coeffs];
+            let (rows, terms) = (c.shape()[0], c.shape()[1]);
+            let extra = uniform(&mut r, &[rows, 2], -0.05, 0.05);
+            let wider = ArrayD::from_shape_fn(ndarray::IxDyn(&[rows, terms + 2]), |i| {
+                if i[1] < terms {
+                    c[[i[0], i[1]]]
+                } else {
+                    extra[[i[0], i[1] - terms]]
+                }
+            });
+            w.insert(coeffs.clone(), wider);
+        }
+    }
+    let high = Model::new(graph, w).unwrap();
+    for members in [vec![low.clone(), high.clone()], vec![high, low]] {
+        let ensemble = widen_ensemble(&members).expect("members of different degrees widen");
+        let (err, mag) = mean_error(&members, &ensemble, 3, 8);
+        assert!(mag > 1e-3 && err <= 1e-6 * mag.max(1.0), "|Δ| {err:e} against outputs up to {mag:e}");
+    }
+}

@@ -1,7 +1,8 @@
 //! Conversion of a pretrained model without training (SFT with zero epochs): batch norm folded
 //! into the convolution before it, every ReLU / SiLU / GELU replaced by PolyAct-RN with the
 //! Hermite polynomial of the given degree and ranges from running maxima over calibration
-//! batches, max pooling replaced by average pooling.
+//! batches, max pooling replaced by average pooling; a final activation (a segmenter's
+//! sigmoid) is left to the client ([`peregrine_model::transform::client_output_activation`]).
 
 use std::collections::HashMap;
 
@@ -111,7 +112,7 @@ pub fn convert(model: &Model, degree: usize, bound: f64, inputs: &ArrayD<f32>, b
     if !(1..=16).contains(&degree) {
         return Err(SftError::Unsupported(format!("polynomial degree must be 1..=16, got {degree}")));
     }
-    let model = fold_batch_norms(model)?;
+    let model = fold_batch_norms(&peregrine_model::transform::client_output_activation(model)?)?;
     let g = model.graph();
     let mut layers: HashMap<String, PolyActRn> = HashMap::new();
     // activation node -> index of the node producing its input

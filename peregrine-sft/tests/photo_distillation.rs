@@ -192,3 +192,111 @@ fn output_matching_keeps_batch_norms_on_their_running_statistics() {
     assert!(loss > 1e-3, "batch statistics should change the outputs (loss {loss})");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Pixels on the same side of `threshold`, and the intersection over union of the two masks.
+fn mask_agreement(got: &[f32], want: &[f32], threshold: f32) -> (f64, f64) {
+    let (mut same, mut both, mut either) = (0usize, 0usize, 0usize);
+    for (a, b) in got.iter().zip(want) {
+        let (a, b) = (*a > threshold, *b > threshold);
+        same += (a == b) as usize;
+        both += (a && b) as usize;
+        either += (a || b) as usize;
+    }
+    (same as f64 / want.len() as f64, both as f64 / either.max(1) as f64)
+}
+
+#[test]
+fn a_segmenters_final_sigmoid_is_left_exact_to_the_client() {
+    // Logits spread over ±40: a degree-4 polynomial on that range is nearly a straight line
+    // through 0.5, so a mask read at 0.3 lands far from the original's.
+    use peregrine_model::ir::{Op, INPUT};
+    use peregrine_model::testkit::{avg_pool, node, tiny_segmenter};
+    let model = tiny_segmenter(21, 40.0);
+    // The same network with an identity pooling after the sigmoid, which keeps it in the
+    // program: what conversion did before the client took the sigmoid.
+    let (mut g, w) = model.clone().into_parts();
+    g.nodes.push(node("keep", avg_pool(1, 1, 0), &["prob"]));
+    g.output = "keep".into();
+    let kept = Model::new(g, w).unwrap();
+    assert!(kept.graph().nodes.iter().any(|n| n.inputs.iter().any(|i| i == INPUT)));
+    let mut r = rand::rngs::StdRng::seed_from_u64(4);
+    let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[12, 3, 13, 11]), |_| r.gen_range(-1.0f32..1.0));
+    let want: Vec<f32> = Reference::<f32>::new(&model).run(&x).unwrap().iter().copied().collect();
+    let converted = peregrine_sft::convert::convert(&model, 4, 3.0, &x, 4).unwrap();
+    assert_eq!(converted.client_activation(), Some(&Activation::Sigmoid));
+    assert!(!converted
+        .graph()
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, Op::Activation(Activation::Poly { .. })) && n.name == "prob"));
+    let raw: Vec<f32> = Reference::<f32>::new(&converted).run(&x).unwrap().iter().copied().collect();
+    let client = mask_agreement(&converted.finish_output(&raw), &want, 0.3);
+    let polynomial = peregrine_sft::convert::convert(&kept, 4, 3.0, &x, 4).unwrap();
+    assert!(polynomial.client_activation().is_none(), "the pooled sigmoid stays in the program");
+    let p: Vec<f32> = Reference::<f32>::new(&polynomial).run(&x).unwrap().iter().copied().collect();
+    let server = mask_agreement(&p, &want, 0.3);
+    eprintln!("mask at 0.3 (pixels agreeing, IoU): sigmoid on the client {client:.3?}, as a polynomial {server:.3?}");
+    // Measured: (0.998, 0.996) against (0.860, 0.752).
+    assert!(client.1 > 0.95 && client.0 > 0.98, "client sigmoid: {client:?}");
+    assert!(server.1 < client.1 - 0.15, "the polynomial sigmoid should lose the mask: {server:?} vs {client:?}");
+
+    // Distillation trains through the exact sigmoid, and exports the model it trained.
+    let dir = std::env::temp_dir().join(format!("peregrine-distil-seg-{}", std::process::id()));
+    let files = write_photos(&dir);
+    let teacher = dir.join("teacher.safetensors");
+    peregrine_model::format::save_model(&model, &teacher).unwrap();
+    let crops = photo_crops(&files, &model.graph().input, 32, 5, &CropSettings::default()).unwrap();
+    let config = FinetuneConfig {
+        degree: Some(4),
+        epochs: 1,
+        batch: 8,
+        lr: 0.002,
+        augment: false,
+        calibration_batches: 2,
+        distill: 1.0,
+        teacher: Some(teacher),
+        match_outputs: true,
+        ..FinetuneConfig::default()
+    };
+    let mut run = Finetuner::new(&model, config).unwrap();
+    run.calibrate(&crops).unwrap();
+    run.train_epoch(&crops, |_| {}).unwrap();
+    let exported = run.export().unwrap();
+    assert_eq!(exported.client_activation(), Some(&Activation::Sigmoid));
+    let t = peregrine_sft::train::to_channels_last(&x, run.model.device()).unwrap();
+    let frozen: Vec<f32> =
+        run.model.forward(&t, Pass::Frozen).unwrap().logits.flatten_all().unwrap().to_vec1().unwrap();
+    let raw: Vec<f32> = Reference::<f32>::new(&exported).run(&x).unwrap().iter().copied().collect();
+    let finished = exported.finish_output(&raw);
+    let d = frozen.iter().zip(&finished).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(d < 1e-4, "the training graph (sigmoid applied) and the export + client sigmoid differ by {d}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn probability_matching_is_zero_at_the_teacher_and_its_gradient_does_not_saturate() {
+    use candle_core::{Device, Tensor, Var};
+    use peregrine_sft::train::{matching_loss, probability_matching_loss};
+    let d = Device::Cpu;
+    let t = Tensor::new(&[[0.9f32, 0.02, 0.5, 0.3, 0.999]], &d).unwrap();
+    let logit: Vec<f32> = [0.9f32, 0.02, 0.5, 0.3, 0.999].iter().map(|p| (p / (1.0 - p)).ln()).collect();
+    let at_teacher = Tensor::from_vec(logit, (1, 5), &d).unwrap();
+    let l = probability_matching_loss(&at_teacher, &t).unwrap().to_scalar::<f32>().unwrap();
+    assert!(l.abs() < 1e-5, "a student equal to the teacher scores {l}");
+    // Sure teacher, student at ½ everywhere: ln 2.
+    let sure = Tensor::new(&[[1f32, 0.0, 1.0, 0.0]], &d).unwrap();
+    let half = Tensor::zeros((1, 4), candle_core::DType::F32, &d).unwrap();
+    let l = probability_matching_loss(&half, &sure).unwrap().to_scalar::<f32>().unwrap();
+    assert!((l - std::f32::consts::LN_2).abs() < 1e-5, "{l}");
+    // A text pixel the student puts far on the wrong side (logit −12, teacher 1): the gradient
+    // of this loss is (σ(s) − t)/n ≈ −1/n; the squared error on σ(s) gives almost nothing.
+    let s = Var::new(&[[-12f32]], &d).unwrap();
+    let one = Tensor::new(&[[1f32]], &d).unwrap();
+    let g = probability_matching_loss(s.as_tensor(), &one).unwrap().backward().unwrap();
+    let ours = g.get(&s).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+    let p = candle_nn::ops::sigmoid(s.as_tensor()).unwrap();
+    let g = matching_loss(&p, &one).unwrap().backward().unwrap();
+    let squared = g.get(&s).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+    assert!((ours + 1.0).abs() < 1e-3, "gradient {ours}, want σ(−12) − 1 ≈ −1");
+    assert!(squared.abs() < 1e-4, "the squared error's gradient at a saturated pixel is {squared}");
+}

@@ -104,6 +104,9 @@ pub struct Forward {
     /// Every activation's output `[B, H, W, C]` by node name, when
     /// [`TrainModel::collect_features`] is set (distillation matches them); empty otherwise.
     pub features: HashMap<String, Tensor>,
+    /// The outputs before the model's client-side sigmoid (`[B, outputs]`), when it ends in
+    /// one: a loss on probabilities takes its gradient from here, where it does not vanish.
+    pub before_sigmoid: Option<Tensor>,
 }
 
 /// Values that replace a forward pass's own (see [`TrainModel::forward_substituted`]).
@@ -176,6 +179,21 @@ fn add_noise(x: &Tensor, std: f32, seed: u64) -> candle_core::Result<Tensor> {
     let normal = rand_distr::Normal::new(0f32, std).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let draws: Vec<f32> = (0..x.elem_count()).map(|_| normal.sample(&mut rng)).collect();
     x + Tensor::from_vec(draws, x.dims(), x.device())?
+}
+
+/// An exact (not polynomial) activation on a tensor.
+fn exact_activation(x: &Tensor, act: &Activation) -> candle_core::Result<Tensor> {
+    Ok(match act {
+        Activation::Relu => x.relu()?,
+        Activation::Silu => x.silu()?,
+        Activation::Gelu => x.gelu_erf()?,
+        Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
+        Activation::HardSigmoid { alpha, beta } => x.affine(*alpha as f64, *beta as f64)?.clamp(0f32, 1f32)?,
+        Activation::HardSwish => (x * x.affine(1.0, 3.0)?.clamp(0f32, 6f32)?.affine(1.0 / 6.0, 0.0)?)?,
+        Activation::Clip { min, max } => x.clamp(*min, *max)?,
+        Activation::LeakyRelu { alpha } => (x.relu()? - x.neg()?.relu()?.affine(*alpha as f64, 0.0)?)?,
+        Activation::Poly { .. } => candle_core::bail!("a polynomial activation needs its range state"),
+    })
 }
 
 fn to_tensor(a: &ArrayD<f32>, device: &Device) -> Result<Tensor> {
@@ -530,23 +548,7 @@ impl TrainModel {
                         let op = PolyAct { coeffs: Arc::new(coeffs), scales: Arc::new(scales) };
                         x.contiguous()?.apply_op1(op)?
                     }
-                    None => match act {
-                        Activation::Relu => x.relu()?,
-                        Activation::Silu => x.silu()?,
-                        Activation::Gelu => x.gelu_erf()?,
-                        Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
-                        Activation::HardSigmoid { alpha, beta } => {
-                            x.affine(*alpha as f64, *beta as f64)?.clamp(0f32, 1f32)?
-                        }
-                        Activation::HardSwish => {
-                            (x * x.affine(1.0, 3.0)?.clamp(0f32, 6f32)?.affine(1.0 / 6.0, 0.0)?)?
-                        }
-                        Activation::Clip { min, max } => x.clamp(*min, *max)?,
-                        Activation::LeakyRelu { alpha } => {
-                            (x.relu()? - x.neg()?.relu()?.affine(*alpha as f64, 0.0)?)?
-                        }
-                        Activation::Poly { .. } => unreachable!("polynomial activations always have a range state"),
-                    },
+                    None => exact_activation(x, act)?,
                 },
                 Op::AvgPool(p) | Op::MaxPool(p) => {
                     let d = x.dims4()?;
@@ -613,13 +615,27 @@ impl TrainModel {
             }
             values.insert(node.name.clone(), y);
         }
-        let out = values.remove(&self.graph.output).expect("output computed");
-        let logits = if out.rank() == 4 { out.permute((0, 3, 1, 2))?.contiguous()?.flatten_from(1)? } else { out };
+        let flat = |t: Tensor| -> candle_core::Result<Tensor> {
+            if t.rank() == 4 {
+                t.permute((0, 3, 1, 2))?.contiguous()?.flatten_from(1)
+            } else {
+                Ok(t)
+            }
+        };
+        let mut out = values.remove(&self.graph.output).expect("output computed");
+        let mut before_sigmoid = None;
+        if let Some(act) = &self.graph.client_activation {
+            if *act == Activation::Sigmoid {
+                before_sigmoid = Some(flat(out.clone())?);
+            }
+            out = exact_activation(&out, act)?;
+        }
+        let logits = flat(out)?;
         let logits = match substitute {
             Some(s) => straight_through(&logits, &s.logits)?,
             None => logits,
         };
-        Ok(Forward { logits, range_penalty: penalty, features })
+        Ok(Forward { logits, range_penalty: penalty, features, before_sigmoid })
     }
 
     fn index(&self, name: &str) -> usize {

@@ -215,6 +215,27 @@ pub fn matching_loss(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
     (err / (energy + 1e-8)).map_err(candle_err)
 }
 
+/// The mean Bernoulli KL divergence KL(t ‖ σ(s)) over every output: a student whose map
+/// goes through a sigmoid (on the client) matched to the teacher's probabilities `t`. Its
+/// gradient is σ(s) − t, which does not vanish where the sigmoid saturates (the squared error
+/// on probabilities does: a pixel the student puts far on the wrong side stays there). 0 for a
+/// perfect student, about ln 2 for one that answers ½ everywhere to a sure teacher.
+pub fn probability_matching_loss(student_logits: &Tensor, teacher: &Tensor) -> Result<Tensor> {
+    let inner = || -> candle_core::Result<Tensor> {
+        let t = teacher.detach().clamp(0f32, 1f32)?;
+        let s = student_logits;
+        // softplus(x) = max(x, 0) + ln(1 + e^(−|x|)); −ln σ(s) = softplus(−s), −ln(1 − σ(s)) = softplus(s).
+        let softplus =
+            |x: &Tensor| -> candle_core::Result<Tensor> { x.relu()? + x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()? };
+        let cross = ((&t * softplus(&s.neg()?)?)? + (t.affine(-1.0, 1.0)? * softplus(s)?)?)?;
+        // The teacher's own entropy, so that a perfect student scores 0 (a constant: no gradient).
+        let xlogx = |x: &Tensor| -> candle_core::Result<Tensor> { x * x.clamp(1e-30f32, 1f32)?.log()? };
+        let entropy = (xlogx(&t)? + xlogx(&t.affine(-1.0, 1.0)?)?)?;
+        (cross + entropy)?.mean_all()
+    };
+    inner().map_err(candle_err)
+}
+
 /// Progress of one training step, for progress bars.
 #[derive(Clone, Copy, Debug)]
 pub struct StepReport {
@@ -337,6 +358,16 @@ impl Finetuner {
                 )));
             }
         }
+        // Polynomial training leaves a final activation to the client (exact after decryption);
+        // the forward pass still applies it, so the loss sees what the client will.
+        let peeled;
+        let model = match config.activations() {
+            Activations::Hermite { .. } => {
+                peeled = peregrine_model::transform::client_output_activation(model)?;
+                &peeled
+            }
+            Activations::Keep => model,
+        };
         let mut model = TrainModel::new(model, config.activations())?;
         model.weight_clusters = config.weight_clusters;
         model.track_penalty = config.range_penalty > 0.0;
@@ -510,7 +541,10 @@ impl Finetuner {
             let (objective, reported, labels) = if self.config.match_outputs {
                 let teacher = self.teacher.as_mut().expect("validated: output matching has a teacher");
                 let t = teacher.forward(&x, Pass::Frozen)?;
-                let mut loss = matching_loss(&out.logits, &t.logits)?;
+                let mut loss = match &out.before_sigmoid {
+                    Some(s) => probability_matching_loss(s, &t.logits)?,
+                    None => matching_loss(&out.logits, &t.logits)?,
+                };
                 if self.config.feature_weight > 0.0 && !out.features.is_empty() {
                     let mut sum: Option<Tensor> = None;
                     for (name, f) in &out.features {
