@@ -158,17 +158,9 @@ pub fn widen_weighted_ensemble(members: &[Model], share: &[f32]) -> Result<Model
                 let channels = shapes[node.name.as_str()][0];
                 // Members of different degrees: a polynomial is the same polynomial with zero
                 // coefficients above its degree, so every member's rows are padded to the largest.
-                let terms = members.iter().map(|m| m.weights()[coeffs].shape().last().copied().unwrap_or(1)).max();
-                let padded: Vec<Model> = match terms {
-                    Some(t) if members.iter().any(|m| m.weights()[coeffs].shape().last() != Some(&t)) => {
-                        members.iter().map(|m| pad_terms(m, coeffs, t)).collect::<Result<_>>()?
-                    }
-                    _ => Vec::new(),
-                };
-                let source = if padded.is_empty() { members } else { &padded[..] };
-                weights.insert(coeffs.clone(), stack_rows(source, coeffs, channels)?);
+                weights.insert(coeffs.clone(), stack_rows(members, coeffs, channels, true)?);
                 if let Some(s) = input_scale {
-                    weights.insert(s.clone(), stack_rows(members, s, channels)?);
+                    weights.insert(s.clone(), stack_rows(members, s, channels, false)?);
                 }
             }
             Op::Activation(_) | Op::AvgPool(_) | Op::MaxPool(_) | Op::GlobalAvgPool | Op::Upsample { .. } => {
@@ -300,30 +292,21 @@ pub fn widen_weighted_ensemble(members: &[Model], share: &[f32]) -> Result<Model
     Model::new(graph, weights)
 }
 
-/// `member` with the polynomial coefficients `name` (`(C, terms)`, ascending powers) padded
-/// with zeros to `terms` columns: the same polynomials, written at a higher degree.
-fn pad_terms(member: &Model, name: &str, terms: usize) -> Result<Model> {
-    let (graph, mut weights) = member.clone().into_parts();
-    let w = &weights[name];
-    let &[rows, have] = w.shape() else {
-        return Err(ModelError::Weight(format!("'{name}' has shape {:?}, not (channels, terms)", w.shape())));
-    };
-    let mut out = ArrayD::<f32>::zeros(IxDyn(&[rows, terms]));
-    for r in 0..rows {
-        for t in 0..have {
-            out[[r, t]] = w[[r, t]];
-        }
-    }
-    weights.insert(name.to_string(), out);
-    Model::new(graph, weights)
-}
-
 /// A per-channel parameter (`(C, …)`, or one row shared by all `channels`) of every member,
-/// each expanded to `channels` rows, stacked.
-fn stack_rows(members: &[Model], name: &str, channels: usize) -> Result<ArrayD<f32>> {
+/// each expanded to `channels` rows, stacked; with `pad_columns`, rows of `(C, k)` tensors are
+/// first padded with zeros to the members' largest k (polynomial coefficients of lower degree).
+fn stack_rows(members: &[Model], name: &str, channels: usize, pad_columns: bool) -> Result<ArrayD<f32>> {
+    let columns = members.iter().filter_map(|m| m.weights()[name].shape().get(1).copied()).max();
     let mut parts = Vec::with_capacity(members.len());
     for m in members {
-        let w = &m.weights()[name];
+        let mut w = &m.weights()[name];
+        let padded;
+        if let (true, Some(k), &[rows, have]) = (pad_columns, columns, w.shape()) {
+            if have < k {
+                padded = ArrayD::from_shape_fn(IxDyn(&[rows, k]), |i| if i[1] < have { w[[i[0], i[1]]] } else { 0.0 });
+                w = &padded;
+            }
+        }
         let rows = w.shape().first().copied().unwrap_or(1);
         let full = if rows == channels {
             w.clone()
