@@ -185,7 +185,7 @@ pub struct PredictArgs {
     /// Model file.
     #[arg(long)]
     model: PathBuf,
-    /// Image file.
+    /// Image file (or, with `--against`, a directory of them: the agreement pooled over all).
     #[arg(long)]
     image: PathBuf,
     /// How many top classes to print.
@@ -193,7 +193,8 @@ pub struct PredictArgs {
     top: usize,
     /// The original model of a converted one (same input and output shapes): run it on the same
     /// image and report the agreement, decoded as for `--model` (top-1, boxes matched at IoU
-    /// ≥ 0.9, or mask pixels and mask IoU).
+    /// ≥ 0.9, or mask pixels and mask IoU); for a directory of images, per photo and pooled
+    /// (top-1 agreement; boxes found at IoU ≥ 0.5 and ≥ 0.9; mask pixels and pooled mask IoU).
     #[arg(long, value_name = "MODEL")]
     against: Option<PathBuf>,
     #[command(flatten)]
@@ -201,6 +202,9 @@ pub struct PredictArgs {
 }
 
 pub fn predict(a: &PredictArgs, json: bool) -> Result<()> {
+    if a.image.is_dir() {
+        return predict_directory(a, json);
+    }
     let model = load_model(&a.model)?;
     let input = &model.graph().input;
     let x = preprocess::<f32>(&load_image(&a.image, input)?, 1, input)?;
@@ -237,6 +241,55 @@ pub fn predict(a: &PredictArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `predict --image DIR --against ORIGINAL`: every photo of the directory through both
+/// models, the agreement per photo and pooled.
+fn predict_directory(a: &PredictArgs, json: bool) -> Result<()> {
+    let Some(original_path) = &a.against else {
+        bail!("--image {} is a directory: give --against ORIGINAL to pool a converted model's agreement over its photos, or name one image", a.image.display());
+    };
+    if a.output.annotate.is_some() {
+        bail!("--annotate draws one photo: name one image, not the directory {}", a.image.display());
+    }
+    let files = peregrine_data::image_files(&a.image)?;
+    let model = load_model(&a.model)?;
+    let original = load_model(original_path)?;
+    let mut pooled = outputs::Pooled::default();
+    let mut rows = Vec::new();
+    for file in &files {
+        let input = &model.graph().input;
+        let x = preprocess::<f32>(
+            &load_image(file, input).with_context(|| format!("reading {}", file.display()))?,
+            1,
+            input,
+        )?;
+        let logits: Vec<f32> = Reference::<f32>::new(&model).run(&x)?.iter().copied().collect();
+        let decoded = outputs::decode(&model, &logits, &a.output)?;
+        let g = against_model(&model, &original, original_path, &x, logits.len(), &decoded, &a.output)?;
+        let reference = g.1;
+        pooled.add(&decoded, &reference);
+        if json {
+            rows.push(
+                json!({"image": file, "what": g.0.what, "agree": g.0.agree, "of": g.0.of, "summary": g.0.summary}),
+            );
+        } else {
+            println!("{}: {}", file.display(), g.0.summary);
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            json!({"model": a.model, "against": original_path, "images": rows, "pooled": {
+                "what": pooled.what, "photos": pooled.images, "top1": pooled.top1,
+                "boxes": {"original": pooled.boxes[0], "converted": pooled.boxes[1], "found_iou_0_5": pooled.boxes[2], "found_iou_0_9": pooled.boxes[3]},
+                "mask": {"agree": pooled.mask[0], "pixels": pooled.mask[1], "both": pooled.mask[2], "either": pooled.mask[3]},
+                "summary": pooled.summary()}})
+        );
+    } else {
+        println!("pooled against {}: {}", original_path.display(), pooled.summary());
+    }
+    Ok(())
+}
+
 /// Runs the original model at `path` on the same preprocessed image `x` and compares its
 /// decoding with the converted model's.
 fn against(
@@ -248,6 +301,20 @@ fn against(
     a: &OutputArgs,
 ) -> Result<outputs::Agreement> {
     let original = load_model(path)?;
+    Ok(against_model(model, &original, path, x, output_len, decoded, a)?.0)
+}
+
+/// [`against`] with the original model loaded (from `path`, named in errors); also returns
+/// the original's decoding.
+fn against_model(
+    model: &peregrine_model::Model,
+    original: &peregrine_model::Model,
+    path: &Path,
+    x: &ndarray::ArrayD<f32>,
+    output_len: usize,
+    decoded: &outputs::Decoded,
+    a: &OutputArgs,
+) -> Result<(outputs::Agreement, outputs::Decoded)> {
     let (gi, oi) = (&model.graph().input, &original.graph().input);
     if gi.shape != oi.shape || gi.preprocess != oi.preprocess {
         bail!(
@@ -259,7 +326,7 @@ fn against(
             gi.preprocess
         );
     }
-    let y: Vec<f32> = Reference::<f32>::new(&original).run(x)?.iter().copied().collect();
+    let y: Vec<f32> = Reference::<f32>::new(original).run(x)?.iter().copied().collect();
     if y.len() != output_len {
         bail!(
             "--against {}: it has {} outputs, the model {output_len}; compare a model with its own original",
@@ -267,8 +334,9 @@ fn against(
             y.len()
         );
     }
-    let reference = outputs::decode(&original, &y, a)?;
-    Ok(outputs::agreement(decoded, &reference, 0.9, outputs::Sides { ours: "converted", theirs: "original" }))
+    let reference = outputs::decode(original, &y, a)?;
+    let g = outputs::agreement(decoded, &reference, 0.9, outputs::Sides { ours: "converted", theirs: "original" });
+    Ok((g, reference))
 }
 
 pub fn info(model_path: &Path, json: bool) -> Result<()> {

@@ -45,6 +45,12 @@ pub struct FinetuneArgs {
     /// [default: 1].
     #[arg(long, requires = "images")]
     pub feature_weight: Option<f64>,
+    /// The model outputs YOLOv8 heads with this many classes (as `predict --yolo-classes`):
+    /// `--images` distillation then matches them as the client decodes them — class scores
+    /// through the sigmoid, box sides as softmaxes over their bins, weighted by the teacher's
+    /// confidence — instead of by squared error.
+    #[arg(long, requires = "images")]
+    pub yolo_classes: Option<usize>,
     /// Polynomial degree of the activations (2, 4 or 8); `--keep-activations` trains the
     /// original activations instead.
     #[arg(long, default_value_t = 4)]
@@ -173,6 +179,7 @@ fn start(a: &FinetuneArgs) -> Result<Finetuner> {
         teacher,
         match_outputs: photos,
         feature_weight: if photos { a.feature_weight.unwrap_or(1.0) } else { 0.0 },
+        yolo_classes: a.yolo_classes,
         clip_grad_norm: a.clip_grad_norm.unwrap_or(if photos { 1.0 } else { 0.0 }),
         quantise_for: a.tfhe.as_deref().map(qat::target),
         activation_noise: a.activation_noise,

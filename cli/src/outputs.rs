@@ -276,9 +276,78 @@ pub fn agreement(decrypted: &Decoded, reference: &Decoded, min_iou: f32, sides: 
     }
 }
 
+/// A converted model's agreement with its original pooled over several photos
+/// (`predict --image DIR --against`): top-1 classes; boxes matched at IoU ≥ 0.5 and ≥ 0.9;
+/// mask pixels and the pooled mask IoU (intersection and union summed over every photo).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Pooled {
+    /// What was compared (`top-1`, `boxes`, `mask`; empty before the first photo).
+    pub what: &'static str,
+    /// Photos compared.
+    pub images: usize,
+    /// Photos whose top-1 classes agree (classifiers).
+    pub top1: usize,
+    /// Boxes of the original model, of the converted one, and the original's boxes found
+    /// (same class) at IoU ≥ 0.5 and ≥ 0.9 (detectors).
+    pub boxes: [usize; 4],
+    /// Mask pixels on the same side of the threshold, pixels compared, pixels masked by both
+    /// and by either (segmenters).
+    pub mask: [usize; 4],
+}
+
+impl Pooled {
+    /// Adds one photo's decodings (the converted model's, the original's).
+    pub fn add(&mut self, ours: &Decoded, theirs: &Decoded) {
+        self.images += 1;
+        let sides = Sides { ours: "converted", theirs: "original" };
+        self.what = agreement(ours, theirs, 0.9, sides).what;
+        match (ours, theirs) {
+            (Decoded::Classes(_), Decoded::Classes(_)) => self.top1 += agreement(ours, theirs, 0.9, sides).agree,
+            (Decoded::Detections(got), Decoded::Detections(want)) => {
+                self.boxes[0] += want.len();
+                self.boxes[1] += got.len();
+                self.boxes[2] += agreement(ours, theirs, 0.5, sides).agree;
+                self.boxes[3] += agreement(ours, theirs, 0.9, sides).agree;
+            }
+            (Decoded::Mask { probability: p, threshold, .. }, Decoded::Mask { probability: q, .. }) => {
+                let t = *threshold;
+                self.mask[0] += p.iter().zip(q).filter(|(x, y)| (**x > t) == (**y > t)).count();
+                self.mask[1] += q.len();
+                self.mask[2] += p.iter().zip(q).filter(|(x, y)| **x > t && **y > t).count();
+                self.mask[3] += p.iter().zip(q).filter(|(x, y)| **x > t || **y > t).count();
+            }
+            _ => {}
+        }
+    }
+
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        let n = self.images;
+        let ratio = |a: usize, b: usize| if b == 0 { "-".to_string() } else { format!("{:.3}", a as f64 / b as f64) };
+        if self.what == "mask" {
+            let [same, all, both, either] = self.mask;
+            format!(
+                "{n} photos: mask pixels agree on {same} of {all} ({:.2} %), pooled mask IoU {} ({both} pixels in both masks, {either} in either)",
+                100.0 * same as f64 / all.max(1) as f64,
+                ratio(both, either)
+            )
+        } else if self.what == "boxes" {
+            let [want, got, at5, at9] = self.boxes;
+            format!(
+                "{n} photos: {at5} of {want} original boxes found at IoU ≥ 0.5 ({}), {at9} at IoU ≥ 0.9 ({}); {got} converted boxes, {} of them matching none",
+                ratio(at5, want),
+                ratio(at9, want),
+                got - at5
+            )
+        } else {
+            format!("{n} photos: top-1 equal on {} ({})", self.top1, ratio(self.top1, n))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{agreement, Decoded, Sides};
+    use super::{agreement, Decoded, Pooled, Sides};
 
     #[test]
     fn mask_agreement_counts_pixels_and_intersection_over_union() {
@@ -296,6 +365,32 @@ mod tests {
         let g = agreement(&mask(vec![0.0; 5]), &mask(vec![0.1; 5]), 0.9, sides);
         assert_eq!(g.agree, 5);
         assert!(g.summary.contains("mask IoU -"), "{}", g.summary);
+    }
+
+    #[test]
+    fn agreement_pools_over_photos() {
+        use peregrine_data::vision::Detection;
+        let det = |class, x: f32| Detection { class, score: 0.9, bbox: [x, 0.0, x + 10.0, 10.0] };
+        let boxes = |d: Vec<Detection>| Decoded::Detections(d);
+        let mut p = Pooled::default();
+        // Photo 1: the original's two boxes; one found exactly, one shifted by 2 (IoU 8/12).
+        p.add(&boxes(vec![det(1, 0.0), det(1, 52.0)]), &boxes(vec![det(1, 0.0), det(1, 50.0)]));
+        // Photo 2: the original sees nothing, the converted model one box of another class.
+        p.add(&boxes(vec![det(3, 0.0)]), &boxes(vec![]));
+        assert_eq!((p.what, p.images, p.boxes), ("boxes", 2, [2, 3, 2, 1]));
+        assert!(p.summary().contains("2 of 2 original boxes found at IoU ≥ 0.5 (1.000), 1 at IoU ≥ 0.9 (0.500); 3 converted boxes, 1 of them matching none"), "{}", p.summary());
+        // Masks: intersection and union summed before dividing, not IoUs averaged.
+        let mask = |p: Vec<f32>| Decoded::Mask { probability: p, height: 1, width: 4, threshold: 0.5 };
+        let mut m = Pooled::default();
+        m.add(&mask(vec![1.0, 0.0, 0.0, 0.0]), &mask(vec![1.0, 1.0, 1.0, 0.0])); // 1 both, 3 either
+        m.add(&mask(vec![0.0; 4]), &mask(vec![0.0; 4])); // nothing anywhere
+        assert_eq!(m.mask, [6, 8, 1, 3]);
+        assert!(m.summary().contains("pooled mask IoU 0.333") && m.summary().contains("75.00 %"), "{}", m.summary());
+        let top = |k: usize| Decoded::Classes(vec![(k, 2.0), (1 - k, 1.0)]);
+        let mut c = Pooled::default();
+        c.add(&top(0), &top(0));
+        c.add(&top(1), &top(0));
+        assert_eq!(c.summary(), "2 photos: top-1 equal on 1 (0.500)");
     }
 
     #[test]

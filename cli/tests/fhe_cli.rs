@@ -217,6 +217,44 @@ fn predict_against_reports_a_converted_models_agreement_with_its_original() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--against") && err.contains("differs from the model's input"), "{err}");
+
+    // A directory of photos: per photo and pooled, the intersection and union summed.
+    let dir = tmp("against-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    for k in 0..3u32 {
+        image::RgbImage::from_fn(11, 13, |x, y| image::Rgb([(x * 23 + k * 40) as u8, (y * 19) as u8, (k * 70) as u8]))
+            .save(dir.join(format!("p{k}.png")))
+            .unwrap();
+    }
+    let pooled = |extra: &[&str]| {
+        bin()
+            .args(["predict", "--json", "--model"])
+            .arg(&moved)
+            .arg("--against")
+            .arg(&map)
+            .arg("--image")
+            .arg(&dir)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let p = json(pooled(&["--mask=-0.4"]));
+    assert_eq!(p["images"].as_array().unwrap().len(), 3, "{p}");
+    let agree: u64 = p["images"].as_array().unwrap().iter().map(|r| r["agree"].as_u64().unwrap()).sum();
+    assert_eq!(p["pooled"]["mask"]["agree"], agree, "{p}");
+    assert_eq!(p["pooled"]["mask"]["pixels"], 3 * 143, "{p}");
+    let (both, either) =
+        (p["pooled"]["mask"]["both"].as_u64().unwrap(), p["pooled"]["mask"]["either"].as_u64().unwrap());
+    assert!(both < either, "{p}");
+    let iou = format!("pooled mask IoU {:.3}", both as f64 / either as f64);
+    assert!(p["pooled"]["summary"].as_str().unwrap().contains(&iou), "{p}");
+    // A directory needs --against, and cannot be drawn.
+    let out = bin().args(["predict", "--model"]).arg(&map).arg("--image").arg(&dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a directory: give --against"));
+    let out = pooled(&["--mask=-0.4", "--annotate", "x.png"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--annotate draws one photo"));
 }
 
 #[test]

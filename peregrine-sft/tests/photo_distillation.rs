@@ -300,3 +300,179 @@ fn probability_matching_is_zero_at_the_teacher_and_its_gradient_does_not_saturat
     assert!((ours + 1.0).abs() < 1e-3, "gradient {ours}, want σ(−12) − 1 ≈ −1");
     assert!(squared.abs() < 1e-4, "the squared error's gradient at a saturated pixel is {squared}");
 }
+
+/// Heads `[B, k·(64 + classes)·cells]` filled from `f(batch, head, channel, cell)`.
+fn heads(
+    b: usize,
+    k: usize,
+    classes: usize,
+    cells: usize,
+    f: impl Fn(usize, usize, usize, usize) -> f32,
+) -> candle_core::Tensor {
+    let per = 64 + classes;
+    let mut v = Vec::with_capacity(b * k * per * cells);
+    for i in 0..b {
+        for h in 0..k {
+            for c in 0..per {
+                for p in 0..cells {
+                    v.push(f(i, h, c, p));
+                }
+            }
+        }
+    }
+    candle_core::Tensor::from_vec(v, (b, k * per * cells), &candle_core::Device::Cpu).unwrap()
+}
+
+#[test]
+fn detector_heads_are_matched_as_the_client_decodes_them() {
+    use candle_core::Var;
+    use peregrine_sft::train::{detection_matching_loss, matching_loss};
+    let (b, k, classes, [h, w]) = (2, 2, 3, [5usize, 7usize]);
+    let cells = h * w;
+    let shape = [k * (64 + classes), h, w];
+    // The teacher: background everywhere (class logits −14), one object of class 1 at cell 9
+    // of head 0 in image 1 (logit 3), box bins varying.
+    let object = |i: usize, hd: usize, p: usize| i == 1 && hd == 0 && p == 9;
+    let teacher_at = |i: usize, hd: usize, c: usize, p: usize| {
+        if c >= 64 {
+            if object(i, hd, p) && c == 65 {
+                3.0
+            } else {
+                -14.0
+            }
+        } else {
+            ((c * 7 + p * 3 + i) % 11) as f32 * 0.4 - 2.0
+        }
+    };
+    let teacher = heads(b, k, classes, cells, teacher_at);
+    let loss = |s: &candle_core::Tensor| {
+        detection_matching_loss(s, &teacher, &shape, classes).unwrap().to_scalar::<f32>().unwrap()
+    };
+    assert!(loss(&teacher).abs() < 1e-5, "a student equal to the teacher scores {}", loss(&teacher));
+
+    // Box bins changed where the teacher sees nothing: (almost) free. At the object: not.
+    let background_boxes = heads(b, k, classes, cells, |i, hd, c, p| {
+        if c < 64 && !object(i, hd, p) {
+            teacher_at(i, hd, c, p) + if c % 3 == 0 { 3.0 } else { -1.0 }
+        } else {
+            teacher_at(i, hd, c, p)
+        }
+    });
+    let object_box = heads(b, k, classes, cells, |i, hd, c, p| {
+        if c < 64 && object(i, hd, p) {
+            teacher_at(i, hd, c, p) + if c % 3 == 0 { 3.0 } else { -1.0 }
+        } else {
+            teacher_at(i, hd, c, p)
+        }
+    });
+    let (lb, lo) = (loss(&background_boxes), loss(&object_box));
+    eprintln!("boxes changed on {} background cells: {lb:.2e}; on the object's cell: {lo:.3}", b * k * cells - 1);
+    assert!(lo > 0.1 && lb < lo / 50.0, "background boxes {lb}, the object's box {lo}");
+
+    // A missed object (student logit −12 at the teacher's 3) weighs like a whole image of
+    // spurious ones would, not 1/(cells·classes) of the mean; the relative squared error on raw
+    // heads barely sees it: the teacher's −14 background dominates its energy.
+    let missed = |i: usize, hd: usize, c: usize, p: usize| {
+        if object(i, hd, p) && c == 65 {
+            -12.0
+        } else {
+            teacher_at(i, hd, c, p)
+        }
+    };
+    let s = Var::from_tensor(&heads(b, k, classes, cells, missed)).unwrap();
+    let (image, head) = (1, 0);
+    let at = ((image * k + head) * (64 + classes) + 65) * cells + 9; // class 1 at cell 9
+    let grad_at = |g: &candle_core::backprop::GradStore| -> f32 {
+        g.get(&s).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[at]
+    };
+    let l = detection_matching_loss(s.as_tensor(), &teacher, &shape, classes).unwrap();
+    let ours = grad_at(&l.backward().unwrap());
+    let squared = grad_at(&matching_loss(s.as_tensor(), &teacher).unwrap().backward().unwrap());
+    eprintln!(
+        "missed object: loss {:.3}, its gradient {ours:.3} (relative squared error's {squared:.2e})",
+        l.to_scalar::<f32>().unwrap()
+    );
+    // σ(3) = 0.953 of the teacher, σ(−12) ≈ 0: gradient (σ(s) − p)/(Σp + B) ≈ −0.953/(0.953 + 2).
+    assert!((ours + 0.953 / 2.953).abs() < 0.01, "gradient {ours}");
+    assert!(squared.abs() < ours.abs() / 100.0, "squared error gradient {squared} vs {ours}");
+
+    // A spurious detection (student +3 where the teacher says −14) costs about as much.
+    let spurious =
+        heads(
+            b,
+            k,
+            classes,
+            cells,
+            |i, hd, c, p| {
+                if i == 0 && hd == 1 && p == 4 && c == 66 {
+                    3.0
+                } else {
+                    teacher_at(i, hd, c, p)
+                }
+            },
+        );
+    assert!(loss(&spurious) > 0.5, "a spurious box scores {}", loss(&spurious));
+
+    // Outputs that are not YOLO heads with this many classes are refused by name.
+    let e = detection_matching_loss(&teacher, &teacher, &[k * (64 + classes) + 1, h, w], classes).unwrap_err();
+    assert!(e.to_string().contains("YOLO heads with 3 classes"), "{e}");
+}
+
+#[test]
+fn a_detector_distils_with_head_matching_and_other_outputs_are_refused() {
+    use peregrine_model::ir::{Op, INPUT};
+    use peregrine_model::testkit::{conv, graph, node, raw_input, uniform};
+    // A tiny detector: one head of 2 classes over a 13×11 grid ([66, 13, 11]), its class
+    // logits mostly negative as a trained detector's background is; wide activation inputs,
+    // so that the degree-2 conversion starts far from it.
+    let mut r = rand::rngs::StdRng::seed_from_u64(31);
+    let mut w = peregrine_model::ir::Weights::new();
+    w.insert("c1.w".into(), uniform(&mut r, &[6, 3, 3, 3], -2.0, 2.0));
+    w.insert("c1.b".into(), uniform(&mut r, &[6], -0.1, 0.1));
+    w.insert("c2.w".into(), uniform(&mut r, &[66, 6, 3, 3], -0.4, 0.4));
+    let mut bias = uniform(&mut r, &[66], -0.2, 0.2);
+    bias[[64]] = -1.5;
+    bias[[65]] = -1.0;
+    w.insert("c2.b".into(), bias);
+    let nodes = vec![
+        node("c1", conv(3, 6, 3, 1, 1, 1, 1, "c1.w", Some("c1.b")), &[INPUT]),
+        node("a1", Op::Activation(Activation::Silu), &["c1"]),
+        node("c2", conv(6, 66, 3, 1, 1, 1, 1, "c2.w", Some("c2.b")), &["a1"]),
+    ];
+    let model = Model::new(graph("tiny-detector", raw_input([3, 13, 11]), nodes, "c2"), w).unwrap();
+    let dir = std::env::temp_dir().join(format!("peregrine-distil-det-{}", std::process::id()));
+    let files = write_photos(&dir);
+    let teacher = dir.join("teacher.safetensors");
+    peregrine_model::format::save_model(&model, &teacher).unwrap();
+    let crops = photo_crops(&files, &model.graph().input, 48, 5, &CropSettings::default()).unwrap();
+    let config = |classes: usize| FinetuneConfig {
+        degree: Some(2),
+        epochs: 4,
+        batch: 8,
+        lr: 0.03,
+        augment: false,
+        calibration_batches: 2,
+        distill: 1.0,
+        teacher: Some(teacher.clone()),
+        match_outputs: true,
+        clip_grad_norm: 1.0,
+        yolo_classes: Some(classes),
+        ..FinetuneConfig::default()
+    };
+    let e = Finetuner::new(&model, config(5)).err().expect("66 channels are not k·(64 + 5)");
+    assert!(e.to_string().contains("YOLO heads with 5 classes") && e.to_string().contains("[66, 13, 11]"), "{e}");
+    let e = Finetuner::new(&model, FinetuneConfig { match_outputs: false, distill: 0.0, ..config(2) }).err().unwrap();
+    assert!(e.to_string().contains("output matching"), "{e}");
+
+    let mut run = Finetuner::new(&model, config(2)).unwrap();
+    run.calibrate(&crops).unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..4 {
+        let report = run.train_epoch(&crops, |_| {}).unwrap();
+        losses.push(report.loss);
+    }
+    eprintln!("detector head matching, loss per epoch: {losses:.4?}");
+    assert!(losses.iter().all(|l| l.is_finite()));
+    assert!(losses[3] < losses[0] * 0.8, "the head-matching loss should fall: {losses:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -21,6 +21,6 @@ pub use model::{
 };
 pub use schedule::{Baseline, EpochSummary, Evaluator, Outcome, Progress, Schedule};
 pub use trainer::{
-    distillation_loss, evaluate, make_batch, matching_loss, probability_matching_loss, CheckpointInfo, EpochReport,
-    FinetuneConfig, Finetuner, Quantiser, StepReport,
+    detection_matching_loss, distillation_loss, evaluate, make_batch, matching_loss, probability_matching_loss,
+    CheckpointInfo, EpochReport, FinetuneConfig, Finetuner, Quantiser, StepReport,
 };

@@ -647,6 +647,11 @@ impl TrainModel {
         &self.graph.input
     }
 
+    /// The shape of the model's output (`[classes]`, or a map's `[C, H, W]`).
+    pub fn output_shape(&self) -> &[usize] {
+        &self.shapes[self.index(&self.graph.output)]
+    }
+
     /// Number of values the model outputs (logits, or a map's pixels).
     pub fn output_len(&self) -> usize {
         self.shapes[self.index(&self.graph.output)].iter().product()

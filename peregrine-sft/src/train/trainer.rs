@@ -87,6 +87,11 @@ pub struct FinetuneConfig {
     /// straight-through estimator). Needs a model without batch norms (an exported one).
     #[serde(default)]
     pub weight_clusters: Option<usize>,
+    /// With `match_outputs`: the output is YOLOv8 detector heads with this many classes
+    /// (`[k·(64 + classes), H, W]`, heads merged as `--graph-output` builds them), matched by
+    /// [`detection_matching_loss`] instead of the squared error.
+    #[serde(default)]
+    pub yolo_classes: Option<usize>,
 }
 
 /// Computes what the quantised network makes of a batch: called every step of
@@ -123,6 +128,7 @@ impl Default for FinetuneConfig {
             quantise_for: None,
             activation_noise: 0.0,
             weight_clusters: None,
+            yolo_classes: None,
         }
     }
 }
@@ -182,6 +188,12 @@ impl FinetuneConfig {
                 return bad(format!("weight clustering needs at least 2 values per layer, got {k}"));
             }
         }
+        if self.yolo_classes.is_some() && !self.match_outputs {
+            return bad("detector-head matching (YOLO classes) applies to output matching on photos only".into());
+        }
+        if self.yolo_classes == Some(0) {
+            return bad("a detector needs at least one class".into());
+        }
         if self.feature_weight > 0.0 && !self.match_outputs {
             return bad("a feature weight applies to output matching only".into());
         }
@@ -232,6 +244,62 @@ pub fn probability_matching_loss(student_logits: &Tensor, teacher: &Tensor) -> R
         let xlogx = |x: &Tensor| -> candle_core::Result<Tensor> { x * x.clamp(1e-30f32, 1f32)?.log()? };
         let entropy = (xlogx(&t)? + xlogx(&t.affine(-1.0, 1.0)?)?)?;
         (cross + entropy)?.mean_all()
+    };
+    inner().map_err(candle_err)
+}
+
+/// Box bins per side of YOLOv8 heads (its distribution focal loss' `reg_max`).
+pub const YOLO_BINS: usize = 16;
+
+/// Distillation of YOLOv8 detector heads, matched as the client decodes them rather than as
+/// raw numbers. `student` and `teacher` are `[B, k·C·H·W]` (heads merged channel-major into
+/// `shape` = `[k·C, H, W]`, C = 4·16 + `classes`). Two parts, each 0 for a perfect student:
+/// - the class scores through the sigmoid: Σ KL(σ(t) ‖ σ(s)) over every cell and class,
+///   divided by (Σ σ(t) + B) — the teacher's detections plus one per image, so that a few
+///   faces among thousands of background cells are not averaged away while an image with no
+///   object still penalises false positives;
+/// - the box sides as the decoder reads them, a softmax over 16 bins: KL(softmax(t) ‖
+///   softmax(s)) per side, weighted by the teacher's largest class probability at the cell
+///   (boxes where the teacher sees nothing are never drawn) and divided by the weights' sum.
+///
+/// Cells of coarser heads, repeated by the merge's nearest upsampling, count once per copy in
+/// both sums (a constant weight per head).
+pub fn detection_matching_loss(student: &Tensor, teacher: &Tensor, shape: &[usize], classes: usize) -> Result<Tensor> {
+    let per = 4 * YOLO_BINS + classes;
+    let (channels, cells) = match shape {
+        [c, h, w] if c % per == 0 && *c > 0 => (*c, h * w),
+        other => {
+            return Err(SftError::Unsupported(format!(
+                "YOLO heads with {classes} classes need an output of k·{per} channels [k·{per}, H, W], this model outputs {other:?}"
+            )))
+        }
+    };
+    let heads = channels / per;
+    let inner = || -> candle_core::Result<Tensor> {
+        let b = student.dim(0)?;
+        let s = student.reshape((b, heads, per, cells))?;
+        let t = teacher.detach().reshape((b, heads, per, cells))?;
+        // Class scores: the Bernoulli KL of σ(s) from σ(t), from logits on both sides.
+        let softplus =
+            |x: &Tensor| -> candle_core::Result<Tensor> { x.relu()? + x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()? };
+        let sc = s.narrow(2, 4 * YOLO_BINS, classes)?.contiguous()?;
+        let tc = t.narrow(2, 4 * YOLO_BINS, classes)?.contiguous()?;
+        let p = candle_nn::ops::sigmoid(&tc)?;
+        // KL = p·(ln p − ln σ(s)) + (1 − p)·(ln(1 − p) − ln(1 − σ(s)))
+        //    = p·(softplus(−s) − softplus(−t)) + (1 − p)·(softplus(s) − softplus(t)).
+        let kl = ((&p * (softplus(&sc.neg()?)? - softplus(&tc.neg()?)?)?)?
+            + (p.affine(-1.0, 1.0)? * (softplus(&sc)? - softplus(&tc)?)?)?)?;
+        let class_loss = (kl.sum_all()? / (p.sum_all()?.to_scalar::<f32>()? as f64 + b as f64))?;
+        // Box sides: 4 softmaxes of 16 bins per cell, weighted by the teacher's confidence.
+        let sb = s.narrow(2, 0, 4 * YOLO_BINS)?.reshape((b, heads, 4, YOLO_BINS, cells))?;
+        let tb = t.narrow(2, 0, 4 * YOLO_BINS)?.reshape((b, heads, 4, YOLO_BINS, cells))?;
+        let q = candle_nn::ops::softmax(&tb, 3)?;
+        let side_kl = (&q * (candle_nn::ops::log_softmax(&tb, 3)? - candle_nn::ops::log_softmax(&sb, 3)?)?)?.sum(3)?;
+        let weight = p.max(2)?; // [B, k, cells]
+        let weighted = side_kl.broadcast_mul(&weight.unsqueeze(2)?)?;
+        let total_weight = weight.sum_all()?.to_scalar::<f32>()? as f64;
+        let box_loss = (weighted.sum_all()? / (4.0 * total_weight + 1e-6))?;
+        class_loss + box_loss
     };
     inner().map_err(candle_err)
 }
@@ -349,6 +417,14 @@ impl Finetuner {
         let input = model.graph().input.clone();
         let name = model.graph().name.clone();
         let output_shape = model.output_shape().clone();
+        if let Some(classes) = config.yolo_classes {
+            let per = 4 * YOLO_BINS + classes;
+            if !matches!(output_shape.as_slice(), [c, _, _] if c % per == 0 && *c > 0) {
+                return Err(SftError::Unsupported(format!(
+                    "YOLO heads with {classes} classes need an output of k·{per} channels [k·{per}, H, W] (the heads merged by `import onnx --graph-output`), '{name}' outputs {output_shape:?}"
+                )));
+            }
+        }
         if config.weight_clusters.is_some() {
             if let Some(bn) = model.graph().nodes.iter().find(|n| matches!(n.op, peregrine_model::ir::Op::BatchNorm(_)))
             {
@@ -541,9 +617,12 @@ impl Finetuner {
             let (objective, reported, labels) = if self.config.match_outputs {
                 let teacher = self.teacher.as_mut().expect("validated: output matching has a teacher");
                 let t = teacher.forward(&x, Pass::Frozen)?;
-                let mut loss = match &out.before_sigmoid {
-                    Some(s) => probability_matching_loss(s, &t.logits)?,
-                    None => matching_loss(&out.logits, &t.logits)?,
+                let mut loss = match (&out.before_sigmoid, self.config.yolo_classes) {
+                    (_, Some(classes)) => {
+                        detection_matching_loss(&out.logits, &t.logits, self.model.output_shape(), classes)?
+                    }
+                    (Some(s), None) => probability_matching_loss(s, &t.logits)?,
+                    (None, None) => matching_loss(&out.logits, &t.logits)?,
                 };
                 if self.config.feature_weight > 0.0 && !out.features.is_empty() {
                     let mut sum: Option<Tensor> = None;
