@@ -253,6 +253,7 @@ fn predict_directory(a: &PredictArgs, json: bool) -> Result<()> {
     let files = peregrine_data::image_files(&a.image)?;
     let model = load_model(&a.model)?;
     let original = load_model(original_path)?;
+    let (ours, theirs) = (Reference::<f32>::new(&model), Reference::<f32>::new(&original));
     let mut pooled = outputs::Pooled::default();
     let mut rows = Vec::new();
     for file in &files {
@@ -262,11 +263,10 @@ fn predict_directory(a: &PredictArgs, json: bool) -> Result<()> {
             1,
             input,
         )?;
-        let logits: Vec<f32> = Reference::<f32>::new(&model).run(&x)?.iter().copied().collect();
+        let logits: Vec<f32> = ours.run(&x)?.iter().copied().collect();
         let decoded = outputs::decode(&model, &logits, &a.output)?;
-        let g = against_model(&model, &original, original_path, &x, logits.len(), &decoded, &a.output)?;
-        let reference = g.1;
-        pooled.add(&decoded, &reference);
+        let g = against_model(&model, (&original, &theirs), original_path, &x, logits.len(), &decoded, &a.output)?;
+        pooled.add(&decoded, &g.1);
         if json {
             rows.push(
                 json!({"image": file, "what": g.0.what, "agree": g.0.agree, "of": g.0.of, "summary": g.0.summary}),
@@ -301,14 +301,15 @@ fn against(
     a: &OutputArgs,
 ) -> Result<outputs::Agreement> {
     let original = load_model(path)?;
-    Ok(against_model(model, &original, path, x, output_len, decoded, a)?.0)
+    let executor = Reference::<f32>::new(&original);
+    Ok(against_model(model, (&original, &executor), path, x, output_len, decoded, a)?.0)
 }
 
-/// [`against`] with the original model loaded (from `path`, named in errors); also returns
-/// the original's decoding.
+/// [`against`] with the original model loaded (from `path`, named in errors) and its
+/// executor built; also returns the original's decoding.
 fn against_model(
     model: &peregrine_model::Model,
-    original: &peregrine_model::Model,
+    (original, executor): (&peregrine_model::Model, &Reference<f32>),
     path: &Path,
     x: &ndarray::ArrayD<f32>,
     output_len: usize,
@@ -326,7 +327,7 @@ fn against_model(
             gi.preprocess
         );
     }
-    let y: Vec<f32> = Reference::<f32>::new(original).run(x)?.iter().copied().collect();
+    let y: Vec<f32> = executor.run(x)?.iter().copied().collect();
     if y.len() != output_len {
         bail!(
             "--against {}: it has {} outputs, the model {output_len}; compare a model with its own original",

@@ -255,9 +255,7 @@ pub fn agreement(decrypted: &Decoded, reference: &Decoded, min_iou: f32, sides: 
             }
         }
         (Decoded::Mask { probability: p, threshold, .. }, Decoded::Mask { probability: q, .. }) => {
-            let same = p.iter().zip(q).filter(|(x, y)| (*x > threshold) == (*y > threshold)).count();
-            let both = p.iter().zip(q).filter(|(x, y)| *x > threshold && *y > threshold).count();
-            let either = p.iter().zip(q).filter(|(x, y)| *x > threshold || *y > threshold).count();
+            let [same, both, either] = mask_counts(p, q, *threshold);
             let iou = if either == 0 { "-".to_string() } else { format!("{:.3}", both as f64 / either as f64) };
             Agreement {
                 what: "mask",
@@ -274,6 +272,15 @@ pub fn agreement(decrypted: &Decoded, reference: &Decoded, min_iou: f32, sides: 
         }
         _ => Agreement { what: "nothing", agree: 0, of: 0, summary: "the two outputs were decoded differently".into() },
     }
+}
+
+/// Pixels of two probability maps on the same side of `threshold`, above it in both, and above
+/// it in either.
+fn mask_counts(p: &[f32], q: &[f32], threshold: f32) -> [usize; 3] {
+    p.iter().zip(q).fold([0; 3], |[same, both, either], (&x, &y)| {
+        let (a, b) = (x > threshold, y > threshold);
+        [same + (a == b) as usize, both + (a && b) as usize, either + (a || b) as usize]
+    })
 }
 
 /// A converted model's agreement with its original pooled over several photos
@@ -300,21 +307,19 @@ impl Pooled {
     pub fn add(&mut self, ours: &Decoded, theirs: &Decoded) {
         self.images += 1;
         let sides = Sides { ours: "converted", theirs: "original" };
-        self.what = agreement(ours, theirs, 0.9, sides).what;
+        let strict = agreement(ours, theirs, 0.9, sides);
+        self.what = strict.what;
         match (ours, theirs) {
-            (Decoded::Classes(_), Decoded::Classes(_)) => self.top1 += agreement(ours, theirs, 0.9, sides).agree,
+            (Decoded::Classes(_), Decoded::Classes(_)) => self.top1 += strict.agree,
             (Decoded::Detections(got), Decoded::Detections(want)) => {
                 self.boxes[0] += want.len();
                 self.boxes[1] += got.len();
                 self.boxes[2] += agreement(ours, theirs, 0.5, sides).agree;
-                self.boxes[3] += agreement(ours, theirs, 0.9, sides).agree;
+                self.boxes[3] += strict.agree;
             }
             (Decoded::Mask { probability: p, threshold, .. }, Decoded::Mask { probability: q, .. }) => {
-                let t = *threshold;
-                self.mask[0] += p.iter().zip(q).filter(|(x, y)| (**x > t) == (**y > t)).count();
-                self.mask[1] += q.len();
-                self.mask[2] += p.iter().zip(q).filter(|(x, y)| **x > t && **y > t).count();
-                self.mask[3] += p.iter().zip(q).filter(|(x, y)| **x > t || **y > t).count();
+                let [same, both, either] = mask_counts(p, q, *threshold);
+                self.mask = [self.mask[0] + same, self.mask[1] + q.len(), self.mask[2] + both, self.mask[3] + either];
             }
             _ => {}
         }

@@ -227,6 +227,12 @@ pub fn matching_loss(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
     (err / (energy + 1e-8)).map_err(candle_err)
 }
 
+/// softplus(x) = ln(1 + eˣ), computed as max(x, 0) + ln(1 + e^(−|x|)) so that it does not
+/// overflow: −ln σ(x) = softplus(−x) and −ln(1 − σ(x)) = softplus(x).
+fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.relu()? + x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?
+}
+
 /// The mean Bernoulli KL divergence KL(t ‖ σ(s)) over every output: a student whose map
 /// goes through a sigmoid (on the client) matched to the teacher's probabilities `t`. Its
 /// gradient is σ(s) − t, which does not vanish where the sigmoid saturates (the squared error
@@ -236,9 +242,7 @@ pub fn probability_matching_loss(student_logits: &Tensor, teacher: &Tensor) -> R
     let inner = || -> candle_core::Result<Tensor> {
         let t = teacher.detach().clamp(0f32, 1f32)?;
         let s = student_logits;
-        // softplus(x) = max(x, 0) + ln(1 + e^(−|x|)); −ln σ(s) = softplus(−s), −ln(1 − σ(s)) = softplus(s).
-        let softplus =
-            |x: &Tensor| -> candle_core::Result<Tensor> { x.relu()? + x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()? };
+        // −ln σ(s) = softplus(−s), −ln(1 − σ(s)) = softplus(s).
         let cross = ((&t * softplus(&s.neg()?)?)? + (t.affine(-1.0, 1.0)? * softplus(s)?)?)?;
         // The teacher's own entropy, so that a perfect student scores 0 (a constant: no gradient).
         let xlogx = |x: &Tensor| -> candle_core::Result<Tensor> { x * x.clamp(1e-30f32, 1f32)?.log()? };
@@ -280,8 +284,6 @@ pub fn detection_matching_loss(student: &Tensor, teacher: &Tensor, shape: &[usiz
         let s = student.reshape((b, heads, per, cells))?;
         let t = teacher.detach().reshape((b, heads, per, cells))?;
         // Class scores: the Bernoulli KL of σ(s) from σ(t), from logits on both sides.
-        let softplus =
-            |x: &Tensor| -> candle_core::Result<Tensor> { x.relu()? + x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()? };
         let sc = s.narrow(2, 4 * YOLO_BINS, classes)?.contiguous()?;
         let tc = t.narrow(2, 4 * YOLO_BINS, classes)?.contiguous()?;
         let p = candle_nn::ops::sigmoid(&tc)?;
