@@ -609,6 +609,24 @@ impl Model {
     pub fn weight(&self, name: &str) -> &ArrayD<f32> {
         &self.weights[name]
     }
+
+    /// Whether `conv` only selects channels (a 1×1, stride-1, bias-free convolution whose
+    /// weight rows each hold a single 1 and zeros): the form Split and channel Slice import
+    /// to. Such a node is structure, not a learned layer — fine-tuning keeps it exact, which
+    /// also keeps its linear map one coefficient per output.
+    pub fn is_channel_selection(&self, conv: &Conv2d) -> bool {
+        let Some(w) = self.weights.get(&conv.weight) else { return false };
+        conv.kernel == [1, 1]
+            && conv.stride == [1, 1]
+            && conv.padding == [0, 0]
+            && conv.padding_after() == [0, 0]
+            && conv.groups == 1
+            && conv.bias.is_none()
+            && w.len() == conv.out_channels * conv.in_channels
+            && w.iter().all(|v| *v == 0.0 || *v == 1.0)
+            && w.as_slice()
+                .is_some_and(|v| v.chunks(conv.in_channels).all(|row| row.iter().filter(|x| **x == 1.0).count() == 1))
+    }
     /// Output shape of node `i` (topological index).
     pub fn shape(&self, i: usize) -> &Shape {
         &self.shapes[i]

@@ -217,7 +217,20 @@ pub fn compile(model: &Model, slots: usize) -> Result<Program, OpsError> {
     };
     let mut node_tensors = HashMap::new();
     for (i, node) in g.nodes.iter().enumerate() {
+        let started = std::time::Instant::now();
         let v = c.node(i)?;
+        if profiling() {
+            let pending = match &v {
+                Value::Pending(p) => format!("pending, {} coefficients", p.map.entries.len()),
+                Value::Ready(_) => "ready".into(),
+            };
+            eprintln!(
+                "compile node {}: {pending}, {:.1} s; resident {} MiB",
+                node.name,
+                started.elapsed().as_secs_f64(),
+                resident_mib()
+            );
+        }
         c.values[i] = Some(v);
         if i == out_idx {
             let t = c.materialize(i)?;
@@ -461,6 +474,7 @@ impl Compiler<'_> {
             let ins: Vec<&Layout> = p.inputs.iter().map(|t| &self.tensors[*t].layout).collect();
             let plan = DiagonalPlan::with_passthrough(&p.map, &ins, &layout, true)
                 .map_err(|source| OpsError::Layout { step: step.clone(), source })?;
+            trace_linear(&step, &p.map, &plan);
             let t = self.new_tensor(&step, out_shape.clone(), layout.clone());
             self.steps.push(Step {
                 name: step,
@@ -620,6 +634,7 @@ impl Compiler<'_> {
         let name = format!("{}#clean", info.name);
         let plan = DiagonalPlan::new(&map, &[&info.layout], &layout)
             .map_err(|source| OpsError::Layout { step: name.clone(), source })?;
+        trace_linear(&name, &map, &plan);
         let out = self.new_tensor(&name, info.shape.clone(), layout);
         self.steps.push(Step {
             name: name.clone(),
@@ -693,6 +708,7 @@ impl Compiler<'_> {
                     let t = self.new_tensor(&name, shape, layout.clone());
                     let plan = DiagonalPlan::with_passthrough(&p.map, &[&layout], &layout, p.power == 1)
                         .map_err(|source| OpsError::Layout { step: name.clone(), source })?;
+                    trace_linear(&name, &p.map, &plan);
                     self.steps.push(Step {
                         name: name.clone(),
                         nodes: p.nodes,
@@ -705,6 +721,7 @@ impl Compiler<'_> {
                     let ins: Vec<&Layout> = p.inputs.iter().map(|t| &self.tensors[*t].layout).collect();
                     let plan = DiagonalPlan::with_passthrough(&p.map, &ins, &layout, p.power == 1)
                         .map_err(|source| OpsError::Layout { step: name.clone(), source })?;
+                    trace_linear(&name, &p.map, &plan);
                     let t = self.new_tensor(&name, shape, layout);
                     self.steps.push(Step {
                         name: name.clone(),
@@ -720,6 +737,37 @@ impl Compiler<'_> {
             None => Err(OpsError::Absorbed(self.model.graph().nodes[j].name.clone())),
         }
     }
+}
+
+/// With `PEREGRINE_PROFILE` set, one line per scheduled linear map on stderr: its
+/// coefficients, its plan's diagonal bytes and rotations, and the process's resident memory
+/// (what a large network's compilation holds, step by step).
+fn trace_linear(step: &str, map: &LinearMap, plan: &DiagonalPlan) {
+    if profiling() {
+        eprintln!(
+            "compile step {step}: {} coefficients, {:.1} MiB of diagonals, {} rotations; resident {} MiB",
+            map.entries.len(),
+            plan.diagonal_bytes() as f64 / (1u64 << 20) as f64,
+            plan.rotation_count(),
+            resident_mib(),
+        );
+    }
+}
+
+/// Whether `PEREGRINE_PROFILE` is set.
+fn profiling() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("PEREGRINE_PROFILE").is_some())
+}
+
+/// This process's resident memory (Linux `VmRSS`), in MiB; 0 where unknown.
+fn resident_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
 }
 
 /// The smallest |c_d|^(1/d) for which a degree-d ≥ 3 activation is folded into its producer

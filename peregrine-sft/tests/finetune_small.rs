@@ -171,3 +171,56 @@ fn a_polynomial_model_fine_tuned_further_keeps_its_ranges_unless_asked_to_recali
     assert!(kept < 1e-5, "0 calibration batches changed the model by {kept}");
     assert!(recalibrated > 1e-3, "recalibrating should move the ranges ({recalibrated})");
 }
+
+/// The tiny network with a channel selection after its first activation (what an imported
+/// Split becomes): channels 1, 3, 5 and 7 of eight, written as a 1×1 convolution of 0s and 1s.
+fn tiny_cnn_with_selection() -> Model {
+    let (graph, mut w) = tiny_cnn().into_parts();
+    let mut select = ArrayD::zeros(IxDyn(&[4, 8, 1, 1]));
+    for o in 0..4 {
+        select[[o, 2 * o + 1, 0, 0]] = 1.0;
+    }
+    w.insert("s.select".into(), select);
+    let mut r = StdRng::seed_from_u64(9);
+    w.insert("c2.w".into(), he(&mut r, &[16, 4, 3, 3]));
+    let mut nodes = graph.nodes;
+    let at = nodes.iter().position(|n| n.name == "mp").unwrap() + 1;
+    nodes.insert(at, node("s", Op::Conv2d(Conv2d::pointwise(8, 4, 1, 1, "s.select".into())), &["mp"]));
+    let c2 = nodes.iter_mut().find(|n| n.name == "c2").unwrap();
+    c2.op = conv(4, 16, 3, 2, 1, 1, 1, "c2.w", None);
+    c2.inputs = vec!["s".into()];
+    Model::new(Graph { nodes, ..graph }, w).unwrap()
+}
+
+#[test]
+fn fine_tuning_keeps_channel_selections_exact() {
+    let model = tiny_cnn_with_selection();
+    let Op::Conv2d(select) = &model.graph().nodes.iter().find(|n| n.name == "s").unwrap().op else { unreachable!() };
+    assert!(model.is_channel_selection(select));
+    let Op::Conv2d(c2) = &model.graph().nodes.iter().find(|n| n.name == "c2").unwrap().op else { unreachable!() };
+    assert!(!model.is_channel_selection(c2), "a learned convolution is not a selection");
+    let train = load_cifar10(shared().join("data/cifar10/data_batch_1.bin.gz"), Some(128)).unwrap();
+    let cfg = FinetuneConfig {
+        degree: Some(2),
+        epochs: 2,
+        batch: 32,
+        lr: 0.05,
+        calibration_batches: 2,
+        augment: false,
+        ..FinetuneConfig::default()
+    };
+    let mut run = Finetuner::new(&model, cfg).unwrap();
+    assert!(!run.model.params().contains_key("s.select"), "the selection is not a trainable weight");
+    assert!(run.model.params().contains_key("c2.w"));
+    run.calibrate(&train).unwrap();
+    for _ in 0..2 {
+        run.train_epoch(&train, |_| {}).unwrap();
+    }
+    let tuned = run.export().unwrap();
+    assert_eq!(tuned.weight("s.select"), model.weight("s.select"), "the selection changed in training");
+    assert_ne!(tuned.weight("c2.w"), model.weight("c2.w"), "the convolution after it did not train");
+    // Its linear map stays one coefficient per output.
+    let i = tuned.node_index("s").unwrap();
+    let map = peregrine_gip::lower::node_map(&tuned, i).unwrap().unwrap();
+    assert_eq!(map.entries.len(), 4 * 16 * 16);
+}

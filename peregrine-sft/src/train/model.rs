@@ -294,6 +294,11 @@ impl TrainModel {
                         node.op = Op::AvgPool(p.clone());
                     }
                 }
+                // Channel selections (imported Split and Slice) stay exact: training them would
+                // turn each into a dense mixing of every channel.
+                Op::Conv2d(c) if model.is_channel_selection(c) => {
+                    frozen.insert(c.weight.clone(), to_tensor(&weights[&c.weight], &device)?);
+                }
                 op => {
                     for (_, t) in op.weight_refs() {
                         params.insert(
@@ -336,7 +341,9 @@ impl TrainModel {
         self.clustered.clear();
         let Some(k) = self.weight_clusters else { return Ok(()) };
         for name in peregrine_model::cluster::clusterable_weights(&self.graph) {
-            let w = self.params[&name].as_tensor().clone();
+            // Frozen weights (channel selections) are exact already.
+            let Some(var) = self.params.get(&name) else { continue };
+            let w = var.as_tensor().clone();
             let values = w.flatten_all()?.to_vec1::<f32>()?;
             let centres = self.cluster_centres(&name, &values, k);
             let q: Vec<f32> = values.iter().map(|&v| peregrine_model::cluster::nearest_centre(&centres, v)).collect();
@@ -385,7 +392,7 @@ impl TrainModel {
     }
 
     fn param(&self, name: &str) -> &Tensor {
-        self.clustered.get(name).unwrap_or_else(|| self.params[name].as_tensor())
+        self.clustered.get(name).or_else(|| self.frozen.get(name)).unwrap_or_else(|| self.params[name].as_tensor())
     }
 
     /// Runs a batch `[B, H, W, C]` (channels-last, preprocessed) through the graph.
