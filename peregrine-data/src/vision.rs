@@ -163,8 +163,9 @@ fn colour(class: usize) -> Rgb<u8> {
 }
 
 /// Draws each detection's box (3 pixels wide, one colour per class) and its label — the
-/// class name from `names` (or `class k`) and its score — on `image`, whose size is the model
-/// input's scaled by `scale` (`[sx, sy]`).
+/// class name from `names` (or `class k`) and its score, at [`label_scale`] or smaller so it
+/// is at most twice the box's width, kept inside the image — on `image`, whose size is the
+/// model input's scaled by `scale` (`[sx, sy]`).
 pub fn draw_detections(image: &mut RgbImage, detections: &[Detection], scale: [f32; 2], names: &[String]) {
     let (w, h) = (image.width() as i64, image.height() as i64);
     let text_scale = label_scale(image);
@@ -190,10 +191,16 @@ pub fn draw_detections(image: &mut RgbImage, detections: &[Detection], scale: [f
         }
         let name = names.get(d.class).cloned().unwrap_or_else(|| format!("class {}", d.class));
         let label = format!("{name} {:.2}", d.score);
-        let label_height = ((font::HEIGHT + 2) as u32 * text_scale) as i64;
-        // Above the box, or inside its top edge when the box touches the image's top.
+        // At most twice the box's width (neighbouring faces' labels would cover each other),
+        // never below one font pixel per image pixel.
+        let per_scale = ((label.chars().count() * (font::WIDTH + 1) + 1) as i64).max(1);
+        let s = (text_scale as i64).min((2 * (x2 - x1).max(1)) / per_scale).max(1) as u32;
+        let (label_width, label_height) = (per_scale * s as i64, ((font::HEIGHT + 2) as u32 * s) as i64);
+        // Above the box, or inside its top edge when the box touches the image's top; moved
+        // left to stay inside the image when the box is near its right edge.
         let y = if y1 >= label_height { y1 - label_height } else { y1.max(0) };
-        draw_text(image, x1.max(0), y, &label, text_scale, Rgb([255, 255, 255]), c);
+        let x = x1.min(w - label_width).max(0);
+        draw_text(image, x, y, &label, s, Rgb([255, 255, 255]), c);
     }
 }
 

@@ -132,3 +132,26 @@ fn detections_carry_their_label_above_the_box() {
     assert_eq!(*img.get_pixel(20, 31), *img.get_pixel(20, 40), "label box in the class colour");
     assert_eq!(*img.get_pixel(20, 30), grey);
 }
+
+#[test]
+fn labels_shrink_to_their_box_and_stay_inside_the_photo() {
+    let grey = image::Rgb([100, 100, 100]);
+    // 1,600 pixels wide: labels at scale 10 unless their box is narrow.
+    let mut img = RgbImage::from_pixel(1600, 400, grey);
+    // "DOG 0.87": 8 characters, 49 font pixels wide. A 100-pixel box allows 200 pixels: scale 4.
+    let narrow = Detection { class: 1, score: 0.87, bbox: [1490.0, 200.0, 1590.0, 300.0] };
+    draw_detections(&mut img, &[narrow], [1.0, 1.0], &["cat".into(), "dog".into()]);
+    let colour = *img.get_pixel(1490, 250);
+    let row = 200 - 9 * 4 + 1;
+    let span: Vec<u32> = (0..1600).filter(|&x| *img.get_pixel(x, row) != grey).collect();
+    assert_eq!(span.len(), 49 * 4, "label 4 pixels per font pixel, 196 wide");
+    assert_eq!(*span.last().unwrap(), 1599, "moved left to end at the photo's right edge");
+    assert_eq!(*img.get_pixel(1599, row), colour);
+    assert_eq!(*img.get_pixel(1500, 200 - 9 * 4 - 1), grey, "nothing above the smaller label");
+    // A wide box keeps the photo's scale (10).
+    let mut img = RgbImage::from_pixel(1600, 400, grey);
+    let wide = Detection { class: 1, score: 0.87, bbox: [100.0, 200.0, 900.0, 300.0] };
+    draw_detections(&mut img, &[wide], [1.0, 1.0], &["cat".into(), "dog".into()]);
+    let row = 200 - 9 * 10 + 1;
+    assert_eq!((0..1600).filter(|&x| *img.get_pixel(x, row) != grey).count(), 490);
+}
