@@ -61,6 +61,16 @@ fn big_maps_split_and_small_maps_multiplex() {
     let d = big.strided(8, 128, 128, 2);
     assert_eq!((d.split, d.mux), (1, 1));
     assert_eq!(d.upsampled(8, 256, 256, 2).split, 2);
+    // 512×512 in 2^15 slots: a split of 3 would fit (171×171), but 4 divides the map and
+    // stride-2 layers halve it exactly; two 128×128 blocks per ciphertext, 16 × 2 for three
+    // channels (a split of 3: 27).
+    let hi = Gip::fresh(3, 512, 512, 1 << 15);
+    assert_eq!((hi.split, hi.ciphertexts()), (4, 32));
+    let e = hi.strided(16, 256, 256, 2);
+    assert_eq!((e.split, e.mux), (2, 1));
+    assert_eq!(e.strided(32, 128, 128, 2).split, 1);
+    // Where no power of two divides the map, the smallest split that fits.
+    assert_eq!(Gip::fresh(3, 513, 512, 1 << 15).split, 3);
 }
 
 fn check_plan(map: &LinearMap, ins: &[&Layout], out: &Layout, r: &mut StdRng, what: &str) -> DiagonalPlan {
