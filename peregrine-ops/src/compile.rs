@@ -219,7 +219,7 @@ pub fn compile(model: &Model, slots: usize) -> Result<Program, OpsError> {
     for (i, node) in g.nodes.iter().enumerate() {
         let started = std::time::Instant::now();
         let v = c.node(i)?;
-        if profiling() {
+        if crate::exec::profile::on() {
             let pending = match &v {
                 Value::Pending(p) => format!("pending, {} coefficients", p.map.entries.len()),
                 Value::Ready(_) => "ready".into(),
@@ -743,7 +743,7 @@ impl Compiler<'_> {
 /// coefficients, its plan's diagonal bytes and rotations, and the process's resident memory
 /// (what a large network's compilation holds, step by step).
 fn trace_linear(step: &str, map: &LinearMap, plan: &DiagonalPlan) {
-    if profiling() {
+    if crate::exec::profile::on() {
         eprintln!(
             "compile step {step}: {} coefficients, {:.1} MiB of diagonals, {} rotations; resident {} MiB",
             map.entries.len(),
@@ -752,12 +752,6 @@ fn trace_linear(step: &str, map: &LinearMap, plan: &DiagonalPlan) {
             resident_mib(),
         );
     }
-}
-
-/// Whether `PEREGRINE_PROFILE` is set.
-fn profiling() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("PEREGRINE_PROFILE").is_some())
 }
 
 /// This process's resident memory (Linux `VmRSS`), in MiB; 0 where unknown.

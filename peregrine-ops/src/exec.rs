@@ -13,7 +13,7 @@ use crate::OpsError;
 
 /// Time spent per kind of work inside linear steps, summed over threads, in microseconds
 /// (printed per step to stderr when `PEREGRINE_PROFILE` is set).
-mod profile {
+pub(crate) mod profile {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Instant;
 
