@@ -304,6 +304,33 @@ impl LinearMap {
         self.substitute(&[Some(before)])
     }
 
+    /// An upper bound on the coefficients of `self.substitute(inner)` (exact when no two
+    /// products land on the same coefficient), counted without building it: each outer
+    /// coefficient reading a substituted input becomes as many coefficients as the inner map
+    /// has for that element.
+    pub fn substitute_bound(&self, inner: &[Option<&LinearMap>]) -> usize {
+        assert_eq!(inner.len(), self.input_lens.len(), "one substitution slot per input");
+        let per_dst: Vec<Option<Vec<u32>>> = inner
+            .iter()
+            .map(|m| {
+                m.filter(|m| !m.is_identity()).map(|m| {
+                    let mut n = vec![0u32; m.out_len];
+                    for e in &m.entries {
+                        n[e.dst as usize] += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        self.entries
+            .iter()
+            .map(|a| match &per_dst[a.input as usize] {
+                Some(n) => n[a.src as usize] as usize,
+                None => 1,
+            })
+            .sum()
+    }
+
     /// Replaces input `i` by the output of `inner[i]` where given. The result's inputs are, in
     /// order, for each input of `self` either the inputs of `inner[i]` or that input itself.
     pub fn substitute(&self, inner: &[Option<&LinearMap>]) -> LinearMap {

@@ -249,3 +249,34 @@ fn composition_matches_sequential_application() {
         assert!((a - b).abs() < 1e-12);
     }
 }
+
+#[test]
+fn substitution_bound_is_exact_without_overlaps_and_an_upper_bound_with_them() {
+    let mut r = StdRng::seed_from_u64(6);
+    let same = Window { kernel: [3, 3], stride: [1, 1], padding: [1, 1], padding_end: [1, 1], dilation: [1, 1] };
+    let pool = Window { kernel: [5, 5], stride: [1, 1], padding: [2, 2], padding_end: [2, 2], dilation: [1, 1] };
+    // A pool then a 1×1 convolution: every product is its own coefficient, the bound is exact.
+    let pooled = LinearMap::avg_pool(3, 9, 7, pool);
+    let pointwise = LinearMap::conv2d(
+        3,
+        9,
+        7,
+        4,
+        Window { kernel: [1, 1], padding: [0, 0], padding_end: [0, 0], ..same },
+        1,
+        &rand_vec(&mut r, 12),
+        None,
+    );
+    let exact = pointwise.after(&pooled);
+    assert_eq!(pointwise.substitute_bound(&[Some(&pooled)]), exact.entries.len());
+    assert!(exact.entries.len() > 4 * pointwise.entries.len(), "a 5×5 pool multiplies the coefficients");
+    // Two 3×3 convolutions: products overlap and merge, the bound stays above the result.
+    let a = LinearMap::conv2d(3, 9, 7, 3, same, 1, &rand_vec(&mut r, 81), None);
+    let b = LinearMap::conv2d(3, 9, 7, 2, same, 1, &rand_vec(&mut r, 54), None);
+    let merged = b.after(&a);
+    let bound = b.substitute_bound(&[Some(&a)]);
+    assert!(bound > merged.entries.len(), "bound {bound}, composed {}", merged.entries.len());
+    // Identities and untouched inputs count one coefficient each.
+    assert_eq!(b.substitute_bound(&[None]), b.entries.len());
+    assert_eq!(b.substitute_bound(&[Some(&LinearMap::identity(189))]), b.entries.len());
+}

@@ -179,6 +179,8 @@ struct Compiler<'a> {
     steps: Vec<Step>,
     values: Vec<Option<Value>>,
     consumers: Vec<usize>,
+    /// See [`compile_with`].
+    large_composition: usize,
 }
 
 fn f64s(model: &Model, name: &str) -> Vec<f64> {
@@ -187,6 +189,13 @@ fn f64s(model: &Model, name: &str) -> Vec<f64> {
 
 /// Compiles `model` for ciphertexts of `slots` slots.
 pub fn compile(model: &Model, slots: usize) -> Result<Program, OpsError> {
+    compile_with(model, slots, LARGE_COMPOSITION)
+}
+
+/// [`compile`] with another threshold for declining a composition: a linear map is not
+/// composed into its consumer when the result would exceed `large_composition` coefficients
+/// and [`COMPOSITION_GROWTH`] times both maps (the input is then scheduled as its own step).
+pub fn compile_with(model: &Model, slots: usize, large_composition: usize) -> Result<Program, OpsError> {
     let g = model.graph();
     let mut consumers = vec![0usize; g.nodes.len()];
     for n in &g.nodes {
@@ -214,6 +223,7 @@ pub fn compile(model: &Model, slots: usize) -> Result<Program, OpsError> {
         steps: Vec::new(),
         values: (0..g.nodes.len()).map(|_| None).collect(),
         consumers,
+        large_composition,
     };
     let mut node_tensors = HashMap::new();
     for (i, node) in g.nodes.iter().enumerate() {
@@ -228,7 +238,7 @@ pub fn compile(model: &Model, slots: usize) -> Result<Program, OpsError> {
                 "compile node {}: {pending}, {:.1} s; resident {} MiB",
                 node.name,
                 started.elapsed().as_secs_f64(),
-                resident_mib()
+                crate::exec::profile::status_mib("VmRSS:")
             );
         }
         c.values[i] = Some(v);
@@ -301,6 +311,28 @@ impl Compiler<'_> {
         let m = self.model;
         let single = |map: LinearMap, this: &mut Self| -> Result<Value, OpsError> {
             let mut p = this.as_pending(&node.inputs[0], true)?;
+            if composition_too_large(&map, &p.map, this.large_composition) {
+                // Composing would multiply the coefficients (a 5×5 pool into a convolution:
+                // 25 times as many diagonals and rotations): schedule the input on its own.
+                let j = m.node_index(&node.inputs[0]).expect("an input is never pending");
+                if crate::exec::profile::on() {
+                    eprintln!(
+                        "compile node {name}: its input {} is scheduled on its own (composing would make {} coefficients from {} and {})",
+                        node.inputs[0],
+                        map.substitute_bound(&[Some(&p.map)]),
+                        map.entries.len(),
+                        p.map.entries.len()
+                    );
+                }
+                this.values[j] = Some(Value::Pending(p));
+                let t = this.materialize(j)?;
+                p = Pending {
+                    power: 1,
+                    map: LinearMap::identity(this.tensors[t].layout.len()),
+                    inputs: vec![t],
+                    nodes: vec![],
+                };
+            }
             p.map = map.after(&p.map);
             p.nodes.push(name.clone());
             Ok(Value::Pending(p))
@@ -739,6 +771,24 @@ impl Compiler<'_> {
     }
 }
 
+/// [`compile`] declines a composition of more coefficients than this (about 400 MB while it
+/// is built) when it also grows by [`COMPOSITION_GROWTH`].
+pub const LARGE_COMPOSITION: usize = 1 << 24;
+/// A declined composition holds more than this many times the coefficients of either map.
+pub const COMPOSITION_GROWTH: usize = 4;
+
+/// Whether `outer ∘ inner` should not be built: over `limit` coefficients and
+/// [`COMPOSITION_GROWTH`] times the larger of the two maps (a 5×5 pool composed into a
+/// convolution: 25 times its coefficients). Then one more level for the inner map is cheaper
+/// than the composition's diagonals, rotations and memory.
+fn composition_too_large(outer: &LinearMap, inner: &LinearMap, limit: usize) -> bool {
+    if inner.is_identity() {
+        return false;
+    }
+    let bound = outer.substitute_bound(&[Some(inner)]);
+    bound > limit && bound > COMPOSITION_GROWTH * outer.entries.len().max(inner.entries.len())
+}
+
 /// With `PEREGRINE_PROFILE` set, one line per scheduled linear map on stderr: its
 /// coefficients, its plan's diagonal bytes and rotations, and the process's resident memory
 /// (what a large network's compilation holds, step by step).
@@ -749,19 +799,9 @@ fn trace_linear(step: &str, map: &LinearMap, plan: &DiagonalPlan) {
             map.entries.len(),
             plan.diagonal_bytes() as f64 / (1u64 << 20) as f64,
             plan.rotation_count(),
-            resident_mib(),
+            crate::exec::profile::status_mib("VmRSS:"),
         );
     }
-}
-
-/// This process's resident memory (Linux `VmRSS`), in MiB; 0 where unknown.
-fn resident_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib / 1024)
 }
 
 /// The smallest |c_d|^(1/d) for which a degree-d ≥ 3 activation is folded into its producer

@@ -47,7 +47,7 @@ pub mod compile;
 pub mod exec;
 pub mod plan;
 
-pub use compile::{compile, Program, Step, StepKind, TensorId, TensorInfo};
+pub use compile::{compile, compile_with, Program, Step, StepKind, TensorId, TensorInfo};
 pub use exec::{decrypt_output, encrypt_input, execute, StepTiming};
 pub use plan::{plan, propose_chain, required_levels, with_key_budget, Cost, Plan};
 

@@ -9,7 +9,7 @@ use peregrine_backend::{Client, Scheme};
 use peregrine_model::ir::*;
 use peregrine_model::reference::Reference;
 use peregrine_model::testkit::{
-    conv, graph, linear, node, odd_packed_model, rand_input, random_poly, raw_input, uniform,
+    avg_pool, conv, graph, linear, node, odd_packed_model, rand_input, random_poly, raw_input, uniform,
 };
 use peregrine_ops::*;
 use rand::{rngs::StdRng, SeedableRng};
@@ -783,4 +783,61 @@ fn a_pooled_sum_beyond_the_bootstrap_range_is_divided_before_it() {
         let e = run(&pl).unwrap_err().to_string();
         assert!(e.contains("bootstrap") && e.contains("exceeds the bootstrap range"), "{e}");
     }
+}
+
+/// An SPPF block (three chained 5×5 pools, concatenated with their input, then a 1×1
+/// convolution): composed, the last pool multiplies the convolution's coefficients by 25; past
+/// the composition threshold the pooled concatenation is scheduled as its own step instead
+/// (one more linear step, fewer coefficients per step) and the packed run still matches the
+/// reference.
+#[test]
+fn a_composition_that_multiplies_coefficients_is_scheduled_apart() {
+    let mut r = StdRng::seed_from_u64(41);
+    let mut w = Weights::new();
+    w.insert("c1.w".into(), uniform(&mut r, &[4, 3, 3, 3], -0.4, 0.4));
+    w.insert("cv2.w".into(), uniform(&mut r, &[5, 16, 1, 1], -0.4, 0.4));
+    let p1 = random_poly("p1", 4, &mut w, &mut r, false);
+    let nodes = vec![
+        node("c1", conv(3, 4, 3, 1, 1, 1, 1, "c1.w", None), &[INPUT]),
+        node("p1", p1, &["c1"]),
+        node("m1", avg_pool(5, 1, 2), &["p1"]),
+        node("m2", avg_pool(5, 1, 2), &["m1"]),
+        node("m3", avg_pool(5, 1, 2), &["m2"]),
+        node("cat", Op::Concat, &["p1", "m1", "m2", "m3"]),
+        node("cv2", conv(16, 5, 1, 1, 0, 1, 1, "cv2.w", None), &["cat"]),
+    ];
+    let model = Model::new(graph("sppf", raw_input([3, 13, 11]), nodes, "cv2"), w).unwrap();
+    let x = rand_input(&mut r, 3 * 13 * 11);
+    let want = reference_output(&model, &x);
+    let slots = 1 << 10;
+    let composed = compile(&model, slots).unwrap();
+    let apart = compile_with(&model, slots, 0).unwrap();
+    let linear_steps = |p: &Program| p.steps.iter().filter(|s| s.kind_name() == "linear").count();
+    let largest = |p: &Program| {
+        p.steps
+            .iter()
+            .filter_map(|s| match &s.kind {
+                StepKind::Linear { plan, .. } => Some(plan.plaintext_mults()),
+                _ => None,
+            })
+            .max()
+            .unwrap()
+    };
+    assert_eq!(linear_steps(&apart), linear_steps(&composed) + 1, "the pooled concatenation is one more step");
+    assert!(
+        largest(&apart) < largest(&composed),
+        "largest step: {} plaintext products apart, {} composed",
+        largest(&apart),
+        largest(&composed)
+    );
+    let caps = ClearScheme::capabilities(&params(11, 20)).unwrap();
+    let plan = plan(apart, &caps).unwrap();
+    let p = params(11, 20);
+    let client = ClearScheme::keygen(&p, &plan.key_request()).unwrap();
+    let server = ClearScheme::server(&client.evaluation_keys().unwrap()).unwrap();
+    let input = encrypt_input(&client, &plan, &x).unwrap();
+    let (out, _) = execute(&plan, &server, input, |_, _, _| {}).unwrap();
+    let got = decrypt_output(&client, &plan, &out).unwrap();
+    let max_err = max_abs_diff(&got, &want);
+    assert!(max_err < 1e-6, "max error {max_err:e}");
 }
