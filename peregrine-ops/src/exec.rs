@@ -39,20 +39,36 @@ pub(crate) mod profile {
         r
     }
 
-    /// Prints and resets the counters.
+    /// Prints and resets the counters, with the process's resident memory after the step and
+    /// its peak during the step (the peak is reset after each report, where Linux allows).
     pub fn report(step: &str) {
         if !on() {
             return;
         }
         let take = |c: &AtomicU64| c.swap(0, Ordering::Relaxed) as f64 / 1e6;
         eprintln!(
-            "profile {step}: hoisted rotations {:.2} s, composed {:.2} s, encode {:.2} s, multiply-add {:.2} s, giant rotations {:.2} s",
+            "profile {step}: hoisted rotations {:.2} s, composed {:.2} s, encode {:.2} s, multiply-add {:.2} s, giant rotations {:.2} s; resident {} MiB, peak {} MiB",
             take(&HOISTED),
             take(&COMPOSED),
             take(&ENCODE),
             take(&MULTIPLY),
-            take(&GIANT)
+            take(&GIANT),
+            status_mib("VmRSS:"),
+            status_mib("VmHWM:"),
         );
+        // "5" resets the peak resident size (proc(5), clear_refs); ignored where unsupported.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+    }
+
+    /// A memory figure of this process from Linux's `/proc/self/status` (`VmRSS:` resident,
+    /// `VmHWM:` peak), in MiB; 0 where unknown.
+    pub fn status_mib(key: &str) -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .map_or(0, |kib| kib / 1024)
     }
 }
 
