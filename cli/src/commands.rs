@@ -532,6 +532,47 @@ pub fn cluster(a: &ClusterArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Options of `peregrine resize`.
+#[derive(clap::Args)]
+pub struct ResizeArgs {
+    /// Model file (fully convolutional: no layer whose size depends on the input's).
+    #[arg(long)]
+    model: PathBuf,
+    /// New input shape C,H,W (C as before).
+    #[arg(long, value_delimiter = ',', required = true)]
+    input_shape: Vec<usize>,
+    /// Output model file.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+/// Gives a model another input size with the same weights (a detector fine-tuned at 320×320
+/// run at 512×512): every layer's shape is derived again and checked.
+pub fn resize(a: &ResizeArgs, json: bool) -> Result<()> {
+    let m = load_model(&a.model)?;
+    let before = m.graph().input.shape.clone();
+    if a.input_shape.len() != 3 || a.input_shape[0] != before[0] || a.input_shape.contains(&0) {
+        bail!(
+            "--input-shape {:?}: give C,H,W with the model's {} input channels and non-zero H and W",
+            a.input_shape,
+            before[0]
+        );
+    }
+    let (mut graph, weights) = m.into_parts();
+    graph.input.shape = a.input_shape.clone();
+    let out = Model::new(graph, weights).with_context(|| {
+        format!("{} cannot take a {:?} input (it was {:?})", a.model.display(), a.input_shape, before)
+    })?;
+    save_model(&out, &a.output)?;
+    let output_shape = out.output_shape().clone();
+    if json {
+        println!("{}", json!({"model": a.output, "input_shape": a.input_shape, "output_shape": output_shape}));
+    } else {
+        println!("wrote {}: input {:?} → {:?}, output {:?}", a.output.display(), before, a.input_shape, output_shape);
+    }
+    Ok(())
+}
+
 pub fn backends(dirs: Vec<PathBuf>, json: bool) -> Result<()> {
     let listing = Registry::new(dirs).listing();
     if json {

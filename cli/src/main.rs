@@ -117,6 +117,9 @@ enum Command {
     /// Cluster every convolution's and fully connected layer's weights to at most k values
     /// (one-dimensional k-means per layer); evaluate the result to see what it costs.
     Cluster(commands::ClusterArgs),
+    /// Give a fully convolutional model another input size, same weights (e.g. a detector
+    /// fine-tuned at 320×320 run at 512×512); every layer's shape is derived again and checked.
+    Resize(commands::ResizeArgs),
     /// Plan encrypted execution: layouts, levels, bootstraps, rotation keys and cost (CKKS
     /// backends), or the quantised stages (tfhe, which calibrates on `"calibration"` in --params).
     Plan {
@@ -320,6 +323,7 @@ fn main() -> ExitCode {
         Command::Finetune(args) => finetune::finetune(args, json),
         Command::Ensemble(args) => commands::ensemble(&args, json),
         Command::Cluster(args) => commands::cluster(&args, json),
+        Command::Resize(args) => commands::resize(&args, json),
         Command::Plan { target } => fhe::plan(target.target(), json),
         Command::Run { target, data, image, limit, trace, activation, output } => {
             fhe::run(target.target(), fhe::RunArgs { data, image, limit, trace, activation, output }, json)

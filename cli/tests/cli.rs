@@ -234,3 +234,63 @@ fn ensemble_widens_members_into_one_model_and_refuses_mismatched_ones_writing_no
     let o = bin().args(["ensemble", "--models"]).arg(&model).arg("-o").arg(&bad).output().unwrap();
     assert!(!o.status.success() && !bad.exists());
 }
+
+/// `resize`: a model with global average pooling takes a larger input with the same weights;
+/// a shape it cannot take is refused by name and nothing is written.
+#[test]
+fn resize_rederives_every_shape_or_refuses() {
+    let model = import_resnet20();
+    let big = tmp("resnet20-48x40.safetensors");
+    let v = json(
+        bin()
+            .args(["resize", "--model"])
+            .arg(&model)
+            .args(["--input-shape", "3,48,40", "-o"])
+            .arg(&big)
+            .arg("--json")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["input_shape"], serde_json::json!([3, 48, 40]));
+    assert_eq!(v["output_shape"], serde_json::json!([10]));
+    let info = json(bin().args(["info", "--model"]).arg(&big).arg("--json").output().unwrap());
+    assert_eq!(info["input"]["shape"], serde_json::json!([3, 48, 40]), "{info}");
+    let png = tmp("resize.png");
+    image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5) as u8, (y * 6) as u8, 40])).save(&png).unwrap();
+    let p = json(bin().args(["predict", "--model"]).arg(&big).arg("--image").arg(&png).arg("--json").output().unwrap());
+    assert_eq!(p["logits"].as_array().unwrap().len(), 10);
+
+    // A fully connected layer after a flatten fixes the input size.
+    use peregrine_model::{ir::*, testkit::*};
+    let mut r = rng(3);
+    let mut w = Weights::new();
+    w.insert("c.w".into(), uniform(&mut r, &[4, 3, 3, 3], -0.5, 0.5));
+    w.insert("fc.w".into(), uniform(&mut r, &[2, 4 * 9 * 7], -0.5, 0.5));
+    let nodes = vec![
+        node("c", conv(3, 4, 3, 1, 1, 1, 1, "c.w", None), &[INPUT]),
+        node("flat", Op::Flatten, &["c"]),
+        node("fc", linear(4 * 9 * 7, 2, "fc.w", None), &["flat"]),
+    ];
+    let fixed = tmp("flat-fc.safetensors");
+    peregrine_model::save_model(&Model::new(graph("flatfc", raw_input([3, 9, 7]), nodes, "fc"), w).unwrap(), &fixed)
+        .unwrap();
+    let refused = tmp("resnet20-refused.safetensors");
+    for (m, shape, says) in [
+        (&model, "1,32,32", "input channels"),
+        (&model, "3,32", "C,H,W"),
+        (&model, "3,0,32", "non-zero"),
+        (&fixed, "3,9,8", "cannot take"),
+    ] {
+        let out = bin()
+            .args(["resize", "--model"])
+            .arg(m)
+            .args(["--input-shape", shape, "-o"])
+            .arg(&refused)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{shape} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{shape}: {err}");
+        assert!(!refused.exists(), "{shape}: a file was written");
+    }
+}
