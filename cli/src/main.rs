@@ -297,7 +297,27 @@ enum ImportCmd {
     },
 }
 
+/// Restores the default action of SIGPIPE (Rust ignores it, so a closed pipe, as in
+/// `peregrine info … | head`, made every `println!` panic): the process now ends quietly,
+/// as other command-line tools do.
+fn quiet_on_closed_pipe() {
+    #[cfg(target_os = "linux")]
+    {
+        extern "C" {
+            fn signal(signum: std::os::raw::c_int, handler: usize) -> usize;
+        }
+        const SIGPIPE: std::os::raw::c_int = 13;
+        const SIG_DFL: usize = 0;
+        // SAFETY: signal(2) with SIG_DFL installs no Rust code as a handler; it only restores
+        // the kernel's default action, before any other thread exists.
+        unsafe {
+            signal(SIGPIPE, SIG_DFL);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let Cli { command, json } = Cli::parse();
     let result = match command {
         Command::Import { what: ImportCmd::Resnet { depth, weights, output } } => {

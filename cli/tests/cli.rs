@@ -294,3 +294,20 @@ fn resize_rederives_every_shape_or_refuses() {
         assert!(!refused.exists(), "{shape}: a file was written");
     }
 }
+
+/// A reader that stops early (`peregrine … | head`) ends the process quietly, as with other
+/// command-line tools, instead of a panic on the first write to the closed pipe.
+#[test]
+fn a_closed_output_pipe_ends_the_process_without_a_panic() {
+    let mut child = bin()
+        .arg("backends")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the child has started: its first write meets a pipe without a reader.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+}
