@@ -77,6 +77,13 @@ impl Decoded {
 pub fn decode(model: &Model, output: &[f32], a: &OutputArgs) -> Result<Decoded> {
     let finished = model.finish_output(output);
     let output = finished.as_slice();
+    let runaway = output.iter().filter(|v| !v.is_finite()).count();
+    if runaway > 0 {
+        eprintln!(
+            "warning: {runaway} of {} output values are not finite — the polynomial network left the range it was fitted on for this input; the outputs that depend on them are meaningless (detections with them are dropped)",
+            output.len()
+        );
+    }
     let input = &model.graph().input;
     let [ih, iw] = [input.shape[1], input.shape[2]];
     if a.yolo_classes.is_some() && a.mask.is_some() {

@@ -80,7 +80,9 @@ fn sigmoid(x: f32) -> f32 {
 
 /// YOLOv8 decoding: per grid cell, the four side distances are the expectations of a softmax
 /// over `reg_max` bins (distribution focal loss), measured from the cell centre in strides;
-/// the class probabilities are sigmoids. Keeps cells whose best class reaches `threshold`.
+/// the class probabilities are sigmoids. Keeps cells whose best class reaches `threshold`;
+/// a cell with a value that is not finite (a polynomial network that left its range) gives no
+/// box.
 pub fn decode_yolov8(heads: &[Head], classes: usize, reg_max: usize, threshold: f32) -> Result<Vec<Detection>> {
     let per = 4 * reg_max + classes;
     let mut out = Vec::new();
@@ -114,6 +116,9 @@ pub fn decode_yolov8(heads: &[Head], classes: usize, reg_max: usize, threshold: 
             }
             let (cx, cy) = ((cell % head.width) as f32 + 0.5, (cell / head.width) as f32 + 0.5);
             let bbox = [cx - side[0], cy - side[1], cx + side[2], cy + side[3]].map(|v| v * head.stride);
+            if !score.is_finite() || !bbox.iter().all(|v| v.is_finite()) {
+                continue;
+            }
             out.push(Detection { class, score, bbox });
         }
     }

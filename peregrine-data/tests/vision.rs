@@ -155,3 +155,25 @@ fn labels_shrink_to_their_box_and_stay_inside_the_photo() {
     let row = 200 - 9 * 10 + 1;
     assert_eq!((0..1600).filter(|&x| *img.get_pixel(x, row) != grey).count(), 490);
 }
+
+/// A network that left its range gives values that are not finite: cells holding them give no
+/// box (no NaN coordinates reach the client's output), the others decode as before.
+#[test]
+fn cells_with_values_that_are_not_finite_give_no_box() {
+    let classes = 2;
+    let (h, w) = (4, 5);
+    let mut values = head(h, w, classes, (1, 1), 0, 3.0, [1, 1, 2, 2]);
+    // A second confident cell whose left side's bins overflowed.
+    let cell = (2, 3);
+    let at = |ch: usize| (ch * h + cell.0) * w + cell.1;
+    values[at(64 + 1)] = 5.0;
+    values[at(0)] = f32::INFINITY;
+    // A third whose class logit is NaN.
+    let third = (3, 0);
+    values[(64 * h + third.0) * w + third.1] = f32::NAN;
+    let heads = vec![Head { values, height: h, width: w, stride: 16.0 }];
+    let found = decode_yolov8(&heads, classes, 16, 0.25).unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].class, 0);
+    assert!(found[0].bbox.iter().all(|v| v.is_finite()));
+}
