@@ -96,6 +96,14 @@ pub struct FinetuneArgs {
     /// `finetune` exported); `peregrine cluster` does the same without training.
     #[arg(long, value_name = "K")]
     pub clusters: Option<usize>,
+    /// Train every polynomial activation's coefficients too (per channel, same degree,
+    /// starting from Hermite's; no weight decay; the leading coefficient keeps its sign and at
+    /// least a quarter of its start, so a degree-2 activation still folds into its producer).
+    #[arg(long)]
+    pub train_coefficients: bool,
+    /// The coefficients' learning rate as a fraction of `--lr`.
+    #[arg(long, default_value_t = 0.02, requires = "train_coefficients")]
+    pub coefficient_lr: f64,
     /// Unaugmented training batches that calibrate the ranges first (default 20; 0 for a
     /// model whose activations are already polynomials with their ranges, which a
     /// re-estimate would change: 88.27 % → 77.26 % before any step on the degree-2 ResNet-20).
@@ -184,6 +192,8 @@ fn start(a: &FinetuneArgs) -> Result<Finetuner> {
         quantise_for: a.tfhe.as_deref().map(qat::target),
         activation_noise: a.activation_noise,
         weight_clusters: a.clusters,
+        train_coefficients: a.train_coefficients,
+        coefficient_lr: a.coefficient_lr,
     };
     Ok(Finetuner::new(&model, config)?)
 }

@@ -224,3 +224,142 @@ fn fine_tuning_keeps_channel_selections_exact() {
     let map = peregrine_gip::lower::node_map(&tuned, i).unwrap().unwrap();
     assert_eq!(map.entries.len(), 4 * 16 * 16);
 }
+
+/// The tiny network converted to degree 2 with calibrated ranges (batch norms folded), and the
+/// images it was calibrated on.
+fn tiny_poly2() -> (Model, peregrine_data::LabeledImages) {
+    let train = load_cifar10(shared().join("data/cifar10/data_batch_1.bin.gz"), Some(128)).unwrap();
+    let cfg = FinetuneConfig {
+        degree: Some(2),
+        epochs: 0,
+        batch: 32,
+        calibration_batches: 4,
+        augment: false,
+        ..FinetuneConfig::default()
+    };
+    let mut run = Finetuner::new(&tiny_cnn(), cfg).unwrap();
+    run.calibrate(&train).unwrap();
+    (run.export().unwrap(), train)
+}
+
+#[test]
+fn trained_polynomial_coefficients_get_exact_gradients_and_export_as_they_compute() {
+    use candle_core::Tensor;
+    use peregrine_model::reference::Reference;
+    use peregrine_sft::train::{make_batch, Activations, Pass, TrainModel};
+    let (poly, images) = tiny_poly2();
+    let mut tm = TrainModel::new(&poly, Activations::Hermite { degree: 2, bound: 3.0 }).unwrap();
+    tm.train_coefficients().unwrap();
+    let idx: Vec<usize> = (0..16).collect();
+    let x = make_batch(&images, &idx, &poly.graph().input, None).unwrap();
+    // Move every coefficient off Hermite's, so the check is not at a special point.
+    let mut r = StdRng::seed_from_u64(11);
+    let jitter = Normal::new(0.0, 0.05).unwrap();
+    for name in ["r1.poly_base", "r2.poly_base"] {
+        let var = &tm.params()[name];
+        let v: Vec<f32> = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|a| a + jitter.sample(&mut r) as f32)
+            .collect();
+        var.set(&Tensor::from_vec(v, var.as_tensor().dims(), &candle_core::Device::Cpu).unwrap()).unwrap();
+    }
+    let mix: Vec<f32> = (0..16 * 10).map(|_| jitter.sample(&mut r) as f32 * 20.0).collect();
+    let mix = Tensor::from_vec(mix, (16, 10), &candle_core::Device::Cpu).unwrap();
+    let loss = |tm: &mut TrainModel| -> Tensor {
+        let out = tm.forward(&x, Pass::Frozen).unwrap();
+        (out.logits * &mix).unwrap().sum_all().unwrap()
+    };
+    let grads = loss(&mut tm).backward().unwrap();
+    for (name, entries) in
+        [("r1.poly_base", [(0usize, 0usize), (3, 1), (7, 2)]), ("r2.poly_base", [(2, 0), (9, 1), (15, 2)])]
+    {
+        let var = tm.params()[name].clone();
+        let g = grads.get(&var).expect("the coefficients get a gradient").to_vec2::<f32>().unwrap();
+        for (ch, k) in entries {
+            let base = var.as_tensor().to_vec2::<f32>().unwrap();
+            let h = 1e-2f32;
+            let mut at = |d: f32| {
+                let mut b = base.clone();
+                b[ch][k] += d;
+                let flat: Vec<f32> = b.concat();
+                var.set(&Tensor::from_vec(flat, var.as_tensor().dims(), &candle_core::Device::Cpu).unwrap()).unwrap();
+                loss(&mut tm).to_scalar::<f32>().unwrap() as f64
+            };
+            let numeric = (at(h) - at(-h)) / (2.0 * h as f64);
+            at(0.0);
+            let analytic = g[ch][k] as f64;
+            assert!(
+                (numeric - analytic).abs() <= 0.02 * analytic.abs().max(numeric.abs()) + 1e-3,
+                "{name}[{ch}][{k}]: autograd {analytic}, central difference {numeric}"
+            );
+        }
+    }
+    // The exported model computes what the training graph computes with these coefficients.
+    let exported = tm.export("").unwrap();
+    assert!(exported.graph().nodes.iter().all(|n| n.name != "r1.poly_base"));
+    assert!(!exported.weights().keys().any(|k| k.ends_with(".poly_base")), "a training variable leaked into the model");
+    let want = tm.forward(&x, Pass::Frozen).unwrap().logits.to_vec2::<f32>().unwrap();
+    let xs = peregrine_data::preprocess::<f32>(&images.pixels[..16 * 3 * 32 * 32], 16, &poly.graph().input).unwrap();
+    let got = Reference::<f32>::new(&exported).run(&xs).unwrap();
+    let scale = want.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+    let err = got.iter().zip(want.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(err <= 1e-4 * scale, "exported logits differ by {err} (largest {scale})");
+}
+
+#[test]
+fn fine_tuning_trains_polynomial_coefficients_keeps_their_leading_sign_and_resumes() {
+    let (poly, images) = tiny_poly2();
+    let dir = std::env::temp_dir().join(format!("peregrine-coeffs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = FinetuneConfig {
+        degree: Some(2),
+        epochs: 2,
+        batch: 32,
+        lr: 0.2,
+        calibration_batches: 0,
+        augment: false,
+        train_coefficients: true,
+        ..FinetuneConfig::default()
+    };
+    let mut run = Finetuner::new(&poly, cfg.clone()).unwrap();
+    assert!(run.model.params().contains_key("r1.poly_base") && run.model.params().contains_key("r2.poly_base"));
+    run.train_epoch(&images, |_| {}).unwrap();
+    let ckpt = run.save_checkpoint(&dir.join("c.safetensors")).unwrap();
+    let tuned = run.export().unwrap();
+    // Base polynomials p_c = stored coefficients / s_c (the stored input scale is 1/s_c).
+    let base = |m: &Model, node: &str| -> Vec<[f32; 3]> {
+        let a = m.weight(&format!("{node}.poly_coeffs"));
+        let inv = m.weight(&format!("{node}.poly_input_scale"));
+        (0..inv.len()).map(|c| std::array::from_fn(|k| a[[c, k]] * inv[[c]])).collect()
+    };
+    let hermite = peregrine_sft::hermite::hermite_polynomial(|x| x.max(0.0), 2);
+    let mut moved = 0f32;
+    for node in ["r1", "r2"] {
+        for (p, q) in base(&tuned, node).iter().zip(base(&poly, node)) {
+            moved = moved.max((0..3).map(|k| (p[k] - q[k]).abs()).fold(0.0, f32::max));
+            assert!(p[2] >= 0.25 * hermite[2] as f32 - 1e-6, "{node}: leading coefficient {} below the floor", p[2]);
+        }
+    }
+    assert!(moved > 1e-3, "no coefficient trained (largest change {moved})");
+    assert!(!tuned.weights().keys().any(|k| k.ends_with(".poly_base")));
+    // The checkpoint resumes with the coefficients' momenta.
+    let mut resumed = Finetuner::resume(&ckpt).unwrap();
+    assert!(resumed.model.params().contains_key("r1.poly_base"));
+    resumed.train_epoch(&images, |_| {}).unwrap();
+    assert_eq!(resumed.epochs_done(), 2);
+    std::fs::remove_dir_all(&dir).ok();
+    // Refused where it cannot apply, by name.
+    let e = Finetuner::new(&poly, FinetuneConfig { degree: None, ..cfg.clone() }).err().unwrap().to_string();
+    assert!(e.contains("coefficients") && e.contains("degree"), "{e}");
+    let (graph, weights) = tiny_cnn().into_parts();
+    let mut graph = graph;
+    graph.nodes.iter_mut().find(|n| n.name == "r1").unwrap().op = Op::Activation(Activation::Silu);
+    let silu = Model::new(graph, weights).unwrap();
+    let e = Finetuner::new(&silu, cfg).err().unwrap().to_string();
+    assert!(e.contains("'r1'") && e.contains("homogeneous"), "{e}");
+}

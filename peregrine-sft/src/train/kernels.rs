@@ -277,6 +277,91 @@ impl CustomOp2 for PolyActGrad {
     }
 }
 
+/// [`PolyAct`] whose base polynomials are a trained tensor: `(x [.., C], p [C, T])` →
+/// `y = s_c · Σ_k p_{c,k} (x / s_c)^k`, differentiated in both arguments (the coefficients'
+/// gradient by [`PolyActCoeffGrad`], one fused reduction).
+#[derive(Clone, Debug)]
+pub struct PolyActTrained {
+    /// Range scales s_c (statistics, not trained by gradient).
+    pub scales: Arc<Vec<f32>>,
+}
+
+impl PolyActTrained {
+    fn with(&self, coeffs: &Tensor) -> Result<PolyAct> {
+        Ok(PolyAct { coeffs: Arc::new(coeffs.flatten_all()?.to_vec1::<f32>()?), scales: self.scales.clone() })
+    }
+}
+
+impl CustomOp2 for PolyActTrained {
+    fn name(&self) -> &'static str {
+        "poly_act_trained"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let p = contiguous(s2, l2, "poly_act_trained")?;
+        let c = self.scales.len();
+        if l2.dims().len() != 2 || l2.dims()[0] != c {
+            candle_core::bail!("poly_act_trained: coefficients {:?} are not {c} rows", l2.dims());
+        }
+        PolyAct { coeffs: Arc::new(p.to_vec()), scales: self.scales.clone() }.cpu_fwd(s1, l1)
+    }
+    fn bwd(&self, x: &Tensor, p: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let gx = x.apply_op2_no_bwd(&grad, &PolyActGrad(self.with(p)?))?;
+        let gp = x.apply_op2_no_bwd(&grad, &PolyActCoeffGrad { scales: self.scales.clone(), terms: p.dims()[1] })?;
+        Ok((Some(gx), Some(gp)))
+    }
+}
+
+/// Gradient of [`PolyActTrained`] in its coefficients: `(x, ∂L/∂y)` →
+/// `∂L/∂p_{c,k} = Σ ∂L/∂y · s_c · (x / s_c)^k` over every position of channel c, `[C, terms]`.
+#[derive(Clone, Debug)]
+pub struct PolyActCoeffGrad {
+    /// Range scales s_c.
+    pub scales: Arc<Vec<f32>>,
+    /// Coefficients per channel (degree + 1).
+    pub terms: usize,
+}
+
+impl CustomOp2 for PolyActCoeffGrad {
+    fn name(&self) -> &'static str {
+        "poly_act_coeff_grad"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s1, l1, "poly_act_coeff_grad")?;
+        let g = contiguous(s2, l2, "poly_act_coeff_grad")?;
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("poly_act_coeff_grad: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
+        }
+        let (c, t) = (self.scales.len(), self.terms);
+        let chunk = (CHUNK / c).max(1) * c;
+        let sums = x
+            .par_chunks(chunk)
+            .zip(g.par_chunks(chunk))
+            .map(|(x, g)| {
+                let mut acc = vec![0.0f64; c * t];
+                for (i, (&x, &g)) in x.iter().zip(g).enumerate() {
+                    let ch = i % c;
+                    let s = self.scales[ch];
+                    let u = (x / s) as f64;
+                    let mut term = (g * s) as f64;
+                    for a in &mut acc[ch * t..(ch + 1) * t] {
+                        *a += term;
+                        term *= u;
+                    }
+                }
+                acc
+            })
+            .reduce(
+                || vec![0.0f64; c * t],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        Ok((CpuStorage::F32(sums.into_iter().map(|v| v as f32).collect()), Shape::from((c, t))))
+    }
+}
+
 /// Per-channel statistics of a channels-last slice: `(max |x|, mean, biased variance)`.
 pub fn channel_stats(x: &[f32], channels: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let c = channels;

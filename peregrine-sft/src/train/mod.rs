@@ -13,7 +13,7 @@ mod trainer;
 
 pub use kernels::{
     channel_stats, tensor_channel_stats, BatchNormInputGrad, BatchNormParamGrad, BatchNormTrain, Fold, PolyAct,
-    PolyActGrad, Unfold, Window,
+    PolyActCoeffGrad, PolyActGrad, PolyActTrained, Unfold, Window,
 };
 pub use model::{
     candle_err, cross_entropy, predictions, to_channels_last, ActivationNoise, Activations, Forward, Pass, RangeState,

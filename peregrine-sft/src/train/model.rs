@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use ndarray::{ArrayD, IxDyn};
 use peregrine_model::ir::{Activation, Approximated, Graph, Model, Op, Shape, INPUT};
 
-use super::kernels::{tensor_channel_stats, BatchNormTrain, Fold, PolyAct, Unfold, Window};
+use super::kernels::{tensor_channel_stats, BatchNormTrain, Fold, PolyAct, PolyActTrained, Unfold, Window};
 use crate::convert::fold_batch_norms;
 use crate::hermite::{hermite_polynomial, ScaledHermite};
 use crate::polyact::{EPS, MOMENTUM};
@@ -155,7 +155,19 @@ pub struct TrainModel {
     centres: BTreeMap<String, Vec<f32>>,
     /// This pass's clustered weights (straight-through), by weight name.
     clustered: HashMap<String, Tensor>,
+    /// Trainable base polynomials ([`TrainModel::train_coefficients`]): activation node name →
+    /// the name of its `[channels, terms]` variable in `params`.
+    coefficient_params: BTreeMap<String, String>,
+    /// The leading coefficient of each trainable polynomial's Hermite start (else its loaded
+    /// value), per activation node and channel: what [`TrainModel::clamp_coefficients`] keeps
+    /// a fraction of.
+    initial_leading: BTreeMap<String, Vec<f32>>,
 }
+
+/// The least fraction of its initial (Hermite) value a trained leading coefficient keeps, sign
+/// unchanged: a degree-2 activation folds into its producer as `√a₂·(s·x + a₁/(2·a₂))`, so a
+/// vanishing a₂ would shift the folded input far out of range and cost its precision.
+pub const MIN_LEADING_FRACTION: f32 = 0.25;
 
 /// Lloyd rounds per pass when clustering warm-starts from the previous pass's centres.
 const CLUSTER_ROUNDS_PER_PASS: usize = 5;
@@ -323,7 +335,85 @@ impl TrainModel {
             weight_clusters: None,
             centres: BTreeMap::new(),
             clustered: HashMap::new(),
+            coefficient_params: BTreeMap::new(),
+            initial_leading: BTreeMap::new(),
         })
+    }
+
+    /// Makes every PolyAct-RN activation's base polynomial a trainable variable (one row of
+    /// `degree + 1` coefficients per channel, starting from the current ones — Hermite's, or a
+    /// loaded model's), named `<node>.poly_base` among [`TrainModel::params`]. The exported
+    /// model stores them as it stores fixed ones (`s_c·p_c`): still one polynomial of the same
+    /// degree per channel, so the FHE side is unchanged. Refused for an activation whose
+    /// polynomial is refitted to its range (not positively homogeneous, e.g. SiLU).
+    pub fn train_coefficients(&mut self) -> Result<()> {
+        for (name, state) in &self.ranges {
+            if state.scaled.is_some() {
+                return Err(SftError::Unsupported(format!(
+                    "activation '{name}' is not positively homogeneous (its polynomial is refitted to its range as it moves): its coefficients cannot be trained"
+                )));
+            }
+            let c = state.channels();
+            let terms = state.coeffs.len() / c;
+            let param = format!("{name}.poly_base");
+            if self.params.contains_key(&param) {
+                return Err(SftError::Unsupported(format!("the model already has a weight named '{param}'")));
+            }
+            let t = Tensor::from_vec(state.coeffs.clone(), (c, terms), &self.device).map_err(candle_err)?;
+            self.params.insert(param.clone(), Var::from_tensor(&t).map_err(candle_err)?);
+            self.coefficient_params.insert(name.clone(), param);
+            // The floor follows the Hermite polynomial of the activation approximated, so that
+            // a resumed run (its coefficients already trained) keeps the same one.
+            let hermite = self.graph.nodes.iter().find(|n| &n.name == name).and_then(|n| match &n.op {
+                Op::Activation(Activation::Poly { approximates, .. }) => approximates.map(|a| a.as_activation()),
+                Op::Activation(a) => Some(a.clone()),
+                _ => None,
+            });
+            let leading = match hermite.filter(|a| a.eval(0.0).is_some()) {
+                Some(a) => vec![hermite_polynomial(|x| a.eval(x).unwrap_or(0.0), terms - 1)[terms - 1] as f32; c],
+                None => (0..c).map(|ch| state.coeffs[ch * terms + terms - 1]).collect(),
+            };
+            self.initial_leading.insert(name.clone(), leading);
+        }
+        Ok(())
+    }
+
+    /// Whether `param` is a trainable base polynomial (no weight decay: it is not a weight
+    /// that shrinking regularises, and decay would pull the activation towards zero).
+    pub fn is_coefficient(&self, param: &str) -> bool {
+        self.coefficient_params.values().any(|p| p == param)
+    }
+
+    /// Keeps every trained leading coefficient on its initial sign and at least
+    /// [`MIN_LEADING_FRACTION`] of its initial size (called after each optimiser step).
+    pub fn clamp_coefficients(&self) -> Result<()> {
+        for (node, param) in &self.coefficient_params {
+            let var = &self.params[param];
+            let (c, terms) = var.as_tensor().dims2().map_err(candle_err)?;
+            let mut v = vec_of(var.as_tensor())?;
+            let mut changed = false;
+            for (ch, init) in self.initial_leading[node].iter().enumerate() {
+                let floor = MIN_LEADING_FRACTION * init.abs();
+                let a = &mut v[ch * terms + terms - 1];
+                if *a * init.signum() < floor {
+                    *a = floor * init.signum();
+                    changed = true;
+                }
+            }
+            if changed {
+                var.set(&Tensor::from_vec(v, (c, terms), &self.device).map_err(candle_err)?).map_err(candle_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The base polynomials of activation `node` now: its trained variable's, else the
+    /// stored ones.
+    fn base_coefficients(&self, node: &str, state: &RangeState) -> Result<Vec<f32>> {
+        match self.coefficient_params.get(node) {
+            Some(p) => vec_of(self.params[p].as_tensor()),
+            None => Ok(state.coeffs.clone()),
+        }
     }
 
     /// The centres of weight tensor `name` for `values`: the previous pass's refined by a few
@@ -530,6 +620,11 @@ impl TrainModel {
                             _ => x,
                         };
                         let c = state.channels();
+                        let trained =
+                            self.coefficient_params.get(&node.name).map(|p| self.params[p].as_tensor().clone());
+                        if let Some(b) = &trained {
+                            state.coeffs = b.flatten_all()?.to_vec1::<f32>()?;
+                        }
                         let mut scales = state.scales();
                         if pass != Pass::Frozen {
                             // Like batch norm's batch statistics: the batch is normalised by
@@ -552,8 +647,11 @@ impl TrainModel {
                         }
                         let coeffs =
                             if pass == Pass::Frozen { state.coeffs.clone() } else { state.coefficients_for(&scales) };
-                        let op = PolyAct { coeffs: Arc::new(coeffs), scales: Arc::new(scales) };
-                        x.contiguous()?.apply_op1(op)?
+                        let scales = Arc::new(scales);
+                        match trained {
+                            Some(b) => x.contiguous()?.apply_op2(&b, PolyActTrained { scales })?,
+                            None => x.contiguous()?.apply_op1(PolyAct { coeffs: Arc::new(coeffs), scales })?,
+                        }
                     }
                     None => exact_activation(x, act)?,
                 },
@@ -687,6 +785,9 @@ impl TrainModel {
     pub fn export_unfolded(&self, name_suffix: &str) -> Result<Model> {
         let mut weights = BTreeMap::new();
         for (name, var) in &self.params {
+            if self.is_coefficient(name) {
+                continue;
+            }
             let t = var.as_tensor();
             weights.insert(name.clone(), ArrayD::from_shape_vec(IxDyn(t.dims()), vec_of(t)?).expect("sized"));
         }
@@ -703,9 +804,10 @@ impl TrainModel {
                 )));
             }
             let c = state.channels();
-            let terms = state.coeffs.len() / c;
+            let base = self.base_coefficients(&node.name, state)?;
+            let terms = base.len() / c;
             let s = state.scales();
-            let coeffs: Vec<f32> = state.coeffs.iter().enumerate().map(|(k, a)| a * s[k / terms]).collect();
+            let coeffs: Vec<f32> = base.iter().enumerate().map(|(k, a)| a * s[k / terms]).collect();
             let inv: Vec<f32> = s.iter().map(|s| 1.0 / s).collect();
             let (cn, sn) = (format!("{}.poly_coeffs", node.name), format!("{}.poly_input_scale", node.name));
             weights.insert(cn.clone(), ArrayD::from_shape_vec(IxDyn(&[c, terms]), coeffs).expect("sized"));
