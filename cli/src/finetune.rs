@@ -104,6 +104,12 @@ pub struct FinetuneArgs {
     /// The coefficients' learning rate as a fraction of `--lr`.
     #[arg(long, default_value_t = 0.02, requires = "train_coefficients")]
     pub coefficient_lr: f64,
+    /// Fraction of training steps (0 to 1) normalised by the running activation ranges, as
+    /// inference normalises, instead of by the batch-widened ones: the loss then sees the
+    /// inputs an encrypted run would square beyond [−B, B] (a step whose numbers run away is
+    /// skipped and counted). Use with `--clip-grad-norm`.
+    #[arg(long, default_value_t = 0.0)]
+    pub running_range_steps: f64,
     /// Unaugmented training batches that calibrate the ranges first (default 20; 0 for a
     /// model whose activations are already polynomials with their ranges, which a
     /// re-estimate would change: 88.27 % → 77.26 % before any step on the degree-2 ResNet-20).
@@ -194,6 +200,7 @@ fn start(a: &FinetuneArgs) -> Result<Finetuner> {
         weight_clusters: a.clusters,
         train_coefficients: a.train_coefficients,
         coefficient_lr: a.coefficient_lr,
+        running_range_steps: a.running_range_steps,
     };
     Ok(Finetuner::new(&model, config)?)
 }
@@ -311,11 +318,14 @@ impl Progress for Bars {
     }
     fn step(&mut self, s: &StepReport) {
         let acc = if self.metric == AGREEMENT { "agree" } else { "acc" };
-        let line = if self.top1 {
-            format!("loss {:.4} {acc} {:.2} % lr {:.2e}", s.loss, s.accuracy * 100.0, s.lr)
+        let mut line = if self.top1 {
+            format!("loss {:.4} {acc} {:.2} % lr {:.2e} |g| {:.3}", s.loss, s.accuracy * 100.0, s.lr, s.grad_norm)
         } else {
-            format!("loss {:.4} lr {:.2e}", s.loss, s.lr)
+            format!("loss {:.4} lr {:.2e} |g| {:.3}", s.loss, s.lr, s.grad_norm)
         };
+        if s.skipped > 0 {
+            line.push_str(&format!(" ({} skipped)", s.skipped));
+        }
         if self.bar.is_hidden() && !self.quiet && (s.step % 50 == 0 || s.step == s.steps) {
             // Not a terminal (a log file): one line every 50 steps instead of a bar.
             eprintln!("epoch {} step {}/{}: {line}", s.epoch + 1, s.step, s.steps);

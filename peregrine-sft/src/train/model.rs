@@ -18,6 +18,10 @@ use crate::convert::fold_batch_norms;
 use crate::hermite::{hermite_polynomial, ScaledHermite};
 use crate::polyact::{EPS, MOMENTUM};
 
+/// In training passes computed as inference computes ([`TrainModel::normalise_by_running_range`]),
+/// normalised activation inputs are held within ±`RUNNING_RANGE_GUARD`·B.
+pub const RUNNING_RANGE_GUARD: f64 = 2.0;
+
 /// Momentum of batch-norm running statistics.
 const BN_MOMENTUM: f64 = 0.1;
 
@@ -138,6 +142,13 @@ pub struct TrainModel {
     pub track_penalty: bool,
     /// Whether forward passes return every activation's output in [`Forward::features`].
     pub collect_features: bool,
+    /// Whether training passes compute what inference computes: each activation normalised
+    /// by its running range (not by the wider of it and the batch's own), batch norms by their
+    /// running statistics, and neither updated (an input that runs away must not widen the
+    /// ranges or the variances). An input beyond the running range then meets the polynomial
+    /// outside [−B, B], as it would at inference (up to [`RUNNING_RANGE_GUARD`]·B, beyond which
+    /// it is held so that f32 does not overflow), and gradients still flow.
+    pub normalise_by_running_range: bool,
     /// Whether batch norms keep their running statistics in training passes too (their scale
     /// and shift still train): for small batches, and for the exact affine maps an importer
     /// writes as batch norms (a per-channel `Mul` after an activation cannot be folded).
@@ -330,6 +341,7 @@ impl TrainModel {
             device,
             track_penalty: false,
             collect_features: false,
+            normalise_by_running_range: false,
             freeze_batch_norms: false,
             activation_noise: None,
             weight_clusters: None,
@@ -579,7 +591,7 @@ impl TrainModel {
                 }
                 Op::BatchNorm(bn) => {
                     let c = bn.channels;
-                    if pass == Pass::Train && !self.freeze_batch_norms {
+                    if pass == Pass::Train && !self.freeze_batch_norms && !self.normalise_by_running_range {
                         let (_, mean, var) = tensor_channel_stats(x)?;
                         let n = (x.elem_count() / c) as f32;
                         let m = BN_MOMENTUM as f32;
@@ -626,10 +638,12 @@ impl TrainModel {
                             state.coeffs = b.flatten_all()?.to_vec1::<f32>()?;
                         }
                         let mut scales = state.scales();
-                        if pass != Pass::Frozen {
+                        let as_inference = pass == Pass::Train && self.normalise_by_running_range;
+                        if pass != Pass::Frozen && !as_inference {
                             // Like batch norm's batch statistics: the batch is normalised by
                             // its own range when that is wider than the running one, so every
-                            // training input lies in [−B, B]; inference uses the running range.
+                            // training input lies in [−B, B]; inference uses the running range
+                            // (and so do training passes asked to compute as inference does).
                             let (m, _, _) = tensor_channel_stats(x)?;
                             state.observe(&m);
                             scales = state.scales();
@@ -645,8 +659,24 @@ impl TrainModel {
                             let excess = (t.abs()? - state.bound as f64)?.relu()?.mean_all()?;
                             penalty = (penalty + excess)?;
                         }
-                        let coeffs =
-                            if pass == Pass::Frozen { state.coeffs.clone() } else { state.coefficients_for(&scales) };
+                        let guarded;
+                        let x = if as_inference {
+                            // Computed as inference computes, but a runaway input would overflow
+                            // f32 a few squarings on and poison the whole batch's gradient: held
+                            // at GUARD·B, where inference would already be lost (the range
+                            // penalty, on the unheld input, still pulls it back).
+                            let running = Tensor::from_slice(&state.scales(), c, &self.device)?;
+                            let limit = RUNNING_RANGE_GUARD * state.bound as f64;
+                            guarded = x.broadcast_div(&running)?.clamp(-limit, limit)?.broadcast_mul(&running)?;
+                            &guarded
+                        } else {
+                            x
+                        };
+                        let coeffs = if pass == Pass::Frozen || as_inference {
+                            state.coeffs.clone()
+                        } else {
+                            state.coefficients_for(&scales)
+                        };
                         let scales = Arc::new(scales);
                         match trained {
                             Some(b) => x.contiguous()?.apply_op2(&b, PolyActTrained { scales })?,

@@ -103,6 +103,13 @@ pub struct FinetuneConfig {
     /// degree-2 ResNet-20 diverged within 100 steps).
     #[serde(default = "default_coefficient_lr")]
     pub coefficient_lr: f64,
+    /// Fraction of training steps (drawn per step from the seed) whose activations are
+    /// normalised by their running ranges, as inference normalises them, instead of by the
+    /// batch-widened ones: the loss then sees what an input beyond the running range does at
+    /// inference, and its gradient pulls such inputs back. A step of this kind whose loss or
+    /// gradient is not finite is skipped (and counted) instead of ending the run. 0: never.
+    #[serde(default)]
+    pub running_range_steps: f64,
 }
 
 fn default_coefficient_lr() -> f64 {
@@ -146,6 +153,7 @@ impl Default for FinetuneConfig {
             yolo_classes: None,
             train_coefficients: false,
             coefficient_lr: default_coefficient_lr(),
+            running_range_steps: 0.0,
         }
     }
 }
@@ -210,6 +218,12 @@ impl FinetuneConfig {
         }
         if self.train_coefficients && self.degree.is_none() {
             return bad("trainable polynomial coefficients need polynomial activations (a degree)".into());
+        }
+        if !(0.0..=1.0).contains(&self.running_range_steps) {
+            return bad(format!(
+                "the fraction of steps normalised by the running ranges must be in [0, 1], got {}",
+                self.running_range_steps
+            ));
         }
         if !(self.coefficient_lr >= 0.0 && self.coefficient_lr.is_finite()) {
             return bad(format!(
@@ -347,6 +361,10 @@ pub struct StepReport {
     pub accuracy: f64,
     /// Learning rate used.
     pub lr: f64,
+    /// Global L2 norm of this step's gradient (before clipping; not finite for a skipped step).
+    pub grad_norm: f64,
+    /// Steps skipped so far this epoch (see [`FinetuneConfig::running_range_steps`]).
+    pub skipped: usize,
 }
 
 /// Summary of one epoch.
@@ -360,6 +378,9 @@ pub struct EpochReport {
     pub accuracy: f64,
     /// Wall time of the epoch in seconds.
     pub seconds: f64,
+    /// Running-range steps skipped because their loss or gradient was not finite.
+    #[serde(default)]
+    pub skipped: usize,
 }
 
 /// Turns planar `u8` images into a channels-last batch, with optional random crop (zero
@@ -619,7 +640,12 @@ impl Finetuner {
         order.shuffle(&mut rng);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let want_penalty = self.config.range_penalty > 0.0;
+        let mut skipped = 0usize;
         for (k, idx) in order.chunks(self.config.batch).enumerate() {
+            let running = self.config.running_range_steps > 0.0
+                && unit_draw(self.config.seed ^ 0x0072_756E_6E69_6E67, self.steps_done as u64)
+                    < self.config.running_range_steps;
+            self.model.normalise_by_running_range = running;
             let x = make_batch(images, idx, &self.input, self.config.augment.then_some(&mut rng))?;
             // A seed per step: a resumed run draws what an uninterrupted one would have.
             self.model.activation_noise = (self.config.activation_noise > 0.0).then(|| ActivationNoise {
@@ -696,8 +722,25 @@ impl Finetuner {
                 objective
             };
             let lr = self.learning_rate(self.steps_done, total);
-            self.step(&loss, lr)?;
+            let runaway = running && !loss.to_scalar::<f32>().map_err(candle_err)?.is_finite();
+            let grad_norm = if runaway { f64::NAN } else { self.step(&loss, lr, running)? };
             self.steps_done += 1;
+            if running && !grad_norm.is_finite() {
+                // An input the running ranges do not cover ran away: nothing to learn from this
+                // batch's numbers (the weights were left as they were).
+                skipped += 1;
+                progress(StepReport {
+                    epoch,
+                    step: k + 1,
+                    steps,
+                    loss: if seen > 0 { loss_sum / seen as f64 } else { f64::NAN },
+                    accuracy: if seen > 0 { correct as f64 / seen as f64 } else { 0.0 },
+                    lr,
+                    grad_norm,
+                    skipped,
+                });
+                continue;
+            }
             let ce_value = reported;
             if !ce_value.is_finite() {
                 return Err(SftError::Unsupported(format!(
@@ -717,6 +760,8 @@ impl Finetuner {
                 loss: loss_sum / seen as f64,
                 accuracy: correct as f64 / seen as f64,
                 lr,
+                grad_norm,
+                skipped,
             });
         }
         self.epochs_done += 1;
@@ -725,32 +770,35 @@ impl Finetuner {
             loss: loss_sum / seen as f64,
             accuracy: correct as f64 / seen as f64,
             seconds: start.elapsed().as_secs_f64(),
+            skipped,
         };
         self.history.push(report);
         Ok(report)
     }
 
-    fn step(&mut self, loss: &Tensor, lr: f64) -> Result<()> {
+    /// One SGD step on `loss` at `lr`; returns the gradient's global L2 norm (before
+    /// clipping). A gradient that is not finite is an error, or, when `may_skip`, leaves the
+    /// weights as they were and returns its norm.
+    fn step(&mut self, loss: &Tensor, lr: f64, may_skip: bool) -> Result<f64> {
         let grads = loss.backward().map_err(candle_err)?;
         let (mu, wd) = (self.config.momentum, self.config.weight_decay);
-        let clip = if self.config.clip_grad_norm > 0.0 {
-            let mut sq = 0.0f64;
-            for var in self.model.params().values() {
-                if let Some(g) = grads.get(var) {
-                    sq += g.sqr().and_then(|g| g.sum_all()).and_then(|s| s.to_scalar::<f32>()).map_err(candle_err)?
-                        as f64;
-                }
+        let mut sq = 0.0f64;
+        for var in self.model.params().values() {
+            if let Some(g) = grads.get(var) {
+                sq += g.sqr().and_then(|g| g.sum_all()).and_then(|s| s.to_scalar::<f32>()).map_err(candle_err)? as f64;
             }
-            let norm = sq.sqrt();
-            if !norm.is_finite() {
-                return Err(SftError::Unsupported(format!(
-                    "the gradient is not finite (norm {norm}): lower --lr or raise --bound"
-                )));
+        }
+        let norm = sq.sqrt();
+        if !norm.is_finite() {
+            if may_skip {
+                return Ok(norm);
             }
-            (norm > self.config.clip_grad_norm).then(|| self.config.clip_grad_norm / norm)
-        } else {
-            None
-        };
+            return Err(SftError::Unsupported(format!(
+                "the gradient is not finite (norm {norm}): lower --lr or raise --bound"
+            )));
+        }
+        let clip = (self.config.clip_grad_norm > 0.0 && norm > self.config.clip_grad_norm)
+            .then(|| self.config.clip_grad_norm / norm);
         for (name, var) in self.model.params() {
             let Some(g) = grads.get(var) else { continue };
             let scaled;
@@ -775,7 +823,8 @@ impl Finetuner {
             // the previous one: detached, the momentum is plain data and memory stays flat.
             self.momenta.insert(name.clone(), m.detach());
         }
-        self.model.clamp_coefficients()
+        self.model.clamp_coefficients()?;
+        Ok(norm)
     }
 
     /// The FHE-ready model (ranges frozen into per-channel polynomial coefficients).
@@ -828,6 +877,15 @@ impl Finetuner {
 }
 
 /// `name` without a trailing `-sftD-eN` or `-eN` run suffix (other hyphens are kept).
+/// A uniform draw in [0, 1) from `seed` and `index` (SplitMix64): the same for a resumed run.
+fn unit_draw(seed: u64, index: u64) -> f64 {
+    let mut z = seed.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
 fn base_name(name: &str) -> &str {
     let digits_after = |s: &str, tag: &str| {
         s.strip_prefix(tag).is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
@@ -893,6 +951,81 @@ mod tests {
         assert_eq!(run.momenta.len(), 2, "both weights have a momentum");
         for (name, m) in &run.momenta {
             assert!(!m.track_op(), "momentum of {name} still records its computation graph");
+        }
+    }
+
+    fn patterned_images(n: usize) -> LabeledImages {
+        let pixels: Vec<u8> = (0..n * 3 * 64).map(|i| ((i * 37) % 251) as u8).collect();
+        LabeledImages { shape: [3, 8, 8], pixels, labels: (0..n).map(|i| (i % 10) as u8).collect() }
+    }
+
+    fn max_abs_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn running_range_steps_normalise_as_inference_does() {
+        // A batch 1.5 times brighter than the calibration ones leaves the running ranges (but
+        // stays inside the guard): a running-range training pass must compute what inference
+        // computes and leave the ranges as they were; a batch-widened one must not.
+        let images = patterned_images(8);
+        let config = FinetuneConfig { degree: Some(2), batch: 4, augment: false, ..FinetuneConfig::default() };
+        for running in [true, false] {
+            let mut run = Finetuner::new(&small_model(), config.clone()).unwrap();
+            run.calibrate(&images).unwrap();
+            let x = (make_batch(&images, &[0, 1, 2, 3], &run.input, None).unwrap() * 1.5).unwrap();
+            run.model.normalise_by_running_range = running;
+            let ranges = |run: &Finetuner| run.model.ranges()["r"].range.clone();
+            let calibrated = ranges(&run);
+            let train = run.model.forward(&x, Pass::Train).unwrap().logits;
+            assert_eq!(ranges(&run) == calibrated, running, "ranges updated by the training pass");
+            let inference = run.model.forward(&x, Pass::Frozen).unwrap().logits;
+            let gap = max_abs_difference(&train, &inference);
+            let scale = inference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            if running {
+                assert_eq!(gap, 0.0, "running-range pass differs from inference by {gap}");
+            } else {
+                assert!(gap > 1e-3 * scale, "the batch-widened pass should differ from inference (gap {gap})");
+            }
+        }
+    }
+
+    #[test]
+    fn running_range_steps_are_drawn_at_the_asked_fraction_and_reproducibly() {
+        let draws: Vec<f64> = (0..20_000).map(|k| unit_draw(42, k)).collect();
+        assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
+        let below = draws.iter().filter(|&&d| d < 0.3).count() as f64 / draws.len() as f64;
+        assert!((below - 0.3).abs() < 0.015, "fraction below 0.3 is {below}");
+        assert_eq!(unit_draw(42, 17), draws[17], "a resumed run draws the same steps");
+        assert_ne!(unit_draw(43, 17), draws[17]);
+    }
+
+    #[test]
+    fn a_run_with_running_range_steps_trains_and_rejects_bad_fractions() {
+        let images = patterned_images(12);
+        let config = FinetuneConfig {
+            degree: Some(2),
+            batch: 4,
+            lr: 0.01,
+            augment: false,
+            running_range_steps: 1.0,
+            clip_grad_norm: 5.0,
+            ..FinetuneConfig::default()
+        };
+        let mut run = Finetuner::new(&small_model(), config.clone()).unwrap();
+        run.calibrate(&images).unwrap();
+        let before = run.export().unwrap();
+        let mut norms = Vec::new();
+        let report = run.train_epoch(&images, |s| norms.push(s.grad_norm)).unwrap();
+        assert_eq!(norms.len(), 3);
+        assert_eq!(report.skipped, norms.iter().filter(|n| !n.is_finite()).count());
+        assert!(report.skipped < 3, "every step skipped on a well-behaved batch");
+        assert_ne!(before.weights()["fc.w"], run.export().unwrap().weights()["fc.w"], "the weights did not move");
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let err = Finetuner::new(&small_model(), FinetuneConfig { running_range_steps: bad, ..config.clone() })
+                .err()
+                .expect("an out-of-range fraction is refused");
+            assert!(err.to_string().contains("running ranges"), "{err}");
         }
     }
 
