@@ -665,7 +665,8 @@ impl TrainModel {
                             // f32 a few squarings on and poison the whole batch's gradient: held
                             // at GUARD·B, where inference would already be lost (the range
                             // penalty, on the unheld input, still pulls it back).
-                            let running = Tensor::from_slice(&state.scales(), c, &self.device)?;
+                            // `scales` are the running ranges here (nothing widened them).
+                            let running = Tensor::from_slice(&scales, c, &self.device)?;
                             let limit = RUNNING_RANGE_GUARD * state.bound as f64;
                             guarded = x.broadcast_div(&running)?.clamp(-limit, limit)?.broadcast_mul(&running)?;
                             &guarded

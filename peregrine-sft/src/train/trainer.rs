@@ -876,7 +876,6 @@ impl Finetuner {
     }
 }
 
-/// `name` without a trailing `-sftD-eN` or `-eN` run suffix (other hyphens are kept).
 /// A uniform draw in [0, 1) from `seed` and `index` (SplitMix64): the same for a resumed run.
 fn unit_draw(seed: u64, index: u64) -> f64 {
     let mut z = seed.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -886,6 +885,7 @@ fn unit_draw(seed: u64, index: u64) -> f64 {
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// `name` without a trailing `-sftD-eN` or `-eN` run suffix (other hyphens are kept).
 fn base_name(name: &str) -> &str {
     let digits_after = |s: &str, tag: &str| {
         s.strip_prefix(tag).is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
